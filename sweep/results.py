@@ -1,0 +1,371 @@
+"""The Parquet results store of a sweep: one row per benchmarked point.
+
+Why Parquet files and not a database: a sweep runs on many hosts and for hours, and
+may be killed at any moment. Parquet files cannot be appended to, so every `write`
+produces a new, complete file, written under a temporary name that starts with '.'
+and ends with '.tmp', fsynced, then renamed into place with `os.replace`. A reader
+that globs `*.parquet` therefore sees whole files or nothing, and a writer killed
+mid-write leaves only a temp file that every reader here ignores.
+
+Layout: `<results_dir>/run_id=<run_id>/part-<utc time>-<counter>-<uuid8>.parquet`.
+The folder name looks like a Hive partition, but `run_id` is also stored in every
+file, so readers must *not* discover partitions (pyarrow and pandas default to Hive
+discovery and then fail with "Field run_id has incompatible types: string vs
+dictionary"). The readers below turn discovery off; from pandas use
+`read_results(results_dir).to_pandas()`, or
+`pd.read_parquet(results_dir, partitioning=None, schema=SCHEMA)` (without `schema=`
+pyarrow takes the columns of the first file it finds, so an older file first would
+hide newer columns).
+
+The schema is explicit and versioned (`SCHEMA_VERSION`, also in the file metadata):
+a file written by an older version that lacks a column reads back with nulls there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import duckdb
+
+SCHEMA_VERSION: int = 1
+
+_REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
+
+
+def _build_schema() -> pa.Schema:
+    """The columns, in order; only `_REQUIRED` are non-null (a failed point has no timings)."""
+    f64, i32, i64, s = pa.float64(), pa.int32(), pa.int64(), pa.string()
+    columns: list[tuple[str, pa.DataType]] = [
+        # identity of the point
+        ("run_id", s),
+        ("point_key", s),
+        ("grid", s),
+        ("model", s),
+        ("variant", s),
+        ("group_size", i32),
+        ("device", s),
+        ("driver", s),
+        ("runtime", s),
+        ("prompt_length", i32),
+        ("prompt_bucket", i32),
+        ("max_seq", i32),
+        ("flag_set", s),
+        ("flags", pa.list_(s)),
+        # outcome
+        ("status", s),
+        ("error_class", s),
+        ("error_message", s),
+        ("returncode", i32),
+        # compile
+        ("compile_s", f64),
+        ("decode_compile_s", f64),
+        ("prefill_compile_s", f64),
+        ("vmfb_bytes", i64),
+        ("num_dispatches", i32),
+        ("compile_cache_hit", pa.bool_()),
+        # weights
+        ("weight_bytes", i64),
+        ("quant_error", f64),
+        ("upload_s", f64),
+        # timings
+        ("prefill_ms", f64),
+        ("prefill_samples_ms", pa.list_(f64)),
+        ("decode_ms_p10", f64),
+        ("decode_ms_p50", f64),
+        ("decode_ms_p90", f64),
+        ("decode_ms_p99", f64),
+        ("decode_ms_mean", f64),
+        ("decode_ms_std", f64),
+        ("decode_samples_ms", pa.list_(f64)),
+        ("tok_s", f64),
+        ("num_warmup_steps", i32),
+        ("num_decode_steps", i32),
+        # correctness
+        ("prompt_ids", pa.list_(i32)),
+        ("tokens", pa.list_(i32)),
+        ("reference_tokens", pa.list_(i32)),
+        ("num_tokens_matched", i32),
+        # provenance
+        ("node_id", s),
+        ("hostname", s),
+        ("device_name", s),
+        ("iree_version", s),
+        ("jax_version", s),
+        ("ray_version", s),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("repro_command", s),
+        ("attempt", i32),
+        ("schema_version", i32),
+    ]
+    fields = [pa.field(name, t, nullable=name not in _REQUIRED) for name, t in columns]
+    return pa.schema(fields, metadata={"sweep.schema_version": str(SCHEMA_VERSION)})
+
+
+SCHEMA: pa.Schema = _build_schema()
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+# A killed writer leaves `.part-*.parquet.tmp`: hidden *and* not `*.parquet`, so both
+# pyarrow's default ignore_prefixes and DuckDB's `**/*.parquet` glob skip it.
+_TMP_PREFIX = "."
+_TMP_SUFFIX = ".tmp"
+
+
+def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
+    """Summary statistics of timed decode steps, named as the result columns.
+
+    The median is the headline (robust to a stray slow step); p10/p90/p99 show the
+    spread and the tail. Percentiles use numpy's default linear interpolation. The
+    standard deviation is the *sample* one (ddof=1) since the steps are a sample of
+    the decode-time distribution; it is 0 for a single sample. tok_s = 1000 / p50.
+    """
+    samples = np.asarray(samples_ms, dtype=np.float64)
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError(
+            f"decode_stats needs a non-empty 1-D sequence of ms per step, got shape "
+            f"{samples.shape}; run at least one timed decode step (num_decode_steps >= 1)"
+        )
+    if not np.all(np.isfinite(samples)) or np.any(samples <= 0):
+        raise ValueError(
+            "decode_stats got a sample that is not a positive finite number of ms: "
+            f"{samples.tolist()[:10]}...; check the timer around the decode step"
+        )
+    p10, p50, p90, p99 = np.percentile(samples, [10, 50, 90, 99])
+    std = float(np.std(samples, ddof=1)) if samples.size > 1 else 0.0
+    return {
+        "decode_ms_p10": float(p10),
+        "decode_ms_p50": float(p50),
+        "decode_ms_p90": float(p90),
+        "decode_ms_p99": float(p99),
+        "decode_ms_mean": float(np.mean(samples)),
+        "decode_ms_std": std,
+        "tok_s": 1000.0 / float(p50),
+    }
+
+
+def _check_run_id(run_id: str) -> None:
+    """run_id becomes a folder name, so it must be one path component."""
+    bad = not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id
+    if bad or run_id.startswith((".", "_")):
+        raise ValueError(
+            f"run_id={run_id!r} cannot name a results folder: use a non-empty name "
+            "without '/' that does not start with '.' or '_'"
+        )
+
+
+def _ensure_writable(directory: Path) -> None:
+    """Create `directory` and prove it takes a file, so a bad path fails before any work."""
+    probe = directory / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"results directory {directory} is not writable ({type(e).__name__}: "
+            f"{e.strerror or e}); choose another results_dir="
+        ) from e
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename; best effort, since some filesystems refuse fsync on a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _to_table(rows: Sequence[dict[str, Any]], defaults: dict[str, Any]) -> pa.Table:
+    """Rows -> a table of exactly SCHEMA, with errors that name the offending column."""
+    unknown = sorted({key for row in rows for key in row} - set(COLUMNS))
+    if unknown:
+        raise ValueError(
+            f"unknown result columns {unknown}; add them to sweep.results.SCHEMA "
+            "(and bump SCHEMA_VERSION) or drop them from the row"
+        )
+    arrays = []
+    for field in SCHEMA:
+        values = [row.get(field.name, defaults.get(field.name)) for row in rows]
+        if not field.nullable and any(v is None for v in values):
+            raise ValueError(f"result column {field.name!r} is required but a row lacks it")
+        try:
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            raise ValueError(f"result column {field.name!r} must hold {field.type}: {e}") from e
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+class ResultsWriter:
+    """Writes batches of result rows of one run as new Parquet files, atomically.
+
+    One file per `write` call: the driver should batch rows (e.g. every few seconds)
+    rather than write one file per point, so a 100k-point sweep stays a few hundred
+    files. Safe to use from several processes or hosts at once on the same results_dir:
+    names carry a uuid, and nothing is ever appended or overwritten.
+    """
+
+    def __init__(self, results_dir: Path, run_id: str) -> None:
+        _check_run_id(run_id)
+        self.results_dir = Path(results_dir)
+        self.run_id = run_id
+        self.run_dir = self.results_dir / f"run_id={run_id}"
+        _ensure_writable(self.run_dir)
+        self._counter = itertools.count()
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> Path:
+        """Write `rows` as one new file and return its path.
+
+        Missing keys become null; `run_id`, `schema_version` and `created_at` (now,
+        UTC; naive datetimes are taken as UTC) are filled in when absent.
+        """
+        if not rows:
+            raise ValueError("ResultsWriter.write got no rows; call it with at least one")
+        now = dt.datetime.now(dt.UTC)
+        defaults = {"run_id": self.run_id, "schema_version": SCHEMA_VERSION, "created_at": now}
+        foreign = sorted({r["run_id"] for r in rows if r.get("run_id", self.run_id) != self.run_id})
+        if foreign:
+            raise ValueError(
+                f"rows carry run_id {foreign} but this writer writes run_id={self.run_id!r}; "
+                "use one ResultsWriter per run"
+            )
+        table = _to_table(rows, defaults)
+        name = f"part-{now:%Y%m%dT%H%M%S%fZ}-{next(self._counter):06d}-{uuid.uuid4().hex[:8]}"
+        final = self.run_dir / f"{name}.parquet"
+        tmp = self.run_dir / f"{_TMP_PREFIX}{name}.parquet{_TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.run_dir)
+        return final
+
+
+def _result_files(results_dir: Path) -> list[str]:
+    """Complete result files, sorted (run folder, then write time): skips temp/hidden files."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    files = []
+    for path in root.rglob("*.parquet"):
+        parts = path.relative_to(root).parts
+        if not any(p.startswith((".", "_")) for p in parts):
+            files.append(str(path))
+    return sorted(files)
+
+
+def _dataset(results_dir: Path) -> ds.Dataset | None:
+    """All result files as one dataset of SCHEMA (missing columns read as null).
+
+    An explicit file list means no partition discovery, so the `run_id=` folders do
+    not add a second, dictionary-typed `run_id` column.
+    """
+    files = _result_files(results_dir)
+    if not files:
+        return None
+    return ds.dataset(files, schema=SCHEMA, format="parquet")
+
+
+def read_results(results_dir: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Every complete row under results_dir as a table of SCHEMA (or of `columns`).
+
+    Columns that an older file lacks are null; columns not in SCHEMA are dropped, so
+    callers always get the current schema. No files: an empty table of SCHEMA.
+    """
+    names = list(COLUMNS if columns is None else columns)
+    unknown = sorted(set(names) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown result columns {unknown}; choose from sweep.results.COLUMNS")
+    dataset = _dataset(results_dir)
+    if dataset is None:
+        return SCHEMA.empty_table().select(names)
+    return dataset.to_table(columns=names)
+
+
+def _newest_indices(table: pa.Table) -> pa.Array:
+    """Row indices of the newest row (by created_at) of each point_key.
+
+    Ties on created_at go to the row read last (later file), since the sort is stable.
+    """
+    order = pc.sort_indices(table, [("point_key", "ascending"), ("created_at", "ascending")])
+    keys = table["point_key"].take(order)
+    if len(keys) == 0:
+        return order
+    # last index of each run of equal keys in the sorted order
+    is_last = pc.not_equal(keys[:-1], keys[1:])
+    is_last = pa.concat_arrays([is_last.combine_chunks(), pa.array([True])])
+    return order.filter(is_last)
+
+
+def latest_rows(
+    results_dir: Path, columns: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """point_key -> its newest row across all runs: what resume and reports build on.
+
+    Pass `columns` to read only those (point_key and created_at are always read),
+    which keeps this fast on a large results_dir.
+    """
+    wanted = list(COLUMNS if columns is None else columns)
+    names = list(dict.fromkeys(["point_key", "created_at", *wanted]))
+    table = read_results(results_dir, names)
+    newest = table.take(_newest_indices(table))
+    keys = newest["point_key"].to_pylist()
+    return dict(zip(keys, newest.select(wanted).to_pylist(), strict=True))
+
+
+def completed_point_keys(results_dir: Path, statuses: Iterable[str] = ("ok",)) -> set[str]:
+    """Keys whose newest row has one of `statuses`: the points a resumed sweep skips.
+
+    Only the newest row counts, so a point that once passed and then failed on a
+    rerun (e.g. after a flag change) is run again.
+    """
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+    rows = latest_rows(results_dir, columns=("point_key", "status"))
+    return {key for key, row in rows.items() if row["status"] in wanted}
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def duckdb_connect(results_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with a view `results` over every result file.
+
+    The view globs at query time, so files written after connecting show up. It is
+    `UNION ALL BY NAME` with an empty table of SCHEMA, so every current column exists
+    even if all files predate it; `hive_partitioning=false` since run_id is in the files.
+    """
+    import duckdb  # lazy: only queries need it
+
+    con = duckdb.connect(":memory:")
+    con.register("_results_schema", SCHEMA.empty_table())
+    empty = "SELECT * FROM _results_schema"
+    if not _result_files(results_dir):
+        con.execute(f"CREATE VIEW results AS {empty}")
+        return con
+    pattern = _sql_string(str(Path(results_dir).resolve() / "**" / "*.parquet"))
+    files = f"read_parquet({pattern}, union_by_name=true, hive_partitioning=false)"
+    # the empty table first, so the columns come in SCHEMA order
+    con.execute(f"CREATE VIEW results AS {empty} UNION ALL BY NAME SELECT * FROM {files}")
+    return con

@@ -1,0 +1,193 @@
+"""The benchmark runner: resident weights, prefill, then warmup and timed decode steps.
+
+It reproduces the phase 2b harness. A variant's weights are uploaded to the device
+once and kept for any number of points; the KV cache stays on the device between
+steps (each step's output caches are the next step's inputs); the argmax runs in
+the graph, so a step reads back one int32. Each timed step brackets the call and
+that 4-byte readback, which is the synchronisation point.
+
+The timed path is kept lean: the loop invokes the VM function directly with
+pre-built buffer views (weights, and one small position buffer per step made before
+the clock starts), bypassing `iree.runtime`'s generic argument packing. The
+orchestrator wraps this plain class as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any
+
+import numpy as np
+
+from workers.quant import VariantWeights
+
+PROMPT_SEED = 1234
+
+
+def prompt_ids(vocab_size: int, length: int, seed: int = PROMPT_SEED) -> np.ndarray:
+    """L token ids from a seeded generator: every host builds the same prompt."""
+    rng = np.random.Generator(np.random.PCG64([seed, length]))
+    return rng.integers(0, vocab_size, size=length, dtype=np.int64).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchResult:
+    prefill_ms: float  # median of the prefill runs (time to first token)
+    prefill_samples_ms: tuple[float, ...]
+    decode_samples_ms: tuple[float, ...]  # timed steps only
+    prompt_ids: tuple[int, ...]
+    tokens: tuple[int, ...]  # the first from prefill, then one per decode step (warmup included)
+    upload_s: float  # seconds spent uploading this point's weights; 0 when already resident
+    weight_bytes: int
+
+
+class _LoadedModule:
+    """One vmfb in its own VM context on the runner's device; `main` is its entry point."""
+
+    def __init__(self, rt: Any, instance: Any, device: Any, vmfb: bytes) -> None:
+        self.vm_module = rt.VmModule.copy_buffer(instance, vmfb)
+        hal = rt.create_hal_module(instance, device)
+        self.context = rt.VmContext(instance, modules=[hal, self.vm_module])
+        self.function = self.vm_module.lookup_function("main")
+        self._rt = rt
+
+    def __call__(self, args: list[Any], num_results: int) -> list[Any]:
+        rt = self._rt
+        arg_list = rt.VmVariantList(len(args))
+        for arg in args:
+            arg_list.push_ref(arg)
+        ret_list = rt.VmVariantList(num_results)
+        self.context.invoke(self.function, arg_list, ret_list)
+        return [ret_list.get_as_object(i, rt.HalBufferView) for i in range(num_results)]
+
+
+class BenchmarkRunner:
+    """Holds one device, the weights resident on it, and the modules loaded on it."""
+
+    def __init__(self, driver: str) -> None:
+        import iree.runtime as rt
+
+        self.driver = driver
+        self._rt = rt
+        self.device = rt.get_device(driver)
+        self.instance = rt.VmInstance()
+        self._modules: dict[str, _LoadedModule] = {}
+        self._weights_key: str | None = None
+        self._weight_views: list[Any] = []
+        self.weight_bytes = 0
+        self.num_uploads = 0  # how many times weights were uploaded: once per variant held
+
+    # --- residency -----------------------------------------------------------------------
+
+    @property
+    def resident_weights(self) -> str | None:
+        return self._weights_key
+
+    def ensure_weights(self, key: str, make_weights: Any) -> float:
+        """Makes `key`'s weights resident; returns upload seconds (0 if they already were).
+
+        `make_weights` is called only on a miss, so a caller can build (load or quantize)
+        the variant lazily and the host copy can be dropped right after the upload.
+        """
+        if key == self._weights_key:
+            return 0.0
+        self._weight_views = []  # free the previous variant first: one resident set at a time
+        self._weights_key = None
+        vw: VariantWeights = make_weights()
+        start = time.perf_counter()
+        self._weight_views = [self._upload(a) for a in vw.arrays]
+        upload_s = time.perf_counter() - start
+        self.weight_bytes = vw.nbytes
+        self._weights_key = key
+        self.num_uploads += 1
+        return upload_s
+
+    def _upload(self, array: np.ndarray) -> Any:
+        rt = self._rt
+        element_type = _element_type(rt, array.dtype)
+        if array.dtype.name == "bfloat16":
+            array = array.view(np.uint16)  # the runtime's buffer protocol knows no bfloat16
+        buffer = self.device.allocator.allocate_buffer_copy(
+            memory_type=rt.MemoryType.DEVICE_LOCAL,
+            allowed_usage=rt.BufferUsage.DEFAULT,
+            device=self.device,
+            buffer=np.ascontiguousarray(array).reshape(-1),
+        )
+        # An explicit view: the buffer protocol would turn a 0-d scalar into shape [1].
+        return rt.HalBufferView(buffer, list(array.shape), element_type)
+
+    def module(self, vmfb: bytes) -> _LoadedModule:
+        key = hashlib.sha256(vmfb).hexdigest()
+        if key not in self._modules:
+            self._modules[key] = _LoadedModule(self._rt, self.instance, self.device, vmfb)
+        return self._modules[key]
+
+    # --- one point ------------------------------------------------------------------------
+
+    def run_point(
+        self,
+        prefill_vmfb: bytes,
+        decode_vmfb: bytes,
+        prompt: np.ndarray,
+        bucket: int,
+        *,
+        warmup_steps: int,
+        decode_steps: int,
+        prefill_runs: int = 3,
+        upload_s: float = 0.0,
+    ) -> BenchResult:
+        if self._weights_key is None:
+            raise RuntimeError("run_point before ensure_weights: no weights are resident")
+        prefill, decode = self.module(prefill_vmfb), self.module(decode_vmfb)
+        length = int(prompt.shape[0])
+        padded = np.zeros(bucket, np.int32)
+        padded[:length] = prompt
+        tokens_view = self._upload(padded)
+        real_len = self._upload(np.array(length, np.int32))
+
+        prefill_ms: list[float] = []
+        for _ in range(max(1, prefill_runs)):
+            start = time.perf_counter_ns()
+            token, kcache, vcache = prefill([*self._weight_views, tokens_view, real_len], 3)
+            first = self._read_int(token)
+            prefill_ms.append((time.perf_counter_ns() - start) / 1e6)
+
+        num_steps = warmup_steps + decode_steps
+        positions = [self._upload(np.array(length + i, np.int32)) for i in range(num_steps)]
+        generated, samples = [first], []
+        for i, pos in enumerate(positions):
+            start = time.perf_counter_ns()
+            token, kcache, vcache = decode([*self._weight_views, token, pos, kcache, vcache], 3)
+            generated.append(self._read_int(token))
+            if i >= warmup_steps:
+                samples.append((time.perf_counter_ns() - start) / 1e6)
+        return BenchResult(
+            prefill_ms=float(np.median(prefill_ms)),
+            prefill_samples_ms=tuple(prefill_ms),
+            decode_samples_ms=tuple(samples),
+            prompt_ids=tuple(int(t) for t in prompt),
+            tokens=tuple(generated),
+            upload_s=upload_s,
+            weight_bytes=self.weight_bytes,
+        )
+
+    def _read_int(self, view: Any) -> int:
+        """Reads back one int32: the 4 bytes that cross to the host per step."""
+        array = self._rt.DeviceArray(self.device, view, implicit_host_transfer=True)
+        return int(array.to_host().reshape(()))
+
+
+def _element_type(rt: Any, dtype: np.dtype) -> Any:
+    types = {
+        "float32": rt.HalElementType.FLOAT_32,
+        "bfloat16": rt.HalElementType.BFLOAT_16,
+        "float16": rt.HalElementType.FLOAT_16,
+        "int32": rt.HalElementType.SINT_32,
+        "uint32": rt.HalElementType.UINT_32,
+    }
+    try:
+        return types[np.dtype(dtype).name]
+    except KeyError:
+        raise ValueError(f"no IREE element type for dtype {dtype}") from None

@@ -1,0 +1,284 @@
+"""Llama weights as float32 numpy arrays: read from a Hugging Face checkpoint, or synthesized.
+
+Workers never import torch, so checkpoints are read by parsing safetensors directly:
+an 8-byte little-endian header length, a JSON header mapping each tensor name to its
+dtype, shape and byte range, then the raw little-endian data. numpy alone cannot
+represent bfloat16 (the dtype most Llama checkpoints ship in), so `ml_dtypes` supplies
+it; every tensor is widened to float32 so later stages see one dtype whatever the file
+held. Sizes are checked against the file before any data is read, so a truncated
+download fails with a message instead of a short read.
+
+Synthetic weights give the default sweep real-model shapes without a download; they
+are seeded per tensor, so the same seed yields the same bytes on every host, and
+`weights_fingerprint` turns them into a cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from workers.llama_config import LlamaConfig, expected_shapes
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+
+# safetensors dtype names -> numpy dtypes; the format is little-endian by definition.
+_DTYPES: dict[str, np.dtype] = {
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+}
+_HEADER_LEN_BYTES = 8
+_NORM_STD = 0.02  # std of the synthetic linears and embedding, as Llama's initializer_range
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file (and tensor)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """A parsed safetensors header: where the data starts and each tensor's entry."""
+
+    path: Path
+    data_start: int  # byte offset of the data section in the file
+    file_bytes: int
+    entries: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorSpan:
+    """A validated tensor location, ready to read without further checks."""
+
+    path: Path
+    dtype: np.dtype
+    offset: int  # absolute byte offset in the file
+    shape: tuple[int, ...]
+
+
+def load_checkpoint(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """Loads a Hugging Face Llama checkpoint directory WITHOUT torch.
+
+    The directory needs `config.json` and either `model.safetensors` or the shards named
+    by `model.safetensors.index.json`. Returns the config and float32, C-contiguous
+    arrays in exactly the order of `expected_shapes(cfg)`; tensors the config does not
+    need (a tied `lm_head.weight`, rotary buffers) are ignored. Every tensor is
+    validated before any data is read, so a bad checkpoint fails before the slow part.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(
+            f"{root}: checkpoint directory does not exist; pass a directory holding "
+            f"{CONFIG_FILE} and {SINGLE_FILE} (or {INDEX_FILE} and its shards)"
+        )
+    cfg = _read_config(root / CONFIG_FILE)
+    shapes = expected_shapes(cfg)
+    files = _tensor_files(root, list(shapes))
+    headers = {file: _read_header(file) for file in dict.fromkeys(files.values())}
+    spans = {name: _locate(headers[files[name]], name, shape) for name, shape in shapes.items()}
+    return cfg, {name: _read_tensor(span, name) for name, span in spans.items()}
+
+
+def _read_config(config_path: Path) -> LlamaConfig:
+    """Parses config.json, accepting both the transformers 4 and 5 RoPE key layouts."""
+    try:
+        raw = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{config_path}: not found; a checkpoint directory needs a {CONFIG_FILE}"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        return LlamaConfig.from_hf_dict(raw, source=str(config_path))
+    except ValueError as e:  # already names the file
+        raise CheckpointError(str(e)) from None
+    except (TypeError, AttributeError) as e:  # e.g. "vocab_size": null
+        raise CheckpointError(f"{config_path}: malformed Llama config ({e})") from None
+
+
+def _tensor_files(root: Path, names: list[str]) -> dict[str, Path]:
+    """Which file holds each needed tensor: the single file, else the index's shards."""
+    single = root / SINGLE_FILE
+    if single.is_file():
+        return dict.fromkeys(names, single)
+    index = root / INDEX_FILE
+    if not index.is_file():
+        raise CheckpointError(
+            f"{root}: neither {SINGLE_FILE} nor {INDEX_FILE} found; "
+            "save the model with safe_serialization=True (pytorch_model.bin is not supported)"
+        )
+    weight_map = _read_weight_map(index)
+    files: dict[str, Path] = {}
+    for name in names:
+        if name not in weight_map:
+            raise CheckpointError(
+                f"{index}: tensor {name!r} is missing from weight_map; the checkpoint does not "
+                "match config.json"
+            )
+        files[name] = root / weight_map[name]
+        if not files[name].is_file():
+            raise CheckpointError(
+                f"{index}: shard {weight_map[name]!r} (holding tensor {name!r}) not found in "
+                f"{root}; the download is incomplete"
+            )
+    return files
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The index's tensor name -> shard file name map, checked for shape."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    return weight_map
+
+
+def _read_header(path: Path) -> _Header:
+    """Reads a safetensors header, checking its length against the file size first."""
+    file_bytes = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(_HEADER_LEN_BYTES)
+        if len(prefix) < _HEADER_LEN_BYTES:
+            raise CheckpointError(
+                f"{path}: truncated ({file_bytes} bytes, shorter than the 8-byte header "
+                "length); re-download it"
+            )
+        header_bytes = int.from_bytes(prefix, "little")
+        data_start = _HEADER_LEN_BYTES + header_bytes
+        if data_start > file_bytes:
+            raise CheckpointError(
+                f"{path}: truncated: the header claims {header_bytes} bytes but the file has "
+                f"{file_bytes}; re-download it"
+            )
+        raw = f.read(header_bytes)
+    try:
+        entries = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header, not JSON ({e})") from None
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header, not a JSON object")
+    entries.pop("__metadata__", None)
+    return _Header(path=path, data_start=data_start, file_bytes=file_bytes, entries=entries)
+
+
+def _locate(header: _Header, name: str, shape: tuple[int, ...]) -> _TensorSpan:
+    """Validates one tensor's header entry (dtype, shape, byte range) without reading it."""
+    where = f"{header.path}: tensor {name!r}"
+    entry = header.entries.get(name)
+    if entry is None:
+        raise CheckpointError(f"{where} is missing; the checkpoint does not match config.json")
+    try:
+        dtype_name, got_shape = entry["dtype"], tuple(int(d) for d in entry["shape"])
+        begin, end = (int(x) for x in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: corrupt header entry {entry!r} ({e})") from None
+    if dtype_name not in _DTYPES:
+        raise CheckpointError(
+            f"{where}: unsupported dtype {dtype_name!r}; supported: {', '.join(_DTYPES)}"
+        )
+    if got_shape != shape:
+        raise CheckpointError(
+            f"{where}: wrong shape, expected {shape} from config.json but got {got_shape}"
+        )
+    dtype = _DTYPES[dtype_name]
+    if header.data_start + end > header.file_bytes:
+        raise CheckpointError(
+            f"{where}: truncated: data ends at byte {header.data_start + end} but the file has "
+            f"{header.file_bytes}; re-download it"
+        )
+    if not 0 <= begin <= end or end - begin != _num_elements(shape) * dtype.itemsize:
+        raise CheckpointError(
+            f"{where}: corrupt header, data_offsets [{begin}, {end}] do not hold "
+            f"{_num_elements(shape)} {dtype_name} values"
+        )
+    return _TensorSpan(path=header.path, dtype=dtype, offset=header.data_start + begin, shape=shape)
+
+
+def _read_tensor(span: _TensorSpan, name: str) -> np.ndarray:
+    """Reads one validated tensor and widens it to a C-contiguous float32 array."""
+    count = _num_elements(span.shape)
+    data = np.fromfile(span.path, dtype=span.dtype, count=count, offset=span.offset)
+    if data.size != count:  # the file shrank after its header was checked
+        raise CheckpointError(f"{span.path}: tensor {name!r}: short read; the file is truncated")
+    # fromfile returns a fresh array, so the float32 case needs no second copy.
+    return np.ascontiguousarray(data.reshape(span.shape).astype(np.float32, copy=False))
+
+
+def _num_elements(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded deterministic random weights of the config's shapes, as float32.
+
+    Each tensor has its own PCG64 generator seeded from (seed, crc32 of its name), so a
+    tensor's bytes do not depend on the other tensors, on generation order or on the
+    host (Python's hash() is salted per process, hence crc32). Matrices are
+    normal(0, 1/sqrt(fan_in)): with Llama's own init (std 0.02) a random model's
+    residual stream is the token embedding and greedy decode repeats one token, which
+    would make token comparisons nearly vacuous; at unit gain every layer moves the
+    output and the tokens vary. Norm weights are 1 + normal(0, 0.02), so a bug that
+    ignores them still changes the output. numpy
+    only guarantees the normal stream within a numpy version; `weights_fingerprint`
+    catches a change there. Tensors are generated on a thread pool (numpy releases
+    the GIL while filling), biggest first, since the 1B preset is ~5 GB of float32.
+    """
+    if seed < 0:
+        raise ValueError(f"synthetic weights: seed must be >= 0, got {seed}")
+    shapes = expected_shapes(cfg)
+    biggest_first = sorted(shapes, key=lambda name: -_num_elements(shapes[name]))
+    num_workers = min(len(shapes), os.cpu_count() or 1, 8)
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        arrays = dict(
+            zip(
+                biggest_first,
+                pool.map(lambda name: _synthetic_tensor(name, shapes[name], seed), biggest_first),
+                strict=True,
+            )
+        )
+    return {name: arrays[name] for name in shapes}
+
+
+def _synthetic_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """One tensor from its own generator, generated as float32 and scaled in place."""
+    rng = np.random.Generator(np.random.PCG64([seed, zlib.crc32(name.encode())]))
+    out = rng.standard_normal(shape, dtype=np.float32)
+    if len(shape) == 1:  # RMSNorm weights
+        out *= np.float32(_NORM_STD)
+        out += np.float32(1.0)
+    else:  # [out, in] linears and the [vocab, hidden] embedding: unit gain
+        out *= np.float32(1.0 / np.sqrt(shape[-1]))
+    return out
+
+
+def weights_fingerprint(weights: dict[str, np.ndarray]) -> str:
+    """sha256 hex over each tensor's name, shape, dtype and bytes, in key order.
+
+    Used as a cache key for compiled artifacts, so anything that changes the numbers
+    a graph sees (a renamed, reshaped, recast or reordered tensor) changes the key.
+    Each tensor's metadata is length-prefixed so no two layouts hash the same bytes.
+    """
+    digest = hashlib.sha256()
+    for name, value in weights.items():
+        array = np.ascontiguousarray(value)
+        meta = json.dumps([name, list(array.shape), str(array.dtype)]).encode()
+        digest.update(len(meta).to_bytes(8, "little"))
+        digest.update(meta)
+        digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()

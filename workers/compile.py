@@ -1,0 +1,364 @@
+"""Compile StableHLO text to an IREE vmfb: a killable subprocess and a content-addressed cache.
+
+Why a subprocess and not `iree.compiler.compile_str`: the in-process API has no
+timeout, and a flag sweep does meet compiles that hang or run for an hour. Here
+`iree-compile` runs in its own session, so on timeout the whole process group is
+killed and the sweep records "compile_timeout" and moves on. It also yields the
+exact command line, so a failing point can be reproduced by pasting one line
+into a shell.
+
+Why a cache: a sweep compiles the same graph for the same device and flags many
+times (repeats, restarts, several prompt lengths sharing a graph). The key covers
+everything that changes the vmfb: the StableHLO text, the device and its target
+flags, the extra flags, the compiler version and, for `target-cpu=host` builds,
+the host CPU model (such a vmfb may crash on another CPU, so a cache shared
+between machines must not hand it over).
+
+Dispatch count: the same compile dumps the IR after each phase
+(`--dump-compilation-phases-to`) and we count the `flow.dispatch` ops in the
+flow-phase file: one per dispatch op in the program after dispatch formation,
+counted statically (a dispatch inside a loop counts once). It matches a separate
+`--compile-to=flow` run exactly. The stream statistics
+(`--iree-scheduling-dump-statistics-format=json`) were not used: they also count
+the set/unset-encoding dispatches that data tiling adds after the flow phase
+(56 against 30 flow dispatches on a 2-layer toy model with
+`--iree-opt-data-tiling=true`), and agree with the flow count otherwise. Large
+constants are elided from the dumps (`--mlir-elide-*`), which keeps them small
+and leaves the vmfb byte-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.devices import DeviceSpec
+
+logger = logging.getLogger(__name__)
+
+ERROR_TAIL_CHARS = 4000
+# Flags whose value "host" makes the vmfb specific to the compiling machine's CPU.
+_HOST_CPU_FLAGS: tuple[str, ...] = (
+    "--iree-llvmcpu-target-cpu",
+    "--iree-llvmcpu-target-cpu-features",
+)
+# /proc/cpuinfo fields that name the CPU and its instruction set (x86 and arm64);
+# the others (MHz, core ids, bogomips) differ between cores and boots.
+_CPUINFO_KEYS: frozenset[str] = frozenset(
+    {"vendor_id", "cpu family", "model", "model name", "flags"}
+    | {"CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features"}
+)
+_FLOW_DISPATCH_RE = re.compile(r"\bflow\.dispatch @")
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """The outcome of one compile; failures are data, not exceptions, so a sweep goes on."""
+
+    ok: bool
+    key: str  # cache key (hex sha256)
+    vmfb: bytes | None = field(repr=False)
+    compile_s: float  # wall seconds of the real compile (a cache hit reports the original's)
+    num_dispatches: int | None  # flow.dispatch ops after the flow phase
+    cache_hit: bool
+    command: str  # shlex-joined iree-compile command line, with input and output paths
+    error_class: str | None  # None, "compile_error" or "compile_timeout"
+    error_message: str | None  # tail of the compiler's output
+    returncode: int | None  # None when killed on timeout
+
+
+@functools.cache
+def iree_compile_path() -> str:
+    """The `iree-compile` binary of the installed iree-base-compiler.
+
+    The package's own binary (not whatever is on PATH) so the compiler matches
+    `compiler_version()` and the runtime installed next to it.
+    """
+    try:
+        from iree.compiler.tools.binaries import find_tool
+
+        return os.path.realpath(find_tool("iree-compile"))
+    except (ImportError, ValueError):
+        pass
+    candidate = Path(sys.executable).parent / "iree-compile"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    raise FileNotFoundError(
+        f"iree-compile not found for {sys.executable}: install it with "
+        "`pip install 'iree-base-compiler>=3.13'` or set IREE_TOOL_PATH to its directory"
+    )
+
+
+@functools.cache
+def compiler_version() -> str:
+    """The compiler version and commit; part of every cache key.
+
+    E.g. "IREE compiler version 3.13.0rc20261016 @ 89ece87b...".
+    """
+    try:
+        out = subprocess.run(
+            [iree_compile_path(), "--version"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    for line in out.splitlines():
+        if "compiler version" in line:
+            return line.strip()
+    from importlib.metadata import version
+
+    return f"iree-base-compiler {version('iree-base-compiler')}"
+
+
+@functools.cache
+def host_cpu_id() -> str:
+    """A short hash of the host CPU's model and instruction-set flags.
+
+    Two machines get the same id only if a `target-cpu=host` vmfb built on one
+    can be trusted on the other; a spurious difference only costs a recompile.
+    """
+    fields = {"machine": platform.machine(), "processor": platform.processor()}
+    with contextlib.suppress(OSError):
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        for line in first_cpu.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in _CPUINFO_KEYS:
+                fields[name.strip()] = value.strip()
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _targets_host(flags: Sequence[str]) -> bool:
+    """True if the effective (last given) target cpu or cpu features is "host"."""
+    last: dict[str, str] = {}
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        last[name] = value
+    return any(last.get(name) == "host" for name in _HOST_CPU_FLAGS)
+
+
+def cache_key(stablehlo_sha256: str, device: DeviceSpec, flags: Sequence[str]) -> str:
+    """The content address of a compile: equal keys mean interchangeable vmfbs."""
+    host_cpu = host_cpu_id() if _targets_host((*device.target_flags, *flags)) else None
+    parts = {
+        "stablehlo_sha256": stablehlo_sha256,
+        "device": device.name,
+        "target_flags": list(device.target_flags),
+        "flags": list(flags),
+        "compiler": compiler_version(),
+        "host_cpu": host_cpu,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def compile_stablehlo(
+    stablehlo: str,
+    device: DeviceSpec,
+    flags: Sequence[str] = (),
+    *,
+    cache_dir: Path | None = None,
+    timeout_s: float = 600.0,
+    work_dir: Path | None = None,
+) -> CompileResult:
+    """Compiles `stablehlo` for `device`, from `cache_dir` when it has the key.
+
+    With `work_dir` the input, output and phase dumps stay there (named by key),
+    so `command` can be rerun by hand; without it they go to a temporary
+    directory that is removed. Only successful compiles are cached.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    flags = tuple(flags)
+    key = cache_key(hashlib.sha256(stablehlo.encode()).hexdigest(), device, flags)
+    if cache_dir is not None and (hit := _load_cached(Path(cache_dir), key)) is not None:
+        return hit
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        result = _compile_in(Path(work_dir), stablehlo, device, flags, key, timeout_s)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sweep-compile-") as tmp:
+            result = _compile_in(Path(tmp), stablehlo, device, flags, key, timeout_s)
+    if cache_dir is not None and result.ok:
+        _store_cached(Path(cache_dir), result)
+    return result
+
+
+def _compile_in(
+    directory: Path,
+    stablehlo: str,
+    device: DeviceSpec,
+    flags: tuple[str, ...],
+    key: str,
+    timeout_s: float,
+) -> CompileResult:
+    """Runs one real compile with its files in `directory`."""
+    stem = key[:16]
+    input_path, output_path = directory / f"{stem}.mlir", directory / f"{stem}.vmfb"
+    phases_dir = directory / f"{stem}.phases"
+    input_path.write_text(stablehlo)
+    output_path.unlink(missing_ok=True)  # stale files would pass for this compile's
+    shutil.rmtree(phases_dir, ignore_errors=True)
+    cmd = [
+        iree_compile_path(),
+        str(input_path),
+        "--iree-input-type=stablehlo",
+        *device.target_flags,
+        *flags,
+        f"--dump-compilation-phases-to={phases_dir}",
+        "--mlir-elide-elementsattrs-if-larger=16",
+        "--mlir-elide-resource-strings-if-larger=16",
+        "-o",
+        str(output_path),
+    ]
+    returncode, output, compile_s = _run(cmd, timeout_s)
+    common = {"key": key, "compile_s": compile_s, "cache_hit": False, "command": shlex.join(cmd)}
+    if returncode != 0:
+        output_path.unlink(missing_ok=True)  # a killed compiler leaves an empty or partial file
+    if returncode is None:
+        message = f"iree-compile ran past timeout_s={timeout_s} and was killed\n{output}"
+        return _failure(common, "compile_timeout", message, None)
+    if returncode != 0 or not output_path.is_file():
+        return _failure(common, "compile_error", output or "no output file", returncode)
+    return CompileResult(
+        ok=True,
+        vmfb=output_path.read_bytes(),
+        num_dispatches=_count_dispatches(phases_dir),
+        error_class=None,
+        error_message=None,
+        returncode=returncode,
+        **common,
+    )
+
+
+def _failure(
+    common: dict[str, object], error_class: str, message: str, returncode: int | None
+) -> CompileResult:
+    return CompileResult(
+        ok=False,
+        vmfb=None,
+        num_dispatches=None,
+        error_class=error_class,
+        error_message=message[-ERROR_TAIL_CHARS:],
+        returncode=returncode,
+        **common,
+    )
+
+
+def _run(cmd: list[str], timeout_s: float) -> tuple[int | None, str, float]:
+    """Runs `cmd` in a new session: (returncode, None on timeout; output; wall seconds).
+
+    On timeout or interrupt the whole process group is killed, so no compiler
+    (or linker it started) outlives the call.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        output, _ = proc.communicate()  # reaps the child; the pipe closes with the group
+        return None, output.decode(errors="replace"), time.perf_counter() - start
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return proc.returncode, output.decode(errors="replace"), time.perf_counter() - start
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # start_new_session=True made the child a group leader: its pgid is its pid.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _count_dispatches(phases_dir: Path) -> int | None:
+    """Counts `flow.dispatch` ops in the IR dumped at the end of the flow phase."""
+    flow_files = sorted(phases_dir.glob("*.flow.mlir"))
+    if len(flow_files) != 1:
+        return None
+    return len(_FLOW_DISPATCH_RE.findall(flow_files[0].read_text(errors="replace")))
+
+
+def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    shard = cache_dir / key[:2]
+    return shard / f"{key}.vmfb", shard / f"{key}.json"
+
+
+def _load_cached(cache_dir: Path, key: str) -> CompileResult | None:
+    """The cached result for `key`, or None when absent or damaged."""
+    vmfb_path, meta_path = _cache_paths(cache_dir, key)
+    try:
+        meta = json.loads(meta_path.read_text())
+        vmfb = vmfb_path.read_bytes()
+        if hashlib.sha256(vmfb).hexdigest() != meta["vmfb_sha256"]:
+            return None
+        return CompileResult(
+            ok=True,
+            key=key,
+            vmfb=vmfb,
+            compile_s=meta["compile_s"],
+            num_dispatches=meta["num_dispatches"],
+            cache_hit=True,
+            command=meta["command"],
+            error_class=None,
+            error_message=None,
+            returncode=0,
+        )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _store_cached(cache_dir: Path, result: CompileResult) -> None:
+    """Writes the vmfb, then its metadata, each atomically; the metadata marks the entry done.
+
+    Concurrent writers of one key each replace whole files, so a reader sees an
+    old or a new file, never a torn one. A failed write only loses the caching.
+    """
+    assert result.ok and result.vmfb is not None
+    vmfb_path, meta_path = _cache_paths(cache_dir, result.key)
+    meta = {
+        "compile_s": result.compile_s,
+        "num_dispatches": result.num_dispatches,
+        "command": result.command,
+        "compiler": compiler_version(),
+        "vmfb_sha256": hashlib.sha256(result.vmfb).hexdigest(),
+    }
+    try:
+        vmfb_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(vmfb_path, result.vmfb)
+        _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+    except OSError as exc:
+        logger.warning("could not cache compile %s in %s: %s", result.key, cache_dir, exc)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

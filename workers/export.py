@@ -1,0 +1,97 @@
+"""`jax.export` of the prefill and decode graphs to StableHLO text.
+
+Export needs only shapes and dtypes (`jax.ShapeDtypeStruct`, nothing allocated),
+so a compile task never builds the weights. Two facts shape this module:
+`jax.export` drops unused arguments unless the function is jitted with
+`keep_unused=True`, and exporting for `platforms=["cpu"]` keeps CUDA-specific
+`custom_call`s out of the module, which IREE could not compile. The text is a pure
+function of (config, variant, group size, cache capacity, bucket) and is hashed as
+the compile cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from workers.llama_config import LlamaConfig
+from workers.model import LlamaGraphs
+from workers.quant import variant_arg_specs
+
+GRAPH_KINDS: tuple[str, ...] = ("prefill", "decode")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    """What determines one exported graph; `bucket` is the prompt bucket for prefill, 0 for decode."""
+
+    cfg: LlamaConfig
+    variant: str
+    group_size: int
+    max_seq: int
+    kind: str
+    bucket: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRAPH_KINDS:
+            raise ValueError(f"graph kind {self.kind!r}; allowed: {list(GRAPH_KINDS)}")
+        if self.kind == "prefill" and not 0 < self.bucket <= self.max_seq:
+            raise ValueError(f"prefill bucket {self.bucket} must be in [1, max_seq={self.max_seq}]")
+
+    @property
+    def label(self) -> str:
+        suffix = f"_b{self.bucket}" if self.kind == "prefill" else ""
+        return f"{self.variant}_{self.kind}{suffix}_s{self.max_seq}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedGraph:
+    spec: GraphSpec
+    stablehlo: str
+    sha256: str
+
+
+def export_graph(spec: GraphSpec) -> ExportedGraph:
+    import jax
+    import jax.numpy as jnp
+
+    specs = variant_arg_specs(spec.cfg, spec.variant, spec.group_size)
+    graphs = LlamaGraphs(spec.cfg, tuple(name for name, _, _ in specs), spec.variant, spec.max_seq)
+    weights = tuple(jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for _, shape, dtype in specs)
+    i32 = jax.ShapeDtypeStruct((), jnp.int32)
+    if spec.kind == "prefill":
+        args = (weights, jax.ShapeDtypeStruct((spec.bucket,), jnp.int32), i32)
+        fn = _named(graphs.prefill, "prefill")
+    else:
+        cache = jax.ShapeDtypeStruct(graphs.cache_shape, graphs.dtype)
+        args = (weights, i32, i32, cache, cache)
+        fn = _named(graphs.decode, "decode")
+    exported = jax.export.export(jax.jit(fn, keep_unused=True), platforms=["cpu"])(*args)
+    text = _strip_locations(exported.mlir_module())
+    if "custom_call" in text:
+        raise RuntimeError(f"{spec.label}: exported StableHLO contains a custom_call IREE cannot lower")
+    return ExportedGraph(spec, text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _named(method, name: str):
+    """A plain function named `name`, so the module is `jit_prefill` / `jit_decode`."""
+
+    def fn(*args):
+        return method(*args)
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+def _strip_locations(text: str) -> str:
+    """Reprints the module without debug locations, which name the caller's file and line.
+
+    Without this the same graph exported from two call sites (or hosts with the
+    project at different paths) would hash differently and never share a compile.
+    """
+    from jax._src.interpreters import mlir as jax_mlir
+    from jax._src.lib.mlir import ir
+
+    with jax_mlir.make_ir_context():
+        module = ir.Module.parse(text)
+        return module.operation.get_asm(enable_debug_info=False)

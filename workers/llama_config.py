@@ -1,0 +1,265 @@
+"""The Llama 3.x architecture as a frozen dataclass, read from a Hugging Face `config.json`.
+
+Everything downstream (weights, graphs, quantization) is a pure function of this
+config, so it is the one place that knows the Hugging Face key names. Presets give
+the shapes of real models for synthetic weights, so the default sweep needs no
+download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+# The seven per-layer linears, in Hugging Face naming; the order is the graph's
+# argument order and never changes.
+LINEARS: tuple[str, ...] = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+NORMS: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3 frequency-dependent RoPE scaling (`rope_type: llama3`)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 131072
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"model config: num_attention_heads ({self.num_attention_heads}) must be a "
+                f"multiple of num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model config: head_dim must be even for RoPE, got {self.head_dim}")
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json") -> LlamaConfig:
+        """Reads a Hugging Face Llama config; rejects other architectures by name."""
+        raw = _legacy_rope_keys(raw)
+        model_type = raw.get("model_type")
+        architectures = raw.get("architectures") or []
+        if model_type != "llama" or (architectures and "LlamaForCausalLM" not in architectures):
+            raise ValueError(
+                f"{source}: model_type={model_type!r}, architectures={architectures}: "
+                "only Llama checkpoints (model_type 'llama', LlamaForCausalLM) are supported"
+            )
+        try:
+            heads = int(raw["num_attention_heads"])
+            hidden = int(raw["hidden_size"])
+            cfg = cls(
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(raw["intermediate_size"]),
+                num_hidden_layers=int(raw["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+                rope_theta=float(raw.get("rope_theta", 10000.0)),
+                rope_scaling=_rope_scaling(raw, source),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            )
+        except KeyError as e:
+            raise ValueError(f"{source}: missing required key {e.args[0]!r}") from None
+        return cfg
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> LlamaConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: not found; a checkpoint directory needs a config.json") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LlamaConfig:
+        raw = dict(raw)
+        if raw.get("rope_scaling") is not None:
+            raw["rope_scaling"] = RopeScaling(**raw["rope_scaling"])
+        return cls(**raw)
+
+    @property
+    def num_params(self) -> int:
+        return sum(_prod(s) for s in expected_shapes(self).values())
+
+
+def _legacy_rope_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """Maps transformers 5's `rope_parameters` onto the `rope_theta`/`rope_scaling` keys.
+
+    transformers >= 5 writes `rope_parameters: {rope_type, rope_theta, factor, ...}` and
+    drops the two older keys that `LlamaConfig.from_hf_dict` reads (Hub checkpoints
+    such as Llama-3.2-1B still use the older keys). Without this, a freshly saved
+    checkpoint would silently get rope_theta=10000 and no llama3 scaling.
+    """
+    params = raw.get("rope_parameters")
+    if not isinstance(params, dict) or "rope_theta" in raw or "rope_scaling" in raw:
+        return raw
+    out = dict(raw)
+    if "rope_theta" in params:
+        out["rope_theta"] = params["rope_theta"]
+    out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+    return out
+
+
+def _rope_scaling(raw: dict[str, Any], source: str) -> RopeScaling | None:
+    scaling = raw.get("rope_scaling")
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise ValueError(
+            f"{source}: rope_scaling type {kind!r} is not supported; use 'llama3' or none"
+        )
+    return RopeScaling(
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling["low_freq_factor"]),
+        high_freq_factor=float(scaling["high_freq_factor"]),
+        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+    )
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Hugging Face tensor name -> shape, in the canonical (graph argument) order."""
+    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+    linear_shapes = {
+        "self_attn.q_proj": (q, h),
+        "self_attn.k_proj": (kv, h),
+        "self_attn.v_proj": (kv, h),
+        "self_attn.o_proj": (h, q),
+        "mlp.gate_proj": (i, h),
+        "mlp.up_proj": (i, h),
+        "mlp.down_proj": (h, i),
+    }
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, h)}
+    for layer in range(cfg.num_hidden_layers):
+        prefix = f"model.layers.{layer}"
+        for norm in NORMS:
+            shapes[f"{prefix}.{norm}.weight"] = (h,)
+        for linear in LINEARS:
+            shapes[f"{prefix}.{linear}.weight"] = linear_shapes[linear]
+    shapes["model.norm.weight"] = (h,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, h)
+    return shapes
+
+
+PRESETS: dict[str, LlamaConfig] = {
+    # Shapes of meta-llama/Llama-3.2-1B.
+    "llama-3.2-1b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        ),
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+    ),
+    # A 2-layer toy for tests and the smoke grid: same architecture, seconds to compile.
+    "tiny": LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(
+            factor=32.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        ),
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    ),
+    # A mid-size model for benchmarks: big enough that decode time dominates overhead.
+    "mid": LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=64,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def preset(name: str) -> LlamaConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}"
+        ) from None

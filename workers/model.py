@@ -1,0 +1,231 @@
+"""Llama 3.x in JAX as two static-shape graphs: prefill for a prompt bucket, decode for one token.
+
+    prefill(weights, tokens[bucket], real_len) -> (next_token, kcache, vcache)
+    decode(weights, token, pos, kcache, vcache) -> (next_token, kcache, vcache)
+
+The weights are arguments (a flat tuple in `VariantWeights.names` order), never
+closure constants, so one compiled graph serves any checkpoint of the same shapes
+and the device keeps them resident across calls. The argmax runs in the graph, so
+one int32 (4 bytes) crosses to the host per step. The KV cache is
+[layers, max_seq, kv_heads, head_dim] and is written with
+`lax.dynamic_update_slice`: a range-slice write (`cache.at[l, :n].set(k)`) lowers
+to a scatter that IREE's CUDA backend rejects.
+
+Both graphs share one layer function: the new keys and values are written into
+the cache at their positions, then every query attends over the whole cache with a
+causal mask (key index <= query position). Masked scores are exactly zero after
+the softmax, so attending over the padded cache gives the same numbers as
+attending over the prompt alone; prompt padding beyond `real_len` is never
+attended by a real position and is overwritten by decode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from workers.llama_config import LlamaConfig
+from workers.quant import QUANT_BITS, VariantWeights, dequant_jnp
+
+Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+    """Per-pair rotation frequencies [head_dim/2], with Llama 3 scaling when configured.
+
+    Same float32 arithmetic as transformers' `_compute_llama3_parameters`.
+    """
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
+    inv_freq = inv_freq.astype(np.float32)
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def prompt_bucket(prompt_length: int, max_seq: int, min_bucket: int = 16) -> int:
+    """The static prefill length for a prompt: the next power of two, capped at the cache."""
+    if not 0 < prompt_length <= max_seq:
+        raise ValueError(f"prompt_length={prompt_length} must be in [1, max_seq={max_seq}]")
+    bucket = max(min_bucket, 1 << (prompt_length - 1).bit_length())
+    return min(bucket, max_seq)
+
+
+class LlamaGraphs:
+    """Builds the prefill and decode functions for one (config, variant, cache capacity)."""
+
+    def __init__(self, cfg: LlamaConfig, variant_names: tuple[str, ...], variant: str,
+                 max_seq: int) -> None:
+        self.cfg = cfg
+        self.names = variant_names
+        self.variant = variant
+        self.max_seq = max_seq
+        self.bits = QUANT_BITS.get(variant)
+        self.inv_freq = rope_inv_freq(cfg)
+
+    @classmethod
+    def for_weights(cls, cfg: LlamaConfig, vw: VariantWeights, max_seq: int) -> LlamaGraphs:
+        return cls(cfg, vw.names, vw.variant, max_seq)
+
+    @property
+    def dtype(self) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.bfloat16 if self.variant == "bf16" else jnp.float32
+
+    @property
+    def cache_shape(self) -> tuple[int, int, int, int]:
+        c = self.cfg
+        return (c.num_hidden_layers, self.max_seq, c.num_key_value_heads, c.head_dim)
+
+    # --- the two graphs ---------------------------------------------------------------
+
+    def prefill(self, weights: tuple[Array, ...], tokens: Array, real_len: Array) -> tuple[Array, Array, Array]:
+        import jax.numpy as jnp
+
+        logits, kc, vc = self.prefill_logits(weights, tokens, real_len)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), kc, vc
+
+    def decode(self, weights: tuple[Array, ...], token: Array, pos: Array, kcache: Array,
+               vcache: Array) -> tuple[Array, Array, Array]:
+        import jax.numpy as jnp
+
+        logits, kc, vc = self.decode_logits(weights, token, pos, kcache, vcache)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), kc, vc
+
+    def prefill_logits(self, weights: tuple[Array, ...], tokens: Array, real_len: Array) -> tuple[Array, Array, Array]:
+        """Logits of the last real prompt position [vocab], and the filled caches."""
+        import jax.numpy as jnp
+        from jax import lax
+
+        hidden, kc, vc = self.forward_all(weights, tokens, jnp.int32(0))
+        last = lax.dynamic_slice_in_dim(hidden, real_len - 1, 1, axis=0)[0]
+        return self._lm_head(weights, last), kc, vc
+
+    def forward_all(self, weights: tuple[Array, ...], tokens: Array, start: Array) -> tuple[Array, Array, Array]:
+        """Final hidden states of every position [T, hidden] from empty caches."""
+        import jax.numpy as jnp
+
+        zeros = jnp.zeros(self.cache_shape, self.dtype)
+        return self._forward(weights, tokens, start, zeros, zeros)
+
+    def decode_logits(self, weights: tuple[Array, ...], token: Array, pos: Array, kcache: Array,
+                      vcache: Array) -> tuple[Array, Array, Array]:
+        hidden, kc, vc = self._forward(weights, token.reshape(1), pos, kcache, vcache)
+        return self._lm_head(weights, hidden[0]), kc, vc
+
+    def logits_all(self, weights: tuple[Array, ...], tokens: Array) -> Array:
+        """Logits of every prompt position [T, vocab]: what tests compare with transformers."""
+        import jax.numpy as jnp
+
+        hidden, _, _ = self.forward_all(weights, tokens, jnp.int32(0))
+        return self._lm_head(weights, hidden)
+
+    # --- the layers ----------------------------------------------------------------------
+
+    def _forward(self, weights: tuple[Array, ...], tokens: Array, start: Array, kcache: Array,
+                 vcache: Array) -> tuple[Array, Array, Array]:
+        import jax.numpy as jnp
+
+        w = dict(zip(self.names, weights, strict=True))
+        x = jnp.take(w["model.embed_tokens.weight"], tokens, axis=0).astype(self.dtype)
+        positions = start + jnp.arange(tokens.shape[0], dtype=jnp.int32)  # [T]
+        cos, sin = self._rope(positions)
+        for layer in range(self.cfg.num_hidden_layers):
+            x, kcache, vcache = self._layer(w, layer, x, positions, start, cos, sin, kcache, vcache)
+        return self._rms_norm(x, w["model.norm.weight"]), kcache, vcache
+
+    def _layer(self, w: dict[str, Array], layer: int, x: Array, positions: Array, start: Array,
+               cos: Array, sin: Array, kcache: Array, vcache: Array) -> tuple[Array, Array, Array]:
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        c, p = self.cfg, f"model.layers.{layer}"
+        t, d = x.shape[0], c.head_dim
+        h = self._rms_norm(x, w[f"{p}.input_layernorm.weight"])
+        q = self._linear(w, f"{p}.self_attn.q_proj", h).reshape(t, c.num_attention_heads, d)
+        k = self._linear(w, f"{p}.self_attn.k_proj", h).reshape(t, c.num_key_value_heads, d)
+        v = self._linear(w, f"{p}.self_attn.v_proj", h).reshape(t, c.num_key_value_heads, d)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        zero = jnp.int32(0)
+        kcache = lax.dynamic_update_slice(kcache, k[None].astype(kcache.dtype), (layer, start, zero, zero))
+        vcache = lax.dynamic_update_slice(vcache, v[None].astype(vcache.dtype), (layer, start, zero, zero))
+        attn = self._attention(q, kcache[layer], vcache[layer], positions)
+        x = x + self._linear(w, f"{p}.self_attn.o_proj", attn.reshape(t, -1))
+        h = self._rms_norm(x, w[f"{p}.post_attention_layernorm.weight"])
+        gate = jax.nn.silu(self._linear(w, f"{p}.mlp.gate_proj", h))
+        up = self._linear(w, f"{p}.mlp.up_proj", h)
+        return x + self._linear(w, f"{p}.mlp.down_proj", gate * up), kcache, vcache
+
+    def _attention(self, q: Array, keys: Array, values: Array, positions: Array) -> Array:
+        """q [T, Hq, D] over the cache keys/values [S, Hkv, D], causal by position."""
+        import jax
+        import jax.numpy as jnp
+
+        c = self.cfg
+        t, s = q.shape[0], keys.shape[0]
+        rep = c.num_attention_heads // c.num_key_value_heads
+        q = q.reshape(t, c.num_key_value_heads, rep, c.head_dim)
+        scores = jnp.einsum("tgrd,sgd->grts", q, keys.astype(q.dtype)).astype(jnp.float32)
+        scores = scores * np.float32(c.head_dim**-0.5)
+        allowed = jnp.arange(s, dtype=jnp.int32)[None, :] <= positions[:, None]  # [T, S]
+        scores = jnp.where(allowed[None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("grts,sgd->tgrd", probs, values.astype(q.dtype))
+        return out.reshape(t, c.num_attention_heads, c.head_dim)
+
+    def _linear(self, w: dict[str, Array], name: str, x: Array) -> Array:
+        """x [T, in] @ W[out, in]^T, dequantizing W in the graph for int8/int4."""
+        from jax import lax
+
+        key = f"{name}.weight"
+        if self.bits is None:
+            weight = w[key]
+        else:
+            weight = dequant_jnp(w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.bits)
+        return lax.dot_general(x, weight.astype(x.dtype), (((1,), (1,)), ((), ())))
+
+    def _lm_head(self, weights: tuple[Array, ...], h: Array) -> Array:
+        from jax import lax
+
+        w = dict(zip(self.names, weights, strict=True))
+        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+        contract = (((h.ndim - 1,), (1,)), ((), ()))
+        return lax.dot_general(h, head.astype(h.dtype), contract).astype("float32")
+
+    def _rms_norm(self, x: Array, weight: Array) -> Array:
+        import jax.numpy as jnp
+        from jax import lax
+
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        normed = (x32 * lax.rsqrt(var + np.float32(self.cfg.rms_norm_eps))).astype(x.dtype)
+        return weight.astype(x.dtype) * normed
+
+    def _rope(self, positions: Array) -> tuple[Array, Array]:
+        import jax.numpy as jnp
+
+        freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(self.inv_freq)[None, :]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)  # [T, D], HF's rotate-half layout
+        return jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
+
+
+def _apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    import jax.numpy as jnp
+
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
