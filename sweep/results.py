@@ -349,23 +349,47 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def duckdb_connect(results_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with a view `results` over every result file.
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
-    The view globs at query time, so files written after connecting show up. It is
-    `UNION ALL BY NAME` with an empty table of SCHEMA, so every current column exists
-    even if all files predate it; `hive_partitioning=false` since run_id is in the files.
+
+def _view_columns(con: duckdb.DuckDBPyConnection, files_sql: str) -> str:
+    """The view's select list: SCHEMA columns in order, typed NULL for any no file has yet.
+
+    Fixed at connect time (one pass over the footers) rather than a `UNION ALL BY NAME`
+    with an empty table, which costs that pass again on every query.
+    """
+    present = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {files_sql}").fetchall()]
+    types = {row[0]: row[1] for row in con.execute("DESCRIBE _results_empty").fetchall()}
+    items = [
+        _sql_name(name) if name in present else f"CAST(NULL AS {types[name]}) AS {_sql_name(name)}"
+        for name in COLUMNS
+    ]
+    items += [_sql_name(name) for name in present if name not in COLUMNS]
+    return ", ".join(items)
+
+
+def duckdb_connect(results_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with a view `results` over every complete result file.
+
+    `union_by_name=true` reads older files that miss columns (as NULL); every SCHEMA
+    column exists even if all files predate it. `hive_partitioning=false` because run_id
+    is in the files. The view globs at query time, so files written after connecting
+    show up (a results_dir that was empty at connect time needs a new connection).
+    The footer cache is safe because result files are never rewritten.
     """
     import duckdb  # lazy: only queries need it
 
     con = duckdb.connect(":memory:")
+    con.execute("SET parquet_metadata_cache = true")
     con.register("_results_schema", SCHEMA.empty_table())
-    empty = "SELECT * FROM _results_schema"
+    con.execute("CREATE TABLE _results_empty AS SELECT * FROM _results_schema")
+    con.unregister("_results_schema")
     if not _result_files(results_dir):
-        con.execute(f"CREATE VIEW results AS {empty}")
+        con.execute("CREATE VIEW results AS SELECT * FROM _results_empty")
         return con
     pattern = _sql_string(str(Path(results_dir).resolve() / "**" / "*.parquet"))
-    files = f"read_parquet({pattern}, union_by_name=true, hive_partitioning=false)"
-    # the empty table first, so the columns come in SCHEMA order
-    con.execute(f"CREATE VIEW results AS {empty} UNION ALL BY NAME SELECT * FROM {files}")
+    files_sql = f"read_parquet({pattern}, union_by_name=true, hive_partitioning=false)"
+    select = _view_columns(con, files_sql)
+    con.execute(f"CREATE VIEW results AS SELECT {select} FROM {files_sql}")
     return con

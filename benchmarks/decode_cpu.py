@@ -1,0 +1,344 @@
+"""Decode ms/token on the CPU: this project's runner against IREE's own `iree-benchmark-module`.
+
+Why: a sweep's numbers are only worth the harness that takes them. IREE ships a C++
+benchmark tool; if our Python runner (`workers/bench.py`) reports a decode step much
+slower than that tool on the same vmfb, the difference is harness overhead (argument
+lists, readback) and not the compiler. The target is ours within 5% of the tool
+(ratio ours/theirs <= 1.05).
+
+What makes the two sides comparable:
+- The same vmfb: the decode graph is exported and compiled once per variant through
+  the project's content-addressed compile cache; the tool loads that very file.
+- The same inputs: every decode argument (the weights in `VariantWeights` order, then
+  token, pos, kcache, vcache) is written once per variant to .npy files that the tool
+  reads with `--input=@file.npy`. The token is the prefill's first token and pos the
+  prompt length; the caches are zeros, not the state after prefill. That does not
+  change the timing: the decode graph is static-shaped, attends over all `max_seq`
+  slots under a mask and has no data-dependent control flow, so it does the same work
+  whatever the values are, and zeros are not denormals (the one class of float values
+  that slows x86 arithmetic).
+- The same threads: both local-task devices get `--task_topology_max_group_count`
+  (default: nproc); the topology the tool builds is recorded.
+- The same statistic: ours is the median of N timed steps after W warmup steps, each
+  step bracketing the call and the 4-byte token readback; theirs is the median of N
+  repetitions of one call each (`--benchmark_min_time=1x --benchmark_repetitions=N`),
+  after one warmup call when W > 0.
+- Interleaved rounds: this machine is shared and noisy, so R rounds alternate the two
+  sides (ours first in even rounds, theirs first in odd ones) and the report gives the
+  median over rounds, plus each round and the load average before it.
+
+What stays different by design: ours advances pos and feeds each step's caches into
+the next (a real decode), while the tool repeats one step with fixed inputs; ours also
+reads back the 4-byte token. Neither changes the work per step.
+
+Usage:
+    python benchmarks/decode_cpu.py --model mid --variants fp32,int4 --steps 20
+    python benchmarks/decode_cpu.py --model llama-3.2-1b --steps 5 --warmup 1 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import (  # noqa: E402
+    default_report_path,
+    iree_tool,
+    machine_info,
+    markdown_table,
+    write_json,
+)
+
+WEIGHT_SEED = 0
+SCRIPT = "decode_cpu"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="llama-3.2-1b", help="a preset of workers/llama_config.py")
+    p.add_argument("--variants", default="fp32,int4", help="comma-separated: fp32,bf16,int8,int4")
+    p.add_argument("--device", default="cpu", help="a key of workers.devices.BUILTIN_DEVICES")
+    p.add_argument("--steps", type=int, default=20, help="timed decode steps (N)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warmup steps (W)")
+    p.add_argument("--prompt-length", type=int, default=16, help="prompt tokens (L)")
+    p.add_argument("--max-seq", type=int, default=256, help="KV cache capacity")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of ours/theirs (R)")
+    p.add_argument("--task-workers", type=int, default=os.cpu_count() or 1,
+                   help="--task_topology_max_group_count for both sides (default: nproc)")
+    p.add_argument("--out", type=Path, default=None, help="JSON report path")
+    p.add_argument("--cache-dir", type=Path, default=ROOT / "outputs" / "cache")
+    args = p.parse_args(argv)
+    for name in ("steps", "rounds", "prompt_length", "max_seq", "task_workers"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    if args.prompt_length + args.warmup + args.steps > args.max_seq:
+        p.error("--prompt-length + --warmup + --steps must fit in --max-seq (the KV cache)")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.out is None:
+        args.out = ROOT / default_report_path(SCRIPT, args.model)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from workers.devices import BUILTIN_DEVICES
+    from workers.llama_config import preset
+    from workers.quant import check_variant
+
+    cfg = preset(args.model)
+    for variant in args.variants:
+        check_variant(variant)
+    if args.device not in BUILTIN_DEVICES:
+        raise ValueError(f"--device {args.device!r}; known: {sorted(BUILTIN_DEVICES)}")
+    device = BUILTIN_DEVICES[args.device]
+    if device.driver != "local-task":
+        raise ValueError(f"--device {args.device!r} runs on {device.driver}; this script is CPU only")
+
+    import iree.runtime as rt
+
+    from workers.bench import BenchmarkRunner
+
+    task_flags = [f"--task_topology_max_group_count={args.task_workers}"]
+    rt.flags.parse_flags(*task_flags)  # process-wide; must precede the device's creation
+    runner = BenchmarkRunner(device.driver)
+    report: dict[str, Any] = {
+        "script": SCRIPT,
+        "machine": machine_info(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "task_flags": task_flags,
+        "tool_task_groups": tool_task_groups(task_flags),
+        "variants": {},
+    }
+    print(f"# {args.model} on {report['machine']['cpu_model']} "
+          f"({report['machine']['nproc']} cpus, {report['tool_task_groups']} task workers)")
+    for variant in args.variants:
+        result = bench_variant(args, cfg, variant, device, runner, task_flags)
+        report["variants"][variant] = result
+        write_json(args.out, report)  # after each variant: a crash keeps what was measured
+    print()
+    print(markdown_table(TABLE_HEADER, [table_row(v, args.device, r)
+                                        for v, r in report["variants"].items()]))
+    print(f"\nreport: {args.out}")
+    return report
+
+
+TABLE_HEADER = ("variant", "device", "ours ms/tok", "iree-benchmark-module ms/tok",
+                "ratio ours/theirs", "weight GB", "compile s", "dispatches")
+
+
+def table_row(variant: str, device: str, r: dict[str, Any]) -> list[str]:
+    return [variant, device, f"{r['ours_ms']:.2f}", f"{r['iree_benchmark_module_ms']:.2f}",
+            f"{r['ratio']:.3f}", f"{r['weight_gb']:.2f}", f"{r['decode_compile_s']:.1f}",
+            str(r["num_dispatches"])]
+
+
+# --- one variant -----------------------------------------------------------------------------
+
+
+def bench_variant(args: argparse.Namespace, cfg: Any, variant: str, device: Any, runner: Any,
+                  task_flags: list[str]) -> dict[str, Any]:
+    from workers.bench import prompt_ids
+    from workers.model import prompt_bucket
+
+    prompt = prompt_ids(cfg.vocab_size, args.prompt_length)
+    bucket = prompt_bucket(args.prompt_length, args.max_seq)
+    prefill, decode = (compile_graph(args, cfg, variant, device, kind, bucket)
+                       for kind in ("prefill", "decode"))
+    print(f"\n## {variant}: decode compile {decode.compile_s:.1f} s "
+          f"({'cached' if decode.cache_hit else 'fresh'}), {decode.num_dispatches} dispatches")
+
+    with tempfile.TemporaryDirectory(prefix=f"decode_cpu-{variant}-") as tmp_name:
+        tmp = Path(tmp_name)
+        vmfb_path = tmp / "decode.vmfb"
+        vmfb_path.write_bytes(decode.vmfb)
+        weight_inputs, weight_bytes, upload_s = upload_and_dump_weights(
+            args, cfg, variant, runner, tmp)
+        print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {upload_s:.1f} s")
+        state_inputs: list[str] = []
+        rounds: list[dict[str, Any]] = []
+        tokens: tuple[int, ...] | None = None
+        for r in range(args.rounds):
+            record: dict[str, Any] = {"round": r, "loadavg_before": os.getloadavg()}
+            for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
+                if side == "ours":
+                    res = runner.run_point(prefill.vmfb, decode.vmfb, prompt, bucket,
+                                           warmup_steps=args.warmup, decode_steps=args.steps,
+                                           prefill_runs=1)
+                    if tokens is None:
+                        tokens = res.tokens
+                        state_inputs = write_decode_state(cfg, variant, args, res.tokens[0], tmp)
+                    elif res.tokens != tokens:
+                        raise RuntimeError(f"round {r}: tokens changed between runs of one point")
+                    record["ours_samples_ms"] = list(res.decode_samples_ms)
+                    record["ours_ms"] = float(np.median(res.decode_samples_ms))
+                    record["prefill_ms"] = res.prefill_ms
+                else:
+                    cmd = tool_command(vmfb_path, [*weight_inputs, *state_inputs], args, task_flags)
+                    samples = run_tool(cmd)
+                    record["iree_benchmark_module_samples_ms"] = samples
+                    record["iree_benchmark_module_ms"] = float(np.median(samples))
+            print(f"round {r}: ours {record['ours_ms']:.2f} ms/tok, "
+                  f"iree-benchmark-module {record['iree_benchmark_module_ms']:.2f} ms/tok "
+                  f"(load avg before {record['loadavg_before'][0]:.2f})")
+            rounds.append(record)
+        command = shlex.join(cmd).replace(str(tmp), "$INPUTS")
+
+    ours = float(np.median([x["ours_ms"] for x in rounds]))
+    theirs = float(np.median([x["iree_benchmark_module_ms"] for x in rounds]))
+    return {
+        "ours_ms": ours,
+        "iree_benchmark_module_ms": theirs,
+        "ratio": ours / theirs,
+        "within_5_percent": ours / theirs <= 1.05,
+        "weight_gb": weight_bytes / 1e9,
+        "weight_bytes": weight_bytes,
+        "upload_s": upload_s,
+        "decode_compile_s": decode.compile_s,
+        "prefill_compile_s": prefill.compile_s,
+        "decode_cache_hit": decode.cache_hit,
+        "num_dispatches": decode.num_dispatches,
+        "decode_vmfb_bytes": len(decode.vmfb),
+        "decode_compile_command": decode.command,
+        "iree_benchmark_module_command": command,
+        "decode_inputs": "weights, token (the prefill's first token), pos (prompt length), "
+                         "kcache and vcache as zeros",
+        "prompt_bucket": bucket,
+        "tokens": list(tokens or ()),
+        "rounds": rounds,
+    }
+
+
+def compile_graph(args: argparse.Namespace, cfg: Any, variant: str, device: Any, kind: str,
+                  bucket: int) -> Any:
+    from workers.compile import compile_stablehlo
+    from workers.export import GraphSpec, export_graph
+    from workers.quant import DEFAULT_GROUP_SIZE
+
+    spec = GraphSpec(cfg, variant, DEFAULT_GROUP_SIZE, args.max_seq, kind,
+                     bucket if kind == "prefill" else 0)
+    result = compile_stablehlo(export_graph(spec).stablehlo, device, cache_dir=args.cache_dir)
+    if not result.ok:
+        raise RuntimeError(f"{spec.label}: {result.error_class}\n{result.error_message}")
+    return result
+
+
+def upload_and_dump_weights(args: argparse.Namespace, cfg: Any, variant: str, runner: Any,
+                            tmp: Path) -> tuple[list[str], int, float]:
+    """Builds the variant's weights, writes them as tool inputs, uploads them, frees the host copy.
+
+    At most two copies exist at once (the host arrays and the device's, during the
+    upload); the fp32 checkpoint dict is gone as soon as `prepare_variant` returns.
+    """
+    from workers.checkpoint import synthetic_weights
+    from workers.quant import prepare_variant
+
+    holder = [prepare_variant(synthetic_weights(cfg, seed=WEIGHT_SEED), cfg, variant)]
+    weight_bytes = holder[0].nbytes
+    inputs = [write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(holder[0].arrays)]
+    key = f"{args.model}/{variant}/synthetic-seed{WEIGHT_SEED}"
+    upload_s = runner.ensure_weights(key, holder.pop)  # pop: the runner drops the last reference
+    return inputs, weight_bytes, upload_s
+
+
+def write_decode_state(cfg: Any, variant: str, args: argparse.Namespace, token: int,
+                       tmp: Path) -> list[str]:
+    """token, pos, kcache, vcache: the decode inputs after the weights."""
+    dtype = np.float32
+    if variant == "bf16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    cache_shape = (cfg.num_hidden_layers, args.max_seq, cfg.num_key_value_heads, cfg.head_dim)
+    cache = np.zeros(cache_shape, dtype)
+    return [write_input(tmp / "token", np.array(token, np.int32)),
+            write_input(tmp / "pos", np.array(args.prompt_length, np.int32)),
+            write_input(tmp / "kcache", cache),
+            write_input(tmp / "vcache", cache)]
+
+
+def write_input(stem: Path, array: np.ndarray) -> str:
+    """Writes one tool input and returns its `--input=` value.
+
+    .npy where numpy has the dtype; bfloat16 (which .npy cannot name) as raw bytes with
+    the shape and type spelled out.
+    """
+    if array.dtype.name == "bfloat16":
+        path = stem.with_suffix(".bin")
+        array.view(np.uint16).tofile(path)
+        return "x".join([*map(str, array.shape), "bf16"]) + f"=@{path}"
+    path = stem.with_suffix(".npy")
+    np.save(path, array)
+    return f"@{path}"
+
+
+# --- IREE's own tool ---------------------------------------------------------------------------
+
+
+def tool_command(vmfb: Path, inputs: list[str], args: argparse.Namespace,
+                 task_flags: list[str]) -> list[str]:
+    cmd = [
+        iree_tool("iree-benchmark-module"),
+        f"--module={vmfb}",
+        "--device=local-task",
+        "--function=main",
+        *task_flags,
+        *(f"--input={value}" for value in inputs),
+        "--benchmark_min_time=1x",  # one call per repetition: per-call samples, like ours
+        f"--benchmark_repetitions={args.steps}",
+        "--benchmark_format=json",
+    ]
+    if args.warmup > 0:
+        cmd.append("--benchmark_min_warmup_time=1e-9")  # exactly one untimed call first
+    return cmd
+
+
+def run_tool(cmd: list[str]) -> list[float]:
+    """Runs iree-benchmark-module; returns the real time of each repetition in ms."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"iree-benchmark-module failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
+    return parse_tool_json(proc.stdout)
+
+
+_TIME_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_tool_json(stdout: str) -> list[float]:
+    """Per-repetition real times (ms) from google-benchmark JSON; aggregates are skipped."""
+    data = json.loads(stdout[stdout.index("{"):])
+    # google-benchmark's real_time is already per iteration (here one call).
+    samples = [b["real_time"] * _TIME_UNIT_MS[b["time_unit"]]
+               for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
+    if not samples:
+        raise RuntimeError("iree-benchmark-module reported no iterations")
+    return samples
+
+
+def tool_task_groups(task_flags: list[str]) -> int | None:
+    """How many task workers the tool's local-task device gets with these flags."""
+    proc = subprocess.run([iree_tool("iree-benchmark-module"), "--dump_task_topologies",
+                           *task_flags], capture_output=True, text=True)
+    count = (proc.stdout + proc.stderr).count("group[")
+    return count or None
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - start:.0f} s")
