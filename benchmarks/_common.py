@@ -15,6 +15,7 @@ import platform
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -108,6 +109,55 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def _proc_stat_jiffies() -> tuple[int, int, int]:
+    """(busy, steal, total) CPU jiffies over all cores since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields  # guest is inside user
+    return user + nice + system + irq + softirq, steal, sum(fields)
+
+
+class OtherCpu:
+    """How busy the CPUs were with other processes while the `with` body ran.
+
+    On a shared machine a benchmark is only as good as the quiet around it. This takes
+    the busy time of all cores from /proc/stat, subtracts this process's own CPU time
+    and that of the children it waited for (a tool run by subprocess), and divides by
+    wall time x cores: 0.0 means nothing else ran, 0.5 that one of two cores was taken.
+    `steal` is the time the hypervisor gave our virtual CPUs to someone else.
+    Resolution is one clock tick (10 ms), so it means little for runs under a second.
+    """
+
+    other: float = 0.0
+    steal: float = 0.0
+
+    def __enter__(self) -> OtherCpu:
+        self._stat, self._times = _proc_stat_jiffies(), os.times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (busy0, steal0, total0), t0 = self._stat, self._times
+        busy1, steal1, total1 = _proc_stat_jiffies()
+        t1 = os.times()
+        hz = os.sysconf("SC_CLK_TCK")
+        ours = sum(b - a for a, b in zip(t0[:4], t1[:4], strict=True))  # seconds
+        total = max(total1 - total0, 1) / hz  # core-seconds that passed
+        self.other = max(0.0, ((busy1 - busy0) / hz - ours) / total)
+        self.steal = (steal1 - steal0) / hz / total
+
+
+def wait_for_quiet(max_wait_s: float, threshold: float = 0.1, window_s: float = 1.0) -> float:
+    """Waits (at most `max_wait_s`) until other processes use under `threshold` of the CPUs.
+
+    Returns the last window's fraction, so a report can say how quiet it was at start.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        with OtherCpu() as probe:
+            time.sleep(window_s)
+        if probe.other < threshold or time.monotonic() >= deadline:
+            return probe.other
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

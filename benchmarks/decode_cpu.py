@@ -55,10 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import (  # noqa: E402
+    OtherCpu,
     default_report_path,
     iree_tool,
     machine_info,
     markdown_table,
+    wait_for_quiet,
     write_json,
 )
 
@@ -76,8 +78,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-length", type=int, default=16, help="prompt tokens (L)")
     p.add_argument("--max-seq", type=int, default=256, help="KV cache capacity")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of ours/theirs (R)")
-    p.add_argument("--task-workers", type=int, default=os.cpu_count() or 1,
-                   help="--task_topology_max_group_count for both sides (default: nproc)")
+    p.add_argument(
+        "--task-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="--task_topology_max_group_count for both sides (default: nproc)",
+    )
+    p.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=60.0,
+        help="before each measurement, wait up to this long for other processes "
+        "to leave the CPUs (under 10%% busy)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON report path")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "outputs" / "cache")
     args = p.parse_args(argv)
@@ -107,7 +120,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--device {args.device!r}; known: {sorted(BUILTIN_DEVICES)}")
     device = BUILTIN_DEVICES[args.device]
     if device.driver != "local-task":
-        raise ValueError(f"--device {args.device!r} runs on {device.driver}; this script is CPU only")
+        raise ValueError(
+            f"--device {args.device!r} runs on {device.driver}; this script is CPU-only"
+        )
 
     import iree.runtime as rt
 
@@ -124,77 +139,117 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tool_task_groups": tool_task_groups(task_flags),
         "variants": {},
     }
-    print(f"# {args.model} on {report['machine']['cpu_model']} "
-          f"({report['machine']['nproc']} cpus, {report['tool_task_groups']} task workers)")
+    print(
+        f"# {args.model} on {report['machine']['cpu_model']} "
+        f"({report['machine']['nproc']} cpus, {report['tool_task_groups']} task workers)"
+    )
     for variant in args.variants:
         result = bench_variant(args, cfg, variant, device, runner, task_flags)
         report["variants"][variant] = result
         write_json(args.out, report)  # after each variant: a crash keeps what was measured
     print()
-    print(markdown_table(TABLE_HEADER, [table_row(v, args.device, r)
-                                        for v, r in report["variants"].items()]))
+    print(
+        markdown_table(
+            TABLE_HEADER, [table_row(v, args.device, r) for v, r in report["variants"].items()]
+        )
+    )
     print(f"\nreport: {args.out}")
     return report
 
 
-TABLE_HEADER = ("variant", "device", "ours ms/tok", "iree-benchmark-module ms/tok",
-                "ratio ours/theirs", "weight GB", "compile s", "dispatches")
+TABLE_HEADER = (
+    "variant",
+    "device",
+    "ours ms/tok",
+    "iree-benchmark-module ms/tok",
+    "ratio ours/theirs",
+    "weight GB",
+    "compile s",
+    "dispatches",
+)
 
 
 def table_row(variant: str, device: str, r: dict[str, Any]) -> list[str]:
-    return [variant, device, f"{r['ours_ms']:.2f}", f"{r['iree_benchmark_module_ms']:.2f}",
-            f"{r['ratio']:.3f}", f"{r['weight_gb']:.2f}", f"{r['decode_compile_s']:.1f}",
-            str(r["num_dispatches"])]
+    return [
+        variant,
+        device,
+        f"{r['ours_ms']:.2f}",
+        f"{r['iree_benchmark_module_ms']:.2f}",
+        f"{r['ratio']:.3f}",
+        f"{r['weight_gb']:.2f}",
+        f"{r['decode_compile_s']:.1f}",
+        str(r["num_dispatches"]),
+    ]
 
 
 # --- one variant -----------------------------------------------------------------------------
 
 
-def bench_variant(args: argparse.Namespace, cfg: Any, variant: str, device: Any, runner: Any,
-                  task_flags: list[str]) -> dict[str, Any]:
+def bench_variant(
+    args: argparse.Namespace,
+    cfg: Any,
+    variant: str,
+    device: Any,
+    runner: Any,
+    task_flags: list[str],
+) -> dict[str, Any]:
     from workers.bench import prompt_ids
     from workers.model import prompt_bucket
 
     prompt = prompt_ids(cfg.vocab_size, args.prompt_length)
     bucket = prompt_bucket(args.prompt_length, args.max_seq)
-    prefill, decode = (compile_graph(args, cfg, variant, device, kind, bucket)
-                       for kind in ("prefill", "decode"))
-    print(f"\n## {variant}: decode compile {decode.compile_s:.1f} s "
-          f"({'cached' if decode.cache_hit else 'fresh'}), {decode.num_dispatches} dispatches")
+    prefill, decode = (
+        compile_graph(args, cfg, variant, device, kind, bucket) for kind in ("prefill", "decode")
+    )
+    print(
+        f"\n## {variant}: decode compile {decode.compile_s:.1f} s "
+        f"({'cached' if decode.cache_hit else 'fresh'}), {decode.num_dispatches} dispatches"
+    )
 
     with tempfile.TemporaryDirectory(prefix=f"decode_cpu-{variant}-") as tmp_name:
         tmp = Path(tmp_name)
         vmfb_path = tmp / "decode.vmfb"
         vmfb_path.write_bytes(decode.vmfb)
         weight_inputs, weight_bytes, upload_s = upload_and_dump_weights(
-            args, cfg, variant, runner, tmp)
+            args, cfg, variant, runner, tmp
+        )
         print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {upload_s:.1f} s")
-        state_inputs: list[str] = []
+        state: dict[str, Any] = {"inputs": None, "tokens": None}
         rounds: list[dict[str, Any]] = []
-        tokens: tuple[int, ...] | None = None
         for r in range(args.rounds):
             record: dict[str, Any] = {"round": r, "loadavg_before": os.getloadavg()}
-            for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
-                if side == "ours":
-                    res = runner.run_point(prefill.vmfb, decode.vmfb, prompt, bucket,
-                                           warmup_steps=args.warmup, decode_steps=args.steps,
-                                           prefill_runs=1)
-                    if tokens is None:
-                        tokens = res.tokens
-                        state_inputs = write_decode_state(cfg, variant, args, res.tokens[0], tmp)
-                    elif res.tokens != tokens:
-                        raise RuntimeError(f"round {r}: tokens changed between runs of one point")
-                    record["ours_samples_ms"] = list(res.decode_samples_ms)
-                    record["ours_ms"] = float(np.median(res.decode_samples_ms))
-                    record["prefill_ms"] = res.prefill_ms
-                else:
-                    cmd = tool_command(vmfb_path, [*weight_inputs, *state_inputs], args, task_flags)
-                    samples = run_tool(cmd)
-                    record["iree_benchmark_module_samples_ms"] = samples
-                    record["iree_benchmark_module_ms"] = float(np.median(samples))
-            print(f"round {r}: ours {record['ours_ms']:.2f} ms/tok, "
-                  f"iree-benchmark-module {record['iree_benchmark_module_ms']:.2f} ms/tok "
-                  f"(load avg before {record['loadavg_before'][0]:.2f})")
+            for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
+                record[f"{side}_quiet_before"] = wait_for_quiet(args.quiet_wait_s)
+                with OtherCpu() as cpu:
+                    if side == "ours":
+                        record.update(
+                            measure_ours(
+                                args,
+                                cfg,
+                                variant,
+                                runner,
+                                prefill,
+                                decode,
+                                prompt,
+                                bucket,
+                                state,
+                                tmp,
+                            )
+                        )
+                    else:
+                        cmd = tool_command(
+                            vmfb_path, [*weight_inputs, *state["inputs"]], args, task_flags
+                        )
+                        samples = run_tool(cmd)
+                        record["iree_benchmark_module_samples_ms"] = samples
+                        record["iree_benchmark_module_ms"] = float(np.median(samples))
+                record[f"{side}_other_cpu"], record[f"{side}_steal"] = cpu.other, cpu.steal
+            print(
+                f"round {r}: ours {record['ours_ms']:.2f} ms/tok "
+                f"(other cpu {record['ours_other_cpu']:.0%}), iree-benchmark-module "
+                f"{record['iree_benchmark_module_ms']:.2f} ms/tok "
+                f"(other cpu {record['theirs_other_cpu']:.0%})"
+            )
             rounds.append(record)
         command = shlex.join(cmd).replace(str(tmp), "$INPUTS")
 
@@ -216,29 +271,66 @@ def bench_variant(args: argparse.Namespace, cfg: Any, variant: str, device: Any,
         "decode_compile_command": decode.command,
         "iree_benchmark_module_command": command,
         "decode_inputs": "weights, token (the prefill's first token), pos (prompt length), "
-                         "kcache and vcache as zeros",
+        "kcache and vcache as zeros",
         "prompt_bucket": bucket,
-        "tokens": list(tokens or ()),
+        "tokens": list(state["tokens"]),
         "rounds": rounds,
     }
 
 
-def compile_graph(args: argparse.Namespace, cfg: Any, variant: str, device: Any, kind: str,
-                  bucket: int) -> Any:
+def measure_ours(
+    args: argparse.Namespace,
+    cfg: Any,
+    variant: str,
+    runner: Any,
+    prefill: Any,
+    decode: Any,
+    prompt: np.ndarray,
+    bucket: int,
+    state: dict[str, Any],
+    tmp: Path,
+) -> dict[str, Any]:
+    """One run_point; the first also writes the tool's decode state (it needs the token)."""
+    res = runner.run_point(
+        prefill.vmfb,
+        decode.vmfb,
+        prompt,
+        bucket,
+        warmup_steps=args.warmup,
+        decode_steps=args.steps,
+        prefill_runs=1,
+    )
+    if state["tokens"] is None:
+        state["tokens"] = res.tokens
+        state["inputs"] = write_decode_state(cfg, variant, args, res.tokens[0], tmp)
+    elif res.tokens != state["tokens"]:
+        raise RuntimeError(f"{variant}: greedy tokens changed between runs of the same point")
+    return {
+        "ours_samples_ms": list(res.decode_samples_ms),
+        "ours_ms": float(np.median(res.decode_samples_ms)),
+        "prefill_ms": res.prefill_ms,
+    }
+
+
+def compile_graph(
+    args: argparse.Namespace, cfg: Any, variant: str, device: Any, kind: str, bucket: int
+) -> Any:
     from workers.compile import compile_stablehlo
     from workers.export import GraphSpec, export_graph
     from workers.quant import DEFAULT_GROUP_SIZE
 
-    spec = GraphSpec(cfg, variant, DEFAULT_GROUP_SIZE, args.max_seq, kind,
-                     bucket if kind == "prefill" else 0)
+    spec = GraphSpec(
+        cfg, variant, DEFAULT_GROUP_SIZE, args.max_seq, kind, bucket if kind == "prefill" else 0
+    )
     result = compile_stablehlo(export_graph(spec).stablehlo, device, cache_dir=args.cache_dir)
     if not result.ok:
         raise RuntimeError(f"{spec.label}: {result.error_class}\n{result.error_message}")
     return result
 
 
-def upload_and_dump_weights(args: argparse.Namespace, cfg: Any, variant: str, runner: Any,
-                            tmp: Path) -> tuple[list[str], int, float]:
+def upload_and_dump_weights(
+    args: argparse.Namespace, cfg: Any, variant: str, runner: Any, tmp: Path
+) -> tuple[list[str], int, float]:
     """Builds the variant's weights, writes them as tool inputs, uploads them, frees the host copy.
 
     At most two copies exist at once (the host arrays and the device's, during the
@@ -255,8 +347,9 @@ def upload_and_dump_weights(args: argparse.Namespace, cfg: Any, variant: str, ru
     return inputs, weight_bytes, upload_s
 
 
-def write_decode_state(cfg: Any, variant: str, args: argparse.Namespace, token: int,
-                       tmp: Path) -> list[str]:
+def write_decode_state(
+    cfg: Any, variant: str, args: argparse.Namespace, token: int, tmp: Path
+) -> list[str]:
     """token, pos, kcache, vcache: the decode inputs after the weights."""
     dtype = np.float32
     if variant == "bf16":
@@ -265,10 +358,12 @@ def write_decode_state(cfg: Any, variant: str, args: argparse.Namespace, token: 
         dtype = ml_dtypes.bfloat16
     cache_shape = (cfg.num_hidden_layers, args.max_seq, cfg.num_key_value_heads, cfg.head_dim)
     cache = np.zeros(cache_shape, dtype)
-    return [write_input(tmp / "token", np.array(token, np.int32)),
-            write_input(tmp / "pos", np.array(args.prompt_length, np.int32)),
-            write_input(tmp / "kcache", cache),
-            write_input(tmp / "vcache", cache)]
+    return [
+        write_input(tmp / "token", np.array(token, np.int32)),
+        write_input(tmp / "pos", np.array(args.prompt_length, np.int32)),
+        write_input(tmp / "kcache", cache),
+        write_input(tmp / "vcache", cache),
+    ]
 
 
 def write_input(stem: Path, array: np.ndarray) -> str:
@@ -289,8 +384,9 @@ def write_input(stem: Path, array: np.ndarray) -> str:
 # --- IREE's own tool ---------------------------------------------------------------------------
 
 
-def tool_command(vmfb: Path, inputs: list[str], args: argparse.Namespace,
-                 task_flags: list[str]) -> list[str]:
+def tool_command(
+    vmfb: Path, inputs: list[str], args: argparse.Namespace, task_flags: list[str]
+) -> list[str]:
     cmd = [
         iree_tool("iree-benchmark-module"),
         f"--module={vmfb}",
@@ -311,8 +407,10 @@ def run_tool(cmd: list[str]) -> list[float]:
     """Runs iree-benchmark-module; returns the real time of each repetition in ms."""
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise RuntimeError(f"iree-benchmark-module failed ({proc.returncode}):\n"
-                           f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
+        raise RuntimeError(
+            f"iree-benchmark-module failed ({proc.returncode}):\n"
+            f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+        )
     return parse_tool_json(proc.stdout)
 
 
@@ -321,10 +419,13 @@ _TIME_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def parse_tool_json(stdout: str) -> list[float]:
     """Per-repetition real times (ms) from google-benchmark JSON; aggregates are skipped."""
-    data = json.loads(stdout[stdout.index("{"):])
+    data = json.loads(stdout[stdout.index("{") :])
     # google-benchmark's real_time is already per iteration (here one call).
-    samples = [b["real_time"] * _TIME_UNIT_MS[b["time_unit"]]
-               for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
+    samples = [
+        b["real_time"] * _TIME_UNIT_MS[b["time_unit"]]
+        for b in data["benchmarks"]
+        if b.get("run_type", "iteration") == "iteration"
+    ]
     if not samples:
         raise RuntimeError("iree-benchmark-module reported no iterations")
     return samples
@@ -332,8 +433,11 @@ def parse_tool_json(stdout: str) -> list[float]:
 
 def tool_task_groups(task_flags: list[str]) -> int | None:
     """How many task workers the tool's local-task device gets with these flags."""
-    proc = subprocess.run([iree_tool("iree-benchmark-module"), "--dump_task_topologies",
-                           *task_flags], capture_output=True, text=True)
+    proc = subprocess.run(
+        [iree_tool("iree-benchmark-module"), "--dump_task_topologies", *task_flags],
+        capture_output=True,
+        text=True,
+    )
     count = (proc.stdout + proc.stderr).count("group[")
     return count or None
 

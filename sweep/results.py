@@ -201,24 +201,34 @@ def _to_table(rows: Sequence[dict[str, Any]], defaults: dict[str, Any]) -> pa.Ta
             f"unknown result columns {unknown}; add them to sweep.results.SCHEMA "
             "(and bump SCHEMA_VERSION) or drop them from the row"
         )
-    arrays = []
-    for field in SCHEMA:
-        values = [row.get(field.name, defaults.get(field.name)) for row in rows]
-        if not field.nullable and any(v is None for v in values):
-            raise ValueError(f"result column {field.name!r} is required but a row lacks it")
-        try:
-            arrays.append(pa.array(values, type=field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-            raise ValueError(f"result column {field.name!r} must hold {field.type}: {e}") from e
+    arrays = [
+        _column(field, [row.get(field.name, defaults.get(field.name)) for row in rows])
+        for field in SCHEMA
+    ]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _column(field: pa.Field, values: list[Any]) -> pa.Array:
+    """One column of `field`'s type; refuses what pyarrow would silently truncate."""
+    if not field.nullable and any(v is None for v in values):
+        raise ValueError(f"result column {field.name!r} is required but a row lacks it")
+    if pa.types.is_integer(field.type):
+        lossy = [v for v in values if isinstance(v, float) and not v.is_integer()]
+        if lossy:  # pyarrow casts 1.5 to 1 without a word
+            raise ValueError(f"result column {field.name!r} must hold integers, got {lossy[:3]}")
+    try:
+        return pa.array(values, type=field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+        raise ValueError(f"result column {field.name!r} must hold {field.type}: {e}") from e
 
 
 class ResultsWriter:
     """Writes batches of result rows of one run as new Parquet files, atomically.
 
     One file per `write` call: the driver should batch rows (e.g. every few seconds)
-    rather than write one file per point, so a 100k-point sweep stays a few hundred
-    files. Safe to use from several processes or hosts at once on the same results_dir:
+    rather than write one file per point, since every file costs each query a footer
+    read (100k rows in 100 files query in ~0.1 s; in 1,000 files, ~1 s on 2 cores).
+    Safe to use from several processes or hosts at once on the same results_dir:
     names carry a uuid, and nothing is ever appended or overwritten.
     """
 
@@ -318,18 +328,23 @@ def _newest_indices(table: pa.Table) -> pa.Array:
     return order.filter(is_last)
 
 
+def _newest(results_dir: Path, columns: Sequence[str]) -> pa.Table:
+    """The newest row of each point_key, reading only `columns` plus the sort keys."""
+    names = list(dict.fromkeys(["point_key", "created_at", *columns]))
+    table = read_results(results_dir, names)
+    return table.take(_newest_indices(table))
+
+
 def latest_rows(
     results_dir: Path, columns: Sequence[str] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """point_key -> its newest row across all runs: what resume and reports build on.
+    """point_key -> its newest row (by created_at) across all runs, for resume and reports.
 
-    Pass `columns` to read only those (point_key and created_at are always read),
-    which keeps this fast on a large results_dir.
+    Pass `columns` to read only those, which keeps this fast on a large results_dir
+    (the full rows carry the raw samples and tokens).
     """
     wanted = list(COLUMNS if columns is None else columns)
-    names = list(dict.fromkeys(["point_key", "created_at", *wanted]))
-    table = read_results(results_dir, names)
-    newest = table.take(_newest_indices(table))
+    newest = _newest(results_dir, wanted)
     keys = newest["point_key"].to_pylist()
     return dict(zip(keys, newest.select(wanted).to_pylist(), strict=True))
 
@@ -338,11 +353,12 @@ def completed_point_keys(results_dir: Path, statuses: Iterable[str] = ("ok",)) -
     """Keys whose newest row has one of `statuses`: the points a resumed sweep skips.
 
     Only the newest row counts, so a point that once passed and then failed on a
-    rerun (e.g. after a flag change) is run again.
+    rerun (e.g. after a flag change) is run again. Reads point_key, status, created_at.
     """
-    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
-    rows = latest_rows(results_dir, columns=("point_key", "status"))
-    return {key for key, row in rows.items() if row["status"] in wanted}
+    wanted = [statuses] if isinstance(statuses, str) else list(statuses)
+    newest = _newest(results_dir, ["status"])
+    done = pc.is_in(newest["status"], value_set=pa.array(wanted, type=pa.string()))
+    return set(newest["point_key"].filter(done).to_pylist())
 
 
 def _sql_string(text: str) -> str:

@@ -154,6 +154,8 @@ def test_bad_rows_name_the_column(tmp_path: Path) -> None:
         writer.write([{k: v for k, v in row.items() if k != "status"}])
     with pytest.raises(ValueError, match="'prompt_length' must hold int32"):
         writer.write([{**row, "prompt_length": "seven"}])
+    with pytest.raises(ValueError, match="'num_dispatches' must hold integers"):
+        writer.write([{**row, "num_dispatches": 1.5}])
     with pytest.raises(ValueError, match="run_id"):
         writer.write([{**row, "run_id": "someone-else"}])
     with pytest.raises(ValueError, match="no rows"):

@@ -76,7 +76,17 @@ def load_checkpoint(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray
     need (a tied `lm_head.weight`, rotary buffers) are ignored. Every tensor is
     validated before any data is read, so a bad checkpoint fails before the slow part.
     """
-    root = Path(path)
+    cfg, spans = _validated_spans(Path(path))
+    return cfg, {name: _read_tensor(span, name) for name, span in spans.items()}
+
+
+def check_checkpoint(path: str | Path) -> LlamaConfig:
+    """Everything `load_checkpoint` checks, without reading tensor data: cheap enough for
+    the driver to run before any work starts."""
+    return _validated_spans(Path(path))[0]
+
+
+def _validated_spans(root: Path) -> tuple[LlamaConfig, dict[str, _TensorSpan]]:
     if not root.is_dir():
         raise CheckpointError(
             f"{root}: checkpoint directory does not exist; pass a directory holding "
@@ -87,7 +97,7 @@ def load_checkpoint(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray
     files = _tensor_files(root, list(shapes))
     headers = {file: _read_header(file) for file in dict.fromkeys(files.values())}
     spans = {name: _locate(headers[files[name]], name, shape) for name, shape in shapes.items()}
-    return cfg, {name: _read_tensor(span, name) for name, span in spans.items()}
+    return cfg, spans
 
 
 def _read_config(config_path: Path) -> LlamaConfig:

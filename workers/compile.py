@@ -142,7 +142,7 @@ def host_cpu_id() -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _targets_host(flags: Sequence[str]) -> bool:
+def targets_host(flags: Sequence[str]) -> bool:
     """True if the effective (last given) target cpu or cpu features is "host"."""
     last: dict[str, str] = {}
     for flag in flags:
@@ -153,7 +153,7 @@ def _targets_host(flags: Sequence[str]) -> bool:
 
 def cache_key(stablehlo_sha256: str, device: DeviceSpec, flags: Sequence[str]) -> str:
     """The content address of a compile: equal keys mean interchangeable vmfbs."""
-    host_cpu = host_cpu_id() if _targets_host((*device.target_flags, *flags)) else None
+    host_cpu = host_cpu_id() if targets_host((*device.target_flags, *flags)) else None
     parts = {
         "stablehlo_sha256": stablehlo_sha256,
         "device": device.name,

@@ -1,0 +1,67 @@
+"""Progress of a long sweep: compiles, benchmarks, failures, skips and an ETA.
+
+On a terminal a live rich bar; in a log (CI, `nohup`) one line per finished point,
+so progress is visible either way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class ProgressDisplay:
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.live = bool(getattr(out, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self._progress: Any = None
+        self._compile_task = self._bench_task = None
+        self._num_points = 0
+        self._num_finished = 0
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=Console(file=self.out),
+            )
+            self._progress.__enter__()
+            self._compile_task = self._progress.add_task("compile", total=None)
+            self._bench_task = self._progress.add_task("points", total=None)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def update(self, counters: Any) -> None:
+        self._num_points = counters.num_points
+        self._num_finished = counters.num_benchmarked + counters.num_failed + counters.num_skipped
+        if self._progress is None:
+            return
+        self._progress.update(self._compile_task, total=counters.num_compiles or None,
+                              completed=counters.num_compiled,
+                              description=f"compile ({counters.num_compile_cache_hits} cached)")
+        self._progress.update(
+            self._bench_task, total=counters.num_points, completed=self._num_finished,
+            description=(f"points (ok {counters.num_benchmarked}, failed {counters.num_failed}, "
+                         f"skipped {counters.num_skipped})"),
+        )
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        elapsed = time.monotonic() - self.start
+        done = self._num_finished + 1
+        eta = elapsed / done * max(self._num_points - done, 0) if self._num_points else 0.0
+        timing = f" {row['decode_ms_p50']:.2f} ms/tok" if row.get("decode_ms_p50") else ""
+        line = (f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "
+                f"{row['variant']}/{row['device']}/L{row['prompt_length']}/{row['flag_set']}{timing}")
+        if self._progress is not None:
+            self._progress.console.print(line)
+        else:
+            print(line, file=self.out, flush=True)
