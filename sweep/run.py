@@ -34,7 +34,7 @@ class SweepOutcome:
     rows: list[dict[str, Any]]
     exit_code: int
     wall_s: float
-    counters: Any = None
+    counters: Any = None  # scheduler Counters: compiles, cache hits, ...
 
 
 def new_run_id() -> str:
@@ -80,14 +80,15 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
         print_plan(todo, out)
         return SweepOutcome(run_id, len(points), [], 0, time.monotonic() - start)
     save_run(results_dir, run_id, resolved, points)
-    rows = _run_on_ray(cfg, source, model_cfg, todo, writer, run_id, out) if todo else []
+    rows, counters = _run_on_ray(cfg, source, model_cfg, todo, writer, run_id, out) if todo else ([], None)
     print_summary(rows, out)
     failed = [r for r in rows if r["status"] in FAILED]
-    return SweepOutcome(run_id, len(points), rows, 1 if failed else 0, time.monotonic() - start)
+    return SweepOutcome(run_id, len(points), rows, 1 if failed else 0, time.monotonic() - start,
+                        counters)
 
 
 def _run_on_ray(cfg: SweepConfig, source: ModelSource, model_cfg: LlamaConfig, todo: list[Point],
-                writer: ResultsWriter, run_id: str, out: Any) -> list[dict[str, Any]]:
+                writer: ResultsWriter, run_id: str, out: Any) -> tuple[list[dict[str, Any]], Any]:
     import ray
 
     from sweep.cluster import alive_nodes, connect
@@ -116,7 +117,7 @@ def _run_on_ray(cfg: SweepConfig, source: ModelSource, model_cfg: LlamaConfig, t
         scheduler.shutdown()
         if started:
             ray.shutdown()
-    return rows
+    return rows, scheduler.counters
 
 
 def save_run(results_dir: Path, run_id: str, resolved: dict[str, Any], points: list[Point]) -> Path:

@@ -3,7 +3,10 @@
 The reference is a tiny random `LlamaForCausalLM` saved with `save_pretrained` and read
 back by our torch-free loader. Its parameters are re-initialized at unit gain
 (std 1/sqrt(fan_in), norms 1 + 0.1 * noise): with transformers' std 0.02 a random
-model repeats one token, and 16 equal tokens would agree by accident. Shapes and
+model repeats one token, and 16 equal tokens would agree by accident; the per-layer
+linears get twice that gain, since with a tied embedding at unit gain the residual
+stream is still mostly the current token's embedding and greedy decode repeats it.
+Shapes and
 hyper-parameters are chosen so that a config field that is read wrongly changes
 the numbers: head_dim 32 with hidden 64 and 4 heads (not hidden / heads), a large
 rms_norm_eps, a non-default rope_theta, and llama3 RoPE scaling with
@@ -19,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from workers.bench import BenchmarkRunner, prompt_ids
 from workers.checkpoint import INDEX_FILE, SINGLE_FILE, load_checkpoint
 from workers.compile import CompileResult, compile_stablehlo
 from workers.devices import BUILTIN_DEVICES
-from workers.export import ExportedGraph, GraphSpec, export_graph
+from workers.export import GraphSpec, export_graph
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs, prompt_bucket, rope_inv_freq
 from workers.quant import VariantWeights, host_dequantized, prepare_variant
@@ -44,6 +46,7 @@ NUM_TOKENS = 16  # the first from prefill, then 15 decode steps
 MIN_DISTINCT_TOKENS = 4  # fewer and a token comparison says little
 GROUP_SIZE = 64
 ATOL = RTOL = 1e-4  # fp32 logits, ours (XLA) against transformers (torch)
+LAYER_GAIN = 2.0  # std of the per-layer linears is LAYER_GAIN / sqrt(fan_in)
 
 VOCAB, HIDDEN, HEADS, HEAD_DIM = 256, 64, 4, 32
 RMS_NORM_EPS = 1e-2  # mean square of an embedding row is ~1/64: eps=1e-2 moves the output
@@ -111,11 +114,12 @@ def _save_hf_llama(directory: Path, case: CheckpointCase) -> None:
     )
     model = transformers.LlamaForCausalLM(hf_cfg)
     with torch.no_grad():
-        for param in model.parameters():  # a tied embedding is listed once
+        for name, param in model.named_parameters():  # a tied embedding is listed once
             if param.ndim == 1:  # RMSNorm weights
                 param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            else:  # [out, in] linears and the [vocab, hidden] embedding
-                param.normal_(0.0, 1.0 / math.sqrt(param.shape[1]))
+            else:  # [out, in] linears, the [vocab, hidden] embedding and lm_head
+                gain = LAYER_GAIN if ".layers." in name else 1.0
+                param.normal_(0.0, gain / math.sqrt(param.shape[1]))
     save_kwargs = {"max_shard_size": case.max_shard_size} if case.max_shard_size else {}
     model.save_pretrained(directory, safe_serialization=True, **save_kwargs)
 
@@ -175,26 +179,22 @@ class IreeCpu:
         self.runner = BenchmarkRunner(self.device.driver)
         self._compiled: dict[GraphSpec, CompileResult] = {}
 
-    def compile(self, *specs: GraphSpec) -> list[CompileResult]:
-        """Exports, then compiles the missing graphs two at a time (one per core)."""
-        todo = [spec for spec in dict.fromkeys(specs) if spec not in self._compiled]
-        exported = [export_graph(spec) for spec in todo]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            results = list(pool.map(self._compile_one, exported))
-        for spec, result in zip(todo, results, strict=True):
+    def compile(self, spec: GraphSpec) -> CompileResult:
+        """One graph, exported and compiled once per test module.
+
+        (iree-compile already uses both cores: compiling two graphs at once saves nothing.)
+        """
+        if spec not in self._compiled:
+            graph = export_graph(spec)
+            result = compile_stablehlo(graph.stablehlo, self.device, cache_dir=self.cache_dir)
             assert result.ok, f"{spec.label}: {result.error_message}"
             self._compiled[spec] = result
-        return [self._compiled[spec] for spec in specs]
-
-    def _compile_one(self, graph: ExportedGraph) -> CompileResult:
-        return compile_stablehlo(graph.stablehlo, self.device, cache_dir=self.cache_dir)
+        return self._compiled[spec]
 
     def graphs(self, cfg: LlamaConfig, variant: str, bucket: int) -> tuple[bytes, bytes]:
         """(prefill vmfb for `bucket`, decode vmfb)."""
-        prefill, decode = self.compile(
-            GraphSpec(cfg, variant, GROUP_SIZE, MAX_SEQ, "prefill", bucket),
-            GraphSpec(cfg, variant, GROUP_SIZE, MAX_SEQ, "decode"),
-        )
+        prefill = self.compile(GraphSpec(cfg, variant, GROUP_SIZE, MAX_SEQ, "prefill", bucket))
+        decode = self.compile(GraphSpec(cfg, variant, GROUP_SIZE, MAX_SEQ, "decode"))
         return prefill.vmfb, decode.vmfb
 
     def greedy(
@@ -262,7 +262,6 @@ def test_prefill_logits_match_transformers(
         ("rope_scaling", None),
         ("rms_norm_eps", 1e-5),
         ("rope_theta", 10000.0),
-        ("tie_word_embeddings", True),
     ],
 )
 def test_config_fields_are_not_vacuous(
@@ -271,8 +270,7 @@ def test_config_fields_are_not_vacuous(
     """Reading this field wrongly would fail the logits comparison above."""
     ckpt = checkpoints["untied-llama3-sharded"]
     cfg = dataclasses.replace(ckpt.cfg, **{field: wrong})
-    weights = {k: v for k, v in ckpt.weights.items() if k != "lm_head.weight" or not cfg.tie_word_embeddings}
-    ours = _xla_logits(cfg, prepare_variant(weights, cfg, "fp32"), prompt)
+    ours = _xla_logits(cfg, _fp32(ckpt), prompt)
     max_diff = float(np.abs(ours - ckpt.hf_logits).max())
     assert max_diff > 100 * ATOL, f"{field}={wrong!r} moved the logits by only {max_diff:g}"
 
@@ -380,7 +378,7 @@ def test_weights_upload_once_for_many_points(
         return make
 
     upload_s = []
-    for length in (5, PROMPT_LENGTH, 20):  # buckets 16, 16 and 32: one decode graph
+    for length in (3, 7, PROMPT_LENGTH):  # one bucket: no compile beyond the other tests'
         bucket = prompt_bucket(length, MAX_SEQ)
         prefill, decode = iree_cpu.graphs(ckpt.cfg, "fp32", bucket)
         upload_s.append(runner.ensure_weights("fp32", make_weights("fp32")))

@@ -1,0 +1,131 @@
+"""The sweep end to end on a real two-node Ray cluster, real iree-compile, real Parquet."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+from sweep.config import load_config
+from sweep.grid import expand
+from sweep.results import read_results
+from sweep.run import run_sweep
+from tests.conftest import ROOT
+
+
+def sweep(tmp_path, cache, *overrides: str):
+    """Runs a sweep in-process on the session cluster; returns (outcome, printed text)."""
+    cfg, resolved = load_config([
+        f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides,
+    ])
+    out = io.StringIO()
+    return run_sweep(cfg, resolved, out=out), out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_cluster, tmp_path_factory, shared_cache):
+    """The smoke grid once, on a fresh compile cache, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    cache = tmp / "cache"
+    outcome, text = sweep(tmp, cache, "+grid=smoke")
+    return tmp, cache, outcome, text
+
+
+def test_smoke_grid_gives_one_ok_row_per_point(smoke):
+    tmp, _, outcome, text = smoke
+    assert outcome.exit_code == 0, text
+    assert outcome.num_points == 8  # 2 variants x 2 prompt lengths x 2 flag sets x 1 device
+    table = read_results(tmp / "results")
+    assert table.num_rows == 8
+    rows = table.to_pylist()
+    assert {r["status"] for r in rows} == {"ok"}, text
+    assert len({r["point_key"] for r in rows}) == 8
+    for r in rows:
+        assert r["num_tokens_matched"] == len(r["tokens"]) == 1 + 2 + 16, r["point_key"]
+        assert r["tokens"] == r["reference_tokens"]
+        assert len(r["decode_samples_ms"]) == r["num_decode_steps"] == 16
+        assert r["decode_ms_p10"] <= r["decode_ms_p50"] <= r["decode_ms_p90"]
+        assert r["num_dispatches"] > 0 and r["vmfb_bytes"] > 0 and r["weight_bytes"] > 0
+        assert "iree-compile" in r["repro_command"] and "iree-benchmark-module" in r["repro_command"]
+    # DuckDB reads the dataset as written.
+    con = duckdb.connect()
+    got = con.execute(
+        "SELECT variant, count(*), median(decode_ms_p50) FROM read_parquet(?, "
+        "union_by_name=true, hive_partitioning=false) GROUP BY variant ORDER BY variant",
+        [str(tmp / "results" / "**" / "*.parquet")],
+    ).fetchall()
+    assert [(v, n) for v, n, _ in got] == [("fp32", 4), ("int4", 4)]
+    assert all(m > 0 for _, _, m in got)
+    assert "| variant | device |" in text  # the summary table
+
+
+def test_actors_run_on_both_nodes_and_shared_graphs_compile_once(smoke):
+    tmp, _, outcome, _ = smoke
+    rows = read_results(tmp / "results").to_pylist()
+    assert len({r["node_id"] for r in rows}) == 2, "one CPU benchmark actor per node"
+    # 2 variants x 2 flag sets x (2 prefill buckets + 1 decode); both nodes have the same
+    # CPU, so a host-targeted graph is compiled once for the pair, not once per node.
+    assert outcome.counters.num_compiles == 12
+    assert outcome.counters.num_compile_cache_hits == 0, "a fresh cache: every compile is real"
+
+
+def test_rerun_skips_finished_points_and_rerun_true_forces_them(smoke):
+    tmp, cache, _, _ = smoke
+    again, text = sweep(tmp, cache, "+grid=smoke")
+    assert again.rows == [] and again.counters is None, "nothing compiled or benchmarked"
+    assert "8 already done, 0 to run" in text
+    forced, _ = sweep(tmp, cache, "+grid=smoke", "rerun=true", "grid.variants=[fp32]",
+                      "~grid.flag_sets.O3", "grid.prompt_lengths=[8]")
+    assert [r["status"] for r in forced.rows] == ["ok"]
+    assert forced.counters.num_compile_cache_hits == forced.counters.num_compiles == 2
+
+
+def test_prompt_length_axis_does_not_recompile_decode(ray_cluster, tmp_path, shared_cache):
+    outcome, text = sweep(
+        tmp_path, shared_cache, "+grid=smoke", "grid.prompt_lengths=[32,64,128]",
+        "grid.max_seq=256", "grid.variants=[fp32]", "~grid.flag_sets.O3",
+        "bench.decode_steps=4",
+    )
+    assert outcome.exit_code == 0, text
+    assert len(outcome.rows) == 3
+    # One decode graph and one prefill graph per bucket (32, 64, 128): 4 compiles.
+    assert outcome.counters.num_compiles == 4
+    cfg, _ = load_config(["+grid=smoke", "grid.prompt_lengths=[32,64,128]", "grid.max_seq=256"])
+    points = expand(cfg, "model")
+    decode_graphs = {p.compile_key("decode") for p in points}
+    assert len(decode_graphs) == len(cfg.grid.variants) * len(cfg.grid.flag_sets)
+
+
+def test_cuda_on_a_gpu_less_cluster_is_skipped_at_once(ray_cluster, tmp_path, shared_cache):
+    start = time.monotonic()
+    outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", "grid.devices=[cuda]")
+    assert time.monotonic() - start < 30, "skipping must not wait for a GPU"
+    assert outcome.exit_code == 0, text
+    assert {r["status"] for r in outcome.rows} == {"skipped"}
+    assert all("cuda" in r["error_message"] for r in outcome.rows)
+    assert len(read_results(tmp_path / "results")) == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("grid.varients=[fp32]", "grid.varients"),
+        ("grid.prompt_lengths=[200]", "grid.prompt_lengths"),
+        ("grid.devices=[tpu]", "grid.devices"),
+        ("grid.variants=[int3]", "grid.variants"),
+        ("bench.decode_steps=many", "bench.decode_steps"),
+    ],
+)
+def test_config_errors_exit_2_before_ray_starts(tmp_path, override, named):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep", "+grid=smoke", override, f"results_dir={tmp_path}/r"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert named in proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr, "no Ray may start for a bad config"
+    assert not (tmp_path / "r").exists(), "nothing may be written for a bad config"
