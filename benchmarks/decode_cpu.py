@@ -39,6 +39,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -91,14 +92,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before each measurement, wait up to this long for other processes "
         "to leave the CPUs (under 10%% busy)",
     )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="times to redo a measurement during which other processes used over 10%% of the cpus",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON report path")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "outputs" / "cache")
     args = p.parse_args(argv)
     for name in ("steps", "rounds", "prompt_length", "max_seq", "task_workers"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
+    if args.warmup < 0 or args.retries < 0:
+        p.error("--warmup and --retries must be >= 0")
     if args.prompt_length + args.warmup + args.steps > args.max_seq:
         p.error("--prompt-length + --warmup + --steps must fit in --max-seq (the KV cache)")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -184,6 +191,24 @@ def table_row(variant: str, device: str, r: dict[str, Any]) -> list[str]:
 
 # --- one variant -----------------------------------------------------------------------------
 
+DISTURBED_OTHER_CPU = 0.10  # a measurement during which others used more of the CPUs is redone
+
+
+@dataclasses.dataclass
+class _Variant:
+    """What both sides of one variant's rounds share."""
+
+    args: argparse.Namespace
+    cfg: Any
+    variant: str
+    prefill: Any  # CompileResult
+    decode: Any  # CompileResult
+    prompt: np.ndarray
+    bucket: int
+    tmp: Path  # the tool's inputs and the decode vmfb
+    tool_inputs: list[str]  # --input= values: the weights first, then the decode state
+    tokens: tuple[int, ...] | None = None  # greedy tokens of the first run; later runs must match
+
 
 def bench_variant(
     args: argparse.Namespace,
@@ -196,65 +221,46 @@ def bench_variant(
     from workers.bench import prompt_ids
     from workers.model import prompt_bucket
 
-    prompt = prompt_ids(cfg.vocab_size, args.prompt_length)
     bucket = prompt_bucket(args.prompt_length, args.max_seq)
-    prefill, decode = (
-        compile_graph(args, cfg, variant, device, kind, bucket) for kind in ("prefill", "decode")
-    )
+    prefill = compile_graph(args, cfg, variant, device, "prefill", bucket)
+    decode = compile_graph(args, cfg, variant, device, "decode", bucket)
     print(
         f"\n## {variant}: decode compile {decode.compile_s:.1f} s "
         f"({'cached' if decode.cache_hit else 'fresh'}), {decode.num_dispatches} dispatches"
     )
-
     with tempfile.TemporaryDirectory(prefix=f"decode_cpu-{variant}-") as tmp_name:
         tmp = Path(tmp_name)
-        vmfb_path = tmp / "decode.vmfb"
-        vmfb_path.write_bytes(decode.vmfb)
+        (tmp / "decode.vmfb").write_bytes(decode.vmfb)
         weight_inputs, weight_bytes, upload_s = upload_and_dump_weights(
             args, cfg, variant, runner, tmp
         )
         print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {upload_s:.1f} s")
-        state: dict[str, Any] = {"inputs": None, "tokens": None}
-        rounds: list[dict[str, Any]] = []
+        v = _Variant(
+            args,
+            cfg,
+            variant,
+            prefill,
+            decode,
+            prompt_ids(cfg.vocab_size, args.prompt_length),
+            bucket,
+            tmp,
+            weight_inputs,
+        )
+        rounds = []
         for r in range(args.rounds):
-            record: dict[str, Any] = {"round": r, "loadavg_before": os.getloadavg()}
+            record: dict[str, Any] = {"round": r}
             for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
-                record[f"{side}_quiet_before"] = wait_for_quiet(args.quiet_wait_s)
-                with OtherCpu() as cpu:
-                    if side == "ours":
-                        record.update(
-                            measure_ours(
-                                args,
-                                cfg,
-                                variant,
-                                runner,
-                                prefill,
-                                decode,
-                                prompt,
-                                bucket,
-                                state,
-                                tmp,
-                            )
-                        )
-                    else:
-                        cmd = tool_command(
-                            vmfb_path, [*weight_inputs, *state["inputs"]], args, task_flags
-                        )
-                        samples = run_tool(cmd)
-                        record["iree_benchmark_module_samples_ms"] = samples
-                        record["iree_benchmark_module_ms"] = float(np.median(samples))
-                record[f"{side}_other_cpu"], record[f"{side}_steal"] = cpu.other, cpu.steal
+                record.update(measure_side(v, side, runner, task_flags))
             print(
                 f"round {r}: ours {record['ours_ms']:.2f} ms/tok "
-                f"(other cpu {record['ours_other_cpu']:.0%}), iree-benchmark-module "
-                f"{record['iree_benchmark_module_ms']:.2f} ms/tok "
-                f"(other cpu {record['theirs_other_cpu']:.0%})"
+                f"(others {record['ours_other_cpu']:.0%} cpu), iree-benchmark-module "
+                f"{record['theirs_ms']:.2f} ms/tok (others {record['theirs_other_cpu']:.0%})"
             )
             rounds.append(record)
-        command = shlex.join(cmd).replace(str(tmp), "$INPUTS")
+        command = shlex.join(tool_command(v, task_flags)).replace(str(tmp), "$INPUTS")
 
     ours = float(np.median([x["ours_ms"] for x in rounds]))
-    theirs = float(np.median([x["iree_benchmark_module_ms"] for x in rounds]))
+    theirs = float(np.median([x["theirs_ms"] for x in rounds]))
     return {
         "ours_ms": ours,
         "iree_benchmark_module_ms": theirs,
@@ -270,46 +276,63 @@ def bench_variant(
         "decode_vmfb_bytes": len(decode.vmfb),
         "decode_compile_command": decode.command,
         "iree_benchmark_module_command": command,
-        "decode_inputs": "weights, token (the prefill's first token), pos (prompt length), "
-        "kcache and vcache as zeros",
+        "decode_inputs": "weights; token: the prefill's first token; pos: the prompt length; "
+        "kcache, vcache: zeros",
         "prompt_bucket": bucket,
-        "tokens": list(state["tokens"]),
+        "tokens": list(v.tokens or ()),
         "rounds": rounds,
     }
 
 
-def measure_ours(
-    args: argparse.Namespace,
-    cfg: Any,
-    variant: str,
-    runner: Any,
-    prefill: Any,
-    decode: Any,
-    prompt: np.ndarray,
-    bucket: int,
-    state: dict[str, Any],
-    tmp: Path,
-) -> dict[str, Any]:
+def measure_side(v: _Variant, side: str, runner: Any, task_flags: list[str]) -> dict[str, Any]:
+    """One side's measurement, redone (up to --retries times) while others disturb it.
+
+    Keys are prefixed with the side: `ours_ms`, `theirs_samples_ms`, `ours_other_cpu`, ...
+    """
+    disturbed: list[dict[str, Any]] = []
+    for attempt in range(v.args.retries + 1):
+        quiet_before = wait_for_quiet(v.args.quiet_wait_s)
+        with OtherCpu() as cpu:
+            samples = (
+                measure_ours(v, runner) if side == "ours" else run_tool(tool_command(v, task_flags))
+            )
+        result = {
+            "ms": float(np.median(samples)),
+            "samples_ms": samples,
+            "other_cpu": cpu.other,
+            "steal": cpu.steal,
+            "quiet_before": quiet_before,
+            "loadavg_1m": os.getloadavg()[0],
+            "disturbed": cpu.other > DISTURBED_OTHER_CPU,
+        }
+        if not result["disturbed"] or attempt == v.args.retries:
+            break
+        disturbed.append(result)
+        print(
+            f"  {side}: {result['ms']:.2f} ms/tok with others using {cpu.other:.0%} of the "
+            "cpus: measuring again"
+        )
+    result["disturbed_attempts"] = disturbed
+    return {f"{side}_{key}": value for key, value in result.items()}
+
+
+def measure_ours(v: _Variant, runner: Any) -> list[float]:
     """One run_point; the first also writes the tool's decode state (it needs the token)."""
     res = runner.run_point(
-        prefill.vmfb,
-        decode.vmfb,
-        prompt,
-        bucket,
-        warmup_steps=args.warmup,
-        decode_steps=args.steps,
+        v.prefill.vmfb,
+        v.decode.vmfb,
+        v.prompt,
+        v.bucket,
+        warmup_steps=v.args.warmup,
+        decode_steps=v.args.steps,
         prefill_runs=1,
     )
-    if state["tokens"] is None:
-        state["tokens"] = res.tokens
-        state["inputs"] = write_decode_state(cfg, variant, args, res.tokens[0], tmp)
-    elif res.tokens != state["tokens"]:
-        raise RuntimeError(f"{variant}: greedy tokens changed between runs of the same point")
-    return {
-        "ours_samples_ms": list(res.decode_samples_ms),
-        "ours_ms": float(np.median(res.decode_samples_ms)),
-        "prefill_ms": res.prefill_ms,
-    }
+    if v.tokens is None:
+        v.tokens = res.tokens
+        v.tool_inputs += write_decode_state(v.cfg, v.variant, v.args, res.tokens[0], v.tmp)
+    elif res.tokens != v.tokens:
+        raise RuntimeError(f"{v.variant}: greedy tokens changed between runs of the same point")
+    return list(res.decode_samples_ms)
 
 
 def compile_graph(
@@ -384,21 +407,19 @@ def write_input(stem: Path, array: np.ndarray) -> str:
 # --- IREE's own tool ---------------------------------------------------------------------------
 
 
-def tool_command(
-    vmfb: Path, inputs: list[str], args: argparse.Namespace, task_flags: list[str]
-) -> list[str]:
+def tool_command(v: _Variant, task_flags: list[str]) -> list[str]:
     cmd = [
         iree_tool("iree-benchmark-module"),
-        f"--module={vmfb}",
+        f"--module={v.tmp / 'decode.vmfb'}",
         "--device=local-task",
         "--function=main",
         *task_flags,
-        *(f"--input={value}" for value in inputs),
+        *(f"--input={value}" for value in v.tool_inputs),
         "--benchmark_min_time=1x",  # one call per repetition: per-call samples, like ours
-        f"--benchmark_repetitions={args.steps}",
+        f"--benchmark_repetitions={v.args.steps}",
         "--benchmark_format=json",
     ]
-    if args.warmup > 0:
+    if v.args.warmup > 0:
         cmd.append("--benchmark_min_warmup_time=1e-9")  # exactly one untimed call first
     return cmd
 

@@ -50,6 +50,11 @@ class Actor:
     cpu_id: str
     resident: tuple[str, int] | None = None  # (variant, group_size) last sent to it
     busy: tuple[Any, Point, float] | None = None  # (result ref, point, start time)
+    ping: Any = None  # a pending `where()` call: the actor is (re)starting until it answers
+
+    @property
+    def idle(self) -> bool:
+        return self.busy is None and self.ping is None
 
 
 @dataclasses.dataclass
@@ -211,7 +216,9 @@ class Scheduler:
                         num_cpus=0, **device.ray_actor_options(),
                         scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
                     ).remote(device, self.source, self.cfg.cache_dir)
-                    self.actors.append(Actor(handle, name, node.node_id, node.cpu_id))
+                    actor = Actor(handle, name, node.node_id, node.cpu_id)
+                    self._ping(actor)
+                    self.actors.append(actor)
 
     def _benchmark_all(self, points: list[Point]) -> None:
         import ray
@@ -222,16 +229,37 @@ class Scheduler:
             queue[point.device].append(point)
         while any(queue.values()) or any(a.busy for a in self.actors):
             for actor in self.actors:
-                if actor.busy is None and queue[actor.device]:
+                if actor.idle and queue[actor.device]:
                     self._submit(actor, self._pick(actor, queue[actor.device]))
             self._fail_unservable(queue)
-            busy = [a.busy[0] for a in self.actors if a.busy]
-            if not busy:
+            waiting = {a.busy[0] if a.busy else a.ping: a for a in self.actors if not a.idle}
+            if not waiting:
                 continue
-            done, _ = ray.wait(busy, num_returns=1, timeout=1.0)
-            for actor in [a for a in self.actors if a.busy and a.busy[0] in done]:
-                self._collect(actor, queue)
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+            for ref in done:
+                actor = waiting[ref]
+                if actor.busy:
+                    self._collect(actor, queue)
+                else:
+                    self._answer_ping(actor)
             self._check_timeouts(queue)
+
+    def _ping(self, actor: Actor) -> None:
+        """Hold points back from a (re)starting actor until it answers: a call sent while
+        it restarts fails without running, which would waste one of the point's tries."""
+        actor.ping = actor.handle.where.remote()
+
+    def _answer_ping(self, actor: Actor) -> None:
+        import ray
+
+        ref, actor.ping = actor.ping, None
+        try:
+            ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:
+            time.sleep(0.2)  # still restarting
+            self._ping(actor)
+        except ray.exceptions.RayError:
+            self.actors.remove(actor)  # it cannot (re)start, e.g. its node is gone
 
     def _pick(self, actor: Actor, pending: list[Point]) -> Point:
         """Weight affinity: the actor's resident variant first, then one no other actor holds."""
@@ -304,7 +332,9 @@ class Scheduler:
     def _actor_lost(self, actor: Actor, point: Point, queue: dict[str, list[Point]], why: str) -> None:
         """Retry the point elsewhere up to max_retries; drop the actor if its node is gone."""
         actor.resident = None
-        if not self._node_alive(actor.node_id):
+        if self._node_alive(actor.node_id):
+            self._ping(actor)  # Ray restarts it (max_restarts=-1); wait for that
+        else:
             self.actors.remove(actor)
         if self.attempts[point.key] <= self.cfg.bench.max_retries:
             queue[point.device].insert(0, point)
@@ -327,6 +357,7 @@ class Scheduler:
             _, point, _ = actor.busy
             actor.busy, actor.resident = None, None
             ray.kill(actor.handle, no_restart=False)  # restarts empty: weights upload again
+            self._ping(actor)
             self.emit([failure_row(point, self.ctx, "bench_timeout",
                                    f"benchmark took longer than bench.point_timeout_s={limit:g}")])
 

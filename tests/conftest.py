@@ -40,3 +40,34 @@ def ray_cluster():
 def shared_cache(tmp_path_factory) -> Path:
     """A compile and reference cache shared by the sweep tests (the tiny graphs compile once)."""
     return tmp_path_factory.mktemp("cache")
+
+
+def save_tiny_llama(directory: Path, *, seed: int = 0, **overrides) -> Path:
+    """A random tiny Llama saved by transformers itself (safetensors), with unit-gain
+    weights so greedy decode gives varied tokens (std 0.02 repeats one token)."""
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{
+        "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "max_position_embeddings": 2048, "tie_word_embeddings": True,
+        **overrides,
+    })
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            else:
+                param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

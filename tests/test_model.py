@@ -6,8 +6,7 @@ back by our torch-free loader. Its parameters are re-initialized at unit gain
 model repeats one token, and 16 equal tokens would agree by accident; the per-layer
 linears get twice that gain, since with a tied embedding at unit gain the residual
 stream is still mostly the current token's embedding and greedy decode repeats it.
-Shapes and
-hyper-parameters are chosen so that a config field that is read wrongly changes
+Shapes and hyper-parameters are chosen so that a config field read wrongly changes
 the numbers: head_dim 32 with hidden 64 and 4 heads (not hidden / heads), a large
 rms_norm_eps, a non-default rope_theta, and llama3 RoPE scaling with
 original_max_position_embeddings 16, so it rescales the frequencies a short prompt
@@ -124,7 +123,10 @@ def _save_hf_llama(directory: Path, case: CheckpointCase) -> None:
     model.save_pretrained(directory, safe_serialization=True, **save_kwargs)
 
 
-def _hf_reference(directory: Path, prompt: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:
+HfReference = tuple[np.ndarray, tuple[int, ...], np.ndarray]  # logits, tokens, inv_freq
+
+
+def _hf_reference(directory: Path, prompt: np.ndarray) -> HfReference:
     """Logits, greedy tokens and RoPE frequencies from the checkpoint as transformers reads it."""
     model = transformers.LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     input_ids = torch.from_numpy(prompt.astype(np.int64))[None]
@@ -203,18 +205,16 @@ class IreeCpu:
         vw: VariantWeights,
         prompt: np.ndarray,
         weights_key: str,
-        runner: BenchmarkRunner | None = None,
-        num_tokens: int = NUM_TOKENS,
     ) -> tuple[int, ...]:
-        runner = runner or self.runner
+        """NUM_TOKENS greedy tokens; `weights_key` names the weights for residency."""
         bucket = prompt_bucket(len(prompt), MAX_SEQ)
         prefill, decode = self.graphs(cfg, vw.variant, bucket)
-        runner.ensure_weights(weights_key, lambda: vw)
-        result = runner.run_point(
-            prefill, decode, prompt, bucket,
-            warmup_steps=0, decode_steps=num_tokens - 1, prefill_runs=1,
-        )  # fmt: skip
-        assert len(result.tokens) == num_tokens
+        self.runner.ensure_weights(weights_key, lambda: vw)
+        steps = NUM_TOKENS - 1
+        result = self.runner.run_point(
+            prefill, decode, prompt, bucket, warmup_steps=0, decode_steps=steps, prefill_runs=1
+        )
+        assert len(result.tokens) == NUM_TOKENS
         return result.tokens
 
 
@@ -241,7 +241,8 @@ def test_prefill_logits_match_transformers(
     assert cfg.tie_word_embeddings == CASES[case].tied
     assert ("lm_head.weight" in ckpt.weights) == (not cfg.tie_word_embeddings)
     if CASES[case].max_shard_size:
-        assert (ckpt.directory / INDEX_FILE).is_file() and not (ckpt.directory / SINGLE_FILE).exists()
+        assert (ckpt.directory / INDEX_FILE).is_file()
+        assert not (ckpt.directory / SINGLE_FILE).exists()
         assert len(list(ckpt.directory.glob("*.safetensors"))) > 1, "expected several shards"
 
     np.testing.assert_allclose(rope_inv_freq(cfg), ckpt.hf_inv_freq, rtol=1e-6, atol=0)
@@ -311,7 +312,8 @@ def test_in_graph_dequant_matches_host_dequant(
 
 def test_quant_error_is_ordered(checkpoints: dict[str, Checkpoint]) -> None:
     ckpt = checkpoints[QUANT_CASE]
-    error = {v: prepare_variant(ckpt.weights, ckpt.cfg, v).quant_error for v in ("fp32", "int8", "int4")}
+    variants = ("fp32", "int8", "int4")
+    error = {v: prepare_variant(ckpt.weights, ckpt.cfg, v).quant_error for v in variants}
     assert error["fp32"] == 0.0 < error["int8"] < error["int4"] < 0.2, error
 
 
