@@ -98,6 +98,7 @@ class Scheduler:
 
     def emit(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
+            row.setdefault("driver", self.cfg.devices[row["device"]].driver)
             status = row["status"]
             if status == "skipped":
                 self.counters.num_skipped += 1
