@@ -68,8 +68,9 @@ def main() -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = Path(tempfile.mkdtemp(prefix="sweep-chaos-"))
-    cfg, resolved = load_config([*GRID, f"results_dir={work / 'results'}",
-                                 f"cache_dir={work / 'cache'}"])
+    cfg, resolved = load_config(
+        [*GRID, f"results_dir={work / 'results'}", f"cache_dir={work / 'cache'}"]
+    )
     stop, kills = threading.Event(), []
     thread = threading.Thread(target=killer, args=(args.kills, args.interval_s, stop, kills))
     thread.start()
@@ -86,20 +87,45 @@ def main() -> int:
     statuses = Counter(table.column("status").to_pylist())
     attempts = Counter(table.column("attempt").to_pylist())
     report = {
-        "points": outcome.num_points, "rows": table.num_rows, "kills": len(kills),
-        "kill_times_s": kills, "rows_lost": outcome.num_points - len(keys),
+        "points": outcome.num_points,
+        "rows": table.num_rows,
+        "kills": len(kills),
+        "kill_times_s": kills,
+        "rows_lost": outcome.num_points - len(keys),
         "duplicate_rows": sum(n - 1 for n in keys.values()),
-        "statuses": dict(statuses), "attempts": {str(k): v for k, v in attempts.items()},
-        "wall_s": round(wall_s, 1), "machine": machine_info(),
+        "statuses": dict(statuses),
+        "attempts": {str(k): v for k, v in attempts.items()},
+        "wall_s": round(wall_s, 1),
+        "machine": machine_info(),
     }
-    print(markdown_table(
-        ["points", "rows", "actors killed", "rows lost", "duplicate rows", "statuses",
-         "retried points", "most tries of a point", "wall s"],
-        [[str(report["points"]), str(report["rows"]), str(len(kills)), str(report["rows_lost"]),
-          str(report["duplicate_rows"]), ", ".join(f"{k} {v}" for k, v in statuses.items()),
-          str(sum(v for k, v in attempts.items() if k and k > 1)),
-          str(max((k for k in attempts if k), default=0)), f"{wall_s:.0f}"]],
-    ))
+    print(
+        markdown_table(
+            [
+                "points",
+                "rows",
+                "actors killed",
+                "rows lost",
+                "duplicate rows",
+                "statuses",
+                "retried points",
+                "most tries of a point",
+                "wall s",
+            ],
+            [
+                [
+                    str(report["points"]),
+                    str(report["rows"]),
+                    str(len(kills)),
+                    str(report["rows_lost"]),
+                    str(report["duplicate_rows"]),
+                    ", ".join(f"{k} {v}" for k, v in statuses.items()),
+                    str(sum(v for k, v in attempts.items() if k and k > 1)),
+                    str(max((k for k in attempts if k), default=0)),
+                    f"{wall_s:.0f}",
+                ]
+            ],
+        )
+    )
     out = args.out or default_report_path("chaos", "tiny")
     write_json(out, report)
     print(f"wrote {out}")

@@ -259,13 +259,15 @@ def bench_variant(
             rounds.append(record)
         command = shlex.join(tool_command(v, task_flags)).replace(str(tmp), "$INPUTS")
 
-    ours = float(np.median([x["ours_ms"] for x in rounds]))
-    theirs = float(np.median([x["theirs_ms"] for x in rounds]))
+    ours, ours_rounds = median_over_rounds(rounds, "ours")
+    theirs, theirs_rounds = median_over_rounds(rounds, "theirs")
     return {
         "ours_ms": ours,
         "iree_benchmark_module_ms": theirs,
         "ratio": ours / theirs,
         "within_5_percent": ours / theirs <= 1.05,
+        "ours_rounds_used": ours_rounds,
+        "iree_benchmark_module_rounds_used": theirs_rounds,
         "weight_gb": weight_bytes / 1e9,
         "weight_bytes": weight_bytes,
         "upload_s": upload_s,
@@ -282,6 +284,15 @@ def bench_variant(
         "tokens": list(v.tokens or ()),
         "rounds": rounds,
     }
+
+
+def median_over_rounds(rounds: list[dict[str, Any]], side: str) -> tuple[float, list[int]]:
+    """The median of a side's per-round medians, over the rounds it was not disturbed in.
+
+    Falls back to every round when all were disturbed; the round numbers used are returned.
+    """
+    used = [r for r in rounds if not r[f"{side}_disturbed"]] or rounds
+    return float(np.median([r[f"{side}_ms"] for r in used])), [r["round"] for r in used]
 
 
 def measure_side(v: _Variant, side: str, runner: Any, task_flags: list[str]) -> dict[str, Any]:
@@ -365,6 +376,7 @@ def upload_and_dump_weights(
     holder = [prepare_variant(synthetic_weights(cfg, seed=WEIGHT_SEED), cfg, variant)]
     weight_bytes = holder[0].nbytes
     inputs = [write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(holder[0].arrays)]
+    os.sync()  # the kernel's writeback of GBs would otherwise run during the first rounds
     key = f"{args.model}/{variant}/synthetic-seed{WEIGHT_SEED}"
     upload_s = runner.ensure_weights(key, holder.pop)  # pop: the runner drops the last reference
     return inputs, weight_bytes, upload_s

@@ -116,7 +116,8 @@ class BenchActorImpl:
     def where(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "pid": os.getpid(), **self.worker.info()}
 
-    def run(self, task: Any, prefill_vmfb: bytes, decode_vmfb: bytes) -> dict[str, Any]:
+    def run(self, task: Any, prefill_vmfb: bytes | None = None,
+            decode_vmfb: bytes | None = None) -> dict[str, Any]:
         return {**self.worker.run(task, prefill_vmfb, decode_vmfb), "node_id": self.node_id,
                 "num_uploads": self.worker.num_uploads}
 

@@ -18,6 +18,7 @@ from workers.devices import DeviceSpec
 from workers.llama_config import PRESETS
 from workers.quant import VARIANTS
 
+RUNTIMES: tuple[str, ...] = ("iree", "xla")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -57,6 +58,7 @@ class GridConfig:
     max_seq: int
     group_size: int
     flag_sets: dict[str, FlagSet]
+    runtimes: tuple[str, ...] = ("iree",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +131,9 @@ def _check(cfg: SweepConfig) -> None:
     cfg.model.check("model")
     _check_members("grid.variants", g.variants, VARIANTS)
     _check_members("grid.devices", g.devices, tuple(cfg.devices))
+    _check_members("grid.runtimes", g.runtimes, RUNTIMES)
     for key, values in (("grid.variants", g.variants), ("grid.devices", g.devices),
-                        ("grid.prompt_lengths", g.prompt_lengths)):
+                        ("grid.prompt_lengths", g.prompt_lengths), ("grid.runtimes", g.runtimes)):
         if not values:
             raise ConfigError(f"{key} is empty: list at least one")
     if not g.flag_sets:

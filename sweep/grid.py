@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 
-from sweep.config import SweepConfig
+from sweep.config import FlagSet, SweepConfig
 from workers.model import prompt_bucket
 
 KEY_VERSION = 1  # bump when the meaning of a point changes, so old rows are not reused
@@ -65,24 +65,27 @@ class Point:
 def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
     """All points of the grid, ordered device, variant, flag set, prompt length.
 
-    That order keeps a variant's points together, which is the order a benchmark
-    actor wants them in (one weight upload per variant). A flag set limited to some
-    devices makes no point on the others.
+    That order keeps a variant's points together, and within it a runtime's, which is
+    the order a benchmark actor wants them in (one weight upload per variant and
+    runtime). A flag set limited to some devices makes no point on the others.
     """
     g, b = cfg.grid, cfg.bench
     points = []
     for device in g.devices:
         for variant in g.variants:
-            for flag_set, spec in g.flag_sets.items():
-                if not spec.applies_to(device):
-                    continue
-                for length in g.prompt_lengths:
-                    points.append(Point(
-                        model=cfg.model.name, model_id=model_id, variant=variant,
-                        group_size=g.group_size, device=device, runtime="iree",
-                        prompt_length=length, prompt_bucket=prompt_bucket(length, g.max_seq),
-                        max_seq=g.max_seq, flag_set=flag_set, flags=spec.flags,
-                        warmup_steps=b.warmup_steps, decode_steps=b.decode_steps,
-                        prefill_runs=b.prefill_runs,
-                    ))
+            for runtime in g.runtimes:
+                # IREE flags mean nothing to XLA: its points use no flag set.
+                flag_sets = g.flag_sets.items() if runtime == "iree" else [("-", FlagSet())]
+                for flag_set, spec in flag_sets:
+                    if not spec.applies_to(device):
+                        continue
+                    for length in g.prompt_lengths:
+                        points.append(Point(
+                            model=cfg.model.name, model_id=model_id, variant=variant,
+                            group_size=g.group_size, device=device, runtime=runtime,
+                            prompt_length=length, prompt_bucket=prompt_bucket(length, g.max_seq),
+                            max_seq=g.max_seq, flag_set=flag_set, flags=spec.flags,
+                            warmup_steps=b.warmup_steps, decode_steps=b.decode_steps,
+                            prefill_runs=b.prefill_runs,
+                        ))
     return points

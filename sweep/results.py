@@ -93,6 +93,10 @@ def _build_schema() -> pa.Schema:
         ("tok_s", f64),
         ("num_warmup_steps", i32),
         ("num_decode_steps", i32),
+        # roofline: how far decode is from reading its bytes at the device's copy bandwidth
+        ("bytes_per_token", i64),
+        ("peak_gbps", f64),
+        ("roofline_frac", f64),
         # correctness
         ("prompt_ids", pa.list_(i32)),
         ("tokens", pa.list_(i32)),

@@ -75,7 +75,7 @@ def min_tokens_matched(variant: str, num_tokens: int) -> int:
 
 
 def measured_row(point: Point, ctx: RunContext, compile_cols: dict[str, Any],
-                 measured: dict[str, Any], repro: str) -> dict[str, Any]:
+                 measured: dict[str, Any], repro: str | None) -> dict[str, Any]:
     tokens = list(measured["tokens"])
     matched = measured["num_tokens_matched"]
     ok = matched >= min_tokens_matched(point.variant, len(tokens))
@@ -94,10 +94,22 @@ def measured_row(point: Point, ctx: RunContext, compile_cols: dict[str, Any],
         **decode_stats(measured["decode_samples_ms"]),
         "prompt_ids": list(measured["prompt_ids"]), "tokens": tokens,
         "reference_tokens": list(measured["reference_tokens"]), "num_tokens_matched": matched,
+        **roofline(measured),
         "node_id": measured.get("node_id"), "hostname": measured.get("hostname"),
         "device_name": measured.get("device_name"), "repro_command": repro,
     }
     return row
+
+
+def roofline(measured: dict[str, Any]) -> dict[str, Any]:
+    """Floor time (bytes per token at the device's copy bandwidth) over measured time."""
+    bytes_per_token, peak_gbps = measured.get("bytes_per_token"), measured.get("peak_gbps")
+    if not bytes_per_token or not peak_gbps:
+        return {}
+    floor_ms = bytes_per_token / (peak_gbps * 1e9) * 1e3
+    p50 = decode_stats(measured["decode_samples_ms"])["decode_ms_p50"]
+    return {"bytes_per_token": bytes_per_token, "peak_gbps": peak_gbps,
+            "roofline_frac": floor_ms / p50}
 
 
 def repro_command(point: Point, decode_meta: dict[str, Any], driver: str,

@@ -133,7 +133,8 @@ def save_run(results_dir: Path, run_id: str, resolved: dict[str, Any], points: l
 
 
 def print_plan(points: list[Point], out: Any) -> None:
-    graphs = {p.compile_key(kind) for p in points for kind in ("prefill", "decode")}
+    graphs = {p.compile_key(kind) for p in points if p.runtime == "iree"
+              for kind in ("prefill", "decode")}
     print(f"plan: {len(points)} points, {len(graphs)} unique graphs to compile", file=out)
     for p in points[:50]:
         print(f"  {p.key}  {p.label}", file=out)
@@ -144,13 +145,15 @@ def print_plan(points: list[Point], out: Any) -> None:
 def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     """The seed's table: per variant, device, flag set and prompt length."""
     ok = sorted((r for r in rows if r.get("decode_ms_p50") is not None),
-                key=lambda r: (r["variant"], r["device"], r["flag_set"], r["prompt_length"]))
+                key=lambda r: (r["variant"], r["device"], r["runtime"], r["flag_set"],
+                               r["prompt_length"]))
     if ok:
-        head = ("variant", "device", "flags", "prompt", "tok/s", "ms/tok p50", "p10-p90",
-                "prefill ms", "matched", "status")
+        head = ("variant", "device", "runtime", "flags", "prompt", "tok/s", "ms/tok p50",
+                "p10-p90", "prefill ms", "matched", "status")
         lines = [head]
         for r in ok:
-            lines.append((r["variant"], r["device"], r["flag_set"], str(r["prompt_length"]),
+            lines.append((r["variant"], r["device"], r["runtime"], r["flag_set"],
+                          str(r["prompt_length"]),
                           f"{r['tok_s']:.2f}", f"{r['decode_ms_p50']:.2f}",
                           f"{r['decode_ms_p10']:.2f}-{r['decode_ms_p90']:.2f}",
                           f"{r['prefill_ms']:.2f}",

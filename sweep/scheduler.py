@@ -48,7 +48,7 @@ class Actor:
     device: str
     node_id: str
     cpu_id: str
-    resident: tuple[str, int] | None = None  # (variant, group_size) last sent to it
+    resident: tuple[str, int, str] | None = None  # (variant, group_size, runtime) it holds
     busy: tuple[Any, Point, float] | None = None  # (result ref, point, start time)
     ping: Any = None  # a pending `where()` call: the actor is (re)starting until it answers
 
@@ -91,7 +91,7 @@ class Scheduler:
     def run(self, points: list[Point]) -> None:
         self.counters.num_points = len(points)
         runnable = self._skip_infeasible(points)
-        self._compile_all(runnable)
+        self._compile_all([p for p in runnable if p.runtime == "iree"])
         benchable = self._drop_failed_compiles(runnable)
         if benchable:
             self._benchmark_all(benchable)
@@ -188,6 +188,9 @@ class Scheduler:
     def _drop_failed_compiles(self, points: list[Point]) -> list[Point]:
         ok, failed = [], []
         for point in points:
+            if point.runtime != "iree":  # XLA compiles in the actor, ahead of its timing
+                ok.append(point)
+                continue
             device = self.cfg.devices[point.device]
             metas = [self.compile_meta[self.job_key(point, kind, group)]
                      for group in self.cpu_groups(device, point.flags) for kind in KINDS]
@@ -265,8 +268,8 @@ class Scheduler:
     def _pick(self, actor: Actor, pending: list[Point]) -> Point:
         """Weight affinity: the actor's resident variant first, then one no other actor holds."""
         held = {a.resident for a in self.actors if a is not actor and a.device == actor.device}
-        for wanted in (lambda p: (p.variant, p.group_size) == actor.resident,
-                       lambda p: (p.variant, p.group_size) not in held,
+        for wanted in (lambda p: _weights_of(p) == actor.resident,
+                       lambda p: _weights_of(p) not in held,
                        lambda p: True):
             for i, point in enumerate(pending):
                 if wanted(point):
@@ -279,14 +282,16 @@ class Scheduler:
         return cpu_id if targets_host((*device.target_flags, *point.flags)) else None
 
     def _submit(self, actor: Actor, point: Point) -> None:
-        group = self.group_for(point, actor.cpu_id)
-        _, prefill_vmfb = self.compiles[self.job_key(point, "prefill", group)]
-        _, decode_vmfb = self.compiles[self.job_key(point, "decode", group)]
         task = BenchTask(point.variant, point.group_size, point.prompt_length, point.prompt_bucket,
-                         point.max_seq, point.warmup_steps, point.decode_steps, point.prefill_runs)
-        ref = actor.handle.run.remote(task, prefill_vmfb, decode_vmfb)
+                         point.max_seq, point.warmup_steps, point.decode_steps, point.prefill_runs,
+                         point.runtime)
+        vmfbs = []
+        if point.runtime == "iree":
+            group = self.group_for(point, actor.cpu_id)
+            vmfbs = [self.compiles[self.job_key(point, kind, group)][1] for kind in KINDS]
+        ref = actor.handle.run.remote(task, *vmfbs)
         actor.busy = (ref, point, time.monotonic())
-        actor.resident = (point.variant, point.group_size)
+        actor.resident = _weights_of(point)
         self.attempts[point.key] += 1
 
     def _collect(self, actor: Actor, queue: dict[str, list[Point]]) -> None:
@@ -311,6 +316,11 @@ class Scheduler:
         self.emit([self._measured_row(point, measured, self.group_for(point, actor.cpu_id))])
 
     def _measured_row(self, point: Point, measured: dict[str, Any], group: str | None) -> dict[str, Any]:
+        if point.runtime != "iree":
+            compiled = {"compile_s": measured.get("xla_compile_s")}
+            row = measured_row(point, self.ctx, compiled, measured, repro=None)
+            row["attempt"] = self.attempts[point.key]
+            return row
         device = self.cfg.devices[point.device]
         prefill = self.compile_meta[self.job_key(point, "prefill", group)]
         decode = self.compile_meta[self.job_key(point, "decode", group)]
@@ -384,3 +394,8 @@ def _looks_like_oom(message: str) -> bool:
     text = message.lower()
     return any(s in text for s in ("resource_exhausted", "out of memory", "memoryerror",
                                    "cannot allocate memory"))
+
+
+def _weights_of(point: Point) -> tuple[str, int, str]:
+    """What an actor must hold resident to run `point`."""
+    return (point.variant, point.group_size, point.runtime)

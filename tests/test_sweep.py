@@ -129,3 +129,20 @@ def test_config_errors_exit_2_before_ray_starts(tmp_path, override, named):
     assert named in proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr, "no Ray may start for a bad config"
     assert not (tmp_path / "r").exists(), "nothing may be written for a bad config"
+
+
+def test_xla_baseline_and_roofline_on_every_row(ray_cluster, tmp_path, shared_cache):
+    outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", "grid.runtimes=[iree,xla]",
+                          "~grid.flag_sets.O3")
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    assert sorted({r["runtime"] for r in rows}) == ["iree", "xla"]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == 2 * 2 * 2  # variants x prompt lengths x runtimes
+    for r in rows:
+        assert 0 < r["roofline_frac"] <= 1, (r["runtime"], r["variant"], r["roofline_frac"])
+        assert r["bytes_per_token"] > r["weight_bytes"] > 0  # weights plus the KV cache
+        assert r["peak_gbps"] > 0
+        assert r["tokens"] == r["reference_tokens"]
+    xla = [r for r in rows if r["runtime"] == "xla"]
+    assert all(r["compile_s"] > 0 and r["num_dispatches"] is None for r in xla)

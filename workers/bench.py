@@ -79,6 +79,7 @@ class BenchmarkRunner:
         self._weight_views: list[Any] = []
         self._host_arrays: list[np.ndarray] = []  # the resident weights on the host
         self._resident: VariantWeights | None = None
+        self._copy_gbps: dict[int, float] = {}
         self.weight_bytes = 0
         self.num_uploads = 0  # how many times weights were uploaded: once per variant held
 
@@ -99,6 +100,11 @@ class BenchmarkRunner:
         else the one host copy (kept for the XLA reference)."""
         return self._resident
 
+    def release(self) -> None:
+        """Frees the resident weights (the loaded modules stay)."""
+        self._weight_views, self._host_arrays = [], []
+        self._weights_key, self._resident = None, None
+
     def ensure_weights(self, key: str, make_weights: Callable[[], VariantWeights]) -> float:
         """Makes `key`'s weights resident; returns upload seconds (0 if they already were).
 
@@ -108,8 +114,7 @@ class BenchmarkRunner:
         """
         if key == self._weights_key:
             return 0.0
-        self._weight_views, self._host_arrays = [], []  # one resident set at a time
-        self._weights_key, self._resident = None, None
+        self.release()  # one resident set at a time
         vw = make_weights()
         arrays: list[np.ndarray | None] = list(vw.arrays)
         vw = dataclasses.replace(vw, arrays=())
@@ -211,6 +216,41 @@ class BenchmarkRunner:
             upload_s=upload_s,
             weight_bytes=self.weight_bytes,
         )
+
+    def copy_gbps(self, nbytes: int, repeats: int = 5) -> float:
+        """The device's copy bandwidth (read plus write, GB/s) on a working set like `nbytes`.
+
+        The roofline floor of a decode step is its bytes over this. The copy is sized
+        like the model (clamped to [1 MiB, 512 MiB]), so a model that fits in a CPU's
+        caches is held to the cache's bandwidth, not DRAM's; the best of `repeats`
+        copies counts. Measured once per size per runner.
+        """
+        size = 1 << min(max(int(nbytes), 1 << 20), 1 << 29).bit_length() - 1
+        if size not in self._copy_gbps:
+            self._copy_gbps[size] = self._measure_copy(size, repeats)
+        return self._copy_gbps[size]
+
+    def _measure_copy(self, size: int, repeats: int) -> float:
+        rt = self._rt
+        buffers = [
+            self.device.allocator.allocate_buffer(
+                memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=rt.BufferUsage.DEFAULT,
+                allocation_size=size,
+            )
+            for _ in range(2)
+        ]
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first copy also faults the pages in
+            sem = self.device.create_semaphore(0)
+            start = time.perf_counter()
+            self.device.queue_copy(
+                buffers[0], buffers[1],
+                wait_semaphores=rt.HalFence.create_at(sem, 0),
+                signal_semaphores=rt.HalFence.create_at(sem, 1),
+            )
+            rt.HalFence.create_at(sem, 1).wait()
+            best = min(best, time.perf_counter() - start)
+        return 2 * size / best / 1e9
 
     def _read_int(self, view: Any) -> int:
         """Reads back one int32: the 4 bytes that cross to the host per step."""

@@ -35,6 +35,9 @@ class DeviceSpec:
     # cluster advertises on the nodes allowed to run benchmarks for this device.
     ray_resource: str
     ray_resource_amount: float = 1.0  # how much of ray_resource one benchmark actor holds
+    # Memory bandwidth (read plus write, GB/s) for the roofline; None: measured by a copy
+    # benchmark on the device itself.
+    peak_gbps: float | None = None
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -60,7 +60,7 @@ class ModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class BenchTask:
-    """What a worker needs to measure one point, besides the two vmfbs."""
+    """What a worker needs to measure one point, besides the two vmfbs (IREE only)."""
 
     variant: str
     group_size: int
@@ -70,9 +70,12 @@ class BenchTask:
     warmup_steps: int
     decode_steps: int
     prefill_runs: int
+    runtime: str = "iree"  # or "xla": the same graphs through jax.jit on the same device
 
 
 class PointWorker:
+    """One device, two runtimes (IREE, and XLA as the baseline), one resident weight set."""
+
     def __init__(self, device: DeviceSpec, source: ModelSource, cache_dir: str | None) -> None:
         from workers.bench import BenchmarkRunner
 
@@ -81,47 +84,73 @@ class PointWorker:
         self.cfg = source.config()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.runner = BenchmarkRunner(device.driver)
-
-    @property
-    def resident_variant(self) -> tuple[str, int] | None:
-        vw = self.runner.resident_variant
-        return None if vw is None else (vw.variant, vw.group_size)
+        self._xla: Any = None  # an XlaRunner, made on the first XLA point
 
     @property
     def num_uploads(self) -> int:
-        return self.runner.num_uploads
+        return self.runner.num_uploads + (self._xla.num_uploads if self._xla else 0)
 
     def info(self) -> dict[str, Any]:
         return {"hostname": socket.gethostname(), "device_name": device_name(self.device)}
 
-    def run(self, task: BenchTask, prefill_vmfb: bytes, decode_vmfb: bytes) -> dict[str, Any]:
+    def run(self, task: BenchTask, prefill_vmfb: bytes | None = None,
+            decode_vmfb: bytes | None = None) -> dict[str, Any]:
         from workers.bench import prompt_ids
         from workers.reference import num_matching, reference_tokens
 
-        key = f"{self.source.weights_id}/{task.variant}/{task.group_size}"
-        upload_s = self.runner.ensure_weights(
-            key, lambda: self.source.variant(task.variant, task.group_size)
-        )
-        vw = self.runner.resident_variant
-        assert vw is not None
+        upload_s, vw = self._ensure_weights(task)
         prompt = prompt_ids(self.cfg.vocab_size, task.prompt_length)
         num_tokens = 1 + task.warmup_steps + task.decode_steps
         reference = reference_tokens(
             self.cfg, vw, prompt, task.prompt_bucket, task.max_seq, num_tokens,
             weights_id=self.source.weights_id, cache_dir=self.cache_dir,
         )
-        result = self.runner.run_point(
-            prefill_vmfb, decode_vmfb, prompt, task.prompt_bucket,
-            warmup_steps=task.warmup_steps, decode_steps=task.decode_steps,
-            prefill_runs=task.prefill_runs, upload_s=upload_s,
-        )
+        steps = {"warmup_steps": task.warmup_steps, "decode_steps": task.decode_steps,
+                 "prefill_runs": task.prefill_runs, "upload_s": upload_s}
+        compile_s = None
+        if task.runtime == "xla":
+            result, compile_s = self._xla.run_point(
+                self.cfg, vw, prompt, task.prompt_bucket, task.max_seq, **steps)
+        else:
+            assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs vmfbs"
+            result = self.runner.run_point(prefill_vmfb, decode_vmfb, prompt, task.prompt_bucket,
+                                           **steps)
+        bytes_per_token = vw.nbytes + self._cache_bytes(task)
         return {
             **dataclasses.asdict(result),
+            "xla_compile_s": compile_s,
             "quant_error": vw.quant_error,
             "reference_tokens": reference,
             "num_tokens_matched": num_matching(result.tokens, reference),
+            "bytes_per_token": bytes_per_token,
+            "peak_gbps": self.device.peak_gbps or self.runner.copy_gbps(bytes_per_token),
             **self.info(),
         }
+
+    def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:
+        """Makes the task's variant resident in its runtime, freeing the other runtime's."""
+        key = f"{self.source.weights_id}/{task.variant}/{task.group_size}"
+        make = lambda: self.source.variant(task.variant, task.group_size)  # noqa: E731
+        if task.runtime == "xla":
+            from workers.xla_bench import XlaRunner
+
+            self.runner.release()
+            self._xla = self._xla or XlaRunner(self.device.driver)
+            upload_s = self._xla.ensure_weights(key, make)
+            vw = self._xla.resident_variant
+        else:
+            if self._xla is not None:
+                self._xla.release()
+            upload_s = self.runner.ensure_weights(key, make)
+            vw = self.runner.resident_variant
+        assert vw is not None
+        return upload_s, vw
+
+    def _cache_bytes(self, task: BenchTask) -> int:
+        """K and V caches: the graph attends over (so reads) the whole capacity each step."""
+        c = self.cfg
+        elem = 2 if task.variant == "bf16" else 4
+        return 2 * c.num_hidden_layers * task.max_seq * c.num_key_value_heads * c.head_dim * elem
 
 
 def device_name(device: DeviceSpec) -> str:
