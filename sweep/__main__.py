@@ -14,7 +14,7 @@ USAGE = """usage: python -m sweep [+grid=NAME] [key=value ...]
 
   +grid=phase2b | smoke | ...   a grid from conf/grid/
   grid.variants=[int4,fp32]     grid.devices=[cpu]     grid.prompt_lengths=[32,128]
-  grid.max_seq=256              +grid.flag_sets.mine=[--iree-opt-level=O3]
+  grid.max_seq=256              "+grid.flag_sets.mine=['--iree-opt-level=O3']"
   bench.warmup_steps=3          bench.decode_steps=40  model.path=DIR
   ray.address=auto              results_dir=outputs/results   rerun=true   dry_run=true
 """

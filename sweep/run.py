@@ -68,10 +68,6 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     points = expand(cfg, source.weights_id)
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)
-    try:
-        writer = ResultsWriter(results_dir, run_id)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"results_dir={cfg.results_dir!r} cannot be written: {e}") from None
     done = set() if cfg.rerun else completed_point_keys(results_dir, statuses=DONE)
     todo = [p for p in points if p.key not in done]
     print(f"sweep {run_id}: grid {cfg.grid.name}, {len(points)} points, "
@@ -79,6 +75,10 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     if cfg.dry_run:
         print_plan(todo, out)
         return SweepOutcome(run_id, len(points), [], 0, time.monotonic() - start)
+    try:
+        writer = ResultsWriter(results_dir, run_id)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"results_dir={cfg.results_dir!r} cannot be written: {e}") from None
     save_run(results_dir, run_id, resolved, points)
     rows, counters = _run_on_ray(cfg, source, model_cfg, todo, writer, run_id, out) if todo else ([], None)
     print_summary(rows, out)

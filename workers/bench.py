@@ -25,6 +25,7 @@ import numpy as np
 from workers.quant import VariantWeights
 
 PROMPT_SEED = 1234
+_INT32 = np.dtype(np.int32)
 
 
 def prompt_ids(vocab_size: int, length: int, seed: int = PROMPT_SEED) -> np.ndarray:
@@ -73,6 +74,8 @@ class BenchmarkRunner:
         self.driver = driver
         self._rt = rt
         self.device = rt.get_device(driver)
+        self._host_visible = int(rt.MemoryType.HOST_VISIBLE)  # for _read_int's fast path
+        self._mappable = int(rt.BufferUsage.MAPPING_SCOPED)
         self.instance = rt.VmInstance()
         self._modules: dict[str, _LoadedModule] = {}
         self._weights_key: str | None = None
@@ -253,7 +256,14 @@ class BenchmarkRunner:
         return 2 * size / best / 1e9
 
     def _read_int(self, view: Any) -> int:
-        """Reads back one int32: the 4 bytes that cross to the host per step."""
+        """Reads back one int32: the 4 bytes that cross to the host per step.
+
+        A host-visible buffer (local-task) is mapped and read directly; building a
+        `DeviceArray` for it cost ~15 us more per step, 5% of a toy model's decode step.
+        """
+        buffer = view.get_buffer()
+        if buffer.memory_type() & self._host_visible and buffer.allowed_usage() & self._mappable:
+            return int(view.map().asarray((), _INT32))
         array = self._rt.DeviceArray(self.device, view, implicit_host_transfer=True)
         return int(array.to_host().reshape(()))
 

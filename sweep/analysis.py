@@ -1,0 +1,302 @@
+"""Pure analysis of result rows: which run, which groups, which medians, which verdict.
+
+No I/O: the functions take rows as plain dicts (as `sweep.results.read_results(...)
+.to_pylist()` gives them) and return plain records, so `report`, `compare` and `plots`
+share one definition of every number they show, and tests check it without a disk.
+
+Aggregation: a group (e.g. one variant x device x flag set) may hold several ok rows
+(other max_seq, model or group_size values, or several runs with `--run all`). Its
+ms/token is the *median of the rows' decode_ms_p50*, likewise p10, p90, prefill ms,
+dispatches, compile s and vmfb bytes (the median of the rows' values, not a
+percentile of the pooled samples); tok/s is 1000 / that median, as in a row. Failed
+rows count in the status column only, except that `wrong_output` rows also count in
+the tokens-matched column, which is where they matter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+BASELINE_FLAG_SET = "default"
+# Columns that name a point (what `--by` may group on) and that the tables fold into a
+# header line when they do not vary.
+POINT_COLUMNS: tuple[str, ...] = (
+    "grid", "model", "variant", "group_size", "device", "driver", "runtime",
+    "prompt_length", "prompt_bucket", "max_seq", "flag_set",
+)
+BY_COLUMNS: tuple[str, ...] = (
+    "run_id", *POINT_COLUMNS, "device_name", "hostname", "iree_version",
+)
+DEFAULT_BY: tuple[str, ...] = ("variant", "device", "runtime", "flag_set", "prompt_length")
+# The flag study compares flag sets within one of these contexts.
+FLAG_CONTEXT: tuple[str, ...] = ("variant", "device", "runtime", "prompt_length")
+
+# The verdict rule (see `verdict`).
+ALPHA = 0.01  # two-sided Mann-Whitney p-value below which a difference is real
+MIN_EFFECT = 0.02  # and the medians must differ by at least 2 %
+
+
+def mann_whitney_p(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
+    """Two-sided p-value of the Mann-Whitney U test (normal approximation with tie and
+    continuity corrections): the chance of ranks this separated if A and B were drawn
+    from one distribution. Needs no scipy; at 20+ samples a side the approximation is
+    within a few percent of the exact p."""
+    a = np.asarray(samples_a, dtype=np.float64)
+    b = np.asarray(samples_b, dtype=np.float64)
+    n_a, n_b = a.size, b.size
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    _, inverse, counts = np.unique(np.concatenate([a, b]), return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # ties share their mean rank
+    u_a = avg_rank[inverse[:n_a]].sum() - n_a * (n_a + 1) / 2.0
+    n = n_a + n_b
+    tie_term = float((counts**3 - counts).sum()) / (n * (n - 1)) if n > 1 else 0.0
+    sigma = math.sqrt(n_a * n_b / 12.0 * ((n + 1) - tie_term))
+    if sigma == 0.0:
+        return 1.0
+    z = max(abs(u_a - n_a * n_b / 2.0) - 0.5, 0.0) / sigma
+    return math.erfc(z / math.sqrt(2.0))
+
+
+def verdict(samples_a: Sequence[float], samples_b: Sequence[float]) -> str:
+    """Is B faster, slower or the same as A, given the spread of their ms/token samples?
+
+    Rule: "faster" when the Mann-Whitney test on the two sample sets gives p < ALPHA
+    (0.01) *and* median(B) <= (1 - MIN_EFFECT) * median(A), i.e. at least 2 % less time;
+    "slower" likewise with median(B) >= (1 + MIN_EFFECT) * median(A); otherwise "same".
+    The rank test adapts to the noise (a 5 % change is real on a quiet GPU, noise on a
+    busy CPU); the 2 % floor guards against calling a tiny shift real, since decode
+    steps are not independent (drift, clocks), which makes p-values optimistic.
+    "n/a" when there are too few samples for the test to ever reach ALPHA (e.g. under 5
+    a side), so a lack of data never reads as "same".
+    """
+    a = np.asarray(samples_a if samples_a is not None else [], dtype=np.float64)
+    b = np.asarray(samples_b if samples_b is not None else [], dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        return "n/a"
+    separated = mann_whitney_p(np.zeros(a.size), np.ones(b.size))
+    if separated >= ALPHA:
+        return "n/a"
+    ratio = float(np.median(b) / np.median(a))
+    if mann_whitney_p(a, b) >= ALPHA:
+        return "same"
+    if ratio <= 1.0 - MIN_EFFECT:
+        return "faster"
+    if ratio >= 1.0 + MIN_EFFECT:
+        return "slower"
+    return "same"
+
+
+def median(values: Iterable[Any]) -> float | None:
+    """Median of the non-null values, None when there are none."""
+    kept = [float(v) for v in values if v is not None]
+    return float(np.median(kept)) if kept else None
+
+
+def median_count(values: Iterable[Any]) -> int | float | None:
+    """Median of counts (dispatches, bytes): an int when it is whole."""
+    m = median(values)
+    return int(m) if m is not None and m.is_integer() else m
+
+
+def runs_newest_first(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Run ids ordered by their newest row (max created_at), newest first."""
+    newest: dict[str, Any] = {}
+    for row in rows:
+        run, at = row["run_id"], row["created_at"]
+        if run not in newest or at > newest[run]:
+            newest[run] = at
+    return sorted(newest, key=lambda run: (newest[run], run), reverse=True)
+
+
+def newest_per_point(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest row (by created_at; a tie goes to the later row) of each point_key."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        old = newest.get(row["point_key"])
+        if old is None or row["created_at"] >= old["created_at"]:
+            newest[row["point_key"]] = row
+    return list(newest.values())
+
+
+def sort_key(values: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """Sorts tuples of group values with None last and numbers as numbers."""
+    return tuple((v is None, v if v is not None else 0) for v in values)
+
+
+def group_rows(
+    rows: Sequence[dict[str, Any]], by: Sequence[str]
+) -> list[tuple[tuple[Any, ...], list[dict[str, Any]]]]:
+    """Rows grouped by the values of `by`, groups sorted by those values."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(col) for col in by), []).append(row)
+    return sorted(groups.items(), key=lambda item: sort_key(item[0]))
+
+
+def constant_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
+    """column -> value for the columns that hold one non-null value in every row."""
+    constant = {}
+    for col in columns:
+        values = {row.get(col) for row in rows}
+        if len(values) == 1 and None not in values:
+            constant[col] = values.pop()
+    return constant
+
+
+def status_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """status -> number of rows, "ok" first, then the other statuses alphabetically."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
+
+
+def tokens_matched(rows: Sequence[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """(matched, total) greedy tokens over the rows that were checked (ok or wrong_output).
+
+    total counts the reference tokens (the generated ones where a row has no reference).
+    """
+    checked = [r for r in rows if r.get("num_tokens_matched") is not None]
+    if not checked:
+        return None, None
+    matched = sum(int(r["num_tokens_matched"]) for r in checked)
+    total = sum(len(r.get("reference_tokens") or r.get("tokens") or []) for r in checked)
+    return matched, total
+
+
+def pooled_samples(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """The decode samples (ms) of all ok rows, for a verdict on a group."""
+    return [s for r in rows if r["status"] == "ok" for s in (r.get("decode_samples_ms") or [])]
+
+
+def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the ok rows of a group (see the module docstring)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    p50 = median(r.get("decode_ms_p50") for r in ok)
+    matched, total = tokens_matched(rows)
+    summary = {
+        "num_rows": len(rows),
+        "num_ok": len(ok),
+        "tok_s": 1000.0 / p50 if p50 else None,
+        "decode_ms_p50": p50,
+        "decode_ms_p10": median(r.get("decode_ms_p10") for r in ok),
+        "decode_ms_p90": median(r.get("decode_ms_p90") for r in ok),
+        "prefill_ms": median(r.get("prefill_ms") for r in ok),
+        "num_dispatches": median_count(r.get("num_dispatches") for r in rows),
+        "num_tokens_matched": matched,
+        "num_tokens": total,
+        "status_counts": status_counts(rows),
+    }
+    if any(r.get("roofline_frac") is not None for r in rows):
+        summary["roofline_frac"] = median(r.get("roofline_frac") for r in ok)
+    return summary
+
+
+def summarize(rows: Sequence[dict[str, Any]], by: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per group of `by`: its values, then `timing_summary`."""
+    return [
+        {**dict(zip(by, key, strict=True)), **timing_summary(members)}
+        for key, members in group_rows(rows, by)
+    ]
+
+
+def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per FLAG_CONTEXT x flag set, the baseline first in each context.
+
+    speedup = baseline ms/token / this flag set's ms/token (above 1: faster), with
+    `verdict(baseline samples, these samples)` on the pooled samples of the ok rows;
+    dispatch_change = dispatches - baseline dispatches. With no baseline flag set
+    (BASELINE_FLAG_SET) in a context, those three stay None.
+    """
+    records = []
+    for context, members in group_rows(rows, FLAG_CONTEXT):
+        by_flags = dict(group_rows(members, ["flag_set"]))
+        base_rows = by_flags.get((BASELINE_FLAG_SET,))
+        base = timing_summary(base_rows) if base_rows else None
+        order = sorted(by_flags, key=lambda k: (k[0] != BASELINE_FLAG_SET, *sort_key(k)))
+        for flag_key in order:
+            flag_rows = by_flags[flag_key]
+            record = {**dict(zip(FLAG_CONTEXT, context, strict=True)), "flag_set": flag_key[0]}
+            record.update(timing_summary(flag_rows))
+            record["compile_s"] = median(r.get("compile_s") for r in flag_rows)
+            record["vmfb_bytes"] = median_count(r.get("vmfb_bytes") for r in flag_rows)
+            record.update(_against_baseline(record, flag_rows, base, base_rows))
+            records.append(record)
+    return records
+
+
+def _against_baseline(
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    base: dict[str, Any] | None,
+    base_rows: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """speedup, verdict and dispatch_change of one flag-study record."""
+    out: dict[str, Any] = {"speedup": None, "verdict": None, "dispatch_change": None}
+    if base is None or base_rows is None:
+        return out
+    if record["flag_set"] == BASELINE_FLAG_SET:
+        out["verdict"] = "baseline"
+    if base["decode_ms_p50"] and record["decode_ms_p50"]:
+        out["speedup"] = base["decode_ms_p50"] / record["decode_ms_p50"]
+        if record["flag_set"] != BASELINE_FLAG_SET:
+            out["verdict"] = verdict(pooled_samples(base_rows), pooled_samples(rows))
+    if base["num_dispatches"] is not None and record["num_dispatches"] is not None:
+        out["dispatch_change"] = record["num_dispatches"] - base["num_dispatches"]
+    return out
+
+
+def compare_runs(
+    rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Two runs matched by point_key (each run's newest row per point).
+
+    "points": the points ok in both, with B/A ratio of decode_ms_p50 and
+    `verdict(A samples, B samples)`; "only_in_a", "only_in_b": points one run lacks;
+    "not_ok": points in both that are not ok in one of them (with both statuses).
+    """
+    a = {r["point_key"]: r for r in newest_per_point(rows_a)}
+    b = {r["point_key"]: r for r in newest_per_point(rows_b)}
+    out: dict[str, list[dict[str, Any]]] = {
+        "points": [], "only_in_a": [], "only_in_b": [], "not_ok": [],
+    }
+
+    def order(key: str) -> tuple[Any, ...]:
+        return (sort_key(_point_values(a.get(key) or b[key])), key)
+
+    for key in sorted(a.keys() | b.keys(), key=order):
+        ra, rb = a.get(key), b.get(key)
+        either = ra if ra is not None else rb
+        ident = {"point_key": key, **dict(zip(POINT_COLUMNS, _point_values(either), strict=True))}
+        if ra is None or rb is None:
+            side = "only_in_a" if rb is None else "only_in_b"
+            out[side].append({**ident, "status": either["status"]})
+        elif ra["status"] != "ok" or rb["status"] != "ok":
+            out["not_ok"].append({**ident, "status_a": ra["status"], "status_b": rb["status"]})
+        else:
+            out["points"].append({**ident, **_pair(ra, rb)})
+    return out
+
+
+def _point_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(col) for col in POINT_COLUMNS)
+
+
+def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one point in both runs."""
+    ms_a, ms_b = ra.get("decode_ms_p50"), rb.get("decode_ms_p50")
+    samples_a, samples_b = ra.get("decode_samples_ms") or [], rb.get("decode_samples_ms") or []
+    return {
+        "decode_ms_p50_a": ms_a,
+        "decode_ms_p50_b": ms_b,
+        "ratio": ms_b / ms_a if ms_a and ms_b is not None else None,
+        "verdict": verdict(samples_a, samples_b),
+        "p_value": mann_whitney_p(samples_a, samples_b),
+        "num_dispatches_a": ra.get("num_dispatches"),
+        "num_dispatches_b": rb.get("num_dispatches"),
+    }
