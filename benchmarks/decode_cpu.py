@@ -23,13 +23,19 @@ What makes the two sides comparable:
   step bracketing the call and the 4-byte token readback; theirs is the median of N
   repetitions of one call each (`--benchmark_min_time=1x --benchmark_repetitions=N`),
   after one warmup call when W > 0.
-- Interleaved rounds: this machine is shared and noisy, so R rounds alternate the two
-  sides (ours first in even rounds, theirs first in odd ones) and the report gives the
-  median over rounds, plus each round and the load average before it.
+- Interleaved rounds on quiet cpus: the dev machine is shared, and a compile running
+  beside a 2-worker benchmark can make a step several times slower. So R rounds
+  alternate the two sides (ours first in even rounds, theirs first in odd ones); each
+  measurement first waits (up to --quiet-wait-s) until other processes use under 10% of
+  the cpus, records how much they used while it ran (/proc/stat minus our own and the
+  tool's cpu time), and is redone up to --retries times if that was over 10%. A side's
+  figure is the median over its undisturbed rounds; every attempt is in the report.
 
 What stays different by design: ours advances pos and feeds each step's caches into
 the next (a real decode), while the tool repeats one step with fixed inputs; ours also
-reads back the 4-byte token. Neither changes the work per step.
+builds the argument list in Python and reads back the 4-byte token. Together that is
+tens of microseconds per step: lost in the noise for real models, but ~20% of the
+0.25 ms step of the 2-layer `tiny` preset, so `tiny` does not meet the 5% target.
 
 Usage:
     python benchmarks/decode_cpu.py --model mid --variants fp32,int4 --steps 20
@@ -367,19 +373,30 @@ def upload_and_dump_weights(
 ) -> tuple[list[str], int, float]:
     """Builds the variant's weights, writes them as tool inputs, uploads them, frees the host copy.
 
-    At most two copies exist at once (the host arrays and the device's, during the
-    upload); the fp32 checkpoint dict is gone as soon as `prepare_variant` returns.
+    Everything happens inside the runner's `make_weights` callback, which it calls only
+    after dropping the previous variant's device copy; the runner holds the only reference
+    to the host arrays and drops it after the upload. So at most two copies of one
+    variant exist at once (the fp32 checkpoint while quantizing, or host and device
+    during the upload): 9.9 GB for the 1B model in fp32.
     """
     from workers.checkpoint import synthetic_weights
     from workers.quant import prepare_variant
 
-    holder = [prepare_variant(synthetic_weights(cfg, seed=WEIGHT_SEED), cfg, variant)]
-    weight_bytes = holder[0].nbytes
-    inputs = [write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(holder[0].arrays)]
-    os.sync()  # the kernel's writeback of GBs would otherwise run during the first rounds
+    inputs: list[str] = []
+    nbytes: list[int] = []
+
+    def make_weights() -> Any:
+        vw = prepare_variant(synthetic_weights(cfg, seed=WEIGHT_SEED), cfg, variant)
+        inputs.extend(write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(vw.arrays))
+        os.sync()  # the kernel's writeback of GBs would otherwise run during the first rounds
+        nbytes.append(vw.nbytes)
+        return vw
+
     key = f"{args.model}/{variant}/synthetic-seed{WEIGHT_SEED}"
-    upload_s = runner.ensure_weights(key, holder.pop)  # pop: the runner drops the last reference
-    return inputs, weight_bytes, upload_s
+    upload_s = runner.ensure_weights(key, make_weights)
+    if not inputs:
+        raise RuntimeError(f"{key} was already resident: its tool inputs were never written")
+    return inputs, nbytes[0], upload_s
 
 
 def write_decode_state(

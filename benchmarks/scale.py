@@ -39,9 +39,14 @@ def plan_overrides(num_points: int) -> list[str]:
     """A grid of about `num_points`: 4 variants x 2 devices x 25 flag sets x N prompt lengths."""
     lengths = max(1, num_points // (4 * 2 * 25))
     flag_sets = [f"+grid.flag_sets.f{i}=['--iree-opt-level=O{i % 4}']" for i in range(24)]
-    return ["+grid=phase2b", "grid.variants=[fp32,bf16,int8,int4]", "grid.max_seq=4096",
-            f"grid.prompt_lengths=[{','.join(str(8 + i) for i in range(lengths))}]",
-            *flag_sets, "dry_run=true"]
+    return [
+        "+grid=phase2b",
+        "grid.variants=[fp32,bf16,int8,int4]",
+        "grid.max_seq=4096",
+        f"grid.prompt_lengths=[{','.join(str(8 + i) for i in range(lengths))}]",
+        *flag_sets,
+        "dry_run=true",
+    ]
 
 
 def time_plan(num_points: int, results_dir: Path) -> tuple[int, float]:
@@ -60,14 +65,27 @@ def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[di
     for i in range(n):
         samples = rng.lognormal(np.log(20.0), 0.1, 40)
         p50 = float(np.median(samples))
-        rows.append({
-            "run_id": "scale", "point_key": f"p{i:07d}", "grid": "scale", "model": "m",
-            "variant": variants[i % 4], "device": devices[(i // 4) % 2], "runtime": "iree",
-            "prompt_length": 8 + i % 100, "max_seq": 256, "flag_set": f"f{i % 25}",
-            "status": "ok" if i % 50 else "compile_error", "num_dispatches": 100 + i % 25,
-            "decode_ms_p50": p50, "tok_s": 1000 / p50, "prefill_ms": 3 * p50,
-            "decode_samples_ms": samples.tolist(), "created_at": start + timedelta(seconds=i),
-        })
+        rows.append(
+            {
+                "run_id": "scale",
+                "point_key": f"p{i:07d}",
+                "grid": "scale",
+                "model": "m",
+                "variant": variants[i % 4],
+                "device": devices[(i // 4) % 2],
+                "runtime": "iree",
+                "prompt_length": 8 + i % 100,
+                "max_seq": 256,
+                "flag_set": f"f{i % 25}",
+                "status": "ok" if i % 50 else "compile_error",
+                "num_dispatches": 100 + i % 25,
+                "decode_ms_p50": p50,
+                "tok_s": 1000 / p50,
+                "prefill_ms": 3 * p50,
+                "decode_samples_ms": samples.tolist(),
+                "created_at": start + timedelta(seconds=i),
+            }
+        )
     return rows
 
 
@@ -104,14 +122,24 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sweep-scale-"))
     num_points, plan_s = time_plan(args.points, work / "plan")
     write_s, queries = time_queries(args.rows, args.rows_per_file, work / "results")
-    rows = [["plan (dry_run)", f"{num_points} points", f"{plan_s:.2f}", "< 10", _ok(plan_s < 10)],
-            ["write", f"{args.rows} rows", f"{write_s:.2f}", "-", ""]]
-    rows += [[f"query: {name}", f"{args.rows} rows", f"{s:.3f}", "< 1", _ok(s < 1)]
-             for name, s in queries.items()]
+    rows = [
+        ["plan (dry_run)", f"{num_points} points", f"{plan_s:.2f}", "< 10", _ok(plan_s < 10)],
+        ["write", f"{args.rows} rows", f"{write_s:.2f}", "-", ""],
+    ]
+    rows += [
+        [f"query: {name}", f"{args.rows} rows", f"{s:.3f}", "< 1", _ok(s < 1)]
+        for name, s in queries.items()
+    ]
     print(markdown_table(["what", "size", "seconds", "target", "met"], rows))
-    report = {"num_points": num_points, "plan_s": plan_s, "num_rows": args.rows,
-              "rows_per_file": args.rows_per_file, "write_s": write_s, "query_s": queries,
-              "machine": machine_info()}
+    report = {
+        "num_points": num_points,
+        "plan_s": plan_s,
+        "num_rows": args.rows,
+        "rows_per_file": args.rows_per_file,
+        "write_s": write_s,
+        "query_s": queries,
+        "machine": machine_info(),
+    }
     out = args.out or default_report_path("scale", "synthetic")
     write_json(out, report)
     print(f"wrote {out}")

@@ -124,8 +124,11 @@ def newest_per_point(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def sort_key(values: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
-    """Sorts tuples of group values with None last and numbers as numbers."""
-    return tuple((v is None, v if v is not None else 0) for v in values)
+    """Sorts tuples of group values: None last, numbers as numbers, text ignoring case."""
+    return tuple(
+        (v is None, v.casefold() if isinstance(v, str) else v if v is not None else 0)
+        for v in values
+    )
 
 
 def group_rows(

@@ -1,0 +1,381 @@
+"""`python -m sweep.report`: a run's results as one table, one row per point group.
+
+    python -m sweep.report [--results DIR] [--run RUN_ID|all] [--grid NAME] [--by COLS]
+                           [--format md|csv|json] [--plots [--plots-dir DIR]] [--out PATH]
+
+The run defaults to the newest one (by its newest row) in the results dir, of grid
+`--grid` when given; `--run all` takes the newest row of every point across runs.
+Rows are grouped by variant, device, runtime, flag set and prompt length (`--by`
+changes that); a group with several ok rows shows the *median of their
+decode_ms_p50* (and of p10, p90, prefill ms, dispatches), see `sweep.analysis`.
+Like llama-bench's compare script, the markdown table shows only the columns that
+vary: the others are folded into a header line above it. csv and json keep every
+column and the raw numbers, for scripts.
+
+`--by flag_set` is the flag study: per variant, device, runtime and prompt length,
+each flag set's ms/token, its speedup over the `default` flag set with a verdict
+that accounts for the sample spread (`sweep.analysis.verdict`), its dispatch count
+and change from default, compile seconds, vmfb size and tokens matched.
+
+Exit codes: 0, or 2 for an input error (no results, unknown run, unknown column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sweep import analysis
+from sweep.results import COLUMNS, read_results
+
+DEFAULT_RESULTS = Path("outputs/results")
+FORMATS = ("md", "csv", "json")
+MAX_LISTED_RUNS = 10
+# What the tables need; the roofline columns are read once the schema has them.
+_WANTED = (
+    "point_key", "status", "created_at", *analysis.BY_COLUMNS, "compile_s", "vmfb_bytes",
+    "num_dispatches", "prefill_ms", "decode_ms_p10", "decode_ms_p50", "decode_ms_p90",
+    "decode_samples_ms", "tok_s", "tokens", "reference_tokens", "num_tokens_matched",
+    "bytes_per_token", "peak_gbps", "roofline_frac",
+)
+
+
+class ReportError(ValueError):
+    """An input error (no results, unknown run or column): `main` prints it, exits 2."""
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_rows(results_dir: Path, grid: str | None = None) -> list[dict[str, Any]]:
+    """Every row under results_dir (of `grid`, when given) as dicts of the needed columns."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ReportError(
+            f"results directory {results_dir} does not exist; pass --results DIR "
+            "(the results_dir= of the sweep)"
+        )
+    columns = [c for c in _WANTED if c in COLUMNS]
+    rows = read_results(results_dir, columns).to_pylist()
+    if not rows:
+        raise ReportError(
+            f"results directory {results_dir} holds no result files; run a sweep into it "
+            f"first (python -m sweep +grid=smoke results_dir={results_dir})"
+        )
+    if grid is not None:
+        grids = sorted({str(r["grid"]) for r in rows})
+        rows = [r for r in rows if r["grid"] == grid]
+        if not rows:
+            raise ReportError(f"no rows of grid {grid!r} in {results_dir}; grids: {grids}")
+    return rows
+
+
+def select_run(rows: Sequence[dict[str, Any]], run: str | None) -> tuple[str, list[dict]]:
+    """(run label, the run's newest row per point): `run` None is the newest run."""
+    runs = analysis.runs_newest_first(rows)
+    if run is None:
+        run = runs[0]
+    if run == "all":
+        return "all", analysis.newest_per_point(rows)
+    if run not in runs:
+        raise ReportError(unknown_run_message(run, runs))
+    return run, analysis.newest_per_point([r for r in rows if r["run_id"] == run])
+
+
+def unknown_run_message(run: str, runs: Sequence[str]) -> str:
+    listed = ", ".join(runs[:MAX_LISTED_RUNS])
+    more = f" (and {len(runs) - MAX_LISTED_RUNS} older)" if len(runs) > MAX_LISTED_RUNS else ""
+    return f"unknown run id {run!r}; runs in the results, newest first: {listed}{more}"
+
+
+def parse_by(text: str) -> list[str]:
+    by = [col.strip() for col in text.split(",") if col.strip()]
+    unknown = [col for col in by if col not in analysis.BY_COLUMNS]
+    if not by or unknown:
+        raise ReportError(
+            f"unknown --by column {', '.join(unknown) or repr(text)}; "
+            f"choose from: {', '.join(analysis.BY_COLUMNS)}"
+        )
+    return by
+
+
+# --- cells -----------------------------------------------------------------------------
+
+
+def fmt_num(value: float | None) -> str:
+    """Three significant-ish digits for ms, s, tok/s; '' for a missing value."""
+    if value is None:
+        return ""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def fmt_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return fmt_num(value) if not value.is_integer() else str(int(value))
+    return str(value)
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return ""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{int(value)} B"
+
+
+def fmt_signed(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "0" if value == 0 else f"{value:+g}"
+
+
+def fmt_spread(record: dict[str, Any]) -> str:
+    lo, hi = record.get("decode_ms_p10"), record.get("decode_ms_p90")
+    return "" if lo is None or hi is None else f"{fmt_num(lo)}-{fmt_num(hi)}"
+
+
+def fmt_matched(record: dict[str, Any]) -> str:
+    matched, total = record.get("num_tokens_matched"), record.get("num_tokens")
+    return "" if matched is None else f"{matched}/{total}"
+
+
+def fmt_statuses(counts: dict[str, int]) -> str:
+    return ", ".join(f"{status} {n}" for status, n in counts.items())
+
+
+# --- tables ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A markdown column: its title and how to show a record in it."""
+
+    title: str
+    cell: Callable[[dict[str, Any]], str]
+    right: bool = False  # numbers align right
+    fold: str | None = None  # a point column: folded into the header when constant
+
+
+@dataclasses.dataclass
+class Table:
+    """Records (raw numbers, for csv and json) and how markdown shows them."""
+
+    records: list[dict[str, Any]]
+    columns: list[Column]
+    header: dict[str, Any]  # context printed above a markdown table
+    notes: list[str] = dataclasses.field(default_factory=list)  # lines below it
+    json_obj: Any = None  # what json prints, when not the records
+
+
+def key_column(name: str) -> Column:
+    numeric = name in ("group_size", "prompt_length", "prompt_bucket", "max_seq")
+    return Column(name, lambda r: fmt_value(r.get(name)), right=numeric, fold=name)
+
+
+def metric(title: str, key: str, fmt: Callable[[Any], str] = fmt_num) -> Column:
+    return Column(title, lambda r: fmt(r.get(key)), right=True)
+
+
+def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, Any]) -> Table:
+    records = analysis.summarize(rows, by)
+    columns = [key_column(col) for col in by]
+    columns += [
+        metric("tok/s", "tok_s"),
+        metric("ms/tok p50", "decode_ms_p50"),
+        Column("p10-p90", fmt_spread, right=True),
+    ]
+    columns += _roofline_column(records)
+    columns += [
+        metric("prefill ms", "prefill_ms"),
+        metric("dispatches", "num_dispatches", fmt_value),
+        Column("matched", fmt_matched, right=True),
+        Column("status", lambda r: fmt_statuses(r["status_counts"])),
+    ]
+    return Table(records, columns, header)
+
+
+def flag_study_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> Table:
+    records = analysis.flag_study(rows)
+    columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, "flag_set")]
+    columns += [
+        metric("ms/tok p50", "decode_ms_p50"),
+        Column("p10-p90", fmt_spread, right=True),
+        metric("speedup", "speedup", lambda v: "" if v is None else f"{v:.2f}x"),
+        Column("verdict", lambda r: r.get("verdict") or ""),
+    ]
+    columns += _roofline_column(records)
+    columns += [
+        metric("dispatches", "num_dispatches", fmt_value),
+        metric(f"vs {analysis.BASELINE_FLAG_SET}", "dispatch_change", fmt_signed),
+        metric("compile s", "compile_s"),
+        metric("vmfb", "vmfb_bytes", fmt_bytes),
+        Column("matched", fmt_matched, right=True),
+        Column("status", lambda r: fmt_statuses(r["status_counts"])),
+    ]
+    return Table(records, columns, header)
+
+
+def _roofline_column(records: list[dict[str, Any]]) -> list[Column]:
+    """A percent column when any record has a roofline fraction (a newer schema)."""
+    if not any(r.get("roofline_frac") is not None for r in records):
+        return []
+    return [metric("roofline", "roofline_frac", lambda v: "" if v is None else f"{100 * v:.1f}%")]
+
+
+def context_header(run: str, rows: list[dict[str, Any]], shown: Sequence[str]) -> dict[str, Any]:
+    """The run and the point columns that hold one value over all rows (and are no column)."""
+    hidden = [c for c in analysis.POINT_COLUMNS if c not in shown and c != "prompt_bucket"]
+    return {"run": run, **analysis.constant_columns(rows, hidden)}
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def render(table: Table, fmt: str) -> str:
+    if fmt == "md":
+        return render_md(table)
+    if fmt == "csv":
+        return render_csv(table.records)
+    return json.dumps(table.records if table.json_obj is None else table.json_obj,
+                      indent=2, default=str)
+
+
+def render_md(table: Table) -> str:
+    """A pipe table padded for a terminal; constant point columns go to the header line."""
+    header = dict(table.header)
+    shown: list[tuple[Column, list[str]]] = []
+    for col in table.columns:
+        cells = [col.cell(r).replace("|", "\\|") for r in table.records]
+        if col.fold and table.records and len(set(cells)) == 1:
+            if cells[0]:
+                header[col.fold] = cells[0]
+            continue
+        shown.append((col, cells))
+    order = {name: i for i, name in enumerate(("run", "A", "B", *analysis.POINT_COLUMNS))}
+    items = sorted(header.items(), key=lambda kv: order.get(kv[0], len(order)))
+    lines = ["  ".join(f"{k}: {v}" for k, v in items), ""] if items else []
+    lines += _pipe_table(shown, len(table.records)) if table.records else ["(no rows)"]
+    if table.notes:
+        lines += ["", *table.notes]
+    return "\n".join(lines)
+
+
+def _pipe_table(shown: list[tuple[Column, list[str]]], num_rows: int) -> list[str]:
+    widths = [max(len(col.title), 3, *(len(c) for c in cells)) for col, cells in shown]
+
+    def line(cells: list[str], cols: list[Column]) -> str:
+        padded = [
+            c.rjust(w) if col.right else c.ljust(w)
+            for c, w, col in zip(cells, widths, cols, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    cols = [col for col, _ in shown]
+    rule = ["-" * (w + 1) + ":" if col.right else "-" * (w + 2)
+            for col, w in zip(cols, widths, strict=True)]
+    out = [line([col.title for col in cols], cols), "|" + "|".join(rule) + "|"]
+    out += [line([cells[i] for _, cells in shown], cols) for i in range(num_rows)]
+    return out
+
+
+def render_csv(records: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: _csv_cell(record.get(k)) for k in keys})
+    return buf.getvalue().rstrip("\n")
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ";".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return json.dumps(value, default=str)
+    return value
+
+
+def emit(text: str, out: str | None) -> None:
+    """Print, or write to `out` (and say where on stderr)."""
+    if out is None:
+        print(text, flush=True)  # before any note on stderr
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """Parsed args, or argparse's exit code (2 for a usage error, 0 for --help)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.report", description="Summarise a sweep's results as a table."
+    )
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                        help=f"results directory (default {DEFAULT_RESULTS})")
+    parser.add_argument("--run", help="run id (default: the newest run); 'all': newest row "
+                        "of every point across runs")
+    parser.add_argument("--grid", help="only rows of this grid")
+    parser.add_argument("--by", default=",".join(analysis.DEFAULT_BY),
+                        help="comma-separated columns to group by (default %(default)s); "
+                        "'flag_set' alone: the flag study")
+    parser.add_argument("--format", choices=FORMATS, default="md")
+    parser.add_argument("--plots", action="store_true", help="also write PNG plots")
+    parser.add_argument("--plots-dir", type=Path,
+                        help="where the plots go (default <results>/plots/<run>)")
+    parser.add_argument("--out", help="write the table to this file instead of stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    try:
+        by = parse_by(args.by)
+        run, rows = select_run(load_rows(args.results, args.grid), args.run)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if by == ["flag_set"]:
+        table = flag_study_table(rows, context_header(run, rows, analysis.FLAG_CONTEXT))
+    else:
+        table = summary_table(rows, by, context_header(run, rows, by))
+    emit(render(table, args.format), args.out)
+    if args.plots:
+        from sweep.plots import write_plots  # lazy: matplotlib costs a second
+
+        out_dir = args.plots_dir or Path(args.results) / "plots" / run
+        paths, notes = write_plots(rows, out_dir, title=f"run {run}")
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        for path in paths:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
