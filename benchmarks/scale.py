@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import default_report_path, machine_info, markdown_table, write_json  # noqa: E402
 
 QUERIES = {
-    "seed table": """SELECT variant, device, median(tok_s), median(decode_ms_p50), median(prefill_ms)
+    "seed table": """SELECT variant, device, median(tok_s), median(decode_ms_p50),
+                     median(prefill_ms)
                      FROM results WHERE status = 'ok' GROUP BY variant, device""",
     "flag study": """SELECT flag_set, variant, avg(decode_ms_p50), avg(num_dispatches)
                      FROM results GROUP BY flag_set, variant ORDER BY 3""",

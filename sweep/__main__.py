@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(f"run {outcome.run_id}: {len(outcome.rows)} rows in {cfg.results_dir} "
-          f"({outcome.wall_s:.1f} s)")
+    print(
+        f"run {outcome.run_id}: {len(outcome.rows)} rows in {cfg.results_dir} "
+        f"({outcome.wall_s:.1f} s)"
+    )
     return outcome.exit_code
 
 

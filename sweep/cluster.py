@@ -44,8 +44,13 @@ def connect(address: str, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, resources={CPU_BENCH_RESOURCE: 1}, runtime_env=env,
-                 include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=num_cpus,
+            resources={CPU_BENCH_RESOURCE: 1},
+            runtime_env=env,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     return True
 
 
@@ -83,8 +88,9 @@ def _node_facts() -> tuple[str, str]:
     return socket.gethostname(), host_cpu_id()
 
 
-def compile_graph_fn(spec: Any, device: DeviceSpec, flags: tuple[str, ...], cache_dir: str,
-                     timeout_s: float) -> tuple[dict[str, Any], bytes | None]:
+def compile_graph_fn(
+    spec: Any, device: DeviceSpec, flags: tuple[str, ...], cache_dir: str, timeout_s: float
+) -> tuple[dict[str, Any], bytes | None]:
     """Export one graph and compile it; metadata and vmfb are separate Ray objects."""
     from pathlib import Path
 
@@ -93,8 +99,12 @@ def compile_graph_fn(spec: Any, device: DeviceSpec, flags: tuple[str, ...], cach
 
     exported = export_graph(spec)
     result = compile_stablehlo(
-        exported.stablehlo, device, flags, cache_dir=Path(cache_dir) / "vmfb",
-        timeout_s=timeout_s, work_dir=Path(cache_dir) / "work",
+        exported.stablehlo,
+        device,
+        flags,
+        cache_dir=Path(cache_dir) / "vmfb",
+        timeout_s=timeout_s,
+        work_dir=Path(cache_dir) / "work",
     )
     meta = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "vmfb"}
     meta["vmfb_bytes"] = len(result.vmfb) if result.vmfb else None
@@ -116,10 +126,14 @@ class BenchActorImpl:
     def where(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "pid": os.getpid(), **self.worker.info()}
 
-    def run(self, task: Any, prefill_vmfb: bytes | None = None,
-            decode_vmfb: bytes | None = None) -> dict[str, Any]:
-        return {**self.worker.run(task, prefill_vmfb, decode_vmfb), "node_id": self.node_id,
-                "num_uploads": self.worker.num_uploads}
+    def run(
+        self, task: Any, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
+    ) -> dict[str, Any]:
+        return {
+            **self.worker.run(task, prefill_vmfb, decode_vmfb),
+            "node_id": self.node_id,
+            "num_uploads": self.worker.num_uploads,
+        }
 
 
 def remote_functions() -> tuple[Any, Any]:

@@ -35,9 +35,13 @@ class ModelConfig:
 
     def check(self, key: str) -> None:
         if self.path is None and self.preset is None:
-            raise ConfigError(f"{key}: set model.preset (one of {sorted(PRESETS)}) or model.path=DIR")
+            raise ConfigError(
+                f"{key}: set model.preset (one of {sorted(PRESETS)}) or model.path=DIR"
+            )
         if self.path is None and self.preset not in PRESETS:
-            raise ConfigError(f"{key}.preset={self.preset!r}: allowed presets are {sorted(PRESETS)}")
+            raise ConfigError(
+                f"{key}.preset={self.preset!r}: allowed presets are {sorted(PRESETS)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +95,7 @@ class SweepConfig:
 
 
 def load_config(overrides: list[str]) -> tuple[SweepConfig, dict[str, Any]]:
-    """Composes conf/ with Hydra overrides; returns the checked config and the plain resolved dict."""
+    """Composes conf/ with Hydra overrides; returns the checked config and the resolved dict."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -132,8 +136,12 @@ def _check(cfg: SweepConfig) -> None:
     _check_members("grid.variants", g.variants, VARIANTS)
     _check_members("grid.devices", g.devices, tuple(cfg.devices))
     _check_members("grid.runtimes", g.runtimes, RUNTIMES)
-    for key, values in (("grid.variants", g.variants), ("grid.devices", g.devices),
-                        ("grid.prompt_lengths", g.prompt_lengths), ("grid.runtimes", g.runtimes)):
+    for key, values in (
+        ("grid.variants", g.variants),
+        ("grid.devices", g.devices),
+        ("grid.prompt_lengths", g.prompt_lengths),
+        ("grid.runtimes", g.runtimes),
+    ):
         if not values:
             raise ConfigError(f"{key} is empty: list at least one")
     if not g.flag_sets:
@@ -143,14 +151,19 @@ def _check(cfg: SweepConfig) -> None:
             _check_members(f"grid.flag_sets.{name}.devices", flag_set.devices, tuple(cfg.devices))
         bad = [f for f in flag_set.flags if not f.startswith("-")]
         if bad:
-            raise ConfigError(f"grid.flag_sets.{name}: {bad} are not flags (they must start with '-')")
-    for key, value, low in (("grid.max_seq", g.max_seq, 1), ("grid.group_size", g.group_size, 1),
-                            ("bench.warmup_steps", b.warmup_steps, 0),
-                            ("bench.decode_steps", b.decode_steps, 1),
-                            ("bench.prefill_runs", b.prefill_runs, 1),
-                            ("bench.compile_timeout_s", b.compile_timeout_s, 1e-9),
-                            ("bench.point_timeout_s", b.point_timeout_s, 1e-9),
-                            ("bench.max_retries", b.max_retries, 0)):
+            raise ConfigError(
+                f"grid.flag_sets.{name}: {bad} are not flags (they must start with '-')"
+            )
+    for key, value, low in (
+        ("grid.max_seq", g.max_seq, 1),
+        ("grid.group_size", g.group_size, 1),
+        ("bench.warmup_steps", b.warmup_steps, 0),
+        ("bench.decode_steps", b.decode_steps, 1),
+        ("bench.prefill_runs", b.prefill_runs, 1),
+        ("bench.compile_timeout_s", b.compile_timeout_s, 1e-9),
+        ("bench.point_timeout_s", b.point_timeout_s, 1e-9),
+        ("bench.max_retries", b.max_retries, 0),
+    ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")
     steps = b.warmup_steps + b.decode_steps

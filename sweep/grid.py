@@ -53,13 +53,23 @@ class Point:
     def compile_key(self, kind: str) -> tuple:
         """What one compile depends on; points that share it share the vmfb."""
         bucket = self.prompt_bucket if kind == "prefill" else 0
-        return (self.model_id, self.variant, self.group_size, self.max_seq, kind, bucket,
-                self.device, self.flags)
+        return (
+            self.model_id,
+            self.variant,
+            self.group_size,
+            self.max_seq,
+            kind,
+            bucket,
+            self.device,
+            self.flags,
+        )
 
     @property
     def label(self) -> str:
-        return (f"{self.variant}/{self.device}/L{self.prompt_length}/{self.flag_set}"
-                f"{'' if self.runtime == 'iree' else '/' + self.runtime}")
+        return (
+            f"{self.variant}/{self.device}/L{self.prompt_length}/{self.flag_set}"
+            f"{'' if self.runtime == 'iree' else '/' + self.runtime}"
+        )
 
 
 def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
@@ -80,12 +90,22 @@ def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
                     if not spec.applies_to(device):
                         continue
                     for length in g.prompt_lengths:
-                        points.append(Point(
-                            model=cfg.model.name, model_id=model_id, variant=variant,
-                            group_size=g.group_size, device=device, runtime=runtime,
-                            prompt_length=length, prompt_bucket=prompt_bucket(length, g.max_seq),
-                            max_seq=g.max_seq, flag_set=flag_set, flags=spec.flags,
-                            warmup_steps=b.warmup_steps, decode_steps=b.decode_steps,
-                            prefill_runs=b.prefill_runs,
-                        ))
+                        points.append(
+                            Point(
+                                model=cfg.model.name,
+                                model_id=model_id,
+                                variant=variant,
+                                group_size=g.group_size,
+                                device=device,
+                                runtime=runtime,
+                                prompt_length=length,
+                                prompt_bucket=prompt_bucket(length, g.max_seq),
+                                max_seq=g.max_seq,
+                                flag_set=flag_set,
+                                flags=spec.flags,
+                                warmup_steps=b.warmup_steps,
+                                decode_steps=b.decode_steps,
+                                prefill_runs=b.prefill_runs,
+                            )
+                        )
     return points

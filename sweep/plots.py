@@ -76,6 +76,10 @@ def _series_label(key: tuple[Any, ...], runtimes: set[Any]) -> str:
     return f"{device}/{runtime}" if len(runtimes) > 1 else str(device)
 
 
+def _short(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _maybe_log(ax: Axes, values: Sequence[float], axis: str = "y") -> None:
     positive = [v for v in values if v and v > 0]
     if positive and max(positive) / min(positive) >= LOG_SCALE_RATIO:
@@ -98,10 +102,12 @@ def _decode_bars(rows: list[dict[str, Any]], title: str) -> Figure | str:
         lo = np.array([s["decode_ms_p10"] or np.nan for s in stats])
         hi = np.array([s["decode_ms_p90"] or np.nan for s in stats])
         x = np.arange(len(variants)) + (i - (len(series) - 1) / 2) * width
-        bars = ax.bar(x, p50, width, label=_series_label(key, runtimes),
-                      yerr=[p50 - lo, hi - p50], capsize=3)
-        ax.bar_label(bars, labels=[f"{v:.3g}" if np.isfinite(v) else "" for v in p50],
-                     padding=2, fontsize=8)
+        ax.bar(x, p50, width, label=_series_label(key, runtimes),
+               yerr=[p50 - lo, hi - p50], capsize=3)
+        for xi, value, top in zip(x, p50, hi, strict=True):
+            if np.isfinite(value):  # the median, above the p90 cap
+                ax.annotate(_short(value), (xi, top), textcoords="offset points",
+                            xytext=(0, 3), ha="center", fontsize=8)
         all_values += [v for v in p50 if np.isfinite(v)]
     _maybe_log(ax, all_values)
     ax.set_xticks(np.arange(len(variants)), [str(v) for v in variants])

@@ -23,12 +23,22 @@ class ProgressDisplay:
     def __enter__(self) -> ProgressDisplay:
         if self.live:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-            from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
                 console=Console(file=self.out),
             )
             self._progress.__enter__()
@@ -45,13 +55,20 @@ class ProgressDisplay:
         self._num_finished = counters.num_benchmarked + counters.num_failed + counters.num_skipped
         if self._progress is None:
             return
-        self._progress.update(self._compile_task, total=counters.num_compiles or None,
-                              completed=counters.num_compiled,
-                              description=f"compile ({counters.num_compile_cache_hits} cached)")
         self._progress.update(
-            self._bench_task, total=counters.num_points, completed=self._num_finished,
-            description=(f"points (ok {counters.num_benchmarked}, failed {counters.num_failed}, "
-                         f"skipped {counters.num_skipped})"),
+            self._compile_task,
+            total=counters.num_compiles or None,
+            completed=counters.num_compiled,
+            description=f"compile ({counters.num_compile_cache_hits} cached)",
+        )
+        self._progress.update(
+            self._bench_task,
+            total=counters.num_points,
+            completed=self._num_finished,
+            description=(
+                f"points (ok {counters.num_benchmarked}, failed {counters.num_failed}, "
+                f"skipped {counters.num_skipped})"
+            ),
         )
 
     def log_row(self, row: dict[str, Any]) -> None:
@@ -59,8 +76,10 @@ class ProgressDisplay:
         done = self._num_finished + 1
         eta = elapsed / done * max(self._num_points - done, 0) if self._num_points else 0.0
         timing = f" {row['decode_ms_p50']:.2f} ms/tok" if row.get("decode_ms_p50") else ""
-        line = (f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "
-                f"{row['variant']}/{row['device']}/L{row['prompt_length']}/{row['flag_set']}{timing}")
+        line = (
+            f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "
+            f"{row['variant']}/{row['device']}/L{row['prompt_length']}/{row['flag_set']}{timing}"
+        )
         if self._progress is not None:
             self._progress.console.print(line)
         else:

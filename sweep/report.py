@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         from sweep.plots import write_plots  # lazy: matplotlib costs a second
 
         out_dir = args.plots_dir or Path(args.results) / "plots" / run
-        paths, notes = write_plots(rows, out_dir, title=f"run {run}")
+        context = analysis.constant_columns(rows, ("model", "grid"))
+        title = "  ".join([*(f"{k} {v}" for k, v in context.items()), f"run {run}"])
+        paths, notes = write_plots(rows, out_dir, title=title)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         for path in paths:

@@ -71,9 +71,16 @@ class Counters:
 
 
 class Scheduler:
-    def __init__(self, cfg: SweepConfig, source: ModelSource, model_cfg: LlamaConfig,
-                 nodes: list[NodeInfo], ctx: RunContext, sink: RowSink,
-                 on_progress: Callable[[Counters], None] = lambda c: None) -> None:
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        source: ModelSource,
+        model_cfg: LlamaConfig,
+        nodes: list[NodeInfo],
+        ctx: RunContext,
+        sink: RowSink,
+        on_progress: Callable[[Counters], None] = lambda c: None,
+    ) -> None:
         from sweep.cluster import remote_functions
 
         self.cfg, self.source, self.model_cfg = cfg, source, model_cfg
@@ -123,8 +130,10 @@ class Scheduler:
                 runnable.append(point)
                 continue
             need = "num_gpus=1" if device.needs_gpu else f"resource {device.ray_resource!r}"
-            reason = (f"no node of the Ray cluster offers device {point.device!r} ({need}); "
-                      f"nodes: {len(self.nodes)}")
+            reason = (
+                f"no node of the Ray cluster offers device {point.device!r} ({need}); "
+                f"nodes: {len(self.nodes)}"
+            )
             skipped.append(failure_row(point, self.ctx, "skipped", reason, error_class="no_device"))
         if skipped:
             self.emit(skipped)
@@ -157,11 +166,23 @@ class Scheduler:
                     options: dict[str, Any] = {}
                     if node is not None:
                         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                            node.node_id, soft=False)
-                    spec = GraphSpec(self.model_cfg, point.variant, point.group_size,
-                                     point.max_seq, kind, point.prompt_bucket if kind == "prefill" else 0)
+                            node.node_id, soft=False
+                        )
+                    spec = GraphSpec(
+                        self.model_cfg,
+                        point.variant,
+                        point.group_size,
+                        point.max_seq,
+                        kind,
+                        point.prompt_bucket if kind == "prefill" else 0,
+                    )
                     self.compiles[key] = self.compile_task.options(**options).remote(
-                        spec, device, point.flags, self.cfg.cache_dir, self.cfg.bench.compile_timeout_s)
+                        spec,
+                        device,
+                        point.flags,
+                        self.cfg.cache_dir,
+                        self.cfg.bench.compile_timeout_s,
+                    )
         self.counters.num_compiles = len(self.compiles)
         self.on_progress(self.counters)
         self._await_compiles()
@@ -178,8 +199,12 @@ class Scheduler:
                 try:
                     meta = ray.get(ref)
                 except Exception as e:  # the task itself died: record, go on
-                    meta = {"ok": False, "error_class": "compile_error",
-                            "error_message": f"compile task failed: {e}", "returncode": None}
+                    meta = {
+                        "ok": False,
+                        "error_class": "compile_error",
+                        "error_message": f"compile task failed: {e}",
+                        "returncode": None,
+                    }
                 self.compile_meta[key] = meta
                 self.counters.num_compiled += 1
                 self.counters.num_compile_cache_hits += bool(meta.get("cache_hit"))
@@ -192,17 +217,25 @@ class Scheduler:
                 ok.append(point)
                 continue
             device = self.cfg.devices[point.device]
-            metas = [self.compile_meta[self.job_key(point, kind, group)]
-                     for group in self.cpu_groups(device, point.flags) for kind in KINDS]
+            metas = [
+                self.compile_meta[self.job_key(point, kind, group)]
+                for group in self.cpu_groups(device, point.flags)
+                for kind in KINDS
+            ]
             bad = next((m for m in metas if not m.get("ok")), None)
             if bad is None:
                 ok.append(point)
                 continue
-            failed.append(failure_row(
-                point, self.ctx, bad.get("error_class") or "compile_error",
-                bad.get("error_message") or "compile failed", returncode=bad.get("returncode"),
-                extra={"repro_command": bad.get("command")},
-            ))
+            failed.append(
+                failure_row(
+                    point,
+                    self.ctx,
+                    bad.get("error_class") or "compile_error",
+                    bad.get("error_message") or "compile failed",
+                    returncode=bad.get("returncode"),
+                    extra={"repro_command": bad.get("command")},
+                )
+            )
         if failed:
             self.emit(failed)
         return ok
@@ -217,8 +250,11 @@ class Scheduler:
             for node in self.device_nodes(device):
                 for _ in range(int(node.offers(device))):
                     handle = self.actor_class.options(
-                        num_cpus=0, **device.ray_actor_options(),
-                        scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                        num_cpus=0,
+                        **device.ray_actor_options(),
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(
+                            node.node_id, soft=False
+                        ),
                     ).remote(device, self.source, self.cfg.cache_dir)
                     actor = Actor(handle, name, node.node_id, node.cpu_id)
                     self._ping(actor)
@@ -268,9 +304,11 @@ class Scheduler:
     def _pick(self, actor: Actor, pending: list[Point]) -> Point:
         """Weight affinity: the actor's resident variant first, then one no other actor holds."""
         held = {a.resident for a in self.actors if a is not actor and a.device == actor.device}
-        for wanted in (lambda p: _weights_of(p) == actor.resident,
-                       lambda p: _weights_of(p) not in held,
-                       lambda p: True):
+        for wanted in (
+            lambda p: _weights_of(p) == actor.resident,
+            lambda p: _weights_of(p) not in held,
+            lambda p: True,
+        ):
             for i, point in enumerate(pending):
                 if wanted(point):
                     return pending.pop(i)
@@ -282,9 +320,17 @@ class Scheduler:
         return cpu_id if targets_host((*device.target_flags, *point.flags)) else None
 
     def _submit(self, actor: Actor, point: Point) -> None:
-        task = BenchTask(point.variant, point.group_size, point.prompt_length, point.prompt_bucket,
-                         point.max_seq, point.warmup_steps, point.decode_steps, point.prefill_runs,
-                         point.runtime)
+        task = BenchTask(
+            point.variant,
+            point.group_size,
+            point.prompt_length,
+            point.prompt_bucket,
+            point.max_seq,
+            point.warmup_steps,
+            point.decode_steps,
+            point.prefill_runs,
+            point.runtime,
+        )
         vmfbs = []
         if point.runtime == "iree":
             group = self.group_for(point, actor.cpu_id)
@@ -310,12 +356,23 @@ class Scheduler:
             return
         except ray.exceptions.RayTaskError as e:
             status = "oom" if _looks_like_oom(str(e)) else "runtime_error"
-            self.emit([failure_row(point, self.ctx, status, str(e), error_class=type(e.cause).__name__
-                                   if getattr(e, "cause", None) else status)])
+            self.emit(
+                [
+                    failure_row(
+                        point,
+                        self.ctx,
+                        status,
+                        str(e),
+                        error_class=type(e.cause).__name__ if getattr(e, "cause", None) else status,
+                    )
+                ]
+            )
             return
         self.emit([self._measured_row(point, measured, self.group_for(point, actor.cpu_id))])
 
-    def _measured_row(self, point: Point, measured: dict[str, Any], group: str | None) -> dict[str, Any]:
+    def _measured_row(
+        self, point: Point, measured: dict[str, Any], group: str | None
+    ) -> dict[str, Any]:
         if point.runtime != "iree":
             compiled = {"compile_s": measured.get("xla_compile_s")}
             row = measured_row(point, self.ctx, compiled, measured, repro=None)
@@ -340,7 +397,9 @@ class Scheduler:
 
     # --- failures ------------------------------------------------------------------------
 
-    def _actor_lost(self, actor: Actor, point: Point, queue: dict[str, list[Point]], why: str) -> None:
+    def _actor_lost(
+        self, actor: Actor, point: Point, queue: dict[str, list[Point]], why: str
+    ) -> None:
         """Retry the point elsewhere up to max_retries; drop the actor if its node is gone."""
         actor.resident = None
         if self._node_alive(actor.node_id):
@@ -350,8 +409,16 @@ class Scheduler:
         if self.attempts[point.key] <= self.cfg.bench.max_retries:
             queue[point.device].insert(0, point)
             return
-        self.emit([failure_row(point, self.ctx, "worker_lost",
-                               f"{why} (after {self.attempts[point.key]} attempts)")])
+        self.emit(
+            [
+                failure_row(
+                    point,
+                    self.ctx,
+                    "worker_lost",
+                    f"{why} (after {self.attempts[point.key]} attempts)",
+                )
+            ]
+        )
 
     def _node_alive(self, node_id: str) -> bool:
         import ray
@@ -369,16 +436,27 @@ class Scheduler:
             actor.busy, actor.resident = None, None
             ray.kill(actor.handle, no_restart=False)  # restarts empty: weights upload again
             self._ping(actor)
-            self.emit([failure_row(point, self.ctx, "bench_timeout",
-                                   f"benchmark took longer than bench.point_timeout_s={limit:g}")])
+            self.emit(
+                [
+                    failure_row(
+                        point,
+                        self.ctx,
+                        "bench_timeout",
+                        f"benchmark took longer than bench.point_timeout_s={limit:g}",
+                    )
+                ]
+            )
 
     def _fail_unservable(self, queue: dict[str, list[Point]]) -> None:
         """Points left for a device whose every actor is gone (its nodes died)."""
         for device, pending in queue.items():
             if pending and not any(a.device == device for a in self.actors):
-                rows = [failure_row(p, self.ctx, "worker_lost",
-                                    f"no benchmark actor left for device {device!r}")
-                        for p in pending]
+                rows = [
+                    failure_row(
+                        p, self.ctx, "worker_lost", f"no benchmark actor left for device {device!r}"
+                    )
+                    for p in pending
+                ]
                 pending.clear()
                 self.emit(rows)
 
@@ -392,8 +470,10 @@ class Scheduler:
 
 def _looks_like_oom(message: str) -> bool:
     text = message.lower()
-    return any(s in text for s in ("resource_exhausted", "out of memory", "memoryerror",
-                                   "cannot allocate memory"))
+    return any(
+        s in text
+        for s in ("resource_exhausted", "out of memory", "memoryerror", "cannot allocate memory")
+    )
 
 
 def _weights_of(point: Point) -> tuple[str, int, str]:

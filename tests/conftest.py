@@ -29,8 +29,11 @@ def ray_cluster():
     )
     cluster.add_node(num_cpus=1, resources={CPU_BENCH_RESOURCE: 1})
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-             log_to_driver=False)
+    ray.init(
+        address=cluster.address,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        log_to_driver=False,
+    )
     yield cluster
     ray.shutdown()
     cluster.shutdown()
@@ -51,15 +54,23 @@ def save_tiny_llama(directory: Path, *, seed: int = 0, **overrides) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(**{
-        "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 16, "max_position_embeddings": 2048, "tie_word_embeddings": True,
-        **overrides,
-    })
+    config = LlamaConfig(
+        **{
+            "vocab_size": 256,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": True,
+            **overrides,
+        }
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.ndim == 1:
                 param.copy_(1.0 + 0.1 * torch.randn_like(param))
             else:

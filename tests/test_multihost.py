@@ -33,18 +33,34 @@ def free_port() -> int:
 def ray_start(*args: str) -> subprocess.Popen:
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     return subprocess.Popen(
-        [ray, "start", "--block", "--num-cpus=1", f"--resources={RESOURCES}",
-         "--disable-usage-stats", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            ray,
+            "start",
+            "--block",
+            "--num-cpus=1",
+            f"--resources={RESOURCES}",
+            "--disable-usage-stats",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
 
 
 def num_alive_nodes(address: str) -> int:
-    probe = ("import ray; ray.init(address=%r, logging_level='ERROR'); "
-             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    probe = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
 
@@ -76,9 +92,19 @@ def two_host_cluster():
 
 def test_smoke_grid_on_two_ray_start_nodes(two_host_cluster, tmp_path, shared_cache):
     proc = subprocess.run(
-        [sys.executable, "-m", "sweep", "+grid=smoke", f"ray.address={two_host_cluster}",
-         f"results_dir={tmp_path / 'results'}", f"cache_dir={shared_cache}"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sweep",
+            "+grid=smoke",
+            f"ray.address={two_host_cluster}",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={shared_cache}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -28,8 +28,9 @@ LONG_POINTS = ["grid.max_seq=1024", "bench.decode_steps=900", "grid.prompt_lengt
 
 
 def run_in_thread(tmp_path: Path, cache: Path, *overrides: str):
-    cfg, resolved = load_config([f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}",
-                                 *overrides])
+    cfg, resolved = load_config(
+        [f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides]
+    )
     box: dict = {}
 
     def target() -> None:
@@ -70,10 +71,14 @@ def parquet_files(results: Path) -> list[Path]:
 
 
 def test_unknown_flag_fails_its_points_only(ray_cluster, tmp_path, shared_cache):
-    cfg, resolved = load_config([
-        "+grid=smoke", "+grid.flag_sets.bad=[--iree-no-such-flag]",
-        f"results_dir={tmp_path / 'results'}", f"cache_dir={shared_cache}",
-    ])
+    cfg, resolved = load_config(
+        [
+            "+grid=smoke",
+            "+grid.flag_sets.bad=[--iree-no-such-flag]",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={shared_cache}",
+        ]
+    )
     outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 1
     by_set: dict[str, set[str]] = {}
@@ -86,11 +91,17 @@ def test_unknown_flag_fails_its_points_only(ray_cluster, tmp_path, shared_cache)
 
 
 def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_path):
-    cfg, resolved = load_config([
-        "+grid=smoke", "grid.variants=[fp32]", "~grid.flag_sets.O3", "grid.prompt_lengths=[8]",
-        "bench.compile_timeout_s=0.05", f"results_dir={tmp_path / 'results'}",
-        f"cache_dir={tmp_path / 'fresh-cache'}",  # a cache hit would not compile at all
-    ])
+    cfg, resolved = load_config(
+        [
+            "+grid=smoke",
+            "grid.variants=[fp32]",
+            "~grid.flag_sets.O3",
+            "grid.prompt_lengths=[8]",
+            "bench.compile_timeout_s=0.05",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={tmp_path / 'fresh-cache'}",  # a cache hit would not compile at all
+        ]
+    )
     outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["compile_timeout"]
@@ -98,11 +109,17 @@ def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_pat
 
 
 def test_bench_timeout_kills_the_actor_and_the_sweep_goes_on(ray_cluster, tmp_path, shared_cache):
-    cfg, resolved = load_config([
-        "+grid=smoke", "grid.variants=[fp32]", "~grid.flag_sets.O3", *LONG_POINTS,
-        "bench.point_timeout_s=0.3", f"results_dir={tmp_path / 'results'}",
-        f"cache_dir={shared_cache}",
-    ])
+    cfg, resolved = load_config(
+        [
+            "+grid=smoke",
+            "grid.variants=[fp32]",
+            "~grid.flag_sets.O3",
+            *LONG_POINTS,
+            "bench.point_timeout_s=0.3",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={shared_cache}",
+        ]
+    )
     outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["bench_timeout", "bench_timeout"]
@@ -110,8 +127,9 @@ def test_bench_timeout_kills_the_actor_and_the_sweep_goes_on(ray_cluster, tmp_pa
 
 
 def test_killed_actor_is_restarted_and_its_point_retried(ray_cluster, tmp_path, shared_cache):
-    thread, box = run_in_thread(tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3",
-                                *LONG_POINTS)
+    thread, box = run_in_thread(
+        tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3", *LONG_POINTS
+    )
     pid = wait_for(lambda: actor_pids("run"), 300, "a benchmark actor inside run()")[0]
     os.kill(pid, signal.SIGKILL)
     thread.join(600)
@@ -147,9 +165,18 @@ def test_truncated_checkpoint_fails_before_any_work(tmp_path, tiny_checkpoint):
         (broken / f.name).write_bytes(f.read_bytes())
     os.truncate(broken / shard.name, shard.stat().st_size // 2)
     proc = subprocess.run(
-        [sys.executable, "-m", "sweep", "+grid=smoke", f"model.path={broken}",
-         f"results_dir={tmp_path / 'results'}"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "sweep",
+            "+grid=smoke",
+            f"model.path={broken}",
+            f"results_dir={tmp_path / 'results'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 2, proc.stderr
     assert "model.safetensors" in proc.stderr and "truncated" in proc.stderr.lower()
@@ -161,18 +188,27 @@ def test_unwritable_results_dir_fails_before_any_compile(tmp_path):
     blocker.write_text("not a directory")
     proc = subprocess.run(
         [sys.executable, "-m", "sweep", "+grid=smoke", f"results_dir={blocker / 'results'}"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 2
     assert "results_dir" in proc.stderr and str(blocker) in proc.stderr
 
 
-def test_a_real_checkpoint_runs_through_the_sweep(ray_cluster, tmp_path, shared_cache,
-                                                  tiny_checkpoint):
-    cfg, resolved = load_config([
-        "+grid=smoke", f"model.path={tiny_checkpoint}", "~grid.flag_sets.O3",
-        f"results_dir={tmp_path / 'results'}", f"cache_dir={shared_cache}",
-    ])
+def test_a_real_checkpoint_runs_through_the_sweep(
+    ray_cluster, tmp_path, shared_cache, tiny_checkpoint
+):
+    cfg, resolved = load_config(
+        [
+            "+grid=smoke",
+            f"model.path={tiny_checkpoint}",
+            "~grid.flag_sets.O3",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={shared_cache}",
+        ]
+    )
     outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 0
     assert {r["status"] for r in outcome.rows} == {"ok"}
@@ -182,11 +218,19 @@ def test_a_real_checkpoint_runs_through_the_sweep(ray_cluster, tmp_path, shared_
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_driver_loses_nothing_and_rerun_completes(ray_cluster, tmp_path, shared_cache, sig):
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "sweep", "+grid=smoke", *LONG_POINTS,
-               f"ray.address={ray_cluster.address}", f"results_dir={results}",
-               f"cache_dir={shared_cache}"]
-    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "sweep",
+        "+grid=smoke",
+        *LONG_POINTS,
+        f"ray.address={ray_cluster.address}",
+        f"results_dir={results}",
+        f"cache_dir={shared_cache}",
+    ]
+    driver = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     wait_for(lambda: parquet_files(results), 300, "the first finished point")
     driver.send_signal(sig)
     output, _ = driver.communicate(timeout=120)

@@ -19,9 +19,13 @@ from tests.conftest import ROOT
 
 def sweep(tmp_path, cache, *overrides: str):
     """Runs a sweep in-process on the session cluster; returns (outcome, printed text)."""
-    cfg, resolved = load_config([
-        f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides,
-    ])
+    cfg, resolved = load_config(
+        [
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={cache}",
+            *overrides,
+        ]
+    )
     out = io.StringIO()
     return run_sweep(cfg, resolved, out=out), out.getvalue()
 
@@ -50,7 +54,9 @@ def test_smoke_grid_gives_one_ok_row_per_point(smoke):
         assert len(r["decode_samples_ms"]) == r["num_decode_steps"] == 16
         assert r["decode_ms_p10"] <= r["decode_ms_p50"] <= r["decode_ms_p90"]
         assert r["num_dispatches"] > 0 and r["vmfb_bytes"] > 0 and r["weight_bytes"] > 0
-        assert "iree-compile" in r["repro_command"] and "iree-benchmark-module" in r["repro_command"]
+        assert (
+            "iree-compile" in r["repro_command"] and "iree-benchmark-module" in r["repro_command"]
+        )
     # DuckDB reads the dataset as written.
     con = duckdb.connect()
     got = con.execute(
@@ -78,16 +84,28 @@ def test_rerun_skips_finished_points_and_rerun_true_forces_them(smoke):
     again, text = sweep(tmp, cache, "+grid=smoke")
     assert again.rows == [] and again.counters is None, "nothing compiled or benchmarked"
     assert "8 already done, 0 to run" in text
-    forced, _ = sweep(tmp, cache, "+grid=smoke", "rerun=true", "grid.variants=[fp32]",
-                      "~grid.flag_sets.O3", "grid.prompt_lengths=[8]")
+    forced, _ = sweep(
+        tmp,
+        cache,
+        "+grid=smoke",
+        "rerun=true",
+        "grid.variants=[fp32]",
+        "~grid.flag_sets.O3",
+        "grid.prompt_lengths=[8]",
+    )
     assert [r["status"] for r in forced.rows] == ["ok"]
     assert forced.counters.num_compile_cache_hits == forced.counters.num_compiles == 2
 
 
 def test_prompt_length_axis_does_not_recompile_decode(ray_cluster, tmp_path, shared_cache):
     outcome, text = sweep(
-        tmp_path, shared_cache, "+grid=smoke", "grid.prompt_lengths=[32,64,128]",
-        "grid.max_seq=256", "grid.variants=[fp32]", "~grid.flag_sets.O3",
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        "grid.prompt_lengths=[32,64,128]",
+        "grid.max_seq=256",
+        "grid.variants=[fp32]",
+        "~grid.flag_sets.O3",
         "bench.decode_steps=4",
     )
     assert outcome.exit_code == 0, text
@@ -123,7 +141,10 @@ def test_cuda_on_a_gpu_less_cluster_is_skipped_at_once(ray_cluster, tmp_path, sh
 def test_config_errors_exit_2_before_ray_starts(tmp_path, override, named):
     proc = subprocess.run(
         [sys.executable, "-m", "sweep", "+grid=smoke", override, f"results_dir={tmp_path}/r"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert named in proc.stderr
@@ -132,8 +153,9 @@ def test_config_errors_exit_2_before_ray_starts(tmp_path, override, named):
 
 
 def test_xla_baseline_and_roofline_on_every_row(ray_cluster, tmp_path, shared_cache):
-    outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", "grid.runtimes=[iree,xla]",
-                          "~grid.flag_sets.O3")
+    outcome, text = sweep(
+        tmp_path, shared_cache, "+grid=smoke", "grid.runtimes=[iree,xla]", "~grid.flag_sets.O3"
+    )
     assert outcome.exit_code == 0, text
     rows = outcome.rows
     assert sorted({r["runtime"] for r in rows}) == ["iree", "xla"]

@@ -23,7 +23,7 @@ GRAPH_KINDS: tuple[str, ...] = ("prefill", "decode")
 
 @dataclasses.dataclass(frozen=True)
 class GraphSpec:
-    """What determines one exported graph; `bucket` is the prompt bucket for prefill, 0 for decode."""
+    """What determines one exported graph; `bucket` is the prefill prompt bucket, 0 for decode."""
 
     cfg: LlamaConfig
     variant: str
@@ -69,7 +69,9 @@ def export_graph(spec: GraphSpec) -> ExportedGraph:
     exported = jax.export.export(jax.jit(fn, keep_unused=True), platforms=["cpu"])(*args)
     text = _strip_locations(exported.mlir_module())
     if "custom_call" in text:
-        raise RuntimeError(f"{spec.label}: exported StableHLO contains a custom_call IREE cannot lower")
+        raise RuntimeError(
+            f"{spec.label}: exported StableHLO contains a custom_call IREE cannot lower"
+        )
     return ExportedGraph(spec, text, hashlib.sha256(text.encode()).hexdigest())
 
 

@@ -63,7 +63,9 @@ class LlamaConfig:
             "head_dim",
         ):
             if getattr(self, name) <= 0:
-                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+                raise ValueError(
+                    f"model config: {name} must be positive, got {getattr(self, name)}"
+                )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"model config: num_attention_heads ({self.num_attention_heads}) must be a "
@@ -110,7 +112,9 @@ class LlamaConfig:
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ValueError(f"{path}: not found; a checkpoint directory needs a config.json") from None
+            raise ValueError(
+                f"{path}: not found; a checkpoint directory needs a config.json"
+            ) from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(raw, source=str(path))

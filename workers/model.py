@@ -66,8 +66,9 @@ def prompt_bucket(prompt_length: int, max_seq: int, min_bucket: int = 16) -> int
 class LlamaGraphs:
     """Builds the prefill and decode functions for one (config, variant, cache capacity)."""
 
-    def __init__(self, cfg: LlamaConfig, variant_names: tuple[str, ...], variant: str,
-                 max_seq: int) -> None:
+    def __init__(
+        self, cfg: LlamaConfig, variant_names: tuple[str, ...], variant: str, max_seq: int
+    ) -> None:
         self.cfg = cfg
         self.names = variant_names
         self.variant = variant
@@ -92,20 +93,25 @@ class LlamaGraphs:
 
     # --- the two graphs ---------------------------------------------------------------
 
-    def prefill(self, weights: tuple[Array, ...], tokens: Array, real_len: Array) -> tuple[Array, Array, Array]:
+    def prefill(
+        self, weights: tuple[Array, ...], tokens: Array, real_len: Array
+    ) -> tuple[Array, Array, Array]:
         import jax.numpy as jnp
 
         logits, kc, vc = self.prefill_logits(weights, tokens, real_len)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32), kc, vc
 
-    def decode(self, weights: tuple[Array, ...], token: Array, pos: Array, kcache: Array,
-               vcache: Array) -> tuple[Array, Array, Array]:
+    def decode(
+        self, weights: tuple[Array, ...], token: Array, pos: Array, kcache: Array, vcache: Array
+    ) -> tuple[Array, Array, Array]:
         import jax.numpy as jnp
 
         logits, kc, vc = self.decode_logits(weights, token, pos, kcache, vcache)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32), kc, vc
 
-    def prefill_logits(self, weights: tuple[Array, ...], tokens: Array, real_len: Array) -> tuple[Array, Array, Array]:
+    def prefill_logits(
+        self, weights: tuple[Array, ...], tokens: Array, real_len: Array
+    ) -> tuple[Array, Array, Array]:
         """Logits of the last real prompt position [vocab], and the filled caches."""
         import jax.numpy as jnp
         from jax import lax
@@ -114,15 +120,18 @@ class LlamaGraphs:
         last = lax.dynamic_slice_in_dim(hidden, real_len - 1, 1, axis=0)[0]
         return self._lm_head(weights, last), kc, vc
 
-    def forward_all(self, weights: tuple[Array, ...], tokens: Array, start: Array) -> tuple[Array, Array, Array]:
+    def forward_all(
+        self, weights: tuple[Array, ...], tokens: Array, start: Array
+    ) -> tuple[Array, Array, Array]:
         """Final hidden states of every position [T, hidden] from empty caches."""
         import jax.numpy as jnp
 
         zeros = jnp.zeros(self.cache_shape, self.dtype)
         return self._forward(weights, tokens, start, zeros, zeros)
 
-    def decode_logits(self, weights: tuple[Array, ...], token: Array, pos: Array, kcache: Array,
-                      vcache: Array) -> tuple[Array, Array, Array]:
+    def decode_logits(
+        self, weights: tuple[Array, ...], token: Array, pos: Array, kcache: Array, vcache: Array
+    ) -> tuple[Array, Array, Array]:
         hidden, kc, vc = self._forward(weights, token.reshape(1), pos, kcache, vcache)
         return self._lm_head(weights, hidden[0]), kc, vc
 
@@ -135,8 +144,9 @@ class LlamaGraphs:
 
     # --- the layers ----------------------------------------------------------------------
 
-    def _forward(self, weights: tuple[Array, ...], tokens: Array, start: Array, kcache: Array,
-                 vcache: Array) -> tuple[Array, Array, Array]:
+    def _forward(
+        self, weights: tuple[Array, ...], tokens: Array, start: Array, kcache: Array, vcache: Array
+    ) -> tuple[Array, Array, Array]:
         import jax.numpy as jnp
 
         w = dict(zip(self.names, weights, strict=True))
@@ -147,8 +157,18 @@ class LlamaGraphs:
             x, kcache, vcache = self._layer(w, layer, x, positions, start, cos, sin, kcache, vcache)
         return self._rms_norm(x, w["model.norm.weight"]), kcache, vcache
 
-    def _layer(self, w: dict[str, Array], layer: int, x: Array, positions: Array, start: Array,
-               cos: Array, sin: Array, kcache: Array, vcache: Array) -> tuple[Array, Array, Array]:
+    def _layer(
+        self,
+        w: dict[str, Array],
+        layer: int,
+        x: Array,
+        positions: Array,
+        start: Array,
+        cos: Array,
+        sin: Array,
+        kcache: Array,
+        vcache: Array,
+    ) -> tuple[Array, Array, Array]:
         import jax
         import jax.numpy as jnp
         from jax import lax
@@ -161,8 +181,12 @@ class LlamaGraphs:
         v = self._linear(w, f"{p}.self_attn.v_proj", h).reshape(t, c.num_key_value_heads, d)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         zero = jnp.int32(0)
-        kcache = lax.dynamic_update_slice(kcache, k[None].astype(kcache.dtype), (layer, start, zero, zero))
-        vcache = lax.dynamic_update_slice(vcache, v[None].astype(vcache.dtype), (layer, start, zero, zero))
+        kcache = lax.dynamic_update_slice(
+            kcache, k[None].astype(kcache.dtype), (layer, start, zero, zero)
+        )
+        vcache = lax.dynamic_update_slice(
+            vcache, v[None].astype(vcache.dtype), (layer, start, zero, zero)
+        )
         attn = self._attention(q, kcache[layer], vcache[layer], positions)
         x = x + self._linear(w, f"{p}.self_attn.o_proj", attn.reshape(t, -1))
         h = self._rms_norm(x, w[f"{p}.post_attention_layernorm.weight"])
@@ -195,7 +219,9 @@ class LlamaGraphs:
         if self.bits is None:
             weight = w[key]
         else:
-            weight = dequant_jnp(w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.bits)
+            weight = dequant_jnp(
+                w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.bits
+            )
         return lax.dot_general(x, weight.astype(x.dtype), (((1,), (1,)), ((), ())))
 
     def _lm_head(self, weights: tuple[Array, ...], h: Array) -> Array:

@@ -93,8 +93,9 @@ class PointWorker:
     def info(self) -> dict[str, Any]:
         return {"hostname": socket.gethostname(), "device_name": device_name(self.device)}
 
-    def run(self, task: BenchTask, prefill_vmfb: bytes | None = None,
-            decode_vmfb: bytes | None = None) -> dict[str, Any]:
+    def run(
+        self, task: BenchTask, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
+    ) -> dict[str, Any]:
         from workers.bench import prompt_ids
         from workers.reference import num_matching, reference_tokens
 
@@ -102,19 +103,31 @@ class PointWorker:
         prompt = prompt_ids(self.cfg.vocab_size, task.prompt_length)
         num_tokens = 1 + task.warmup_steps + task.decode_steps
         reference = reference_tokens(
-            self.cfg, vw, prompt, task.prompt_bucket, task.max_seq, num_tokens,
-            weights_id=self.source.weights_id, cache_dir=self.cache_dir,
+            self.cfg,
+            vw,
+            prompt,
+            task.prompt_bucket,
+            task.max_seq,
+            num_tokens,
+            weights_id=self.source.weights_id,
+            cache_dir=self.cache_dir,
         )
-        steps = {"warmup_steps": task.warmup_steps, "decode_steps": task.decode_steps,
-                 "prefill_runs": task.prefill_runs, "upload_s": upload_s}
+        steps = {
+            "warmup_steps": task.warmup_steps,
+            "decode_steps": task.decode_steps,
+            "prefill_runs": task.prefill_runs,
+            "upload_s": upload_s,
+        }
         compile_s = None
         if task.runtime == "xla":
             result, compile_s = self._xla.run_point(
-                self.cfg, vw, prompt, task.prompt_bucket, task.max_seq, **steps)
+                self.cfg, vw, prompt, task.prompt_bucket, task.max_seq, **steps
+            )
         else:
             assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs vmfbs"
-            result = self.runner.run_point(prefill_vmfb, decode_vmfb, prompt, task.prompt_bucket,
-                                           **steps)
+            result = self.runner.run_point(
+                prefill_vmfb, decode_vmfb, prompt, task.prompt_bucket, **steps
+            )
         bytes_per_token = vw.nbytes + self._cache_bytes(task)
         return {
             **dataclasses.asdict(result),
@@ -159,10 +172,17 @@ def device_name(device: DeviceSpec) -> str:
 
     if device.driver == "cuda":
         try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             return out[0] if out else "cuda"
         except (OSError, subprocess.SubprocessError):
             return "cuda"

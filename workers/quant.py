@@ -72,8 +72,10 @@ def is_linear(name: str) -> bool:
     return any(name.endswith(f"{linear}.weight") for linear in LINEARS)
 
 
-def quantize(w: np.ndarray, bits: int, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[out, in] fp32 -> (packed uint32 [out, in*bits/32], scale [out, in/G], minimum [out, in/G])."""
+def quantize(
+    w: np.ndarray, bits: int, group_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[out, in] fp32 -> (packed uint32 [out, in*bits/32], scale and minimum [out, in/G])."""
     out_dim, in_dim = w.shape
     groups = w.reshape(out_dim, in_dim // group_size, group_size)
     lo = groups.min(axis=-1)
@@ -166,7 +168,9 @@ def host_dequantized(vw: VariantWeights) -> dict[str, np.ndarray]:
     for name, array in by_name.items():
         if name.endswith(".qweight"):
             base = name.removesuffix(".qweight")
-            out[base] = dequant_np(array, by_name[f"{base}.scale"], by_name[f"{base}.minimum"], bits)
+            out[base] = dequant_np(
+                array, by_name[f"{base}.scale"], by_name[f"{base}.minimum"], bits
+            )
         elif not name.endswith((".scale", ".minimum")):
             out[name] = array
     return out

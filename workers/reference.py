@@ -21,12 +21,26 @@ from workers.model import LlamaGraphs
 from workers.quant import VariantWeights
 
 
-def reference_key(weights_id: str, vw: VariantWeights, prompt: np.ndarray, bucket: int,
-                  max_seq: int, num_tokens: int) -> str:
+def reference_key(
+    weights_id: str,
+    vw: VariantWeights,
+    prompt: np.ndarray,
+    bucket: int,
+    max_seq: int,
+    num_tokens: int,
+) -> str:
     import jax
 
-    parts = [weights_id, vw.variant, str(vw.group_size), hashlib.sha256(prompt.tobytes()).hexdigest(),
-             str(bucket), str(max_seq), str(num_tokens), jax.__version__]
+    parts = [
+        weights_id,
+        vw.variant,
+        str(vw.group_size),
+        hashlib.sha256(prompt.tobytes()).hexdigest(),
+        str(bucket),
+        str(max_seq),
+        str(num_tokens),
+        jax.__version__,
+    ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -55,8 +69,14 @@ def reference_tokens(
     return tokens
 
 
-def _run_xla(cfg: LlamaConfig, vw: VariantWeights, prompt: np.ndarray, bucket: int, max_seq: int,
-             num_tokens: int) -> tuple[int, ...]:
+def _run_xla(
+    cfg: LlamaConfig,
+    vw: VariantWeights,
+    prompt: np.ndarray,
+    bucket: int,
+    max_seq: int,
+    num_tokens: int,
+) -> tuple[int, ...]:
     import jax
     import jax.numpy as jnp
 

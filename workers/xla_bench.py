@@ -26,7 +26,9 @@ def jax_device(driver: str) -> Any:
     """The JAX device that runs what the IREE `driver` runs."""
     import jax
 
-    platform = "cpu" if driver.startswith("local-") else "gpu" if driver in ("cuda", "hip") else None
+    platform = (
+        "cpu" if driver.startswith("local-") else "gpu" if driver in ("cuda", "hip") else None
+    )
     if platform is None:
         raise ValueError(f"no XLA runtime for IREE driver {driver!r}; use runtime iree")
     try:
@@ -65,8 +67,9 @@ class XlaRunner:
         self.num_uploads += 1
         return time.perf_counter() - start
 
-    def _graphs(self, cfg: LlamaConfig, vw: VariantWeights, bucket: int,
-                max_seq: int) -> tuple[Any, Any, float]:
+    def _graphs(
+        self, cfg: LlamaConfig, vw: VariantWeights, bucket: int, max_seq: int
+    ) -> tuple[Any, Any, float]:
         """AOT-compiled (prefill, decode) for this shape; returns compile seconds too."""
         import jax
         import jax.numpy as jnp
@@ -80,14 +83,27 @@ class XlaRunner:
             tokens = jax.ShapeDtypeStruct((bucket,), jnp.int32)
             with jax.default_device(self.device):
                 prefill = jax.jit(graphs.prefill).lower(self._weights, tokens, i32).compile()
-                decode = jax.jit(graphs.decode, donate_argnums=(3, 4)).lower(
-                    self._weights, i32, i32, cache, cache).compile()
+                decode = (
+                    jax.jit(graphs.decode, donate_argnums=(3, 4))
+                    .lower(self._weights, i32, i32, cache, cache)
+                    .compile()
+                )
             self._compiled[key] = (prefill, decode, time.perf_counter() - start)
         return self._compiled[key]
 
-    def run_point(self, cfg: LlamaConfig, vw: VariantWeights, prompt: np.ndarray, bucket: int,
-                  max_seq: int, *, warmup_steps: int, decode_steps: int, prefill_runs: int,
-                  upload_s: float) -> tuple[BenchResult, float]:
+    def run_point(
+        self,
+        cfg: LlamaConfig,
+        vw: VariantWeights,
+        prompt: np.ndarray,
+        bucket: int,
+        max_seq: int,
+        *,
+        warmup_steps: int,
+        decode_steps: int,
+        prefill_runs: int,
+        upload_s: float,
+    ) -> tuple[BenchResult, float]:
         """Same protocol and result as `BenchmarkRunner.run_point`, plus compile seconds."""
         import jax
 
@@ -113,8 +129,12 @@ class XlaRunner:
             if i >= warmup_steps:
                 samples.append((time.perf_counter_ns() - start) / 1e6)
         result = BenchResult(
-            prefill_ms=float(np.median(prefill_ms)), prefill_samples_ms=tuple(prefill_ms),
-            decode_samples_ms=tuple(samples), prompt_ids=tuple(int(t) for t in prompt),
-            tokens=tuple(generated), upload_s=upload_s, weight_bytes=vw.nbytes,
+            prefill_ms=float(np.median(prefill_ms)),
+            prefill_samples_ms=tuple(prefill_ms),
+            decode_samples_ms=tuple(samples),
+            prompt_ids=tuple(int(t) for t in prompt),
+            tokens=tuple(generated),
+            upload_s=upload_s,
+            weight_bytes=vw.nbytes,
         )
         return result, compile_s
