@@ -25,11 +25,24 @@ BASELINE_FLAG_SET = "default"
 # Columns that name a point (what `--by` may group on) and that the tables fold into a
 # header line when they do not vary.
 POINT_COLUMNS: tuple[str, ...] = (
-    "grid", "model", "variant", "group_size", "device", "driver", "runtime",
-    "prompt_length", "prompt_bucket", "max_seq", "flag_set",
+    "grid",
+    "model",
+    "variant",
+    "group_size",
+    "device",
+    "driver",
+    "runtime",
+    "prompt_length",
+    "prompt_bucket",
+    "max_seq",
+    "flag_set",
 )
 BY_COLUMNS: tuple[str, ...] = (
-    "run_id", *POINT_COLUMNS, "device_name", "hostname", "iree_version",
+    "run_id",
+    *POINT_COLUMNS,
+    "device_name",
+    "hostname",
+    "iree_version",
 )
 DEFAULT_BY: tuple[str, ...] = ("variant", "device", "runtime", "flag_set", "prompt_length")
 # The flag study compares flag sets within one of these contexts.
@@ -194,9 +207,9 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "num_tokens_matched": matched,
         "num_tokens": total,
         "status_counts": status_counts(rows),
+        # a newer schema's column: None where the rows predate it
+        "roofline_frac": median(r.get("roofline_frac") for r in ok),
     }
-    if any(r.get("roofline_frac") is not None for r in rows):
-        summary["roofline_frac"] = median(r.get("roofline_frac") for r in ok)
     return summary
 
 
@@ -266,7 +279,10 @@ def compare_runs(
     a = {r["point_key"]: r for r in newest_per_point(rows_a)}
     b = {r["point_key"]: r for r in newest_per_point(rows_b)}
     out: dict[str, list[dict[str, Any]]] = {
-        "points": [], "only_in_a": [], "only_in_b": [], "not_ok": [],
+        "points": [],
+        "only_in_a": [],
+        "only_in_b": [],
+        "not_ok": [],
     }
 
     def order(key: str) -> tuple[Any, ...]:

@@ -99,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_a", metavar="RUN_A", help="the reference run")
     parser.add_argument("run_b", metavar="RUN_B", help="the run compared with it")
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
-                        help=f"results directory (default {DEFAULT_RESULTS})")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help=f"results directory (default {DEFAULT_RESULTS})",
+    )
     parser.add_argument("--format", choices=FORMATS, default="md")
     parser.add_argument("--out", help="write the table to this file instead of stdout")
     return parser

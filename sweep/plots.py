@@ -65,8 +65,11 @@ def _figure(width: float, height: float) -> Figure:
 def baseline_rows(rows: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """The rows of the baseline flag set (else the most common one) and its name."""
     names = [r["flag_set"] for r in rows]
-    name = (analysis.BASELINE_FLAG_SET if analysis.BASELINE_FLAG_SET in names
-            else max(sorted(set(names), key=str), key=names.count))
+    name = (
+        analysis.BASELINE_FLAG_SET
+        if analysis.BASELINE_FLAG_SET in names
+        else max(sorted(set(names), key=str), key=names.count)
+    )
     return name, [r for r in rows if r["flag_set"] == name]
 
 
@@ -102,12 +105,19 @@ def _decode_bars(rows: list[dict[str, Any]], title: str) -> Figure | str:
         lo = np.array([s["decode_ms_p10"] or np.nan for s in stats])
         hi = np.array([s["decode_ms_p90"] or np.nan for s in stats])
         x = np.arange(len(variants)) + (i - (len(series) - 1) / 2) * width
-        ax.bar(x, p50, width, label=_series_label(key, runtimes),
-               yerr=[p50 - lo, hi - p50], capsize=3)
+        ax.bar(
+            x, p50, width, label=_series_label(key, runtimes), yerr=[p50 - lo, hi - p50], capsize=3
+        )
         for xi, value, top in zip(x, p50, hi, strict=True):
             if np.isfinite(value):  # the median, above the p90 cap
-                ax.annotate(_short(value), (xi, top), textcoords="offset points",
-                            xytext=(0, 3), ha="center", fontsize=8)
+                ax.annotate(
+                    _short(value),
+                    (xi, top),
+                    textcoords="offset points",
+                    xytext=(0, 3),
+                    ha="center",
+                    fontsize=8,
+                )
         all_values += [v for v in p50 if np.isfinite(v)]
     _maybe_log(ax, all_values)
     ax.set_xticks(np.arange(len(variants)), [str(v) for v in variants])
@@ -168,26 +178,55 @@ def _flag_scatter(rows: list[dict[str, Any]], title: str) -> Figure | str:
     fig = _figure(4.6 * num_cols, 3.8 * num_rows)
     for i, (key, members) in enumerate(contexts):
         _flag_panel(fig.add_subplot(num_rows, num_cols, i + 1), key, members)
-    fig.suptitle(f"{title}\nFlag sets against the {analysis.BASELINE_FLAG_SET} flag set: "
-                 "ms/token vs dispatches (bars p10-p90; label: speedup)", fontsize=10)
+    fig.suptitle(
+        f"{title}\nFlag sets against the {analysis.BASELINE_FLAG_SET} flag set: "
+        "ms/token vs dispatches (bars p10-p90; label: speedup)",
+        fontsize=10,
+    )
     return fig
 
 
 def _flag_panel(ax: Axes, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> None:
-    groups = analysis.group_rows(rows, ["flag_set"])
-    stats = {name: analysis.timing_summary(members) for (name,), members in groups}
-    base = stats.get(analysis.BASELINE_FLAG_SET)
-    for name, s in stats.items():
+    """One point per flag set; labels of points at one dispatch count stack downwards
+    (flag sets that leave the graph alone share the baseline's count)."""
+    from matplotlib.ticker import MaxNLocator
+
+    baseline = analysis.BASELINE_FLAG_SET
+    stats = {
+        name: analysis.timing_summary(m) for (name,), m in analysis.group_rows(rows, ["flag_set"])
+    }
+    base = stats.get(baseline)
+    order = sorted(stats, key=lambda n: (stats[n]["num_dispatches"], -stats[n]["decode_ms_p50"]))
+    num_at: dict[Any, int] = {}
+    for name in order:
+        s = stats[name]
         y, x = s["decode_ms_p50"], s["num_dispatches"]
-        is_base = name == analysis.BASELINE_FLAG_SET
-        err = [[y - s["decode_ms_p10"]], [s["decode_ms_p90"] - y]]
-        ax.errorbar([x], [y], yerr=err, fmt="*" if is_base else "o", ms=12 if is_base else 7,
-                    capsize=3, color="black" if is_base else None)
-        speedup = f" ({base['decode_ms_p50'] / y:.2f}x)" if base and not is_base else ""
-        ax.annotate(f"{name}{speedup}", (x, y), textcoords="offset points", xytext=(6, 6),
-                    fontsize=8)
+        is_base = name == baseline
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[[y - s["decode_ms_p10"]], [s["decode_ms_p90"] - y]],
+            fmt="*" if is_base else "o",
+            ms=13 if is_base else 7,
+            capsize=3,
+            color="black" if is_base else None,
+            zorder=3 if is_base else 2,
+        )
+        label = f"{name} (baseline)" if is_base else name
+        if base and not is_base:
+            label += f" ({base['decode_ms_p50'] / y:.2f}x)"
+        k = num_at[x] = num_at.get(x, -1) + 1
+        ax.annotate(
+            label,
+            (x, y),
+            textcoords="offset points",
+            xytext=(8, 4 - 11 * k),
+            fontsize=8,
+            va="center",
+        )
     ax.set_title(" / ".join(str(k) for k in key), fontsize=10)
     ax.set_xlabel("dispatches in the decode graph")
     ax.set_ylabel("decode ms/token (median)")
-    ax.margins(x=0.25, y=0.25)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(x=0.3, y=0.25)
     ax.grid(alpha=0.3)

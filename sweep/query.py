@@ -70,8 +70,11 @@ def _cell(value: Any) -> str:
 
 def query_table(names: list[str], rows: list[dict[str, Any]]) -> Table:
     columns = [
-        Column(name, lambda r, n=name: _cell(r[n]),
-               right=all(isinstance(r[name], int | float) for r in rows if r[name] is not None))
+        Column(
+            name,
+            lambda r, n=name: _cell(r[n]),
+            right=all(isinstance(r[name], int | float) for r in rows if r[name] is not None),
+        )
         for name in names
     ]
     return Table(records=rows, columns=columns, header={})
@@ -82,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sweep.query", description="Run DuckDB SQL over the table `results`."
     )
     parser.add_argument("sql", metavar="SQL", help="a query over the table named results")
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
-                        help=f"results directory (default {DEFAULT_RESULTS})")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help=f"results directory (default {DEFAULT_RESULTS})",
+    )
     parser.add_argument("--format", choices=FORMATS, default="md")
     parser.add_argument("--out", help="write the result to this file instead of stdout")
     return parser

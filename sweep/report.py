@@ -40,10 +40,25 @@ FORMATS = ("md", "csv", "json")
 MAX_LISTED_RUNS = 10
 # What the tables need; the roofline columns are read once the schema has them.
 _WANTED = (
-    "point_key", "status", "created_at", *analysis.BY_COLUMNS, "compile_s", "vmfb_bytes",
-    "num_dispatches", "prefill_ms", "decode_ms_p10", "decode_ms_p50", "decode_ms_p90",
-    "decode_samples_ms", "tok_s", "tokens", "reference_tokens", "num_tokens_matched",
-    "bytes_per_token", "peak_gbps", "roofline_frac",
+    "point_key",
+    "status",
+    "created_at",
+    *analysis.BY_COLUMNS,
+    "compile_s",
+    "vmfb_bytes",
+    "num_dispatches",
+    "prefill_ms",
+    "decode_ms_p10",
+    "decode_ms_p50",
+    "decode_ms_p90",
+    "decode_samples_ms",
+    "tok_s",
+    "tokens",
+    "reference_tokens",
+    "num_tokens_matched",
+    "bytes_per_token",
+    "peak_gbps",
+    "roofline_frac",
 )
 
 
@@ -248,8 +263,9 @@ def render(table: Table, fmt: str) -> str:
         return render_md(table)
     if fmt == "csv":
         return render_csv(table.records)
-    return json.dumps(table.records if table.json_obj is None else table.json_obj,
-                      indent=2, default=str)
+    return json.dumps(
+        table.records if table.json_obj is None else table.json_obj, indent=2, default=str
+    )
 
 
 def render_md(table: Table) -> str:
@@ -283,8 +299,10 @@ def _pipe_table(shown: list[tuple[Column, list[str]]], num_rows: int) -> list[st
         return "| " + " | ".join(padded) + " |"
 
     cols = [col for col, _ in shown]
-    rule = ["-" * (w + 1) + ":" if col.right else "-" * (w + 2)
-            for col, w in zip(cols, widths, strict=True)]
+    rule = [
+        "-" * (w + 1) + ":" if col.right else "-" * (w + 2)
+        for col, w in zip(cols, widths, strict=True)
+    ]
     out = [line([col.title for col in cols], cols), "|" + "|".join(rule) + "|"]
     out += [line([cells[i] for _, cells in shown], cols) for i in range(num_rows)]
     return out
@@ -334,18 +352,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sweep.report", description="Summarise a sweep's results as a table."
     )
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
-                        help=f"results directory (default {DEFAULT_RESULTS})")
-    parser.add_argument("--run", help="run id (default: the newest run); 'all': newest row "
-                        "of every point across runs")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help=f"results directory (default {DEFAULT_RESULTS})",
+    )
+    parser.add_argument(
+        "--run",
+        help="run id (default: the newest run); 'all': newest row of every point across runs",
+    )
     parser.add_argument("--grid", help="only rows of this grid")
-    parser.add_argument("--by", default=",".join(analysis.DEFAULT_BY),
-                        help="comma-separated columns to group by (default %(default)s); "
-                        "'flag_set' alone: the flag study")
+    parser.add_argument(
+        "--by",
+        default=",".join(analysis.DEFAULT_BY),
+        help="comma-separated columns to group by (default %(default)s); "
+        "'flag_set' alone: the flag study",
+    )
     parser.add_argument("--format", choices=FORMATS, default="md")
     parser.add_argument("--plots", action="store_true", help="also write PNG plots")
-    parser.add_argument("--plots-dir", type=Path,
-                        help="where the plots go (default <results>/plots/<run>)")
+    parser.add_argument(
+        "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
+    )
     parser.add_argument("--out", help="write the table to this file instead of stdout")
     return parser
 

@@ -18,11 +18,15 @@ import pytest
 
 from sweep import analysis, compare, query, report
 from sweep.plots import write_plots
-from sweep.results import COLUMNS, ResultsWriter, decode_stats
+from sweep.results import ResultsWriter, decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
-BASE_MS = {("fp32", "cpu"): 540.0, ("int4", "cpu"): 1274.0,
-           ("fp32", "cuda"): 182.0, ("int4", "cuda"): 252.0}
+BASE_MS = {
+    ("fp32", "cpu"): 540.0,
+    ("int4", "cpu"): 1274.0,
+    ("fp32", "cuda"): 182.0,
+    ("int4", "cuda"): 252.0,
+}
 BASE_DISPATCHES = {"fp32": 400, "int4": 520}
 # flag set -> (ms factor, dispatch change): fuse is 20 % faster with 12 fewer dispatches
 FLAG_SETS = {"default": (1.0, 0), "fuse": (0.8, -12), "O3": (1.0, 0)}
@@ -38,20 +42,43 @@ def samples(rng: np.random.Generator, ms: float, n: int = 40) -> list[float]:
     return steps.tolist()
 
 
-def make_row(key: str, variant: str, device: str, flag_set: str, prompt_length: int,
-             max_seq: int, decode: list[float], **extra: Any) -> dict[str, Any]:
+def make_row(
+    key: str,
+    variant: str,
+    device: str,
+    flag_set: str,
+    prompt_length: int,
+    max_seq: int,
+    decode: list[float],
+    **extra: Any,
+) -> dict[str, Any]:
     ms_factor, change = FLAG_SETS.get(flag_set, (1.0, 0))
     return {
-        "point_key": key, "grid": "phase2b", "model": "llama-3.2-1b", "variant": variant,
-        "group_size": 64, "device": device, "driver": "local-task" if device == "cpu" else "cuda",
-        "runtime": "iree", "prompt_length": prompt_length, "prompt_bucket": prompt_length,
-        "max_seq": max_seq, "flag_set": flag_set, "flags": [] if flag_set == "default" else
-        [f"--{flag_set}"], "status": "ok", "compile_s": 4.0 + 0.5 * (flag_set != "default"),
-        "vmfb_bytes": 2_000_000 - 1000 * change, "num_dispatches": BASE_DISPATCHES[variant] + change,
+        "point_key": key,
+        "grid": "phase2b",
+        "model": "llama-3.2-1b",
+        "variant": variant,
+        "group_size": 64,
+        "device": device,
+        "driver": "local-task" if device == "cpu" else "cuda",
+        "runtime": "iree",
+        "prompt_length": prompt_length,
+        "prompt_bucket": prompt_length,
+        "max_seq": max_seq,
+        "flag_set": flag_set,
+        "flags": [] if flag_set == "default" else [f"--{flag_set}"],
+        "status": "ok",
+        "compile_s": 4.0 + 0.5 * (flag_set != "default"),
+        "vmfb_bytes": 2_000_000 - 1000 * change,
+        "num_dispatches": BASE_DISPATCHES[variant] + change,
         "prefill_ms": BASE_MS[variant, device] * prompt_length / 64 * MAX_SEQS[max_seq],
-        "decode_samples_ms": decode, **decode_stats(decode), "num_decode_steps": len(decode),
-        "tokens": list(range(NUM_TOKENS)), "reference_tokens": list(range(NUM_TOKENS)),
-        "num_tokens_matched": NUM_TOKENS, **extra,
+        "decode_samples_ms": decode,
+        **decode_stats(decode),
+        "num_decode_steps": len(decode),
+        "tokens": list(range(NUM_TOKENS)),
+        "reference_tokens": list(range(NUM_TOKENS)),
+        "num_tokens_matched": NUM_TOKENS,
+        **extra,
     }
 
 
@@ -61,14 +88,27 @@ def run_rows(run: str, seed: int, slow: tuple[str, str] | None = None) -> list[d
     start = T0 if run == "r1" else T0 + dt.timedelta(hours=1)
     rows = []
     for i, (variant, device, flag_set, prompt_length, max_seq) in enumerate(
-        (v, d, f, p, m) for (v, d) in BASE_MS for f in FLAG_SETS
-        for p in PROMPT_LENGTHS for m in MAX_SEQS
+        (v, d, f, p, m)
+        for (v, d) in BASE_MS
+        for f in FLAG_SETS
+        for p in PROMPT_LENGTHS
+        for m in MAX_SEQS
     ):
         ms = BASE_MS[variant, device] * FLAG_SETS[flag_set][0] * MAX_SEQS[max_seq]
         ms *= 2.0 if (variant, device) == slow else 1.0
         key = f"{variant}-{device}-{flag_set}-p{prompt_length}-s{max_seq}"
-        rows.append(make_row(key, variant, device, flag_set, prompt_length, max_seq,
-                             samples(rng, ms), created_at=start + dt.timedelta(seconds=i)))
+        rows.append(
+            make_row(
+                key,
+                variant,
+                device,
+                flag_set,
+                prompt_length,
+                max_seq,
+                samples(rng, ms),
+                created_at=start + dt.timedelta(seconds=i),
+            )
+        )
     return rows
 
 
@@ -80,17 +120,43 @@ def results(tmp_path_factory) -> Path:
     r1 = run_rows("r1", seed=1)
     wrong = next(r for r in r1 if r["point_key"] == "fp32-cpu-fuse-p128-s512")
     wrong.update(status="wrong_output", error_class="wrong_output", num_tokens_matched=3)
-    r1.append({"point_key": "int4-cuda-broken-p32-s256", "grid": "phase2b",
-               "model": "llama-3.2-1b", "variant": "int4", "group_size": 64, "device": "cuda",
-               "driver": "cuda", "runtime": "iree", "prompt_length": 32, "max_seq": 256,
-               "flag_set": "broken", "status": "compile_error", "error_class": "compile_error",
-               "created_at": T0})
+    r1.append(
+        {
+            "point_key": "int4-cuda-broken-p32-s256",
+            "grid": "phase2b",
+            "model": "llama-3.2-1b",
+            "variant": "int4",
+            "group_size": 64,
+            "device": "cuda",
+            "driver": "cuda",
+            "runtime": "iree",
+            "prompt_length": 32,
+            "max_seq": 256,
+            "flag_set": "broken",
+            "status": "compile_error",
+            "error_class": "compile_error",
+            "created_at": T0,
+        }
+    )
     ResultsWriter(root, "r1").write(r1)
-    r2 = [r for r in run_rows("r2", seed=2, slow=("int4", "cuda"))
-          if r["point_key"] != "fp32-cpu-O3-p32-s256"]
+    r2 = [
+        r
+        for r in run_rows("r2", seed=2, slow=("int4", "cuda"))
+        if r["point_key"] != "fp32-cpu-O3-p32-s256"
+    ]
     rng = np.random.default_rng(3)
-    r2.append(make_row("fp32-cpu-default-p512-s512", "fp32", "cpu", "default", 512, 512,
-                       samples(rng, 600.0), created_at=T0 + dt.timedelta(hours=2)))
+    r2.append(
+        make_row(
+            "fp32-cpu-default-p512-s512",
+            "fp32",
+            "cpu",
+            "default",
+            512,
+            512,
+            samples(rng, 600.0),
+            created_at=T0 + dt.timedelta(hours=2),
+        )
+    )
     writer = ResultsWriter(root, "r2")
     writer.write(r2[:40])
     writer.write(r2[40:])
@@ -145,8 +211,9 @@ def test_verdict_follows_the_spread() -> None:
 
 
 def test_report_numbers_are_medians_of_the_rows(results: Path, capsys) -> None:
-    code, out, _ = run_main(capsys, report, "--results", str(results), "--run", "r1",
-                            "--format", "json")
+    code, out, _ = run_main(
+        capsys, report, "--results", str(results), "--run", "r1", "--format", "json"
+    )
     assert code == 0
     records = json.loads(out)
     rows = [r for r in rows_of("r1") if r["point_key"] != "fp32-cpu-fuse-p128-s512"]
@@ -162,21 +229,27 @@ def test_report_numbers_are_medians_of_the_rows(results: Path, capsys) -> None:
         assert rec["decode_ms_p10"] == pytest.approx(np.median([r["decode_ms_p10"] for r in group]))
         assert rec["prefill_ms"] == pytest.approx(np.median([r["prefill_ms"] for r in group]))
         assert rec["num_dispatches"] == group[0]["num_dispatches"]
-    wrong = next(r for r in records if (r["variant"], r["device"], r["flag_set"],
-                                        r["prompt_length"]) == ("fp32", "cpu", "fuse", 128))
+    wrong = next(
+        r
+        for r in records
+        if (r["variant"], r["device"], r["flag_set"], r["prompt_length"])
+        == ("fp32", "cpu", "fuse", 128)
+    )
     assert wrong["status_counts"] == {"ok": 2, "wrong_output": 1}
     assert (wrong["num_tokens_matched"], wrong["num_tokens"]) == (8 + 8 + 3, 3 * NUM_TOKENS)
 
 
 def test_report_by_pools_groups(results: Path, capsys) -> None:
     """--by variant,device: the median over flag sets, prompt lengths and cache sizes."""
-    code, out, _ = run_main(capsys, report, "--results", str(results), "--by", "variant,device",
-                            "--format", "json")
+    code, out, _ = run_main(
+        capsys, report, "--results", str(results), "--by", "variant,device", "--format", "json"
+    )
     assert code == 0
     r2 = {r["point_key"]: r for r in run_rows("r2", seed=2, slow=("int4", "cuda"))}
     records = {(r["variant"], r["device"]): r for r in json.loads(out)}
-    expected = np.median([r["decode_ms_p50"] for r in r2.values()
-                          if (r["variant"], r["device"]) == ("int4", "cuda")])
+    expected = np.median(
+        [r["decode_ms_p50"] for r in r2.values() if (r["variant"], r["device"]) == ("int4", "cuda")]
+    )
     assert records["int4", "cuda"]["decode_ms_p50"] == pytest.approx(expected)
     assert records["fp32", "cpu"]["num_ok"] == 18 - 1 + 1, "the default run is the newest, r2"
 
@@ -186,40 +259,77 @@ def test_report_folds_constant_columns_into_the_header(results: Path, capsys) ->
     assert code == 0
     above, header, body = md_table(out)
     context = " ".join(above)
-    for folded in ("run: r1", "model: llama-3.2-1b", "grid: phase2b", "runtime: iree",
-                   "group_size: 64"):
+    for folded in (
+        "run: r1",
+        "model: llama-3.2-1b",
+        "grid: phase2b",
+        "runtime: iree",
+        "group_size: 64",
+    ):
         assert folded in context, f"{folded!r} should be in the header line: {context!r}"
     assert "max_seq" not in context, "max_seq varies over the rows: not a constant"
     assert "runtime" not in header and "model" not in header
     assert header[:4] == ["variant", "device", "flag_set", "prompt_length"]
-    assert {"tok/s", "ms/tok p50", "p10-p90", "prefill ms", "dispatches", "matched",
-            "status"} <= set(header)
+    assert {
+        "tok/s",
+        "ms/tok p50",
+        "p10-p90",
+        "prefill ms",
+        "dispatches",
+        "matched",
+        "status",
+    } <= set(header)
     assert len(body) == 25
     int4_cuda = next(row for row in body if row[:4] == ["int4", "cuda", "default", "32"])
     assert int4_cuda[header.index("matched")] == "24/24"
     assert int4_cuda[header.index("status")] == "ok 3"
 
-    code, out, _ = run_main(capsys, report, "--results", str(results), "--run", "r1",
-                            "--by", "variant", "--format", "md")
+    code, out, _ = run_main(
+        capsys,
+        report,
+        "--results",
+        str(results),
+        "--run",
+        "r1",
+        "--by",
+        "variant",
+        "--format",
+        "md",
+    )
     above, header, _ = md_table(out)
     assert header[0] == "variant" and "device" not in header
     assert "device:" not in " ".join(above), "device varies, so it is not a constant either"
 
 
 def test_flag_study(results: Path, capsys) -> None:
-    code, out, _ = run_main(capsys, report, "--results", str(results), "--run", "r1",
-                            "--by", "flag_set", "--format", "json")
+    code, out, _ = run_main(
+        capsys,
+        report,
+        "--results",
+        str(results),
+        "--run",
+        "r1",
+        "--by",
+        "flag_set",
+        "--format",
+        "json",
+    )
     assert code == 0
     records = json.loads(out)
     rows = rows_of("r1")
 
     def median_p50(variant: str, device: str, flag_set: str, prompt_length: int) -> float:
-        return float(np.median([
-            r["decode_ms_p50"] for r in rows
-            if (r["variant"], r["device"], r["flag_set"], r["prompt_length"])
-            == (variant, device, flag_set, prompt_length) and r["point_key"]
-            != "fp32-cpu-fuse-p128-s512"
-        ]))
+        return float(
+            np.median(
+                [
+                    r["decode_ms_p50"]
+                    for r in rows
+                    if (r["variant"], r["device"], r["flag_set"], r["prompt_length"])
+                    == (variant, device, flag_set, prompt_length)
+                    and r["point_key"] != "fp32-cpu-fuse-p128-s512"
+                ]
+            )
+        )
 
     for rec in records:
         ctx = (rec["variant"], rec["device"])
@@ -237,11 +347,21 @@ def test_flag_study(results: Path, capsys) -> None:
     firsts = [r["flag_set"] for i, r in enumerate(records) if contexts[i] not in contexts[:i]]
     assert firsts == ["default"] * 8, "the baseline comes first in each context"
 
-    code, out, _ = run_main(capsys, report, "--results", str(results), "--run", "r1",
-                            "--by", "flag_set")
+    code, out, _ = run_main(
+        capsys, report, "--results", str(results), "--run", "r1", "--by", "flag_set"
+    )
     _, header, body = md_table(out)
-    for title in ("flag_set", "ms/tok p50", "speedup", "verdict", "dispatches", "vs default",
-                  "compile s", "vmfb", "matched"):
+    for title in (
+        "flag_set",
+        "ms/tok p50",
+        "speedup",
+        "verdict",
+        "dispatches",
+        "vs default",
+        "compile s",
+        "vmfb",
+        "matched",
+    ):
         assert title in header, f"flag study lacks the {title!r} column: {header}"
     fuse = next(r for r in body if r[:4] == ["fp32", "cuda", "32", "fuse"])
     cell = dict(zip(header, fuse, strict=True))
@@ -253,8 +373,20 @@ def test_flag_study(results: Path, capsys) -> None:
 
 
 def test_roofline_column_when_present() -> None:
-    rows = [make_row(f"k{i}", "fp32", "cuda", "default", 32, 256, [1.0, 1.1, 1.2],
-                     created_at=T0, roofline_frac=f) for i, f in enumerate((0.04, 0.05, 0.06))]
+    rows = [
+        make_row(
+            f"k{i}",
+            "fp32",
+            "cuda",
+            "default",
+            32,
+            256,
+            [1.0, 1.1, 1.2],
+            created_at=T0,
+            roofline_frac=f,
+        )
+        for i, f in enumerate((0.04, 0.05, 0.06))
+    ]
     table = report.summary_table(rows, list(analysis.DEFAULT_BY), {"run": "x"})
     _, header, body = md_table(report.render_md(table))
     assert body[0][header.index("roofline")] == "5.0%"
@@ -265,8 +397,9 @@ def test_roofline_column_when_present() -> None:
 
 def test_report_csv_and_out_file(results: Path, tmp_path: Path, capsys) -> None:
     out_path = tmp_path / "report.csv"
-    code, out, err = run_main(capsys, report, "--results", str(results), "--format", "csv",
-                              "--out", str(out_path))
+    code, out, err = run_main(
+        capsys, report, "--results", str(results), "--format", "csv", "--out", str(out_path)
+    )
     assert code == 0 and out == "" and str(out_path) in err
     lines = out_path.read_text().splitlines()
     assert lines[0].startswith("variant,device,runtime,flag_set,prompt_length,")
@@ -277,8 +410,9 @@ def test_report_csv_and_out_file(results: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_compare_flags_a_slowdown_and_not_the_noise(results: Path, capsys) -> None:
-    code, out, _ = run_main(capsys, compare, "r1", "r2", "--results", str(results),
-                            "--format", "json")
+    code, out, _ = run_main(
+        capsys, compare, "r1", "r2", "--results", str(results), "--format", "json"
+    )
     assert code == 0
     result = json.loads(out)
     verdicts = {p["point_key"]: p["verdict"] for p in result["points"]}
@@ -289,7 +423,9 @@ def test_compare_flags_a_slowdown_and_not_the_noise(results: Path, capsys) -> No
     ratios = [p["ratio"] for p in result["points"] if p["point_key"].startswith("int4-cuda")]
     assert np.median(ratios) == pytest.approx(2.0, rel=0.05)
     assert [p["point_key"] for p in result["only_in_a"]] == [
-        "fp32-cpu-O3-p32-s256", "int4-cuda-broken-p32-s256"]
+        "fp32-cpu-O3-p32-s256",
+        "int4-cuda-broken-p32-s256",
+    ]
     assert [p["point_key"] for p in result["only_in_b"]] == ["fp32-cpu-default-p512-s512"]
     assert result["not_ok"][0]["status_a"] == "wrong_output"
 
@@ -311,17 +447,20 @@ def test_plots_are_pngs(results: Path, tmp_path: Path, capsys) -> None:
     code, _, err = run_main(capsys, report, "--results", str(results), "--run", "r1", "--plots")
     assert code == 0
     paths = sorted((results / "plots" / "r1").glob("*.png"))
-    assert [p.name for p in paths] == ["decode_ms_by_variant_device.png",
-                                       "flag_sets_vs_dispatches.png",
-                                       "prefill_ms_by_prompt_length.png"]
+    assert [p.name for p in paths] == [
+        "decode_ms_by_variant_device.png",
+        "flag_sets_vs_dispatches.png",
+        "prefill_ms_by_prompt_length.png",
+    ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
         assert str(path) in err, "the paths written are printed"
     image = matplotlib.image.imread(paths[0])
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
 
-    one_length = [r for r in rows_of("r1") if r["prompt_length"] == 32 and r["flag_set"]
-                  == "default"]
+    one_length = [
+        r for r in rows_of("r1") if r["prompt_length"] == 32 and r["flag_set"] == "default"
+    ]
     written, notes = write_plots(one_length, tmp_path / "one")
     assert [p.name for p in written] == ["decode_ms_by_variant_device.png"]
     assert any("prefill" in n and "prompt lengths" in n for n in notes)
@@ -332,15 +471,18 @@ def test_plots_are_pngs(results: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_query_group_by(results: Path, capsys) -> None:
-    sql = ("SELECT variant, device, count(*) AS n, median(decode_ms_p50) AS ms FROM results "
-           "WHERE run_id = 'r1' AND status = 'ok' GROUP BY ALL ORDER BY variant, device")
+    sql = (
+        "SELECT variant, device, count(*) AS n, median(decode_ms_p50) AS ms FROM results "
+        "WHERE run_id = 'r1' AND status = 'ok' GROUP BY ALL ORDER BY variant, device"
+    )
     code, out, _ = run_main(capsys, query, "--results", str(results), "--format", "json", sql)
     assert code == 0
     answer = {(r["variant"], r["device"]): r for r in json.loads(out)}
     rows = [r for r in rows_of("r1") if r["point_key"] != "fp32-cpu-fuse-p128-s512"]
     for (variant, device), got in answer.items():
-        mine = [r["decode_ms_p50"] for r in rows if (r["variant"], r["device"]) == (variant,
-                                                                                      device)]
+        mine = [
+            r["decode_ms_p50"] for r in rows if (r["variant"], r["device"]) == (variant, device)
+        ]
         assert got["n"] == len(mine) and got["ms"] == pytest.approx(np.median(mine))
     assert len(answer) == 4
 
@@ -385,9 +527,18 @@ def test_errors_exit_2_with_a_message(results: Path, tmp_path: Path, capsys) -> 
 
 
 def test_run_all_takes_the_newest_row_per_point(results: Path, capsys) -> None:
-    code, out, _ = run_main(capsys, report, "--results", str(results), "--run", "all",
-                            "--by", "run_id", "--format", "json")
+    code, out, _ = run_main(
+        capsys,
+        report,
+        "--results",
+        str(results),
+        "--run",
+        "all",
+        "--by",
+        "run_id",
+        "--format",
+        "json",
+    )
     assert code == 0
     counts = {r["run_id"]: r["num_rows"] for r in json.loads(out)}
     assert counts == {"r2": 72, "r1": 2}, "r1 only where r2 lacks the point"
-    assert "roofline_frac" in COLUMNS or all("roofline_frac" not in r for r in json.loads(out))

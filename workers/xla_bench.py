@@ -58,7 +58,7 @@ class XlaRunner:
         self.release()
         vw = make_weights()
         start = time.perf_counter()
-        self._weights = tuple(jax.device_put(a, self.device) for a in vw.arrays)
+        self._weights = tuple(jax.device_put(a, self.device, may_alias=True) for a in vw.arrays)
         jax.block_until_ready(self._weights)
         # The device arrays stand in for the host ones (the XLA reference takes them as
         # they are), so no host copy outlives the upload.
