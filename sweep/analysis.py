@@ -56,8 +56,8 @@ MIN_EFFECT = 0.02  # and the medians must differ by at least 2 %
 def mann_whitney_p(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
     """Two-sided p-value of the Mann-Whitney U test (normal approximation with tie and
     continuity corrections): the chance of ranks this separated if A and B were drawn
-    from one distribution. Needs no scipy; at 20+ samples a side the approximation is
-    within a few percent of the exact p."""
+    from one distribution. Needs no scipy; the approximation is close to the exact p
+    from about 10 samples a side (5 vs 5 fully separated: 0.012, exact 0.008)."""
     a = np.asarray(samples_a, dtype=np.float64)
     b = np.asarray(samples_b, dtype=np.float64)
     n_a, n_b = a.size, b.size
@@ -84,14 +84,14 @@ def verdict(samples_a: Sequence[float], samples_b: Sequence[float]) -> str:
     The rank test adapts to the noise (a 5 % change is real on a quiet GPU, noise on a
     busy CPU); the 2 % floor guards against calling a tiny shift real, since decode
     steps are not independent (drift, clocks), which makes p-values optimistic.
-    "n/a" when there are too few samples for the test to ever reach ALPHA (e.g. under 5
-    a side), so a lack of data never reads as "same".
+    "n/a" when there are too few samples for the test to ever reach ALPHA (5 against
+    5 cannot, 6 against 6 can), so a lack of data never reads as "same".
     """
     a = np.asarray(samples_a if samples_a is not None else [], dtype=np.float64)
     b = np.asarray(samples_b if samples_b is not None else [], dtype=np.float64)
     if a.size == 0 or b.size == 0:
         return "n/a"
-    separated = mann_whitney_p(np.zeros(a.size), np.ones(b.size))
+    separated = mann_whitney_p(np.arange(a.size), np.arange(a.size, a.size + b.size))
     if separated >= ALPHA:
         return "n/a"
     ratio = float(np.median(b) / np.median(a))

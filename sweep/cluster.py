@@ -44,7 +44,9 @@ def connect(address: str, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
     else:
+        # "local": always a fresh local Ray, never one a stale `ray start` left behind.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             resources={CPU_BENCH_RESOURCE: 1},
             runtime_env=env,

@@ -205,6 +205,8 @@ def test_verdict_follows_the_spread() -> None:
     noisy = rng.normal(100.0, 30.0, 8)
     assert analysis.verdict(noisy, noisy * 1.1) == "same"
     assert analysis.verdict([100.0, 101.0], [200.0, 201.0]) == "n/a", "2 samples cannot decide"
+    assert analysis.verdict(range(100, 105), range(200, 205)) == "n/a"
+    assert analysis.verdict(range(100, 106), range(200, 206)) == "slower"
 
 
 # --- report ----------------------------------------------------------------------------
