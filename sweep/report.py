@@ -156,6 +156,20 @@ def fmt_signed(value: float | None) -> str:
     return "0" if value == 0 else f"{value:+g}"
 
 
+def fmt_percent(fraction: float | None) -> str:
+    """4.1%, 38%, and two significant digits below 1% (a CPU's 0.031%)."""
+    if fraction is None:
+        return ""
+    percent = 100.0 * fraction
+    return (
+        f"{percent:.2g}%"
+        if percent < 1
+        else f"{percent:.1f}%"
+        if percent < 10
+        else f"{percent:.0f}%"
+    )
+
+
 def fmt_spread(record: dict[str, Any]) -> str:
     lo, hi = record.get("decode_ms_p10"), record.get("decode_ms_p90")
     return "" if lo is None or hi is None else f"{fmt_num(lo)}-{fmt_num(hi)}"
@@ -246,7 +260,7 @@ def _roofline_column(records: list[dict[str, Any]]) -> list[Column]:
     """A percent column when any record has a roofline fraction (a newer schema)."""
     if not any(r.get("roofline_frac") is not None for r in records):
         return []
-    return [metric("roofline", "roofline_frac", lambda v: "" if v is None else f"{100 * v:.1f}%")]
+    return [metric("roofline", "roofline_frac", fmt_percent)]
 
 
 def context_header(run: str, rows: list[dict[str, Any]], shown: Sequence[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 
 from sweep import analysis, compare, query, report
 from sweep.plots import write_plots
-from sweep.results import ResultsWriter, decode_stats
+from sweep.results import COLUMNS, ResultsWriter, decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 BASE_MS = {
@@ -78,7 +78,21 @@ def make_row(
         "tokens": list(range(NUM_TOKENS)),
         "reference_tokens": list(range(NUM_TOKENS)),
         "num_tokens_matched": NUM_TOKENS,
+        **roofline(variant, device, decode),
         **extra,
+    }
+
+
+def roofline(variant: str, device: str, decode: list[float]) -> dict[str, Any]:
+    """The roofline columns, once the schema has them: bytes over a 4.27 TB/s copy."""
+    if "roofline_frac" not in COLUMNS:
+        return {}
+    num_bytes = 4_940_000_000 if variant == "fp32" else 1_660_000_000
+    floor_ms = num_bytes / 4.27e12 * 1e3
+    return {
+        "bytes_per_token": num_bytes,
+        "peak_gbps": 4270.0,
+        "roofline_frac": floor_ms / float(np.median(decode)),
     }
 
 
@@ -231,6 +245,9 @@ def test_report_numbers_are_medians_of_the_rows(results: Path, capsys) -> None:
         assert rec["decode_ms_p10"] == pytest.approx(np.median([r["decode_ms_p10"] for r in group]))
         assert rec["prefill_ms"] == pytest.approx(np.median([r["prefill_ms"] for r in group]))
         assert rec["num_dispatches"] == group[0]["num_dispatches"]
+        if "roofline_frac" in COLUMNS:  # a percent column once the schema has it
+            roof = np.median([r["roofline_frac"] for r in group])
+            assert rec["roofline_frac"] == pytest.approx(roof)
     wrong = next(
         r
         for r in records
@@ -281,6 +298,7 @@ def test_report_folds_constant_columns_into_the_header(results: Path, capsys) ->
         "matched",
         "status",
     } <= set(header)
+    assert ("roofline" in header) == ("roofline_frac" in COLUMNS)
     assert len(body) == 25
     int4_cuda = next(row for row in body if row[:4] == ["int4", "cuda", "default", "32"])
     assert int4_cuda[header.index("matched")] == "24/24"
