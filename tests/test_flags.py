@@ -1,0 +1,54 @@
+"""The flag study end to end: the flags grid on the tiny model, then `report --by flag_set`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+from sweep import report
+from sweep.config import load_config
+from sweep.run import run_sweep
+
+# Three of the study's sets; the others are dropped to keep the test short.
+DROPPED = ["aggressive-fusion", "horizontal-contractions", "fuse-multi-use", "data-tiling",
+           "all-fusion", "sm80", "sm89"]
+
+
+def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
+    ray_cluster, tmp_path, shared_cache
+):
+    cfg, resolved = load_config([
+        "+grid=flags", "model=tiny", "grid.devices=[cpu]", "grid.max_seq=128",
+        "grid.variants=[fp32]", "bench.decode_steps=24",
+        *(f"~grid.flag_sets.{name}" for name in DROPPED),
+        f"results_dir={tmp_path / 'results'}", f"cache_dir={shared_cache}",
+    ])
+    assert sorted(cfg.grid.flag_sets) == ["O3", "default", "generalize-matmul"]
+    outcome = run_sweep(cfg, resolved, out=io.StringIO())
+    assert outcome.exit_code == 0
+    rows = {r["flag_set"]: r for r in outcome.rows}
+    assert set(rows) == {"default", "O3", "generalize-matmul"}
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert report.main(["--results", str(tmp_path / "results"), "--by", "flag_set",
+                            "--format", "json"]) == 0
+    table = {r["flag_set"]: r for r in json.loads(out.getvalue())}
+    base = rows["default"]
+    for name, row in rows.items():
+        got = table[name]
+        assert got["dispatch_change"] == row["num_dispatches"] - base["num_dispatches"]
+        assert got["num_dispatches"] == row["num_dispatches"]
+        if name == "default":
+            assert got["verdict"] == "baseline"
+        else:
+            assert abs(got["speedup"] - base["decode_ms_p50"] / row["decode_ms_p50"]) < 1e-9
+            assert got["verdict"] in {"faster", "slower", "same"}
+
+    md = io.StringIO()
+    with contextlib.redirect_stdout(md):
+        report.main(["--results", str(tmp_path / "results"), "--by", "flag_set"])
+    header = md.getvalue()
+    for column in ("speedup", "verdict", "vs default"):
+        assert column in header, header
