@@ -150,7 +150,8 @@ class LlamaGraphs:
         import jax.numpy as jnp
 
         w = dict(zip(self.names, weights, strict=True))
-        x = jnp.take(w["model.embed_tokens.weight"], tokens, axis=0).astype(self.dtype)
+        # The embedding is [hidden, vocab] (see workers/quant.py): gather columns.
+        x = jnp.take(w["model.embed_tokens.weight"], tokens, axis=1).T.astype(self.dtype)
         positions = start + jnp.arange(tokens.shape[0], dtype=jnp.int32)  # [T]
         cos, sin = self._rope(positions)
         for layer in range(self.cfg.num_hidden_layers):
@@ -212,7 +213,7 @@ class LlamaGraphs:
         return out.reshape(t, c.num_attention_heads, c.head_dim)
 
     def _linear(self, w: dict[str, Array], name: str, x: Array) -> Array:
-        """x [T, in] @ W[out, in]^T, dequantizing W in the graph for int8/int4."""
+        """x [T, in] @ W [in, out], dequantizing W in the graph for int8/int4."""
         from jax import lax
 
         key = f"{name}.weight"
@@ -222,14 +223,14 @@ class LlamaGraphs:
             weight = dequant_jnp(
                 w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.bits
             )
-        return lax.dot_general(x, weight.astype(x.dtype), (((1,), (1,)), ((), ())))
+        return lax.dot_general(x, weight.astype(x.dtype), (((1,), (0,)), ((), ())))
 
     def _lm_head(self, weights: tuple[Array, ...], h: Array) -> Array:
         from jax import lax
 
         w = dict(zip(self.names, weights, strict=True))
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-        contract = (((h.ndim - 1,), (1,)), ((), ()))
+        contract = (((h.ndim - 1,), (0,)), ((), ()))  # h [.., hidden] @ head [hidden, vocab]
         return lax.dot_general(h, head.astype(h.dtype), contract).astype("float32")
 
     def _rms_norm(self, x: Array, weight: Array) -> Array:

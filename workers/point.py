@@ -55,7 +55,7 @@ class ModelSource:
         return synthetic_weights(self.config(), self.seed)
 
     def variant(self, variant: str, group_size: int) -> VariantWeights:
-        return prepare_variant(self.load_fp32(), self.config(), variant, group_size)
+        return prepare_variant(self.load_fp32(), self.config(), variant, group_size, consume=True)
 
 
 @dataclasses.dataclass(frozen=True)

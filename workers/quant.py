@@ -1,13 +1,20 @@
 """Weight variants: fp32, bf16, and int8/int4 dequantized inside the graph.
 
+Every matrix reaches the graph input-major, [in, out] (the transpose of the Hugging
+Face [out, in] layout), so each matmul is `x @ W` with the weight read once in
+order. Given [out, in], IREE emits a transpose dispatch per weight per step, which
+writes a copy of every weight each token and roughly doubles decode time. The
+embedding is stored [hidden, vocab] for the same reason: it is the (tied) lm_head
+of every step, while its lookup only gathers a few columns.
+
 Quantized variants are affine and asymmetric, per group of `group_size` along the
 contraction (input) dimension of each of the 7 per-layer linears:
 
-    w[o, g*G + j] ~= q[o, g*G + j] * scale[o, g] + minimum[o, g],   q in [0, 2^bits)
+    w[g*G + j, o] ~= q[g*G + j, o] * scale[g, o] + minimum[g, o],   q in [0, 2^bits)
 
 The integers are packed little-end-first into uint32 lanes along the input
 dimension (8 int4 or 4 int8 per lane), so the graph receives a uint32 array of
-shape [out, in * bits / 32] plus two fp32 arrays of shape [out, in / G]. The
+shape [in * bits / 32, out] plus two fp32 arrays of shape [in / G, out]. The
 embedding and the norms stay fp32. `dequant_jnp` is what the graph runs right
 before each matmul; `dequant_np` is the same arithmetic on the host, used to
 check it.
@@ -75,50 +82,55 @@ def is_linear(name: str) -> bool:
 def quantize(
     w: np.ndarray, bits: int, group_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[out, in] fp32 -> (packed uint32 [out, in*bits/32], scale and minimum [out, in/G])."""
-    out_dim, in_dim = w.shape
-    groups = w.reshape(out_dim, in_dim // group_size, group_size)
-    lo = groups.min(axis=-1)
-    hi = groups.max(axis=-1)
+    """[in, out] fp32 -> (packed uint32 [in*bits/32, out], scale and minimum [in/G, out])."""
+    in_dim, out_dim = w.shape
+    groups = w.reshape(in_dim // group_size, group_size, out_dim)
+    lo = groups.min(axis=1)
+    hi = groups.max(axis=1)
     levels = (1 << bits) - 1
     scale = ((hi - lo) / levels).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.rint((groups - lo[..., None]) / safe[..., None])
-    q = np.clip(q, 0, levels).astype(np.uint32).reshape(out_dim, in_dim)
+    q = np.rint((groups - lo[:, None, :]) / safe[:, None, :])
+    q = np.clip(q, 0, levels).astype(np.uint32).reshape(in_dim, out_dim)
     return pack(q, bits), scale, lo.astype(np.float32)
 
 
+def _shifts(bits: int) -> np.ndarray:
+    return (np.arange(32 // bits, dtype=np.uint32) * bits)[None, :, None]  # [1, per_lane, 1]
+
+
 def pack(q: np.ndarray, bits: int) -> np.ndarray:
-    per_lane = 32 // bits
-    lanes = q.reshape(q.shape[0], -1, per_lane).astype(np.uint32)
-    shifts = (np.arange(per_lane, dtype=np.uint32) * bits)[None, None, :]
-    return np.bitwise_or.reduce(lanes << shifts, axis=-1).astype(np.uint32)
+    """[in, out] integers -> [in*bits/32, out] uint32, consecutive inputs in one lane."""
+    lanes = q.reshape(-1, 32 // bits, q.shape[1]).astype(np.uint32)
+    return np.bitwise_or.reduce(lanes << _shifts(bits), axis=1).astype(np.uint32)
 
 
 def unpack_np(packed: np.ndarray, bits: int) -> np.ndarray:
-    per_lane = 32 // bits
-    shifts = (np.arange(per_lane, dtype=np.uint32) * bits)[None, None, :]
-    q = (packed[..., None] >> shifts) & np.uint32((1 << bits) - 1)
-    return q.reshape(packed.shape[0], -1)
+    q = (packed[:, None, :] >> _shifts(bits)) & np.uint32((1 << bits) - 1)
+    return q.reshape(-1, packed.shape[1])
 
 
 def dequant_np(packed: np.ndarray, scale: np.ndarray, minimum: np.ndarray, bits: int) -> np.ndarray:
     q = unpack_np(packed, bits).astype(np.float32)
-    out_dim, num_groups = scale.shape
-    q = q.reshape(out_dim, num_groups, -1)
-    return (q * scale[..., None] + minimum[..., None]).reshape(out_dim, -1).astype(np.float32)
+    num_groups, out_dim = scale.shape
+    q = q.reshape(num_groups, -1, out_dim)
+    return (q * scale[:, None, :] + minimum[:, None, :]).reshape(-1, out_dim).astype(np.float32)
 
 
 def dequant_jnp(packed: Any, scale: Any, minimum: Any, bits: int) -> Any:
     """The in-graph dequant: same arithmetic as `dequant_np`, in jax.numpy."""
     import jax.numpy as jnp
 
-    per_lane = 32 // bits
-    shifts = jnp.arange(per_lane, dtype=jnp.uint32) * jnp.uint32(bits)
-    q = (packed[..., None] >> shifts) & jnp.uint32((1 << bits) - 1)  # [out, lanes, per_lane]
-    out_dim, num_groups = scale.shape
-    q = q.reshape(out_dim, num_groups, -1).astype(jnp.float32)  # [out, groups, G]
-    return (q * scale[..., None] + minimum[..., None]).reshape(out_dim, -1)
+    shifts = jnp.asarray(_shifts(bits))
+    q = (packed[:, None, :] >> shifts) & jnp.uint32((1 << bits) - 1)  # [lanes, per_lane, out]
+    num_groups, out_dim = scale.shape
+    q = q.reshape(num_groups, -1, out_dim).astype(jnp.float32)  # [groups, G, out]
+    return (q * scale[:, None, :] + minimum[:, None, :]).reshape(-1, out_dim)
+
+
+def to_graph_layout(w: np.ndarray) -> np.ndarray:
+    """Checkpoint [out, in] (or [vocab, hidden]) -> the graph's input-major layout."""
+    return np.ascontiguousarray(w.T) if w.ndim == 2 else np.ascontiguousarray(w)
 
 
 def prepare_variant(
@@ -126,15 +138,23 @@ def prepare_variant(
     cfg: LlamaConfig,
     variant: str,
     group_size: int = DEFAULT_GROUP_SIZE,
+    *,
+    consume: bool = False,
 ) -> VariantWeights:
-    """fp32 checkpoint weights -> the variant's graph arguments (quantizing on the host)."""
+    """fp32 checkpoint weights -> the variant's graph arguments (quantizing on the host).
+
+    With `consume`, each checkpoint tensor is removed from `weights` once converted, so
+    a 1B model is never held twice (checkpoint layout and graph layout) at once.
+    """
     check_variant(variant)
     check_group_size(cfg, variant, group_size)
     names: list[str] = []
     arrays: list[np.ndarray] = []
     err_sq = ref_sq = 0.0
     for name in expected_shapes(cfg):
-        w = weights[name]
+        source = weights.pop(name) if consume else weights[name]
+        w = to_graph_layout(source.astype(np.float32, copy=False))
+        del source
         if variant in QUANT_BITS and is_linear(name):
             bits = QUANT_BITS[variant]
             packed, scale, minimum = quantize(w, bits, group_size)
@@ -155,24 +175,25 @@ def prepare_variant(
             arrays.append(cast)
         else:
             names.append(name)
-            arrays.append(np.ascontiguousarray(w, dtype=np.float32))
+            arrays.append(w)
+        del w
     quant_error = float(np.sqrt(err_sq / ref_sq)) if ref_sq else 0.0
     return VariantWeights(variant, group_size, tuple(names), tuple(arrays), quant_error)
 
 
 def host_dequantized(vw: VariantWeights) -> dict[str, np.ndarray]:
-    """A quantized variant dequantized on the host back to fp32 checkpoint tensors."""
-    bits = QUANT_BITS[vw.variant]
+    """A variant dequantized on the host back to fp32 checkpoint tensors ([out, in])."""
+    bits = QUANT_BITS.get(vw.variant)
     by_name = dict(zip(vw.names, vw.arrays, strict=True))
     out: dict[str, np.ndarray] = {}
     for name, array in by_name.items():
         if name.endswith(".qweight"):
+            assert bits is not None
             base = name.removesuffix(".qweight")
-            out[base] = dequant_np(
-                array, by_name[f"{base}.scale"], by_name[f"{base}.minimum"], bits
-            )
+            w = dequant_np(array, by_name[f"{base}.scale"], by_name[f"{base}.minimum"], bits)
+            out[base] = to_graph_layout(w)
         elif not name.endswith((".scale", ".minimum")):
-            out[name] = array
+            out[name] = to_graph_layout(np.asarray(array, dtype=np.float32))
     return out
 
 
@@ -186,14 +207,15 @@ def variant_arg_specs(
     check_variant(variant)
     check_group_size(cfg, variant, group_size)
     specs: list[tuple[str, tuple[int, ...], str]] = []
-    for name, shape in expected_shapes(cfg).items():
+    for name, hf_shape in expected_shapes(cfg).items():
+        shape = hf_shape[::-1]  # input-major: see the module docstring
         if variant in QUANT_BITS and is_linear(name):
-            out_dim, in_dim = shape
+            in_dim, out_dim = shape
             lanes = in_dim * QUANT_BITS[variant] // 32
             specs += [
-                (f"{name}.qweight", (out_dim, lanes), "uint32"),
-                (f"{name}.scale", (out_dim, in_dim // group_size), "float32"),
-                (f"{name}.minimum", (out_dim, in_dim // group_size), "float32"),
+                (f"{name}.qweight", (lanes, out_dim), "uint32"),
+                (f"{name}.scale", (in_dim // group_size, out_dim), "float32"),
+                (f"{name}.minimum", (in_dim // group_size, out_dim), "float32"),
             ]
         else:
             specs.append((name, shape, "bfloat16" if variant == "bf16" else "float32"))
