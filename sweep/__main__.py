@@ -6,6 +6,7 @@ summary lists them), 2 for config or input errors found before any work.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from sweep.config import ConfigError, load_config
@@ -18,6 +19,10 @@ USAGE = """usage: python -m sweep [+grid=NAME] [key=value ...]
   bench.warmup_steps=3          bench.decode_steps=40  model.path=DIR
   ray.address=auto              results_dir=outputs/results   rerun=true   dry_run=true
 """
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,4 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (kill, a job scheduler) stops like Ctrl-C: finished rows stay written and
+    # a Ray started by this sweep is shut down instead of left running.
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(main())
