@@ -19,6 +19,12 @@ What makes the two sides comparable:
   that slows x86 arithmetic).
 - The same threads: both local-task devices get `--task_topology_max_group_count`
   (default: nproc); the topology the tool builds is recorded.
+- The same memory: transparent huge pages change this decode's speed by 10-30%, and
+  by default our process gets them by accident (numpy madvises its arrays, glibc reuses
+  that memory for IREE's buffers) while the tool gets none. `--thp on` (default) starts
+  both processes with glibc's `glibc.malloc.hugetlb=1` tunable, `--thp off` with huge
+  pages off for malloc and numpy; the script restarts itself once to apply it. Each
+  measurement records the process's resident and huge-page MB.
 - The same statistic: ours is the median of N timed steps after W warmup steps, each
   step bracketing the call and the 4-byte token readback; theirs is the median of N
   repetitions of one call each (`--benchmark_min_time=1x --benchmark_repetitions=N`),
@@ -67,6 +73,9 @@ from benchmarks._common import (  # noqa: E402
     iree_tool,
     machine_info,
     markdown_table,
+    memory_mb,
+    thp_active,
+    thp_env,
     wait_for_quiet,
     write_json,
 )
@@ -103,6 +112,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=2,
         help="times to redo a measurement during which other processes used over 10%% of the cpus",
+    )
+    p.add_argument(
+        "--thp",
+        choices=("on", "off"),
+        default="on",
+        help="transparent huge pages for the buffers of both sides (see benchmarks/_common.py)",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON report path")
     p.add_argument("--cache-dir", type=Path, default=ROOT / "outputs" / "cache")
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "task_flags": task_flags,
+        # False when main() runs in a process not started with the --thp environment
+        "thp_env_active": thp_active(args.thp == "on"),
         "tool_task_groups": tool_task_groups(task_flags),
         "variants": {},
     }
@@ -241,17 +258,8 @@ def bench_variant(
             args, cfg, variant, runner, tmp
         )
         print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {upload_s:.1f} s")
-        v = _Variant(
-            args,
-            cfg,
-            variant,
-            prefill,
-            decode,
-            prompt_ids(cfg.vocab_size, args.prompt_length),
-            bucket,
-            tmp,
-            weight_inputs,
-        )
+        prompt = prompt_ids(cfg.vocab_size, args.prompt_length)
+        v = _Variant(args, cfg, variant, prefill, decode, prompt, bucket, tmp, weight_inputs)
         rounds = []
         for r in range(args.rounds):
             record: dict[str, Any] = {"round": r}
@@ -310,12 +318,14 @@ def measure_side(v: _Variant, side: str, runner: Any, task_flags: list[str]) -> 
     for attempt in range(v.args.retries + 1):
         quiet_before = wait_for_quiet(v.args.quiet_wait_s)
         with OtherCpu() as cpu:
-            samples = (
-                measure_ours(v, runner) if side == "ours" else run_tool(tool_command(v, task_flags))
-            )
+            if side == "ours":
+                samples, memory = measure_ours(v, runner), memory_mb()
+            else:
+                samples, memory = run_tool(tool_command(v, task_flags), v.args.thp == "on")
         result = {
             "ms": float(np.median(samples)),
             "samples_ms": samples,
+            "memory_mb": memory,
             "other_cpu": cpu.other,
             "steal": cpu.steal,
             "quiet_before": quiet_before,
@@ -375,9 +385,10 @@ def upload_and_dump_weights(
 
     Everything happens inside the runner's `make_weights` callback, which it calls only
     after dropping the previous variant's device copy; the runner holds the only reference
-    to the host arrays and drops it after the upload. So at most two copies of one
-    variant exist at once (the fp32 checkpoint while quantizing, or host and device
-    during the upload): 9.9 GB for the 1B model in fp32.
+    to the host arrays and drops it after the upload. `prepare_variant(consume=True)`
+    frees each checkpoint tensor once converted, so at most about two copies of one
+    variant exist at once (host and device during the upload): 9.9 GB for the 1B model
+    in fp32.
     """
     from workers.checkpoint import synthetic_weights
     from workers.quant import prepare_variant
@@ -386,7 +397,8 @@ def upload_and_dump_weights(
     nbytes: list[int] = []
 
     def make_weights() -> Any:
-        vw = prepare_variant(synthetic_weights(cfg, seed=WEIGHT_SEED), cfg, variant)
+        fp32 = synthetic_weights(cfg, seed=WEIGHT_SEED)
+        vw = prepare_variant(fp32, cfg, variant, consume=True)  # empties fp32 as it goes
         inputs.extend(write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(vw.arrays))
         os.sync()  # the kernel's writeback of GBs would otherwise run during the first rounds
         nbytes.append(vw.nbytes)
@@ -453,15 +465,29 @@ def tool_command(v: _Variant, task_flags: list[str]) -> list[str]:
     return cmd
 
 
-def run_tool(cmd: list[str]) -> list[float]:
-    """Runs iree-benchmark-module; returns the real time of each repetition in ms."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+def run_tool(cmd: list[str], thp: bool) -> tuple[list[float], dict[str, int]]:
+    """Runs iree-benchmark-module: (real time of each repetition in ms, peak memory in MB).
+
+    Its memory is sampled every second, so the report shows whether its weights sat in
+    huge pages as ours do.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, env=thp_env(thp)
+        )
+        peak: dict[str, int] = {}
+        while proc.poll() is None:
+            for key, value in memory_mb(proc.pid).items():
+                peak[key] = max(peak.get(key, 0), value)
+            time.sleep(1.0)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise RuntimeError(
-            f"iree-benchmark-module failed ({proc.returncode}):\n"
-            f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+            f"iree-benchmark-module failed ({proc.returncode}):\n{stderr[-4000:]}\n{stdout[-2000:]}"
         )
-    return parse_tool_json(proc.stdout)
+    return parse_tool_json(stdout), peak
 
 
 _TIME_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -493,6 +519,9 @@ def tool_task_groups(task_flags: list[str]) -> int | None:
 
 
 if __name__ == "__main__":
+    thp = parse_args(sys.argv[1:]).thp == "on"
+    if not thp_active(thp):  # glibc reads its tunables at start: restart with them set
+        os.execve(sys.executable, [sys.executable, *sys.argv], thp_env(thp))
     start = time.perf_counter()
     main()
     print(f"total {time.perf_counter() - start:.0f} s")

@@ -19,6 +19,8 @@ class ProgressDisplay:
         self._compile_task = self._bench_task = None
         self._num_points = 0
         self._num_finished = 0
+        self._num_logged = 0
+        self._num_ran = 0
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
@@ -72,9 +74,14 @@ class ProgressDisplay:
         )
 
     def log_row(self, row: dict[str, Any]) -> None:
+        """One line per finished point; the ETA extrapolates from points that ran (a
+        skipped point takes no time, so it would make the estimate far too short)."""
         elapsed = time.monotonic() - self.start
-        done = self._num_finished + 1
-        eta = elapsed / done * max(self._num_points - done, 0) if self._num_points else 0.0
+        self._num_logged += 1
+        self._num_ran += row["status"] != "skipped"
+        done = self._num_logged
+        remaining = max(self._num_points - done, 0)
+        eta = elapsed / self._num_ran * remaining if self._num_ran else 0.0
         timing = f" {row['decode_ms_p50']:.2f} ms/tok" if row.get("decode_ms_p50") else ""
         line = (
             f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "

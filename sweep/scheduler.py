@@ -97,6 +97,7 @@ class Scheduler:
 
     def run(self, points: list[Point]) -> None:
         self.counters.num_points = len(points)
+        self.on_progress(self.counters)
         runnable = self._skip_infeasible(points)
         self._compile_all([p for p in runnable if p.runtime == "iree"])
         benchable = self._drop_failed_compiles(runnable)

@@ -215,7 +215,7 @@ def test_a_real_checkpoint_runs_through_the_sweep(
     assert all(r["num_tokens_matched"] == len(r["tokens"]) for r in outcome.rows)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_driver_loses_nothing_and_rerun_completes(ray_cluster, tmp_path, shared_cache, sig):
     results = tmp_path / "results"
     command = [
@@ -234,7 +234,7 @@ def test_killed_driver_loses_nothing_and_rerun_completes(ray_cluster, tmp_path, 
     wait_for(lambda: parquet_files(results), 300, "the first finished point")
     driver.send_signal(sig)
     output, _ = driver.communicate(timeout=120)
-    if sig == signal.SIGINT:
+    if sig != signal.SIGKILL:  # Ctrl-C or kill: a clean stop
         assert driver.returncode == 130, output
         assert "finished points are saved" in output
     first = read_results(results)  # every file on disk is complete and readable
