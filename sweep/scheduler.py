@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from sweep.cluster import NodeInfo
+from sweep.cluster import NodeInfo, bench_runtime_env
 from sweep.config import SweepConfig
 from sweep.grid import Point
 from sweep.rows import (
@@ -252,6 +252,7 @@ class Scheduler:
                 for _ in range(int(node.offers(device))):
                     handle = self.actor_class.options(
                         num_cpus=0,
+                        runtime_env=bench_runtime_env(),
                         **device.ray_actor_options(),
                         scheduling_strategy=NodeAffinitySchedulingStrategy(
                             node.node_id, soft=False
