@@ -75,17 +75,30 @@ def main() -> int:
     stop.set()
     sampler.join()
     report = {
-        "command": command, "returncode": returncode, "wall_s": round(wall_s, 1),
-        "baseline_gib": baseline / GIB, "peak_used_gib": peaks["used"] / GIB,
+        "command": command,
+        "returncode": returncode,
+        "wall_s": round(wall_s, 1),
+        "baseline_gib": baseline / GIB,
+        "peak_used_gib": peaks["used"] / GIB,
         "sweep_peak_gib": (peaks["used"] - baseline) / GIB,
         "largest_process_gib": peaks["process"][0] / GIB,
-        "largest_process": peaks["process"][1], "machine": machine_info(),
+        "largest_process": peaks["process"][1],
+        "machine": machine_info(),
     }
-    print(markdown_table(
-        ["label", "wall s", "peak of all processes GiB", "largest process GiB", "exit"],
-        [[args.label, f"{wall_s:.0f}", f"{report['sweep_peak_gib']:.2f}",
-          f"{report['largest_process_gib']:.2f}", str(returncode)]],
-    ))
+    print(
+        markdown_table(
+            ["label", "wall s", "peak of all processes GiB", "largest process GiB", "exit"],
+            [
+                [
+                    args.label,
+                    f"{wall_s:.0f}",
+                    f"{report['sweep_peak_gib']:.2f}",
+                    f"{report['largest_process_gib']:.2f}",
+                    str(returncode),
+                ]
+            ],
+        )
+    )
     print(f"largest process: {report['largest_process']}")
     out = args.out or default_report_path("memory", args.label)
     write_json(out, report)

@@ -11,19 +11,33 @@ from sweep.config import load_config
 from sweep.run import run_sweep
 
 # Three of the study's sets; the others are dropped to keep the test short.
-DROPPED = ["aggressive-fusion", "horizontal-contractions", "fuse-multi-use", "data-tiling",
-           "all-fusion", "sm80", "sm89"]
+DROPPED = [
+    "aggressive-fusion",
+    "horizontal-contractions",
+    "fuse-multi-use",
+    "data-tiling",
+    "all-fusion",
+    "sm80",
+    "sm89",
+]
 
 
 def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
     ray_cluster, tmp_path, shared_cache
 ):
-    cfg, resolved = load_config([
-        "+grid=flags", "model=tiny", "grid.devices=[cpu]", "grid.max_seq=128",
-        "grid.variants=[fp32]", "bench.decode_steps=24",
-        *(f"~grid.flag_sets.{name}" for name in DROPPED),
-        f"results_dir={tmp_path / 'results'}", f"cache_dir={shared_cache}",
-    ])
+    cfg, resolved = load_config(
+        [
+            "+grid=flags",
+            "model=tiny",
+            "grid.devices=[cpu]",
+            "grid.max_seq=128",
+            "grid.variants=[fp32]",
+            "bench.decode_steps=24",
+            *(f"~grid.flag_sets.{name}" for name in DROPPED),
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={shared_cache}",
+        ]
+    )
     assert sorted(cfg.grid.flag_sets) == ["O3", "default", "generalize-matmul"]
     outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 0
@@ -32,8 +46,12 @@ def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert report.main(["--results", str(tmp_path / "results"), "--by", "flag_set",
-                            "--format", "json"]) == 0
+        assert (
+            report.main(
+                ["--results", str(tmp_path / "results"), "--by", "flag_set", "--format", "json"]
+            )
+            == 0
+        )
     table = {r["flag_set"]: r for r in json.loads(out.getvalue())}
     base = rows["default"]
     for name, row in rows.items():

@@ -237,7 +237,8 @@ class BenchmarkRunner:
         rt = self._rt
         buffers = [
             self.device.allocator.allocate_buffer(
-                memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=rt.BufferUsage.DEFAULT,
+                memory_type=rt.MemoryType.DEVICE_LOCAL,
+                allowed_usage=rt.BufferUsage.DEFAULT,
                 allocation_size=size,
             )
             for _ in range(2)
@@ -247,7 +248,8 @@ class BenchmarkRunner:
             sem = self.device.create_semaphore(0)
             start = time.perf_counter()
             self.device.queue_copy(
-                buffers[0], buffers[1],
+                buffers[0],
+                buffers[1],
                 wait_semaphores=rt.HalFence.create_at(sem, 0),
                 signal_semaphores=rt.HalFence.create_at(sem, 1),
             )
