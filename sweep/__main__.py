@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # SIGTERM (kill, a job scheduler) stops like Ctrl-C: finished rows stay written and
-    # a Ray started by this sweep is shut down instead of left running.
+    # a Ray started by this sweep is shut down instead of left running. SIGINT is set
+    # explicitly too: a process started in the background inherits it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     sys.exit(main())

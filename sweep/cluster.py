@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 from typing import Any
 
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
@@ -51,6 +53,27 @@ def connect(address: str, num_cpus: int | None) -> bool:
 
     if ray.is_initialized():
         return False
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _init(address, num_cpus)
+    finally:
+        _restore_handlers(saved)
+    return True
+
+
+def _restore_handlers(saved: dict[int, Any]) -> None:
+    """Ray's core installs its own SIGTERM handler (log and exit 1) in `ray.init`; put
+    back the program's, so a killed sweep still stops cleanly and keeps its rows."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers, and only it receives signals
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _init(address: str, num_cpus: int | None) -> None:
+    import ray
+
     env = {"env_vars": {"PYTHONPATH": _project_root()}}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=False)
@@ -64,7 +87,6 @@ def connect(address: str, num_cpus: int | None) -> bool:
             include_dashboard=False,
             log_to_driver=False,
         )
-    return True
 
 
 def _project_root() -> str:
@@ -86,11 +108,14 @@ def alive_nodes() -> list[NodeInfo]:
         ).remote()
         for n in nodes
     ]
-    facts = ray.get(refs)
-    return [
-        NodeInfo(n["NodeID"], hostname, dict(n.get("Resources", {})), cpu_id)
-        for n, (hostname, cpu_id) in zip(nodes, facts, strict=True)
-    ]
+    infos = []
+    for node, ref in zip(nodes, refs, strict=True):
+        try:
+            hostname, cpu_id = ray.get(ref, timeout=120)
+        except (ray.exceptions.RayError, TimeoutError):
+            continue  # listed as alive but gone (e.g. just removed): not a node to use
+        infos.append(NodeInfo(node["NodeID"], hostname, dict(node.get("Resources", {})), cpu_id))
+    return infos
 
 
 def _node_facts() -> tuple[str, str]:

@@ -24,7 +24,7 @@ from sweep.run import run_sweep
 from tests.conftest import ROOT
 
 # Points long enough (about a second each) that a kill lands in the middle of one.
-LONG_POINTS = ["grid.max_seq=1024", "bench.decode_steps=900", "grid.prompt_lengths=[8,32]"]
+LONG_POINTS = ["grid.max_seq=2048", "bench.decode_steps=1900", "grid.prompt_lengths=[8,32]"]
 
 
 def run_in_thread(tmp_path: Path, cache: Path, *overrides: str):

@@ -167,4 +167,4 @@ def test_xla_baseline_and_roofline_on_every_row(ray_cluster, tmp_path, shared_ca
         assert r["peak_gbps"] > 0
         assert r["tokens"] == r["reference_tokens"]
     xla = [r for r in rows if r["runtime"] == "xla"]
-    assert all(r["compile_s"] > 0 and r["num_dispatches"] is None for r in xla)
+    assert all(r["compile_s"] > 0 and r.get("num_dispatches") is None for r in xla)

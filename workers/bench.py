@@ -224,11 +224,12 @@ class BenchmarkRunner:
         """The device's copy bandwidth (read plus write, GB/s) on a working set like `nbytes`.
 
         The roofline floor of a decode step is its bytes over this. The copy is sized
-        like the model (clamped to [1 MiB, 512 MiB]), so a model that fits in a CPU's
-        caches is held to the cache's bandwidth, not DRAM's; the best of `repeats`
-        copies counts. Measured once per size per runner.
+        like the model but at least 64 MiB: a smaller copy takes tens of microseconds,
+        which the submit-and-wait overhead would dominate, understating the bandwidth
+        (and a toy model would then seem to beat its floor). At most 512 MiB; the best
+        of `repeats` copies counts. Measured once per size per runner.
         """
-        size = 1 << min(max(int(nbytes), 1 << 20), 1 << 29).bit_length() - 1
+        size = 1 << min(max(int(nbytes), 1 << 26), 1 << 29).bit_length() - 1
         if size not in self._copy_gbps:
             self._copy_gbps[size] = self._measure_copy(size, repeats)
         return self._copy_gbps[size]
