@@ -34,8 +34,9 @@ What makes the two sides comparable:
   alternate the two sides (ours first in even rounds, theirs first in odd ones); each
   measurement first waits (up to --quiet-wait-s) until other processes use under 10% of
   the cpus, records how much they used while it ran (/proc/stat minus our own and the
-  tool's cpu time), and is redone up to --retries times if that was over 10%. A side's
-  figure is the median over its undisturbed rounds; every attempt is in the report.
+  tool's cpu time), and is redone up to --retries times if that was over 10%. Each
+  side's figure is its median over the rounds in which neither side was disturbed;
+  every attempt is in the report.
 
 What stays different by design: ours advances pos and feeds each step's caches into
 the next (a real decode), while the tool repeats one step with fixed inputs; ours also
@@ -273,15 +274,8 @@ def bench_variant(
             rounds.append(record)
         command = shlex.join(tool_command(v, task_flags)).replace(str(tmp), "$INPUTS")
 
-    ours, ours_rounds = median_over_rounds(rounds, "ours")
-    theirs, theirs_rounds = median_over_rounds(rounds, "theirs")
     return {
-        "ours_ms": ours,
-        "iree_benchmark_module_ms": theirs,
-        "ratio": ours / theirs,
-        "within_5_percent": ours / theirs <= 1.05,
-        "ours_rounds_used": ours_rounds,
-        "iree_benchmark_module_rounds_used": theirs_rounds,
+        **summarize_rounds(rounds),
         "weight_gb": weight_bytes / 1e9,
         "weight_bytes": weight_bytes,
         "upload_s": upload_s,
@@ -300,13 +294,25 @@ def bench_variant(
     }
 
 
-def median_over_rounds(rounds: list[dict[str, Any]], side: str) -> tuple[float, list[int]]:
-    """The median of a side's per-round medians, over the rounds it was not disturbed in.
+def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each side's median over the rounds in which neither side was disturbed, and the ratio.
 
-    Falls back to every round when all were disturbed; the round numbers used are returned.
+    Both sides use the same rounds, so the ratio compares measurements taken minutes
+    apart, not a quiet round of one side with a quiet round of the other an hour later.
+    Falls back to every round when none was clean (`all_rounds_disturbed` says so).
     """
-    used = [r for r in rounds if not r[f"{side}_disturbed"]] or rounds
-    return float(np.median([r[f"{side}_ms"] for r in used])), [r["round"] for r in used]
+    clean = [r for r in rounds if not r["ours_disturbed"] and not r["theirs_disturbed"]]
+    used = clean or rounds
+    ours = float(np.median([r["ours_ms"] for r in used]))
+    theirs = float(np.median([r["theirs_ms"] for r in used]))
+    return {
+        "ours_ms": ours,
+        "iree_benchmark_module_ms": theirs,
+        "ratio": ours / theirs,
+        "within_5_percent": ours / theirs <= 1.05,
+        "rounds_used": [r["round"] for r in used],
+        "all_rounds_disturbed": not clean,
+    }
 
 
 def measure_side(v: _Variant, side: str, runner: Any, task_flags: list[str]) -> dict[str, Any]:
