@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from sweep import analysis
 from sweep.report import (
-    DEFAULT_RESULTS,
-    FORMATS,
     Column,
     ReportError,
     Table,
+    add_output_args,
     emit,
     fmt_num,
     key_column,
@@ -99,14 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_a", metavar="RUN_A", help="the reference run")
     parser.add_argument("run_b", metavar="RUN_B", help="the run compared with it")
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=DEFAULT_RESULTS,
-        help=f"results directory (default {DEFAULT_RESULTS})",
-    )
-    parser.add_argument("--format", choices=FORMATS, default="md")
-    parser.add_argument("--out", help="write the table to this file instead of stdout")
+    add_output_args(parser)
     return parser
 
 

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sweep.report import (
-    DEFAULT_RESULTS,
-    FORMATS,
     Column,
     ReportError,
     Table,
+    add_output_args,
     emit,
     parse_args,
     render,
@@ -85,14 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sweep.query", description="Run DuckDB SQL over the table `results`."
     )
     parser.add_argument("sql", metavar="SQL", help="a query over the table named results")
-    parser.add_argument(
-        "--results",
-        type=Path,
-        default=DEFAULT_RESULTS,
-        help=f"results directory (default {DEFAULT_RESULTS})",
-    )
-    parser.add_argument("--format", choices=FORMATS, default="md")
-    parser.add_argument("--out", help="write the result to this file instead of stdout")
+    add_output_args(parser, "result")
     return parser
 
 

@@ -362,16 +362,23 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         return int(e.code or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep.report", description="Summarise a sweep's results as a table."
-    )
+def add_output_args(parser: argparse.ArgumentParser, what: str = "table") -> None:
+    """The options every results CLI shares: where the results are, how and where to print."""
     parser.add_argument(
         "--results",
         type=Path,
         default=DEFAULT_RESULTS,
         help=f"results directory (default {DEFAULT_RESULTS})",
     )
+    parser.add_argument("--format", choices=FORMATS, default="md")
+    parser.add_argument("--out", help=f"write the {what} to this file instead of stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.report", description="Summarise a sweep's results as a table."
+    )
+    add_output_args(parser)
     parser.add_argument(
         "--run",
         help="run id (default: the newest run); 'all': newest row of every point across runs",
@@ -383,12 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated columns to group by (default %(default)s); "
         "'flag_set' alone: the flag study",
     )
-    parser.add_argument("--format", choices=FORMATS, default="md")
     parser.add_argument("--plots", action="store_true", help="also write PNG plots")
     parser.add_argument(
         "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
     )
-    parser.add_argument("--out", help="write the table to this file instead of stdout")
     return parser
 
 
