@@ -68,6 +68,10 @@ def machine_info() -> dict[str, Any]:
     """What a reader needs to compare this report with another machine's."""
     from workers.compile import compiler_version
 
+    try:
+        iree_compiler = compiler_version()
+    except metadata.PackageNotFoundError:  # a runtime-only machine (vmfbs compiled elsewhere)
+        iree_compiler = None
     return {
         "hostname": socket.gethostname(),
         "cpu_model": cpu_model(),
@@ -78,7 +82,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "iree_base_compiler": _version("iree-base-compiler"),
         "iree_base_runtime": _version("iree-base-runtime"),
-        "iree_compiler_version": compiler_version(),
+        "iree_compiler_version": iree_compiler,
         "jax": _version("jax"),
         "jaxlib": _version("jaxlib"),
         "numpy": _version("numpy"),
@@ -123,39 +127,58 @@ class OtherCpu:
     """How busy the CPUs were with other processes while the `with` body ran.
 
     On a shared machine a benchmark is only as good as the quiet around it. This takes
-    the busy time of all cores from /proc/stat, subtracts this process's own CPU time
-    and that of the children it waited for (a tool run by subprocess), and divides by
-    wall time x cores: 0.0 means nothing else ran, 0.5 that one of two cores was taken.
-    `steal` is the time the hypervisor gave our virtual CPUs to someone else.
-    Resolution is one clock tick (10 ms), so it means little for runs under a second.
+    the busy time of all cores from /proc/stat, subtracts this process's own CPU time,
+    that of the children it waited for (a tool run by subprocess) and that of `pids`
+    (a benchmark actor in its own process), and divides by wall time x cores: 0.0
+    means nothing else ran, 0.5 that one of two cores was taken. `steal` is the time
+    the hypervisor gave our virtual CPUs to someone else. Resolution is one clock tick
+    (10 ms), so it means little for runs under a second.
     """
 
     other: float = 0.0
     steal: float = 0.0
 
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = tuple(pids)
+
+    def _ours_s(self) -> float:
+        t = os.times()
+        return sum(t[:4]) + sum(process_cpu_s(pid) for pid in self.pids)
+
     def __enter__(self) -> OtherCpu:
-        self._stat, self._times = _proc_stat_jiffies(), os.times()
+        self._stat, self._ours = _proc_stat_jiffies(), self._ours_s()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        (busy0, steal0, total0), t0 = self._stat, self._times
+        busy0, steal0, total0 = self._stat
         busy1, steal1, total1 = _proc_stat_jiffies()
-        t1 = os.times()
         hz = os.sysconf("SC_CLK_TCK")
-        ours = sum(b - a for a, b in zip(t0[:4], t1[:4], strict=True))  # seconds
+        ours = self._ours_s() - self._ours  # seconds
         total = max(total1 - total0, 1) / hz  # core-seconds that passed
         self.other = max(0.0, ((busy1 - busy0) / hz - ours) / total)
         self.steal = (steal1 - steal0) / hz / total
 
 
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.1, window_s: float = 1.0) -> float:
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a live process (all its threads); 0 if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(
+    max_wait_s: float, threshold: float = 0.1, window_s: float = 1.0, pids: Sequence[int] = ()
+) -> float:
     """Waits (at most `max_wait_s`) until other processes use under `threshold` of the CPUs.
 
     Returns the last window's fraction, so a report can say how quiet it was at start.
     """
     deadline = time.monotonic() + max_wait_s
     while True:
-        with OtherCpu() as probe:
+        with OtherCpu(pids) as probe:
             time.sleep(window_s)
         if probe.other < threshold or time.monotonic() >= deadline:
             return probe.other

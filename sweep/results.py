@@ -80,6 +80,7 @@ def _build_schema() -> pa.Schema:
         ("weight_bytes", i64),
         ("quant_error", f64),
         ("upload_s", f64),
+        ("bench_s", f64),
         # timings
         ("prefill_ms", f64),
         ("prefill_samples_ms", pa.list_(f64)),

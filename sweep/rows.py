@@ -127,6 +127,7 @@ def measured_row(
         "weight_bytes": measured["weight_bytes"],
         "quant_error": measured["quant_error"],
         "upload_s": measured["upload_s"],
+        "bench_s": measured["bench_s"],
         "prefill_ms": measured["prefill_ms"],
         "prefill_samples_ms": list(measured["prefill_samples_ms"]),
         "decode_samples_ms": list(measured["decode_samples_ms"]),

@@ -26,6 +26,8 @@ from workers.checkpoint import (
     INDEX_FILE,
     SINGLE_FILE,
     CheckpointError,
+    lazy_checkpoint,
+    lazy_synthetic_weights,
     load_checkpoint,
     synthetic_weights,
     weights_fingerprint,
@@ -334,6 +336,31 @@ def test_synthetic_tensor_depends_only_on_seed_and_name():
     same_shape += ["model.layers.1.mlp.gate_proj.weight"]
     fingerprints = {weights_fingerprint({"w": a[name]}) for name in same_shape}
     assert len(fingerprints) == len(same_shape), "each tensor needs its own generator stream"
+
+
+def test_lazy_tensors_are_the_loaded_bytes_and_build_the_same_variant(tmp_path: Path):
+    """The actor builds variants from tensors made one at a time; they must be the bytes
+    the eager loaders give, for the seeded weights and for a real checkpoint."""
+    from workers.quant import prepare_variant
+
+    cfg = PRESETS["tiny"]
+    eager = synthetic_weights(cfg, seed=3)
+    lazy = lazy_synthetic_weights(cfg, seed=3)
+    assert list(lazy.keys()) == list(eager)
+    assert weights_fingerprint({n: lazy[n] for n in lazy}) == weights_fingerprint(eager)
+    made = prepare_variant(lazy_synthetic_weights(cfg, seed=3), cfg, "int4", consume=True)
+    expected = prepare_variant(eager, cfg, "int4")
+    assert made.names == expected.names and made.quant_error == expected.quant_error
+    for name, a, b in zip(made.names, made.arrays, expected.arrays, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+    save_tiny_llama(tmp_path)
+    _, loaded = load_checkpoint(tmp_path)
+    from_disk = lazy_checkpoint(tmp_path)
+    assert len(from_disk) == len(loaded)
+    for name in list(from_disk.keys()):
+        np.testing.assert_array_equal(from_disk.pop(name), loaded[name], err_msg=name)
+    assert len(from_disk) == 0, "pop hands a tensor over and forgets it"
 
 
 def test_fingerprint_sees_names_order_and_dtype():

@@ -398,6 +398,23 @@ def test_weights_upload_once_for_many_points(
     assert runner.resident_weights == "int8"
 
 
+def test_token_readback_through_the_staging_buffer(iree_cpu: IreeCpu) -> None:
+    """The copy path that device-local (CUDA) tokens take, run on the CPU device: one
+    host buffer and one semaphore serve every read, and each read sees the new value."""
+    import iree.runtime as rt
+
+    from workers.bench import _TokenReadback
+
+    runner = iree_cpu.runner
+    staged = _TokenReadback(rt, runner.device, stage=True)
+    mapped = _TokenReadback(rt, runner.device)
+    values = [7, -3, 2**31 - 1, 0, 123456]
+    views = [runner._upload(np.array(v, np.int32)) for v in values]
+    assert [staged.read(v) for v in views] == values
+    assert [mapped.read(v) for v in views] == values
+    assert staged._value == len(values), "one semaphore step per read"
+
+
 # --- 7. reference tokens ------------------------------------------------------------------
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from workers.devices import DeviceSpec
 from workers.llama_config import LlamaConfig, preset
@@ -47,15 +46,13 @@ class ModelSource:
             ident = {"preset": self.preset, "seed": self.seed, "config": self.config().to_dict()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
-    def load_fp32(self) -> dict[str, np.ndarray]:
-        from workers.checkpoint import load_checkpoint, synthetic_weights
-
-        if self.path:
-            return load_checkpoint(self.path)[1]
-        return synthetic_weights(self.config(), self.seed)
-
     def variant(self, variant: str, group_size: int) -> VariantWeights:
-        return prepare_variant(self.load_fp32(), self.config(), variant, group_size, consume=True)
+        """The variant's graph weights, made from one checkpoint tensor at a time."""
+        from workers.checkpoint import lazy_checkpoint, lazy_synthetic_weights
+
+        cfg = self.config()
+        source = lazy_checkpoint(self.path) if self.path else lazy_synthetic_weights(cfg, self.seed)
+        return prepare_variant(source, cfg, variant, group_size, consume=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +76,10 @@ class PointWorker:
     def __init__(self, device: DeviceSpec, source: ModelSource, cache_dir: str | None) -> None:
         from workers.bench import BenchmarkRunner
 
+        if device.needs_gpu:
+            # JAX (the reference, the XLA baseline) shares this process and the GPU with
+            # IREE: without this it would reserve 75% of the GPU's memory at its first use.
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         self.device = device
         self.source = source
         self.cfg = source.config()

@@ -1,0 +1,185 @@
+"""Efficiency: a sweep's wall time against the benchmark time inside it, cold and warm.
+
+Why: a sweep is mostly waiting for benchmarks, which no orchestrator can shorten;
+everything else (starting Ray, compiling, starting actors, building and uploading
+weights, reference checks, dispatching points, writing Parquet) is overhead. Targets:
+wall / benchmark time at most 1.25 on an empty compile cache (cold) and at most 1.05
+on a full one (warm); compiles equal to the unique (graph, device, flags)
+combinations; weight uploads equal to the unique (actor, variant) combinations.
+
+What it runs: `+grid=efficiency` (conf/grid/efficiency.yaml: fp32 and int4 x 3 prompt
+lengths x 3 flag sets of the mid-size model on the CPU), in this process, twice: on an
+empty cache (cold: every graph compiles, every reference is computed), then with
+`rerun=true` on the cache the first run filled (warm). Wall time runs from composing
+the config to the sweep's return, so it holds Ray's start and stop; Python's own start
+and imports are not in it. Benchmark time is the sum of the rows' `bench_s`: each
+point's prefill runs, warmup and timed decode steps on its device.
+
+The expected counts come from the grid, not from the scheduler: per variant, device
+and flag set, one prefill graph per distinct prompt bucket and one decode graph (also
+checked against the vmfb files the cold run left in the cache). An upload is a row
+whose point found its variant not resident (`upload_s > 0`); there is one CPU actor
+per node, so (node_id, variant) names an (actor, variant) pair.
+
+Usage:
+    python benchmarks/efficiency.py [--work DIR] [-- extra sweep overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import (  # noqa: E402
+    default_report_path,
+    machine_info,
+    markdown_table,
+    wait_for_quiet,
+    write_json,
+)
+
+SCRIPT = "efficiency"
+TARGETS = {"cold": 1.25, "warm": 1.05}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=None, help="cache and results here (default: tmp)")
+    p.add_argument("--out", type=Path, default=None, help="JSON report path")
+    p.add_argument("--quiet-wait-s", type=float, default=60.0, help="wait for quiet CPUs first")
+    p.add_argument("overrides", nargs="*", help="more sweep overrides, after --")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    out = args.out or ROOT / default_report_path(SCRIPT, "mid")
+    with tempfile.TemporaryDirectory(prefix="efficiency-") as tmp:
+        work = args.work or Path(tmp)
+        cache = work / "cache"
+        base = ["+grid=efficiency", f"cache_dir={cache}", *args.overrides]
+        report: dict[str, Any] = {"script": SCRIPT, "machine": machine_info(), "runs": {}}
+        for name, extra in (("cold", []), ("warm", ["rerun=true"])):
+            wait_for_quiet(args.quiet_wait_s)
+            overrides = [*base, f"results_dir={work / name}", *extra]
+            report["runs"][name] = run(name, overrides, cache)
+            write_json(out, report)
+    print()
+    print(markdown_table(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()]))
+    print(f"\nreport: {out}")
+    return report
+
+
+TABLE_HEADER = (
+    "cache",
+    "points",
+    "wall s",
+    "benchmark s",
+    "wall / benchmark",
+    "target",
+    "compile phase s",
+    "bench phase overhead s",
+    "Ray and setup s",
+    "compiles (expected)",
+    "cache hits",
+    "uploads (expected)",
+)
+
+
+def table_row(name: str, r: dict[str, Any]) -> list[str]:
+    return [
+        name,
+        str(r["num_points"]),
+        f"{r['wall_s']:.1f}",
+        f"{r['bench_s']:.1f}",
+        f"{r['ratio']:.3f}",
+        f"<= {TARGETS[name]} {'yes' if r['within_target'] else 'no'}",
+        f"{r['compile_phase_s']:.1f}",
+        f"{r['bench_phase_overhead_s']:.1f}",
+        f"{r['setup_s']:.1f}",
+        f"{r['num_compiles']} ({r['expected_compiles']})",
+        str(r["num_compile_cache_hits"]),
+        f"{r['num_uploads']} ({r['expected_uploads']})",
+    ]
+
+
+def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
+    from sweep.config import load_config
+    from sweep.run import run_sweep
+
+    print(f"## {name}: python -m sweep {' '.join(overrides)}", flush=True)
+    log = io.StringIO()
+    start = time.perf_counter()
+    cfg, resolved = load_config(overrides)
+    outcome = run_sweep(cfg, resolved, out=log)
+    wall_s = time.perf_counter() - start
+    rows, counters = outcome.rows, outcome.counters
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad or len(rows) != outcome.num_points:
+        raise RuntimeError(f"{name}: {len(bad)} points not ok\n{log.getvalue()[-4000:]}")
+    bench_s = sum(r["bench_s"] for r in rows)
+    uploads = [r for r in rows if r["upload_s"] > 0]
+    result = {
+        "overrides": overrides,
+        "run_id": outcome.run_id,
+        "num_points": outcome.num_points,
+        "wall_s": wall_s,
+        "bench_s": bench_s,
+        "ratio": wall_s / bench_s,
+        "target": TARGETS[name],
+        "within_target": wall_s / bench_s <= TARGETS[name],
+        "compile_phase_s": counters.compile_phase_s,
+        "bench_phase_s": counters.bench_phase_s,
+        # actors' start, weight builds and uploads, references, dispatch, Parquet writes
+        "bench_phase_overhead_s": counters.bench_phase_s - bench_s,
+        # config, Ray start and stop, node inventory, results folder
+        "setup_s": wall_s - counters.compile_phase_s - counters.bench_phase_s,
+        "upload_s": sum(r["upload_s"] for r in uploads),
+        "num_compiles": counters.num_compiles,
+        "num_compile_cache_hits": counters.num_compile_cache_hits,
+        "expected_compiles": expected_compiles(cfg),
+        "vmfbs_in_cache": sum(1 for _ in (cache / "vmfb").rglob("*.vmfb")),
+        "num_uploads": len(uploads),
+        "uploads": sorted((r["node_id"][:8], r["variant"]) for r in uploads),
+        "expected_uploads": len({(r["node_id"], r["variant"]) for r in rows}),
+        "points": [
+            {k: r[k] for k in ("variant", "prompt_length", "flag_set", "bench_s", "upload_s")}
+            for r in rows
+        ],
+    }
+    result["counts_ok"] = (
+        result["num_compiles"] == result["expected_compiles"]
+        and result["num_uploads"] == result["expected_uploads"]
+        and result["num_compile_cache_hits"] == (0 if name == "cold" else result["num_compiles"])
+    )
+    print(
+        f"{name}: {wall_s:.1f} s wall, {bench_s:.1f} s benchmarking ({wall_s / bench_s:.3f}x); "
+        f"{result['num_compiles']} compiles ({result['num_compile_cache_hits']} cached), "
+        f"{result['num_uploads']} uploads",
+        flush=True,
+    )
+    return result
+
+
+def expected_compiles(cfg: Any) -> int:
+    """Unique (graph, device, flags): per variant, device and flag set, one prefill graph
+    per distinct prompt bucket and one decode graph (IREE runtime only)."""
+    from workers.model import prompt_bucket
+
+    grid = cfg.grid
+    if "iree" not in grid.runtimes:
+        return 0
+    buckets = {prompt_bucket(n, grid.max_seq) for n in grid.prompt_lengths}
+    return len(grid.variants) * len(grid.devices) * len(grid.flag_sets) * (len(buckets) + 1)
+
+
+if __name__ == "__main__":
+    main()
