@@ -77,6 +77,13 @@ def test_actors_run_on_both_nodes_and_shared_graphs_compile_once(smoke):
     # CPU, so a host-targeted graph is compiled once for the pair, not once per node.
     assert outcome.counters.num_compiles == 12
     assert outcome.counters.num_compile_cache_hits == 0, "a fresh cache: every compile is real"
+    # Each actor uploads each variant once: an upload is a point that found it not resident.
+    uploads = sorted((r["node_id"], r["variant"]) for r in rows if r["upload_s"] > 0)
+    assert uploads == sorted({(r["node_id"], r["variant"]) for r in rows})
+    # bench_s, the measurement's own time, is inside the phase that ran it.
+    assert all(r["bench_s"] > 0 for r in rows)
+    assert sum(r["bench_s"] for r in rows) < outcome.counters.bench_phase_s * 2  # 2 actors
+    assert outcome.counters.compile_phase_s > 0
 
 
 def test_rerun_skips_finished_points_and_rerun_true_forces_them(smoke):

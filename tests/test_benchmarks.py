@@ -1,0 +1,39 @@
+"""benchmarks/fidelity.py end to end on the tiny model: our runner and IREE's own tool
+on the same vmfb and inputs. Only that the comparison is made honestly is asserted
+(same tokens every run, a sample per step on each side, the ratio their medians give):
+the ratio itself belongs to the benchmark's report, not to a timed unit test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fidelity_compares_both_sides_on_the_same_graph(tmp_path: Path, shared_cache: Path):
+    out = tmp_path / "fidelity.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "fidelity.py"),
+        *("--model", "tiny", "--via", "runner", "--rounds", "2", "--steps", "4"),
+        *("--warmup", "1", "--prompt-length", "8", "--max-seq", "64"),
+        *("--quiet-wait-s", "0", "--retries", "0"),
+        *("--cache-dir", str(shared_cache / "fidelity"), "--out", str(out)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"fp32", "int4"}
+    for variant, r in report["variants"].items():
+        assert len(r["rounds"]) == 2, variant
+        for rnd in r["rounds"]:
+            assert len(rnd["ours_samples_ms"]) == 4 and len(rnd["theirs_samples_ms"]) == 4
+        assert r["ratio"] == r["ours_ms"] / r["iree_benchmark_module_ms"] > 0
+        assert r["ratio_ci95"][0] <= r["ratio"] <= r["ratio_ci95"][1]
+        assert len(r["tokens"]) == 1 + 1 + 4, "prefill token, warmup and timed steps"
+        assert "--device=local-task" in r["iree_benchmark_module_command"]
+        assert r["num_dispatches"] > 0
+    assert "| fp32 | cpu | runner |" in proc.stdout
