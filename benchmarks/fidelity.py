@@ -53,9 +53,9 @@ builds the argument list in Python and reads back the 4-byte token. Together tha
 tens of microseconds per step: lost in the noise for real models, but ~20% of the
 0.25 ms step of the 2-layer `tiny` preset, so `tiny` does not meet the target.
 
-A GPU machine without iree-compile or Ray: compile there's graphs here with
-`--device cuda --prepare DIR`, carry DIR, and run `--device cuda --vmfbs DIR --via
-worker` on it.
+For a GPU machine without iree-compile or Ray: compile its graphs here with
+`--device cuda --prepare DIR`, carry DIR there, and run `--device cuda --vmfbs DIR
+--via worker` on it.
 
 Usage:
     python benchmarks/fidelity.py                        # mid, fp32 and int4, CPU, the actor
