@@ -66,6 +66,7 @@ Usage:
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import json
@@ -357,21 +358,21 @@ def load_graphs(
 # --- our side --------------------------------------------------------------------------------
 
 
-class Ours:
+class Ours(abc.ABC):
     """Our side: `run` measures one point and returns what the actor's `run` returns
     (at least `decode_samples_ms`, `tokens` and `upload_s`)."""
 
     where: dict[str, Any]
     pids: tuple[int, ...] = ()  # other processes whose cpu time is ours
 
-    def run(self, task: Any, graphs: Graphs) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, task: Any, graphs: Graphs) -> dict[str, Any]: ...
 
     def memory(self) -> dict[str, int]:
         return memory_mb(self.pids[0] if self.pids else "self")
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook: only the actor has a Ray to stop
+        return None
 
 
 class ActorOurs(Ours):
