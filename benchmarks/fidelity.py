@@ -106,8 +106,8 @@ DISTURBED_OTHER_CPU = 0.10  # a measurement during which others used more of the
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="mid", help="a preset of workers/llama_config.py")
-    p.add_argument("--variants", default="fp32,int4", help="comma-separated: fp32,bf16,int8,int4")
-    p.add_argument("--device", default="cpu", help="a key of workers.devices.BUILTIN_DEVICES")
+    p.add_argument("--variants", default="fp32,int4", help="comma-separated names in conf/variant/")
+    p.add_argument("--device", default="cpu", help="a device of conf/device/")
     p.add_argument(
         "--target-cpu",
         default="host",
@@ -182,23 +182,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from workers.devices import BUILTIN_DEVICES, cpu_device
+    from sweep.config import load_config
     from workers.model import prompt_bucket
     from workers.point import ModelSource
-    from workers.quant import check_variant
 
-    for variant in args.variants:
-        check_variant(variant)
-    if args.device not in BUILTIN_DEVICES:
-        raise SystemExit(f"--device {args.device!r}; known: {sorted(BUILTIN_DEVICES)}")
-    device = BUILTIN_DEVICES[args.device]
-    if device.driver == "local-task":
-        device = cpu_device(args.target_cpu, name=args.device)
+    known = load_config([])[0]  # the sweep's own devices and variants (conf/)
+    unknown = [v for v in args.variants if v not in known.variants]
+    if unknown or args.device not in known.devices:
+        raise SystemExit(
+            f"unknown --variants {unknown} or --device {args.device!r}; "
+            f"variants: {sorted(known.variants)}, devices: {sorted(known.devices)}"
+        )
+    variants = {name: known.variants[name] for name in args.variants}
+    device = known.devices[args.device]
+    if device.runs_on_host_cpu:
+        target = f"--iree-llvmcpu-target-cpu={args.target_cpu}"
+        flags = [f for f in device.target_flags if not f.startswith("--iree-llvmcpu-target-cpu=")]
+        device = dataclasses.replace(device, target_flags=(*flags, target))
     source = ModelSource(args.model, preset=args.model, seed=WEIGHT_SEED)
     cfg = source.config()
     bucket = prompt_bucket(args.prompt_length, args.max_seq)
     if args.prepare:
-        prepare(args, cfg, device, bucket)
+        prepare(args, cfg, device, variants, bucket)
         return {}
 
     task_flags = (
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else [f"--task_topology_max_group_count={args.task_workers}"]
     )
     # every graph before the actor starts: a compile beside a benchmark disturbs it
-    graphs = {v: load_graphs(args, cfg, device, v, bucket) for v in args.variants}
+    graphs = {v: load_graphs(args, cfg, device, variants[v], bucket) for v in args.variants}
     ours = make_ours(args.via, device, source, str(args.cache_dir), task_flags)
     report: dict[str, Any] = {
         "script": SCRIPT,
@@ -223,11 +228,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(f"# {args.model} on {ours.where.get('device_name', args.device)}, ours via {args.via}")
     try:
-        for variant in args.variants:
+        for name, variant in variants.items():
             result = bench_variant(
-                args, source, variant, device, bucket, graphs[variant], ours, task_flags
+                args, source, variant, device, bucket, graphs[name], ours, task_flags
             )
-            report["variants"][variant] = result
+            report["variants"][name] = result
             write_json(args.out, report)  # after each variant: a crash keeps what was measured
     finally:
         ours.close()
@@ -276,17 +281,14 @@ class Graphs:
 
 
 def compile_variant(
-    args: argparse.Namespace, cfg: Any, device: Any, variant: str, bucket: int
+    args: argparse.Namespace, cfg: Any, device: Any, variant: Any, bucket: int
 ) -> Graphs:
     from workers.compile import compile_stablehlo
     from workers.export import GraphSpec, export_graph
-    from workers.quant import DEFAULT_GROUP_SIZE
 
     results = {}
     for kind in ("prefill", "decode"):
-        spec = GraphSpec(
-            cfg, variant, DEFAULT_GROUP_SIZE, args.max_seq, kind, bucket if kind == "prefill" else 0
-        )
+        spec = GraphSpec(cfg, variant, args.max_seq, kind, bucket if kind == "prefill" else 0)
         result = compile_stablehlo(export_graph(spec).stablehlo, device, cache_dir=args.cache_dir)
         if not result.ok:
             raise RuntimeError(f"{spec.label}: {result.error_class}\n{result.error_message}")
@@ -300,23 +302,25 @@ def compile_variant(
             "prefill_compile_s": prefill.compile_s,
             "decode_cache_hit": decode.cache_hit,
             "num_dispatches": decode.num_dispatches,
-            "decode_vmfb_bytes": len(decode.vmfb),
+            "decode_vmfb_bytes": decode.vmfb_bytes,
             "decode_compile_command": decode.command,
         },
     )
 
 
-def prepare(args: argparse.Namespace, cfg: Any, device: Any, bucket: int) -> None:
+def prepare(
+    args: argparse.Namespace, cfg: Any, device: Any, variants: dict[str, Any], bucket: int
+) -> None:
     """Compiles every variant's graphs into `--prepare` with a manifest of what they are."""
     out: Path = args.prepare
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {**_graph_identity(args, bucket), "variants": {}}
-    for variant in args.variants:
+    for name, variant in variants.items():
         graphs = compile_variant(args, cfg, device, variant, bucket)
-        (out / f"{variant}-prefill.vmfb").write_bytes(graphs.prefill)
-        (out / f"{variant}-decode.vmfb").write_bytes(graphs.decode)
-        manifest["variants"][variant] = graphs.meta
-        print(f"{variant}: {graphs.meta['num_dispatches']} decode dispatches")
+        (out / f"{name}-prefill.vmfb").write_bytes(graphs.prefill)
+        (out / f"{name}-decode.vmfb").write_bytes(graphs.decode)
+        manifest["variants"][name] = graphs.meta
+        print(f"{name}: {graphs.meta['num_dispatches']} decode dispatches")
     write_json(out / "manifest.json", manifest)
     print(f"graphs for {args.device} in {out}")
 
@@ -332,7 +336,7 @@ def _graph_identity(args: argparse.Namespace, bucket: int) -> dict[str, Any]:
 
 
 def load_graphs(
-    args: argparse.Namespace, cfg: Any, device: Any, variant: str, bucket: int
+    args: argparse.Namespace, cfg: Any, device: Any, variant: Any, bucket: int
 ) -> Graphs:
     if args.vmfbs is None:
         return compile_variant(args, cfg, device, variant, bucket)
@@ -345,28 +349,43 @@ def load_graphs(
             "run --prepare with the same --model, --device, --target-cpu, --max-seq and "
             "--prompt-length"
         )
-    if variant not in manifest["variants"]:
+    if variant.name not in manifest["variants"]:
         have_variants = sorted(manifest["variants"])
-        raise SystemExit(f"--vmfbs {args.vmfbs} has no {variant!r} graphs, only {have_variants}")
+        raise SystemExit(
+            f"--vmfbs {args.vmfbs} has no {variant.name!r} graphs, only {have_variants}"
+        )
     return Graphs(
-        (args.vmfbs / f"{variant}-prefill.vmfb").read_bytes(),
-        (args.vmfbs / f"{variant}-decode.vmfb").read_bytes(),
-        manifest["variants"][variant],
+        (args.vmfbs / f"{variant.name}-prefill.vmfb").read_bytes(),
+        (args.vmfbs / f"{variant.name}-decode.vmfb").read_bytes(),
+        manifest["variants"][variant.name],
     )
 
 
 # --- our side --------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class OursRun:
+    """What one run of our side gives back."""
+
+    tokens: tuple[int, ...]
+    decode_samples_ms: tuple[float, ...]
+    upload_s: float
+    num_tokens_matched: int | None = None  # None: the bare runner checks no reference
+
+    @classmethod
+    def of(cls, m: Any) -> OursRun:  # a workers.measurement.Measurement
+        return cls(m.tokens, m.decode_samples_ms, m.upload_s, m.num_tokens_matched)
+
+
 class Ours(abc.ABC):
-    """Our side: `run` measures one point and returns what the actor's `run` returns
-    (at least `decode_samples_ms`, `tokens` and `upload_s`)."""
+    """Our side: `run` measures one point as a sweep point is measured."""
 
     where: dict[str, Any]
     pids: tuple[int, ...] = ()  # other processes whose cpu time is ours
 
     @abc.abstractmethod
-    def run(self, task: Any, graphs: Graphs) -> dict[str, Any]: ...
+    def run(self, task: Any, graphs: Graphs) -> OursRun: ...
 
     def memory(self) -> dict[str, int]:
         return memory_mb(self.pids[0] if self.pids else "self")
@@ -381,26 +400,22 @@ class ActorOurs(Ours):
     def __init__(self, device: Any, source: Any, cache_dir: str) -> None:
         import ray
 
-        from sweep.cluster import bench_runtime_env, connect, remote_functions
+        from sweep.cluster import actor_options, alive_nodes, connect, remote_functions
 
-        self._started = connect("", None)
+        self._disconnect = connect("", None)
         _, actor_class = remote_functions()
-        self.actor = actor_class.options(
-            num_cpus=0, runtime_env=bench_runtime_env(), **device.ray_actor_options()
-        ).remote(device, source, cache_dir)
+        options = actor_options(device, alive_nodes()[0])
+        self.actor = actor_class.options(**options).remote(device, source, cache_dir)
         self.where = ray.get(self.actor.where.remote())
         self.pids = (self.where["pid"],)
 
-    def run(self, task: Any, graphs: Graphs) -> dict[str, Any]:
+    def run(self, task: Any, graphs: Graphs) -> OursRun:
         import ray
 
-        return ray.get(self.actor.run.remote(task, graphs.prefill, graphs.decode))
+        return OursRun.of(ray.get(self.actor.run.remote(task, graphs.prefill, graphs.decode)))
 
     def close(self) -> None:
-        import ray
-
-        if self._started:
-            ray.shutdown()
+        self._disconnect()
 
 
 class WorkerOurs(Ours):
@@ -412,37 +427,32 @@ class WorkerOurs(Ours):
         self.worker = PointWorker(device, source, cache_dir)
         self.where = {"pid": os.getpid(), **self.worker.info()}
 
-    def run(self, task: Any, graphs: Graphs) -> dict[str, Any]:
-        return self.worker.run(task, graphs.prefill, graphs.decode)
+    def run(self, task: Any, graphs: Graphs) -> OursRun:
+        return OursRun.of(self.worker.run(task, graphs.prefill, graphs.decode))
 
 
 class RunnerOurs(Ours):
-    """The bare `BenchmarkRunner` in this process: no reference check, no actor."""
+    """The bare `IreeRunner` and the decode loop in this process: no reference, no actor."""
 
     def __init__(self, device: Any, source: Any) -> None:
-        from workers.bench import BenchmarkRunner
+        from workers.iree_runtime import IreeRunner
         from workers.point import device_name
 
-        self.runner, self.source = BenchmarkRunner(device.driver), source
+        self.runner, self.source = IreeRunner(device.driver), source
         self.where = {"pid": os.getpid(), "device_name": device_name(device)}
 
-    def run(self, task: Any, graphs: Graphs) -> dict[str, Any]:
-        from workers.bench import prompt_ids
+    def run(self, task: Any, graphs: Graphs) -> OursRun:
+        from workers.runtime import greedy_decode, prompt_ids
 
-        key = f"{self.source.weights_id}/{task.variant}/{task.group_size}"
-        upload_s = self.runner.ensure_weights(
-            key, lambda: self.source.variant(task.variant, task.group_size)
-        )
-        result = self.runner.run_point(
-            graphs.prefill,
-            graphs.decode,
+        key = f"{task.weights_id}/{task.variant.fingerprint}"
+        upload_s = self.runner.ensure_weights(key, lambda: self.source.variant(task.variant))
+        run = greedy_decode(
+            self.runner.session(graphs.prefill, graphs.decode),
             prompt_ids(self.source.config().vocab_size, task.prompt_length),
             task.prompt_bucket,
-            warmup_steps=task.warmup_steps,
-            decode_steps=task.decode_steps,
-            prefill_runs=task.prefill_runs,
+            task.steps,
         )
-        return {**dataclasses.asdict(result), "upload_s": upload_s}
+        return OursRun(run.tokens, run.decode_samples_ms, upload_s)
 
 
 def make_ours(via: str, device: Any, source: Any, cache_dir: str, task_flags: list[str]) -> Ours:
@@ -474,38 +484,33 @@ class _Variant:
 def bench_variant(
     args: argparse.Namespace,
     source: Any,
-    variant: str,
+    variant: Any,
     device: Any,
     bucket: int,
     graphs: Graphs,
     ours: Ours,
     task_flags: list[str],
 ) -> dict[str, Any]:
+    from workers.export import GraphSpec
     from workers.point import BenchTask
-    from workers.quant import DEFAULT_GROUP_SIZE
+    from workers.runtime import DecodeSteps
 
-    task = BenchTask(
-        variant=variant,
-        group_size=DEFAULT_GROUP_SIZE,
-        prompt_length=args.prompt_length,
-        prompt_bucket=bucket,
-        max_seq=args.max_seq,
-        warmup_steps=args.warmup,
-        decode_steps=args.steps,
-        prefill_runs=1,
-    )
-    print(f"\n## {variant}: {graphs.meta['num_dispatches']} decode dispatches")
-    with tempfile.TemporaryDirectory(prefix=f"fidelity-{variant}-") as tmp_name:
+    steps = DecodeSteps(warmup_steps=args.warmup, decode_steps=args.steps, prefill_runs=1)
+    weights_id = source.weights_id()
+    task = BenchTask(variant, "iree", weights_id, args.prompt_length, bucket, args.max_seq, steps)
+    decode_graph = GraphSpec(source.config(), variant, args.max_seq, "decode")
+    print(f"\n## {variant.name}: {graphs.meta['num_dispatches']} decode dispatches")
+    with tempfile.TemporaryDirectory(prefix=f"fidelity-{variant.name}-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "decode.vmfb").write_bytes(graphs.decode)
         weight_inputs, weight_bytes = write_weight_inputs(source, variant, tmp)
         first = ours.run(task, graphs)  # uploads the weights; its first token feeds the tool
-        print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {first['upload_s']:.1f} s")
-        state = write_decode_state(source.config(), variant, args, first["tokens"][0], tmp)
+        print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {first.upload_s:.1f} s")
+        state = write_decode_state(decode_graph, args, first.tokens[0], tmp)
         tool_cmd = tool_command(
             tmp / "decode.vmfb", device.driver, weight_inputs + state, task_flags, args
         )
-        v = _Variant(args, task, graphs, tool_cmd, tuple(first["tokens"]))
+        v = _Variant(args, task, graphs, tool_cmd, tuple(first.tokens))
         rounds = []
         for r in range(args.rounds):
             record: dict[str, Any] = {"round": r}
@@ -524,8 +529,8 @@ def bench_variant(
         **graphs.meta,
         "weight_gb": weight_bytes / 1e9,
         "weight_bytes": weight_bytes,
-        "upload_s": first["upload_s"],
-        "num_tokens_matched": first.get("num_tokens_matched"),
+        "upload_s": first.upload_s,
+        "num_tokens_matched": first.num_tokens_matched,
         "iree_benchmark_module_command": command,
         "decode_inputs": "weights; token: our first run's first token; pos: the prompt length; "
         "kcache, vcache: zeros",
@@ -599,16 +604,14 @@ def measure_side(v: _Variant, side: str, ours: Ours) -> dict[str, Any]:
 
 def measure_ours(v: _Variant, ours: Ours) -> list[float]:
     out = ours.run(v.task, v.graphs)
-    if tuple(out["tokens"]) != v.tokens:
-        raise RuntimeError(f"{v.task.variant}: greedy tokens changed between runs of one point")
-    return list(out["decode_samples_ms"])
+    if tuple(out.tokens) != v.tokens:
+        raise RuntimeError(f"{v.task.variant.name}: greedy tokens changed between runs of a point")
+    return list(out.decode_samples_ms)
 
 
-def write_weight_inputs(source: Any, variant: str, tmp: Path) -> tuple[list[str], int]:
+def write_weight_inputs(source: Any, variant: Any, tmp: Path) -> tuple[list[str], int]:
     """Writes the variant's weights (rebuilt from the seed: the actor's bytes) as tool inputs."""
-    from workers.quant import DEFAULT_GROUP_SIZE
-
-    vw = source.variant(variant, DEFAULT_GROUP_SIZE)
+    vw = source.variant(variant)
     inputs = [write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(vw.arrays)]
     nbytes = vw.nbytes
     del vw
@@ -617,21 +620,19 @@ def write_weight_inputs(source: Any, variant: str, tmp: Path) -> tuple[list[str]
 
 
 def write_decode_state(
-    cfg: Any, variant: str, args: argparse.Namespace, token: int, tmp: Path
+    decode_graph: Any, args: argparse.Namespace, token: int, tmp: Path
 ) -> list[str]:
-    """token, pos, kcache, vcache: the decode inputs after the weights."""
-    dtype = np.float32
-    if variant == "bf16":
-        import ml_dtypes
+    """token, pos, kcache, vcache: the decode inputs after the weights (caches of zeros)."""
+    from workers.variant import numpy_dtype
 
-        dtype = ml_dtypes.bfloat16
-    cache_shape = (cfg.num_hidden_layers, args.max_seq, cfg.num_key_value_heads, cfg.head_dim)
-    cache = np.zeros(cache_shape, dtype)
+    _, _, kcache, vcache = decode_graph.args()[-4:]
     return [
         write_input(tmp / "token", np.array(token, np.int32)),
         write_input(tmp / "pos", np.array(args.prompt_length, np.int32)),
-        write_input(tmp / "kcache", cache),
-        write_input(tmp / "vcache", cache),
+        *(
+            write_input(tmp / c.name, np.zeros(c.shape, numpy_dtype(c.dtype)))
+            for c in (kcache, vcache)
+        ),
     ]
 
 

@@ -1,20 +1,27 @@
-"""Scale: planning 10,000 points, and querying a 100,000-row results dataset.
+"""Scale: planning 10,000 points, and the results as sweeps really write them.
 
 The driver must stay out of the way at thousands of points and many hosts: expanding
 and planning a grid (`dry_run=true`: no compile, no benchmark) must take seconds, and
-the results must stay queryable interactively as they grow. Targets: the plan of
-10,000 points in under 10 s; each DuckDB query over 100,000 rows in under 1 s.
+the results must stay queryable interactively as they grow. A sweep writes one file
+per finished point (nothing is lost if it dies) and compacts its run into one file
+when it ends (`sweep.compaction`); this benchmark writes one run that way, point by
+point, times its compaction, adds nine more runs of the same size, and times DuckDB
+queries and `sweep.report` over the lot. Targets: the plan of 10,000 points in under
+10 s; each query and a report over 100,000 rows from ten 10,000-point runs in under 1 s.
 
-    python benchmarks/scale.py [--points 10000] [--rows 100000] [--rows-per-file 2000]
+    python benchmarks/scale.py [--points 10000] [--runs 10] [--points-per-run 10000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,11 +68,13 @@ def time_plan(num_points: int, results_dir: Path) -> tuple[int, float]:
 
 
 def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[dict]:
+    """Rows shaped like a sweep's: 40 decode samples, 44 tokens and their reference."""
     variants, devices = ["fp32", "bf16", "int8", "int4"], ["cpu", "cuda"]
+    tokens = list(range(44))
     rows = []
     for i in range(n):
         samples = rng.lognormal(np.log(20.0), 0.1, 40)
-        p50 = float(np.median(samples))
+        p10, p50, p90 = (float(q) for q in np.percentile(samples, [10, 50, 90]))
         rows.append(
             {
                 "run_id": "scale",
@@ -77,10 +86,17 @@ def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[di
                 "runtime": "iree",
                 "prompt_length": 8 + i % 100,
                 "max_seq": 256,
-                "flag_set": f"f{i % 25}",
-                "status": "ok" if i % 50 else "compile_error",
+                "flag_set": f"f{i % 25}" if i % 25 else "default",
+                "status": "ok" if i % 50 != 1 else "compile_error",
                 "num_dispatches": 100 + i % 25,
+                "decode_ms_p10": p10,
                 "decode_ms_p50": p50,
+                "decode_ms_p90": p90,
+                "roofline_frac": 0.3,
+                "prompt_ids": tokens[:32],
+                "tokens": tokens,
+                "reference_tokens": tokens,
+                "num_tokens_matched": 44,
                 "tok_s": 1000 / p50,
                 "prefill_ms": 3 * p50,
                 "decode_samples_ms": samples.tolist(),
@@ -90,61 +106,101 @@ def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[di
     return rows
 
 
-def time_queries(num_rows: int, rows_per_file: int, results_dir: Path) -> tuple[float, dict]:
-    from sweep.results import ResultsWriter, duckdb_connect
+def write_runs(results_dir: Path, num_runs: int, per_run: int) -> dict[str, float]:
+    """The first run point by point and compacted, as a sweep does; the others compacted."""
+    from sweep.compaction import compact_run
+    from sweep.results import ResultsWriter
 
-    writer, rng = ResultsWriter(results_dir, "scale"), np.random.default_rng(0)
-    start, now = time.perf_counter(), datetime.now(UTC)
-    for offset in range(0, num_rows, rows_per_file):
-        batch = synthetic_rows(min(rows_per_file, num_rows - offset), rng, now)
-        for j, row in enumerate(batch):
-            row["point_key"] = f"p{offset + j:07d}"
-        writer.write(batch)
-    write_s = time.perf_counter() - start
-    con = duckdb_connect(results_dir)
+    rng, now = np.random.default_rng(0), datetime.now(UTC)
     timings = {}
-    for name, sql in QUERIES.items():
-        best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            con.execute(sql).fetchall()
-            best = min(best, time.perf_counter() - t)
-        timings[name] = best
-    return write_s, timings
+    for run in range(num_runs):
+        rows = synthetic_rows(per_run, rng, now + timedelta(hours=run))
+        writer = ResultsWriter(results_dir, f"run{run:02d}")
+        for i, row in enumerate(rows):
+            row.update(run_id=writer.run_id, point_key=f"r{run}p{i:06d}")
+        if run == 0:
+            start = time.perf_counter()
+            for row in rows:
+                writer.write([row])
+            timings["write one file per point"] = time.perf_counter() - start
+            files = len(list(writer.run_dir.glob("*.parquet")))
+            start = time.perf_counter()
+            compact_run(results_dir, writer.run_id)
+            timings[f"compact {files} files"] = time.perf_counter() - start
+        else:
+            writer.write(rows)
+    return timings
+
+
+def time_queries(results_dir: Path) -> dict[str, float]:
+    from sweep.results import duckdb_connect
+
+    con = duckdb_connect(results_dir)
+    return {
+        f"query: {name}": best_of(lambda sql=sql: con.execute(sql).fetchall())
+        for name, sql in QUERIES.items()
+    }
+
+
+def time_reports(results_dir: Path) -> dict[str, float]:
+    from sweep import report
+
+    def run(*args: str) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert report.main(["--results", str(results_dir), *args]) == 0
+
+    return {
+        "report: newest run": best_of(lambda: run()),
+        "report: every run (--run all)": best_of(lambda: run("--run", "all")),
+        "report: flag study, every run": best_of(lambda: run("--run", "all", "--by", "flag_set")),
+    }
+
+
+def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=10_000)
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rows-per-file", type=int, default=2_000)
+    parser.add_argument("--points", type=int, default=10_000, help="points to plan")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--points-per-run", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sweep-scale-"))
     num_points, plan_s = time_plan(args.points, work / "plan")
-    write_s, queries = time_queries(args.rows, args.rows_per_file, work / "results")
-    rows = [
-        ["plan (dry_run)", f"{num_points} points", f"{plan_s:.2f}", "< 10", _ok(plan_s < 10)],
-        ["write", f"{args.rows} rows", f"{write_s:.2f}", "-", ""],
-    ]
+    results = work / "results"
+    writes = write_runs(results, args.runs, args.points_per_run)
+    reads = {**time_queries(results), **time_reports(results)}
+    num_rows = args.runs * args.points_per_run
+    rows = [["plan (dry_run)", f"{num_points} points", f"{plan_s:.2f}", "< 10", _ok(plan_s < 10)]]
     rows += [
-        [f"query: {name}", f"{args.rows} rows", f"{s:.3f}", "< 1", _ok(s < 1)]
-        for name, s in queries.items()
+        [name, f"{args.points_per_run} rows", f"{s:.2f}", "-", ""] for name, s in writes.items()
     ]
+    rows += [[name, f"{num_rows} rows", f"{s:.3f}", "< 1", _ok(s < 1)] for name, s in reads.items()]
     print(markdown_table(["what", "size", "seconds", "target", "met"], rows))
     report = {
         "num_points": num_points,
         "plan_s": plan_s,
-        "num_rows": args.rows,
-        "rows_per_file": args.rows_per_file,
-        "write_s": write_s,
-        "query_s": queries,
+        "num_runs": args.runs,
+        "points_per_run": args.points_per_run,
+        "num_rows": num_rows,
+        "num_result_files": len(list(results.glob("run_id=*/*.parquet"))),
+        "result_bytes": sum(p.stat().st_size for p in results.glob("run_id=*/*.parquet")),
+        "write_s": writes,
+        "read_s": reads,
         "machine": machine_info(),
     }
     out = args.out or default_report_path("scale", "synthetic")
     write_json(out, report)
     print(f"wrote {out}")
-    return 0 if plan_s < 10 and all(s < 1 for s in queries.values()) else 1
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if plan_s < 10 and all(s < 1 for s in reads.values()) else 1
 
 
 def _ok(met: bool) -> str:

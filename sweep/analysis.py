@@ -116,16 +116,6 @@ def median_count(values: Iterable[Any]) -> int | float | None:
     return int(m) if m is not None and m.is_integer() else m
 
 
-def runs_newest_first(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Run ids ordered by their newest row (max created_at), newest first."""
-    newest: dict[str, Any] = {}
-    for row in rows:
-        run, at = row["run_id"], row["created_at"]
-        if run not in newest or at > newest[run]:
-            newest[run] = at
-    return sorted(newest, key=lambda run: (newest[run], run), reverse=True)
-
-
 def newest_per_point(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest row (by created_at; a tie goes to the later row) of each point_key."""
     newest: dict[str, dict[str, Any]] = {}
@@ -181,13 +171,27 @@ def tokens_matched(rows: Sequence[dict[str, Any]]) -> tuple[int | None, int | No
     if not checked:
         return None, None
     matched = sum(int(r["num_tokens_matched"]) for r in checked)
-    total = sum(len(r.get("reference_tokens") or r.get("tokens") or []) for r in checked)
+    total = sum(_num_tokens(r) for r in checked)
     return matched, total
 
 
-def pooled_samples(rows: Sequence[dict[str, Any]]) -> list[float]:
+def _num_tokens(row: dict[str, Any]) -> int:
+    """The reference's length (the generated tokens' where there is no reference)."""
+    if row.get("num_reference_tokens") is not None:
+        return int(row["num_reference_tokens"])
+    return len(row.get("reference_tokens") or row.get("tokens") or [])
+
+
+def pooled_samples(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """The decode samples (ms) of all ok rows, for a verdict on a group."""
-    return [s for r in rows if r["status"] == "ok" for s in (r.get("decode_samples_ms") or [])]
+    parts = [_samples(r) for r in rows if r["status"] == "ok"]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _samples(row: dict[str, Any]) -> np.ndarray:
+    """A row's decode samples (a list, or a numpy view as `sweep.report` reads them)."""
+    samples = row.get("decode_samples_ms")
+    return np.zeros(0) if samples is None else np.asarray(samples, dtype=np.float64)
 
 
 def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -309,7 +313,7 @@ def _point_values(row: dict[str, Any]) -> tuple[Any, ...]:
 def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one point in both runs."""
     ms_a, ms_b = ra.get("decode_ms_p50"), rb.get("decode_ms_p50")
-    samples_a, samples_b = ra.get("decode_samples_ms") or [], rb.get("decode_samples_ms") or []
+    samples_a, samples_b = _samples(ra), _samples(rb)
     return {
         "decode_ms_p50_a": ms_a,
         "decode_ms_p50_b": ms_b,

@@ -1,36 +1,40 @@
-"""Ray at the edges: start or join a cluster, take stock of its nodes, and the remote functions.
+"""Ray at the edges: start or join a cluster, take stock of its nodes, and the backend the
+scheduler drives.
 
-Everything that names Ray lives here, so the scheduler reads as plain logic.
-Compiles are Ray tasks (one CPU each); benchmarks run on actors that ask for their
-device's resource: `num_gpus=1` for a GPU, and for the CPU a custom resource that
-each node advertises once (`sweep_cpu_bench: 1`), so one CPU benchmark runs per
-node at a time. An actor that asks for a resource no node has would stay pending
-forever, so feasibility is checked against the nodes before anything is submitted.
+Everything that names Ray lives here, so `sweep.scheduler` reads as plain logic.
+Compiles are Ray tasks (one CPU each) pinned to the node the scheduler chose;
+benchmarks run on actors that ask for their device's resource: `num_gpus` for a
+GPU, and for the CPU a custom resource that each node advertises once
+(`sweep_cpu_bench: 1`), so one CPU benchmark actor lives per node. An actor that
+asks for a resource no node has would stay pending forever, so the scheduler checks
+feasibility against the nodes before anything is submitted. `RayBackend` maps
+Ray's exceptions onto the scheduler's own (`ActorDied`, `GraphLost`, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+from sweep.config import ConfigError
+from sweep.scheduler import (
+    ActorDied,
+    ActorGone,
+    ActorStarting,
+    CompileJob,
+    GraphLost,
+    NodeInfo,
+    PointError,
+)
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    hostname: str
-    resources: dict[str, float]
-    cpu_id: str  # hash of the CPU model and features: nodes that can share a "host" vmfb
-
-    def offers(self, device: DeviceSpec) -> float:
-        """How many benchmark actors of `device` this node can hold."""
-        key = "GPU" if device.needs_gpu else device.ray_resource
-        return self.resources.get(key, 0.0) // device.ray_resource_amount
-
+from workers.locks import host_lock
 
 # Benchmark actors start with transparent huge pages for malloc (IREE's own buffers:
 # KV caches, in-graph dequantized weights) and numpy (the resident weights). Without
@@ -53,22 +57,80 @@ def bench_runtime_env() -> dict[str, Any]:
     return {"env_vars": env}
 
 
-def connect(address: str, num_cpus: int | None) -> bool:
-    """Joins `address` or starts a local Ray; returns True if this call started it.
+AUTH_ENV = "RAY_AUTH_MODE"
+AUTH_HELP = """\
+ray.address={address}: the Ray cluster at {gcs} refused this process's authentication
+({reason}).
+Ray 2.60 clusters started with `ray start --head` use token auth whenever a token is
+found (e.g. the ~/.ray/auth_token a local Ray wrote), and then every process needs
+the same mode and token: export RAY_AUTH_MODE=token and the cluster's token
+(RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE, or the same ~/.ray/auth_token) for every
+`ray start` and for the sweep. See the README, "On a cluster"."""
+
+
+def connect(address: str, num_cpus: int | None) -> Callable[[], None]:
+    """Joins `address` or starts a local Ray; returns what undoes it.
 
     A local Ray advertises the CPU benchmark resource on its one node; on a cluster
-    each `ray start` must pass `--resources='{"sweep_cpu_bench": 1}'` (see README).
+    each `ray start` must pass `--resources='{"sweep_cpu_bench": 1}'` (see README). A
+    cluster that cannot be joined (nothing listening, or refused authentication) is
+    a `ConfigError` within seconds, naming what to do, instead of 20 s of retries.
     """
     import ray
 
     if ray.is_initialized():
-        return False
+        return lambda: None
+    if address:
+        _check_cluster(address)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    auth_mode = os.environ.get(AUTH_ENV)
     try:
         _init(address, num_cpus)
     finally:
         _restore_handlers(saved)
-    return True
+
+    def disconnect() -> None:
+        ray.shutdown()
+        # A local ray.init turns token auth on in this process's environment; put it
+        # back, so what this process starts next sees the mode it had.
+        if auth_mode is None:
+            os.environ.pop(AUTH_ENV, None)
+        else:
+            os.environ[AUTH_ENV] = auth_mode
+
+    return disconnect
+
+
+def _check_cluster(address: str) -> None:
+    """Fails fast where `ray.init` would retry for 20 s and end in a traceback."""
+    from ray._private import services
+    from ray.exceptions import AuthenticationError
+
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]  # as ray.init does
+    if address == "auto":
+        with contextlib.suppress(Exception):  # ray.init enables token auth here when it can
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        gcs = services.canonicalize_bootstrap_address_or_die(address)
+        host, port = gcs.rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except (ConnectionError, OSError, ValueError) as e:
+        raise ConfigError(
+            f"ray.address={address}: no Ray cluster answers there ({e}); start one (README, "
+            "'On a cluster') or leave ray.address empty to start a local Ray"
+        ) from None
+    try:
+        from ray._raylet import GcsClient
+
+        GcsClient(address=gcs).internal_kv_get(b"sweep-auth-check", None)
+    except AuthenticationError as e:
+        reason = str(e).splitlines()[0]
+        raise ConfigError(AUTH_HELP.format(address=address, gcs=gcs, reason=reason)) from None
 
 
 def _restore_handlers(saved: dict[int, Any]) -> None:
@@ -136,28 +198,25 @@ def _node_facts() -> tuple[str, str]:
     return socket.gethostname(), host_cpu_id()
 
 
-def compile_graph_fn(
-    spec: Any, device: DeviceSpec, flags: tuple[str, ...], cache_dir: str, timeout_s: float
-) -> tuple[dict[str, Any], bytes | None]:
-    """Export one graph and compile it; metadata and vmfb are separate Ray objects."""
+def compile_graph_fn(job: CompileJob, cache_dir: str, timeout_s: float) -> tuple[Any, bytes | None]:
+    """Export one graph and compile it: (CompileResult without its vmfb, the vmfb), two
+    Ray objects, so the driver never fetches the vmfb and the actors fetch only it."""
     from pathlib import Path
 
     from workers.compile import compile_stablehlo
     from workers.export import export_graph
 
-    exported = export_graph(spec)
-    result = compile_stablehlo(
-        exported.stablehlo,
-        device,
-        flags,
-        cache_dir=Path(cache_dir) / "vmfb",
-        timeout_s=timeout_s,
-        work_dir=Path(cache_dir) / "work",
-    )
-    meta = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "vmfb"}
-    meta["vmfb_bytes"] = len(result.vmfb) if result.vmfb else None
-    meta["stablehlo_sha256"] = exported.sha256
-    return meta, result.vmfb
+    exported = export_graph(job.graph)
+    with host_lock(exclusive=False):  # never beside a timed point of another sweep
+        result = compile_stablehlo(
+            exported.stablehlo,
+            job.device,
+            job.flags,
+            cache_dir=Path(cache_dir) / "vmfb",
+            timeout_s=timeout_s,
+            work_dir=Path(cache_dir) / "work",
+        )
+    return result.without_vmfb(), result.vmfb
 
 
 class BenchActorImpl:
@@ -176,18 +235,118 @@ class BenchActorImpl:
 
     def run(
         self, task: Any, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
-    ) -> dict[str, Any]:
-        return {
-            **self.worker.run(task, prefill_vmfb, decode_vmfb),
-            "node_id": self.node_id,
-            "num_uploads": self.worker.num_uploads,
-        }
+    ) -> Any:
+        with host_lock(exclusive=True):  # one measurement per host, whichever sweep runs it
+            measurement = self.worker.run(task, prefill_vmfb, decode_vmfb)
+        return dataclasses.replace(measurement, node_id=self.node_id)
 
 
 def remote_functions() -> tuple[Any, Any]:
-    """(compile task, benchmark actor class), made remote here so importing stays cheap."""
+    """(compile task, benchmark actor class), made remote here so importing stays cheap.
+
+    Compile tasks may be retried: that is what lets Ray rebuild a vmfb lost with its
+    node (lineage reconstruction); a compile failure is a result, not an exception.
+    """
     import ray
 
-    compile_task = ray.remote(num_cpus=1, num_returns=2, max_retries=0)(compile_graph_fn)
+    compile_task = ray.remote(num_cpus=1, num_returns=2, max_retries=2)(compile_graph_fn)
     actor = ray.remote(max_restarts=-1, max_task_retries=0)(BenchActorImpl)
     return compile_task, actor
+
+
+def actor_options(device: DeviceSpec, node: NodeInfo) -> dict[str, Any]:
+    """The `.options(...)` that place a benchmark actor for `device` on `node`."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    amount = device.ray_resource_amount
+    resources = (
+        {"num_gpus": amount} if device.needs_gpu else {"resources": {device.ray_resource: amount}}
+    )
+    return {
+        "num_cpus": 0,
+        "runtime_env": bench_runtime_env(),
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+        **resources,
+    }
+
+
+class RayBackend:
+    """The scheduler's `Backend` on a Ray cluster (see `sweep.scheduler.Backend`)."""
+
+    def __init__(self, source: Any, cache_dir: str, compile_timeout_s: float) -> None:
+        self.source, self.cache_dir, self.compile_timeout_s = source, cache_dir, compile_timeout_s
+        self.compile_task, self.actor_class = remote_functions()
+        self._vmfbs: dict[Any, Any] = {}  # a compile's metadata ref -> its vmfb ref
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def submit_compile(self, job: CompileJob, node: NodeInfo) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        on_node = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+        meta, vmfb = self.compile_task.options(scheduling_strategy=on_node).remote(
+            job, self.cache_dir, self.compile_timeout_s
+        )
+        self._vmfbs[meta] = vmfb
+        return meta
+
+    def start_actor(self, device: DeviceSpec, node: NodeInfo) -> Any:
+        options = actor_options(device, node)
+        return self.actor_class.options(**options).remote(device, self.source, self.cache_dir)
+
+    def ping(self, actor: Any) -> Any:
+        return actor.where.remote()
+
+    def submit_point(self, actor: Any, task: Any, compiles: Any) -> Any:
+        return actor.run.remote(task, *(self._vmfbs[c] for c in compiles))
+
+    def wait(self, handles: Any, timeout_s: float) -> list[Any]:
+        import ray
+
+        done, _ = ray.wait(list(handles), num_returns=1, timeout=timeout_s)
+        return done
+
+    def result(self, handle: Any) -> Any:
+        import ray
+        from ray import exceptions as rex
+
+        try:
+            return ray.get(handle)
+        except rex.ActorUnavailableError as e:
+            time.sleep(0.2)  # still restarting: ask again shortly
+            raise ActorStarting(str(e)) from None
+        except rex.ObjectLostError as e:  # includes reconstruction failures
+            raise GraphLost(str(e)) from None
+        except (rex.RayActorError, rex.WorkerCrashedError) as e:
+            raise ActorDied(str(e)) from None
+        except rex.OutOfMemoryError as e:
+            raise PointError("oom", "OutOfMemoryError", str(e)) from None
+        except rex.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            # A vmfb argument lost with its node: fetching it failed, or rebuilding it
+            # did (its compile was pinned to the node that is gone).
+            if isinstance(cause, rex.ObjectLostError | rex.TaskUnschedulableError):
+                raise GraphLost(str(e)) from None
+            status = "oom" if _looks_like_oom(str(e)) else "runtime_error"
+            raise PointError(status, type(cause).__name__ if cause else status, str(e)) from None
+        except rex.RayError as e:  # e.g. unschedulable: its node left the cluster
+            raise ActorGone(str(e)) from None
+
+    def kill(self, actor: Any, *, restart: bool) -> None:
+        import ray
+
+        ray.kill(actor, no_restart=not restart)
+
+    def node_alive(self, node_id: str) -> bool:
+        import ray
+
+        return any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def _looks_like_oom(message: str) -> bool:
+    text = message.lower()
+    return any(
+        s in text
+        for s in ("resource_exhausted", "out of memory", "memoryerror", "cannot allocate memory")
+    )

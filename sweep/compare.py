@@ -23,17 +23,16 @@ from typing import Any
 from sweep import analysis
 from sweep.report import (
     Column,
-    ReportError,
     Table,
     add_output_args,
     emit,
     fmt_num,
     key_column,
-    load_rows,
+    load_table,
     metric,
-    parse_args,
     render,
-    unknown_run_message,
+    rows_of_runs,
+    run_cli,
 )
 
 
@@ -49,11 +48,7 @@ def describe(point: dict[str, Any]) -> str:
 
 
 def compare_table(run_a: str, run_b: str, rows: list[dict[str, Any]]) -> Table:
-    """The compare table of two runs present in `rows`."""
-    runs = analysis.runs_newest_first(rows)
-    for run in (run_a, run_b):
-        if run not in runs:
-            raise ReportError(unknown_run_message(run, runs))
+    """The compare table of two runs whose rows `rows` holds."""
     result = analysis.compare_runs(
         [r for r in rows if r["run_id"] == run_a], [r for r in rows if r["run_id"] == run_b]
     )
@@ -101,20 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-    try:
-        table = compare_table(args.run_a, args.run_b, load_rows(args.results))
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def compare(args: argparse.Namespace) -> None:
+    rows = rows_of_runs(load_table(args.results, samples=True), [args.run_a, args.run_b])
+    table = compare_table(args.run_a, args.run_b, rows)
     emit(render(table, args.format), args.out)
     if args.format == "csv":
         for note in table.notes:
             print(note, file=sys.stderr)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), compare, argv)
 
 
 if __name__ == "__main__":

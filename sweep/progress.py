@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sweep.grid import point_label
+
 
 class ProgressDisplay:
     def __init__(self, out: Any) -> None:
@@ -85,7 +87,7 @@ class ProgressDisplay:
         timing = f" {row['decode_ms_p50']:.2f} ms/tok" if row.get("decode_ms_p50") else ""
         line = (
             f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "
-            f"{row['variant']}/{row['device']}/L{row['prompt_length']}/{row['flag_set']}{timing}"
+            f"{point_label(row)}{timing}"
         )
         if self._progress is not None:
             self._progress.console.print(line)

@@ -23,8 +23,8 @@ from sweep.report import (
     Table,
     add_output_args,
     emit,
-    parse_args,
     render,
+    run_cli,
 )
 from sweep.results import duckdb_connect
 
@@ -88,18 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
-    if isinstance(args, int):
-        return args
-    try:
-        names, rows = run_query(args.results, args.sql)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def query(args: argparse.Namespace) -> None:
+    names, rows = run_query(args.results, args.sql)
     if names:
         emit(render(query_table(names, rows), args.format), args.out)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), query, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ and ends with '.tmp', fsynced, then renamed into place with `os.replace`. A read
 that globs `*.parquet` therefore sees whole files or nothing, and a writer killed
 mid-write leaves only a temp file that every reader here ignores.
 
-Layout: `<results_dir>/run_id=<run_id>/part-<utc time>-<counter>-<uuid8>.parquet`.
+Layout: `<results_dir>/run_id=<run_id>/part-<utc time>-<counter>-<uuid8>.parquet`; when
+a run ends its parts are compacted into one file (`sweep.compaction`), since every file
+costs each query a footer read (about 35 KB of Parquet overhead per one-row file).
+Anything else under results_dir is not a result: a file there that is not readable
+Parquet is moved to `_unreadable/` with a warning, never fatal.
 The folder name looks like a Hive partition, but `run_id` is also stored in every
 file, so readers must *not* discover partitions (pyarrow and pandas default to Hive
 discovery and then fail with "Field run_id has incompatible types: string vs
@@ -27,20 +31,27 @@ import datetime as dt
 import itertools
 import os
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from workers.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
+
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 1
+SCHEMA_VERSION: int = 2
+# What each version added; a file of an older version reads back with nulls there.
+SCHEMA_HISTORY: dict[int, str] = {
+    1: "the first schema",
+    2: "bench_s, bytes_per_token, peak_gbps, roofline_frac, started_at, finished_at",
+}
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
 
@@ -110,6 +121,8 @@ def _build_schema() -> pa.Schema:
         ("iree_version", s),
         ("jax_version", s),
         ("ray_version", s),
+        ("started_at", pa.timestamp("us", tz="UTC")),  # the worker's wall-clock span of the point
+        ("finished_at", pa.timestamp("us", tz="UTC")),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("repro_command", s),
         ("attempt", i32),
@@ -122,42 +135,9 @@ def _build_schema() -> pa.Schema:
 SCHEMA: pa.Schema = _build_schema()
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
-# A killed writer leaves `.part-*.parquet.tmp`: hidden *and* not `*.parquet`, so both
-# pyarrow's default ignore_prefixes and DuckDB's `**/*.parquet` glob skip it.
-_TMP_PREFIX = "."
-_TMP_SUFFIX = ".tmp"
-
-
-def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
-    """Summary statistics of timed decode steps, named as the result columns.
-
-    The median is the headline (robust to a stray slow step); p10/p90/p99 show the
-    spread and the tail. Percentiles use numpy's default linear interpolation. The
-    standard deviation is the *sample* one (ddof=1) since the steps are a sample of
-    the decode-time distribution; it is 0 for a single sample. tok_s = 1000 / p50.
-    """
-    samples = np.asarray(samples_ms, dtype=np.float64)
-    if samples.ndim != 1 or samples.size == 0:
-        raise ValueError(
-            f"decode_stats needs a non-empty 1-D sequence of ms per step, got shape "
-            f"{samples.shape}; run at least one timed decode step (num_decode_steps >= 1)"
-        )
-    if not np.all(np.isfinite(samples)) or np.any(samples <= 0):
-        raise ValueError(
-            "decode_stats got a sample that is not a positive finite number of ms: "
-            f"{samples.tolist()[:10]}...; check the timer around the decode step"
-        )
-    p10, p50, p90, p99 = np.percentile(samples, [10, 50, 90, 99])
-    std = float(np.std(samples, ddof=1)) if samples.size > 1 else 0.0
-    return {
-        "decode_ms_p10": float(p10),
-        "decode_ms_p50": float(p50),
-        "decode_ms_p90": float(p90),
-        "decode_ms_p99": float(p99),
-        "decode_ms_mean": float(np.mean(samples)),
-        "decode_ms_std": std,
-        "tok_s": 1000.0 / float(p50),
-    }
+# A killed writer leaves `.part-*.parquet.*.tmp` (workers.files): hidden *and* not
+# `*.parquet`, so both pyarrow's default ignore_prefixes and DuckDB's `**/*.parquet`
+# glob skip it.
 
 
 def _check_run_id(run_id: str) -> None:
@@ -172,7 +152,7 @@ def _check_run_id(run_id: str) -> None:
 
 def _ensure_writable(directory: Path) -> None:
     """Create `directory` and prove it takes a file, so a bad path fails before any work."""
-    probe = directory / f"{_TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
+    probe = directory / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
@@ -182,20 +162,6 @@ def _ensure_writable(directory: Path) -> None:
             f"results directory {directory} is not writable ({type(e).__name__}: "
             f"{e.strerror or e}); choose another results_dir="
         ) from e
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename; best effort, since some filesystems refuse fsync on a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _to_table(rows: Sequence[dict[str, Any]], defaults: dict[str, Any]) -> pa.Table:
@@ -241,8 +207,8 @@ class ResultsWriter:
         _check_run_id(run_id)
         self.results_dir = Path(results_dir)
         self.run_id = run_id
-        self.run_dir = self.results_dir / f"run_id={run_id}"
-        _ensure_writable(self.run_dir)
+        self.run_dir = self.results_dir / f"run_id={run_id}"  # made by the first write
+        _ensure_writable(self.results_dir)
         self._counter = itertools.count()
 
     def write(self, rows: Sequence[dict[str, Any]]) -> Path:
@@ -264,58 +230,82 @@ class ResultsWriter:
         table = _to_table(rows, defaults)
         name = f"part-{now:%Y%m%dT%H%M%S%fZ}-{next(self._counter):06d}-{uuid.uuid4().hex[:8]}"
         final = self.run_dir / f"{name}.parquet"
-        tmp = self.run_dir / f"{_TMP_PREFIX}{name}.parquet{_TMP_SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.run_dir)
-        return final
+        return atomic_write(
+            final, lambda f: pq.write_table(table, f, compression="zstd"), fsync=True
+        )
+
+
+RESULT_GLOB = "run_id=*/*.parquet"  # what the writer makes; the only files readers read
 
 
 def _result_files(results_dir: Path) -> list[str]:
-    """Complete result files, sorted (run folder, then write time): skips temp/hidden files."""
+    """Complete result files, sorted (run folder, then write time).
+
+    Only `run_id=*/*.parquet`: temp files (`.*.tmp`), hidden folders (a compaction
+    in progress) and `_`-folders (run records, files set aside) are not results.
+    """
     root = Path(results_dir)
     if not root.is_dir():
         return []
-    files = []
-    for path in root.rglob("*.parquet"):
-        parts = path.relative_to(root).parts
-        if not any(p.startswith((".", "_")) for p in parts):
-            files.append(str(path))
-    return sorted(files)
+    return sorted(str(p) for p in root.glob(RESULT_GLOB) if not p.name.startswith("."))
 
 
-def _dataset(results_dir: Path) -> ds.Dataset | None:
-    """All result files as one dataset of SCHEMA (missing columns read as null).
+UNREADABLE_DIR = "_unreadable"  # where files under results_dir that are not result files go
+
+
+def dataset_of(files: list[str]) -> ds.Dataset:
+    """Result files as one dataset of SCHEMA (missing columns read as null).
 
     An explicit file list means no partition discovery, so the `run_id=` folders do
     not add a second, dictionary-typed `run_id` column.
     """
-    files = _result_files(results_dir)
-    if not files:
-        return None
     return ds.dataset(files, schema=SCHEMA, format="parquet")
+
+
+def set_aside_unreadable(results_dir: Path, files: Sequence[str]) -> list[str]:
+    """Moves the files that are not readable Parquet to `<results_dir>/_unreadable/`,
+    warning for each, and returns the readable ones. Nothing is deleted: a stray or
+    damaged file is kept where a person can look at it, and readers go on without it."""
+    root, readable = Path(results_dir), []
+    for name in files:
+        try:
+            pq.read_metadata(name)
+            readable.append(name)
+            continue
+        except (OSError, pa.ArrowException) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        target = root / UNREADABLE_DIR / Path(name).relative_to(root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(name, target)
+            where = f"moved to {target}"
+        except OSError:
+            where = "skipped (could not be moved)"
+        warnings.warn(f"{name} is not a readable result file ({reason}); {where}", stacklevel=3)
+    return readable
 
 
 def read_results(results_dir: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """Every complete row under results_dir as a table of SCHEMA (or of `columns`).
 
     Columns that an older file lacks are null; columns not in SCHEMA are dropped, so
-    callers always get the current schema. No files: an empty table of SCHEMA.
+    callers always get the current schema. No files: an empty table of SCHEMA. A
+    file that is not readable Parquet is set aside with a warning, never fatal.
     """
     names = list(COLUMNS if columns is None else columns)
     unknown = sorted(set(names) - set(COLUMNS))
     if unknown:
         raise ValueError(f"unknown result columns {unknown}; choose from sweep.results.COLUMNS")
-    dataset = _dataset(results_dir)
-    if dataset is None:
+    files = _result_files(results_dir)
+    if not files:
         return SCHEMA.empty_table().select(names)
-    return dataset.to_table(columns=names)
+    try:
+        return dataset_of(files).to_table(columns=names)
+    except (OSError, pa.ArrowException):
+        files = set_aside_unreadable(results_dir, files)
+        if not files:
+            return SCHEMA.empty_table().select(names)
+        return dataset_of(files).to_table(columns=names)
 
 
 def _newest_indices(table: pa.Table) -> pa.Array:
@@ -340,29 +330,22 @@ def _newest(results_dir: Path, columns: Sequence[str]) -> pa.Table:
     return table.take(_newest_indices(table))
 
 
-def latest_rows(
-    results_dir: Path, columns: Sequence[str] | None = None
-) -> dict[str, dict[str, Any]]:
-    """point_key -> its newest row (by created_at) across all runs, for resume and reports.
-
-    Pass `columns` to read only those, which keeps this fast on a large results_dir
-    (the full rows carry the raw samples and tokens).
-    """
-    wanted = list(COLUMNS if columns is None else columns)
-    newest = _newest(results_dir, wanted)
-    keys = newest["point_key"].to_pylist()
-    return dict(zip(keys, newest.select(wanted).to_pylist(), strict=True))
-
-
-def completed_point_keys(results_dir: Path, statuses: Iterable[str] = ("ok",)) -> set[str]:
+def completed_point_keys(
+    results_dir: Path, statuses: Iterable[str] = ("ok",), since: dt.datetime | None = None
+) -> set[str]:
     """Keys whose newest row has one of `statuses`: the points a resumed sweep skips.
 
     Only the newest row counts, so a point that once passed and then failed on a
-    rerun (e.g. after a flag change) is run again. Reads point_key, status, created_at.
+    rerun (e.g. after a flag change) is run again; with `since`, only rows written
+    after it count. Reads point_key, status, created_at.
     """
     wanted = [statuses] if isinstance(statuses, str) else list(statuses)
     newest = _newest(results_dir, ["status"])
     done = pc.is_in(newest["status"], value_set=pa.array(wanted, type=pa.string()))
+    if since is not None:
+        done = pc.and_(
+            done, pc.greater(newest["created_at"], pa.scalar(since, newest["created_at"].type))
+        )
     return set(newest["point_key"].filter(done).to_pylist())
 
 
@@ -394,7 +377,8 @@ def duckdb_connect(results_dir: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with a view `results` over every complete result file.
 
     `union_by_name=true` reads older files that miss columns (as NULL); every SCHEMA
-    column exists even if all files predate it. `hive_partitioning=false` because run_id
+    column exists even if all files predate it. A file that is not Parquet is set
+    aside (`set_aside_unreadable`) before the view is made. `hive_partitioning=false` because run_id
     is in the files. The view globs at query time, so files written after connecting
     show up (a results_dir that was empty at connect time needs a new connection).
     The footer cache is safe because result files are never rewritten.
@@ -406,11 +390,18 @@ def duckdb_connect(results_dir: Path) -> duckdb.DuckDBPyConnection:
     con.register("_results_schema", SCHEMA.empty_table())
     con.execute("CREATE TABLE _results_empty AS SELECT * FROM _results_schema")
     con.unregister("_results_schema")
-    if not _result_files(results_dir):
+    files = _result_files(results_dir)
+    if not files:
         con.execute("CREATE VIEW results AS SELECT * FROM _results_empty")
         return con
-    pattern = _sql_string(str(Path(results_dir).resolve() / "**" / "*.parquet"))
+    pattern = _sql_string(str(Path(results_dir).resolve() / RESULT_GLOB))
     files_sql = f"read_parquet({pattern}, union_by_name=true, hive_partitioning=false)"
-    select = _view_columns(con, files_sql)
+    try:
+        select = _view_columns(con, files_sql)
+    except duckdb.Error:  # a file that is not Parquet: set it aside and look again
+        if not set_aside_unreadable(results_dir, files):
+            con.execute("CREATE VIEW results AS SELECT * FROM _results_empty")
+            return con
+        select = _view_columns(con, files_sql)
     con.execute(f"CREATE VIEW results AS SELECT {select} FROM {files_sql}")
     return con

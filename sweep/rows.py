@@ -1,7 +1,9 @@
 """One result row per point: point fields, compile statistics, measurements and a verdict.
 
-Pure functions: the scheduler hands in what it learned, this module decides the
-status and the columns. Every point ends with exactly one status.
+Every column of a row is built here, from typed values: the `Point`, the run's
+context, the `CompileResult`s of its graphs and the worker's `Measurement`. The
+scheduler decides what happened; this module decides the status and the columns.
+Every point ends with exactly one status.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sweep.grid import Point
-from sweep.results import decode_stats
+from workers.compile import CompileResult
+from workers.export import GraphSpec
+from workers.measurement import Measurement
 
 STATUSES: tuple[str, ...] = (
     "ok",
@@ -29,50 +33,47 @@ FAILED: frozenset[str] = frozenset(STATUSES) - {"ok", "skipped"}
 DONE: tuple[str, ...] = ("ok", "wrong_output")  # measured: a resume does not redo these
 
 MESSAGE_TAIL = 2000
+# numpy dtype names -> the element types of iree-benchmark-module's --input=2x3xf32
+_MLIR_TYPES = {
+    "float32": "f32",
+    "bfloat16": "bf16",
+    "float16": "f16",
+    "uint32": "ui32",
+    "int32": "i32",
+}
+
+Row = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
+    """What every row of one run shares."""
+
     run_id: str
     grid: str
     versions: dict[str, str]  # iree_version, jax_version, ray_version
 
 
-def point_columns(point: Point, ctx: RunContext) -> dict[str, Any]:
+def point_columns(point: Point, ctx: RunContext) -> Row:
     return {
         "run_id": ctx.run_id,
         "point_key": point.key,
         "grid": ctx.grid,
         "model": point.model,
-        "variant": point.variant,
-        "group_size": point.group_size,
-        "device": point.device,
+        "variant": point.variant.name,
+        "group_size": point.variant.group_size,
+        "device": point.device.name,
+        "driver": point.device.driver,
         "runtime": point.runtime,
         "prompt_length": point.prompt_length,
         "prompt_bucket": point.prompt_bucket,
         "max_seq": point.max_seq,
         "flag_set": point.flag_set,
         "flags": list(point.flags),
-        "num_warmup_steps": point.warmup_steps,
-        "num_decode_steps": point.decode_steps,
+        "num_warmup_steps": point.steps.warmup_steps,
+        "num_decode_steps": point.steps.decode_steps,
         "created_at": datetime.now(UTC),
         **ctx.versions,
-    }
-
-
-def compile_columns(
-    prefill: dict[str, Any] | None, decode: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The decode graph's statistics are the headline: it is what runs per token."""
-    if not prefill or not decode:
-        return {}
-    return {
-        "compile_s": (prefill["compile_s"] or 0.0) + (decode["compile_s"] or 0.0),
-        "decode_compile_s": decode["compile_s"],
-        "prefill_compile_s": prefill["compile_s"],
-        "vmfb_bytes": decode["vmfb_bytes"],
-        "num_dispatches": decode["num_dispatches"],
-        "compile_cache_hit": bool(prefill["cache_hit"] and decode["cache_hit"]),
     }
 
 
@@ -84,36 +85,68 @@ def failure_row(
     *,
     error_class: str | None = None,
     returncode: int | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    repro: str | None = None,
+    attempt: int | None = None,
+) -> Row:
     assert status in STATUSES and status != "ok", status
     return {
         **point_columns(point, ctx),
-        **(extra or {}),
         "status": status,
         "error_class": error_class or status,
         "error_message": message[-MESSAGE_TAIL:],
         "returncode": returncode,
+        "repro_command": repro,
+        "attempt": attempt,
     }
 
 
-def min_tokens_matched(variant: str, num_tokens: int) -> int:
-    """fp32, int8 and int4 compute in fp32 and must match exactly; bf16 may drift after
-    the first token, since its rounding differs between XLA and IREE."""
-    return 1 if variant == "bf16" else num_tokens
+def compile_failure_row(point: Point, ctx: RunContext, failed: CompileResult) -> Row:
+    """The row of a point one of whose graphs did not compile."""
+    status = failed.error_class or "compile_error"
+    return failure_row(
+        point,
+        ctx,
+        status if status in STATUSES else "compile_error",
+        failed.error_message or "compile failed",
+        returncode=failed.returncode,
+        repro=failed.command or None,
+    )
+
+
+def compile_columns(prefill: CompileResult, decode: CompileResult) -> Row:
+    """The decode graph's statistics are the headline: it is what runs per token."""
+    return {
+        "compile_s": (prefill.compile_s or 0.0) + (decode.compile_s or 0.0),
+        "decode_compile_s": decode.compile_s,
+        "prefill_compile_s": prefill.compile_s,
+        "vmfb_bytes": decode.vmfb_bytes,
+        "num_dispatches": decode.num_dispatches,
+        "compile_cache_hit": prefill.cache_hit and decode.cache_hit,
+    }
 
 
 def measured_row(
     point: Point,
     ctx: RunContext,
-    compile_cols: dict[str, Any],
-    measured: dict[str, Any],
-    repro: str | None,
-) -> dict[str, Any]:
-    tokens = list(measured["tokens"])
-    matched = measured["num_tokens_matched"]
-    ok = matched >= min_tokens_matched(point.variant, len(tokens))
-    row = {
+    m: Measurement,
+    *,
+    attempt: int,
+    compiled: tuple[CompileResult, CompileResult] | None = None,
+    decode_graph: GraphSpec | None = None,
+) -> Row:
+    """The row of a measured point: ok, or wrong_output when its tokens drift too early.
+
+    `compiled` is the (prefill, decode) compile of an IREE point; None for XLA.
+    """
+    need = point.variant.min_tokens_matched(len(m.tokens))
+    ok = m.num_tokens_matched >= need
+    if compiled is not None:
+        assert decode_graph is not None
+        compile_cols = compile_columns(*compiled)
+        repro = repro_command(compiled[1], decode_graph, point.device.driver)
+    else:
+        compile_cols, repro = {"compile_s": m.xla_compile_s}, None
+    return {
         **point_columns(point, ctx),
         **compile_cols,
         "status": "ok" if ok else "wrong_output",
@@ -121,62 +154,51 @@ def measured_row(
         "error_message": None
         if ok
         else (
-            f"{matched} of {len(tokens)} tokens match the XLA reference "
-            f"(need {min_tokens_matched(point.variant, len(tokens))})"
+            f"{m.num_tokens_matched} of {len(m.tokens)} tokens match the XLA reference "
+            f"(need {need})"
         ),
-        "weight_bytes": measured["weight_bytes"],
-        "quant_error": measured["quant_error"],
-        "upload_s": measured["upload_s"],
-        "bench_s": measured["bench_s"],
-        "prefill_ms": measured["prefill_ms"],
-        "prefill_samples_ms": list(measured["prefill_samples_ms"]),
-        "decode_samples_ms": list(measured["decode_samples_ms"]),
-        **decode_stats(measured["decode_samples_ms"]),
-        "prompt_ids": list(measured["prompt_ids"]),
-        "tokens": tokens,
-        "reference_tokens": list(measured["reference_tokens"]),
-        "num_tokens_matched": matched,
-        **roofline(measured),
-        "node_id": measured.get("node_id"),
-        "hostname": measured.get("hostname"),
-        "device_name": measured.get("device_name"),
+        "weight_bytes": m.weight_bytes,
+        "quant_error": m.quant_error,
+        "upload_s": m.upload_s,
+        "bench_s": m.bench_s,
+        "prefill_ms": m.prefill_ms,
+        "prefill_samples_ms": list(m.prefill_samples_ms),
+        "decode_samples_ms": list(m.decode_samples_ms),
+        **m.decode_stats(),
+        "prompt_ids": list(m.prompt_ids),
+        "tokens": list(m.tokens),
+        "reference_tokens": list(m.reference_tokens),
+        "num_tokens_matched": m.num_tokens_matched,
+        "bytes_per_token": m.bytes_per_token,
+        "peak_gbps": m.peak_gbps,
+        "roofline_frac": m.roofline_frac(),
+        "node_id": m.node_id,
+        "started_at": datetime.fromtimestamp(m.started_at, UTC) if m.started_at else None,
+        "finished_at": datetime.fromtimestamp(m.finished_at, UTC) if m.finished_at else None,
+        "hostname": m.hostname,
+        "device_name": m.device_name,
         "repro_command": repro,
-    }
-    return row
-
-
-def roofline(measured: dict[str, Any]) -> dict[str, Any]:
-    """Floor time (bytes per token at the device's copy bandwidth) over measured time."""
-    bytes_per_token, peak_gbps = measured.get("bytes_per_token"), measured.get("peak_gbps")
-    if not bytes_per_token or not peak_gbps:
-        return {}
-    floor_ms = bytes_per_token / (peak_gbps * 1e9) * 1e3
-    p50 = decode_stats(measured["decode_samples_ms"])["decode_ms_p50"]
-    return {
-        "bytes_per_token": bytes_per_token,
-        "peak_gbps": peak_gbps,
-        "roofline_frac": floor_ms / p50,
+        "attempt": attempt,
     }
 
 
-def repro_command(
-    point: Point, decode_meta: dict[str, Any], driver: str, input_shapes: list[str]
-) -> str:
+def repro_command(decode: CompileResult, graph: GraphSpec, driver: str) -> str:
     """The iree-compile line as it ran, then iree-benchmark-module on its output.
 
     The benchmark inputs are zero splats of the right shapes: dense kernels take the
     same time on any values.
     """
-    compile_cmd = decode_meta.get("command") or ""
-    vmfb = _output_path(compile_cmd)
     bench = [
         "iree-benchmark-module",
-        f"--module={vmfb}",
+        f"--module={_output_path(decode.command)}",
         f"--device={driver}",
         "--function=main",
-        *(f"--input={shape}=0" for shape in input_shapes),
+        *(
+            f"--input={'x'.join([*map(str, a.shape), _MLIR_TYPES[a.dtype]])}=0"
+            for a in graph.args()
+        ),
     ]
-    return f"{compile_cmd} && {shlex.join(bench)}"
+    return f"{decode.command} && {shlex.join(bench)}"
 
 
 def _output_path(command: str) -> str:

@@ -14,17 +14,23 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sweep import analysis
+from sweep.claims import Claims
+from sweep.compaction import compact_run
 from sweep.config import ConfigError, SweepConfig
-from sweep.grid import Point, expand
+from sweep.grid import Point, expand, point_label
 from sweep.progress import ProgressDisplay
+from sweep.report import Column, Table, fmt_statuses, render_md
 from sweep.results import ResultsWriter, completed_point_keys
 from sweep.rows import DONE, FAILED, RunContext
 from workers.llama_config import LlamaConfig
-from workers.point import ModelSource
+
+CLAIM_POLL_S = 2.0
 
 
 @dataclasses.dataclass
@@ -41,18 +47,21 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def model_source(cfg: SweepConfig) -> tuple[ModelSource, LlamaConfig]:
-    """The model's source and config, checked now: a bad checkpoint fails before any work."""
-    m = cfg.model
-    source = ModelSource(name=m.name, preset=None if m.path else m.preset, path=m.path, seed=m.seed)
-    if m.path:
-        from workers.checkpoint import CheckpointError, check_checkpoint
+def checked_model(cfg: SweepConfig) -> LlamaConfig:
+    """The model's config, checked now: a bad checkpoint or variant fails before any work."""
+    source = cfg.model
+    try:
+        if source.path:
+            from workers.checkpoint import check_checkpoint
 
-        try:
-            check_checkpoint(m.path)
-        except CheckpointError as e:
-            raise ConfigError(f"model.path: {e}") from None
-    return source, source.config()
+            model_cfg = check_checkpoint(source.path)
+        else:
+            model_cfg = source.config()
+        for name in cfg.grid.variants:
+            cfg.variants[name].check_model(model_cfg)
+    except ValueError as e:  # CheckpointError included: it names the file
+        raise ConfigError(f"model: {e}") from None
+    return model_cfg
 
 
 def versions() -> dict[str, str]:
@@ -67,8 +76,8 @@ def versions() -> dict[str, str]:
 
 def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout) -> SweepOutcome:
     start = time.monotonic()
-    source, model_cfg = model_source(cfg)
-    points = expand(cfg, source.weights_id)
+    model_cfg = checked_model(cfg)
+    points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)))
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)
     done = set() if cfg.rerun else completed_point_keys(results_dir, statuses=DONE)
@@ -79,16 +88,24 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
         file=out,
     )
     if cfg.dry_run:
-        print_plan(todo, out)
+        print_plan(todo, model_cfg, out)
         return SweepOutcome(run_id, len(points), [], 0, time.monotonic() - start)
     try:
         writer = ResultsWriter(results_dir, run_id)
     except (OSError, ValueError) as e:
         raise ConfigError(f"results_dir={cfg.results_dir!r} cannot be written: {e}") from None
-    save_run(results_dir, run_id, resolved, points)
-    rows, counters = (
-        _run_on_ray(cfg, source, model_cfg, todo, writer, run_id, out) if todo else ([], None)
-    )
+    rows, counters = [], None
+    if todo:
+        from sweep.cluster import connect
+
+        disconnect = connect(cfg.ray.address, cfg.ray.num_cpus)  # a bad cluster: exit 2 now
+        try:
+            save_run(results_dir, run_id, resolved, points)
+            rows, counters = _run_on_ray(cfg, model_cfg, todo, writer, run_id, out)
+        finally:
+            disconnect()
+    if rows:
+        compact_run(results_dir, run_id)
     print_summary(rows, out)
     failed = [r for r in rows if r["status"] in FAILED]
     return SweepOutcome(
@@ -98,33 +115,47 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
 
 def _run_on_ray(
     cfg: SweepConfig,
-    source: ModelSource,
     model_cfg: LlamaConfig,
     todo: list[Point],
     writer: ResultsWriter,
     run_id: str,
     out: Any,
 ) -> tuple[list[dict[str, Any]], Any]:
-    import ray
-
-    from sweep.cluster import alive_nodes, connect
+    from sweep.cluster import RayBackend, alive_nodes
     from sweep.scheduler import Scheduler
 
-    started = connect(cfg.ray.address, cfg.ray.num_cpus)
+    results_dir = Path(cfg.results_dir)
+    # A point finished by another sweep is not measured again; with rerun=true, only
+    # one finished since this sweep began (it asked for new measurements).
+    since = datetime.now(UTC) if cfg.rerun else None
+    claims = Claims(results_dir, run_id, lambda: completed_point_keys(results_dir, DONE, since))
     rows: list[dict[str, Any]] = []
 
     def sink(new_rows: list[dict[str, Any]]) -> None:
         writer.write(new_rows)
         rows.extend(new_rows)
         for row in new_rows:
+            claims.release(row["point_key"])
             progress.log_row(row)
 
-    ctx = RunContext(run_id, cfg.grid.name, versions())
     progress = ProgressDisplay(out)
-    scheduler = Scheduler(cfg, source, model_cfg, alive_nodes(), ctx, sink, progress.update)
+    scheduler = Scheduler(
+        RayBackend(cfg.model, cfg.cache_dir, cfg.bench.compile_timeout_s),
+        alive_nodes(),
+        model_cfg,
+        RunContext(run_id, cfg.grid.name, versions()),
+        sink,
+        max_retries=cfg.bench.max_retries,
+        point_timeout_s=cfg.bench.point_timeout_s,
+        on_progress=progress.update,
+        admit=claims.admit,
+    )
     try:
         with progress:
-            scheduler.run(todo)
+            scheduler.run(todo, refill=claims.refill)
+            while claims.deferred:  # points another sweep is measuring: wait for them
+                time.sleep(CLAIM_POLL_S)
+                scheduler.run([], refill=claims.refill)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: {len(rows)} finished points are saved; rerun the same command "
@@ -133,9 +164,10 @@ def _run_on_ray(
         )
         raise
     finally:
+        claims.release_all()
         scheduler.shutdown()
-        if started:
-            ray.shutdown()
+    if claims.done_elsewhere:
+        print(f"{len(claims.done_elsewhere)} points were measured by another sweep", file=out)
     return rows, scheduler.counters
 
 
@@ -153,10 +185,8 @@ def save_run(results_dir: Path, run_id: str, resolved: dict[str, Any], points: l
     return run_dir
 
 
-def print_plan(points: list[Point], out: Any) -> None:
-    graphs = {
-        p.compile_key(kind) for p in points if p.runtime == "iree" for kind in ("prefill", "decode")
-    }
+def print_plan(points: list[Point], model_cfg: LlamaConfig, out: Any) -> None:
+    graphs = {g for p in points if p.compiled_by_iree for g in p.graphs(model_cfg)}
     print(f"plan: {len(points)} points, {len(graphs)} unique graphs to compile", file=out)
     for p in points[:50]:
         print(f"  {p.key}  {p.label}", file=out)
@@ -164,67 +194,37 @@ def print_plan(points: list[Point], out: Any) -> None:
         print(f"  ... and {len(points) - 50} more", file=out)
 
 
+def _cell(fmt: str, *keys: str) -> Callable[[dict[str, Any]], str]:
+    return lambda r: fmt.format(*(r[k] for k in keys))
+
+
+SUMMARY_COLUMNS = [
+    Column("variant", _cell("{}", "variant")),
+    Column("device", _cell("{}", "device")),
+    Column("runtime", _cell("{}", "runtime")),
+    Column("flags", _cell("{}", "flag_set")),
+    Column("prompt", _cell("{}", "prompt_length"), right=True),
+    Column("tok/s", _cell("{:.2f}", "tok_s"), right=True),
+    Column("ms/tok p50", _cell("{:.2f}", "decode_ms_p50"), right=True),
+    Column("p10-p90", _cell("{:.2f}-{:.2f}", "decode_ms_p10", "decode_ms_p90"), right=True),
+    Column("prefill ms", _cell("{:.2f}", "prefill_ms"), right=True),
+    Column("matched", lambda r: f"{r['num_tokens_matched']}/{len(r['tokens'])}", right=True),
+    Column("status", _cell("{}", "status")),
+]
+
+
 def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
-    """The seed's table: per variant, device, flag set and prompt length."""
+    """The seed's table (per variant, device, flag set and prompt), then every failure."""
     ok = sorted(
         (r for r in rows if r.get("decode_ms_p50") is not None),
         key=lambda r: (r["variant"], r["device"], r["runtime"], r["flag_set"], r["prompt_length"]),
     )
     if ok:
-        head = (
-            "variant",
-            "device",
-            "runtime",
-            "flags",
-            "prompt",
-            "tok/s",
-            "ms/tok p50",
-            "p10-p90",
-            "prefill ms",
-            "matched",
-            "status",
-        )
-        lines = [head]
-        for r in ok:
-            lines.append(
-                (
-                    r["variant"],
-                    r["device"],
-                    r["runtime"],
-                    r["flag_set"],
-                    str(r["prompt_length"]),
-                    f"{r['tok_s']:.2f}",
-                    f"{r['decode_ms_p50']:.2f}",
-                    f"{r['decode_ms_p10']:.2f}-{r['decode_ms_p90']:.2f}",
-                    f"{r['prefill_ms']:.2f}",
-                    f"{r['num_tokens_matched']}/{len(r['tokens'])}",
-                    r["status"],
-                )
-            )
-        _print_table(lines, out)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(
-        "status: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing run"),
-        file=out,
-    )
+        print(render_md(Table(ok, SUMMARY_COLUMNS, header={})), file=out)
+    counts = analysis.status_counts(rows)
+    print("status: " + (fmt_statuses(counts) or "nothing run"), file=out)
     for r in rows:
         if r["status"] in FAILED:
             message = (r.get("error_message") or "").strip().splitlines()
-            print(
-                f"  {r['status']}: {r['variant']}/{r['device']}/L{r['prompt_length']}/"
-                f"{r['flag_set']}: {message[-1] if message else ''}"[:240],
-                file=out,
-            )
-
-
-def _print_table(lines: list[tuple[str, ...]], out: Any) -> None:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for n, line in enumerate(lines):
-        print(
-            "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |",
-            file=out,
-        )
-        if n == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
+            line = f"  {r['status']}: {point_label(r)}: {message[-1] if message else ''}"
+            print(line[:240], file=out)

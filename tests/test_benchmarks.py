@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # iree-compile and IREE's own tools
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

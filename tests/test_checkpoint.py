@@ -1,4 +1,4 @@
-"""load_checkpoint against checkpoints written by transformers itself, and its error paths.
+"""The checkpoint loader against checkpoints written by transformers itself, and its error paths.
 
 The reference is a tiny random `LlamaForCausalLM` saved with `save_pretrained`: every
 loaded tensor must equal torch's own state_dict widened to float32, bit for bit.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,15 +24,13 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from tests.helpers import load_checkpoint, variant
 from workers.checkpoint import (
     INDEX_FILE,
     SINGLE_FILE,
     CheckpointError,
     lazy_checkpoint,
     lazy_synthetic_weights,
-    load_checkpoint,
-    synthetic_weights,
-    weights_fingerprint,
 )
 from workers.llama_config import PRESETS, LlamaConfig, RopeScaling, expected_shapes
 
@@ -124,9 +124,7 @@ def test_sharded_checkpoint_loads_identically(tmp_path: Path):
     assert not (tmp_path / "sharded" / SINGLE_FILE).exists()
     cfg, weights = load_checkpoint(tmp_path / "sharded")
     assert_matches_state_dict(cfg, weights, state_dict)
-    assert weights_fingerprint(weights) == weights_fingerprint(
-        load_checkpoint(tmp_path / "single")[1]
-    )
+    assert fingerprint(weights) == fingerprint(load_checkpoint(tmp_path / "single")[1])
 
 
 def test_default_rope_has_no_scaling(tmp_path: Path):
@@ -150,9 +148,9 @@ def test_legacy_rope_keys_parse(tmp_path: Path):
 def test_loads_without_torch(tmp_path: Path):
     save_tiny_llama(tmp_path)
     code = (
-        "import sys; from workers.checkpoint import load_checkpoint; "
-        f"load_checkpoint({str(tmp_path)!r}); "
-        "assert 'torch' not in sys.modules, 'load_checkpoint imported torch'"
+        "import sys; from workers.checkpoint import lazy_checkpoint; "
+        f"t = lazy_checkpoint({str(tmp_path)!r}); [t[n] for n in t]; "
+        "assert 'torch' not in sys.modules, 'the checkpoint loader imported torch'"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
@@ -308,11 +306,24 @@ def test_corrupt_header(tmp_path: Path):
 # --- synthetic weights ---
 
 
+def synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    tensors = lazy_synthetic_weights(cfg, seed)
+    return {name: tensors[name] for name in tensors}
+
+
+def fingerprint(weights: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name, array in weights.items():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def test_synthetic_weights_are_seeded():
     cfg = PRESETS["tiny"]
     first = synthetic_weights(cfg, seed=0)
-    assert weights_fingerprint(first) == weights_fingerprint(synthetic_weights(cfg, seed=0))
-    assert weights_fingerprint(first) != weights_fingerprint(synthetic_weights(cfg, seed=1))
+    assert fingerprint(first) == fingerprint(synthetic_weights(cfg, seed=0))
+    assert fingerprint(first) != fingerprint(synthetic_weights(cfg, seed=1))
     assert {name: a.shape for name, a in first.items()} == expected_shapes(cfg)
     assert list(first) == list(expected_shapes(cfg))
     for name, array in first.items():
@@ -334,22 +345,18 @@ def test_synthetic_tensor_depends_only_on_seed_and_name():
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     same_shape = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]
     same_shape += ["model.layers.1.mlp.gate_proj.weight"]
-    fingerprints = {weights_fingerprint({"w": a[name]}) for name in same_shape}
+    fingerprints = {fingerprint({"w": a[name]}) for name in same_shape}
     assert len(fingerprints) == len(same_shape), "each tensor needs its own generator stream"
 
 
-def test_lazy_tensors_are_the_loaded_bytes_and_build_the_same_variant(tmp_path: Path):
-    """The actor builds variants from tensors made one at a time; they must be the bytes
-    the eager loaders give, for the seeded weights and for a real checkpoint."""
+def test_consumed_tensors_build_the_same_variant(tmp_path: Path):
+    """The actor builds a variant from tensors made and dropped one at a time; it must be
+    the variant built from all of them at once, for seeded and for real weights."""
     from workers.quant import prepare_variant
 
     cfg = PRESETS["tiny"]
-    eager = synthetic_weights(cfg, seed=3)
-    lazy = lazy_synthetic_weights(cfg, seed=3)
-    assert list(lazy.keys()) == list(eager)
-    assert weights_fingerprint({n: lazy[n] for n in lazy}) == weights_fingerprint(eager)
-    made = prepare_variant(lazy_synthetic_weights(cfg, seed=3), cfg, "int4", consume=True)
-    expected = prepare_variant(eager, cfg, "int4")
+    made = prepare_variant(lazy_synthetic_weights(cfg, seed=3), cfg, variant("int4"), consume=True)
+    expected = prepare_variant(synthetic_weights(cfg, seed=3), cfg, variant("int4"))
     assert made.names == expected.names and made.quant_error == expected.quant_error
     for name, a, b in zip(made.names, made.arrays, expected.arrays, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
@@ -363,11 +370,30 @@ def test_lazy_tensors_are_the_loaded_bytes_and_build_the_same_variant(tmp_path: 
     assert len(from_disk) == 0, "pop hands a tensor over and forgets it"
 
 
-def test_fingerprint_sees_names_order_and_dtype():
-    weights = synthetic_weights(PRESETS["tiny"])
-    base = weights_fingerprint(weights)
-    reordered = dict(reversed(list(weights.items())))
-    renamed = {("x" + k if i == 0 else k): v for i, (k, v) in enumerate(weights.items())}
-    recast = {k: v.astype(np.float16) for k, v in weights.items()}
-    for variant in (reordered, renamed, recast):
-        assert weights_fingerprint(variant) != base
+# --- the identity of a checkpoint's weights ---
+
+
+def test_fingerprint_follows_the_content_and_is_remembered(tmp_path: Path, monkeypatch):
+    import workers.checkpoint as ckpt_module
+    from workers.checkpoint import fingerprint
+    from workers.point import ModelSource
+
+    model, cache = tmp_path / "model", tmp_path / "cache"
+    save_tiny_llama(model)
+    source = ModelSource("mine", path=str(model))
+    first = source.weights_id(cache)
+    assert first == source.weights_id(cache) and len(first) == 16
+
+    hashed = []
+    original = ckpt_module._file_sha256
+    monkeypatch.setattr(ckpt_module, "_file_sha256", lambda p: hashed.append(p.name) or original(p))
+    assert fingerprint(model, cache) == fingerprint(model, cache)
+    assert hashed == [], "unchanged files are not hashed again"
+
+    data = bytearray((model / SINGLE_FILE).read_bytes())
+    data[-2:] = bytes(255 - b for b in data[-2:])  # the last weight changes, the size does not
+    time.sleep(0.01)
+    (model / SINGLE_FILE).write_bytes(bytes(data))
+    assert source.weights_id(cache) != first, "new weights at the same path are new weights"
+    assert SINGLE_FILE in hashed
+    assert ModelSource("mine", path=str(model)).weights_id(None) == source.weights_id(cache)

@@ -7,6 +7,7 @@ them shows up here in seconds rather than in a sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -15,11 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import device
 from workers import compile as wc
-from workers.devices import BUILTIN_DEVICES, cpu_device
 
-CPU = BUILTIN_DEVICES["cpu"]
-CUDA = BUILTIN_DEVICES["cuda"]
+CPU = device("cpu")
+CUDA = device("cuda")
+# The CPU device compiled for a named CPU instead of "host": a portable vmfb.
+ZNVER3 = dataclasses.replace(
+    CPU, target_flags=(*CPU.target_flags[:-1], "--iree-llvmcpu-target-cpu=znver3")
+)
 SEQ, WIDTH = 8, 16
 
 
@@ -69,6 +74,7 @@ def _flow_dispatch_count(stablehlo: str, tmp_path: Path) -> int:
     return out.read_text().count("flow.dispatch ")
 
 
+@pytest.mark.slow  # iree-compile
 def test_cpu_compile_counts_dispatches(
     cpu_result: wc.CompileResult, stablehlo: str, tmp_path: Path
 ) -> None:
@@ -82,6 +88,7 @@ def test_cpu_compile_counts_dispatches(
     )
 
 
+@pytest.mark.slow  # iree-compile
 def test_cpu_vmfb_matches_jax(cpu_result: wc.CompileResult) -> None:
     import iree.runtime as ireert
     import jax
@@ -98,6 +105,7 @@ def test_cpu_vmfb_matches_jax(cpu_result: wc.CompileResult) -> None:
     assert int(got_token) == int(want_token)
 
 
+@pytest.mark.slow  # iree-compile
 def test_cuda_cross_compiles_without_gpu(stablehlo: str) -> None:
     result = wc.compile_stablehlo(stablehlo, CUDA)
     assert result.ok, result.error_message
@@ -105,6 +113,7 @@ def test_cuda_cross_compiles_without_gpu(stablehlo: str) -> None:
     assert "--iree-cuda-target" not in result.command, "cuda must use IREE's default PTX target"
 
 
+@pytest.mark.slow  # iree-compile
 def test_unknown_flag_is_a_structured_compile_error(stablehlo: str) -> None:
     result = wc.compile_stablehlo(stablehlo, CPU, ["--iree-no-such-flag"])
     assert not result.ok and result.vmfb is None
@@ -132,6 +141,7 @@ def _leftover_compilers(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # iree-compile
 def test_timeout_kills_the_compiler(stablehlo: str, tmp_path: Path) -> None:
     work_dir = tmp_path / "timeout_work"
     start = time.perf_counter()
@@ -144,6 +154,7 @@ def test_timeout_kills_the_compiler(stablehlo: str, tmp_path: Path) -> None:
     assert not list(work_dir.glob("*.vmfb")), "a killed compile must not leave a (partial) vmfb"
 
 
+@pytest.mark.slow  # iree-compile
 def test_cache_hit_skips_the_compiler(
     cpu_result: wc.CompileResult, stablehlo: str, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,15 +181,15 @@ def test_cache_key_covers_flags_device_and_host_cpu(monkeypatch: pytest.MonkeyPa
     base = wc.cache_key(digest, CPU, [])
     assert base == wc.cache_key(digest, CPU, ())
     assert base != wc.cache_key(digest, CPU, ["--iree-opt-level=O3"])
-    assert base != wc.cache_key(digest, cpu_device("znver3"), [])
+    assert base != wc.cache_key(digest, ZNVER3, [])
     assert base != wc.cache_key(digest, CUDA, [])
     assert base != wc.cache_key("1" * 64, CPU, [])
     cuda_key, named_cpu_key = (
         wc.cache_key(digest, CUDA, []),
-        wc.cache_key(digest, cpu_device("znver3"), []),
+        wc.cache_key(digest, ZNVER3, []),
     )
 
     monkeypatch.setattr(wc, "host_cpu_id", lambda: "another-cpu-model")
     assert wc.cache_key(digest, CPU, []) != base, "a host-CPU build must be keyed by the CPU"
     assert wc.cache_key(digest, CUDA, []) == cuda_key
-    assert wc.cache_key(digest, cpu_device("znver3"), []) == named_cpu_key
+    assert wc.cache_key(digest, ZNVER3, []) == named_cpu_key

@@ -6,9 +6,13 @@ import contextlib
 import io
 import json
 
+import pytest
+
 from sweep import report
 from sweep.config import load_config
 from sweep.run import run_sweep
+
+pytestmark = pytest.mark.slow  # a real Ray cluster and iree-compile
 
 # Three of the study's sets; the others are dropped to keep the test short.
 DROPPED = [

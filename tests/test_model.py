@@ -29,21 +29,23 @@ import torch
 import transformers
 
 import workers.reference
-from workers.bench import BenchmarkRunner, prompt_ids
-from workers.checkpoint import INDEX_FILE, SINGLE_FILE, load_checkpoint
+from tests.helpers import device, host_dequantized, load_checkpoint, variant
+from workers.checkpoint import INDEX_FILE, SINGLE_FILE
 from workers.compile import CompileResult, compile_stablehlo
-from workers.devices import BUILTIN_DEVICES
 from workers.export import GraphSpec, export_graph
+from workers.iree_runtime import IreeRunner
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs, prompt_bucket, rope_inv_freq
-from workers.quant import VariantWeights, host_dequantized, prepare_variant
+from workers.quant import VariantWeights, prepare_variant
 from workers.reference import num_matching, reference_tokens
+from workers.runtime import DecodeSteps, greedy_decode, prompt_ids
+
+pytestmark = pytest.mark.slow  # iree-compile and transformers
 
 MAX_SEQ = 32  # cache capacity: the 11-token prompt plus 16 generated tokens fit
 PROMPT_LENGTH = 11  # not a power of two, so prefill pads the prompt to its bucket
 NUM_TOKENS = 16  # the first from prefill, then 15 decode steps
 MIN_DISTINCT_TOKENS = 4  # fewer and a token comparison says little
-GROUP_SIZE = 64
 ATOL = RTOL = 1e-4  # fp32 logits, ours (XLA) against transformers (torch)
 LAYER_GAIN = 2.0  # std of the per-layer linears is LAYER_GAIN / sqrt(fan_in)
 
@@ -168,7 +170,7 @@ def checkpoints(
 def _xla_logits(cfg: LlamaConfig, vw: VariantWeights, tokens: np.ndarray) -> np.ndarray:
     import jax
 
-    graphs = LlamaGraphs.for_weights(cfg, vw, MAX_SEQ)
+    graphs = LlamaGraphs(cfg, vw.variant, MAX_SEQ)
     return np.asarray(jax.jit(graphs.logits_all)(vw.arrays, tokens))
 
 
@@ -177,8 +179,8 @@ class IreeCpu:
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
-        self.device = BUILTIN_DEVICES["cpu"]
-        self.runner = BenchmarkRunner(self.device.driver)
+        self.device = device("cpu")
+        self.runner = IreeRunner(self.device.driver)
         self._compiled: dict[GraphSpec, CompileResult] = {}
 
     def compile(self, spec: GraphSpec) -> CompileResult:
@@ -193,10 +195,10 @@ class IreeCpu:
             self._compiled[spec] = result
         return self._compiled[spec]
 
-    def graphs(self, cfg: LlamaConfig, variant: str, bucket: int) -> tuple[bytes, bytes]:
-        """(prefill vmfb for `bucket`, decode vmfb)."""
-        prefill = self.compile(GraphSpec(cfg, variant, GROUP_SIZE, MAX_SEQ, "prefill", bucket))
-        decode = self.compile(GraphSpec(cfg, variant, GROUP_SIZE, MAX_SEQ, "decode"))
+    def graphs(self, cfg: LlamaConfig, name: str, bucket: int) -> tuple[bytes, bytes]:
+        """(prefill vmfb for `bucket`, decode vmfb) of variant `name`."""
+        prefill = self.compile(GraphSpec(cfg, variant(name), MAX_SEQ, "prefill", bucket))
+        decode = self.compile(GraphSpec(cfg, variant(name), MAX_SEQ, "decode"))
         return prefill.vmfb, decode.vmfb
 
     def greedy(
@@ -208,12 +210,10 @@ class IreeCpu:
     ) -> tuple[int, ...]:
         """NUM_TOKENS greedy tokens; `weights_key` names the weights for residency."""
         bucket = prompt_bucket(len(prompt), MAX_SEQ)
-        prefill, decode = self.graphs(cfg, vw.variant, bucket)
+        prefill, decode = self.graphs(cfg, vw.variant.name, bucket)
         self.runner.ensure_weights(weights_key, lambda: vw)
-        steps = NUM_TOKENS - 1
-        result = self.runner.run_point(
-            prefill, decode, prompt, bucket, warmup_steps=0, decode_steps=steps, prefill_runs=1
-        )
+        steps = DecodeSteps(warmup_steps=0, decode_steps=NUM_TOKENS - 1)
+        result = greedy_decode(self.runner.session(prefill, decode), prompt, bucket, steps)
         assert len(result.tokens) == NUM_TOKENS
         return result.tokens
 
@@ -224,7 +224,7 @@ def iree_cpu(tmp_path_factory: pytest.TempPathFactory) -> IreeCpu:
 
 
 def _fp32(ckpt: Checkpoint) -> VariantWeights:
-    return prepare_variant(ckpt.weights, ckpt.cfg, "fp32")
+    return prepare_variant(ckpt.weights, ckpt.cfg, variant("fp32"))
 
 
 # --- 1. prefill logits against transformers ---------------------------------------------
@@ -291,21 +291,21 @@ def test_iree_cpu_greedy_tokens_match_transformers(
 # --- 3. in-graph dequant against host dequant -------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["int8", "int4"])
 def test_in_graph_dequant_matches_host_dequant(
-    checkpoints: dict[str, Checkpoint], iree_cpu: IreeCpu, prompt: np.ndarray, variant: str
+    checkpoints: dict[str, Checkpoint], iree_cpu: IreeCpu, prompt: np.ndarray, name: str
 ) -> None:
     ckpt = checkpoints[QUANT_CASE]
-    quantized = prepare_variant(ckpt.weights, ckpt.cfg, variant, GROUP_SIZE)
-    host = prepare_variant(host_dequantized(quantized), ckpt.cfg, "fp32")
+    quantized = prepare_variant(ckpt.weights, ckpt.cfg, variant(name))
+    host = prepare_variant(host_dequantized(quantized), ckpt.cfg, variant("fp32"))
 
     in_graph_logits = _xla_logits(ckpt.cfg, quantized, prompt)
     host_logits = _xla_logits(ckpt.cfg, host, prompt)
     max_diff = float(np.abs(in_graph_logits - host_logits).max())
-    assert max_diff < 1e-4, f"{variant}: in-graph dequant differs from host dequant by {max_diff:g}"
+    assert max_diff < 1e-4, f"{name}: in-graph dequant differs from host dequant by {max_diff:g}"
 
-    in_graph = iree_cpu.greedy(ckpt.cfg, quantized, prompt, f"{QUANT_CASE}/{variant}")
-    on_host = iree_cpu.greedy(ckpt.cfg, host, prompt, f"{QUANT_CASE}/{variant}-host")
+    in_graph = iree_cpu.greedy(ckpt.cfg, quantized, prompt, f"{QUANT_CASE}/{name}")
+    on_host = iree_cpu.greedy(ckpt.cfg, host, prompt, f"{QUANT_CASE}/{name}-host")
     assert in_graph == on_host
     assert len(set(in_graph)) >= MIN_DISTINCT_TOKENS
 
@@ -313,7 +313,7 @@ def test_in_graph_dequant_matches_host_dequant(
 def test_quant_error_is_ordered(checkpoints: dict[str, Checkpoint]) -> None:
     ckpt = checkpoints[QUANT_CASE]
     variants = ("fp32", "int8", "int4")
-    error = {v: prepare_variant(ckpt.weights, ckpt.cfg, v).quant_error for v in variants}
+    error = {v: prepare_variant(ckpt.weights, ckpt.cfg, variant(v)).quant_error for v in variants}
     assert error["fp32"] == 0.0 < error["int8"] < error["int4"] < 0.2, error
 
 
@@ -324,7 +324,7 @@ def test_bf16_first_tokens_match_xla(
     checkpoints: dict[str, Checkpoint], iree_cpu: IreeCpu, prompt: np.ndarray
 ) -> None:
     ckpt = checkpoints[QUANT_CASE]
-    vw = prepare_variant(ckpt.weights, ckpt.cfg, "bf16")
+    vw = prepare_variant(ckpt.weights, ckpt.cfg, variant("bf16"))
     assert 0.0 < vw.quant_error < 0.01
     tokens = iree_cpu.greedy(ckpt.cfg, vw, prompt, f"{QUANT_CASE}/bf16")
     bucket = prompt_bucket(len(prompt), MAX_SEQ)
@@ -342,22 +342,22 @@ def test_export_is_deterministic_and_decode_ignores_the_prompt(
     checkpoints: dict[str, Checkpoint],
 ) -> None:
     cfg = checkpoints[QUANT_CASE].cfg
-    spec = GraphSpec(cfg, "int4", GROUP_SIZE, MAX_SEQ, "prefill", 16)
+    spec = GraphSpec(cfg, variant("int4"), MAX_SEQ, "prefill", 16)
     first, second = export_graph(spec), export_graph(spec)
     assert first.stablehlo == second.stablehlo and first.sha256 == second.sha256
     assert "custom_call" not in first.stablehlo
 
     prefill_shas = {
-        export_graph(GraphSpec(cfg, "fp32", GROUP_SIZE, MAX_SEQ, "prefill", b)).sha256
+        export_graph(GraphSpec(cfg, variant("fp32"), MAX_SEQ, "prefill", b)).sha256
         for b in (16, 32)
     }
     assert len(prefill_shas) == 2, "prefill graphs of different buckets must differ"
     decode_shas = {
-        export_graph(GraphSpec(cfg, "fp32", GROUP_SIZE, MAX_SEQ, "decode", bucket)).sha256
+        export_graph(GraphSpec(cfg, variant("fp32"), MAX_SEQ, "decode", bucket)).sha256
         for bucket in (0, prompt_bucket(5, MAX_SEQ), prompt_bucket(20, MAX_SEQ))
     }
     assert len(decode_shas) == 1, "the decode graph must not depend on the prompt bucket"
-    other_capacity = export_graph(GraphSpec(cfg, "fp32", GROUP_SIZE, 2 * MAX_SEQ, "decode"))
+    other_capacity = export_graph(GraphSpec(cfg, variant("fp32"), 2 * MAX_SEQ, "decode"))
     assert other_capacity.sha256 not in decode_shas, "decode must depend on the cache capacity"
 
 
@@ -368,14 +368,14 @@ def test_weights_upload_once_for_many_points(
     checkpoints: dict[str, Checkpoint], iree_cpu: IreeCpu
 ) -> None:
     ckpt = checkpoints[QUANT_CASE]
-    runner = BenchmarkRunner(iree_cpu.device.driver)
+    runner = IreeRunner(iree_cpu.device.driver)
     num_builds = 0
 
-    def make_weights(variant: str) -> Callable[[], VariantWeights]:
+    def make_weights(name: str) -> Callable[[], VariantWeights]:
         def make() -> VariantWeights:
             nonlocal num_builds
             num_builds += 1
-            return prepare_variant(ckpt.weights, ckpt.cfg, variant)
+            return prepare_variant(ckpt.weights, ckpt.cfg, variant(name))
 
         return make
 
@@ -384,8 +384,9 @@ def test_weights_upload_once_for_many_points(
         bucket = prompt_bucket(length, MAX_SEQ)
         prefill, decode = iree_cpu.graphs(ckpt.cfg, "fp32", bucket)
         upload_s.append(runner.ensure_weights("fp32", make_weights("fp32")))
-        result = runner.run_point(
-            prefill, decode, prompt_ids(VOCAB, length), bucket, warmup_steps=1, decode_steps=2
+        steps = DecodeSteps(warmup_steps=1, decode_steps=2)
+        result = greedy_decode(
+            runner.session(prefill, decode), prompt_ids(VOCAB, length), bucket, steps
         )
         assert len(result.tokens) == 4
         if length == PROMPT_LENGTH:
@@ -395,7 +396,7 @@ def test_weights_upload_once_for_many_points(
 
     runner.ensure_weights("int8", make_weights("int8"))
     assert runner.num_uploads == 2 and num_builds == 2
-    assert runner.resident_weights == "int8"
+    assert runner.resident_key == "int8"
 
 
 def test_token_readback_through_the_staging_buffer(iree_cpu: IreeCpu) -> None:
@@ -403,13 +404,13 @@ def test_token_readback_through_the_staging_buffer(iree_cpu: IreeCpu) -> None:
     host buffer and one semaphore serve every read, and each read sees the new value."""
     import iree.runtime as rt
 
-    from workers.bench import _TokenReadback
+    from workers.iree_runtime import _TokenReadback
 
     runner = iree_cpu.runner
     staged = _TokenReadback(rt, runner.device, stage=True)
     mapped = _TokenReadback(rt, runner.device)
     values = [7, -3, 2**31 - 1, 0, 123456]
-    views = [runner._upload(np.array(v, np.int32)) for v in values]
+    views = [runner.upload(np.array(v, np.int32)) for v in values]
     assert [staged.read(v) for v in views] == values
     assert [mapped.read(v) for v in views] == values
     assert staged._value == len(values), "one semaphore step per read"

@@ -23,6 +23,8 @@ from sweep.results import read_results
 from sweep.run import run_sweep
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile, killed processes
+
 # Points long enough (about a second each) that a kill lands in the middle of one.
 LONG_POINTS = ["grid.max_seq=2048", "bench.decode_steps=1900", "grid.prompt_lengths=[8,32]"]
 
@@ -153,8 +155,11 @@ def test_removed_node_loses_no_point(ray_cluster, tmp_path, shared_cache):
     assert not thread.is_alive(), "the sweep must finish after losing a node"
     rows = box["outcome"].rows
     assert len(rows) == 8 and len({r["point_key"] for r in rows}) == 8
-    assert {r["status"] for r in rows} <= {"ok", "worker_lost"}
-    assert sum(r["status"] == "ok" for r in rows) >= 7, [r["error_message"] for r in rows]
+    failed = [
+        (r["status"], r["error_class"], r["error_message"]) for r in rows if r["status"] != "ok"
+    ]
+    assert {r["status"] for r in rows} <= {"ok", "worker_lost"}, failed
+    assert sum(r["status"] == "ok" for r in rows) >= 7, failed
 
 
 def test_truncated_checkpoint_fails_before_any_work(tmp_path, tiny_checkpoint):

@@ -18,7 +18,8 @@ import pytest
 
 from sweep import analysis, compare, query, report
 from sweep.plots import write_plots
-from sweep.results import COLUMNS, ResultsWriter, decode_stats
+from sweep.results import COLUMNS, ResultsWriter
+from workers.measurement import decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 BASE_MS = {

@@ -8,8 +8,10 @@ reader is exercised with the call the module documents.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +21,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sweep.analysis import newest_per_point
 from sweep.results import (
     COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     ResultsWriter,
     completed_point_keys,
-    decode_stats,
     duckdb_connect,
-    latest_rows,
     read_results,
 )
+from workers.measurement import decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+
+
+def latest_rows(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """point_key -> its newest row, as a resume and the reports see it."""
+    rows = newest_per_point(read_results(results_dir).to_pylist())
+    return {row["point_key"]: row for row in rows}
 
 
 def make_row(point_key: str, variant: str, samples_ms: list[float], **extra: Any) -> dict:
@@ -144,7 +152,7 @@ def test_unknown_column_is_rejected_and_nothing_written(tmp_path: Path) -> None:
     writer = ResultsWriter(tmp_path, "r")
     with pytest.raises(ValueError, match=r"unknown result columns \['decode_ms_median', 'oops'\]"):
         writer.write([make_row("p1", "fp32", [1.0], oops=1, decode_ms_median=2.0)])
-    assert list(writer.run_dir.iterdir()) == []
+    assert not writer.run_dir.exists(), "nothing written, not even the run folder"
 
 
 def test_bad_rows_name_the_column(tmp_path: Path) -> None:
@@ -160,7 +168,7 @@ def test_bad_rows_name_the_column(tmp_path: Path) -> None:
         writer.write([{**row, "run_id": "someone-else"}])
     with pytest.raises(ValueError, match="no rows"):
         writer.write([])
-    assert list(writer.run_dir.iterdir()) == []
+    assert not writer.run_dir.exists(), "nothing written, not even the run folder"
 
 
 def test_missing_keys_are_null(tmp_path: Path) -> None:
@@ -230,8 +238,6 @@ def test_latest_rows_picks_newest_across_runs(tmp_path: Path) -> None:
     assert completed_point_keys(tmp_path) == {"p1"}
     assert completed_point_keys(tmp_path, statuses=("ok", "error")) == {"p1", "p2"}
     assert completed_point_keys(tmp_path, statuses="error") == {"p2"}
-    narrow = latest_rows(tmp_path, columns=("point_key", "status"))
-    assert narrow["p1"] == {"point_key": "p1", "status": "ok"}
 
 
 def test_unwritable_results_dir_fails_at_construction(tmp_path: Path) -> None:
@@ -300,3 +306,105 @@ def test_import_does_not_pull_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- files that are not results, older schemas, compaction ------------------------------
+
+
+def test_a_stray_file_is_set_aside_with_a_warning_never_fatal(two_runs: Path, capsys) -> None:
+    from sweep import report
+
+    stray = two_runs / "run_id=x" / "part.parquet"
+    stray.parent.mkdir()
+    stray.write_text("a word, not Parquet")
+    with pytest.warns(UserWarning, match=r"run_id=x/part.parquet is not a readable result file"):
+        assert read_results(two_runs).num_rows == 5
+    assert not stray.exists() and (two_runs / "_unreadable" / "run_id=x" / "part.parquet").exists()
+    assert completed_point_keys(two_runs) == {"p1", "p2", "p3", "p4", "p5"}
+
+    stray.write_text("again")
+    with pytest.warns(UserWarning, match="not a readable result file"):
+        con = duckdb_connect(two_runs)
+    assert con.execute("SELECT count(*) FROM results").fetchone() == (5,)
+    stray.write_text("and again")
+    with pytest.warns(UserWarning):
+        assert report.main(["--results", str(two_runs), "--run", "all"]) == 0
+    assert "fp32" in capsys.readouterr().out
+
+
+def test_a_version_1_file_reads_with_nulls_in_the_new_columns(tmp_path: Path) -> None:
+    """A file as schema version 1 wrote it: no roofline, bench_s or timestamps."""
+    from sweep import report
+    from sweep.results import SCHEMA_HISTORY
+
+    added = {c.strip() for c in SCHEMA_HISTORY[2].split(",")}
+    v1_fields = [f for f in SCHEMA if f.name not in added]
+    v1 = pa.schema(v1_fields, metadata={"sweep.schema_version": "1"})
+    row = {**make_row("old", "int4", [5.0, 6.0]), "run_id": "v1", "schema_version": 1}
+    table = pa.Table.from_pylist([{k: row.get(k) for k in v1.names}], schema=v1)
+    (tmp_path / "run_id=v1").mkdir()
+    pq.write_table(table, tmp_path / "run_id=v1" / "part-v1.parquet")
+    ResultsWriter(tmp_path, "v2").write([make_row("new", "int4", [4.0], bench_s=1.5)])
+
+    rows = {r["point_key"]: r for r in read_results(tmp_path).to_pylist()}
+    assert rows["old"]["schema_version"] == 1 and rows["new"]["schema_version"] == SCHEMA_VERSION
+    assert rows["old"]["bench_s"] is None and rows["old"]["roofline_frac"] is None
+    assert rows["old"]["decode_ms_p50"] == 5.5 and rows["new"]["bench_s"] == 1.5
+    con = duckdb_connect(tmp_path)
+    got = con.execute("SELECT point_key, bench_s FROM results ORDER BY point_key").fetchall()
+    assert got == [("new", 1.5), ("old", None)]
+    assert report.main(["--results", str(tmp_path), "--run", "all"]) == 0
+
+
+def test_compaction_keeps_every_row_once_in_one_file(tmp_path: Path) -> None:
+    from sweep.compaction import compact_run
+
+    writer = ResultsWriter(tmp_path, "run")
+    for i in range(5):
+        writer.write([make_row(f"p{i}", "fp32", [float(i + 1)])])
+    ResultsWriter(tmp_path, "other").write([make_row("q", "fp32", [1.0])])
+    before = sorted(read_results(tmp_path)["point_key"].to_pylist())
+    compacted = compact_run(tmp_path, "run")
+    assert compacted is not None and [p.name for p in (tmp_path / "run_id=run").iterdir()] == [
+        compacted.name
+    ]
+    assert sorted(read_results(tmp_path)["point_key"].to_pylist()) == before
+    assert duckdb_connect(tmp_path).execute("SELECT count(*) FROM results").fetchone() == (6,)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no hidden folder left"
+    assert compact_run(tmp_path, "run") is None, "one file: nothing to do"
+    assert compact_run(tmp_path, "other") is None
+
+
+def test_a_crash_mid_compaction_leaves_a_readable_dataset(tmp_path: Path, monkeypatch) -> None:
+    from sweep import compaction
+
+    writer = ResultsWriter(tmp_path, "run")
+    for i in range(3):
+        writer.write([make_row(f"p{i}", "fp32", [1.0])])
+    monkeypatch.setattr(
+        compaction, "_exchange", lambda a, b: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        compaction.compact_run(tmp_path, "run")
+    hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".run_id=run.compact-")]
+    assert len(hidden) == 1 and list(hidden[0].glob("*.parquet")), "the compacted file, unseen"
+    assert read_results(tmp_path).num_rows == 3, "readers see the parts, once each"
+    assert duckdb_connect(tmp_path).execute("SELECT count(*) FROM results").fetchone() == (3,)
+    monkeypatch.undo()
+    old = time.time() - compaction.STALE_S - 1
+    os.utime(hidden[0], (old, old))
+    assert compaction.compact_run(tmp_path, "run") is not None
+    assert not hidden[0].exists(), "the next compaction removes what the crash left"
+    assert read_results(tmp_path).num_rows == 3
+
+
+def test_completed_keys_since_a_time(tmp_path: Path) -> None:
+    later = T0 + dt.timedelta(minutes=5)
+    ResultsWriter(tmp_path, "a").write(
+        [
+            make_row("old", "fp32", [1.0], created_at=T0),
+            make_row("new", "fp32", [1.0], created_at=later),
+        ]
+    )
+    assert completed_point_keys(tmp_path) == {"old", "new"}
+    assert completed_point_keys(tmp_path, since=T0 + dt.timedelta(minutes=1)) == {"new"}

@@ -9,25 +9,24 @@ held. Sizes are checked against the file before any data is read, so a truncated
 download fails with a message instead of a short read.
 
 Synthetic weights give the default sweep real-model shapes without a download; they
-are seeded per tensor, so the same seed yields the same bytes on every host, and
-`weights_fingerprint` turns them into a cache key.
+are seeded per tensor, so the same seed yields the same bytes on every host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
-import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
+from workers.files import atomic_write
 from workers.llama_config import LlamaConfig, expected_shapes
 
 SINGLE_FILE = "model.safetensors"
@@ -68,19 +67,6 @@ class _TensorSpan:
     shape: tuple[int, ...]
 
 
-def load_checkpoint(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
-    """Loads a Hugging Face Llama checkpoint directory WITHOUT torch.
-
-    The directory needs `config.json` and either `model.safetensors` or the shards named
-    by `model.safetensors.index.json`. Returns the config and float32, C-contiguous
-    arrays in exactly the order of `expected_shapes(cfg)`; tensors the config does not
-    need (a tied `lm_head.weight`, rotary buffers) are ignored. Every tensor is
-    validated before any data is read, so a bad checkpoint fails before the slow part.
-    """
-    cfg, spans = _validated_spans(Path(path))
-    return cfg, {name: _read_tensor(span, name) for name, span in spans.items()}
-
-
 class LazyTensors:
     """Named tensors, each made only when asked for: `pop` makes one and forgets it.
 
@@ -112,14 +98,31 @@ class LazyTensors:
 
 
 def lazy_checkpoint(path: str | Path) -> LazyTensors:
-    """`load_checkpoint`'s tensors, validated now and read one at a time when asked for."""
+    """A Hugging Face Llama checkpoint directory's tensors, read WITHOUT torch.
+
+    The directory needs `config.json` and either `model.safetensors` or the shards named
+    by `model.safetensors.index.json`. Every tensor is validated now, before any data is
+    read, so a bad checkpoint fails before the slow part; each is then read and widened
+    to a float32, C-contiguous array when asked for. Tensors the config does not need
+    (a tied `lm_head.weight`, rotary buffers) are ignored.
+    """
     _, spans = _validated_spans(Path(path))
     makers = {name: functools.partial(_read_tensor, span, name) for name, span in spans.items()}
     return LazyTensors(makers)
 
 
 def lazy_synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> LazyTensors:
-    """`synthetic_weights`, each tensor made when asked for (the same bytes)."""
+    """Seeded random float32 weights of the config's shapes, each made when asked for.
+
+    Each tensor has its own PCG64 generator seeded from (seed, crc32 of its name), so a
+    tensor's bytes do not depend on the other tensors, on generation order or on the
+    host (Python's hash() is salted per process, hence crc32). Matrices are
+    normal(0, 1/sqrt(fan_in)): with Llama's own init (std 0.02) a random model's
+    residual stream is the token embedding and greedy decode repeats one token, which
+    would make token comparisons nearly vacuous; at unit gain every layer moves the
+    output and the tokens vary. Norm weights are 1 + normal(0, 0.02), so a bug that
+    ignores them still changes the output.
+    """
     if seed < 0:
         raise ValueError(f"synthetic weights: seed must be >= 0, got {seed}")
     shapes = expected_shapes(cfg)
@@ -129,7 +132,7 @@ def lazy_synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> LazyTensors:
 
 
 def check_checkpoint(path: str | Path) -> LlamaConfig:
-    """Everything `load_checkpoint` checks, without reading tensor data: cheap enough for
+    """Everything `lazy_checkpoint` checks, without reading tensor data: cheap enough for
     the driver to run before any work starts."""
     return _validated_spans(Path(path))[0]
 
@@ -149,23 +152,10 @@ def _validated_spans(root: Path) -> tuple[LlamaConfig, dict[str, _TensorSpan]]:
 
 
 def _read_config(config_path: Path) -> LlamaConfig:
-    """Parses config.json, accepting both the transformers 4 and 5 RoPE key layouts."""
     try:
-        raw = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{config_path}: not found; a checkpoint directory needs a {CONFIG_FILE}"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(raw).__name__}")
-    try:
-        return LlamaConfig.from_hf_dict(raw, source=str(config_path))
+        return LlamaConfig.from_json_file(config_path)
     except ValueError as e:  # already names the file
         raise CheckpointError(str(e)) from None
-    except (TypeError, AttributeError) as e:  # e.g. "vocab_size": null
-        raise CheckpointError(f"{config_path}: malformed Llama config ({e})") from None
 
 
 def _tensor_files(root: Path, names: list[str]) -> dict[str, Path]:
@@ -282,37 +272,6 @@ def _num_elements(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded deterministic random weights of the config's shapes, as float32.
-
-    Each tensor has its own PCG64 generator seeded from (seed, crc32 of its name), so a
-    tensor's bytes do not depend on the other tensors, on generation order or on the
-    host (Python's hash() is salted per process, hence crc32). Matrices are
-    normal(0, 1/sqrt(fan_in)): with Llama's own init (std 0.02) a random model's
-    residual stream is the token embedding and greedy decode repeats one token, which
-    would make token comparisons nearly vacuous; at unit gain every layer moves the
-    output and the tokens vary. Norm weights are 1 + normal(0, 0.02), so a bug that
-    ignores them still changes the output. numpy
-    only guarantees the normal stream within a numpy version; `weights_fingerprint`
-    catches a change there. Tensors are generated on a thread pool (numpy releases
-    the GIL while filling), biggest first, since the 1B preset is ~5 GB of float32.
-    """
-    if seed < 0:
-        raise ValueError(f"synthetic weights: seed must be >= 0, got {seed}")
-    shapes = expected_shapes(cfg)
-    biggest_first = sorted(shapes, key=lambda name: -_num_elements(shapes[name]))
-    num_workers = min(len(shapes), os.cpu_count() or 1, 8)
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        arrays = dict(
-            zip(
-                biggest_first,
-                pool.map(lambda name: _synthetic_tensor(name, shapes[name], seed), biggest_first),
-                strict=True,
-            )
-        )
-    return {name: arrays[name] for name in shapes}
-
-
 def _synthetic_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     """One tensor from its own generator, generated as float32 and scaled in place."""
     rng = np.random.Generator(np.random.PCG64([seed, zlib.crc32(name.encode())]))
@@ -325,18 +284,53 @@ def _synthetic_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarra
     return out
 
 
-def weights_fingerprint(weights: dict[str, np.ndarray]) -> str:
-    """sha256 hex over each tensor's name, shape, dtype and bytes, in key order.
+def fingerprint(path: str | Path, cache_dir: Path | None = None) -> str:
+    """sha256 over a checkpoint's config.json and tensor files: the identity of its weights.
 
-    Used as a cache key for compiled artifacts, so anything that changes the numbers
-    a graph sees (a renamed, reshaped, recast or reordered tensor) changes the key.
-    Each tensor's metadata is length-prefixed so no two layouts hash the same bytes.
+    Hashing a 5 GB checkpoint takes seconds, so each file's digest is remembered in
+    `cache_dir/fingerprints.json` under its path, size and modification time: a file
+    replaced at the same path (new size or mtime) is hashed again, an unchanged one
+    costs nothing the second time.
     """
+    root = Path(path).resolve()
+    cfg = _read_config(root / CONFIG_FILE)
+    tensor_files = _tensor_files(root, list(expected_shapes(cfg))).values()
+    index = [INDEX_FILE] if (root / INDEX_FILE).is_file() else []
+    names = [CONFIG_FILE, *index, *sorted({file.name for file in tensor_files})]
+    memo_path = Path(cache_dir) / "fingerprints.json" if cache_dir else None
+    memo = _read_memo(memo_path)
     digest = hashlib.sha256()
-    for name, value in weights.items():
-        array = np.ascontiguousarray(value)
-        meta = json.dumps([name, list(array.shape), str(array.dtype)]).encode()
-        digest.update(len(meta).to_bytes(8, "little"))
-        digest.update(meta)
-        digest.update(array.reshape(-1).view(np.uint8))
+    for name in names:
+        file = root / name
+        stat = file.stat()
+        entry = memo.get(str(file))
+        if not entry or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+            entry = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": _file_sha256(file),
+            }
+            memo[str(file)] = entry
+        digest.update(f"{name}\0{entry['sha256']}\n".encode())
+    if memo_path is not None:
+        with contextlib.suppress(OSError):
+            atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _read_memo(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        memo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
     return digest.hexdigest()

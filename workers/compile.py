@@ -30,6 +30,7 @@ and leaves the vmfb byte-identical.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -49,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.devices import DeviceSpec
+from workers.files import atomic_write
+from workers.locks import key_lock
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +72,47 @@ _FLOW_DISPATCH_RE = re.compile(r"\bflow\.dispatch @")
 
 @dataclass(frozen=True)
 class CompileResult:
-    """The outcome of one compile; failures are data, not exceptions, so a sweep goes on."""
+    """The outcome of one compile; failures are data, not exceptions, so a sweep goes on.
+
+    It crosses from a compile task to the driver as itself, without its vmfb (which
+    travels separately, straight to the benchmark actors): see `without_vmfb`.
+    """
 
     ok: bool
-    key: str  # cache key (hex sha256)
+    key: str  # cache key (hex sha256); "" when the compile never ran
     vmfb: bytes | None = field(repr=False)
-    compile_s: float  # wall seconds of the real compile (a cache hit reports the original's)
+    compile_s: float | None  # wall seconds of the real compile (a cache hit reports the original's)
     num_dispatches: int | None  # flow.dispatch ops after the flow phase
     cache_hit: bool
     command: str  # shlex-joined iree-compile command line, with input and output paths
     error_class: str | None  # None, "compile_error" or "compile_timeout"
     error_message: str | None  # tail of the compiler's output
     returncode: int | None  # None when killed on timeout
+    vmfb_bytes: int | None = None
+    stablehlo_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.vmfb is not None and self.vmfb_bytes is None:
+            object.__setattr__(self, "vmfb_bytes", len(self.vmfb))
+
+    def without_vmfb(self) -> CompileResult:
+        return dataclasses.replace(self, vmfb=None)
+
+    @classmethod
+    def failed(cls, error_class: str, message: str, *, command: str = "") -> CompileResult:
+        """A compile that produced nothing, e.g. because the task running it died."""
+        return cls(
+            ok=False,
+            key="",
+            vmfb=None,
+            compile_s=None,
+            num_dispatches=None,
+            cache_hit=False,
+            command=command,
+            error_class=error_class,
+            error_message=message[-ERROR_TAIL_CHARS:],
+            returncode=None,
+        )
 
 
 @functools.cache
@@ -183,18 +215,36 @@ def compile_stablehlo(
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     flags = tuple(flags)
-    key = cache_key(hashlib.sha256(stablehlo.encode()).hexdigest(), device, flags)
-    if cache_dir is not None and (hit := _load_cached(Path(cache_dir), key)) is not None:
-        return hit
-    if work_dir is not None:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-        result = _compile_in(Path(work_dir), stablehlo, device, flags, key, timeout_s)
-    else:
+    sha = hashlib.sha256(stablehlo.encode()).hexdigest()
+    key = cache_key(sha, device, flags)
+    if cache_dir is None:
+        result = _compile(stablehlo, device, flags, key, timeout_s, work_dir)
+        return dataclasses.replace(result, stablehlo_sha256=sha)
+    cache_dir = Path(cache_dir)
+    # One compile of a key at a time, across processes (two sweeps sharing the cache):
+    # the second finds the first's vmfb, and neither reads a file the other is writing.
+    with key_lock(_cache_paths(cache_dir, key)[0].with_suffix(".lock")):
+        result = _load_cached(cache_dir, key)
+        if result is None:
+            result = _compile(stablehlo, device, flags, key, timeout_s, work_dir)
+            if result.ok:
+                _store_cached(cache_dir, result)
+    return dataclasses.replace(result, stablehlo_sha256=sha)
+
+
+def _compile(
+    stablehlo: str,
+    device: DeviceSpec,
+    flags: tuple[str, ...],
+    key: str,
+    timeout_s: float,
+    work_dir: Path | None,
+) -> CompileResult:
+    if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="sweep-compile-") as tmp:
-            result = _compile_in(Path(tmp), stablehlo, device, flags, key, timeout_s)
-    if cache_dir is not None and result.ok:
-        _store_cached(Path(cache_dir), result)
-    return result
+            return _compile_in(Path(tmp), stablehlo, device, flags, key, timeout_s)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    return _compile_in(Path(work_dir), stablehlo, device, flags, key, timeout_s)
 
 
 def _compile_in(
@@ -247,14 +297,9 @@ def _compile_in(
 def _failure(
     common: dict[str, object], error_class: str, message: str, returncode: int | None
 ) -> CompileResult:
-    return CompileResult(
-        ok=False,
-        vmfb=None,
-        num_dispatches=None,
-        error_class=error_class,
-        error_message=message[-ERROR_TAIL_CHARS:],
-        returncode=returncode,
-        **common,
+    failed = CompileResult.failed(error_class, message, command=str(common["command"]))
+    return dataclasses.replace(
+        failed, key=common["key"], compile_s=common["compile_s"], returncode=returncode
     )
 
 
@@ -344,21 +389,7 @@ def _store_cached(cache_dir: Path, result: CompileResult) -> None:
         "vmfb_sha256": hashlib.sha256(result.vmfb).hexdigest(),
     }
     try:
-        vmfb_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(vmfb_path, result.vmfb)
-        _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+        atomic_write(vmfb_path, result.vmfb)
+        atomic_write(meta_path, json.dumps(meta, indent=1).encode())
     except OSError as exc:
         logger.warning("could not cache compile %s in %s: %s", result.key, cache_dir, exc)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

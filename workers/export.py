@@ -5,8 +5,7 @@ so a compile task never builds the weights. Two facts shape this module:
 `jax.export` drops unused arguments unless the function is jitted with
 `keep_unused=True`, and exporting for `platforms=["cpu"]` keeps CUDA-specific
 `custom_call`s out of the module, which IREE could not compile. The text is a pure
-function of (config, variant, group size, cache capacity, bucket) and is hashed as
-the compile cache key.
+function of the `GraphSpec` and is hashed into the compile cache key.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import dataclasses
 import hashlib
 
 from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs
-from workers.quant import variant_arg_specs
+from workers.model import LlamaGraphs, cache_shape
+from workers.variant import ArgSpec, Variant
 
 GRAPH_KINDS: tuple[str, ...] = ("prefill", "decode")
 
@@ -26,8 +25,7 @@ class GraphSpec:
     """What determines one exported graph; `bucket` is the prefill prompt bucket, 0 for decode."""
 
     cfg: LlamaConfig
-    variant: str
-    group_size: int
+    variant: Variant
     max_seq: int
     kind: str
     bucket: int = 0
@@ -41,7 +39,29 @@ class GraphSpec:
     @property
     def label(self) -> str:
         suffix = f"_b{self.bucket}" if self.kind == "prefill" else ""
-        return f"{self.variant}_{self.kind}{suffix}_s{self.max_seq}"
+        return f"{self.variant.name}_{self.kind}{suffix}_s{self.max_seq}"
+
+    def args(self) -> tuple[ArgSpec, ...]:
+        """Every argument of the graph in order: the weights, then the dynamic inputs.
+
+        prefill(weights..., tokens[bucket], real_len)
+        decode(weights..., token, pos, kcache, vcache)
+        """
+        weights = self.variant.arg_specs(self.cfg)
+        if self.kind == "prefill":
+            return (
+                *weights,
+                ArgSpec("tokens", (self.bucket,), "int32"),
+                ArgSpec("real_len", (), "int32"),
+            )
+        cache = cache_shape(self.cfg, self.max_seq)
+        return (
+            *weights,
+            ArgSpec("token", (), "int32"),
+            ArgSpec("pos", (), "int32"),
+            ArgSpec("kcache", cache, self.variant.dtype),
+            ArgSpec("vcache", cache, self.variant.dtype),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +75,11 @@ def export_graph(spec: GraphSpec) -> ExportedGraph:
     import jax
     import jax.numpy as jnp
 
-    specs = variant_arg_specs(spec.cfg, spec.variant, spec.group_size)
-    graphs = LlamaGraphs(spec.cfg, tuple(name for name, _, _ in specs), spec.variant, spec.max_seq)
-    weights = tuple(jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for _, shape, dtype in specs)
-    i32 = jax.ShapeDtypeStruct((), jnp.int32)
-    if spec.kind == "prefill":
-        args = (weights, jax.ShapeDtypeStruct((spec.bucket,), jnp.int32), i32)
-        fn = _named(graphs.prefill, "prefill")
-    else:
-        cache = jax.ShapeDtypeStruct(graphs.cache_shape, graphs.dtype)
-        args = (weights, i32, i32, cache, cache)
-        fn = _named(graphs.decode, "decode")
+    graphs = LlamaGraphs(spec.cfg, spec.variant, spec.max_seq)
+    structs = [jax.ShapeDtypeStruct(a.shape, jnp.dtype(a.dtype)) for a in spec.args()]
+    num_weights = len(graphs.names)
+    args = (tuple(structs[:num_weights]), *structs[num_weights:])
+    fn = _named(graphs.prefill if spec.kind == "prefill" else graphs.decode, spec.kind)
     exported = jax.export.export(jax.jit(fn, keep_unused=True), platforms=["cpu"])(*args)
     text = _strip_locations(exported.mlir_module())
     if "custom_call" in text:

@@ -27,6 +27,11 @@ LINEARS: tuple[str, ...] = (
 NORMS: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
 
 
+def is_linear(name: str) -> bool:
+    """True for a per-layer linear's checkpoint tensor (q, k, v, o, gate, up or down)."""
+    return any(name.endswith(f"{linear}.weight") for linear in LINEARS)
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """Llama 3 frequency-dependent RoPE scaling (`rope_type: llama3`)."""
@@ -108,6 +113,7 @@ class LlamaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> LlamaConfig:
+        """The one reader of a checkpoint's config.json; every error names the file."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
@@ -115,23 +121,17 @@ class LlamaConfig:
             raise ValueError(
                 f"{path}: not found; a checkpoint directory needs a config.json"
             ) from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_hf_dict(raw, source=str(path))
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        try:
+            return cls.from_hf_dict(raw, source=str(path))
+        except (TypeError, AttributeError) as e:  # e.g. "vocab_size": null
+            raise ValueError(f"{path}: malformed Llama config ({e})") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> LlamaConfig:
-        raw = dict(raw)
-        if raw.get("rope_scaling") is not None:
-            raw["rope_scaling"] = RopeScaling(**raw["rope_scaling"])
-        return cls(**raw)
-
-    @property
-    def num_params(self) -> int:
-        return sum(_prod(s) for s in expected_shapes(self).values())
 
 
 def _legacy_rope_keys(raw: dict[str, Any]) -> dict[str, Any]:
@@ -169,13 +169,6 @@ def _rope_scaling(raw: dict[str, Any], source: str) -> RopeScaling | None:
         high_freq_factor=float(scaling["high_freq_factor"]),
         original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
     )
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from workers.llama_config import LlamaConfig
-from workers.quant import QUANT_BITS, VariantWeights, dequant_jnp
+from workers.quant import dequant_jnp
+from workers.variant import Variant
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
 
@@ -63,33 +64,30 @@ def prompt_bucket(prompt_length: int, max_seq: int, min_bucket: int = 16) -> int
     return min(bucket, max_seq)
 
 
+def cache_shape(cfg: LlamaConfig, max_seq: int) -> tuple[int, int, int, int]:
+    """One KV cache (K or V): [layers, max_seq, kv_heads, head_dim]."""
+    return (cfg.num_hidden_layers, max_seq, cfg.num_key_value_heads, cfg.head_dim)
+
+
 class LlamaGraphs:
     """Builds the prefill and decode functions for one (config, variant, cache capacity)."""
 
-    def __init__(
-        self, cfg: LlamaConfig, variant_names: tuple[str, ...], variant: str, max_seq: int
-    ) -> None:
+    def __init__(self, cfg: LlamaConfig, variant: Variant, max_seq: int) -> None:
         self.cfg = cfg
-        self.names = variant_names
         self.variant = variant
+        self.names = tuple(spec.name for spec in variant.arg_specs(cfg))
         self.max_seq = max_seq
-        self.bits = QUANT_BITS.get(variant)
         self.inv_freq = rope_inv_freq(cfg)
-
-    @classmethod
-    def for_weights(cls, cfg: LlamaConfig, vw: VariantWeights, max_seq: int) -> LlamaGraphs:
-        return cls(cfg, vw.names, vw.variant, max_seq)
 
     @property
     def dtype(self) -> Any:
         import jax.numpy as jnp
 
-        return jnp.bfloat16 if self.variant == "bf16" else jnp.float32
+        return jnp.dtype(self.variant.dtype)
 
     @property
     def cache_shape(self) -> tuple[int, int, int, int]:
-        c = self.cfg
-        return (c.num_hidden_layers, self.max_seq, c.num_key_value_heads, c.head_dim)
+        return cache_shape(self.cfg, self.max_seq)
 
     # --- the two graphs ---------------------------------------------------------------
 
@@ -217,11 +215,15 @@ class LlamaGraphs:
         from jax import lax
 
         key = f"{name}.weight"
-        if self.bits is None:
+        bits = self.variant.bits
+        if bits is None:
             weight = w[key]
         else:
             weight = dequant_jnp(
-                w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.bits
+                w[f"{key}.qweight"],
+                w[f"{key}.scale"].astype("float32"),
+                w[f"{key}.minimum"].astype("float32"),
+                bits,
             )
         return lax.dot_general(x, weight.astype(x.dtype), (((1,), (0,)), ((), ())))
 

@@ -4,7 +4,7 @@
 variant's weights itself (from the checkpoint or the seed), so gigabytes of weights
 never travel through Ray; it keeps them resident on its device across the points of
 that variant, computes the XLA reference outside the timed path, and returns one
-flat dict of measurements per point.
+`Measurement` per point.
 """
 
 from __future__ import annotations
@@ -12,69 +12,97 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from workers.devices import DeviceSpec
 from workers.llama_config import LlamaConfig, preset
+from workers.measurement import Measurement
+from workers.model import cache_shape
 from workers.quant import VariantWeights, prepare_variant
+from workers.runtime import DecodeRun, DecodeSteps, greedy_decode, prompt_ids
+from workers.variant import Variant, numpy_dtype
+
+RUNTIMES: tuple[str, ...] = ("iree", "xla")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """Where a model's weights come from: a Hugging Face checkpoint directory or a seed."""
+    """Where a model's weights come from: a Hugging Face checkpoint directory or a seed.
+
+    Also the `model` section of the sweep's config (`conf/model/*.yaml`).
+    """
 
     name: str
     preset: str | None = None
     path: str | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.path is None and self.preset is None:
+            raise ValueError(
+                "set model.preset (a name in workers/llama_config.py) or model.path=DIR"
+            )
+
     def config(self) -> LlamaConfig:
         if self.path:
             return LlamaConfig.from_json_file(Path(self.path) / "config.json")
-        assert self.preset is not None, "ModelSource needs a preset or a path"
+        assert self.preset is not None
         return preset(self.preset)
 
-    @property
-    def weights_id(self) -> str:
-        """The identity of the weights: same id, same numbers, on every host."""
+    def weights_id(self, cache_dir: Path | None = None) -> str:
+        """The identity of the weights: same id, same numbers, on every host.
+
+        Seeded weights are named by preset, seed and config; a checkpoint by the content
+        of its files (`workers.checkpoint.fingerprint`, remembered in `cache_dir` by
+        size and mtime), so weights re-saved at the same path are new weights.
+        """
         if self.path:
-            ident = {"path": str(Path(self.path).resolve()), "config": self.config().to_dict()}
+            from workers.checkpoint import fingerprint
+
+            ident = {
+                "content": fingerprint(self.path, cache_dir),
+                "config": self.config().to_dict(),
+            }
         else:
             ident = {"preset": self.preset, "seed": self.seed, "config": self.config().to_dict()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
-    def variant(self, variant: str, group_size: int) -> VariantWeights:
+    def variant(self, variant: Variant) -> VariantWeights:
         """The variant's graph weights, made from one checkpoint tensor at a time."""
         from workers.checkpoint import lazy_checkpoint, lazy_synthetic_weights
 
         cfg = self.config()
         source = lazy_checkpoint(self.path) if self.path else lazy_synthetic_weights(cfg, self.seed)
-        return prepare_variant(source, cfg, variant, group_size, consume=True)
+        return prepare_variant(source, cfg, variant, consume=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchTask:
     """What a worker needs to measure one point, besides the two vmfbs (IREE only)."""
 
-    variant: str
-    group_size: int
+    variant: Variant
+    runtime: str  # "iree", or "xla": the same graphs through XLA on the same device
+    weights_id: str  # ModelSource.weights_id: names the weights in caches and residency
     prompt_length: int
     prompt_bucket: int
     max_seq: int
-    warmup_steps: int
-    decode_steps: int
-    prefill_runs: int
-    runtime: str = "iree"  # or "xla": the same graphs through jax.jit on the same device
+    steps: DecodeSteps
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime {self.runtime!r}; allowed: {list(RUNTIMES)}")
 
 
 class PointWorker:
     """One device, two runtimes (IREE, and XLA as the baseline), one resident weight set."""
 
     def __init__(self, device: DeviceSpec, source: ModelSource, cache_dir: str | None) -> None:
-        from workers.bench import BenchmarkRunner
+        from workers.iree_runtime import IreeRunner
 
         if device.needs_gpu:
             # JAX (the reference, the XLA baseline) shares this process and the GPU with
@@ -84,87 +112,90 @@ class PointWorker:
         self.source = source
         self.cfg = source.config()
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.runner = BenchmarkRunner(device.driver)
+        self.iree = IreeRunner(device.driver)
         self._xla: Any = None  # an XlaRunner, made on the first XLA point
 
     @property
     def num_uploads(self) -> int:
-        return self.runner.num_uploads + (self._xla.num_uploads if self._xla else 0)
+        return self.iree.num_uploads + (self._xla.num_uploads if self._xla else 0)
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, str]:
         return {"hostname": socket.gethostname(), "device_name": device_name(self.device)}
 
     def run(
         self, task: BenchTask, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
-    ) -> dict[str, Any]:
-        from workers.bench import prompt_ids
+    ) -> Measurement:
         from workers.reference import num_matching, reference_tokens
 
+        started_at = time.time()
         upload_s, vw = self._ensure_weights(task)
         prompt = prompt_ids(self.cfg.vocab_size, task.prompt_length)
-        num_tokens = 1 + task.warmup_steps + task.decode_steps
         reference = reference_tokens(
             self.cfg,
             vw,
             prompt,
             task.prompt_bucket,
             task.max_seq,
-            num_tokens,
-            weights_id=self.source.weights_id,
+            task.steps.num_tokens,
+            weights_id=task.weights_id,
             cache_dir=self.cache_dir,
         )
-        steps = {
-            "warmup_steps": task.warmup_steps,
-            "decode_steps": task.decode_steps,
-            "prefill_runs": task.prefill_runs,
-            "upload_s": upload_s,
-        }
-        compile_s = None
-        if task.runtime == "xla":
-            result, compile_s = self._xla.run_point(
-                self.cfg, vw, prompt, task.prompt_bucket, task.max_seq, **steps
-            )
-        else:
-            assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs vmfbs"
-            result = self.runner.run_point(
-                prefill_vmfb, decode_vmfb, prompt, task.prompt_bucket, **steps
-            )
+        run, xla_compile_s = self._decode(task, prompt, prefill_vmfb, decode_vmfb)
         bytes_per_token = vw.nbytes + self._cache_bytes(task)
-        return {
-            **dataclasses.asdict(result),
-            "xla_compile_s": compile_s,
-            "quant_error": vw.quant_error,
-            "reference_tokens": reference,
-            "num_tokens_matched": num_matching(result.tokens, reference),
-            "bytes_per_token": bytes_per_token,
-            "peak_gbps": self.device.peak_gbps or self.runner.copy_gbps(bytes_per_token),
+        return Measurement(
+            prefill_samples_ms=run.prefill_samples_ms,
+            decode_samples_ms=run.decode_samples_ms,
+            prompt_ids=tuple(int(t) for t in prompt),
+            tokens=run.tokens,
+            reference_tokens=reference,
+            num_tokens_matched=num_matching(run.tokens, reference),
+            bench_s=run.bench_s,
+            upload_s=upload_s,
+            weight_bytes=vw.nbytes,
+            quant_error=vw.quant_error,
+            bytes_per_token=bytes_per_token,
+            peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(bytes_per_token),
+            xla_compile_s=xla_compile_s,
+            num_uploads=self.num_uploads,
+            started_at=started_at,
+            finished_at=time.time(),
             **self.info(),
-        }
+        )
+
+    def _decode(
+        self, task: BenchTask, prompt: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
+    ) -> tuple[DecodeRun, float | None]:
+        """The timed loop on the task's runtime; XLA also reports its compile seconds."""
+        if task.runtime == "xla":
+            session = self._xla.session(self.cfg, task.variant, task.prompt_bucket, task.max_seq)
+            return greedy_decode(session, prompt, task.prompt_bucket, task.steps), session.compile_s
+        assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
+        session = self.iree.session(prefill_vmfb, decode_vmfb)
+        return greedy_decode(session, prompt, task.prompt_bucket, task.steps), None
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:
         """Makes the task's variant resident in its runtime, freeing the other runtime's."""
-        key = f"{self.source.weights_id}/{task.variant}/{task.group_size}"
-        make = lambda: self.source.variant(task.variant, task.group_size)  # noqa: E731
+        key = f"{task.weights_id}/{task.variant.fingerprint}"
+        make = lambda: self.source.variant(task.variant)  # noqa: E731
         if task.runtime == "xla":
-            from workers.xla_bench import XlaRunner
+            from workers.xla_runtime import XlaRunner
 
-            self.runner.release()
+            self.iree.release()
             self._xla = self._xla or XlaRunner(self.device.driver)
             upload_s = self._xla.ensure_weights(key, make)
             vw = self._xla.resident_variant
         else:
             if self._xla is not None:
                 self._xla.release()
-            upload_s = self.runner.ensure_weights(key, make)
-            vw = self.runner.resident_variant
+            upload_s = self.iree.ensure_weights(key, make)
+            vw = self.iree.resident_variant
         assert vw is not None
         return upload_s, vw
 
     def _cache_bytes(self, task: BenchTask) -> int:
         """K and V caches: the graph attends over (so reads) the whole capacity each step."""
-        c = self.cfg
-        elem = 2 if task.variant == "bf16" else 4
-        return 2 * c.num_hidden_layers * task.max_seq * c.num_key_value_heads * c.head_dim * elem
+        num_elements = math.prod(cache_shape(self.cfg, task.max_seq))
+        return 2 * num_elements * numpy_dtype(task.variant.dtype).itemsize
 
 
 def device_name(device: DeviceSpec) -> str:

@@ -2,23 +2,25 @@
 
 A point's greedy tokens are compared with these. The reference is a pure function of
 (weights, variant, prompt, bucket, cache capacity, number of tokens), so it is
-computed once per key, cached on disk, and never runs inside a timed region. The
-XLA arrays are dropped when it returns, so the host does not keep a second copy of
-the weights.
+computed once per key, cached on disk, and never runs inside a timed region. It runs
+through the same loop as the measurements (`workers.runtime.greedy_decode`) and
+takes the resident weights as they are: on the CPU the XLA arrays alias them, so the
+host does not keep a second copy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from workers.files import atomic_write
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs
 from workers.quant import VariantWeights
+from workers.runtime import DecodeSteps, greedy_decode
 
 
 def reference_key(
@@ -33,8 +35,7 @@ def reference_key(
 
     parts = [
         weights_id,
-        vw.variant,
-        str(vw.group_size),
+        vw.variant.fingerprint,
         hashlib.sha256(prompt.tobytes()).hexdigest(),
         str(bucket),
         str(max_seq),
@@ -62,10 +63,7 @@ def reference_tokens(
         return tuple(json.loads(path.read_text())["tokens"])
     tokens = _run_xla(cfg, vw, prompt, bucket, max_seq, num_tokens)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"tokens": list(tokens)}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"tokens": list(tokens)}).encode())
     return tokens
 
 
@@ -78,23 +76,15 @@ def _run_xla(
     num_tokens: int,
 ) -> tuple[int, ...]:
     import jax
-    import jax.numpy as jnp
+
+    from workers.xla_runtime import XlaSession
 
     cpu = jax.devices("cpu")[0]
-    graphs = LlamaGraphs.for_weights(cfg, vw, max_seq)
-    # may_alias: aligned host arrays (the resident CPU weights) are used in place, so the
-    # reference costs no second copy of the weights.
+    # may_alias: aligned host arrays (the resident CPU weights) are used in place.
     weights = tuple(jax.device_put(a, cpu, may_alias=True) for a in vw.arrays)
-    prefill, decode = jax.jit(graphs.prefill), jax.jit(graphs.decode, donate_argnums=(3, 4))
-    padded = np.zeros(bucket, np.int32)
-    padded[: len(prompt)] = prompt
-    length = len(prompt)
-    token, kcache, vcache = prefill(weights, jnp.asarray(padded), jnp.int32(length))
-    tokens = [int(token)]
-    for i in range(num_tokens - 1):
-        token, kcache, vcache = decode(weights, token, jnp.int32(length + i), kcache, vcache)
-        tokens.append(int(token))
-    return tuple(tokens)
+    session = XlaSession(cpu, weights, LlamaGraphs(cfg, vw.variant, max_seq), bucket)
+    steps = DecodeSteps(warmup_steps=0, decode_steps=num_tokens - 1, prefill_runs=1)
+    return greedy_decode(session, prompt, bucket, steps).tokens
 
 
 def num_matching(tokens: tuple[int, ...], reference: tuple[int, ...]) -> int:

@@ -1,19 +1,13 @@
-"""The benchmark runner: resident weights, prefill, then warmup and timed decode steps.
+"""The IREE back end: resident weights, loaded modules, and a `Session` for the decode loop.
 
-It reproduces the phase 2b harness. A variant's weights are uploaded to the device
-once and kept for any number of points; the KV cache stays on the device between
-steps (each step's output caches are the next step's inputs); the argmax runs in
-the graph, so a step reads back one int32. Each timed step brackets the call and
-that 4-byte readback, which is the synchronisation point.
-
-The timed path is kept lean: the loop invokes the VM function directly, bypassing
-`iree.runtime`'s generic argument packing. Before the clock starts, each step's
-argument list already holds the resident weights (pushing 151-374 of them from
-Python costs 50-120 us, 1-2.5% of a 5 ms GPU step, which IREE's own tool never
-pays), and the step's position buffer is made; the timed part adds the token, the
-position and the two caches, invokes, frees the buffers of the call before (as a
-real decode loop does), and reads the token back. The orchestrator
-wraps this plain class as a Ray actor.
+A variant's weights are uploaded to the device once and kept for any number of
+points (on the CPU drivers the numpy memory itself becomes the device buffer, so a
+1B model is held once). The timed path is kept lean: a call invokes the VM function
+directly, bypassing `iree.runtime`'s generic argument packing, and its argument list
+already holds the resident weights when the clock starts (pushing 151-374 of them
+from Python costs 50-120 us, which IREE's own tool never pays). The token readback
+is one mapped int32 on the CPU, one copy into a staging buffer made once on a GPU.
+The loop itself is `workers.runtime.greedy_decode`.
 """
 
 from __future__ import annotations
@@ -29,26 +23,7 @@ import numpy as np
 
 from workers.quant import ALIGNMENT, VariantWeights, aligned_empty
 
-PROMPT_SEED = 1234
 _INT32 = np.dtype(np.int32)
-
-
-def prompt_ids(vocab_size: int, length: int, seed: int = PROMPT_SEED) -> np.ndarray:
-    """L token ids from a seeded generator: every host builds the same prompt."""
-    rng = np.random.Generator(np.random.PCG64([seed, length]))
-    return rng.integers(0, vocab_size, size=length, dtype=np.int64).astype(np.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchResult:
-    prefill_ms: float  # median of the prefill runs (time to first token)
-    prefill_samples_ms: tuple[float, ...]
-    decode_samples_ms: tuple[float, ...]  # timed steps only
-    prompt_ids: tuple[int, ...]
-    tokens: tuple[int, ...]  # the first from prefill, then one per decode step (warmup included)
-    upload_s: float  # seconds spent uploading this point's weights; 0 when already resident
-    weight_bytes: int
-    bench_s: float  # wall seconds of the measurement: prefill runs, warmup and timed steps
 
 
 class _LoadedModule:
@@ -78,7 +53,7 @@ class _LoadedModule:
         return [ret_list.get_as_object(i, rt.HalBufferView) for i in range(num_results)]
 
 
-class BenchmarkRunner:
+class IreeRunner:
     """Holds one device, the weights resident on it, and the modules loaded on it."""
 
     def __init__(self, driver: str) -> None:
@@ -101,8 +76,12 @@ class BenchmarkRunner:
     # --- residency -----------------------------------------------------------------------
 
     @property
-    def resident_weights(self) -> str | None:
+    def resident_key(self) -> str | None:
         return self._weights_key
+
+    @property
+    def weight_views(self) -> list[Any]:
+        return self._weight_views
 
     @property
     def shares_host_memory(self) -> bool:
@@ -151,6 +130,13 @@ class BenchmarkRunner:
         self.num_uploads += 1
         return upload_s
 
+    def upload(self, array: np.ndarray) -> Any:
+        """A device copy of a small input (a prompt, a position)."""
+        return self._upload(array)
+
+    def read_token(self, view: Any) -> int:
+        return self._token.read(view)
+
     def _upload(self, array: np.ndarray, share_host_memory: bool = False) -> Any:
         """A device buffer view of `array`; on a CPU driver with `share_host_memory`, no copy.
 
@@ -187,65 +173,12 @@ class BenchmarkRunner:
             self._modules[key] = _LoadedModule(self._rt, self.instance, self.device, vmfb)
         return self._modules[key]
 
-    # --- one point ------------------------------------------------------------------------
+    # --- a session: one graph pair on the resident weights ------------------------------
 
-    def run_point(
-        self,
-        prefill_vmfb: bytes,
-        decode_vmfb: bytes,
-        prompt: np.ndarray,
-        bucket: int,
-        *,
-        warmup_steps: int,
-        decode_steps: int,
-        prefill_runs: int = 3,
-        upload_s: float = 0.0,
-    ) -> BenchResult:
+    def session(self, prefill_vmfb: bytes, decode_vmfb: bytes) -> IreeSession:
         if self._weights_key is None:
-            raise RuntimeError("run_point before ensure_weights: no weights are resident")
-        prefill, decode = self.module(prefill_vmfb), self.module(decode_vmfb)
-        length = int(prompt.shape[0])
-        padded = np.zeros(bucket, np.int32)
-        padded[:length] = prompt
-        tokens_view = self._upload(padded)
-        real_len = self._upload(np.array(length, np.int32))
-
-        bench_start = time.perf_counter()
-        prefill_ms: list[float] = []
-        # `held` keeps the last call's argument list alive until the next timed call has
-        # run; replacing it there frees that call's inputs (the caches of two steps back)
-        # inside the timed region, as a real decode loop frees them and as IREE's tool
-        # frees each call's outputs. On CUDA a free costs about 1 ms (on an H200).
-        held: list[Any] = []
-        for _ in range(max(1, prefill_runs)):
-            args = prefill.arguments(self._weight_views, 2)
-            start = time.perf_counter_ns()
-            token, kcache, vcache = prefill(args, [tokens_view, real_len], 3)
-            held[:] = [args]
-            first = self._token.read(token)
-            prefill_ms.append((time.perf_counter_ns() - start) / 1e6)
-
-        num_steps = warmup_steps + decode_steps
-        positions = [self._upload(np.array(length + i, np.int32)) for i in range(num_steps)]
-        generated, samples = [first], []
-        for i, pos in enumerate(positions):
-            args = decode.arguments(self._weight_views, 4)
-            start = time.perf_counter_ns()
-            token, kcache, vcache = decode(args, [token, pos, kcache, vcache], 3)
-            held[:] = [args]
-            generated.append(self._token.read(token))
-            if i >= warmup_steps:
-                samples.append((time.perf_counter_ns() - start) / 1e6)
-        return BenchResult(
-            prefill_ms=float(np.median(prefill_ms)),
-            prefill_samples_ms=tuple(prefill_ms),
-            decode_samples_ms=tuple(samples),
-            prompt_ids=tuple(int(t) for t in prompt),
-            tokens=tuple(generated),
-            upload_s=upload_s,
-            weight_bytes=self.weight_bytes,
-            bench_s=time.perf_counter() - bench_start,
-        )
+            raise RuntimeError("a session before ensure_weights: no weights are resident")
+        return IreeSession(self, self.module(prefill_vmfb), self.module(decode_vmfb))
 
     def copy_gbps(self, nbytes: int, repeats: int = 5) -> float:
         """The device's copy bandwidth (read plus write, GB/s) on a working set like `nbytes`.
@@ -284,6 +217,48 @@ class BenchmarkRunner:
             rt.HalFence.create_at(sem, 1).wait()
             best = min(best, time.perf_counter() - start)
         return 2 * size / best / 1e9
+
+
+class IreeSession:
+    """The IREE back end of `workers.runtime.greedy_decode`."""
+
+    def __init__(self, runner: IreeRunner, prefill: _LoadedModule, decode: _LoadedModule) -> None:
+        self._runner, self._prefill, self._decode = runner, prefill, decode
+        # The last call's argument list stays alive until the next call has run: that
+        # frees its inputs (the caches of two steps back) inside the timed region, as a
+        # real decode loop frees them and as IREE's tool frees each call's outputs. On
+        # CUDA a free costs about a millisecond.
+        self._held: Any = None
+
+    def prompt_inputs(self, padded: np.ndarray, length: int) -> tuple[Any, ...]:
+        upload = self._runner.upload
+        return upload(padded), upload(np.array(length, np.int32))
+
+    def position(self, pos: int) -> Any:
+        return self._runner.upload(np.array(pos, np.int32))
+
+    def prefill_call(self) -> Callable[..., tuple[Any, Any]]:
+        prefill, args = self._prefill, self._prefill.arguments(self._runner.weight_views, 2)
+
+        def call(tokens: Any, real_len: Any) -> tuple[Any, Any]:
+            token, kcache, vcache = prefill(args, [tokens, real_len], 3)
+            self._held = args
+            return token, (kcache, vcache)
+
+        return call
+
+    def decode_call(self) -> Callable[..., tuple[Any, Any]]:
+        decode, args = self._decode, self._decode.arguments(self._runner.weight_views, 4)
+
+        def call(token: Any, pos: Any, caches: tuple[Any, Any]) -> tuple[Any, Any]:
+            token, kcache, vcache = decode(args, [token, pos, *caches], 3)
+            self._held = args
+            return token, (kcache, vcache)
+
+        return call
+
+    def read_token(self, token: Any) -> int:
+        return self._runner.read_token(token)
 
 
 class _TokenReadback:

@@ -1,0 +1,86 @@
+"""Claims: two sweeps on one results directory never measure a point twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sweep import claims as claims_module
+from sweep.claims import Claims
+from sweep.config import load_config
+from sweep.grid import expand
+
+
+def points():
+    cfg, _ = load_config(["+grid=smoke"])
+    return expand(cfg, "weights")
+
+
+def test_one_sweep_measures_a_point_the_other_defers_it(tmp_path: Path):
+    done: set[str] = set()
+    a, b = Claims(tmp_path, "run-a", lambda: done), Claims(tmp_path, "run-b", lambda: done)
+    first, second = points()[:2]
+    assert a.admit(first) and a.admit(first), "a claim is held until released"
+    assert not b.admit(first) and first.key in b.deferred
+    assert b.admit(second) and not a.admit(second)
+    assert b.refill() == [], "still held by run-a"
+    a.release(first.key)
+    assert b.refill() == [first] and not b.deferred, "released and not done: run-b measures it"
+
+
+def test_a_point_done_elsewhere_is_not_measured_again(tmp_path: Path):
+    done: set[str] = set()
+    a, b = Claims(tmp_path, "run-a", lambda: done), Claims(tmp_path, "run-b", lambda: done)
+    point = points()[0]
+    assert a.admit(point) and not b.admit(point)
+    done.add(point.key)  # run-a wrote the point's row
+    a.release(point.key)
+    assert b.refill() == [] and b.done_elsewhere == [point]
+    c = Claims(tmp_path, "run-c", lambda: done)
+    assert not c.admit(point) and c.done_elsewhere == [point], "done before it was claimed"
+    assert not list((tmp_path / "_claims").iterdir()), "no claim left behind"
+
+
+def test_a_dead_runs_claim_is_taken_over(tmp_path: Path):
+    point = points()[0]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    claim = tmp_path / "_claims" / f"{point.key}.json"
+    claim.parent.mkdir(parents=True)
+    holder = {"run_id": "crashed", "host": os.uname().nodename, "pid": int(dead.stdout), "time": 0}
+    claim.write_text(json.dumps(holder))
+    b = Claims(tmp_path, "run-b", set)
+    assert b.admit(point), "the process that held the claim is gone"
+    assert json.loads(claim.read_text())["run_id"] == "run-b"
+
+
+def test_another_hosts_claim_goes_stale_unless_refreshed(tmp_path: Path, monkeypatch):
+    point = points()[0]
+    claim = tmp_path / "_claims" / f"{point.key}.json"
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"run_id": "far", "host": "another-host", "pid": 1, "time": 0}))
+    b = Claims(tmp_path, "run-b", set)
+    assert not b.admit(point), "a fresh claim of another host holds"
+    old = time.time() - claims_module.STALE_S - 1
+    os.utime(claim, (old, old))
+    assert b.refill() == [point], "an unrefreshed claim is stale"
+    assert b.admit(point)
+
+
+def test_a_runs_own_claims_are_refreshed(tmp_path: Path, monkeypatch):
+    point = points()[0]
+    a = Claims(tmp_path, "run-a", set)
+    assert a.admit(point)
+    claim = tmp_path / "_claims" / f"{point.key}.json"
+    old = time.time() - 1000
+    os.utime(claim, (old, old))
+    monkeypatch.setattr(claims_module, "REFRESH_S", 0.0)
+    a.refresh()
+    assert time.time() - claim.stat().st_mtime < 10
+    a.release_all()
+    assert not claim.exists()

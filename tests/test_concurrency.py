@@ -1,0 +1,136 @@
+"""Sweeps that share a machine, a results directory or a cache, and the identity of data.
+
+Real sweeps on real Ray: two sweeps started side by side on one results directory
+and cache, a stray file in the results, a node holding two benchmark devices, and a
+checkpoint re-saved at the same path.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.config import load_config
+from sweep.results import read_results
+from sweep.run import run_sweep
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # real Ray clusters and iree-compile
+
+
+def sweep(tmp_path: Path, cache: Path, *overrides: str):
+    cfg, resolved = load_config(
+        [f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides]
+    )
+    out = io.StringIO()
+    return run_sweep(cfg, resolved, out=out), out.getvalue()
+
+
+def test_two_sweeps_at_once_share_the_results_and_the_cache(tmp_path: Path):
+    """Two `python -m sweep +grid=smoke` 3 s apart, same results_dir and cache_dir, each
+    with its own local Ray: both exit 0, and every point is measured exactly once."""
+    command = [
+        sys.executable,
+        "-m",
+        "sweep",
+        "+grid=smoke",
+        f"results_dir={tmp_path / 'results'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    first = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    time.sleep(3)
+    second = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    outputs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    rows = read_results(tmp_path / "results").to_pylist()
+    assert {r["status"] for r in rows} == {"ok"}, [r["error_message"] for r in rows]
+    keys = [r["point_key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 8, "each point measured exactly once"
+    assert not list((tmp_path / "results" / "_claims").iterdir()), "no claim left behind"
+
+
+def test_a_stray_file_in_the_results_does_not_stop_a_sweep(
+    ray_cluster, tmp_path: Path, shared_cache: Path
+):
+    stray = tmp_path / "results" / "run_id=x" / "part.parquet"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("a word")
+    with pytest.warns(UserWarning, match="not a readable result file"):
+        outcome, text = sweep(
+            tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3", "grid.variants=[fp32]"
+        )
+    assert outcome.exit_code == 0, text
+    assert [r["status"] for r in outcome.rows] == ["ok", "ok"]
+    assert (tmp_path / "results" / "_unreadable" / "run_id=x" / "part.parquet").exists()
+
+
+def test_two_devices_on_one_node_take_turns(ray_cluster, tmp_path: Path, shared_cache: Path):
+    """A node that holds two benchmark devices (as a GPU host holds a CPU and a GPU
+    actor; here two CPU devices, each with its own Ray resource) runs one of their
+    points at a time."""
+    node = ray_cluster.add_node(num_cpus=1, resources={"sweep_dev_a": 1, "sweep_dev_b": 1})
+    ray_cluster.wait_for_nodes()
+    devices = []
+    for name in ("dev_a", "dev_b"):
+        devices += [
+            f"+device@devices.{name}=cpu",
+            f"devices.{name}.name={name}",
+            f"devices.{name}.ray_resource=sweep_{name}",
+        ]
+    try:
+        outcome, text = sweep(
+            tmp_path,
+            shared_cache,
+            "+grid=smoke",
+            "~grid.flag_sets.O3",
+            *devices,
+            "grid.devices=[dev_a,dev_b]",
+            "bench.decode_steps=60",
+        )
+    finally:
+        ray_cluster.remove_node(node)
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    assert {r["device"] for r in rows} == {"dev_a", "dev_b"} and len(rows) == 8
+    assert len({r["node_id"] for r in rows}) == 1, "both devices live on the one node"
+    spans = sorted((r["started_at"], r["finished_at"]) for r in rows)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start, f"two measurements overlapped on one node: {spans}"
+
+
+def test_re_saved_weights_at_the_same_path_run_again(
+    ray_cluster, tmp_path: Path, tiny_checkpoint: Path
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    overrides = (
+        "+grid=smoke",
+        f"model.path={model}",
+        "model.name=mine",
+        "~grid.flag_sets.O3",
+        "grid.variants=[fp32]",
+        "grid.prompt_lengths=[8]",
+    )
+    cache = tmp_path / "cache"
+    first, _ = sweep(tmp_path, cache, *overrides)
+    assert [r["status"] for r in first.rows] == ["ok"]
+    again, text = sweep(tmp_path, cache, *overrides)
+    assert again.rows == [] and "1 already done" in text
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(255 - b for b in data[-4:])
+    weights.write_bytes(bytes(data))
+    changed, text = sweep(tmp_path, cache, *overrides)
+    assert [r["status"] for r in changed.rows] == ["ok"], text
+    assert changed.rows[0]["point_key"] != first.rows[0]["point_key"]

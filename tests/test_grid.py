@@ -1,0 +1,88 @@
+"""Grid expansion and point keys: pure functions, checked without Ray or a compiler."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sweep.config import load_config
+from sweep.grid import KEY_VERSION, expand, point_label
+from workers.llama_config import preset
+
+TINY = preset("tiny")
+
+
+def grid(*overrides: str):
+    cfg, _ = load_config(["+grid=smoke", *overrides])
+    return cfg, expand(cfg, "weights-a")
+
+
+def test_expansion_is_the_cross_product_in_actor_order():
+    cfg, points = grid()
+    assert len(points) == 2 * 2 * 2  # variants x flag sets x prompt lengths, one device
+    order = [(p.variant.name, p.flag_set, p.prompt_length) for p in points]
+    assert order == sorted(order, key=lambda o: (["fp32", "int4"].index(o[0]), o[1] != "default"))
+    assert all(p.device == cfg.devices["cpu"] and p.runtime == "iree" for p in points)
+    assert {p.prompt_bucket for p in points} == {16, 32}
+
+
+def test_keys_are_deterministic_and_cover_what_changes_a_measurement():
+    _, points = grid()
+    assert [p.key for p in points] == [p.key for p in grid()[1]], "same command, same keys"
+    assert len({p.key for p in points}) == len(points)
+    base = points[0]
+    for change in (
+        {"model_id": "weights-b"},
+        {"flags": ("--iree-opt-level=O2",)},
+        {"max_seq": 256},
+        {"steps": dataclasses.replace(base.steps, decode_steps=99)},
+        {"variant": dataclasses.replace(base.variant, dtype="bfloat16")},
+        {"device": dataclasses.replace(base.device, target_flags=("--other",))},
+    ):
+        assert dataclasses.replace(base, **change).key != base.key, change
+    for label_only in ({"model": "renamed"}, {"flag_set": "renamed"}):
+        assert dataclasses.replace(base, **label_only).key == base.key, label_only
+    assert KEY_VERSION >= 2
+
+
+def test_decode_graphs_do_not_depend_on_the_prompt():
+    _, points = grid("grid.prompt_lengths=[8,32,64,100]", "grid.max_seq=256")
+    decode = {p.graph(TINY, "decode") for p in points}
+    prefill = {p.graph(TINY, "prefill") for p in points}
+    assert len(decode) == 2, "one decode graph per variant (compiled once per flag set)"
+    assert {g.bucket for g in prefill} == {16, 32, 64, 128}
+
+
+def test_xla_points_carry_no_flag_set_and_limited_flag_sets_stay_on_their_device():
+    cfg, points = grid(
+        "grid.runtimes=[iree,xla]",
+        "grid.devices=[cpu,cuda]",
+        "+grid.flag_sets.sm={flags:['--iree-cuda-target=sm_80'],devices:[cuda]}",
+    )
+    xla = [p for p in points if p.runtime == "xla"]
+    assert xla and {p.flag_set for p in xla} == {"-"} and not any(p.compiled_by_iree for p in xla)
+    assert {p.device.name for p in points if p.flag_set == "sm"} == {"cuda"}
+
+
+def test_point_labels():
+    _, points = grid("grid.runtimes=[iree,xla]")
+    assert points[0].label == "fp32/cpu/L8/default"
+    assert (
+        point_label(
+            {
+                "variant": "int4",
+                "device": "cuda",
+                "prompt_length": 32,
+                "flag_set": "-",
+                "runtime": "xla",
+            }
+        )
+        == "int4/cuda/L32/-/xla"
+    )
+
+
+def test_a_point_becomes_the_workers_task():
+    _, points = grid()
+    task = points[-1].task()
+    assert task.variant.name == "int4" and task.runtime == "iree"
+    assert (task.prompt_length, task.prompt_bucket, task.max_seq) == (32, 32, 128)
+    assert task.steps.num_tokens == 1 + 2 + 16

@@ -1,0 +1,415 @@
+"""The scheduler's rules on a simulated cluster: no Ray, no compiler, milliseconds per test.
+
+`SimBackend` is a deterministic stand-in for `sweep.cluster.RayBackend`: a clock that
+jumps to the next event, compiles and points that take a fixed simulated time, and
+failures scripted per test (a compile that fails, an actor that dies, a node that
+leaves, a point that hangs). It records every compile and measurement interval, so
+the tests check the rules themselves: each graph compiles once, one measurement per
+node at a time and never beside a compile, weight affinity, retries, timeouts.
+The real cluster runs the same scheduler in tests/test_sweep.py and
+tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sweep.config import load_config
+from sweep.grid import Point, expand
+from sweep.rows import RunContext
+from sweep.scheduler import (
+    ActorDied,
+    ActorStarting,
+    CompileJob,
+    GraphLost,
+    NodeInfo,
+    PointError,
+    Scheduler,
+)
+from tests.helpers import fake_measurement
+from workers.compile import CompileResult
+from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
+from workers.llama_config import preset
+from workers.measurement import Measurement
+from workers.point import BenchTask
+
+TINY = preset("tiny")
+COMPILE_S, POINT_S = 1.0, 2.0
+
+
+def points(*overrides: str) -> list[Point]:
+    cfg, _ = load_config(["+grid=smoke", *overrides])
+    return expand(cfg, "weights")
+
+
+def node(name: str, cpu: str = "epyc", cpus: int = 2, gpus: int = 0) -> NodeInfo:
+    resources = {"CPU": float(cpus), CPU_BENCH_RESOURCE: 1.0}
+    if gpus:
+        resources["GPU"] = float(gpus)
+    return NodeInfo(name, f"host-{name}", resources, cpu)
+
+
+@dataclasses.dataclass(eq=False)
+class SimActor:
+    device: DeviceSpec
+    node: NodeInfo
+    resident: Any = None
+    restarting: int = 0  # pings that answer "still starting"
+    num_uploads: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class Handle:
+    kind: str
+    done_at: float
+    value: Any = None
+    error: Exception | None = None
+
+
+class SimBackend:
+    """A simulated cluster; see the module docstring. Hooks script the failures."""
+
+    def __init__(self, nodes: list[NodeInfo]) -> None:
+        self.nodes = nodes
+        self.clock = 0.0
+        self.dead: set[str] = set()
+        self.compiles: list[tuple[CompileJob, str, float, float]] = []  # job, node, start, end
+        self.measured: list[tuple[SimActor, BenchTask, float, float]] = []
+        self.actors: list[SimActor] = []
+        self.killed: list[SimActor] = []
+        self.fail_compile: Callable[[CompileJob], bool] = lambda job: False
+        # (actor, task, attempt number of that task) -> an exception, a duration or None
+        self.on_point: Callable[[SimActor, BenchTask, int], Any] = lambda a, t, n: None
+        self._attempts: dict[BenchTask, int] = {}
+        self._handles: list[Handle] = []
+
+    def now(self) -> float:
+        return self.clock
+
+    def submit_compile(self, job: CompileJob, node: NodeInfo) -> Handle:
+        assert node.node_id not in self.dead, "a compile placed on a dead node"
+        end = self.clock + COMPILE_S
+        self.compiles.append((job, node.node_id, self.clock, end))
+        if self.fail_compile(job):
+            result = CompileResult.failed("compile_error", f"no such flag in {job.flags}")
+        else:
+            result = CompileResult(
+                ok=True,
+                key=f"k{len(self.compiles)}",
+                vmfb=None,
+                compile_s=COMPILE_S,
+                num_dispatches=7,
+                cache_hit=False,
+                command="iree-compile in.mlir -o out.vmfb",
+                error_class=None,
+                error_message=None,
+                returncode=0,
+                vmfb_bytes=1000,
+            )
+        return self._handle("compile", end, value=result)
+
+    def start_actor(self, device: DeviceSpec, node: NodeInfo) -> SimActor:
+        actor = SimActor(device, node)
+        self.actors.append(actor)
+        return actor
+
+    def ping(self, actor: SimActor) -> Handle:
+        if actor.node.node_id in self.dead:
+            return self._handle("ping", self.clock, error=ActorDied("node gone"))
+        if actor.restarting:
+            actor.restarting -= 1
+            return self._handle("ping", self.clock + 0.1, error=ActorStarting("restarting"))
+        return self._handle("ping", self.clock, value="ready")
+
+    def submit_point(self, actor: SimActor, task: BenchTask, compiles: Any) -> Handle:
+        assert all(isinstance(c, Handle) and c.value.ok for c in compiles) or not compiles
+        self._attempts[task] = self._attempts.get(task, 0) + 1
+        scripted = self.on_point(actor, task, self._attempts[task])
+        if isinstance(scripted, Exception):
+            if isinstance(scripted, ActorDied | ActorStarting):
+                actor.resident, actor.restarting = None, 1
+            return self._handle("point", self.clock + POINT_S / 2, error=scripted)
+        end = self.clock + (scripted if isinstance(scripted, float) else POINT_S)
+        self.measured.append((actor, task, self.clock, end))
+        upload_s = 0.0
+        if actor.resident != (task.variant, task.runtime):
+            actor.resident, upload_s = (task.variant, task.runtime), 0.5
+            actor.num_uploads += 1
+        return self._handle("point", end, value=measurement(task, actor, upload_s))
+
+    def wait(self, handles: list[Handle], timeout_s: float) -> list[Handle]:
+        next_done = min(h.done_at for h in handles)
+        self.clock = max(self.clock, min(next_done, self.clock + timeout_s))
+        return [h for h in handles if h.done_at <= self.clock]
+
+    def result(self, handle: Handle) -> Any:
+        if handle.error is not None:
+            raise handle.error
+        return handle.value
+
+    def kill(self, actor: SimActor, *, restart: bool) -> None:
+        self.killed.append(actor)
+        actor.resident = None
+
+    def node_alive(self, node_id: str) -> bool:
+        return node_id not in self.dead
+
+    def _handle(self, kind: str, done_at: float, **kw: Any) -> Handle:
+        handle = Handle(kind, done_at, **kw)
+        self._handles.append(handle)
+        return handle
+
+
+def measurement(task: BenchTask, actor: SimActor, upload_s: float) -> Measurement:
+    return fake_measurement(
+        tuple(range(task.steps.num_tokens)),
+        decode_samples_ms=(2.0,) * task.steps.decode_steps,
+        prompt_ids=(1,) * task.prompt_length,
+        bench_s=POINT_S,
+        upload_s=upload_s,
+        hostname=actor.node.hostname,
+        node_id=actor.node.node_id,
+    )
+
+
+def run(
+    backend: SimBackend, todo: list[Point], *, max_retries: int = 1, timeout_s: float = 100.0, **kw
+) -> tuple[list[dict[str, Any]], Scheduler]:
+    rows: list[dict[str, Any]] = []
+    scheduler = Scheduler(
+        backend,
+        backend.nodes,
+        TINY,
+        RunContext("run", "smoke", {}),
+        rows.extend,
+        max_retries=max_retries,
+        point_timeout_s=timeout_s,
+    )
+    scheduler.run(todo, **kw)
+    return rows, scheduler
+
+
+def by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = [r["point_key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a point got two rows"
+    return {r["point_key"]: r for r in rows}
+
+
+def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+# --- the rules ---------------------------------------------------------------------------
+
+
+def test_every_point_gets_one_ok_row_and_every_graph_compiles_once():
+    todo = points()
+    backend = SimBackend([node("a"), node("b")])
+    rows, scheduler = run(backend, todo)
+    assert set(by_key(rows)) == {p.key for p in todo}
+    assert {r["status"] for r in rows} == {"ok"}
+    graphs = {(g, p.flags) for p in todo for g in p.graphs(TINY)}
+    jobs = [job for job, *_ in backend.compiles]
+    assert len(jobs) == len(set(jobs)) == len(graphs) == 12, "one compile per unique graph"
+    assert scheduler.counters.num_compiles == scheduler.counters.num_compiled == 12
+    assert {r["num_dispatches"] for r in rows} == {7}, "the decode graph's statistics"
+    assert all(r["attempt"] == 1 for r in rows)
+
+
+def test_one_measurement_per_node_and_never_beside_a_compile():
+    backend = SimBackend([node("a"), node("b")])
+    todo = points()
+    todo += points("grid.prompt_lengths=[64]", "grid.max_seq=128")  # more graphs, later
+    run(backend, todo, refill=None)
+    for actor_a, _, start_a, end_a in backend.measured:
+        for actor_b, _, start_b, end_b in backend.measured:
+            if actor_a is not actor_b and actor_a.node == actor_b.node:
+                assert not overlaps((start_a, end_a), (start_b, end_b))
+        for _, node_id, c_start, c_end in backend.compiles:
+            if node_id == actor_a.node.node_id:
+                assert not overlaps((start_a, end_a), (c_start, c_end)), "measured beside a compile"
+    assert len({a.node.node_id for a, *_ in backend.measured}) == 2, "both nodes measure"
+
+
+def test_a_cpu_and_a_gpu_actor_on_one_node_take_turns():
+    """A node with a GPU holds a CPU and a GPU actor: their points never overlap."""
+    todo = points("grid.devices=[cpu,cuda]", "~grid.flag_sets.O3")
+    backend = SimBackend([node("gpu-host", gpus=1)])
+    rows, _ = run(backend, todo)
+    assert {r["device"] for r in rows} == {"cpu", "cuda"} and {r["status"] for r in rows} == {"ok"}
+    intervals = sorted((start, end) for _, _, start, end in backend.measured)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(intervals))
+
+
+def test_host_code_compiles_once_per_cpu_kind_and_other_code_once():
+    backend = SimBackend([node("a", cpu="epyc"), node("b", cpu="xeon")])
+    todo = points("grid.devices=[cpu,cuda]", "~grid.flag_sets.O3", "grid.variants=[fp32]")
+    backend.nodes[1] = node("b", cpu="xeon", gpus=1)
+    rows, _ = run(backend, todo)
+    cpu_jobs = [j for j, *_ in backend.compiles if j.device.name == "cpu"]
+    cuda_jobs = [j for j, *_ in backend.compiles if j.device.name == "cuda"]
+    assert sorted({j.cpu_group for j in cpu_jobs}) == ["epyc", "xeon"]
+    assert len(cpu_jobs) == 2 * 3, "prefill 8 and 32 and decode, for each CPU kind"
+    assert {j.cpu_group for j in cuda_jobs} == {None} and len(cuda_jobs) == 3
+    for job, node_id, *_ in backend.compiles:
+        if job.cpu_group is not None:
+            assert node_id == {"epyc": "a", "xeon": "b"}[job.cpu_group], "host code on its CPU"
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_weight_affinity_uploads_each_variant_once_per_actor():
+    backend = SimBackend([node("a"), node("b")])
+    rows, _ = run(backend, points())
+    assert sorted(a.num_uploads for a in backend.actors) == [1, 1], "one variant each"
+    uploads = [(r["node_id"], r["variant"]) for r in rows if r["upload_s"] > 0]
+    assert len(uploads) == len(set(uploads)) == 2
+
+
+def test_an_actor_finishes_its_resident_variant_first():
+    """Points queued fp32, int4, fp32, int4: one actor runs both fp32 points, then int4."""
+    todo = points("~grid.flag_sets.O3")
+    interleaved = [p for pair in zip(todo[:2], todo[2:], strict=True) for p in pair]
+    backend = SimBackend([node("a")])
+    run(backend, interleaved)
+    assert [t.variant.name for _, t, *_ in backend.measured] == ["fp32", "fp32", "int4", "int4"]
+    assert backend.actors[0].num_uploads == 2
+
+
+def test_a_device_no_node_offers_is_skipped_without_an_actor():
+    backend = SimBackend([node("a")])  # no GPU
+    rows, _ = run(backend, points("grid.devices=[cpu,cuda]"))
+    cuda = [r for r in rows if r["device"] == "cuda"]
+    assert len(cuda) == 8 and {r["status"] for r in cuda} == {"skipped"}
+    assert all("num_gpus=1" in r["error_message"] for r in cuda)
+    assert {a.device.name for a in backend.actors} == {"cpu"}
+    assert not [j for j, *_ in backend.compiles if j.device.name == "cuda"]
+
+
+def test_a_failed_compile_fails_its_points_only():
+    backend = SimBackend([node("a")])
+    backend.fail_compile = lambda job: "--iree-opt-level=O3" in job.flags
+    rows, _ = run(backend, points())
+    statuses = {(r["flag_set"], r["status"]) for r in rows}
+    assert statuses == {("default", "ok"), ("O3", "compile_error")}
+    failed = [r for r in rows if r["status"] == "compile_error"]
+    assert all("no such flag" in r["error_message"] for r in failed)
+    assert all(t.variant.name and "O3" not in str(t) for _, t, *_ in backend.measured)
+
+
+@pytest.mark.parametrize("death", [ActorDied("SIGKILL"), ActorStarting("socket closed")])
+def test_a_point_whose_actor_died_is_retried_once_it_restarts(death: Exception):
+    """Ray reports a call whose actor died as the actor dying or as it being unavailable."""
+    backend = SimBackend([node("a")])
+    backend.on_point = lambda actor, task, n: death if n == 1 else None
+    rows, _ = run(backend, points("grid.variants=[fp32]", "~grid.flag_sets.O3"))
+    assert {r["status"] for r in rows} == {"ok"} and {r["attempt"] for r in rows} == {2}
+
+
+def test_a_point_that_keeps_killing_its_actor_is_worker_lost():
+    backend = SimBackend([node("a")])
+    backend.on_point = lambda actor, task, n: (
+        ActorDied("SIGKILL") if task.prompt_length == 8 else None
+    )
+    rows, _ = run(backend, points("grid.variants=[fp32]", "~grid.flag_sets.O3"), max_retries=1)
+    by_length = {r["prompt_length"]: r for r in rows}
+    assert (
+        by_length[8]["status"] == "worker_lost"
+        and "after 2 attempts" in by_length[8]["error_message"]
+    )
+    assert by_length[32]["status"] == "ok", "the other point still runs on the restarted actor"
+
+
+def test_a_hung_point_times_out_and_the_sweep_goes_on():
+    backend = SimBackend([node("a")])
+    backend.on_point = lambda actor, task, n: 500.0 if task.prompt_length == 8 else None
+    rows, _ = run(backend, points("~grid.flag_sets.O3"), timeout_s=10.0)
+    statuses = {(r["variant"], r["prompt_length"]): r["status"] for r in rows}
+    assert statuses == {
+        ("fp32", 8): "bench_timeout",
+        ("fp32", 32): "ok",
+        ("int4", 8): "bench_timeout",
+        ("int4", 32): "ok",
+    }
+    assert len(backend.killed) == 2, "a hung actor is killed (and restarted)"
+
+
+def test_a_lost_node_loses_no_point():
+    backend = SimBackend([node("a"), node("b")])
+
+    def lose_b(actor: SimActor, task: BenchTask, n: int) -> Any:
+        if actor.node.node_id == "b":
+            backend.dead.add("b")
+            return ActorDied("node b left")
+        return None
+
+    backend.on_point = lose_b
+    rows, scheduler = run(backend, points())
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 8
+    assert {r["node_id"] for r in rows} == {"a"}
+    assert [n.node_id for n in scheduler.nodes] == ["a"]
+
+
+def test_a_graph_lost_with_its_node_is_compiled_again():
+    backend = SimBackend([node("a")])
+    backend.on_point = lambda actor, task, n: GraphLost("object lost") if n == 1 else None
+    todo = points("grid.variants=[fp32]", "~grid.flag_sets.O3", "grid.prompt_lengths=[8]")
+    rows, _ = run(backend, todo)
+    assert [r["status"] for r in rows] == ["ok"]
+    assert rows[0]["attempt"] == 1, "a lost graph is not the point's fault"
+    assert len(backend.compiles) == 4, "both graphs compiled twice"
+
+
+def test_an_error_in_the_point_is_its_row():
+    backend = SimBackend([node("a")])
+    backend.on_point = lambda actor, task, n: (
+        PointError("runtime_error", "RuntimeError", "no memory on device")
+        if task.variant.name == "int4"
+        else None
+    )
+    rows, _ = run(backend, points("~grid.flag_sets.O3"))
+    int4 = [r for r in rows if r["variant"] == "int4"]
+    assert {r["status"] for r in int4} == {"runtime_error"}
+    assert {r["error_class"] for r in int4} == {"RuntimeError"}
+    assert {r["status"] for r in rows if r["variant"] == "fp32"} == {"ok"}
+
+
+def test_points_left_without_an_actor_are_worker_lost():
+    backend = SimBackend([node("a")])
+
+    def lose_a(actor: SimActor, task: BenchTask, n: int) -> Any:
+        backend.dead.add("a")
+        return ActorDied("node a left")
+
+    backend.on_point = lose_a
+    rows, _ = run(backend, points("~grid.flag_sets.O3"))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"worker_lost"}
+
+
+def test_refill_adds_points_while_the_sweep_runs():
+    backend = SimBackend([node("a")])
+    batches = [points("grid.prompt_lengths=[64]"), []]
+    rows, scheduler = run(backend, points(), refill=lambda: batches.pop(0) if batches else [])
+    assert len(rows) == 8 + 4 and {r["status"] for r in rows} == {"ok"}
+    assert scheduler.counters.num_points == 12
+
+
+@pytest.mark.parametrize("restarts", [0, 3])
+def test_a_restarting_actor_gets_points_once_it_answers(restarts: int):
+    backend = SimBackend([node("a")])
+    original = backend.start_actor
+
+    def slow_start(device: DeviceSpec, node_info: NodeInfo) -> SimActor:
+        actor = original(device, node_info)
+        actor.restarting = restarts
+        return actor
+
+    backend.start_actor = slow_start  # type: ignore[method-assign]
+    rows, _ = run(backend, points("grid.variants=[fp32]", "~grid.flag_sets.O3"))
+    assert {r["status"] for r in rows} == {"ok"}
+    first_start = min(start for *_, start, _ in backend.measured)
+    assert first_start >= 0.1 * restarts

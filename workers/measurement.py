@@ -1,0 +1,85 @@
+"""What a benchmark worker measured for one point, and the statistics derived from it.
+
+A `Measurement` crosses from the worker (a Ray actor) to the driver as itself; the
+driver's `sweep.rows` turns it into result columns. The statistics are defined here,
+next to the samples they summarise, so every consumer computes them the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
+    """Summary statistics of timed decode steps, named as the result columns.
+
+    The median is the headline (robust to a stray slow step); p10/p90/p99 show the
+    spread and the tail. Percentiles use numpy's default linear interpolation. The
+    standard deviation is the *sample* one (ddof=1) since the steps are a sample of
+    the decode-time distribution; it is 0 for a single sample. tok_s = 1000 / p50.
+    """
+    samples = np.asarray(samples_ms, dtype=np.float64)
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError(
+            f"decode_stats needs a non-empty 1-D sequence of ms per step, got shape "
+            f"{samples.shape}; run at least one timed decode step (num_decode_steps >= 1)"
+        )
+    if not np.all(np.isfinite(samples)) or np.any(samples <= 0):
+        raise ValueError(
+            "decode_stats got a sample that is not a positive finite number of ms: "
+            f"{samples.tolist()[:10]}...; check the timer around the decode step"
+        )
+    p10, p50, p90, p99 = np.percentile(samples, [10, 50, 90, 99])
+    std = float(np.std(samples, ddof=1)) if samples.size > 1 else 0.0
+    return {
+        "decode_ms_p10": float(p10),
+        "decode_ms_p50": float(p50),
+        "decode_ms_p90": float(p90),
+        "decode_ms_p99": float(p99),
+        "decode_ms_mean": float(np.mean(samples)),
+        "decode_ms_std": std,
+        "tok_s": 1000.0 / float(p50),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One point as measured on its device, with its reference tokens."""
+
+    prefill_samples_ms: tuple[float, ...]
+    decode_samples_ms: tuple[float, ...]
+    prompt_ids: tuple[int, ...]
+    tokens: tuple[int, ...]  # the first from prefill, then one per decode step (warmup included)
+    reference_tokens: tuple[int, ...]
+    num_tokens_matched: int  # common prefix of tokens and reference_tokens
+    bench_s: float  # wall seconds of prefill runs, warmup and timed steps
+    upload_s: float  # seconds this point spent uploading weights; 0 when already resident
+    weight_bytes: int
+    quant_error: float
+    bytes_per_token: int  # what one decode step reads: the weights and the whole KV cache
+    peak_gbps: float | None  # the device's copy bandwidth, for the roofline
+    hostname: str
+    device_name: str
+    started_at: float = 0.0  # wall clock (epoch seconds) when the worker began the point
+    finished_at: float = 0.0  # ... and when it was done with it
+    xla_compile_s: float | None = None  # the XLA baseline compiles in the worker
+    node_id: str | None = None  # the cluster node (filled in by the actor)
+    num_uploads: int = 0  # uploads the worker made so far, all points together
+
+    @property
+    def prefill_ms(self) -> float:
+        """Time to first token: the median of the prefill runs."""
+        return float(np.median(self.prefill_samples_ms))
+
+    def decode_stats(self) -> dict[str, float]:
+        return decode_stats(self.decode_samples_ms)
+
+    def roofline_frac(self) -> float | None:
+        """Floor time (bytes per token at the device's copy bandwidth) over the median step."""
+        if not self.bytes_per_token or not self.peak_gbps:
+            return None
+        floor_ms = self.bytes_per_token / (self.peak_gbps * 1e9) * 1e3
+        return floor_ms / self.decode_stats()["decode_ms_p50"]

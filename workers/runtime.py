@@ -1,0 +1,118 @@
+"""One greedy decode loop for every back end: IREE (measured), XLA (the baseline and the reference).
+
+The measurement protocol is written here once. A back end is a `Session`: one
+prefill and decode graph pair on a device, with the variant's weights resident. The
+back ends differ only in how a call is prepared (before the clock: the argument
+list holding the resident weights), how it is made, and how its token is read back
+(the 4-byte readback that is each step's synchronisation point). The argmax runs
+in the graph and the KV cache stays on the device from step to step.
+
+Protocol: `prefill_runs` prefills of the prompt, each timed from the call to the
+first token's readback (time to first token: the median is reported); then
+`warmup_steps` untimed and `decode_steps` timed decode steps, each timed from the
+call to its token's readback. Each step feeds its caches to the next, as a real
+decode does, and the caches of a step are freed inside the next step's timed
+region, as a real decode loop frees them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+PROMPT_SEED = 1234
+
+Call = Callable[..., tuple[Any, Any]]  # (inputs...) -> (token on the device, caches)
+
+
+def prompt_ids(vocab_size: int, length: int, seed: int = PROMPT_SEED) -> np.ndarray:
+    """L token ids from a seeded generator: every host builds the same prompt."""
+    rng = np.random.Generator(np.random.PCG64([seed, length]))
+    return rng.integers(0, vocab_size, size=length, dtype=np.int64).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSteps:
+    """How many of each call one point makes (see the module docstring)."""
+
+    warmup_steps: int
+    decode_steps: int
+    prefill_runs: int = 1
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens generated: one from prefill, then one per decode step (warmup included)."""
+        return 1 + self.warmup_steps + self.decode_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeRun:
+    """What the loop measured: timings and the greedy tokens."""
+
+    prefill_samples_ms: tuple[float, ...]
+    decode_samples_ms: tuple[float, ...]  # the timed steps only
+    tokens: tuple[int, ...]  # the first from prefill, then one per decode step (warmup included)
+    bench_s: float  # wall seconds of the whole loop: prefill runs, warmup and timed steps
+
+
+class Session(Protocol):
+    """What the loop asks of a back end; everything else is the same for all of them."""
+
+    def prompt_inputs(self, padded: np.ndarray, length: int) -> tuple[Any, ...]:
+        """The prefill graph's inputs on the device: the padded prompt and its real length."""
+        ...
+
+    def position(self, pos: int) -> Any:
+        """A decode step's position on the device."""
+        ...
+
+    def prefill_call(self) -> Call:
+        """A ready call of the prefill graph, made before the clock starts."""
+        ...
+
+    def decode_call(self) -> Call:
+        """A ready call of the decode graph: (token, pos, caches) -> (token, caches)."""
+        ...
+
+    def read_token(self, token: Any) -> int:
+        """The 4-byte readback of a token: waits for the call that made it."""
+        ...
+
+
+def greedy_decode(
+    session: Session, prompt: np.ndarray, bucket: int, steps: DecodeSteps
+) -> DecodeRun:
+    """Prefill `prompt` (padded to `bucket`), then decode greedily; see the module docstring."""
+    length = int(prompt.shape[0])
+    padded = np.zeros(bucket, np.int32)
+    padded[:length] = prompt
+    inputs = session.prompt_inputs(padded, length)
+    bench_start = time.perf_counter()
+    prefill_ms: list[float] = []
+    for _ in range(max(1, steps.prefill_runs)):
+        call = session.prefill_call()
+        start = time.perf_counter_ns()
+        token, caches = call(*inputs)
+        first = session.read_token(token)
+        prefill_ms.append((time.perf_counter_ns() - start) / 1e6)
+    positions = [
+        session.position(length + i) for i in range(steps.warmup_steps + steps.decode_steps)
+    ]
+    generated, samples = [first], []
+    for i, pos in enumerate(positions):
+        call = session.decode_call()
+        start = time.perf_counter_ns()
+        token, caches = call(token, pos, caches)
+        generated.append(session.read_token(token))
+        if i >= steps.warmup_steps:
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+    return DecodeRun(
+        prefill_samples_ms=tuple(prefill_ms),
+        decode_samples_ms=tuple(samples),
+        tokens=tuple(generated),
+        bench_s=time.perf_counter() - bench_start,
+    )
