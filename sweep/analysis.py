@@ -28,6 +28,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     "grid",
     "model",
     "variant",
+    "layout",
     "group_size",
     "device",
     "driver",
@@ -44,7 +45,14 @@ BY_COLUMNS: tuple[str, ...] = (
     "hostname",
     "iree_version",
 )
-DEFAULT_BY: tuple[str, ...] = ("variant", "device", "runtime", "flag_set", "prompt_length")
+DEFAULT_BY: tuple[str, ...] = (
+    "variant",
+    "layout",
+    "device",
+    "runtime",
+    "flag_set",
+    "prompt_length",
+)
 # The flag study compares flag sets within one of these contexts.
 FLAG_CONTEXT: tuple[str, ...] = ("variant", "device", "runtime", "prompt_length")
 
@@ -211,8 +219,9 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "num_tokens_matched": matched,
         "num_tokens": total,
         "status_counts": status_counts(rows),
-        # a newer schema's column: None where the rows predate it
+        # newer schemas' columns: None where the rows predate them
         "roofline_frac": median(r.get("roofline_frac") for r in ok),
+        "fp32_agreement": median(r.get("fp32_agreement") for r in ok),
     }
     return summary
 
@@ -226,26 +235,30 @@ def summarize(rows: Sequence[dict[str, Any]], by: Sequence[str]) -> list[dict[st
 
 
 def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per FLAG_CONTEXT x flag set, the baseline first in each context.
+    """One record per FLAG_CONTEXT x flag set x layout, the baseline first in each context.
 
-    speedup = baseline ms/token / this flag set's ms/token (above 1: faster), with
-    `verdict(baseline samples, these samples)` on the pooled samples of the ok rows;
-    dispatch_change = dispatches - baseline dispatches. With no baseline flag set
-    (BASELINE_FLAG_SET) in a context, those three stay None.
+    The baseline is the `default` flag set in the first layout (in_major when there);
+    the other records of the context follow by flag set, each flag set's layouts side
+    by side. speedup = baseline ms/token / this record's ms/token (above 1: faster),
+    with `verdict(baseline samples, these samples)` on the pooled samples of the ok
+    rows; dispatch_change = dispatches - baseline dispatches. With no baseline in a
+    context, those three stay None.
     """
     records = []
     for context, members in group_rows(rows, FLAG_CONTEXT):
-        by_flags = dict(group_rows(members, ["flag_set"]))
-        base_rows = by_flags.get((BASELINE_FLAG_SET,))
+        groups = dict(group_rows(members, ["flag_set", "layout"]))
+        baselines = sorted(k for k in groups if k[0] == BASELINE_FLAG_SET)
+        baseline = min(baselines, key=lambda k: k[1] != "in_major", default=None)
+        base_rows = groups.get(baseline) if baseline else None
         base = timing_summary(base_rows) if base_rows else None
-        order = sorted(by_flags, key=lambda k: (k[0] != BASELINE_FLAG_SET, *sort_key(k)))
-        for flag_key in order:
-            flag_rows = by_flags[flag_key]
-            record = {**dict(zip(FLAG_CONTEXT, context, strict=True)), "flag_set": flag_key[0]}
-            record.update(timing_summary(flag_rows))
-            record["compile_s"] = median(r.get("compile_s") for r in flag_rows)
-            record["vmfb_bytes"] = median_count(r.get("vmfb_bytes") for r in flag_rows)
-            record.update(_against_baseline(record, flag_rows, base, base_rows))
+        order = sorted(groups, key=lambda k: (k != baseline, *sort_key(k)))
+        for key in order:
+            group = groups[key]
+            record = {**dict(zip(FLAG_CONTEXT, context, strict=True))}
+            record.update(flag_set=key[0], layout=key[1], **timing_summary(group))
+            record["compile_s"] = median(r.get("compile_s") for r in group)
+            record["vmfb_bytes"] = median_count(r.get("vmfb_bytes") for r in group)
+            record.update(_against_baseline(record, group, base, base_rows, key == baseline))
             records.append(record)
     return records
 
@@ -255,16 +268,17 @@ def _against_baseline(
     rows: list[dict[str, Any]],
     base: dict[str, Any] | None,
     base_rows: list[dict[str, Any]] | None,
+    is_baseline: bool,
 ) -> dict[str, Any]:
     """speedup, verdict and dispatch_change of one flag-study record."""
     out: dict[str, Any] = {"speedup": None, "verdict": None, "dispatch_change": None}
     if base is None or base_rows is None:
         return out
-    if record["flag_set"] == BASELINE_FLAG_SET:
+    if is_baseline:
         out["verdict"] = "baseline"
     if base["decode_ms_p50"] and record["decode_ms_p50"]:
         out["speedup"] = base["decode_ms_p50"] / record["decode_ms_p50"]
-        if record["flag_set"] != BASELINE_FLAG_SET:
+        if not is_baseline:
             out["verdict"] = verdict(pooled_samples(base_rows), pooled_samples(rows))
     if base["num_dispatches"] is not None and record["num_dispatches"] is not None:
         out["dispatch_change"] = record["num_dispatches"] - base["num_dispatches"]

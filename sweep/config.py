@@ -22,7 +22,7 @@ from typing import Any
 from workers.devices import DeviceSpec
 from workers.point import RUNTIMES, ModelSource
 from workers.runtime import DecodeSteps
-from workers.variant import Variant
+from workers.variant import LAYOUTS, Variant
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SCHEMA_NAME = "sweep_schema"
@@ -60,6 +60,7 @@ class GridConfig:
     # A flag set is {flags, devices} or a bare list of flags, so the schema takes any value.
     flag_sets: dict[str, FlagSet] = dataclasses.field(metadata={"schema": dict[str, Any]})
     runtimes: tuple[str, ...] = ("iree",)
+    layouts: tuple[str, ...] = ("in_major",)  # how weight matrices reach the graphs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +124,7 @@ def check(cfg: SweepConfig) -> None:
         ("grid.variants", g.variants, tuple(cfg.variants)),
         ("grid.devices", g.devices, tuple(cfg.devices)),
         ("grid.runtimes", g.runtimes, RUNTIMES),
+        ("grid.layouts", g.layouts, LAYOUTS),
         ("grid.prompt_lengths", g.prompt_lengths, None),
     ):
         if not values:

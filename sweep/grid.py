@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,7 @@ class Point:
     model: str
     model_id: str  # identity of the weights (ModelSource.weights_id): seed or file content
     variant: Variant
+    layout: str  # how the weight matrices reach the graphs: in_major or out_major
     device: DeviceSpec
     runtime: str
     prompt_length: int
@@ -60,7 +62,7 @@ class Point:
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The graph of `kind` this point runs; points that share it share its compile."""
         bucket = self.prompt_bucket if kind == "prefill" else 0
-        return GraphSpec(cfg, self.variant, self.max_seq, kind, bucket)
+        return GraphSpec(cfg, self.variant, self.max_seq, kind, bucket, self.layout)
 
     def graphs(self, cfg: LlamaConfig) -> tuple[GraphSpec, ...]:
         return tuple(self.graph(cfg, kind) for kind in GRAPH_KINDS)
@@ -74,6 +76,7 @@ class Point:
             self.prompt_bucket,
             self.max_seq,
             self.steps,
+            self.layout,
         )
 
     @property
@@ -81,6 +84,7 @@ class Point:
         return point_label(
             {
                 "variant": self.variant.name,
+                "layout": self.layout,
                 "device": self.device.name,
                 "prompt_length": self.prompt_length,
                 "flag_set": self.flag_set,
@@ -90,46 +94,50 @@ class Point:
 
 
 def point_label(row: Mapping[str, Any]) -> str:
-    """`variant/device/L<prompt>/flag_set[/runtime]`: how a point is named in messages."""
-    runtime = row.get("runtime")
+    """`variant[/layout]/device/L<prompt>/flag_set[/runtime]`: how a point is named in
+    messages; the default layout and runtime are left out."""
+    runtime, layout = row.get("runtime"), row.get("layout")
+    variant = (
+        row.get("variant") if layout in (None, "in_major") else f"{row.get('variant')}/{layout}"
+    )
     suffix = "" if runtime in (None, "iree") else f"/{runtime}"
     return (
-        f"{row.get('variant')}/{row.get('device')}/L{row.get('prompt_length')}/"
-        f"{row.get('flag_set')}{suffix}"
+        f"{variant}/{row.get('device')}/L{row.get('prompt_length')}/{row.get('flag_set')}{suffix}"
     )
 
 
 def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
-    """All points of the grid, ordered device, variant, runtime, flag set, prompt length.
+    """All points of the grid, ordered device, variant, layout, runtime, flag set, prompt.
 
-    That order keeps a variant's points together, and within it a runtime's, which is
-    the order a benchmark actor wants them in (one weight upload per variant and
-    runtime). A flag set limited to some devices makes no point on the others.
+    That order keeps the points of one resident weight set (variant, layout, runtime)
+    together, the order a benchmark actor wants them in: one upload each. A flag set
+    limited to some devices makes no point on the others.
     """
     g = cfg.grid
     points = []
-    for device_name in g.devices:
-        for variant_name in g.variants:
-            for runtime in g.runtimes:
-                # IREE flags mean nothing to XLA: its points use no flag set.
-                flag_sets = g.flag_sets.items() if runtime == "iree" else [(NO_FLAG_SET, FlagSet())]
-                for flag_set, spec in flag_sets:
-                    if not spec.applies_to(device_name):
-                        continue
-                    for length in g.prompt_lengths:
-                        points.append(
-                            Point(
-                                model=cfg.model.name,
-                                model_id=model_id,
-                                variant=cfg.variants[variant_name],
-                                device=cfg.devices[device_name],
-                                runtime=runtime,
-                                prompt_length=length,
-                                prompt_bucket=prompt_bucket(length, g.max_seq),
-                                max_seq=g.max_seq,
-                                flag_set=flag_set,
-                                flags=spec.flags,
-                                steps=cfg.bench.steps,
-                            )
-                        )
+    for device_name, variant_name, layout, runtime in itertools.product(
+        g.devices, g.variants, g.layouts, g.runtimes
+    ):
+        # IREE flags mean nothing to XLA: its points use no flag set.
+        flag_sets = g.flag_sets.items() if runtime == "iree" else [(NO_FLAG_SET, FlagSet())]
+        for flag_set, spec in flag_sets:
+            if not spec.applies_to(device_name):
+                continue
+            for length in g.prompt_lengths:
+                points.append(
+                    Point(
+                        model=cfg.model.name,
+                        model_id=model_id,
+                        variant=cfg.variants[variant_name],
+                        layout=layout,
+                        device=cfg.devices[device_name],
+                        runtime=runtime,
+                        prompt_length=length,
+                        prompt_bucket=prompt_bucket(length, g.max_seq),
+                        max_seq=g.max_seq,
+                        flag_set=flag_set,
+                        flags=spec.flags,
+                        steps=cfg.bench.steps,
+                    )
+                )
     return points

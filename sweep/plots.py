@@ -7,7 +7,7 @@ Three questions, one figure each:
       (one line per variant and device; baseline flag set);
   flag_sets_vs_dispatches.png      what each flag set buys against the baseline:
       ms/token against the decode graph's dispatch count, one labelled point per
-      flag set, one panel per variant x device x runtime (their scales differ).
+      flag set, one panel per variant x device x runtime x layout (their scales differ).
 A figure the data cannot make (one prompt length, one flag set) is skipped with a
 note. Only `Figure` objects are used, never pyplot: no global state, no display.
 Numbers are the medians of `sweep.analysis` over the ok rows, pooling prompt lengths
@@ -168,7 +168,7 @@ def _flag_scatter(rows: list[dict[str, Any]], title: str) -> Figure | str:
     rows = [r for r in rows if r.get("num_dispatches") is not None]
     contexts = [
         (key, members)
-        for key, members in analysis.group_rows(rows, ["variant", "device", "runtime"])
+        for key, members in analysis.group_rows(rows, ["variant", "device", "runtime", "layout"])
         if len({r["flag_set"] for r in members}) >= 2
     ]
     if not contexts:
@@ -224,7 +224,7 @@ def _flag_panel(ax: Axes, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> N
             fontsize=8,
             va="center",
         )
-    ax.set_title(" / ".join(str(k) for k in key), fontsize=10)
+    ax.set_title(" / ".join(str(k) for k in key if k is not None), fontsize=10)
     ax.set_xlabel("dispatches in the decode graph")
     ax.set_ylabel("decode ms/token (median)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -58,6 +58,7 @@ _WANTED = (
     "tok_s",
     "num_tokens_matched",
     "roofline_frac",
+    "fp32_agreement",
 )
 SAMPLES = "decode_samples_ms"  # read only where a verdict needs them: they are most of a row
 
@@ -278,6 +279,8 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
         Column("p10-p90", fmt_spread, right=True),
     ]
     columns += _roofline_column(records)
+    if any(r.get("fp32_agreement") is not None for r in records):
+        columns.append(metric("vs fp32", "fp32_agreement", fmt_percent))
     columns += [
         metric("prefill ms", "prefill_ms"),
         metric("dispatches", "num_dispatches", fmt_value),
@@ -289,7 +292,7 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
 
 def flag_study_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> Table:
     records = analysis.flag_study(rows)
-    columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, "flag_set")]
+    columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, "flag_set", "layout")]
     columns += [
         metric("ms/tok p50", "decode_ms_p50"),
         Column("p10-p90", fmt_spread, right=True),
@@ -471,7 +474,8 @@ def report(args: argparse.Namespace) -> None:
     table = load_table(args.results, args.grid, samples=by == ["flag_set"], extra=by)
     run, rows = select_run(table, args.run)
     if by == ["flag_set"]:
-        table = flag_study_table(rows, context_header(run, rows, analysis.FLAG_CONTEXT))
+        shown = (*analysis.FLAG_CONTEXT, "layout")
+        table = flag_study_table(rows, context_header(run, rows, shown))
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
     emit(render(table, args.format), args.out)

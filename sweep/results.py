@@ -50,7 +50,8 @@ SCHEMA_VERSION: int = 2
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
-    2: "bench_s, bytes_per_token, peak_gbps, roofline_frac, started_at, finished_at",
+    2: "bench_s, bytes_per_token, peak_gbps, roofline_frac, started_at, finished_at, layout, "
+    "fp32_agreement, fp32_logit_error",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -66,6 +67,7 @@ def _build_schema() -> pa.Schema:
         ("grid", s),
         ("model", s),
         ("variant", s),
+        ("layout", s),
         ("group_size", i32),
         ("device", s),
         ("driver", s),
@@ -90,6 +92,8 @@ def _build_schema() -> pa.Schema:
         # weights
         ("weight_bytes", i64),
         ("quant_error", f64),
+        ("fp32_agreement", f64),
+        ("fp32_logit_error", f64),
         ("upload_s", f64),
         ("bench_s", f64),
         # timings

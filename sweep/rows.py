@@ -40,6 +40,8 @@ _MLIR_TYPES = {
     "float16": "f16",
     "uint32": "ui32",
     "int32": "i32",
+    "uint8": "ui8",
+    "uint4": "ui4",
 }
 
 Row = dict[str, Any]
@@ -61,6 +63,7 @@ def point_columns(point: Point, ctx: RunContext) -> Row:
         "grid": ctx.grid,
         "model": point.model,
         "variant": point.variant.name,
+        "layout": point.layout,
         "group_size": point.variant.group_size,
         "device": point.device.name,
         "driver": point.device.driver,
@@ -159,6 +162,8 @@ def measured_row(
         ),
         "weight_bytes": m.weight_bytes,
         "quant_error": m.quant_error,
+        "fp32_agreement": m.fp32_agreement,
+        "fp32_logit_error": m.fp32_logit_error,
         "upload_s": m.upload_s,
         "bench_s": m.bench_s,
         "prefill_ms": m.prefill_ms,

@@ -186,7 +186,12 @@ def save_run(results_dir: Path, run_id: str, resolved: dict[str, Any], points: l
 
 
 def print_plan(points: list[Point], model_cfg: LlamaConfig, out: Any) -> None:
-    graphs = {g for p in points if p.compiled_by_iree for g in p.graphs(model_cfg)}
+    graphs = {
+        (graph, p.device, p.flags)
+        for p in points
+        if p.compiled_by_iree
+        for graph in p.graphs(model_cfg)
+    }
     print(f"plan: {len(points)} points, {len(graphs)} unique graphs to compile", file=out)
     for p in points[:50]:
         print(f"  {p.key}  {p.label}", file=out)
@@ -200,6 +205,7 @@ def _cell(fmt: str, *keys: str) -> Callable[[dict[str, Any]], str]:
 
 SUMMARY_COLUMNS = [
     Column("variant", _cell("{}", "variant")),
+    Column("layout", _cell("{}", "layout"), fold="layout"),
     Column("device", _cell("{}", "device")),
     Column("runtime", _cell("{}", "runtime")),
     Column("flags", _cell("{}", "flag_set")),
@@ -217,7 +223,14 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     """The seed's table (per variant, device, flag set and prompt), then every failure."""
     ok = sorted(
         (r for r in rows if r.get("decode_ms_p50") is not None),
-        key=lambda r: (r["variant"], r["device"], r["runtime"], r["flag_set"], r["prompt_length"]),
+        key=lambda r: (
+            r["variant"],
+            r["layout"],
+            r["device"],
+            r["runtime"],
+            r["flag_set"],
+            r["prompt_length"],
+        ),
     )
     if ok:
         print(render_md(Table(ok, SUMMARY_COLUMNS, header={})), file=out)

@@ -11,8 +11,8 @@ import numpy as np
 from workers.devices import DeviceSpec
 from workers.llama_config import LlamaConfig
 from workers.measurement import Measurement
-from workers.quant import VariantWeights, dequant_np, to_graph_layout
-from workers.variant import Variant
+from workers.quant import VariantWeights, dequantize, unpack_lanes, unpack_uint4
+from workers.variant import EMBEDDING, Variant
 
 
 @functools.cache
@@ -41,18 +41,32 @@ def load_checkpoint(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
 
 
 def host_dequantized(vw: VariantWeights) -> dict[str, np.ndarray]:
-    """A quantized variant dequantized on the host back to fp32 checkpoint tensors ([out, in])."""
-    bits = vw.variant.bits
+    """A variant dequantized on the host back to fp32 checkpoint tensors ([out, in]): what
+    the graph's in-graph dequant must compute."""
     by_name = dict(zip(vw.names, vw.arrays, strict=True))
+    specs = {spec.name: spec for spec in vw.specs}
     out: dict[str, np.ndarray] = {}
     for name, array in by_name.items():
-        if name.endswith(".qweight"):
-            assert bits is not None
-            base = name.removesuffix(".qweight")
-            w = dequant_np(array, by_name[f"{base}.scale"], by_name[f"{base}.minimum"], bits)
-            out[base] = to_graph_layout(w)
-        elif not name.endswith((".scale", ".minimum")):
-            out[name] = to_graph_layout(np.asarray(array, dtype=np.float32))
+        if name.endswith((".scale", ".minimum", ".qbytes")):
+            continue
+        if not name.endswith(".qweight"):
+            w = np.asarray(array, dtype=np.float32)
+            out[name] = w.T.copy() if w.ndim == 2 and vw.layout == "in_major" else w
+            continue
+        base = name.removesuffix(".qweight")
+        transposed = vw.layout == "in_major" and base not in (EMBEDDING, "lm_head.weight")
+        axis = 0 if transposed else 1
+        if specs[name].dtype == "uint32":
+            assert vw.variant.bits is not None
+            values = unpack_lanes(array, vw.variant.bits, axis)
+        elif specs[name].dtype == "uint4":
+            values = unpack_uint4(array).reshape(specs[name].shape)
+        else:
+            values = array
+        scale, minimum = by_name[f"{base}.scale"], by_name[f"{base}.minimum"]
+        if transposed:
+            values, scale, minimum = values.T, scale.T, minimum.T
+        out[base] = dequantize(np.ascontiguousarray(values), scale, minimum)
     return out
 
 
@@ -76,6 +90,8 @@ def fake_measurement(
         "upload_s": 0.25,
         "weight_bytes": 1000,
         "quant_error": 0.0,
+        "fp32_agreement": 1.0,
+        "fp32_logit_error": 0.0,
         "bytes_per_token": 3_000_000,
         "peak_gbps": 1.0,
         "hostname": "h",

@@ -36,7 +36,7 @@ from workers.export import GraphSpec, export_graph
 from workers.iree_runtime import IreeRunner
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs, prompt_bucket, rope_inv_freq
-from workers.quant import VariantWeights, prepare_variant
+from workers.quant import VariantWeights, jax_arrays, prepare_variant
 from workers.reference import num_matching, reference_tokens
 from workers.runtime import DecodeSteps, greedy_decode, prompt_ids
 
@@ -170,8 +170,8 @@ def checkpoints(
 def _xla_logits(cfg: LlamaConfig, vw: VariantWeights, tokens: np.ndarray) -> np.ndarray:
     import jax
 
-    graphs = LlamaGraphs(cfg, vw.variant, MAX_SEQ)
-    return np.asarray(jax.jit(graphs.logits_all)(vw.arrays, tokens))
+    graphs = LlamaGraphs(cfg, vw.variant, MAX_SEQ, vw.layout)
+    return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
 
 
 class IreeCpu:
@@ -195,10 +195,12 @@ class IreeCpu:
             self._compiled[spec] = result
         return self._compiled[spec]
 
-    def graphs(self, cfg: LlamaConfig, name: str, bucket: int) -> tuple[bytes, bytes]:
+    def graphs(
+        self, cfg: LlamaConfig, name: str, bucket: int, layout: str = "in_major"
+    ) -> tuple[bytes, bytes]:
         """(prefill vmfb for `bucket`, decode vmfb) of variant `name`."""
-        prefill = self.compile(GraphSpec(cfg, variant(name), MAX_SEQ, "prefill", bucket))
-        decode = self.compile(GraphSpec(cfg, variant(name), MAX_SEQ, "decode"))
+        prefill = self.compile(GraphSpec(cfg, variant(name), MAX_SEQ, "prefill", bucket, layout))
+        decode = self.compile(GraphSpec(cfg, variant(name), MAX_SEQ, "decode", 0, layout))
         return prefill.vmfb, decode.vmfb
 
     def greedy(
@@ -210,7 +212,7 @@ class IreeCpu:
     ) -> tuple[int, ...]:
         """NUM_TOKENS greedy tokens; `weights_key` names the weights for residency."""
         bucket = prompt_bucket(len(prompt), MAX_SEQ)
-        prefill, decode = self.graphs(cfg, vw.variant.name, bucket)
+        prefill, decode = self.graphs(cfg, vw.variant.name, bucket, vw.layout)
         self.runner.ensure_weights(weights_key, lambda: vw)
         steps = DecodeSteps(warmup_steps=0, decode_steps=NUM_TOKENS - 1)
         result = greedy_decode(self.runner.session(prefill, decode), prompt, bucket, steps)
@@ -223,8 +225,8 @@ def iree_cpu(tmp_path_factory: pytest.TempPathFactory) -> IreeCpu:
     return IreeCpu(tmp_path_factory.mktemp("compile_cache"))
 
 
-def _fp32(ckpt: Checkpoint) -> VariantWeights:
-    return prepare_variant(ckpt.weights, ckpt.cfg, variant("fp32"))
+def _fp32(ckpt: Checkpoint, layout: str = "in_major") -> VariantWeights:
+    return prepare_variant(ckpt.weights, ckpt.cfg, variant("fp32"), layout)
 
 
 # --- 1. prefill logits against transformers ---------------------------------------------
@@ -279,33 +281,48 @@ def test_config_fields_are_not_vacuous(
 # --- 2. greedy tokens through IREE on the CPU against transformers ----------------------
 
 
+@pytest.mark.parametrize("layout", ["in_major", "out_major"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_iree_cpu_greedy_tokens_match_transformers(
-    checkpoints: dict[str, Checkpoint], iree_cpu: IreeCpu, prompt: np.ndarray, case: str
+    checkpoints: dict[str, Checkpoint],
+    iree_cpu: IreeCpu,
+    prompt: np.ndarray,
+    case: str,
+    layout: str,
 ) -> None:
     ckpt = checkpoints[case]
-    tokens = iree_cpu.greedy(ckpt.cfg, _fp32(ckpt), prompt, f"{case}/fp32")
+    tokens = iree_cpu.greedy(ckpt.cfg, _fp32(ckpt, layout), prompt, f"{case}/fp32/{layout}")
     assert tokens == ckpt.hf_tokens, f"IREE {tokens} != transformers {ckpt.hf_tokens}"
 
 
 # --- 3. in-graph dequant against host dequant -------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["int8", "int4"])
+FORMATS = ["int8", "int4", "int4-ui4", "int4-ui4-f16", "int4-ui4-pc", "int4-ui4-qe", "int8-u8-pc"]
+
+
+@pytest.mark.parametrize("layout", ["in_major", "out_major"])
+@pytest.mark.parametrize("name", FORMATS)
 def test_in_graph_dequant_matches_host_dequant(
-    checkpoints: dict[str, Checkpoint], iree_cpu: IreeCpu, prompt: np.ndarray, name: str
+    checkpoints: dict[str, Checkpoint],
+    iree_cpu: IreeCpu,
+    prompt: np.ndarray,
+    name: str,
+    layout: str,
 ) -> None:
-    ckpt = checkpoints[QUANT_CASE]
-    quantized = prepare_variant(ckpt.weights, ckpt.cfg, variant(name))
-    host = prepare_variant(host_dequantized(quantized), ckpt.cfg, variant("fp32"))
+    """Every format in both layouts: the graph's dequant (XLA, then IREE's tokens) is the
+    host's, on the untied llama3 checkpoint so a quantized lm_head is covered too."""
+    ckpt = checkpoints["untied-llama3-sharded"]
+    quantized = prepare_variant(ckpt.weights, ckpt.cfg, variant(name), layout)
+    host = prepare_variant(host_dequantized(quantized), ckpt.cfg, variant("fp32"), layout)
 
     in_graph_logits = _xla_logits(ckpt.cfg, quantized, prompt)
     host_logits = _xla_logits(ckpt.cfg, host, prompt)
     max_diff = float(np.abs(in_graph_logits - host_logits).max())
     assert max_diff < 1e-4, f"{name}: in-graph dequant differs from host dequant by {max_diff:g}"
 
-    in_graph = iree_cpu.greedy(ckpt.cfg, quantized, prompt, f"{QUANT_CASE}/{name}")
-    on_host = iree_cpu.greedy(ckpt.cfg, host, prompt, f"{QUANT_CASE}/{name}-host")
+    in_graph = iree_cpu.greedy(ckpt.cfg, quantized, prompt, f"{ckpt.name}/{name}/{layout}")
+    on_host = iree_cpu.greedy(ckpt.cfg, host, prompt, f"{ckpt.name}/{name}-host/{layout}")
     assert in_graph == on_host
     assert len(set(in_graph)) >= MIN_DISTINCT_TOKENS
 
@@ -439,3 +456,48 @@ def test_reference_tokens_match_iree_and_are_cached(
 
     monkeypatch.setattr(workers.reference, "_run_xla", recompute)
     assert reference_tokens(*args, weights_id=ckpt.name, cache_dir=tmp_path) == expected
+
+
+# --- 8. quality against fp32 ----------------------------------------------------------------
+
+
+def test_quality_orders_the_formats_and_is_cached(
+    checkpoints: dict[str, Checkpoint], prompt: np.ndarray, tmp_path: Path, monkeypatch
+) -> None:
+    import workers.quality
+    from workers.quality import quality
+
+    ckpt = checkpoints[QUANT_CASE]
+    bucket = prompt_bucket(len(prompt), MAX_SEQ)
+    fp32_builds = []
+
+    def fp32_weights() -> VariantWeights:
+        fp32_builds.append(1)
+        return _fp32(ckpt)
+
+    def measure(name: str, layout: str = "in_major"):
+        vw = prepare_variant(ckpt.weights, ckpt.cfg, variant(name), layout)
+        return quality(
+            ckpt.cfg,
+            vw,
+            prompt,
+            bucket,
+            MAX_SEQ,
+            NUM_TOKENS,
+            fp32_weights=fp32_weights,
+            weights_id=ckpt.name,
+            cache_dir=tmp_path,
+        )
+
+    assert measure("fp32") == workers.quality.Quality(1.0, 0.0)
+    int8, int4 = measure("int8"), measure("int4")
+    assert int8.fp32_logit_error < int4.fp32_logit_error < 0.5, (int8, int4)
+    assert int8.fp32_agreement >= int4.fp32_agreement and int8.fp32_agreement > 0.8
+    assert fp32_builds == [1], "fp32's side is computed once, then read from the cache"
+    assert abs(measure("int4", "out_major").fp32_logit_error - int4.fp32_logit_error) < 1e-4
+
+    def recompute(*_: object) -> None:
+        raise AssertionError("a cached quality was computed again")
+
+    monkeypatch.setattr(workers.quality, "_logits", recompute)
+    assert measure("int4") == int4

@@ -239,7 +239,7 @@ def test_report_numbers_are_medians_of_the_rows(results: Path, capsys) -> None:
         if rec["flag_set"] == "broken":
             assert rec["status_counts"] == {"compile_error": 1} and rec["decode_ms_p50"] is None
             continue
-        group = [r for r in rows if all(r[c] == rec[c] for c in analysis.DEFAULT_BY)]
+        group = [r for r in rows if all(r.get(c) == rec.get(c) for c in analysis.DEFAULT_BY)]
         p50 = np.median([r["decode_ms_p50"] for r in group])
         assert rec["decode_ms_p50"] == pytest.approx(p50), rec
         assert rec["tok_s"] == pytest.approx(1000.0 / p50)
@@ -423,7 +423,7 @@ def test_report_csv_and_out_file(results: Path, tmp_path: Path, capsys) -> None:
     )
     assert code == 0 and out == "" and str(out_path) in err
     lines = out_path.read_text().splitlines()
-    assert lines[0].startswith("variant,device,runtime,flag_set,prompt_length,")
+    assert lines[0].startswith("variant,layout,device,runtime,flag_set,prompt_length,")
     assert len(lines) == 1 + 4 * 3 * 2 + 1, "r2 adds a prompt length for fp32 on cpu"
 
 

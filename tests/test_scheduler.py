@@ -413,3 +413,12 @@ def test_a_restarting_actor_gets_points_once_it_answers(restarts: int):
     assert {r["status"] for r in rows} == {"ok"}
     first_start = min(start for *_, start, _ in backend.measured)
     assert first_start >= 0.1 * restarts
+
+
+def test_the_scheduler_needs_no_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, sweep.scheduler; print('ray' in sys.modules, 'jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], "sweep.scheduler must not import ray or jax"

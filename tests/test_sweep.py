@@ -178,3 +178,34 @@ def test_xla_baseline_and_roofline_on_every_row(ray_cluster, tmp_path, shared_ca
         assert r["tokens"] == r["reference_tokens"]
     xla = [r for r in rows if r["runtime"] == "xla"]
     assert all(r["compile_s"] > 0 and r.get("num_dispatches") is None for r in xla)
+
+
+def test_every_format_in_both_layouts(ray_cluster, tmp_path, shared_cache):
+    """The formulation axes: each weight format in each layout is an ok row whose tokens
+    match its own reference, says how far it is from fp32, and out-major graphs count
+    other dispatches than in-major ones."""
+    formats = "fp32,int4,int4-ui4,int4-ui4-f16,int4-ui4-pc,int4-ui4-qe,int8-u8,int8-u8-pc"
+    outcome, text = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        f"grid.variants=[{formats}]",
+        "grid.layouts=[in_major,out_major]",
+        "~grid.flag_sets.O3",
+        "grid.prompt_lengths=[8]",
+    )
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    assert len(rows) == 8 * 2 and {r["status"] for r in rows} == {"ok"}, text
+    assert all(r["tokens"] == r["reference_tokens"] for r in rows)
+    by = {(r["variant"], r["layout"]): r for r in rows}
+    for name in formats.split(","):
+        assert by[(name, "in_major")]["num_dispatches"] != by[(name, "out_major")][
+            "num_dispatches"
+        ] or name.endswith("-qe"), name
+        assert 0 < by[(name, "in_major")]["fp32_agreement"] <= 1
+    assert by[("fp32", "in_major")]["fp32_agreement"] == 1.0
+    assert (
+        by[("int4-ui4-qe", "in_major")]["weight_bytes"]
+        < by[("int4-ui4", "in_major")]["weight_bytes"]
+    )

@@ -15,7 +15,7 @@ import hashlib
 
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs, cache_shape
-from workers.variant import ArgSpec, Variant
+from workers.variant import ArgSpec, Variant, numpy_dtype
 
 GRAPH_KINDS: tuple[str, ...] = ("prefill", "decode")
 
@@ -29,6 +29,7 @@ class GraphSpec:
     max_seq: int
     kind: str
     bucket: int = 0
+    layout: str = "in_major"
 
     def __post_init__(self) -> None:
         if self.kind not in GRAPH_KINDS:
@@ -39,7 +40,7 @@ class GraphSpec:
     @property
     def label(self) -> str:
         suffix = f"_b{self.bucket}" if self.kind == "prefill" else ""
-        return f"{self.variant.name}_{self.kind}{suffix}_s{self.max_seq}"
+        return f"{self.variant.name}_{self.layout}_{self.kind}{suffix}_s{self.max_seq}"
 
     def args(self) -> tuple[ArgSpec, ...]:
         """Every argument of the graph in order: the weights, then the dynamic inputs.
@@ -47,7 +48,7 @@ class GraphSpec:
         prefill(weights..., tokens[bucket], real_len)
         decode(weights..., token, pos, kcache, vcache)
         """
-        weights = self.variant.arg_specs(self.cfg)
+        weights = self.variant.arg_specs(self.cfg, self.layout)
         if self.kind == "prefill":
             return (
                 *weights,
@@ -73,10 +74,9 @@ class ExportedGraph:
 
 def export_graph(spec: GraphSpec) -> ExportedGraph:
     import jax
-    import jax.numpy as jnp
 
-    graphs = LlamaGraphs(spec.cfg, spec.variant, spec.max_seq)
-    structs = [jax.ShapeDtypeStruct(a.shape, jnp.dtype(a.dtype)) for a in spec.args()]
+    graphs = LlamaGraphs(spec.cfg, spec.variant, spec.max_seq, spec.layout)
+    structs = [jax.ShapeDtypeStruct(a.shape, numpy_dtype(a.dtype)) for a in spec.args()]
     num_weights = len(graphs.names)
     args = (tuple(structs[:num_weights]), *structs[num_weights:])
     fn = _named(graphs.prefill if spec.kind == "prefill" else graphs.decode, spec.kind)

@@ -107,8 +107,10 @@ class IreeRunner:
         """Makes `key`'s weights resident; returns upload seconds (0 if they already were).
 
         `make_weights` is called only on a miss and must return the only reference to
-        its arrays: on CPU drivers each array is replaced by its aligned, device-shared
-        version as it is uploaded, so the host never holds two copies of the weights.
+        its arrays: on CPU drivers each array becomes the device buffer itself (imported,
+        not copied) and on a GPU its original is dropped once copied, so the host never
+        holds two copies of the weights. Two arguments that share one array (two views
+        of the same bytes) share one device buffer.
         """
         if key == self._weights_key:
             return 0.0
@@ -116,12 +118,19 @@ class IreeRunner:
         vw = make_weights()
         arrays: list[np.ndarray | None] = list(vw.arrays)
         vw = dataclasses.replace(vw, arrays=())
+        buffers: dict[int, tuple[Any, np.ndarray]] = {}  # id(array) -> (buffer, host array)
         start = time.perf_counter()
-        for i, array in enumerate(arrays):
-            arrays[i] = None  # drop the original as soon as its device copy exists
-            self._weight_views.append(self._upload(array, share_host_memory=True))
-            if not self.shares_host_memory:
-                self._host_arrays.append(array)
+        for i, spec in enumerate(vw.specs):
+            array, arrays[i] = arrays[i], None  # drop the original once it is on the device
+            assert array is not None
+            if id(array) not in buffers:
+                buffers[id(array)] = self._resident_buffer(array)
+            buffer, host = buffers[id(array)]
+            element_type = _element_type(self._rt, spec.dtype)
+            self._weight_views.append(
+                self._rt.HalBufferView(buffer, list(spec.shape), element_type)
+            )
+            self._host_arrays.append(host)
             del array
         upload_s = time.perf_counter() - start
         self._resident = dataclasses.replace(vw, arrays=tuple(self._host_arrays))
@@ -130,34 +139,37 @@ class IreeRunner:
         self.num_uploads += 1
         return upload_s
 
-    def upload(self, array: np.ndarray) -> Any:
-        """A device copy of a small input (a prompt, a position)."""
-        return self._upload(array)
-
-    def read_token(self, view: Any) -> int:
-        return self._token.read(view)
-
-    def _upload(self, array: np.ndarray, share_host_memory: bool = False) -> Any:
-        """A device buffer view of `array`; on a CPU driver with `share_host_memory`, no copy.
+    def _resident_buffer(self, array: np.ndarray) -> tuple[Any, np.ndarray]:
+        """(device buffer, the host array to keep) for one weight array.
 
         The local drivers run on host memory, so importing the numpy allocation makes it
-        the device buffer: a 1B fp32 model is held once (4.9 GB), not twice.
+        the device buffer: a 1B fp32 model is held once (4.9 GB), not twice. The import
+        does not keep the numpy memory alive (seen with IREE 3.13): the caller does.
+        On a GPU the host array is the one copy kept for the XLA reference.
         """
         rt = self._rt
-        element_type = _element_type(rt, array.dtype)
-        if share_host_memory and self.shares_host_memory:
+        if self.shares_host_memory:
             array = _aligned(array)
-            # The import does not keep the numpy memory alive (seen with IREE 3.13): we do.
-            self._host_arrays.append(array)
-        if array.dtype.name == "bfloat16":
-            array = array.view(np.uint16)  # the runtime's buffer protocol knows no bfloat16
-        if share_host_memory and self.shares_host_memory:
+        # The runtime's buffer protocol knows no bfloat16: its bytes go as uint16.
+        raw = array.view(np.uint16) if array.dtype.name == "bfloat16" else array
+        if self.shares_host_memory:
             buffer = self.device.allocator.import_host_allocation(
-                array.reshape(-1),
+                raw.reshape(-1),
                 memory_type=rt.MemoryType.DEVICE_LOCAL | rt.MemoryType.HOST_VISIBLE,
                 allowed_usage=rt.BufferUsage.DEFAULT,
             )
-            return rt.HalBufferView(buffer, list(array.shape), element_type)
+            return buffer, array
+        buffer = self.device.allocator.allocate_buffer_copy(
+            memory_type=rt.MemoryType.DEVICE_LOCAL,
+            allowed_usage=rt.BufferUsage.DEFAULT,
+            device=self.device,
+            buffer=np.ascontiguousarray(raw).reshape(-1),
+        )
+        return buffer, array
+
+    def upload(self, array: np.ndarray) -> Any:
+        """A device copy of a small input (a prompt, a position)."""
+        rt = self._rt
         buffer = self.device.allocator.allocate_buffer_copy(
             memory_type=rt.MemoryType.DEVICE_LOCAL,
             allowed_usage=rt.BufferUsage.DEFAULT,
@@ -165,7 +177,10 @@ class IreeRunner:
             buffer=np.ascontiguousarray(array).reshape(-1),
         )
         # An explicit view: the buffer protocol would turn a 0-d scalar into shape [1].
-        return rt.HalBufferView(buffer, list(array.shape), element_type)
+        return rt.HalBufferView(buffer, list(array.shape), _element_type(rt, array.dtype.name))
+
+    def read_token(self, view: Any) -> int:
+        return self._token.read(view)
 
     def module(self, vmfb: bytes) -> _LoadedModule:
         key = hashlib.sha256(vmfb).hexdigest()
@@ -314,16 +329,18 @@ class _TokenReadback:
         return self._staging
 
 
-def _element_type(rt: Any, dtype: np.dtype) -> Any:
+def _element_type(rt: Any, dtype: str) -> Any:
     types = {
         "float32": rt.HalElementType.FLOAT_32,
         "bfloat16": rt.HalElementType.BFLOAT_16,
         "float16": rt.HalElementType.FLOAT_16,
         "int32": rt.HalElementType.SINT_32,
         "uint32": rt.HalElementType.UINT_32,
+        "uint8": rt.HalElementType.UINT_8,
+        "uint4": rt.HalElementType.UINT_4,  # two per byte, low nibble first
     }
     try:
-        return types[np.dtype(dtype).name]
+        return types[dtype]
     except KeyError:
         raise ValueError(f"no IREE element type for dtype {dtype}") from None
 

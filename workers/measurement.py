@@ -59,6 +59,8 @@ class Measurement:
     upload_s: float  # seconds this point spent uploading weights; 0 when already resident
     weight_bytes: int
     quant_error: float
+    fp32_agreement: float  # workers.quality: argmax agreement with fp32, teacher-forced
+    fp32_logit_error: float  # relative logit error against fp32 at the first position
     bytes_per_token: int  # what one decode step reads: the weights and the whole KV cache
     peak_gbps: float | None  # the device's copy bandwidth, for the roofline
     hostname: str

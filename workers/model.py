@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from workers.llama_config import LlamaConfig
-from workers.quant import dequant_jnp
-from workers.variant import Variant
+from workers.quant import dequant_jnp, unpack_lanes_jnp, unpack_uint4_jnp
+from workers.variant import EMBEDDING, LM_HEAD, Variant
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
 
@@ -72,10 +72,13 @@ def cache_shape(cfg: LlamaConfig, max_seq: int) -> tuple[int, int, int, int]:
 class LlamaGraphs:
     """Builds the prefill and decode functions for one (config, variant, cache capacity)."""
 
-    def __init__(self, cfg: LlamaConfig, variant: Variant, max_seq: int) -> None:
+    def __init__(
+        self, cfg: LlamaConfig, variant: Variant, max_seq: int, layout: str = "in_major"
+    ) -> None:
         self.cfg = cfg
         self.variant = variant
-        self.names = tuple(spec.name for spec in variant.arg_specs(cfg))
+        self.layout = layout
+        self.names = tuple(spec.name for spec in variant.arg_specs(cfg, layout))
         self.max_seq = max_seq
         self.inv_freq = rope_inv_freq(cfg)
 
@@ -148,8 +151,7 @@ class LlamaGraphs:
         import jax.numpy as jnp
 
         w = dict(zip(self.names, weights, strict=True))
-        # The embedding is [hidden, vocab] (see workers/quant.py): gather columns.
-        x = jnp.take(w["model.embed_tokens.weight"], tokens, axis=1).T.astype(self.dtype)
+        x = self._embed(w, tokens)
         positions = start + jnp.arange(tokens.shape[0], dtype=jnp.int32)  # [T]
         cos, sin = self._rope(positions)
         for layer in range(self.cfg.num_hidden_layers):
@@ -210,30 +212,63 @@ class LlamaGraphs:
         out = jnp.einsum("grts,sgd->tgrd", probs, values.astype(q.dtype))
         return out.reshape(t, c.num_attention_heads, c.head_dim)
 
-    def _linear(self, w: dict[str, Array], name: str, x: Array) -> Array:
-        """x [T, in] @ W [in, out], dequantizing W in the graph for int8/int4."""
-        from jax import lax
+    # --- the weights: layout and dequant -------------------------------------------------
 
+    def _linear(self, w: dict[str, Array], name: str, x: Array) -> Array:
+        """x [T, in] times the linear's weight, dequantized in the graph when quantized.
+
+        in_major: x @ W with W [in, out]. out_major: W . x with W [out, in] as the dot's
+        left operand, which IREE lowers to a matvec; `x @ W.T` would make it transpose
+        the whole weight first.
+        """
         key = f"{name}.weight"
-        bits = self.variant.bits
-        if bits is None:
-            weight = w[key]
-        else:
-            weight = dequant_jnp(
-                w[f"{key}.qweight"],
-                w[f"{key}.scale"].astype("float32"),
-                w[f"{key}.minimum"].astype("float32"),
-                bits,
+        weight = self._matrix(w, key).astype(x.dtype)
+        if self.layout == "in_major":
+            return _dot(x, weight, 1, 0)
+        return _dot(weight, x, 1, 1).T
+
+    def _matrix(self, w: dict[str, Array], key: str) -> Array:
+        """A weight matrix in its stored orientation, dequantized if the variant quantizes it."""
+        if not self.variant.quantizes(key):
+            return w[key]
+        axis = 1 if key in (EMBEDDING, LM_HEAD) or self.layout == "out_major" else 0
+        return dequant_jnp(
+            w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.variant, axis
+        )
+
+    def _embed(self, w: dict[str, Array], tokens: Array) -> Array:
+        """The embedding rows of `tokens` [T] -> [T, hidden], in the activation dtype."""
+        import jax.numpy as jnp
+
+        if not self.variant.quantizes(EMBEDDING):
+            table = w[EMBEDDING]
+            if self.layout == "in_major":  # [hidden, vocab]: gather columns
+                return jnp.take(table, tokens, axis=1).T.astype(self.dtype)
+            return jnp.take(table, tokens, axis=0).astype(self.dtype)  # [vocab, hidden]
+        # Quantized: [vocab, hidden], one scale per row; gather the rows, then dequantize.
+        v = self.variant
+        if v.integer_dtype == "uint4":  # gather uint8 pairs: IREE gathers no ui4 on CUDA
+            values = unpack_uint4_jnp(jnp.take(w[f"{EMBEDDING}.qbytes"], tokens, axis=0))
+        elif v.storage == "uint32":
+            values = unpack_lanes_jnp(
+                jnp.take(w[f"{EMBEDDING}.qweight"], tokens, axis=0), v.bits, 1
             )
-        return lax.dot_general(x, weight.astype(x.dtype), (((1,), (0,)), ((), ())))
+        else:
+            values = jnp.take(w[f"{EMBEDDING}.qweight"], tokens, axis=0)
+        scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens).astype(jnp.float32)[:, None]
+        minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens).astype(jnp.float32)[:, None]
+        return (values.astype(jnp.float32) * scale + minimum).astype(self.dtype)
 
     def _lm_head(self, weights: tuple[Array, ...], h: Array) -> Array:
-        from jax import lax
-
+        """h [.., hidden] -> logits [.., vocab] (float32) through the (tied) lm_head."""
         w = dict(zip(self.names, weights, strict=True))
-        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-        contract = (((h.ndim - 1,), (0,)), ((), ()))  # h [.., hidden] @ head [hidden, vocab]
-        return lax.dot_general(h, head.astype(h.dtype), contract).astype("float32")
+        key = EMBEDDING if self.cfg.tie_word_embeddings else LM_HEAD
+        head = self._matrix(w, key).astype(h.dtype)
+        stored_in_major = self.layout == "in_major" and not self.variant.quantizes(key)
+        if stored_in_major:  # [hidden, vocab]
+            return _dot(h, head, h.ndim - 1, 0).astype("float32")
+        logits = _dot(head, h, 1, h.ndim - 1)  # [vocab, ..]: the table on the left
+        return (logits.T if h.ndim == 2 else logits).astype("float32")
 
     def _rms_norm(self, x: Array, weight: Array) -> Array:
         import jax.numpy as jnp
@@ -258,3 +293,10 @@ def _apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+def _dot(a: Array, b: Array, a_axis: int, b_axis: int) -> Array:
+    """The product contracting `a_axis` of a with `b_axis` of b."""
+    from jax import lax
+
+    return lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())))

@@ -25,7 +25,7 @@ from workers.measurement import Measurement
 from workers.model import cache_shape
 from workers.quant import VariantWeights, prepare_variant
 from workers.runtime import DecodeRun, DecodeSteps, greedy_decode, prompt_ids
-from workers.variant import Variant, numpy_dtype
+from workers.variant import Variant, check_layout, numpy_dtype
 
 RUNTIMES: tuple[str, ...] = ("iree", "xla")
 
@@ -72,13 +72,13 @@ class ModelSource:
             ident = {"preset": self.preset, "seed": self.seed, "config": self.config().to_dict()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
-    def variant(self, variant: Variant) -> VariantWeights:
+    def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
         """The variant's graph weights, made from one checkpoint tensor at a time."""
         from workers.checkpoint import lazy_checkpoint, lazy_synthetic_weights
 
         cfg = self.config()
         source = lazy_checkpoint(self.path) if self.path else lazy_synthetic_weights(cfg, self.seed)
-        return prepare_variant(source, cfg, variant, consume=True)
+        return prepare_variant(source, cfg, variant, layout, consume=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +92,12 @@ class BenchTask:
     prompt_bucket: int
     max_seq: int
     steps: DecodeSteps
+    layout: str = "in_major"  # how the weight matrices reach the graphs (workers.variant)
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime {self.runtime!r}; allowed: {list(RUNTIMES)}")
+        check_layout(self.layout)
 
 
 class PointWorker:
@@ -125,6 +127,7 @@ class PointWorker:
     def run(
         self, task: BenchTask, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
     ) -> Measurement:
+        from workers.quality import FP32, quality
         from workers.reference import num_matching, reference_tokens
 
         started_at = time.time()
@@ -137,6 +140,17 @@ class PointWorker:
             task.prompt_bucket,
             task.max_seq,
             task.steps.num_tokens,
+            weights_id=task.weights_id,
+            cache_dir=self.cache_dir,
+        )
+        agreement = quality(
+            self.cfg,
+            vw,
+            prompt,
+            task.prompt_bucket,
+            task.max_seq,
+            task.steps.num_tokens,
+            fp32_weights=lambda: self.source.variant(FP32),
             weights_id=task.weights_id,
             cache_dir=self.cache_dir,
         )
@@ -153,6 +167,8 @@ class PointWorker:
             upload_s=upload_s,
             weight_bytes=vw.nbytes,
             quant_error=vw.quant_error,
+            fp32_agreement=agreement.fp32_agreement,
+            fp32_logit_error=agreement.fp32_logit_error,
             bytes_per_token=bytes_per_token,
             peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(bytes_per_token),
             xla_compile_s=xla_compile_s,
@@ -167,7 +183,7 @@ class PointWorker:
     ) -> tuple[DecodeRun, float | None]:
         """The timed loop on the task's runtime; XLA also reports its compile seconds."""
         if task.runtime == "xla":
-            session = self._xla.session(self.cfg, task.variant, task.prompt_bucket, task.max_seq)
+            session = self._xla.session(self.cfg, task.prompt_bucket, task.max_seq)
             return greedy_decode(session, prompt, task.prompt_bucket, task.steps), session.compile_s
         assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
         session = self.iree.session(prefill_vmfb, decode_vmfb)
@@ -175,8 +191,8 @@ class PointWorker:
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:
         """Makes the task's variant resident in its runtime, freeing the other runtime's."""
-        key = f"{task.weights_id}/{task.variant.fingerprint}"
-        make = lambda: self.source.variant(task.variant)  # noqa: E731
+        key = f"{task.weights_id}/{task.variant.fingerprint}/{task.layout}"
+        make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
         if task.runtime == "xla":
             from workers.xla_runtime import XlaRunner
 

@@ -1,16 +1,17 @@
 """Making a variant's weights: layout, quantization, packing, and the in-graph dequant.
 
-Every matrix reaches the graph input-major, [in, out] (the transpose of the Hugging
-Face [out, in] layout), so each matmul is `x @ W` with the weight read once in
-order. Given [out, in], IREE emits a transpose dispatch per weight per step, which
-writes a copy of every weight each token. The embedding is stored [hidden, vocab]
-for the same reason: it is the (tied) lm_head of every step, while its lookup only
-gathers a few columns.
-
 What a variant stores is described in `workers/variant.py`; this module does the
-arithmetic. `dequant_jnp` is what the graph runs right before each matmul;
-`dequant_np` is the same arithmetic on the host, used to measure the quantization
-error and to check the graph.
+arithmetic. Quantization works on a matrix as rows of its contraction dimension,
+[rows, K] (the checkpoint's own [out, in]); the layout then decides how the matrix
+reaches the graph: transposed to [in, out] for `in_major`, as it is for
+`out_major`. `dequant_jnp` is what the graph runs right before each matmul, in the
+matrix's stored orientation; `dequantize` is the same arithmetic on the host, used to
+measure the quantization error and to check the graph.
+
+The dequant is one elementwise expression between the integer tensor and the
+matmul, with the scale multiply between the integer-to-float convert and the dot:
+IREE 3.13 reads unsigned integers as signed when a bare convert feeds a dot
+(ui4 8..15 become -8..-1), so the scale must come first.
 """
 
 from __future__ import annotations
@@ -21,73 +22,166 @@ from typing import Any
 import numpy as np
 
 from workers.llama_config import LlamaConfig, expected_shapes, is_linear
-from workers.variant import Variant
+from workers.variant import EMBEDDING, ArgSpec, Variant, check_layout, numpy_dtype
 
 ALIGNMENT = 64  # IREE's CPU buffers must start on a 64-byte boundary to be used in place
 
 
 @dataclasses.dataclass(frozen=True)
 class VariantWeights:
-    """One variant's weights as graph arguments: arrays in `variant.arg_specs` order."""
+    """One variant's weights as graph arguments, in `variant.arg_specs(cfg, layout)` order.
+
+    `uint4` arguments are held packed, two per byte (low nibble first), as IREE takes
+    them; the same array may stand behind two arguments (the quantized embedding's
+    ui4 and uint8 views), and counts once.
+    """
 
     variant: Variant
-    names: tuple[str, ...]
+    layout: str
+    specs: tuple[ArgSpec, ...]
     arrays: tuple[Any, ...]  # numpy arrays, or device arrays once resident
     # Relative Frobenius error ||W - dequant(quant(W))|| / ||W|| over all linears; 0 for fp32.
     quant_error: float
 
     @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.specs)
+
+    @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays)
+        unique = {id(a): a for a in self.arrays}
+        return sum(a.nbytes for a in unique.values())
+
+
+# --- quantization, on [rows, K] -----------------------------------------------------------
 
 
 def quantize(
-    w: np.ndarray, bits: int, group_size: int
+    w: np.ndarray, bits: int, group: int | None, scale_dtype: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[in, out] fp32 -> (packed uint32 [in*bits/32, out], scale and minimum [in/G, out])."""
-    in_dim, out_dim = w.shape
-    groups = w.reshape(in_dim // group_size, group_size, out_dim)
-    lo = groups.min(axis=1)
-    hi = groups.max(axis=1)
+    """[rows, K] float -> (integers [rows, K] uint8, scale, minimum), affine and asymmetric.
+
+    Per group of `group` along K (scale [rows, K/G]), or per row (scale [rows]). The
+    integers are rounded against the scale and minimum as stored (float16 included),
+    so the dequantized weights are the closest the format can hold.
+    """
+    rows, k = w.shape
+    groups = w.reshape(rows, k // group, group) if group else w.reshape(rows, 1, k)
+    lo = groups.min(axis=2)
+    hi = groups.max(axis=2)
     levels = (1 << bits) - 1
-    scale = ((hi - lo) / levels).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.rint((groups - lo[:, None, :]) / safe[:, None, :])
-    q = np.clip(q, 0, levels).astype(np.uint32).reshape(in_dim, out_dim)
-    return pack(q, bits), scale, lo.astype(np.float32)
+    scale = ((hi - lo) / levels).astype(scale_dtype)
+    minimum = lo.astype(scale_dtype)
+    scale32, min32 = scale.astype(np.float32), minimum.astype(np.float32)
+    safe = np.where(scale32 > 0, scale32, 1.0).astype(np.float32)
+    q = np.rint((groups - min32[:, :, None]) / safe[:, :, None])
+    q = np.clip(q, 0, levels).astype(np.uint8).reshape(rows, k)
+    if not group:
+        scale, minimum = scale[:, 0], minimum[:, 0]
+    return q, np.ascontiguousarray(scale), np.ascontiguousarray(minimum)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, minimum: np.ndarray) -> np.ndarray:
+    """The inverse of `quantize` on the host: [rows, K] float32."""
+    rows, k = q.shape
+    scale32, min32 = scale.astype(np.float32), minimum.astype(np.float32)
+    if scale.ndim == 1:
+        return q.astype(np.float32) * scale32[:, None] + min32[:, None]
+    groups = q.astype(np.float32).reshape(rows, scale.shape[1], -1)
+    return (groups * scale32[:, :, None] + min32[:, :, None]).reshape(rows, k)
 
 
 def _shifts(bits: int) -> np.ndarray:
-    return (np.arange(32 // bits, dtype=np.uint32) * bits)[None, :, None]  # [1, per_lane, 1]
+    return np.arange(32 // bits, dtype=np.uint32) * bits
 
 
-def pack(q: np.ndarray, bits: int) -> np.ndarray:
-    """[in, out] integers -> [in*bits/32, out] uint32, consecutive inputs in one lane."""
-    lanes = q.reshape(-1, 32 // bits, q.shape[1]).astype(np.uint32)
-    return np.bitwise_or.reduce(lanes << _shifts(bits), axis=1).astype(np.uint32)
+def pack_lanes(q: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """Integers -> uint32 lanes along `axis`, consecutive values little-end-first."""
+    moved = np.moveaxis(q, axis, -1).astype(np.uint32)
+    lanes = moved.reshape(*moved.shape[:-1], -1, 32 // bits) << _shifts(bits)
+    return np.moveaxis(np.bitwise_or.reduce(lanes, axis=-1).astype(np.uint32), -1, axis)
 
 
-def unpack_np(packed: np.ndarray, bits: int) -> np.ndarray:
-    q = (packed[:, None, :] >> _shifts(bits)) & np.uint32((1 << bits) - 1)
-    return q.reshape(-1, packed.shape[1])
+def unpack_lanes(packed: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    moved = np.moveaxis(packed, axis, -1)
+    values = (moved[..., None] >> _shifts(bits)) & np.uint32((1 << bits) - 1)
+    return np.moveaxis(values.reshape(*moved.shape[:-1], -1), -1, axis)
 
 
-def dequant_np(packed: np.ndarray, scale: np.ndarray, minimum: np.ndarray, bits: int) -> np.ndarray:
-    q = unpack_np(packed, bits).astype(np.float32)
-    num_groups, out_dim = scale.shape
-    q = q.reshape(num_groups, -1, out_dim)
-    return (q * scale[:, None, :] + minimum[:, None, :]).reshape(-1, out_dim).astype(np.float32)
+def pack_uint4(q: np.ndarray) -> np.ndarray:
+    """Values 0..15 -> bytes, two per byte in row-major order, low nibble first: how IREE
+    lays out a ui4 tensor. Shape: the last dimension halved."""
+    flat = q.astype(np.uint8).reshape(*q.shape[:-1], -1, 2)
+    return np.ascontiguousarray((flat[..., 0] & 0xF) | ((flat[..., 1] & 0xF) << 4))
 
 
-def dequant_jnp(packed: Any, scale: Any, minimum: Any, bits: int) -> Any:
-    """The in-graph dequant: same arithmetic as `dequant_np`, in jax.numpy."""
+def unpack_uint4(packed: np.ndarray) -> np.ndarray:
+    """The inverse of `pack_uint4`: bytes -> values 0..15 (uint8), last dimension doubled."""
+    pairs = np.stack([packed & 0xF, packed >> 4], axis=-1)
+    return pairs.reshape(*packed.shape[:-1], -1)
+
+
+def jax_arrays(vw: VariantWeights) -> tuple[Any, ...]:
+    """The weights as JAX takes them: packed ui4 arguments unpacked to one value per byte
+    (numpy's uint4 from ml_dtypes); the others, and arrays JAX already holds, as they are."""
+    out = []
+    for spec, array in zip(vw.specs, vw.arrays, strict=True):
+        if spec.dtype == "uint4" and array.dtype == np.uint8:
+            values = unpack_uint4(np.asarray(array)).reshape(spec.shape)
+            out.append(values.view(numpy_dtype("uint4")))
+        else:
+            out.append(array)
+    return tuple(out)
+
+
+# --- the in-graph dequant -----------------------------------------------------------------
+
+
+def dequant_jnp(stored: Any, scale: Any, minimum: Any, variant: Variant, axis: int) -> Any:
+    """A quantized matrix in its stored orientation -> float32, inside the graph.
+
+    `axis` is the contraction axis (0: [K, N], 1: [N, K]); per-row scales are [N],
+    group scales have K/G in place of K.
+    """
+    import jax.numpy as jnp
+
+    values = unpack_lanes_jnp(stored, variant.bits, axis) if variant.storage == "uint32" else stored
+    values = values.astype(jnp.float32)
+    scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
+    if scale.ndim == 1:  # one scale per output row: broadcast along the contraction axis
+        shape = (1, -1) if axis == 0 else (-1, 1)
+        return values * scale.reshape(shape) + minimum.reshape(shape)
+    k = values.shape[axis]
+    groups = scale.shape[axis]
+    if axis == 0:
+        grouped = values.reshape(groups, k // groups, values.shape[1])
+        return (grouped * scale[:, None, :] + minimum[:, None, :]).reshape(values.shape)
+    grouped = values.reshape(values.shape[0], groups, k // groups)
+    return (grouped * scale[:, :, None] + minimum[:, :, None]).reshape(values.shape)
+
+
+def unpack_lanes_jnp(packed: Any, bits: int, axis: int) -> Any:
+    """uint32 lanes -> integers along `axis`, with shifts and masks."""
     import jax.numpy as jnp
 
     shifts = jnp.asarray(_shifts(bits))
-    q = (packed[:, None, :] >> shifts) & jnp.uint32((1 << bits) - 1)  # [lanes, per_lane, out]
-    num_groups, out_dim = scale.shape
-    q = q.reshape(num_groups, -1, out_dim).astype(jnp.float32)  # [groups, G, out]
-    return (q * scale[:, None, :] + minimum[:, None, :]).reshape(-1, out_dim)
+    mask = jnp.uint32((1 << bits) - 1)
+    if axis == 0:  # [K / per_lane, N] -> [K, N]
+        values = (packed[:, None, :] >> shifts[None, :, None]) & mask
+        return values.reshape(-1, packed.shape[1])
+    values = (packed[:, :, None] >> shifts[None, None, :]) & mask  # [N, K / per_lane, per]
+    return values.reshape(packed.shape[0], -1)
+
+
+def unpack_uint4_jnp(packed: Any) -> Any:
+    """uint8 pairs -> ui4 values as uint8 (low nibble first), last dimension doubled."""
+    import jax.numpy as jnp
+
+    pairs = jnp.stack([packed & jnp.uint8(0xF), packed >> jnp.uint8(4)], axis=-1)
+    return pairs.reshape(*packed.shape[:-1], -1)
+
+
+# --- building a variant's weights -----------------------------------------------------------
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -103,9 +197,9 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def to_graph_layout(w: np.ndarray) -> np.ndarray:
-    """Checkpoint [out, in] (or [vocab, hidden]) -> the graph's input-major layout, aligned."""
-    view = w.T if w.ndim == 2 else w
+def aligned(array: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """A 64-byte aligned C-contiguous copy of `array` (or of its transpose)."""
+    view = array.T if transpose else array
     out = aligned_empty(view.shape, view.dtype)
     np.copyto(out, view)
     return out
@@ -115,6 +209,7 @@ def prepare_variant(
     weights: Any,  # name -> fp32 checkpoint tensor: a dict, or a LazyTensors
     cfg: LlamaConfig,
     variant: Variant,
+    layout: str = "in_major",
     *,
     consume: bool = False,
 ) -> VariantWeights:
@@ -123,31 +218,53 @@ def prepare_variant(
     With `consume`, each checkpoint tensor is removed from `weights` once converted, so
     a 1B model is never held twice (checkpoint layout and graph layout) at once.
     """
-    variant.check_model(cfg)
+    check_layout(layout)
+    specs = variant.arg_specs(cfg, layout)
     arrays: list[np.ndarray] = []
     err_sq = ref_sq = 0.0
     for name in expected_shapes(cfg):
         source = weights.pop(name) if consume else weights[name]
-        w = to_graph_layout(source.astype(np.float32, copy=False))
+        w = source.astype(np.float32, copy=False)
         del source
-        if variant.is_quantized_tensor(name):
-            assert variant.bits is not None and variant.group_size is not None
-            packed, scale, minimum = quantize(w, variant.bits, variant.group_size)
-            diff = dequant_np(packed, scale, minimum, variant.bits) - w
-            arrays += [packed, scale, minimum]
-        elif variant.dtype == "bfloat16":
-            import ml_dtypes
-
-            cast = w.astype(ml_dtypes.bfloat16)
-            diff = cast.astype(np.float32) - w
-            arrays.append(cast)
+        if variant.quantizes(name):
+            stored, error = _quantized(w, name, variant, layout)
+            arrays += stored
+            if is_linear(name):  # the error of the linears only
+                err_sq += error
+                ref_sq += float(np.vdot(w, w))
         else:
-            diff = None
-            arrays.append(w)
-        if diff is not None and is_linear(name):  # the error of the linears only
-            err_sq += float(np.vdot(diff, diff))
-            ref_sq += float(np.vdot(w, w))
-        del w, diff
+            dtype = numpy_dtype("float32" if variant.quantized else variant.dtype)
+            cast = w.astype(dtype, copy=False)
+            if is_linear(name) and dtype != np.float32:
+                diff = cast.astype(np.float32) - w
+                err_sq += float(np.vdot(diff, diff))
+                ref_sq += float(np.vdot(w, w))
+            arrays.append(aligned(cast, transpose=w.ndim == 2 and layout == "in_major"))
+        del w
     quant_error = float(np.sqrt(err_sq / ref_sq)) if ref_sq else 0.0
-    names = tuple(spec.name for spec in variant.arg_specs(cfg))
-    return VariantWeights(variant, names, tuple(arrays), quant_error)
+    return VariantWeights(variant, layout, specs, tuple(arrays), quant_error)
+
+
+def _quantized(
+    w: np.ndarray, name: str, variant: Variant, layout: str
+) -> tuple[list[np.ndarray], float]:
+    """A checkpoint matrix [out, in] -> its stored arrays (in arg_specs order) and the
+    squared error of the dequantized matrix."""
+    assert variant.bits is not None
+    q, scale, minimum = quantize(w, variant.bits, variant.group_of(name), variant.scale_dtype)
+    diff = dequantize(q, scale, minimum) - w
+    error = float(np.vdot(diff, diff))
+    table = name in (EMBEDDING, "lm_head.weight")
+    if layout == "in_major" and not table:  # [out, in] -> [in, out]; scales follow (per-row: 1-D)
+        q, scale, minimum = q.T, scale.T, minimum.T
+        axis = 0
+    else:
+        axis = 1
+    if variant.storage == "uint32":
+        stored = [aligned(pack_lanes(q, variant.bits, axis))]
+    elif variant.bits == 4:
+        packed = aligned(pack_uint4(np.ascontiguousarray(q)))
+        stored = [packed, packed] if name == EMBEDDING else [packed]  # the ui4 and uint8 views
+    else:
+        stored = [aligned(q)]
+    return [*stored, aligned(scale), aligned(minimum)], error

@@ -19,7 +19,7 @@ import numpy as np
 from workers.files import atomic_write
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs
-from workers.quant import VariantWeights
+from workers.quant import VariantWeights, jax_arrays
 from workers.runtime import DecodeSteps, greedy_decode
 
 
@@ -36,6 +36,7 @@ def reference_key(
     parts = [
         weights_id,
         vw.variant.fingerprint,
+        vw.layout,
         hashlib.sha256(prompt.tobytes()).hexdigest(),
         str(bucket),
         str(max_seq),
@@ -81,8 +82,8 @@ def _run_xla(
 
     cpu = jax.devices("cpu")[0]
     # may_alias: aligned host arrays (the resident CPU weights) are used in place.
-    weights = tuple(jax.device_put(a, cpu, may_alias=True) for a in vw.arrays)
-    session = XlaSession(cpu, weights, LlamaGraphs(cfg, vw.variant, max_seq), bucket)
+    weights = tuple(jax.device_put(a, cpu, may_alias=True) for a in jax_arrays(vw))
+    session = XlaSession(cpu, weights, LlamaGraphs(cfg, vw.variant, max_seq, vw.layout), bucket)
     steps = DecodeSteps(warmup_steps=0, decode_steps=num_tokens - 1, prefill_runs=1)
     return greedy_decode(session, prompt, bucket, steps).tokens
 

@@ -1,21 +1,29 @@
-"""A weight variant as one value: how the linears are stored, what the graph computes in,
-and how closely its tokens must follow its XLA reference.
+"""A weight variant as one value: how the weights are stored, what the graph computes in,
+and how closely its tokens must follow its XLA reference; and the weight layout.
 
 A variant is data (`conf/variant/<name>.yaml`), so adding a quantization format is a
 YAML file, as adding a device is. Code asks this object, never the variant's name:
 the graph's weight arguments (`arg_specs`), the dtype of activations and KV cache,
 and the token-match rule.
 
-Quantized variants are affine and asymmetric, per group of `group_size` along the
-contraction (input) dimension of each of the 7 per-layer linears:
+Quantized variants are affine and asymmetric. The 7 per-layer linears are quantized
+per group of `group_size` inputs along the contraction dimension, or with one scale
+and minimum per output row (`group_size: null`, "per channel"):
 
-    w[g*G + j, o] ~= q[g*G + j, o] * scale[g, o] + minimum[g, o],   q in [0, 2^bits)
+    w[o, g*G + j] ~= q[o, g*G + j] * scale[o, g] + minimum[o, g],   q in [0, 2^bits)
 
-The integers are packed little-end-first into uint32 lanes along the input
-dimension (8 int4 or 4 int8 per lane), so the graph receives a uint32 array of
-shape [in * bits / 32, out] plus a scale and a minimum of shape [in / G, out]. The
-embedding and the norms stay fp32. Every matrix reaches the graph input-major,
-[in, out], so each matmul is `x @ W` (see `workers/quant.py` for why).
+`storage` says how the integers reach the graph: `uint32` packs them little-end-first
+into uint32 lanes along the contraction dimension (8 int4 or 4 int8 per lane) and the
+graph unpacks them with shifts and masks (the seed's formulation); `native` passes
+them as `ui4` or `ui8` tensors, which IREE stores packed itself. `scale_dtype` is
+float32 or float16. With `quantize_embedding` the token embedding (the tied lm_head)
+and an untied lm_head are quantized too, one scale per vocabulary row; otherwise they
+and the norms stay in float32.
+
+The layout is a grid axis of its own: `in_major` gives the graph every matrix as
+[in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
+with the weight as the dot's left operand (`W . x`), which IREE lowers to a matvec
+without a transpose. The quantized embedding table is [vocab, hidden] in either.
 """
 
 from __future__ import annotations
@@ -29,22 +37,26 @@ import numpy as np
 from workers.llama_config import LlamaConfig, expected_shapes, is_linear
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
-STORAGES: tuple[str, ...] = ("uint32",)
+STORAGES: tuple[str, ...] = ("uint32", "native")
+SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 MATCH_RULES: tuple[str, ...] = ("all", "first")
+LAYOUTS: tuple[str, ...] = ("in_major", "out_major")
+EMBEDDING = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
 
 
 def numpy_dtype(name: str) -> np.dtype:
-    """The numpy dtype of a dtype name, bfloat16 (from ml_dtypes) included."""
-    if name == "bfloat16":
+    """The numpy dtype of a dtype name; bfloat16 and uint4 come from ml_dtypes."""
+    if name in ("bfloat16", "uint4"):
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
 
 
 @dataclasses.dataclass(frozen=True)
 class ArgSpec:
-    """One graph argument: its name, shape and numpy dtype name."""
+    """One graph argument: its name, shape and dtype name (`uint4` included)."""
 
     name: str
     shape: tuple[int, ...]
@@ -58,9 +70,11 @@ class Variant:
     name: str
     bits: int | None = None  # 4 or 8: the per-layer linears are quantized; None: floating point
     dtype: str = "float32"  # activations and KV cache; also the float weights' dtype
-    group_size: int | None = None  # quantization group along the contraction dimension
-    storage: str = "uint32"  # how quantized integers are held: packed into uint32 lanes
-    scale_dtype: str = "float32"  # dtype of the per-group scale and minimum
+    # Quantization group along the contraction dimension; None: one scale per output row.
+    group_size: int | None = None
+    storage: str = "uint32"  # "uint32": packed lanes, unpacked in the graph; "native": ui4/ui8
+    scale_dtype: str = "float32"  # dtype of the scale and minimum
+    quantize_embedding: bool = False  # also the embedding and lm_head, per vocabulary row
     # Greedy tokens against the XLA reference of the same graph: "all" must match;
     # "first" only the first, for a dtype whose rounding differs between XLA and IREE.
     match: str = "all"
@@ -72,23 +86,27 @@ class Variant:
         for field, allowed in (
             ("dtype", DTYPES),
             ("storage", STORAGES),
-            ("scale_dtype", DTYPES[:1]),
+            ("scale_dtype", SCALE_DTYPES),
             ("match", MATCH_RULES),
         ):
             if getattr(self, field) not in allowed:
                 raise ValueError(
                     f"{where}: {field}={getattr(self, field)!r}; allowed: {list(allowed)}"
                 )
-        if self.quantized:
-            if self.dtype != "float32":
-                raise ValueError(f"{where}: a quantized variant computes in float32")
-            if not self.group_size or self.group_size % self.values_per_lane:
+        if not self.quantized:
+            if self.group_size is not None or self.quantize_embedding:
                 raise ValueError(
-                    f"{where}: group_size={self.group_size} must be a positive multiple of "
-                    f"{self.values_per_lane} ({32 // self.values_per_lane}-bit values per lane)"
+                    f"{where}: group_size and quantize_embedding need a quantized variant (bits)"
                 )
-        elif self.group_size is not None:
-            raise ValueError(f"{where}: group_size applies to quantized variants only (set bits)")
+            return
+        if self.dtype != "float32":
+            raise ValueError(f"{where}: a quantized variant computes in float32")
+        step = self.values_per_lane if self.storage == "uint32" else 2
+        if self.group_size is not None and (self.group_size <= 0 or self.group_size % step):
+            raise ValueError(
+                f"{where}: group_size={self.group_size} must be a positive multiple of {step} "
+                "(or null: one scale per output row)"
+            )
 
     @property
     def fingerprint(self) -> str:
@@ -106,48 +124,89 @@ class Variant:
         assert self.bits is not None, "only quantized variants pack into lanes"
         return 32 // self.bits
 
+    @property
+    def integer_dtype(self) -> str:
+        """The dtype of the stored integers: uint32 lanes, or native uint4 / uint8."""
+        if self.storage == "uint32":
+            return "uint32"
+        return "uint4" if self.bits == 4 else "uint8"
+
     def min_tokens_matched(self, num_tokens: int) -> int:
         """How many leading tokens must equal the reference for the point to be ok."""
         return num_tokens if self.match == "all" else min(1, num_tokens)
 
+    def quantizes(self, name: str) -> bool:
+        """True for the checkpoint tensors this variant quantizes."""
+        if not self.quantized:
+            return False
+        return is_linear(name) or (self.quantize_embedding and name in (EMBEDDING, LM_HEAD))
+
+    def group_of(self, name: str) -> int | None:
+        """The quantization group of a tensor: the embedding is always per row."""
+        return None if name in (EMBEDDING, LM_HEAD) else self.group_size
+
     def check_model(self, cfg: LlamaConfig) -> None:
-        """Every linear's input dimension must split into whole groups."""
+        """Every linear's input dimension must split into whole groups (and lanes)."""
         if not self.quantized:
             return
-        assert self.group_size is not None
-        for dim in sorted(
-            {cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size}
-        ):
-            if dim % self.group_size:
+        step = self.group_size or (self.values_per_lane if self.storage == "uint32" else 2)
+        dims = {cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size}
+        for dim in sorted(dims):
+            if dim % step:
                 raise ValueError(
-                    f"variant {self.name!r}: group_size={self.group_size} does not divide the "
-                    f"linear input dimension {dim}; pick one that divides hidden_size, "
-                    "intermediate_size and heads*head_dim"
+                    f"variant {self.name!r}: {step} does not divide the linear input dimension "
+                    f"{dim}; pick a group_size that divides hidden_size, intermediate_size and "
+                    "heads*head_dim"
                 )
 
-    def is_quantized_tensor(self, name: str) -> bool:
-        """True for the checkpoint tensors this variant quantizes: the per-layer linears."""
-        return self.quantized and is_linear(name)
-
-    def arg_specs(self, cfg: LlamaConfig) -> tuple[ArgSpec, ...]:
+    def arg_specs(self, cfg: LlamaConfig, layout: str = "in_major") -> tuple[ArgSpec, ...]:
         """The graph's weight arguments in order, without materializing any weight.
 
         Export needs only these, so a compile task never has to build the weights.
         """
+        check_layout(layout)
         self.check_model(cfg)
         specs: list[ArgSpec] = []
         for name, hf_shape in expected_shapes(cfg).items():
-            shape = hf_shape[::-1]  # input-major: [in, out]
-            if self.is_quantized_tensor(name):
-                assert self.group_size is not None
-                in_dim, out_dim = shape
-                groups = (in_dim // self.group_size, out_dim)
-                specs += [
-                    ArgSpec(f"{name}.qweight", (in_dim // self.values_per_lane, out_dim), "uint32"),
-                    ArgSpec(f"{name}.scale", groups, self.scale_dtype),
-                    ArgSpec(f"{name}.minimum", groups, self.scale_dtype),
-                ]
+            if len(hf_shape) == 1:  # a norm
+                specs.append(ArgSpec(name, hf_shape, "float32" if self.quantized else self.dtype))
+            elif self.quantizes(name):
+                specs += self._quantized_specs(name, hf_shape, layout)
             else:
-                dtype = "float32" if self.quantized else self.dtype
-                specs.append(ArgSpec(name, shape, dtype))
+                shape = hf_shape if layout == "out_major" else hf_shape[::-1]
+                specs.append(ArgSpec(name, shape, "float32" if self.quantized else self.dtype))
         return tuple(specs)
+
+    def _quantized_specs(self, name: str, hf_shape: tuple[int, ...], layout: str) -> list[ArgSpec]:
+        out_dim, in_dim = hf_shape
+        table = name in (EMBEDDING, LM_HEAD)  # [vocab, hidden] whatever the layout
+        axis = 1 if table or layout == "out_major" else 0  # the contraction axis
+        shape = (out_dim, in_dim) if axis == 1 else (in_dim, out_dim)
+        group = self.group_of(name)
+        if group is None:
+            scale_shape: tuple[int, ...] = (out_dim,)
+        else:
+            scale_shape = (out_dim, in_dim // group) if axis == 1 else (in_dim // group, out_dim)
+        stored = list(shape)
+        if self.storage == "uint32":
+            stored[axis] //= self.values_per_lane
+        specs = [ArgSpec(f"{name}.qweight", tuple(stored), self.integer_dtype)]
+        if name == EMBEDDING and self.integer_dtype == "uint4":
+            # IREE cannot gather rows of a ui4 tensor on CUDA: the lookup reads the same
+            # bytes as uint8 pairs ([vocab, hidden / 2]) and unpacks them in the graph.
+            specs.append(ArgSpec(f"{name}.qbytes", (out_dim, in_dim // 2), "uint8"))
+        specs += [
+            ArgSpec(f"{name}.scale", scale_shape, self.scale_dtype),
+            ArgSpec(f"{name}.minimum", scale_shape, self.scale_dtype),
+        ]
+        return specs
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}; allowed: {list(LAYOUTS)}")
+
+
+def contraction_axis(name: str, layout: str) -> int:
+    """The axis of a stored matrix that a matmul contracts: 0 for [in, out], 1 for [out, in]."""
+    return 1 if name in (EMBEDDING, LM_HEAD) or layout == "out_major" else 0

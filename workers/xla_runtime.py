@@ -23,8 +23,7 @@ import numpy as np
 
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs
-from workers.quant import VariantWeights
-from workers.variant import Variant
+from workers.quant import VariantWeights, jax_arrays
 
 
 def jax_device(driver: str) -> Any:
@@ -123,7 +122,7 @@ class XlaRunner:
         self.release()
         vw = make_weights()
         start = time.perf_counter()
-        weights = tuple(jax.device_put(a, self.device, may_alias=True) for a in vw.arrays)
+        weights = tuple(jax.device_put(a, self.device, may_alias=True) for a in jax_arrays(vw))
         jax.block_until_ready(weights)
         # The device arrays stand in for the host ones (the XLA reference takes them as
         # they are), so no host copy outlives the upload.
@@ -132,12 +131,13 @@ class XlaRunner:
         self.num_uploads += 1
         return time.perf_counter() - start
 
-    def session(self, cfg: LlamaConfig, variant: Variant, bucket: int, max_seq: int) -> XlaSession:
+    def session(self, cfg: LlamaConfig, bucket: int, max_seq: int) -> XlaSession:
         """The compiled graph pair for this shape (compiled once per resident variant)."""
-        assert self.resident_variant is not None, "a session before ensure_weights"
-        key = (variant, bucket, max_seq)
+        vw = self.resident_variant
+        assert vw is not None, "a session before ensure_weights"
+        key = (bucket, max_seq)
         if key not in self._sessions:
-            graphs = LlamaGraphs(cfg, variant, max_seq)
+            graphs = LlamaGraphs(cfg, vw.variant, max_seq, vw.layout)
             self._sessions[key] = XlaSession(
                 self.device, self.resident_variant.arrays, graphs, bucket
             )
