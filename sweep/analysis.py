@@ -8,7 +8,7 @@ Aggregation: a group (e.g. one variant x device x flag set) may hold several ok 
 (other max_seq, model or group_size values, or several runs with `--run all`). Its
 ms/token is the *median of the rows' decode_ms_p50*, likewise p10, p90, prefill ms,
 dispatches, compile s and vmfb bytes (the median of the rows' values, not a
-percentile of the pooled samples); tok/s is 1000 / that median, as in a row. Failed
+percentile of the pooled samples); tok/s is 1000 x batch size / that median, as in a row. Failed
 rows count in the status column only, except that `wrong_output` rows also count in
 the tokens-matched column, which is where they matter.
 """
@@ -37,6 +37,10 @@ POINT_COLUMNS: tuple[str, ...] = (
     "prompt_bucket",
     "max_seq",
     "flag_set",
+    "batch_size",
+    "depth",
+    "attention_span",
+    "steps_per_call",
 )
 BY_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -52,6 +56,10 @@ DEFAULT_BY: tuple[str, ...] = (
     "runtime",
     "flag_set",
     "prompt_length",
+    "batch_size",
+    "depth",
+    "attention_span",
+    "steps_per_call",
 )
 # The flag study compares flag sets within one of these contexts.
 FLAG_CONTEXT: tuple[str, ...] = ("variant", "device", "runtime", "prompt_length")
@@ -206,15 +214,17 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the ok rows of a group (see the module docstring)."""
     ok = [r for r in rows if r["status"] == "ok"]
     p50 = median(r.get("decode_ms_p50") for r in ok)
+    batch = median(r.get("batch_size") or 1 for r in ok) or 1.0
     matched, total = tokens_matched(rows)
     summary = {
         "num_rows": len(rows),
         "num_ok": len(ok),
-        "tok_s": 1000.0 / p50 if p50 else None,
+        "tok_s": 1000.0 * batch / p50 if p50 else None,  # a step makes `batch` tokens
         "decode_ms_p50": p50,
         "decode_ms_p10": median(r.get("decode_ms_p10") for r in ok),
         "decode_ms_p90": median(r.get("decode_ms_p90") for r in ok),
         "prefill_ms": median(r.get("prefill_ms") for r in ok),
+        "prefill_tok_s": median(r.get("prefill_tok_s") for r in ok),
         "num_dispatches": median_count(r.get("num_dispatches") for r in rows),
         "num_tokens_matched": matched,
         "num_tokens": total,
@@ -222,6 +232,8 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # newer schemas' columns: None where the rows predate them
         "roofline_frac": median(r.get("roofline_frac") for r in ok),
         "fp32_agreement": median(r.get("fp32_agreement") for r in ok),
+        "device_ms": median(r.get("device_ms") for r in ok),
+        "host_ms": median(r.get("host_ms") for r in ok),
     }
     return summary
 
@@ -256,6 +268,7 @@ def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             group = groups[key]
             record = {**dict(zip(FLAG_CONTEXT, context, strict=True))}
             record.update(flag_set=key[0], layout=key[1], **timing_summary(group))
+            record["point_keys"] = [r["point_key"] for r in group if r["status"] == "ok"]
             record["compile_s"] = median(r.get("compile_s") for r in group)
             record["vmfb_bytes"] = median_count(r.get("vmfb_bytes") for r in group)
             record.update(_against_baseline(record, group, base, base_rows, key == baseline))

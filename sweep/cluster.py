@@ -198,23 +198,24 @@ def _node_facts() -> tuple[str, str]:
     return socket.gethostname(), host_cpu_id()
 
 
-def compile_graph_fn(job: CompileJob, cache_dir: str, timeout_s: float) -> tuple[Any, bytes | None]:
-    """Export one graph and compile it: (CompileResult without its vmfb, the vmfb), two
-    Ray objects, so the driver never fetches the vmfb and the actors fetch only it."""
+def compile_graph_fn(
+    job: CompileJob, cache_dir: str, timeout_s: float, mode: str = "auto"
+) -> tuple[Any, bytes | None]:
+    """One graph from the cache, or exported and compiled: (CompileResult without its
+    vmfb, the vmfb), two Ray objects, so the driver never fetches the vmfb and the
+    actors fetch only it."""
     from pathlib import Path
 
-    from workers.compile import compile_stablehlo
-    from workers.export import export_graph
+    from workers.compile import compile_graph
 
-    exported = export_graph(job.graph)
     with host_lock(exclusive=False):  # never beside a timed point of another sweep
-        result = compile_stablehlo(
-            exported.stablehlo,
+        result = compile_graph(
+            job.graph,
             job.device,
             job.flags,
-            cache_dir=Path(cache_dir) / "vmfb",
+            cache_dir=Path(cache_dir),
             timeout_s=timeout_s,
-            work_dir=Path(cache_dir) / "work",
+            mode=mode,
         )
     return result.without_vmfb(), result.vmfb
 
@@ -273,8 +274,11 @@ def actor_options(device: DeviceSpec, node: NodeInfo) -> dict[str, Any]:
 class RayBackend:
     """The scheduler's `Backend` on a Ray cluster (see `sweep.scheduler.Backend`)."""
 
-    def __init__(self, source: Any, cache_dir: str, compile_timeout_s: float) -> None:
+    def __init__(
+        self, source: Any, cache_dir: str, compile_timeout_s: float, compile_mode: str = "auto"
+    ) -> None:
         self.source, self.cache_dir, self.compile_timeout_s = source, cache_dir, compile_timeout_s
+        self.compile_mode = compile_mode
         self.compile_task, self.actor_class = remote_functions()
         self._vmfbs: dict[Any, Any] = {}  # a compile's metadata ref -> its vmfb ref
 
@@ -286,7 +290,7 @@ class RayBackend:
 
         on_node = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
         meta, vmfb = self.compile_task.options(scheduling_strategy=on_node).remote(
-            job, self.cache_dir, self.compile_timeout_s
+            job, self.cache_dir, self.compile_timeout_s, self.compile_mode
         )
         self._vmfbs[meta] = vmfb
         return meta

@@ -36,7 +36,7 @@ _RENAME_EXCHANGE = 2
 STALE_S = 3600.0  # a hidden compaction folder this old was left by a crash
 
 
-def compact_run(results_dir: Path, run_id: str) -> Path | None:
+def compact_run(results_dir: Path, run_id: str, schema: pa.Schema = SCHEMA) -> Path | None:
     """Replaces the run's part files by one file; returns it (None: nothing to do)."""
     root = Path(results_dir)
     run_dir = root / f"run_id={run_id}"
@@ -45,11 +45,11 @@ def compact_run(results_dir: Path, run_id: str) -> Path | None:
     if len(parts) < 2:
         return None
     parts = set_aside_unreadable(root, parts)
-    table = dataset_of(parts).to_table().sort_by([("created_at", "ascending")])
+    table = dataset_of(parts, schema).to_table().sort_by([("created_at", "ascending")])
     staging = root / f".run_id={run_id}.compact-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     compacted = staging / f"part-compacted-{time.strftime('%Y%m%dT%H%M%S')}-{len(parts)}.parquet"
-    atomic_write(compacted, lambda f: _write(table, f), fsync=True)
+    atomic_write(compacted, lambda f: _write(table, schema, f), fsync=True)
     if not _exchange(run_dir, staging):
         shutil.rmtree(staging, ignore_errors=True)
         warnings.warn(
@@ -62,8 +62,8 @@ def compact_run(results_dir: Path, run_id: str) -> Path | None:
     return run_dir / compacted.name
 
 
-def _write(table: pa.Table, f: object) -> None:
-    pq.write_table(table.cast(SCHEMA), f, compression="zstd", row_group_size=65536)
+def _write(table: pa.Table, schema: pa.Schema, f: object) -> None:
+    pq.write_table(table.cast(schema), f, compression="zstd", row_group_size=65536)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -20,7 +20,7 @@ import argparse
 import sys
 from typing import Any
 
-from sweep import analysis
+from sweep import analysis, profiles
 from sweep.report import (
     Column,
     Table,
@@ -47,11 +47,22 @@ def describe(point: dict[str, Any]) -> str:
     return f"{point['point_key']} ({' '.join(parts)})"
 
 
-def compare_table(run_a: str, run_b: str, rows: list[dict[str, Any]]) -> Table:
-    """The compare table of two runs whose rows `rows` holds."""
+def compare_table(
+    run_a: str,
+    run_b: str,
+    rows: list[dict[str, Any]],
+    kinds: dict[tuple[str, str], dict[str, float]] | None = None,
+) -> Table:
+    """The compare table of two runs whose rows `rows` holds; with their profiles' time
+    per kind (`sweep.profiles.kinds_of_runs`), what changed kind by kind."""
+    kinds = kinds or {}
     result = analysis.compare_runs(
         [r for r in rows if r["run_id"] == run_a], [r for r in rows if r["run_id"] == run_b]
     )
+    for point in result["points"]:
+        a, b = kinds.get((run_a, point["point_key"])), kinds.get((run_b, point["point_key"]))
+        if a and b:
+            point["kind_change"] = profiles.kind_change(a, b)
     shown = [c for c in analysis.POINT_COLUMNS if c not in ("driver", "prompt_bucket")]
     columns = [key_column(col) for col in shown]  # the driver follows the device
     columns += [
@@ -60,6 +71,8 @@ def compare_table(run_a: str, run_b: str, rows: list[dict[str, Any]]) -> Table:
         metric("B/A", "ratio", lambda v: "" if v is None else f"{v:.2f}"),
         Column("verdict", lambda r: r["verdict"]),
     ]
+    if any(r.get("kind_change") for r in result["points"]):
+        columns.append(Column("B-A by kind, ms/tok", lambda r: r.get("kind_change") or ""))
     return Table(
         records=result["points"],
         columns=columns,
@@ -98,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compare(args: argparse.Namespace) -> None:
     rows = rows_of_runs(load_table(args.results, samples=True), [args.run_a, args.run_b])
-    table = compare_table(args.run_a, args.run_b, rows)
+    kinds = profiles.kinds_of_runs(args.results, [args.run_a, args.run_b])
+    table = compare_table(args.run_a, args.run_b, rows, kinds)
     emit(render(table, args.format), args.out)
     if args.format == "csv":
         for note in table.notes:

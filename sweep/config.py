@@ -19,10 +19,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from workers.compile import COMPILE_MODES
 from workers.devices import DeviceSpec
 from workers.point import RUNTIMES, ModelSource
 from workers.runtime import DecodeSteps
 from workers.variant import LAYOUTS, Variant
+
+ATTENTION: tuple[str, ...] = ("full", "filled")
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SCHEMA_NAME = "sweep_schema"
@@ -61,6 +64,11 @@ class GridConfig:
     flag_sets: dict[str, FlagSet] = dataclasses.field(metadata={"schema": dict[str, Any]})
     runtimes: tuple[str, ...] = ("iree",)
     layouts: tuple[str, ...] = ("in_major",)  # how weight matrices reach the graphs
+    batch_sizes: tuple[int, ...] = (1,)  # sequences decoded together
+    depths: tuple[int, ...] = (0,)  # context tokens beyond the prompt when decode starts
+    # What decode attends over: "full" (every cache slot, as the seed: depth costs
+    # nothing) or "filled" (a power-of-two bucket of the filled slots: depth costs).
+    attention: tuple[str, ...] = ("full",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +79,72 @@ class BenchConfig:
     compile_timeout_s: float
     point_timeout_s: float
     max_retries: int
+    steps_per_call: int = 1  # greedy decode steps per call: a loop in the decode graph
+    profile_calls: int = 10  # with profile=true: decode calls in each point's profile
+    prompt: str | None = None  # a text prompt (a checkpoint's tokenizer.json); else seeded ids
 
     @property
     def steps(self) -> DecodeSteps:
-        return DecodeSteps(self.warmup_steps, self.decode_steps, self.prefill_runs)
+        return DecodeSteps(
+            self.warmup_steps, self.decode_steps, self.prefill_runs, self.steps_per_call
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
     address: str = ""
     num_cpus: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One axis of a search space: named choices, each a list of IREE flags; the first
+    choice is the default. `switch: [flags]` is short for `choices: {off: [], on: [flags]}`."""
+
+    choices: dict[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=dict, metadata={"schema": dict[str, Any]}
+    )
+    switch: tuple[str, ...] | None = None
+    devices: tuple[str, ...] | None = None  # None: every device
+
+    def __post_init__(self) -> None:
+        if self.switch is not None:
+            if self.choices:
+                raise ValueError("give either choices or switch, not both")
+            object.__setattr__(self, "choices", {"off": (), "on": tuple(self.switch)})
+            object.__setattr__(self, "switch", None)
+        if not self.choices:
+            raise ValueError("no choices: give choices {name: [flags]} or switch: [flags]")
+        for flags in self.choices.values():
+            FlagSet(tuple(flags))  # every flag starts with '-'
+
+    def applies_to(self, device: str) -> bool:
+        return self.devices is None or device in self.devices
+
+    @property
+    def default(self) -> str:
+        return next(iter(self.choices))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """A search space (`conf/search/<name>.yaml`) and its budget: see `sweep.search`."""
+
+    name: str
+    # IREE flag dimensions, in the order flags are given; any value in the schema, so
+    # `+search.dimensions.NAME={switch: [--flag]}` can add one (checked when frozen)
+    dimensions: dict[str, Dimension] = dataclasses.field(metadata={"schema": dict[str, Any]})
+    layouts: tuple[str, ...] = ()  # the layout axis; empty: grid.layouts
+    # the format axis: a grid variant -> the variants that may stand for it; absent: itself
+    formats: dict[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=dict, metadata={"schema": dict[str, Any]}
+    )
+    trials: int = 32  # distinct configurations per study
+    parallel: int = 4  # trials in flight per study: compiles overlap measurements
+    seed: int = 0  # the sampler's seed
+    startup_trials: int = 8  # random trials before the TPE model proposes
+    ablation_tolerance: float = 0.03  # a flag the winner keeps must be worth more than this
+    xla_baseline: bool = True  # also measure the XLA baseline of each study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +159,9 @@ class SweepConfig:
     cache_dir: str
     rerun: bool
     dry_run: bool
+    profile: bool = False  # IREE's per-dispatch profile of every ok point, after its timing
+    search: SearchConfig | None = None  # `+search=flags`: search the space instead of the grid
+    compile: str = "auto"  # auto: compile what the cache lacks; cache_only: never compile
 
 
 def load_config(overrides: list[str]) -> tuple[SweepConfig, dict[str, Any]]:
@@ -125,7 +192,11 @@ def check(cfg: SweepConfig) -> None:
         ("grid.devices", g.devices, tuple(cfg.devices)),
         ("grid.runtimes", g.runtimes, RUNTIMES),
         ("grid.layouts", g.layouts, LAYOUTS),
+        ("grid.attention", g.attention, ATTENTION),
+        ("grid.batch_sizes", g.batch_sizes, None),
+        ("grid.depths", g.depths, None),
         ("grid.prompt_lengths", g.prompt_lengths, None),
+        ("compile", (cfg.compile,), COMPILE_MODES),
     ):
         if not values:
             raise ConfigError(f"{key} is empty: list at least one")
@@ -150,16 +221,66 @@ def check(cfg: SweepConfig) -> None:
         ("bench.compile_timeout_s", b.compile_timeout_s, 1e-9),
         ("bench.point_timeout_s", b.point_timeout_s, 1e-9),
         ("bench.max_retries", b.max_retries, 0),
+        ("bench.steps_per_call", b.steps_per_call, 1),
+        ("bench.profile_calls", b.profile_calls, 1),
     ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")
-    steps = b.warmup_steps + b.decode_steps
+    if cfg.search is not None:
+        _check_search(cfg)
+    if b.decode_steps % b.steps_per_call:
+        raise ConfigError(
+            f"bench.steps_per_call={b.steps_per_call} must divide bench.decode_steps="
+            f"{b.decode_steps}: timed steps are whole calls"
+        )
+    for key, values, low in (("grid.batch_sizes", g.batch_sizes, 1), ("grid.depths", g.depths, 0)):
+        if min(values) < low:
+            raise ConfigError(f"{key}: {list(values)} must all be at least {low}")
+    steps = b.steps.num_tokens - 1
     for length in g.prompt_lengths:
-        if length < 1 or length + steps > g.max_seq:
+        context = length + max(g.depths)
+        if length < 1 or context + steps > g.max_seq:
             raise ConfigError(
                 f"grid.prompt_lengths: {length} does not fit the cache: prompt_length + "
-                f"bench.warmup_steps + bench.decode_steps ({length} + {steps}) must be at most "
-                f"grid.max_seq={g.max_seq}; raise grid.max_seq or shorten the prompt"
+                f"max(grid.depths) + bench.warmup_steps + bench.decode_steps ({length} + "
+                f"{max(g.depths)} + {steps}) must be at most grid.max_seq={g.max_seq}; "
+                "raise grid.max_seq or shorten the prompt"
+            )
+
+
+SEARCH_AXES = ("layout", "format")  # the search's own dimensions besides the flag ones
+
+
+def _check_search(cfg: SweepConfig) -> None:
+    s = cfg.search
+    assert s is not None
+    for key, value, low in (
+        ("search.trials", s.trials, 1),
+        ("search.parallel", s.parallel, 1),
+        ("search.startup_trials", s.startup_trials, 0),
+    ):
+        if value < low:
+            raise ConfigError(f"{key}={value}: must be at least {low}")
+    if not 0 <= s.ablation_tolerance < 1:
+        raise ConfigError(f"search.ablation_tolerance={s.ablation_tolerance}: must be in [0, 1)")
+    clash = [name for name in s.dimensions if name in SEARCH_AXES]
+    if clash:
+        raise ConfigError(f"search.dimensions: {clash} are reserved for the search's own axes")
+    for name, dim in s.dimensions.items():
+        unknown = [d for d in dim.devices or () if d not in cfg.devices]
+        if unknown:
+            raise ConfigError(
+                f"search.dimensions.{name}.devices: unknown {unknown}; allowed: {list(cfg.devices)}"
+            )
+    unknown = [layout for layout in s.layouts if layout not in LAYOUTS]
+    if unknown:
+        raise ConfigError(f"search.layouts: unknown {unknown}; allowed: {list(LAYOUTS)}")
+    for variant, formats in s.formats.items():
+        unknown = [f for f in formats if f not in cfg.variants]
+        if unknown or not formats:
+            raise ConfigError(
+                f"search.formats.{variant}: {list(formats)} must name variants; "
+                f"allowed: {list(cfg.variants)}"
             )
 
 

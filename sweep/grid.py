@@ -45,12 +45,26 @@ class Point:
     flag_set: str
     flags: tuple[str, ...]
     steps: DecodeSteps
+    profile_calls: int = 0  # decode calls to profile after the timed ones (0: none)
+    batch: int = 1  # sequences decoded together
+    depth: int = 0  # context tokens beyond the prompt, prefilled, when decode starts
+    attention: str = "full"  # "full": decode attends over max_seq; "filled": over a bucket
+    prompt_text: str | None = None  # a text prompt; None: seeded token ids
+
+    @property
+    def attention_span(self) -> int | None:
+        """The decode graph's static span: a power-of-two bucket of the slots the point
+        fills (prompt, depth, generated tokens), or None for all max_seq."""
+        if self.attention == "full":
+            return None
+        return prompt_bucket(self.prompt_length + self.depth + self.steps.num_tokens, self.max_seq)
 
     @functools.cached_property
     def key(self) -> str:
         fields = dataclasses.asdict(self)
         fields.pop("model")  # a display name; model_id is the identity
         fields.pop("flag_set")  # a label; the flags themselves are in the key
+        fields.pop("profile_calls")  # runs after the measurement and does not change it
         blob = json.dumps({"v": KEY_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -61,8 +75,7 @@ class Point:
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The graph of `kind` this point runs; points that share it share its compile."""
-        bucket = self.prompt_bucket if kind == "prefill" else 0
-        return GraphSpec(cfg, self.variant, self.max_seq, kind, bucket, self.layout)
+        return self.task().graph(cfg, kind)
 
     def graphs(self, cfg: LlamaConfig) -> tuple[GraphSpec, ...]:
         return tuple(self.graph(cfg, kind) for kind in GRAPH_KINDS)
@@ -77,6 +90,11 @@ class Point:
             self.max_seq,
             self.steps,
             self.layout,
+            self.profile_calls if self.compiled_by_iree else 0,
+            self.batch,
+            self.depth,
+            self.attention_span,
+            self.prompt_text,
         )
 
     @property
@@ -115,6 +133,7 @@ def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
     """
     g = cfg.grid
     points = []
+    shapes = list(itertools.product(g.batch_sizes, g.depths, g.attention))
     for device_name, variant_name, layout, runtime in itertools.product(
         g.devices, g.variants, g.layouts, g.runtimes
     ):
@@ -123,7 +142,7 @@ def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
         for flag_set, spec in flag_sets:
             if not spec.applies_to(device_name):
                 continue
-            for length in g.prompt_lengths:
+            for length, (batch, depth, attention) in itertools.product(g.prompt_lengths, shapes):
                 points.append(
                     Point(
                         model=cfg.model.name,
@@ -133,11 +152,16 @@ def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
                         device=cfg.devices[device_name],
                         runtime=runtime,
                         prompt_length=length,
-                        prompt_bucket=prompt_bucket(length, g.max_seq),
+                        prompt_bucket=prompt_bucket(length + depth, g.max_seq),
                         max_seq=g.max_seq,
                         flag_set=flag_set,
                         flags=spec.flags,
                         steps=cfg.bench.steps,
+                        profile_calls=cfg.bench.profile_calls if cfg.profile else 0,
+                        batch=batch,
+                        depth=depth,
+                        attention=attention,
+                        prompt_text=cfg.bench.prompt,
                     )
                 )
     return points

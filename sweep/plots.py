@@ -1,13 +1,15 @@
 """PNG plots of one run (`python -m sweep.report --plots`), drawn with matplotlib's Agg.
 
-Three questions, one figure each:
+Four questions, one figure each:
   decode_ms_by_variant_device.png  which variant on which device decodes fastest
       (grouped bars of median ms/token, error bars p10-p90; baseline flag set);
   prefill_ms_by_prompt_length.png  how time to first token grows with the prompt
       (one line per variant and device; baseline flag set);
   flag_sets_vs_dispatches.png      what each flag set buys against the baseline:
       ms/token against the decode graph's dispatch count, one labelled point per
-      flag set, one panel per variant x device x runtime x layout (their scales differ).
+      flag set, one panel per variant x device x runtime x layout (their scales differ);
+  time_by_dispatch_kind.png        where a profiled step's time goes: dispatch time
+      per kind, stacked, beside the measured ms/token (profile=true only).
 A figure the data cannot make (one prompt length, one flag set) is skipped with a
 note. Only `Figure` objects are used, never pyplot: no global state, no display.
 Numbers are the medians of `sweep.analysis` over the ok rows, pooling prompt lengths
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sweep import analysis
+from sweep import analysis, profiles
+from sweep.grid import point_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -32,7 +35,10 @@ LOG_SCALE_RATIO = 20.0  # a log axis when the largest value is this many times t
 
 
 def write_plots(
-    rows: Sequence[dict[str, Any]], out_dir: Path, title: str = ""
+    rows: Sequence[dict[str, Any]],
+    out_dir: Path,
+    title: str = "",
+    dispatches: Sequence[dict[str, Any]] = (),
 ) -> tuple[list[Path], list[str]]:
     """Write the figures the rows can make into out_dir: (paths written, notes on skips)."""
     ok = [r for r in rows if r["status"] == "ok" and r.get("decode_ms_p50") is not None]
@@ -45,6 +51,7 @@ def write_plots(
         ("decode_ms_by_variant_device.png", _decode_bars),
         ("prefill_ms_by_prompt_length.png", _prefill_lines),
         ("flag_sets_vs_dispatches.png", _flag_scatter),
+        ("time_by_dispatch_kind.png", lambda r, t: _kind_bars(r, t, dispatches)),
     ):
         fig_or_note = draw(ok, title)
         if isinstance(fig_or_note, str):
@@ -230,3 +237,43 @@ def _flag_panel(ax: Axes, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> N
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(x=0.3, y=0.25)
     ax.grid(alpha=0.3)
+
+
+def _kind_bars(
+    rows: list[dict[str, Any]], title: str, dispatches: Sequence[dict[str, Any]]
+) -> Figure | str:
+    """Each profiled point's dispatch time per token, stacked by kind (the host's share is
+    the bar's gap to the point's measured ms/token, marked)."""
+    per_point = profiles.kind_ms(dispatches)
+    points = [r for r in rows if r["point_key"] in per_point]
+    if not points:
+        return "no profiled points (run the sweep with profile=true)"
+    points.sort(key=lambda r: analysis.sort_key(tuple(r.get(c) for c in analysis.DEFAULT_BY)))
+    kinds = sorted(
+        {k for r in points for k in per_point[r["point_key"]]}, key=profiles.KIND_ORDER.index
+    )
+    fig = _figure(max(6.0, 0.55 * len(points) + 3), 4.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(points))
+    bottom = np.zeros(len(points))
+    for kind in kinds:
+        heights = np.array([per_point[r["point_key"]].get(kind, 0.0) for r in points])
+        ax.bar(x, heights, 0.7, bottom=bottom, label=kind)
+        bottom += heights
+    ax.scatter(
+        x,
+        [r["decode_ms_p50"] for r in points],
+        marker="_",
+        s=400,
+        color="black",
+        zorder=3,
+        label="measured ms/token",
+    )
+    labels = [point_label(r) for r in points]
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("ms per token")
+    ax.set_title("Where a decode step's time goes: dispatch time by kind (IREE profile)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
+    return fig

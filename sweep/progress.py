@@ -11,6 +11,8 @@ from typing import Any
 
 from sweep.grid import point_label
 
+COMPILE_LOG_S = 15.0
+
 
 class ProgressDisplay:
     def __init__(self, out: Any) -> None:
@@ -23,6 +25,7 @@ class ProgressDisplay:
         self._num_finished = 0
         self._num_logged = 0
         self._num_ran = 0
+        self._compiles_logged, self._compile_logged_at = 0, 0.0
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
@@ -58,6 +61,7 @@ class ProgressDisplay:
         self._num_points = counters.num_points
         self._num_finished = counters.num_benchmarked + counters.num_failed + counters.num_skipped
         if self._progress is None:
+            self._log_compiles(counters)
             return
         self._progress.update(
             self._compile_task,
@@ -73,6 +77,22 @@ class ProgressDisplay:
                 f"points (ok {counters.num_benchmarked}, failed {counters.num_failed}, "
                 f"skipped {counters.num_skipped})"
             ),
+        )
+
+    def _log_compiles(self, counters: Any) -> None:
+        """In a log, a line on compile progress at most every COMPILE_LOG_S (and the last)."""
+        done, total = counters.num_compiled, counters.num_compiles
+        if not total or done == self._compiles_logged:
+            return
+        now = time.monotonic()
+        if done < total and now - self._compile_logged_at < COMPILE_LOG_S:
+            return
+        self._compiles_logged, self._compile_logged_at = done, now
+        print(
+            f"[{now - self.start:.0f}s] compiled {done}/{total} graphs "
+            f"({counters.num_compile_cache_hits} from the cache)",
+            file=self.out,
+            flush=True,
         )
 
     def log_row(self, row: dict[str, Any]) -> None:

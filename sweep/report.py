@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweep import analysis
+from sweep import analysis, profiles
 from sweep.results import read_results
 
 DEFAULT_RESULTS = Path("outputs/results")
@@ -52,6 +52,7 @@ _WANTED = (
     "vmfb_bytes",
     "num_dispatches",
     "prefill_ms",
+    "prefill_tok_s",
     "decode_ms_p10",
     "decode_ms_p50",
     "decode_ms_p90",
@@ -59,6 +60,8 @@ _WANTED = (
     "num_tokens_matched",
     "roofline_frac",
     "fp32_agreement",
+    "device_ms",
+    "host_ms",
 )
 SAMPLES = "decode_samples_ms"  # read only where a verdict needs them: they are most of a row
 
@@ -183,7 +186,9 @@ def fmt_num(value: float | None) -> str:
         return ""
     if abs(value) >= 100:
         return f"{value:.0f}"
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}"
 
 
 def fmt_value(value: Any) -> str:
@@ -262,7 +267,16 @@ class Table:
 
 
 def key_column(name: str) -> Column:
-    numeric = name in ("group_size", "prompt_length", "prompt_bucket", "max_seq")
+    numeric = name in (
+        "group_size",
+        "prompt_length",
+        "prompt_bucket",
+        "max_seq",
+        "batch_size",
+        "depth",
+        "attention_span",
+        "steps_per_call",
+    )
     return Column(name, lambda r: fmt_value(r.get(name)), right=numeric, fold=name)
 
 
@@ -279,10 +293,13 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
         Column("p10-p90", fmt_spread, right=True),
     ]
     columns += _roofline_column(records)
+    columns += _profile_columns(records)
     if any(r.get("fp32_agreement") is not None for r in records):
         columns.append(metric("vs fp32", "fp32_agreement", fmt_percent))
+    columns += [metric("prefill ms", "prefill_ms")]
+    if any(r.get("prefill_tok_s") is not None for r in records):
+        columns.append(metric("prefill tok/s", "prefill_tok_s"))
     columns += [
-        metric("prefill ms", "prefill_ms"),
         metric("dispatches", "num_dispatches", fmt_value),
         Column("matched", fmt_matched, right=True),
         Column("status", lambda r: fmt_statuses(r["status_counts"])),
@@ -290,8 +307,11 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
     return Table(records, columns, header)
 
 
-def flag_study_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> Table:
+def flag_study_table(
+    rows: list[dict[str, Any]], header: dict[str, Any], dispatches: list[dict[str, Any]]
+) -> Table:
     records = analysis.flag_study(rows)
+    _add_kinds(records, dispatches)
     columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, "flag_set", "layout")]
     columns += [
         metric("ms/tok p50", "decode_ms_p50"),
@@ -303,12 +323,63 @@ def flag_study_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> Tabl
     columns += [
         metric("dispatches", "num_dispatches", fmt_value),
         metric(f"vs {analysis.BASELINE_FLAG_SET}", "dispatch_change", fmt_signed),
+    ]
+    if any(r.get("kinds") for r in records):
+        columns += [
+            Column("ms/tok by kind", lambda r: profiles.fmt_kinds(r.get("kinds") or {})),
+            Column("by kind vs baseline", lambda r: r.get("kind_change") or ""),
+        ]
+    columns += [
         metric("compile s", "compile_s"),
         metric("vmfb", "vmfb_bytes", fmt_bytes),
         Column("matched", fmt_matched, right=True),
         Column("status", lambda r: fmt_statuses(r["status_counts"])),
     ]
     return Table(records, columns, header)
+
+
+def _add_kinds(records: list[dict[str, Any]], dispatches: list[dict[str, Any]]) -> None:
+    """Each flag-study record's time per kind, and its change against its context's baseline."""
+    per_point = profiles.kind_ms(dispatches)
+    base: dict[str, float] = {}
+    for record in records:
+        kinds = [per_point[k] for k in record.pop("point_keys", []) if k in per_point]
+        record["kinds"] = profiles.pooled_kind_ms(kinds)
+        if record.get("verdict") == "baseline":
+            base = record["kinds"]
+            continue
+        record["kind_change"] = profiles.kind_change(base, record["kinds"])
+
+
+def _profile_columns(records: list[dict[str, Any]]) -> list[Column]:
+    """device and host ms per token when any point was profiled."""
+    if not any(r.get("device_ms") is not None for r in records):
+        return []
+    return [metric("device ms", "device_ms"), metric("host ms", "host_ms")]
+
+
+def dispatches_table(
+    rows: list[dict[str, Any]], header: dict[str, Any], dispatches: list[dict[str, Any]], top: int
+) -> Table:
+    """`--dispatches`: each point's top dispatches with their share of its dispatch time."""
+    points = sorted(
+        rows, key=lambda r: analysis.sort_key(tuple(r.get(c) for c in analysis.DEFAULT_BY))
+    )
+    fields = ("point_key", *analysis.DEFAULT_BY)
+    records = profiles.top_dispatches(
+        dispatches, [{c: r.get(c) for c in fields} for r in points], top
+    )
+    columns = [key_column(col) for col in analysis.DEFAULT_BY]
+    columns += [
+        metric("#", "rank", fmt_value),
+        Column("kind", lambda r: r["kind"]),
+        metric("ms/tok", "ms_per_token"),
+        metric("share", "share", fmt_percent),
+        metric("calls/tok", "calls_per_token", fmt_value),
+        Column("dispatch", lambda r: r["name"]),
+    ]
+    notes = [] if records else ["no profiled points: run the sweep with profile=true"]
+    return Table(records, columns, header, notes=notes)
 
 
 def _roofline_column(records: list[dict[str, Any]]) -> list[Column]:
@@ -445,6 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated columns to group by (default %(default)s); "
         "'flag_set' alone: the flag study",
     )
+    parser.add_argument(
+        "--dispatches",
+        nargs="?",
+        type=int,
+        const=5,
+        metavar="N",
+        help="each point's top N dispatches (default 5) from its profile (profile=true)",
+    )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="the searches' studies: best configuration per variant and device, its speedups",
+    )
     parser.add_argument("--plots", action="store_true", help="also write PNG plots")
     parser.add_argument(
         "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
@@ -470,12 +554,20 @@ def run_cli(
 
 
 def report(args: argparse.Namespace) -> None:
+    if args.search:
+        search_report(args)
+        return
     by = parse_by(args.by)
     table = load_table(args.results, args.grid, samples=by == ["flag_set"], extra=by)
     run, rows = select_run(table, args.run)
-    if by == ["flag_set"]:
+    dispatches = profiles.load(args.results, (r["point_key"] for r in rows))
+    if args.dispatches is not None:
+        table = dispatches_table(
+            rows, context_header(run, rows, analysis.DEFAULT_BY), dispatches, args.dispatches
+        )
+    elif by == ["flag_set"]:
         shown = (*analysis.FLAG_CONTEXT, "layout")
-        table = flag_study_table(rows, context_header(run, rows, shown))
+        table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
     emit(render(table, args.format), args.out)
@@ -485,11 +577,33 @@ def report(args: argparse.Namespace) -> None:
         out_dir = args.plots_dir or Path(args.results) / "plots" / run
         context = analysis.constant_columns(rows, ("model", "grid"))
         title = "  ".join([*(f"{k} {v}" for k, v in context.items()), f"run {run}"])
-        paths, notes = write_plots(rows, out_dir, title=title)
+        paths, notes = write_plots(rows, out_dir, title=title, dispatches=dispatches)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
+
+
+def search_report(args: argparse.Namespace) -> None:
+    from sweep.studies import best_so_far_figure, load_studies, studies_table
+
+    summaries = load_studies(args.results)
+    if not summaries:
+        raise ReportError(
+            f"no search under {args.results}: run one with e.g. "
+            "`python -m sweep +grid=smoke +search=flags search.trials=12`"
+        )
+    emit(render(studies_table(summaries), args.format), args.out)
+    if args.plots:
+        out_dir = args.plots_dir or Path(args.results) / "plots"
+        figure = best_so_far_figure(summaries)
+        if isinstance(figure, str):
+            print(f"note: skipped search_best_so_far.png: {figure}", file=sys.stderr)
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "search_best_so_far.png"
+        figure.savefig(path, dpi=120)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,8 @@ SCHEMA_VERSION: int = 2
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
     2: "bench_s, bytes_per_token, peak_gbps, roofline_frac, started_at, finished_at, layout, "
-    "fp32_agreement, fp32_logit_error",
+    "fp32_agreement, fp32_logit_error, steps_per_call, device_ms, host_ms, batch_size, depth, "
+    "attention_span, prefill_tok_s, prompt_text, output_text",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -98,6 +99,7 @@ def _build_schema() -> pa.Schema:
         ("bench_s", f64),
         # timings
         ("prefill_ms", f64),
+        ("prefill_tok_s", f64),  # prompt tokens (every sequence's) per second of prefill
         ("prefill_samples_ms", pa.list_(f64)),
         ("decode_ms_p10", f64),
         ("decode_ms_p50", f64),
@@ -109,6 +111,13 @@ def _build_schema() -> pa.Schema:
         ("tok_s", f64),
         ("num_warmup_steps", i32),
         ("num_decode_steps", i32),
+        ("steps_per_call", i32),  # greedy steps per decode call (samples are per token)
+        ("batch_size", i32),  # sequences per step: tok_s counts them all
+        ("depth", i32),  # context tokens beyond the prompt when decode starts
+        ("attention_span", i32),  # cache slots decode attends over; null: all max_seq
+        # where a step's time goes (profile=true): dispatch time and the rest, per token
+        ("device_ms", f64),
+        ("host_ms", f64),
         # roofline: how far decode is from reading its bytes at the device's copy bandwidth
         ("bytes_per_token", i64),
         ("peak_gbps", f64),
@@ -118,6 +127,8 @@ def _build_schema() -> pa.Schema:
         ("tokens", pa.list_(i32)),
         ("reference_tokens", pa.list_(i32)),
         ("num_tokens_matched", i32),
+        ("prompt_text", s),  # a text prompt, and the first sequence's output decoded
+        ("output_text", s),
         # provenance
         ("node_id", s),
         ("hostname", s),
@@ -138,6 +149,43 @@ def _build_schema() -> pa.Schema:
 
 SCHEMA: pa.Schema = _build_schema()
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+# The dispatches dataset (`profile=true`): one row per dispatch function of a profiled
+# point, in `<results_dir>/dispatches/`, written and read exactly like the results.
+DISPATCHES = "dispatches"
+DISPATCH_SCHEMA_VERSION: int = 1
+
+
+def _build_dispatch_schema() -> pa.Schema:
+    f64, i32, s = pa.float64(), pa.int32(), pa.string()
+    columns: list[tuple[str, pa.DataType]] = [
+        ("run_id", s),
+        ("point_key", s),
+        # what the point is, so a query needs no join for the usual questions
+        ("variant", s),
+        ("layout", s),
+        ("device", s),
+        ("runtime", s),
+        ("flag_set", s),
+        ("prompt_length", i32),
+        ("steps_per_call", i32),
+        # the dispatch
+        ("name", s),  # the compiled dispatch function, e.g. main_dispatch_3_vecmat_8192x2048_f32
+        ("kind", s),  # matmul, attention, transpose, reduction, elementwise, copy, other
+        ("calls_per_token", f64),
+        ("ms_per_token", f64),  # its spans per generated token (overlapping spans each count)
+        ("share", f64),  # of the point's summed dispatch time
+        ("num_calls_profiled", i32),
+        ("profile_mode", s),  # host-execution (CPU drivers) or dispatch-events (CUDA)
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("schema_version", i32),
+    ]
+    fields = [pa.field(name, t, nullable=name not in _REQUIRED_DISPATCH) for name, t in columns]
+    return pa.schema(fields, metadata={"sweep.schema_version": str(DISPATCH_SCHEMA_VERSION)})
+
+
+_REQUIRED_DISPATCH = ("run_id", "point_key", "name", "created_at", "schema_version")
+DISPATCH_SCHEMA: pa.Schema = _build_dispatch_schema()
 
 # A killed writer leaves `.part-*.parquet.*.tmp` (workers.files): hidden *and* not
 # `*.parquet`, so both pyarrow's default ignore_prefixes and DuckDB's `**/*.parquet`
@@ -168,19 +216,21 @@ def _ensure_writable(directory: Path) -> None:
         ) from e
 
 
-def _to_table(rows: Sequence[dict[str, Any]], defaults: dict[str, Any]) -> pa.Table:
-    """Rows -> a table of exactly SCHEMA, with errors that name the offending column."""
-    unknown = sorted({key for row in rows for key in row} - set(COLUMNS))
+def _to_table(
+    rows: Sequence[dict[str, Any]], defaults: dict[str, Any], schema: pa.Schema = SCHEMA
+) -> pa.Table:
+    """Rows -> a table of exactly `schema`, with errors that name the offending column."""
+    unknown = sorted({key for row in rows for key in row} - set(schema.names))
     if unknown:
         raise ValueError(
-            f"unknown result columns {unknown}; add them to sweep.results.SCHEMA "
-            "(and bump SCHEMA_VERSION) or drop them from the row"
+            f"unknown result columns {unknown}; add them to the schema in sweep.results "
+            "(and bump its version) or drop them from the row"
         )
     arrays = [
         _column(field, [row.get(field.name, defaults.get(field.name)) for row in rows])
-        for field in SCHEMA
+        for field in schema
     ]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _column(field: pa.Field, values: list[Any]) -> pa.Array:
@@ -207,10 +257,12 @@ class ResultsWriter:
     names carry a uuid, and nothing is ever appended or overwritten.
     """
 
-    def __init__(self, results_dir: Path, run_id: str) -> None:
+    def __init__(self, results_dir: Path, run_id: str, schema: pa.Schema = SCHEMA) -> None:
+        """`schema`: SCHEMA for the results, DISPATCH_SCHEMA for `results_dir/dispatches`."""
         _check_run_id(run_id)
         self.results_dir = Path(results_dir)
         self.run_id = run_id
+        self.schema = schema
         self.run_dir = self.results_dir / f"run_id={run_id}"  # made by the first write
         _ensure_writable(self.results_dir)
         self._counter = itertools.count()
@@ -224,14 +276,15 @@ class ResultsWriter:
         if not rows:
             raise ValueError("ResultsWriter.write got no rows; call it with at least one")
         now = dt.datetime.now(dt.UTC)
-        defaults = {"run_id": self.run_id, "schema_version": SCHEMA_VERSION, "created_at": now}
+        version = int(self.schema.metadata[b"sweep.schema_version"])
+        defaults = {"run_id": self.run_id, "schema_version": version, "created_at": now}
         foreign = sorted({r["run_id"] for r in rows if r.get("run_id", self.run_id) != self.run_id})
         if foreign:
             raise ValueError(
                 f"rows carry run_id {foreign} but this writer writes run_id={self.run_id!r}; "
                 "use one ResultsWriter per run"
             )
-        table = _to_table(rows, defaults)
+        table = _to_table(rows, defaults, self.schema)
         name = f"part-{now:%Y%m%dT%H%M%S%fZ}-{next(self._counter):06d}-{uuid.uuid4().hex[:8]}"
         final = self.run_dir / f"{name}.parquet"
         return atomic_write(
@@ -257,13 +310,13 @@ def _result_files(results_dir: Path) -> list[str]:
 UNREADABLE_DIR = "_unreadable"  # where files under results_dir that are not result files go
 
 
-def dataset_of(files: list[str]) -> ds.Dataset:
-    """Result files as one dataset of SCHEMA (missing columns read as null).
+def dataset_of(files: list[str], schema: pa.Schema = SCHEMA) -> ds.Dataset:
+    """Result files as one dataset of `schema` (missing columns read as null).
 
     An explicit file list means no partition discovery, so the `run_id=` folders do
     not add a second, dictionary-typed `run_id` column.
     """
-    return ds.dataset(files, schema=SCHEMA, format="parquet")
+    return ds.dataset(files, schema=schema, format="parquet")
 
 
 def set_aside_unreadable(results_dir: Path, files: Sequence[str]) -> list[str]:
@@ -289,27 +342,30 @@ def set_aside_unreadable(results_dir: Path, files: Sequence[str]) -> list[str]:
     return readable
 
 
-def read_results(results_dir: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every complete row under results_dir as a table of SCHEMA (or of `columns`).
+def read_results(
+    results_dir: Path, columns: Sequence[str] | None = None, schema: pa.Schema = SCHEMA
+) -> pa.Table:
+    """Every complete row under results_dir as a table of `schema` (or of `columns`).
 
-    Columns that an older file lacks are null; columns not in SCHEMA are dropped, so
-    callers always get the current schema. No files: an empty table of SCHEMA. A
-    file that is not readable Parquet is set aside with a warning, never fatal.
+    Columns that an older file lacks are null; columns not in the schema are dropped,
+    so callers always get the current schema. No files: an empty table. A file that is
+    not readable Parquet is set aside with a warning, never fatal. For the dispatches:
+    `read_results(results_dir / DISPATCHES, schema=DISPATCH_SCHEMA)`.
     """
-    names = list(COLUMNS if columns is None else columns)
-    unknown = sorted(set(names) - set(COLUMNS))
+    names = list(schema.names if columns is None else columns)
+    unknown = sorted(set(names) - set(schema.names))
     if unknown:
-        raise ValueError(f"unknown result columns {unknown}; choose from sweep.results.COLUMNS")
+        raise ValueError(f"unknown result columns {unknown}; choose from {schema.names}")
     files = _result_files(results_dir)
     if not files:
-        return SCHEMA.empty_table().select(names)
+        return schema.empty_table().select(names)
     try:
-        return dataset_of(files).to_table(columns=names)
+        return dataset_of(files, schema).to_table(columns=names)
     except (OSError, pa.ArrowException):
         files = set_aside_unreadable(results_dir, files)
         if not files:
-            return SCHEMA.empty_table().select(names)
-        return dataset_of(files).to_table(columns=names)
+            return schema.empty_table().select(names)
+        return dataset_of(files, schema).to_table(columns=names)
 
 
 def _newest_indices(table: pa.Table) -> pa.Array:
@@ -332,6 +388,16 @@ def _newest(results_dir: Path, columns: Sequence[str]) -> pa.Table:
     names = list(dict.fromkeys(["point_key", "created_at", *columns]))
     table = read_results(results_dir, names)
     return table.take(_newest_indices(table))
+
+
+def newest_rows(
+    results_dir: Path, columns: Sequence[str], statuses: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The newest row of each point (`columns` of it), by point key; with `statuses`,
+    only points whose newest row has one of them."""
+    newest = _newest(results_dir, ["status", *columns]).to_pylist()
+    wanted = None if statuses is None else set(statuses)
+    return {r["point_key"]: r for r in newest if wanted is None or r["status"] in wanted}
 
 
 def completed_point_keys(
@@ -361,51 +427,64 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _view_columns(con: duckdb.DuckDBPyConnection, files_sql: str) -> str:
-    """The view's select list: SCHEMA columns in order, typed NULL for any no file has yet.
+def _view_columns(
+    con: duckdb.DuckDBPyConnection, files_sql: str, empty: str, schema: pa.Schema
+) -> str:
+    """The view's select list: schema columns in order, typed NULL for any no file has yet.
 
     Fixed at connect time (one pass over the footers) rather than a `UNION ALL BY NAME`
     with an empty table, which costs that pass again on every query.
     """
     present = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {files_sql}").fetchall()]
-    types = {row[0]: row[1] for row in con.execute("DESCRIBE _results_empty").fetchall()}
+    types = {row[0]: row[1] for row in con.execute(f"DESCRIBE {empty}").fetchall()}
     items = [
         _sql_name(name) if name in present else f"CAST(NULL AS {types[name]}) AS {_sql_name(name)}"
-        for name in COLUMNS
+        for name in schema.names
     ]
-    items += [_sql_name(name) for name in present if name not in COLUMNS]
+    items += [_sql_name(name) for name in present if name not in schema.names]
     return ", ".join(items)
 
 
 def duckdb_connect(results_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with a view `results` over every complete result file.
+    """An in-memory DuckDB with a view `results` over every complete result file, and a
+    view `dispatches` over the profiles' dispatch rows (`results_dir/dispatches`).
 
-    `union_by_name=true` reads older files that miss columns (as NULL); every SCHEMA
-    column exists even if all files predate it. A file that is not Parquet is set
-    aside (`set_aside_unreadable`) before the view is made. `hive_partitioning=false` because run_id
-    is in the files. The view globs at query time, so files written after connecting
-    show up (a results_dir that was empty at connect time needs a new connection).
+    `union_by_name=true` reads older files that miss columns (as NULL); every schema
+    column exists even if all files predate it. A file that is not Parquet is set aside
+    (`set_aside_unreadable`) before the view is made. `hive_partitioning=false` because
+    run_id is in the files. The view globs at query time, so files written after
+    connecting show up (a folder that was empty at connect time needs a new connection).
     The footer cache is safe because result files are never rewritten.
     """
     import duckdb  # lazy: only queries need it
 
     con = duckdb.connect(":memory:")
     con.execute("SET parquet_metadata_cache = true")
-    con.register("_results_schema", SCHEMA.empty_table())
-    con.execute("CREATE TABLE _results_empty AS SELECT * FROM _results_schema")
-    con.unregister("_results_schema")
-    files = _result_files(results_dir)
+    _create_view(con, "results", Path(results_dir), SCHEMA)
+    _create_view(con, DISPATCHES, Path(results_dir) / DISPATCHES, DISPATCH_SCHEMA)
+    return con
+
+
+def _create_view(
+    con: duckdb.DuckDBPyConnection, name: str, folder: Path, schema: pa.Schema
+) -> None:
+    import duckdb
+
+    empty = f"_{name}_empty"
+    con.register("_schema", schema.empty_table())
+    con.execute(f"CREATE TABLE {empty} AS SELECT * FROM _schema")
+    con.unregister("_schema")
+    files = _result_files(folder)
     if not files:
-        con.execute("CREATE VIEW results AS SELECT * FROM _results_empty")
-        return con
-    pattern = _sql_string(str(Path(results_dir).resolve() / RESULT_GLOB))
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM {empty}")
+        return
+    pattern = _sql_string(str(folder.resolve() / RESULT_GLOB))
     files_sql = f"read_parquet({pattern}, union_by_name=true, hive_partitioning=false)"
     try:
-        select = _view_columns(con, files_sql)
+        select = _view_columns(con, files_sql, empty, schema)
     except duckdb.Error:  # a file that is not Parquet: set it aside and look again
-        if not set_aside_unreadable(results_dir, files):
-            con.execute("CREATE VIEW results AS SELECT * FROM _results_empty")
-            return con
-        select = _view_columns(con, files_sql)
-    con.execute(f"CREATE VIEW results AS SELECT {select} FROM {files_sql}")
-    return con
+        if not set_aside_unreadable(folder, files):
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM {empty}")
+            return
+        select = _view_columns(con, files_sql, empty, schema)
+    con.execute(f"CREATE VIEW {name} AS SELECT {select} FROM {files_sql}")

@@ -33,17 +33,6 @@ FAILED: frozenset[str] = frozenset(STATUSES) - {"ok", "skipped"}
 DONE: tuple[str, ...] = ("ok", "wrong_output")  # measured: a resume does not redo these
 
 MESSAGE_TAIL = 2000
-# numpy dtype names -> the element types of iree-benchmark-module's --input=2x3xf32
-_MLIR_TYPES = {
-    "float32": "f32",
-    "bfloat16": "bf16",
-    "float16": "f16",
-    "uint32": "ui32",
-    "int32": "i32",
-    "uint8": "ui8",
-    "uint4": "ui4",
-}
-
 Row = dict[str, Any]
 
 
@@ -73,8 +62,13 @@ def point_columns(point: Point, ctx: RunContext) -> Row:
         "max_seq": point.max_seq,
         "flag_set": point.flag_set,
         "flags": list(point.flags),
-        "num_warmup_steps": point.steps.warmup_steps,
+        "num_warmup_steps": point.steps.num_warmup_tokens,
         "num_decode_steps": point.steps.decode_steps,
+        "steps_per_call": point.steps.steps_per_call,
+        "batch_size": point.batch,
+        "depth": point.depth,
+        "attention_span": point.attention_span,
+        "prompt_text": point.prompt_text,
         "created_at": datetime.now(UTC),
         **ctx.versions,
     }
@@ -141,8 +135,8 @@ def measured_row(
 
     `compiled` is the (prefill, decode) compile of an IREE point; None for XLA.
     """
-    need = point.variant.min_tokens_matched(len(m.tokens))
-    ok = m.num_tokens_matched >= need
+    shortfall = _token_shortfall(point, m)
+    ok = shortfall is None
     if compiled is not None:
         assert decode_graph is not None
         compile_cols = compile_columns(*compiled)
@@ -154,12 +148,7 @@ def measured_row(
         **compile_cols,
         "status": "ok" if ok else "wrong_output",
         "error_class": None if ok else "wrong_output",
-        "error_message": None
-        if ok
-        else (
-            f"{m.num_tokens_matched} of {len(m.tokens)} tokens match the XLA reference "
-            f"(need {need})"
-        ),
+        "error_message": shortfall,
         "weight_bytes": m.weight_bytes,
         "quant_error": m.quant_error,
         "fp32_agreement": m.fp32_agreement,
@@ -167,9 +156,12 @@ def measured_row(
         "upload_s": m.upload_s,
         "bench_s": m.bench_s,
         "prefill_ms": m.prefill_ms,
+        "prefill_tok_s": m.prefill_tok_s,
+        "output_text": m.output_text,
         "prefill_samples_ms": list(m.prefill_samples_ms),
         "decode_samples_ms": list(m.decode_samples_ms),
         **m.decode_stats(),
+        **_time_split(m, point.steps.steps_per_call),
         "prompt_ids": list(m.prompt_ids),
         "tokens": list(m.tokens),
         "reference_tokens": list(m.reference_tokens),
@@ -187,6 +179,72 @@ def measured_row(
     }
 
 
+def _token_shortfall(point: Point, m: Measurement) -> str | None:
+    """None when every sequence's tokens follow its XLA reference as the variant's rule
+    asks (all of them, or the first); else what fell short."""
+    n = len(m.tokens) // m.batch
+    need = point.variant.min_tokens_matched(n)
+    for b in range(m.batch):
+        tokens, reference = m.tokens[b * n : (b + 1) * n], m.reference_tokens[b * n : (b + 1) * n]
+        pairs = zip(tokens, reference, strict=False)
+        matched = next((i for i, (x, y) in enumerate(pairs) if x != y), min(n, len(reference)))
+        if matched < need:
+            which = f"sequence {b}: " if m.batch > 1 else ""
+            return f"{which}{matched} of {n} tokens match the XLA reference (need {need})"
+    return None
+
+
+def _time_split(m: Measurement, steps_per_call: int) -> Row:
+    """The median step split in two: device_ms, the time some dispatch runs, and host_ms,
+    the rest (runtime, harness, whatever the device waits for).
+
+    Profiling slows a call down (see `workers.profile`), so the profile gives the
+    share, and the unprofiled median the time; a tool that did not report its call
+    time leaves the profile's own dispatch time, capped at the median.
+    """
+    if m.profile is None:
+        return {}
+    step_ms = m.decode_stats()["decode_ms_p50"]
+    share = m.profile.device_share
+    if share is None:
+        device_ms = min(m.profile.device_ms / steps_per_call, step_ms)
+    else:
+        device_ms = step_ms * share
+    return {"device_ms": device_ms, "host_ms": step_ms - device_ms}
+
+
+def dispatch_rows(point: Point, ctx: RunContext, m: Measurement) -> list[Row]:
+    """One row per dispatch function of the point's profile (the `dispatches` dataset)."""
+    if m.profile is None:
+        return []
+    per_call = point.steps.steps_per_call
+    total = sum(d.ms_per_step for d in m.profile.dispatches) or 1.0
+    common = {
+        "run_id": ctx.run_id,
+        "point_key": point.key,
+        "variant": point.variant.name,
+        "layout": point.layout,
+        "device": point.device.name,
+        "runtime": point.runtime,
+        "flag_set": point.flag_set,
+        "prompt_length": point.prompt_length,
+        "steps_per_call": per_call,
+        "num_calls_profiled": m.profile.num_calls,
+        "profile_mode": m.profile.mode,
+    }
+    return [
+        {
+            **common,
+            "name": d.name,
+            "kind": d.kind,
+            "calls_per_token": d.calls_per_step / per_call,
+            "ms_per_token": d.ms_per_step / per_call,
+            "share": d.ms_per_step / total,
+        }
+        for d in m.profile.dispatches
+    ]
+
+
 def repro_command(decode: CompileResult, graph: GraphSpec, driver: str) -> str:
     """The iree-compile line as it ran, then iree-benchmark-module on its output.
 
@@ -198,10 +256,7 @@ def repro_command(decode: CompileResult, graph: GraphSpec, driver: str) -> str:
         f"--module={_output_path(decode.command)}",
         f"--device={driver}",
         "--function=main",
-        *(
-            f"--input={'x'.join([*map(str, a.shape), _MLIR_TYPES[a.dtype]])}=0"
-            for a in graph.args()
-        ),
+        *(f"--input={a.tool_type}=0" for a in graph.args()),
     ]
     return f"{decode.command} && {shlex.join(bench)}"
 

@@ -14,20 +14,33 @@ import json
 import secrets
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from sweep import analysis
 from sweep.claims import Claims
 from sweep.compaction import compact_run
-from sweep.config import ConfigError, SweepConfig
+from sweep.config import ConfigError, SweepConfig, check
 from sweep.grid import Point, expand, point_label
 from sweep.progress import ProgressDisplay
 from sweep.report import Column, Table, fmt_statuses, render_md
-from sweep.results import ResultsWriter, completed_point_keys
+from sweep.results import (
+    DISPATCH_SCHEMA,
+    DISPATCHES,
+    SCHEMA,
+    ResultsWriter,
+    completed_point_keys,
+    newest_rows,
+)
 from sweep.rows import DONE, FAILED, RunContext
+from sweep.search import Search, print_search_plan
+from sweep.search import baselines as search_baselines
+from workers.files import atomic_write
 from workers.llama_config import LlamaConfig
 
 CLAIM_POLL_S = 2.0
@@ -47,6 +60,32 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+def resolve_inputs(cfg: SweepConfig, out: Any) -> SweepConfig:
+    """The config with its model found (a Hugging Face repo in the local cache) and a
+    text prompt's length as the prompt length; errors before any work."""
+    from workers.checkpoint import CheckpointError, load_tokenizer
+
+    try:
+        model = cfg.model.resolved()
+        if cfg.bench.prompt is None:
+            return dataclasses.replace(cfg, model=model)
+        if not model.path:
+            raise ConfigError(
+                "bench.prompt: a text prompt needs a checkpoint with a tokenizer "
+                "(model.path=DIR or model.repo=ORG/NAME); seeded weights take seeded token ids"
+            )
+        ids = load_tokenizer(model.path).encode(cfg.bench.prompt).ids
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    if not ids:
+        raise ConfigError("bench.prompt: the text has no tokens")
+    print(f"prompt: {len(ids)} tokens of text (grid.prompt_lengths set to [{len(ids)}])", file=out)
+    grid = dataclasses.replace(cfg.grid, prompt_lengths=(len(ids),))
+    resolved = dataclasses.replace(cfg, model=model, grid=grid)
+    check(resolved)
+    return resolved
+
+
 def checked_model(cfg: SweepConfig) -> LlamaConfig:
     """The model's config, checked now: a bad checkpoint or variant fails before any work."""
     source = cfg.model
@@ -57,7 +96,8 @@ def checked_model(cfg: SweepConfig) -> LlamaConfig:
             model_cfg = check_checkpoint(source.path)
         else:
             model_cfg = source.config()
-        for name in cfg.grid.variants:
+        formats = cfg.search.formats.values() if cfg.search is not None else ()
+        for name in {*cfg.grid.variants, *(f for names in formats for f in names)}:
             cfg.variants[name].check_model(model_cfg)
     except ValueError as e:  # CheckpointError included: it names the file
         raise ConfigError(f"model: {e}") from None
@@ -65,22 +105,27 @@ def checked_model(cfg: SweepConfig) -> LlamaConfig:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
+    """The versions a row records; a host without the compiler (compile=cache_only)
+    records the runtime's."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "iree_version": version("iree-base-compiler"),
-        "jax_version": version("jax"),
-        "ray_version": version("ray"),
-    }
+    try:
+        iree = version("iree-base-compiler")
+    except PackageNotFoundError:
+        iree = f"runtime {version('iree-base-runtime')}"
+    return {"iree_version": iree, "jax_version": version("jax"), "ray_version": version("ray")}
 
 
 def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout) -> SweepOutcome:
     start = time.monotonic()
+    cfg = resolve_inputs(cfg, out)
     model_cfg = checked_model(cfg)
-    points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)))
+    grid_points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)))
+    points = grid_points if cfg.search is None else search_baselines(cfg, grid_points)
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)
-    done = set() if cfg.rerun else completed_point_keys(results_dir, statuses=DONE)
+    # the finished points (skipped, and what a search is told): point key -> row
+    done = {} if cfg.rerun else newest_rows(results_dir, ["decode_ms_p50"], statuses=DONE)
     todo = [p for p in points if p.key not in done]
     print(
         f"sweep {run_id}: grid {cfg.grid.name}, {len(points)} points, "
@@ -94,6 +139,13 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
         writer = ResultsWriter(results_dir, run_id)
     except (OSError, ValueError) as e:
         raise ConfigError(f"results_dir={cfg.results_dir!r} cannot be written: {e}") from None
+    search = None
+    if cfg.search is not None:
+        from sweep.search import open_search
+
+        search = open_search(cfg, grid_points, done.get)
+        todo = search.schedule(todo) + search.refill()
+        print_search_plan(search, out)
     rows, counters = [], None
     if todo:
         from sweep.cluster import connect
@@ -101,13 +153,22 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
         disconnect = connect(cfg.ray.address, cfg.ray.num_cpus)  # a bad cluster: exit 2 now
         try:
             save_run(results_dir, run_id, resolved, points)
-            rows, counters = _run_on_ray(cfg, model_cfg, todo, writer, run_id, out)
+            rows, counters = _run_on_ray(cfg, model_cfg, todo, writer, run_id, out, search, done)
         finally:
             disconnect()
     if rows:
-        compact_run(results_dir, run_id)
+        compact(results_dir, run_id)
     print_summary(rows, out)
-    failed = [r for r in rows if r["status"] in FAILED]
+    if search is not None:
+        from sweep.studies import print_studies
+
+        print_studies(results_dir, out)
+    # a search's trials may fail (that is what it learns from); its baselines may not
+    failed = [
+        r
+        for r in rows
+        if r["status"] in FAILED and (search is None or not search.owns(r["point_key"]))
+    ]
     return SweepOutcome(
         run_id, len(points), rows, 1 if failed else 0, time.monotonic() - start, counters
     )
@@ -120,7 +181,11 @@ def _run_on_ray(
     writer: ResultsWriter,
     run_id: str,
     out: Any,
+    search: Search | None = None,
+    done: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
+    """Runs `todo` (and what a search proposes) to one row each; `done` (finished rows
+    by point key) gains this sweep's finished rows as they come."""
     from sweep.cluster import RayBackend, alive_nodes
     from sweep.scheduler import Scheduler
 
@@ -130,17 +195,38 @@ def _run_on_ray(
     since = datetime.now(UTC) if cfg.rerun else None
     claims = Claims(results_dir, run_id, lambda: completed_point_keys(results_dir, DONE, since))
     rows: list[dict[str, Any]] = []
+    dispatch_writers: list[ResultsWriter] = []  # made when the first profile arrives
+    profiles_dir = results_dir / "_runs" / run_id / "profiles"
 
-    def sink(new_rows: list[dict[str, Any]]) -> None:
+    def sink(
+        new_rows: list[dict[str, Any]], dispatches: list[dict[str, Any]], profiles: dict[str, bytes]
+    ) -> None:
+        # The profile first: a row on disk means its dispatches are too.
+        for point_key, raw in profiles.items():
+            atomic_write(profiles_dir / f"{point_key}.ireeprof", raw)
+        if dispatches:
+            if not dispatch_writers:
+                dispatch_writers.append(
+                    ResultsWriter(results_dir / DISPATCHES, run_id, DISPATCH_SCHEMA)
+                )
+            dispatch_writers[0].write(dispatches)
         writer.write(new_rows)
         rows.extend(new_rows)
         for row in new_rows:
             claims.release(row["point_key"])
             progress.log_row(row)
+            if done is not None and row["status"] in DONE:
+                done[row["point_key"]] = row
+        if search is not None:
+            search.observe(new_rows)  # after the write: a told trial's row is on disk
+
+    def refill() -> list[Point]:
+        more = claims.refill()
+        return more + search.refill() if search is not None else more
 
     progress = ProgressDisplay(out)
     scheduler = Scheduler(
-        RayBackend(cfg.model, cfg.cache_dir, cfg.bench.compile_timeout_s),
+        RayBackend(cfg.model, cfg.cache_dir, cfg.bench.compile_timeout_s, cfg.compile),
         alive_nodes(),
         model_cfg,
         RunContext(run_id, cfg.grid.name, versions()),
@@ -152,10 +238,10 @@ def _run_on_ray(
     )
     try:
         with progress:
-            scheduler.run(todo, refill=claims.refill)
+            scheduler.run(todo, refill=refill)
             while claims.deferred:  # points another sweep is measuring: wait for them
                 time.sleep(CLAIM_POLL_S)
-                scheduler.run([], refill=claims.refill)
+                scheduler.run([], refill=refill)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: {len(rows)} finished points are saved; rerun the same command "
@@ -169,6 +255,16 @@ def _run_on_ray(
     if claims.done_elsewhere:
         print(f"{len(claims.done_elsewhere)} points were measured by another sweep", file=out)
     return rows, scheduler.counters
+
+
+def compact(results_dir: Path, run_id: str) -> None:
+    """The run's files into one file per dataset; the rows are safe either way, so a
+    failure here is a warning, not the sweep's."""
+    for folder, schema in ((results_dir, SCHEMA), (results_dir / DISPATCHES, DISPATCH_SCHEMA)):
+        try:
+            compact_run(folder, run_id, schema)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            warnings.warn(f"could not compact run {run_id} in {folder}: {e}", stacklevel=2)
 
 
 def save_run(results_dir: Path, run_id: str, resolved: dict[str, Any], points: list[Point]) -> Path:
@@ -238,6 +334,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     print("status: " + (fmt_statuses(counts) or "nothing run"), file=out)
     for r in rows:
         if r["status"] in FAILED:
-            message = (r.get("error_message") or "").strip().splitlines()
-            line = f"  {r['status']}: {point_label(r)}: {message[-1] if message else ''}"
+            message = (r.get("error_message") or "").strip().splitlines() or [""]
+            # a compiler's headline is its first line; a Python error's, its last
+            headline = message[0] if r["status"].startswith("compile") else message[-1]
+            line = f"  {r['status']}: {point_label(r)}: {headline}"
             print(line[:240], file=out)

@@ -32,7 +32,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from sweep.grid import Point
-from sweep.rows import RunContext, compile_failure_row, failure_row, measured_row
+from sweep.rows import (
+    RunContext,
+    compile_failure_row,
+    dispatch_rows,
+    failure_row,
+    measured_row,
+)
 from workers.compile import CompileResult, targets_host
 from workers.devices import GPU_RESOURCE, DeviceSpec
 from workers.export import GraphSpec
@@ -40,7 +46,8 @@ from workers.llama_config import LlamaConfig
 from workers.measurement import Measurement
 from workers.point import BenchTask
 
-RowSink = Callable[[list[dict[str, Any]]], None]
+# rows; the profiled points' dispatch rows; their raw .ireeprof files by point key
+RowSink = Callable[[list[dict[str, Any]], list[dict[str, Any]], dict[str, bytes]], None]
 MAX_COMPILE_SUBMITS = 3  # a graph lost with its node is compiled again, this often at most
 
 
@@ -236,7 +243,12 @@ class Scheduler:
         self.pending += runnable
         self.on_progress(self.counters)
 
-    def emit(self, rows: list[dict[str, Any]]) -> None:
+    def emit(
+        self,
+        rows: list[dict[str, Any]],
+        dispatches: list[dict[str, Any]] | None = None,
+        profiles: dict[str, bytes] | None = None,
+    ) -> None:
         for row in rows:
             if row["status"] == "skipped":
                 self.counters.num_skipped += 1
@@ -244,7 +256,7 @@ class Scheduler:
                 self.counters.num_benchmarked += 1
             else:
                 self.counters.num_failed += 1
-        self.sink(rows)
+        self.sink(rows, dispatches or [], profiles or {})
         self.on_progress(self.counters)
 
     def shutdown(self) -> None:
@@ -490,7 +502,9 @@ class Scheduler:
             compiled=compiled,  # type: ignore[arg-type]
             decode_graph=point.graph(self.model_cfg, "decode") if compiled else None,
         )
-        self.emit([row])
+        profile = measurement.profile
+        profiles = {point.key: profile.raw} if profile is not None and profile.raw else {}
+        self.emit([row], dispatch_rows(point, self.ctx, measurement), profiles)
 
     def _ping_done(self, actor: Actor) -> None:
         handle, actor.ping = actor.ping, None

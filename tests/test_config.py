@@ -100,4 +100,4 @@ def test_errors_name_the_key(overrides: list[str], named: str):
 def test_a_prompt_must_fit_the_cache():
     with pytest.raises(ConfigError) as e:
         config("+grid=smoke", "grid.max_seq=32", "grid.prompt_lengths=[16]")
-    assert "grid.max_seq=32" in str(e.value) and "16 + 18" in str(e.value)
+    assert "grid.max_seq=32" in str(e.value) and "16 + 0 + 18" in str(e.value)

@@ -428,9 +428,11 @@ def test_token_readback_through_the_staging_buffer(iree_cpu: IreeCpu) -> None:
     mapped = _TokenReadback(rt, runner.device)
     values = [7, -3, 2**31 - 1, 0, 123456]
     views = [runner.upload(np.array(v, np.int32)) for v in values]
-    assert [staged.read(v) for v in views] == values
-    assert [mapped.read(v) for v in views] == values
+    assert [staged.read(v) for v in views] == [(v,) for v in values]
+    assert [mapped.read(v) for v in views] == [(v,) for v in values]
     assert staged._value == len(values), "one semaphore step per read"
+    several = runner.upload(np.array(values, np.int32))  # a multi-step call's tokens
+    assert staged.read(several) == mapped.read(several) == tuple(values)
 
 
 # --- 7. reference tokens ------------------------------------------------------------------

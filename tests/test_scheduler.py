@@ -186,7 +186,7 @@ def run(
         backend.nodes,
         TINY,
         RunContext("run", "smoke", {}),
-        rows.extend,
+        lambda new_rows, dispatches, profiles: rows.extend(new_rows),
         max_retries=max_retries,
         point_timeout_s=timeout_s,
     )

@@ -209,3 +209,113 @@ def test_every_format_in_both_layouts(ray_cluster, tmp_path, shared_cache):
         by[("int4-ui4-qe", "in_major")]["weight_bytes"]
         < by[("int4-ui4", "in_major")]["weight_bytes"]
     )
+
+
+def test_profiles_say_where_the_time_goes(ray_cluster, tmp_path, shared_cache, capsys):
+    """profile=true: every ok point gets IREE's dispatch profile, named after its vmfb's own
+    dispatch functions, and its step splits into device and host time."""
+    from sweep import report
+    from sweep.results import DISPATCH_SCHEMA, DISPATCHES
+
+    outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", "profile=true")
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    dispatches = read_results(tmp_path / "results" / DISPATCHES, schema=DISPATCH_SCHEMA).to_pylist()
+    assert {d["point_key"] for d in dispatches} == {r["point_key"] for r in rows}
+    for r in rows:
+        assert 0 < r["device_ms"] <= r["decode_ms_p50"], r
+        assert r["host_ms"] == pytest.approx(r["decode_ms_p50"] - r["device_ms"])
+        own = [d for d in dispatches if d["point_key"] == r["point_key"]]
+        assert sum(d["share"] for d in own) == pytest.approx(1.0)
+        profile = (
+            tmp_path / "results" / "_runs" / r["run_id"] / "profiles" / f"{r['point_key']}.ireeprof"
+        )
+        assert profile.stat().st_size > 0, "the raw profile, for iree-profile explain"
+    exported = "\n".join(p.read_text() for p in shared_cache.glob("work/*.phases/*.flow.mlir"))
+    assert all(f"@{d['name']}" in exported for d in dispatches), "names from the compiled graphs"
+    assert {d["kind"] for d in dispatches} >= {"matmul", "reduction"}
+    assert report.main(["--results", str(tmp_path / "results"), "--dispatches", "2"]) == 0
+    assert "main_dispatch_" in capsys.readouterr().out
+
+
+def test_several_steps_per_call_give_the_same_tokens(ray_cluster, tmp_path, shared_cache):
+    one, text = sweep(tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3")
+    assert one.exit_code == 0, text
+    eight, text = sweep(
+        tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3", "bench.steps_per_call=8"
+    )
+    assert eight.exit_code == 0, text
+    assert {r["steps_per_call"] for r in eight.rows} == {8}
+    by = {(r["variant"], r["prompt_length"]): r for r in one.rows}
+    for r in eight.rows:
+        base = by[(r["variant"], r["prompt_length"])]
+        assert r["tokens"] == r["reference_tokens"] and len(r["tokens"]) == 1 + 8 + 16
+        assert r["tokens"][: len(base["tokens"])] == base["tokens"], (
+            "a loop in the graph, same tokens"
+        )
+        assert len(r["decode_samples_ms"]) == 16 // 8, "one sample per timed call, per token"
+
+
+def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
+    ray_cluster, tmp_path, shared_cache
+):
+    """`+search=flags` through the real scheduler: every trial is a row, a flag that
+    iree-compile rejects is a compile_error trial and the search goes on, the same
+    command again adds nothing. The space is opt level x a bogus switch (6 configurations),
+    all of it searched; tests/test_search.py covers the sampler's rules at larger budgets."""
+    from optuna.trial import TrialState
+
+    from sweep.studies import load_studies
+
+    space = [
+        "+search=flags",
+        "grid.variants=[fp32]",
+        "search.layouts=[in_major]",
+        "search.trials=6",
+        *(
+            f"~search.dimensions.{name}"
+            for name in (
+                "aggressive_fusion",
+                "horizontal_contractions",
+                "fuse_multi_use",
+                "generalize_matmul",
+                "split_reduction",
+                "data_tiling",
+                "ukernels",
+                "cuda_target",
+            )
+        ),
+        "+search.dimensions.bogus={switch: [--iree-no-such-flag]}",
+    ]
+    outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", *space)
+    assert outcome.exit_code == 0, text
+    rows = {r["point_key"]: r for r in outcome.rows}
+    bogus = [r for r in rows.values() if "--iree-no-such-flag" in (r["flags"] or [])]
+    assert len(bogus) == 3 and {r["status"] for r in bogus} == {"compile_error"}, text
+    assert "compile_error" in text and "iree-compile failed (exit code" in text
+    (study,) = load_studies(tmp_path / "results")
+    assert (study.trials, study.failed, study.space_size) == (6, 3, 6)
+    assert study.best_ms <= study.default_ms
+    assert study.xla_ms is not None and study.listed is not None
+    assert study.minimal is not None and "bogus" not in study.minimal["kept"]
+    import optuna
+
+    from sweep.search import storage_url
+
+    stored = optuna.load_study(
+        study_name=study.name, storage=storage_url(tmp_path / "results")
+    ).get_trials(deepcopy=False)
+    keys = {t.user_attrs["point_key"] for t in stored if t.state != TrialState.WAITING}
+    assert keys <= set(rows), "every trial is a row of the results"
+
+    again, text = sweep(tmp_path, shared_cache, "+grid=smoke", *space)
+    assert again.exit_code == 0 and again.rows == [], text
+    (same,) = load_studies(tmp_path / "results")
+    assert same.trials == 6
+    report = subprocess.run(
+        [sys.executable, "-m", "sweep.report", "--results", str(tmp_path / "results"), "--search"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert report.returncode == 0 and "| fp32    | cpu    |" in report.stdout, report.stderr

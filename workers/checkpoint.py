@@ -334,3 +334,30 @@ def _file_sha256(path: Path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def resolve_repo(repo: str) -> Path:
+    """The snapshot folder of a Hugging Face repo in the local cache (HF_HOME), never
+    downloading: `models--<org>--<name>/snapshots/<revision>/` as huggingface_hub keeps it."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"model.repo={repo}: not in the Hugging Face cache {constants.HF_HUB_CACHE} "
+            f"({type(e).__name__}); download it where there is a network "
+            f"(`huggingface-cli download {repo}`), or set HF_HOME to the cache that holds it, "
+            "or pass the checkpoint folder as model.path=DIR"
+        ) from None
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The checkpoint's `tokenizer.json` (the `tokenizers` library)."""
+    from tokenizers import Tokenizer
+
+    file = Path(path) / "tokenizer.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: not found; a text prompt needs the checkpoint's tokenizer")
+    return Tokenizer.from_file(str(file))

@@ -25,6 +25,14 @@ the set/unset-encoding dispatches that data tiling adds after the flow phase
 `--iree-opt-data-tiling=true`), and agree with the flow count otherwise. Large
 constants are elided from the dumps (`--mlir-elide-*`), which keeps them small
 and leaves the vmfb byte-identical.
+
+Export memo: the cache key needs the StableHLO's hash, and exporting a 1B graph takes
+seconds, so `compile_graph` remembers, per graph definition (the `GraphSpec` and the
+source of the modules that build graphs), the hash its export gave
+(`cache_dir/export/`). A warm cache then answers without exporting, and a host
+without the compiler (`cache_only`, see `sweep.bundle`) finds its vmfbs by the
+compiler version the cache recorded (`cache_dir/vmfb/compilers.json`), never by
+running iree-compile.
 """
 
 from __future__ import annotations
@@ -48,10 +56,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workers.devices import DeviceSpec
 from workers.files import atomic_write
 from workers.locks import key_lock
+
+if TYPE_CHECKING:
+    from workers.export import GraphSpec
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +122,18 @@ class CompileResult:
             cache_hit=False,
             command=command,
             error_class=error_class,
-            error_message=message[-ERROR_TAIL_CHARS:],
+            error_message=_head_and_tail(message),
             returncode=None,
         )
+
+
+def _head_and_tail(message: str, limit: int = ERROR_TAIL_CHARS) -> str:
+    """The message, or its first and last lines when long: a crash's headline is at the
+    top of the compiler's output and its diagnostics at the bottom."""
+    if len(message) <= limit:
+        return message
+    head, tail = message[: limit // 4], message[-(limit - limit // 4) :]
+    return f"{head}\n[... {len(message) - limit} characters ...]\n{tail}"
 
 
 @functools.cache
@@ -183,15 +204,18 @@ def targets_host(flags: Sequence[str]) -> bool:
     return any(last.get(name) == "host" for name in _HOST_CPU_FLAGS)
 
 
-def cache_key(stablehlo_sha256: str, device: DeviceSpec, flags: Sequence[str]) -> str:
-    """The content address of a compile: equal keys mean interchangeable vmfbs."""
+def cache_key(
+    stablehlo_sha256: str, device: DeviceSpec, flags: Sequence[str], compiler: str | None = None
+) -> str:
+    """The content address of a compile: equal keys mean interchangeable vmfbs.
+    `compiler` defaults to the installed compiler's version."""
     host_cpu = host_cpu_id() if targets_host((*device.target_flags, *flags)) else None
     parts = {
         "stablehlo_sha256": stablehlo_sha256,
         "device": device.name,
         "target_flags": list(device.target_flags),
         "flags": list(flags),
-        "compiler": compiler_version(),
+        "compiler": compiler or compiler_version(),
         "host_cpu": host_cpu,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -230,6 +254,110 @@ def compile_stablehlo(
             if result.ok:
                 _store_cached(cache_dir, result)
     return dataclasses.replace(result, stablehlo_sha256=sha)
+
+
+COMPILE_MODES: tuple[str, ...] = ("auto", "cache_only")
+_GRAPH_SOURCES = ("model.py", "export.py", "quant.py", "variant.py", "llama_config.py")
+
+
+def compile_graph(
+    graph: GraphSpec,
+    device: DeviceSpec,
+    flags: Sequence[str] = (),
+    *,
+    cache_dir: Path,
+    timeout_s: float = 600.0,
+    mode: str = "auto",
+) -> CompileResult:
+    """The vmfb of `graph` for `device` and `flags`: from the cache without exporting when
+    the export memo knows the graph, else exported and compiled (and cached). With
+    `mode="cache_only"` a graph the cache lacks is a compile_error, never a compile."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}; allowed: {list(COMPILE_MODES)}")
+    cache_dir = Path(cache_dir)
+    flags = tuple(flags)
+    sha = _memo_read(cache_dir, graph)
+    if sha is not None:
+        compilers = recorded_compilers(cache_dir) if mode == "cache_only" else [None]
+        for compiler in compilers:
+            key = cache_key(sha, device, flags, compiler)
+            with key_lock(_cache_paths(cache_dir / "vmfb", key)[0].with_suffix(".lock")):
+                cached = _load_cached(cache_dir / "vmfb", key)
+            if cached is not None:
+                return dataclasses.replace(cached, stablehlo_sha256=sha)
+    if mode == "cache_only":
+        return CompileResult.failed(
+            "compile_error",
+            f"graph {graph.label} for {device.name} with flags {list(flags)} was not prepared: "
+            f"compile=cache_only compiles nothing and {cache_dir} lacks it; prepare it on a "
+            "host with iree-compile (python -m sweep.bundle, or the same sweep there)",
+        )
+    from workers.export import export_graph
+
+    exported = export_graph(graph)
+    _memo_write(cache_dir, graph, exported.sha256)
+    return compile_stablehlo(
+        exported.stablehlo,
+        device,
+        flags,
+        cache_dir=cache_dir / "vmfb",
+        timeout_s=timeout_s,
+        work_dir=cache_dir / "work",
+    )
+
+
+@functools.cache
+def _graph_source_sha() -> str:
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in _GRAPH_SOURCES:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def graph_fingerprint(graph: GraphSpec) -> str:
+    """What determines a graph's StableHLO: its spec and the code that builds it."""
+    spec = json.dumps(dataclasses.asdict(graph), sort_keys=True, default=str)
+    return hashlib.sha256(f"{spec}/{_graph_source_sha()}".encode()).hexdigest()
+
+
+def _memo_path(cache_dir: Path, graph: GraphSpec) -> Path:
+    fingerprint = graph_fingerprint(graph)
+    return cache_dir / "export" / fingerprint[:2] / f"{fingerprint}.json"
+
+
+def _memo_read(cache_dir: Path, graph: GraphSpec) -> str | None:
+    try:
+        return json.loads(_memo_path(cache_dir, graph).read_text())["stablehlo_sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _memo_write(cache_dir: Path, graph: GraphSpec, sha: str) -> None:
+    memo = {"stablehlo_sha256": sha, "graph": graph.label}
+    try:
+        atomic_write(_memo_path(cache_dir, graph), json.dumps(memo).encode())
+    except OSError as exc:
+        logger.warning("could not write the export memo of %s: %s", graph.label, exc)
+
+
+def recorded_compilers(cache_dir: Path) -> list[str]:
+    """The compiler versions that wrote vmfbs into `cache_dir`, newest first."""
+    return _read_compilers(Path(cache_dir) / "vmfb")
+
+
+def _read_compilers(vmfb_dir: Path) -> list[str]:
+    try:
+        return list(json.loads((vmfb_dir / "compilers.json").read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+def _record_compiler(vmfb_dir: Path) -> None:
+    known, current = _read_compilers(vmfb_dir), compiler_version()
+    if known[:1] != [current]:
+        versions = [current, *(v for v in known if v != current)]
+        atomic_write(vmfb_dir / "compilers.json", json.dumps(versions).encode())
 
 
 def _compile(
@@ -282,7 +410,8 @@ def _compile_in(
         message = f"iree-compile ran past timeout_s={timeout_s} and was killed\n{output}"
         return _failure(common, "compile_timeout", message, None)
     if returncode != 0 or not output_path.is_file():
-        return _failure(common, "compile_error", output or "no output file", returncode)
+        headline = f"iree-compile {_exit_text(returncode)}"
+        return _failure(common, "compile_error", f"{headline}\n{output}", returncode)
     return CompileResult(
         ok=True,
         vmfb=output_path.read_bytes(),
@@ -292,6 +421,15 @@ def _compile_in(
         returncode=returncode,
         **common,
     )
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:  # killed by a signal: a crash
+        try:
+            return f"crashed ({signal.Signals(-returncode).name})"
+        except ValueError:
+            return f"crashed (signal {-returncode})"
+    return f"failed (exit code {returncode})" if returncode else "wrote no output file"
 
 
 def _failure(
@@ -391,5 +529,6 @@ def _store_cached(cache_dir: Path, result: CompileResult) -> None:
     try:
         atomic_write(vmfb_path, result.vmfb)
         atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+        _record_compiler(cache_dir)
     except OSError as exc:
         logger.warning("could not cache compile %s in %s: %s", result.key, cache_dir, exc)

@@ -11,10 +11,13 @@ function of the `GraphSpec` and is hashed into the compile cache key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+from collections.abc import Callable
+from typing import Any
 
 from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs, cache_shape
+from workers.model import LlamaGraphs, batched, cache_shape
 from workers.variant import ArgSpec, Variant, numpy_dtype
 
 GRAPH_KINDS: tuple[str, ...] = ("prefill", "decode")
@@ -30,39 +33,69 @@ class GraphSpec:
     kind: str
     bucket: int = 0
     layout: str = "in_major"
+    steps_per_call: int = 1  # decode: greedy steps per call, a loop in the graph when > 1
+    batch: int = 1  # sequences per call (one graph of one sequence, vmapped)
+    attention_span: int | None = None  # decode: cache slots attended; None: all max_seq
 
     def __post_init__(self) -> None:
         if self.kind not in GRAPH_KINDS:
             raise ValueError(f"graph kind {self.kind!r}; allowed: {list(GRAPH_KINDS)}")
         if self.kind == "prefill" and not 0 < self.bucket <= self.max_seq:
             raise ValueError(f"prefill bucket {self.bucket} must be in [1, max_seq={self.max_seq}]")
+        if self.steps_per_call < 1 or (self.kind == "prefill" and self.steps_per_call != 1):
+            raise ValueError(f"steps_per_call={self.steps_per_call}: 1 or more, and 1 for prefill")
+        if self.batch < 1:
+            raise ValueError(f"batch={self.batch}: 1 or more")
+        span = self.attention_span
+        if span is not None and (self.kind == "prefill" or not 0 < span <= self.max_seq):
+            raise ValueError(f"attention_span={span}: decode only, within max_seq={self.max_seq}")
 
     @property
     def label(self) -> str:
-        suffix = f"_b{self.bucket}" if self.kind == "prefill" else ""
-        return f"{self.variant.name}_{self.layout}_{self.kind}{suffix}_s{self.max_seq}"
+        suffix = f"_b{self.bucket}" if self.kind == "prefill" else f"_k{self.steps_per_call}"
+        span = f"_a{self.attention_span}" if self.attention_span else ""
+        shape = f"{suffix}{span}_B{self.batch}_s{self.max_seq}"
+        return f"{self.variant.name}_{self.layout}_{self.kind}{shape}"
 
     def args(self) -> tuple[ArgSpec, ...]:
         """Every argument of the graph in order: the weights, then the dynamic inputs.
 
         prefill(weights..., tokens[bucket], real_len)
         decode(weights..., token, pos, kcache, vcache)
+
+        A decode graph of several steps per call returns its tokens and its last token
+        beside the caches; its arguments are the same. With a batch of B sequences the
+        tokens and caches gain a leading dimension B; the position and prompt length are
+        shared.
         """
         weights = self.variant.arg_specs(self.cfg, self.layout)
+        lead = (self.batch,) if self.batch > 1 else ()
         if self.kind == "prefill":
             return (
                 *weights,
-                ArgSpec("tokens", (self.bucket,), "int32"),
+                ArgSpec("tokens", (*lead, self.bucket), "int32"),
                 ArgSpec("real_len", (), "int32"),
             )
-        cache = cache_shape(self.cfg, self.max_seq)
+        cache = (*lead, *cache_shape(self.cfg, self.max_seq))
         return (
             *weights,
-            ArgSpec("token", (), "int32"),
+            ArgSpec("token", lead, "int32"),
             ArgSpec("pos", (), "int32"),
             ArgSpec("kcache", cache, self.variant.dtype),
             ArgSpec("vcache", cache, self.variant.dtype),
         )
+
+    def function(self) -> Callable[..., Any]:
+        """The JAX function this graph is, taking (weights tuple, dynamic inputs...):
+        what export lowers and what the XLA back end compiles."""
+        span = self.attention_span if self.kind == "decode" else None
+        graphs = LlamaGraphs(self.cfg, self.variant, self.max_seq, self.layout, span)
+        if self.kind == "prefill":
+            return batched(graphs.prefill, self.batch, (False, True, False))
+        step = graphs.decode
+        if self.steps_per_call > 1:
+            step = functools.partial(graphs.decode_steps, steps=self.steps_per_call)
+        return batched(step, self.batch, (False, True, False, True, True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +108,10 @@ class ExportedGraph:
 def export_graph(spec: GraphSpec) -> ExportedGraph:
     import jax
 
-    graphs = LlamaGraphs(spec.cfg, spec.variant, spec.max_seq, spec.layout)
     structs = [jax.ShapeDtypeStruct(a.shape, numpy_dtype(a.dtype)) for a in spec.args()]
-    num_weights = len(graphs.names)
+    num_weights = len(spec.variant.arg_specs(spec.cfg, spec.layout))
     args = (tuple(structs[:num_weights]), *structs[num_weights:])
-    fn = _named(graphs.prefill if spec.kind == "prefill" else graphs.decode, spec.kind)
+    fn = _named(spec.function(), spec.kind)
     exported = jax.export.export(jax.jit(fn, keep_unused=True), platforms=["cpu"])(*args)
     text = _strip_locations(exported.mlir_module())
     if "custom_call" in text:

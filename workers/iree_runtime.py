@@ -179,7 +179,7 @@ class IreeRunner:
         # An explicit view: the buffer protocol would turn a 0-d scalar into shape [1].
         return rt.HalBufferView(buffer, list(array.shape), _element_type(rt, array.dtype.name))
 
-    def read_token(self, view: Any) -> int:
+    def read_tokens(self, view: Any) -> tuple[int, ...]:
         return self._token.read(view)
 
     def module(self, vmfb: bytes) -> _LoadedModule:
@@ -190,10 +190,13 @@ class IreeRunner:
 
     # --- a session: one graph pair on the resident weights ------------------------------
 
-    def session(self, prefill_vmfb: bytes, decode_vmfb: bytes) -> IreeSession:
+    def session(
+        self, prefill_vmfb: bytes, decode_vmfb: bytes, steps_per_call: int = 1
+    ) -> IreeSession:
         if self._weights_key is None:
             raise RuntimeError("a session before ensure_weights: no weights are resident")
-        return IreeSession(self, self.module(prefill_vmfb), self.module(decode_vmfb))
+        prefill, decode = self.module(prefill_vmfb), self.module(decode_vmfb)
+        return IreeSession(self, prefill, decode, steps_per_call)
 
     def copy_gbps(self, nbytes: int, repeats: int = 5) -> float:
         """The device's copy bandwidth (read plus write, GB/s) on a working set like `nbytes`.
@@ -237,8 +240,15 @@ class IreeRunner:
 class IreeSession:
     """The IREE back end of `workers.runtime.greedy_decode`."""
 
-    def __init__(self, runner: IreeRunner, prefill: _LoadedModule, decode: _LoadedModule) -> None:
+    def __init__(
+        self,
+        runner: IreeRunner,
+        prefill: _LoadedModule,
+        decode: _LoadedModule,
+        steps_per_call: int = 1,
+    ) -> None:
         self._runner, self._prefill, self._decode = runner, prefill, decode
+        self._steps_per_call = steps_per_call
         # The last call's argument list stays alive until the next call has run: that
         # frees its inputs (the caches of two steps back) inside the timed region, as a
         # real decode loop frees them and as IREE's tool frees each call's outputs. On
@@ -262,22 +272,30 @@ class IreeSession:
 
         return call
 
-    def decode_call(self) -> Callable[..., tuple[Any, Any]]:
+    def decode_call(self) -> Callable[..., tuple[Any, Any, Any]]:
         decode, args = self._decode, self._decode.arguments(self._runner.weight_views, 4)
+        if self._steps_per_call == 1:
 
-        def call(token: Any, pos: Any, caches: tuple[Any, Any]) -> tuple[Any, Any]:
-            token, kcache, vcache = decode(args, [token, pos, *caches], 3)
+            def call(token: Any, pos: Any, caches: tuple[Any, Any]) -> tuple[Any, Any, Any]:
+                token, kcache, vcache = decode(args, [token, pos, *caches], 3)
+                self._held = args
+                return token, token, (kcache, vcache)
+
+            return call
+
+        def call_loop(token: Any, pos: Any, caches: tuple[Any, Any]) -> tuple[Any, Any, Any]:
+            tokens, last, kcache, vcache = decode(args, [token, pos, *caches], 4)
             self._held = args
-            return token, (kcache, vcache)
+            return tokens, last, (kcache, vcache)
 
-        return call
+        return call_loop
 
-    def read_token(self, token: Any) -> int:
-        return self._runner.read_token(token)
+    def read_tokens(self, tokens: Any) -> tuple[int, ...]:
+        return self._runner.read_tokens(tokens)
 
 
 class _TokenReadback:
-    """Reads one int32 (a step's token) back to the host: the 4 bytes that cross per step.
+    """Reads a call's tokens (int32: 4 bytes per step) back to the host.
 
     A host-visible buffer (local-task) is mapped and read in place; building a
     `DeviceArray` for it cost ~15 us more per step, 5% of a toy model's decode step. A
@@ -297,15 +315,17 @@ class _TokenReadback:
         self._semaphore: Any = None
         self._value = 0
 
-    def read(self, view: Any) -> int:
-        buffer = view.get_buffer()
+    def read(self, view: Any) -> tuple[int, ...]:
+        buffer, shape = view.get_buffer(), tuple(view.shape)
         if (
             not self._stage
             and buffer.memory_type() & self._host_visible
             and buffer.allowed_usage() & self._mappable
         ):
-            return int(view.map().asarray((), _INT32))
-        return int(self._copy_to_staging(buffer).map().asarray((), _INT32))
+            values = view.map().asarray(shape, _INT32)
+        else:
+            values = self._copy_to_staging(buffer).map().asarray(shape, _INT32)
+        return (int(values),) if not shape else tuple(int(v) for v in values)
 
     def _copy_to_staging(self, buffer: Any) -> Any:
         rt = self._rt

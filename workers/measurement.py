@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workers.profile import Profile
+
 
 def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
     """Summary statistics of timed decode steps, named as the result columns.
@@ -61,7 +63,7 @@ class Measurement:
     quant_error: float
     fp32_agreement: float  # workers.quality: argmax agreement with fp32, teacher-forced
     fp32_logit_error: float  # relative logit error against fp32 at the first position
-    bytes_per_token: int  # what one decode step reads: the weights and the whole KV cache
+    bytes_per_token: int  # what a step reads (weights once, each sequence's cache) / batch
     peak_gbps: float | None  # the device's copy bandwidth, for the roofline
     hostname: str
     device_name: str
@@ -70,6 +72,9 @@ class Measurement:
     xla_compile_s: float | None = None  # the XLA baseline compiles in the worker
     node_id: str | None = None  # the cluster node (filled in by the actor)
     num_uploads: int = 0  # uploads the worker made so far, all points together
+    profile: Profile | None = None  # IREE's per-dispatch profile, when asked for
+    batch: int = 1  # sequences per step: the prompts, tokens and references hold each in turn
+    output_text: str | None = None  # the first sequence's tokens, decoded (a text prompt)
 
     @property
     def prefill_ms(self) -> float:
@@ -77,11 +82,18 @@ class Measurement:
         return float(np.median(self.prefill_samples_ms))
 
     def decode_stats(self) -> dict[str, float]:
-        return decode_stats(self.decode_samples_ms)
+        """The step statistics; tok/s counts every sequence of the batch."""
+        stats = decode_stats(self.decode_samples_ms)
+        return {**stats, "tok_s": stats["tok_s"] * self.batch}
+
+    @property
+    def prefill_tok_s(self) -> float:
+        """Prompt tokens (of every sequence) per second of the median prefill."""
+        return len(self.prompt_ids) / (self.prefill_ms / 1e3)
 
     def roofline_frac(self) -> float | None:
-        """Floor time (bytes per token at the device's copy bandwidth) over the median step."""
+        """Floor time (the step's bytes at the device's copy bandwidth) over the median step."""
         if not self.bytes_per_token or not self.peak_gbps:
             return None
-        floor_ms = self.bytes_per_token / (self.peak_gbps * 1e9) * 1e3
+        floor_ms = self.bytes_per_token * self.batch / (self.peak_gbps * 1e9) * 1e3
         return floor_ms / self.decode_stats()["decode_ms_p50"]

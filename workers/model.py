@@ -73,11 +73,19 @@ class LlamaGraphs:
     """Builds the prefill and decode functions for one (config, variant, cache capacity)."""
 
     def __init__(
-        self, cfg: LlamaConfig, variant: Variant, max_seq: int, layout: str = "in_major"
+        self,
+        cfg: LlamaConfig,
+        variant: Variant,
+        max_seq: int,
+        layout: str = "in_major",
+        attention_span: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.variant = variant
         self.layout = layout
+        # Decode attends over the cache's first `attention_span` slots (a static bucket
+        # that holds the filled part); None: over all `max_seq`, whatever is filled.
+        self.attention_span = attention_span
         self.names = tuple(spec.name for spec in variant.arg_specs(cfg, layout))
         self.max_seq = max_seq
         self.inv_freq = rope_inv_freq(cfg)
@@ -109,6 +117,36 @@ class LlamaGraphs:
 
         logits, kc, vc = self.decode_logits(weights, token, pos, kcache, vcache)
         return jnp.argmax(logits, axis=-1).astype(jnp.int32), kc, vc
+
+    def decode_steps(
+        self,
+        weights: tuple[Array, ...],
+        token: Array,
+        pos: Array,
+        kcache: Array,
+        vcache: Array,
+        *,
+        steps: int,
+    ) -> tuple[Array, Array, Array, Array]:
+        """`steps` greedy decode steps in one call: a loop in the graph, each step's argmax
+        fed to the next and the caches carried.
+
+            (tokens [steps], the last token, kcache, vcache)
+
+        The last token is an output of its own so the next call can take it as it is,
+        with no slice on the host's side.
+        """
+        import jax.numpy as jnp
+        from jax import lax
+
+        def step(i: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+            tok, kc, vc, out = carry
+            nxt, kc, vc = self.decode(weights, tok, pos + i, kc, vc)
+            return nxt, kc, vc, lax.dynamic_update_index_in_dim(out, nxt, i, axis=0)
+
+        out = jnp.zeros((steps,), jnp.int32)
+        last, kc, vc, out = lax.fori_loop(0, steps, step, (token, kcache, vcache, out))
+        return out, last, kc, vc
 
     def prefill_logits(
         self, weights: tuple[Array, ...], tokens: Array, real_len: Array
@@ -188,7 +226,8 @@ class LlamaGraphs:
         vcache = lax.dynamic_update_slice(
             vcache, v[None].astype(vcache.dtype), (layer, start, zero, zero)
         )
-        attn = self._attention(q, kcache[layer], vcache[layer], positions)
+        span = self.attention_span or self.max_seq
+        attn = self._attention(q, kcache[layer, :span], vcache[layer, :span], positions)
         x = x + self._linear(w, f"{p}.self_attn.o_proj", attn.reshape(t, -1))
         h = self._rms_norm(x, w[f"{p}.post_attention_layernorm.weight"])
         gate = jax.nn.silu(self._linear(w, f"{p}.mlp.gate_proj", h))
@@ -300,3 +339,18 @@ def _dot(a: Array, b: Array, a_axis: int, b_axis: int) -> Array:
     from jax import lax
 
     return lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())))
+
+
+def batched(step: Any, batch: int, batched_args: tuple[bool, ...]) -> Any:
+    """A graph of `batch` sequences from a graph of one: `jax.vmap` over the arguments
+    marked True (tokens, caches), the others (weights, position, prompt length) shared.
+
+    The sequences of a batch share the position, so the KV-cache writes stay a
+    `dynamic_update_slice` (per-sequence positions would make them a scatter, which
+    IREE's CUDA backend rejects); one batch is equal-length prompts, as in llama-bench.
+    """
+    if batch == 1:
+        return step
+    import jax
+
+    return jax.vmap(step, in_axes=tuple(0 if b else None for b in batched_args))

@@ -15,16 +15,21 @@ import json
 import math
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workers.devices import DeviceSpec
+from workers.export import GraphSpec
 from workers.llama_config import LlamaConfig, preset
 from workers.measurement import Measurement
 from workers.model import cache_shape
+from workers.profile import Profile
 from workers.quant import VariantWeights, prepare_variant
-from workers.runtime import DecodeRun, DecodeSteps, greedy_decode, prompt_ids
+from workers.runtime import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
 from workers.variant import Variant, check_layout, numpy_dtype
 
 RUNTIMES: tuple[str, ...] = ("iree", "xla")
@@ -41,12 +46,22 @@ class ModelSource:
     preset: str | None = None
     path: str | None = None
     seed: int = 0
+    repo: str | None = None  # a Hugging Face repo id, found in the local cache (HF_HOME)
 
     def __post_init__(self) -> None:
-        if self.path is None and self.preset is None:
+        if self.path is None and self.preset is None and self.repo is None:
             raise ValueError(
-                "set model.preset (a name in workers/llama_config.py) or model.path=DIR"
+                "set model.preset (a name in workers/llama_config.py), model.path=DIR or "
+                "model.repo=ORG/NAME"
             )
+
+    def resolved(self) -> ModelSource:
+        """With `repo`, the same source with `path` set to the repo's cached snapshot."""
+        if self.repo is None or self.path is not None:
+            return self
+        from workers.checkpoint import resolve_repo
+
+        return dataclasses.replace(self, path=str(resolve_repo(self.repo)))
 
     def config(self) -> LlamaConfig:
         if self.path:
@@ -93,6 +108,35 @@ class BenchTask:
     max_seq: int
     steps: DecodeSteps
     layout: str = "in_major"  # how the weight matrices reach the graphs (workers.variant)
+    profile_calls: int = 0  # IREE: profile this many decode calls after the timed ones
+    batch: int = 1  # sequences decoded together (equal-length prompts, a shared position)
+    depth: int = 0  # context tokens beyond the prompt before decode starts (prefilled)
+    attention_span: int | None = None  # decode attends over this many slots; None: max_seq
+    prompt_text: str | None = None  # tokenized with the checkpoint's tokenizer.json
+
+    def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
+        """The prefill or decode graph this task runs."""
+        if kind == "prefill":
+            return GraphSpec(
+                cfg,
+                self.variant,
+                self.max_seq,
+                kind,
+                self.prompt_bucket,
+                self.layout,
+                batch=self.batch,
+            )
+        return GraphSpec(
+            cfg,
+            self.variant,
+            self.max_seq,
+            kind,
+            0,
+            self.layout,
+            self.steps.steps_per_call,
+            self.batch,
+            self.attention_span,
+        )
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -132,62 +176,119 @@ class PointWorker:
 
         started_at = time.time()
         upload_s, vw = self._ensure_weights(task)
-        prompt = prompt_ids(self.cfg.vocab_size, task.prompt_length)
-        reference = reference_tokens(
-            self.cfg,
-            vw,
-            prompt,
-            task.prompt_bucket,
-            task.max_seq,
-            task.steps.num_tokens,
-            weights_id=task.weights_id,
-            cache_dir=self.cache_dir,
-        )
+        prompts = self._prompts(task)  # [batch, prompt + depth]
+        num_tokens = task.steps.num_tokens
+        references = [
+            reference_tokens(
+                self.cfg,
+                vw,
+                prompt,
+                task.prompt_bucket,
+                task.max_seq,
+                num_tokens,
+                weights_id=task.weights_id,
+                cache_dir=self.cache_dir,
+            )
+            for prompt in prompts
+        ]
         agreement = quality(
             self.cfg,
             vw,
-            prompt,
+            prompts[0],
             task.prompt_bucket,
             task.max_seq,
-            task.steps.num_tokens,
+            num_tokens,
             fp32_weights=lambda: self.source.variant(FP32),
             weights_id=task.weights_id,
             cache_dir=self.cache_dir,
         )
-        run, xla_compile_s = self._decode(task, prompt, prefill_vmfb, decode_vmfb)
-        bytes_per_token = vw.nbytes + self._cache_bytes(task)
+        run, xla_compile_s = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
+        sequences = [run.tokens[b * num_tokens : (b + 1) * num_tokens] for b in range(task.batch)]
+        profile = None
+        if task.profile_calls and task.runtime == "iree":
+            assert decode_vmfb is not None
+            profile = self._profile(task, vw, decode_vmfb, run.tokens[0])
+        # A step reads the weights once for the whole batch, and each sequence's cache.
+        bytes_per_step = vw.nbytes + task.batch * self._cache_bytes(task)
         return Measurement(
             prefill_samples_ms=run.prefill_samples_ms,
             decode_samples_ms=run.decode_samples_ms,
-            prompt_ids=tuple(int(t) for t in prompt),
+            prompt_ids=tuple(int(t) for t in prompts.reshape(-1)),
             tokens=run.tokens,
-            reference_tokens=reference,
-            num_tokens_matched=num_matching(run.tokens, reference),
+            reference_tokens=tuple(t for ref in references for t in ref),
+            num_tokens_matched=sum(map(num_matching, sequences, references)),
             bench_s=run.bench_s,
             upload_s=upload_s,
             weight_bytes=vw.nbytes,
             quant_error=vw.quant_error,
             fp32_agreement=agreement.fp32_agreement,
             fp32_logit_error=agreement.fp32_logit_error,
-            bytes_per_token=bytes_per_token,
-            peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(bytes_per_token),
+            bytes_per_token=bytes_per_step // task.batch,
+            peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(bytes_per_step),
             xla_compile_s=xla_compile_s,
             num_uploads=self.num_uploads,
             started_at=started_at,
             finished_at=time.time(),
+            profile=profile,
+            batch=task.batch,
+            output_text=self._detokenize(sequences[0]) if task.prompt_text else None,
             **self.info(),
         )
 
+    def _prompts(self, task: BenchTask) -> np.ndarray:
+        """The batch's prompts [batch, prompt + depth]: the text's tokens, or seeded ids
+        (one seed per sequence, the first one's as without a batch)."""
+        length = task.prompt_length + task.depth
+        if task.prompt_text is not None:
+            ids = self._tokenizer().encode(task.prompt_text).ids
+            if len(ids) != length:
+                raise ValueError(f"the prompt has {len(ids)} tokens, the point expects {length}")
+            return np.tile(np.asarray(ids, np.int32), (task.batch, 1))
+        seqs = [prompt_ids(self.cfg.vocab_size, length, PROMPT_SEED + b) for b in range(task.batch)]
+        return np.stack(seqs)
+
+    def _tokenizer(self) -> Any:
+        from workers.checkpoint import load_tokenizer
+
+        assert self.source.path, "a text prompt needs a checkpoint"
+        return load_tokenizer(self.source.path)
+
+    def _detokenize(self, tokens: tuple[int, ...]) -> str:
+        return self._tokenizer().decode(list(tokens))
+
     def _decode(
-        self, task: BenchTask, prompt: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
+        self, task: BenchTask, prompts: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
     ) -> tuple[DecodeRun, float | None]:
         """The timed loop on the task's runtime; XLA also reports its compile seconds."""
         if task.runtime == "xla":
-            session = self._xla.session(self.cfg, task.prompt_bucket, task.max_seq)
-            return greedy_decode(session, prompt, task.prompt_bucket, task.steps), session.compile_s
+            prefill, decode = task.graph(self.cfg, "prefill"), task.graph(self.cfg, "decode")
+            session = self._xla.session(prefill, decode)
+            return greedy_decode(
+                session, prompts, task.prompt_bucket, task.steps
+            ), session.compile_s
         assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
-        session = self.iree.session(prefill_vmfb, decode_vmfb)
-        return greedy_decode(session, prompt, task.prompt_bucket, task.steps), None
+        session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
+        return greedy_decode(session, prompts, task.prompt_bucket, task.steps), None
+
+    def _profile(
+        self, task: BenchTask, vw: VariantWeights, decode_vmfb: bytes, token: int
+    ) -> Profile:
+        """IREE's per-dispatch profile of the point's decode graph, after its timed steps."""
+        from workers.profile import profile_decode
+
+        graph = task.graph(self.cfg, "decode")
+        inputs_dir = (self.cache_dir or Path(tempfile.gettempdir())) / "profile-inputs"
+        return profile_decode(
+            decode_vmfb,
+            graph,
+            vw,
+            self.device.driver,
+            weights_key=f"{task.weights_id}/{task.variant.fingerprint}/{task.layout}",
+            token=token,
+            pos=task.prompt_length,
+            num_calls=task.profile_calls,
+            inputs_dir=inputs_dir,
+        )
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:
         """Makes the task's variant resident in its runtime, freeing the other runtime's."""
@@ -209,8 +310,9 @@ class PointWorker:
         return upload_s, vw
 
     def _cache_bytes(self, task: BenchTask) -> int:
-        """K and V caches: the graph attends over (so reads) the whole capacity each step."""
-        num_elements = math.prod(cache_shape(self.cfg, task.max_seq))
+        """One sequence's K and V caches as a step reads them: the slots it attends over
+        (the whole capacity, or the span of the filled part)."""
+        num_elements = math.prod(cache_shape(self.cfg, task.attention_span or task.max_seq))
         return 2 * num_elements * numpy_dtype(task.variant.dtype).itemsize
 
 

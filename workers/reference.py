@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.export import GraphSpec
 from workers.files import atomic_write
 from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs
 from workers.quant import VariantWeights, jax_arrays
 from workers.runtime import DecodeSteps, greedy_decode
 
@@ -83,7 +83,9 @@ def _run_xla(
     cpu = jax.devices("cpu")[0]
     # may_alias: aligned host arrays (the resident CPU weights) are used in place.
     weights = tuple(jax.device_put(a, cpu, may_alias=True) for a in jax_arrays(vw))
-    session = XlaSession(cpu, weights, LlamaGraphs(cfg, vw.variant, max_seq, vw.layout), bucket)
+    prefill = GraphSpec(cfg, vw.variant, max_seq, "prefill", bucket, vw.layout)
+    decode = GraphSpec(cfg, vw.variant, max_seq, "decode", 0, vw.layout)
+    session = XlaSession(cpu, weights, prefill, decode)
     steps = DecodeSteps(warmup_steps=0, decode_steps=num_tokens - 1, prefill_runs=1)
     return greedy_decode(session, prompt, bucket, steps).tokens
 

@@ -42,11 +42,36 @@ class DecodeSteps:
     warmup_steps: int
     decode_steps: int
     prefill_runs: int = 1
+    # Greedy steps per decode call (a loop in the graph): the per-call host cost is spread
+    # over this many tokens. Decode steps are whole calls' worth; warmup is rounded up to
+    # whole calls.
+    steps_per_call: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.steps_per_call
+        if k < 1 or self.decode_steps % k:
+            raise ValueError(
+                f"steps_per_call={k}: must be at least 1 and divide "
+                f"decode_steps={self.decode_steps}"
+            )
+
+    @property
+    def warmup_calls(self) -> int:
+        return -(-self.warmup_steps // self.steps_per_call)
+
+    @property
+    def decode_calls(self) -> int:
+        return self.decode_steps // self.steps_per_call
+
+    @property
+    def num_warmup_tokens(self) -> int:
+        """The warmup as run: whole calls, so at least `warmup_steps` tokens."""
+        return self.warmup_calls * self.steps_per_call
 
     @property
     def num_tokens(self) -> int:
         """Tokens generated: one from prefill, then one per decode step (warmup included)."""
-        return 1 + self.warmup_steps + self.decode_steps
+        return 1 + self.num_warmup_tokens + self.decode_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +79,10 @@ class DecodeRun:
     """What the loop measured: timings and the greedy tokens."""
 
     prefill_samples_ms: tuple[float, ...]
-    decode_samples_ms: tuple[float, ...]  # the timed steps only
-    tokens: tuple[int, ...]  # the first from prefill, then one per decode step (warmup included)
+    decode_samples_ms: tuple[float, ...]  # ms per step of each timed call (call time / steps)
+    tokens: tuple[int, ...]  # per sequence: the first from prefill, then one per decode step
     bench_s: float  # wall seconds of the whole loop: prefill runs, warmup and timed steps
+    batch: int = 1  # sequences: `tokens` holds each one's tokens in turn
 
 
 class Session(Protocol):
@@ -75,44 +101,52 @@ class Session(Protocol):
         ...
 
     def decode_call(self) -> Call:
-        """A ready call of the decode graph: (token, pos, caches) -> (token, caches)."""
+        """A ready call of the decode graph: (token, pos, caches) -> (tokens, last token,
+        caches); with one step per call, tokens and last token are the same."""
         ...
 
-    def read_token(self, token: Any) -> int:
-        """The 4-byte readback of a token: waits for the call that made it."""
+    def read_tokens(self, tokens: Any) -> tuple[int, ...]:
+        """The readback of a call's tokens (4 bytes each): waits for the call."""
         ...
 
 
 def greedy_decode(
     session: Session, prompt: np.ndarray, bucket: int, steps: DecodeSteps
 ) -> DecodeRun:
-    """Prefill `prompt` (padded to `bucket`), then decode greedily; see the module docstring."""
-    length = int(prompt.shape[0])
-    padded = np.zeros(bucket, np.int32)
-    padded[:length] = prompt
-    inputs = session.prompt_inputs(padded, length)
+    """Prefill `prompt` ([L], or [B, L] for a batch of B sequences of one length), padded to
+    `bucket`, then decode greedily; see the module docstring. Tokens come back sequence by
+    sequence: each sequence's first token (from prefill), then its decode steps."""
+    prompts = np.atleast_2d(prompt).astype(np.int32)
+    batch, length = prompts.shape
+    per_call = steps.steps_per_call
+    padded = np.zeros((batch, bucket), np.int32)
+    padded[:, :length] = prompts
+    inputs = session.prompt_inputs(padded if batch > 1 else padded[0], length)
     bench_start = time.perf_counter()
     prefill_ms: list[float] = []
     for _ in range(max(1, steps.prefill_runs)):
         call = session.prefill_call()
         start = time.perf_counter_ns()
         token, caches = call(*inputs)
-        first = session.read_token(token)
+        first = session.read_tokens(token)
         prefill_ms.append((time.perf_counter_ns() - start) / 1e6)
-    positions = [
-        session.position(length + i) for i in range(steps.warmup_steps + steps.decode_steps)
-    ]
-    generated, samples = [first], []
+    sequences = [[t] for t in first]
+    num_calls, warmup_calls = steps.warmup_calls + steps.decode_calls, steps.warmup_calls
+    positions = [session.position(length + i * per_call) for i in range(num_calls)]
+    samples = []
     for i, pos in enumerate(positions):
         call = session.decode_call()
         start = time.perf_counter_ns()
-        token, caches = call(token, pos, caches)
-        generated.append(session.read_token(token))
-        if i >= steps.warmup_steps:
-            samples.append((time.perf_counter_ns() - start) / 1e6)
+        tokens, token, caches = call(token, pos, caches)
+        values = session.read_tokens(tokens)  # [batch, per_call], row-major
+        if i >= warmup_calls:
+            samples.append((time.perf_counter_ns() - start) / 1e6 / per_call)
+        for b, sequence in enumerate(sequences):
+            sequence += values[b * per_call : (b + 1) * per_call]
     return DecodeRun(
         prefill_samples_ms=tuple(prefill_ms),
         decode_samples_ms=tuple(samples),
-        tokens=tuple(generated),
+        tokens=tuple(t for sequence in sequences for t in sequence),
         bench_s=time.perf_counter() - bench_start,
+        batch=batch,
     )

@@ -54,6 +54,17 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+_MLIR_TYPES = {
+    "float32": "f32",
+    "bfloat16": "bf16",
+    "float16": "f16",
+    "uint32": "ui32",
+    "int32": "i32",
+    "uint8": "ui8",
+    "uint4": "ui4",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ArgSpec:
     """One graph argument: its name, shape and dtype name (`uint4` included)."""
@@ -61,6 +72,11 @@ class ArgSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+
+    @property
+    def tool_type(self) -> str:
+        """As IREE's tools take it: `2x3xf32`, `ui4` for a scalar."""
+        return "x".join([*map(str, self.shape), _MLIR_TYPES[self.dtype]])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs
+from workers.export import GraphSpec
 from workers.quant import VariantWeights, jax_arrays
+from workers.variant import numpy_dtype
 
 
 def jax_device(driver: str) -> Any:
@@ -42,25 +42,32 @@ def jax_device(driver: str) -> Any:
 
 
 class XlaSession:
-    """The XLA back end of `workers.runtime.greedy_decode`, for one graph pair."""
+    """The XLA back end of `workers.runtime.greedy_decode`, for one graph pair: the very
+    functions IREE compiles (`GraphSpec.function`), compiled by XLA."""
 
-    def __init__(self, device: Any, weights: tuple[Any, ...], graphs: LlamaGraphs, bucket: int):
+    def __init__(
+        self, device: Any, weights: tuple[Any, ...], prefill: GraphSpec, decode: GraphSpec
+    ):
         import jax
-        import jax.numpy as jnp
 
         self.device, self._weights = device, list(weights)
-        i32 = jax.ShapeDtypeStruct((), jnp.int32)
-        cache = jax.ShapeDtypeStruct(graphs.cache_shape, graphs.dtype)
-        tokens = jax.ShapeDtypeStruct((bucket,), jnp.int32)
+        self._looped = decode.steps_per_call > 1
+
+        def structs(spec: GraphSpec) -> list[Any]:
+            dynamic = spec.args()[len(weights) :]
+            return [jax.ShapeDtypeStruct(a.shape, numpy_dtype(a.dtype)) for a in dynamic]
+
         start = time.perf_counter()
         with jax.default_device(device):
-            prefill = jax.jit(graphs.prefill, keep_unused=True).lower(weights, tokens, i32)
-            decode = jax.jit(graphs.decode, donate_argnums=(3, 4), keep_unused=True).lower(
-                weights, i32, i32, cache, cache
-            )
             # keep_unused: the executables take exactly the flattened arguments, in order.
-            self._prefill = prefill.compile().runtime_executable()
-            self._decode = decode.compile().runtime_executable()
+            lowered_prefill = jax.jit(prefill.function(), keep_unused=True).lower(
+                weights, *structs(prefill)
+            )
+            lowered_decode = jax.jit(
+                decode.function(), donate_argnums=(3, 4), keep_unused=True
+            ).lower(weights, *structs(decode))
+            self._prefill = lowered_prefill.compile().runtime_executable()
+            self._decode = lowered_decode.compile().runtime_executable()
         self.compile_s = time.perf_counter() - start
 
     def _put(self, value: Any) -> Any:
@@ -84,19 +91,21 @@ class XlaSession:
 
         return call
 
-    def decode_call(self) -> Callable[..., tuple[Any, Any]]:
+    def decode_call(self) -> Callable[..., tuple[Any, Any, Any]]:
         execute, args = self._decode.execute, [*self._weights, None, None, None, None]
+        looped = self._looped
 
-        def call(token: Any, pos: Any, caches: tuple[Any, Any]) -> tuple[Any, Any]:
+        def call(token: Any, pos: Any, caches: tuple[Any, Any]) -> tuple[Any, Any, Any]:
             args[-4], args[-3], args[-2], args[-1] = token, pos, *caches
-            token, kcache, vcache = execute(args)
+            outputs = execute(args)
             args[-2] = args[-1] = None  # donated: the next step owns them
-            return token, (kcache, vcache)
+            tokens, last = (outputs[0], outputs[1]) if looped else (outputs[0], outputs[0])
+            return tokens, last, (outputs[-2], outputs[-1])
 
         return call
 
-    def read_token(self, token: Any) -> int:
-        return int(np.asarray(token))
+    def read_tokens(self, tokens: Any) -> tuple[int, ...]:
+        return tuple(int(t) for t in np.atleast_1d(np.asarray(tokens)))
 
 
 class XlaRunner:
@@ -131,14 +140,11 @@ class XlaRunner:
         self.num_uploads += 1
         return time.perf_counter() - start
 
-    def session(self, cfg: LlamaConfig, bucket: int, max_seq: int) -> XlaSession:
-        """The compiled graph pair for this shape (compiled once per resident variant)."""
-        vw = self.resident_variant
-        assert vw is not None, "a session before ensure_weights"
-        key = (bucket, max_seq)
+    def session(self, prefill: GraphSpec, decode: GraphSpec) -> XlaSession:
+        """The compiled graph pair (compiled once per resident variant)."""
+        assert self.resident_variant is not None, "a session before ensure_weights"
+        key = (prefill, decode)
         if key not in self._sessions:
-            graphs = LlamaGraphs(cfg, vw.variant, max_seq, vw.layout)
-            self._sessions[key] = XlaSession(
-                self.device, self.resident_variant.arrays, graphs, bucket
-            )
+            weights = self.resident_variant.arrays
+            self._sessions[key] = XlaSession(self.device, weights, prefill, decode)
         return self._sessions[key]

@@ -1,0 +1,118 @@
+"""Reading the dispatch profiles: where a decode step's time goes, for report, compare and plots.
+
+A sweep with `profile=true` writes one row per dispatch function of every profiled
+point into `<results_dir>/dispatches` (see `sweep.results.DISPATCH_SCHEMA`). This
+module reads them for a set of points and answers the questions a flag or format
+study asks next: which dispatches take the time (`top_dispatches`), how much time
+each kind of dispatch takes per token (`kind_ms`), and what a flag set or a second
+run changed, kind by kind (`kind_change`, e.g. "transpose -12, matmul -3").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sweep.results import DISPATCH_SCHEMA, DISPATCHES, read_results
+
+KIND_ORDER = ("matmul", "elementwise", "transpose", "reduction", "attention", "copy", "other")
+MIN_CHANGE_SHOWN = 0.05  # a kind's change below this share of the baseline's time is noise
+
+
+def load(results_dir: Path, point_keys: Iterable[str]) -> list[dict[str, Any]]:
+    """The dispatch rows of `point_keys` (the newest profile of each point)."""
+    table = read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA)
+    if not table.num_rows:
+        return []
+    keys = pa.array(sorted(set(point_keys)), type=pa.string())
+    table = table.filter(pc.is_in(table["point_key"], value_set=keys))
+    rows = table.to_pylist()
+    newest: dict[str, Any] = {}
+    for row in rows:  # a point profiled by two runs: keep the newer profile
+        key = row["point_key"]
+        newest[key] = max(newest.get(key, row["created_at"]), row["created_at"])
+    return [r for r in rows if r["created_at"] == newest[r["point_key"]]]
+
+
+def kinds_of_runs(
+    results_dir: Path, run_ids: Sequence[str]
+) -> dict[tuple[str, str], dict[str, float]]:
+    """(run_id, point_key) -> {kind: ms per token} for the profiled points of `run_ids`."""
+    table = read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA)
+    table = table.filter(pc.is_in(table["run_id"], value_set=pa.array(list(run_ids), pa.string())))
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for run in run_ids:
+        rows = [r for r in table.to_pylist() if r["run_id"] == run]
+        out.update({(run, key): kinds for key, kinds in kind_ms(rows).items()})
+    return out
+
+
+def kind_ms(dispatches: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """point_key -> {kind: ms per token}, kinds in KIND_ORDER."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in dispatches:
+        kinds = out[row["point_key"]]
+        kinds[row["kind"]] = kinds.get(row["kind"], 0.0) + row["ms_per_token"]
+    return {k: dict(sorted(v.items(), key=lambda kv: _kind_rank(kv[0]))) for k, v in out.items()}
+
+
+def pooled_kind_ms(per_point: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean over points of each kind's ms per token (a group of several points)."""
+    if not per_point:
+        return {}
+    kinds = sorted({k for p in per_point for k in p}, key=_kind_rank)
+    return {k: sum(p.get(k, 0.0) for p in per_point) / len(per_point) for k in kinds}
+
+
+def kind_change(base: dict[str, float], other: dict[str, float]) -> str:
+    """`transpose -12, matmul -3`: ms per token that each kind gained or lost, largest first;
+    changes under MIN_CHANGE_SHOWN of the baseline's total are left out."""
+    if not base or not other:
+        return ""
+    floor = MIN_CHANGE_SHOWN * sum(base.values())
+    deltas = {k: other.get(k, 0.0) - base.get(k, 0.0) for k in {*base, *other}}
+    shown = sorted((d for d in deltas.items() if abs(d[1]) >= floor), key=lambda kv: -abs(kv[1]))
+    return ", ".join(f"{kind} {_signed(ms)}" for kind, ms in shown) or "no kind changed"
+
+
+def fmt_kinds(kinds: dict[str, float]) -> str:
+    """`matmul 12.1, elementwise 3.2`: a point's time per kind, ms per token."""
+    return ", ".join(f"{kind} {_num(ms)}" for kind, ms in kinds.items())
+
+
+def top_dispatches(
+    dispatches: Sequence[dict[str, Any]], points: Sequence[dict[str, Any]], top: int
+) -> list[dict[str, Any]]:
+    """Each point's `top` dispatches by time, as records for a table (point columns first)."""
+    by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in dispatches:
+        by_point[row["point_key"]].append(row)
+    records = []
+    for point in points:
+        ranked = sorted(by_point.get(point["point_key"], []), key=lambda r: -r["ms_per_token"])
+        for rank, row in enumerate(ranked[:top], start=1):
+            records.append({**point, "rank": rank, **_dispatch_fields(row)})
+    return records
+
+
+def _dispatch_fields(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "kind", "calls_per_token", "ms_per_token", "share")
+    return {k: row[k] for k in keys}
+
+
+def _kind_rank(kind: str) -> int:
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _signed(value: float) -> str:
+    text = _num(value)
+    return text if text.startswith("-") else f"+{text}"

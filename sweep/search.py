@@ -1,0 +1,509 @@
+"""Search: the fastest correct configuration of each (variant, device), found instead of listed.
+
+`python -m sweep +grid=smoke +search=flags search.trials=12` runs one study per
+(variant, device) of the grid over the space `conf/search/flags.yaml` declares: IREE
+flag dimensions (each a set of named choices, a switch being off/on), the weight
+layout and the weight format. A trial is one configuration, measured as an ordinary
+point (same compile tasks, cache, resident-weight actors and row) at the study's
+shape: the grid's longest prompt, and its first batch size, depth and attention.
+
+Why Optuna's ask-and-tell: the scheduler owns the loop (compiles spread over the
+cluster while the actors measure), so the search must not. `refill` asks each study
+for up to `search.parallel` trials in flight; a trial's row tells its study when the
+sink writes it. Ray Tune would run the trials itself, beside the scheduler, not
+through it. The sampler is TPE (seeded; `constant_liar` so parallel asks spread).
+
+Rules:
+- The objective is the decode median (ms/token) of an `ok` row: tokens equal to the
+  reference. Any other status (compile error, crash, timeout, wrong tokens) is told
+  to the study as a failed trial, never as fast, and its row says why.
+- The budget is distinct configurations: a configuration proposed again is told its
+  first answer and costs nothing, and one whose point the results already hold (a
+  grid or another search measured it) is told that row. A study whose sampler keeps
+  proposing known configurations is handed an unexplored one.
+- The study's state is an SQLite database beside the results (`search.db`), so an
+  interrupted search resumes (trials left running are measured, or told the row that
+  finished meanwhile) and the same command adds no trials.
+- Baselines run beside the trials as plain points: the grid's flag sets at the
+  study's shape, and the XLA baseline. A trial whose flags equal a listed flag set
+  takes that set's name; the others are named from their content, `s-<hash>`.
+- When the budget is spent, the winner is ablated: each axis at a non-default choice
+  is reset to its default in turn, and dropped when the winner without it is no more
+  than `search.ablation_tolerance` slower. The minimal configuration is stored in the
+  study (`user_attrs["minimal"]`); `python -m sweep.report --search` shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweep.config import Dimension, SearchConfig, SweepConfig
+from sweep.grid import NO_FLAG_SET, Point
+
+if TYPE_CHECKING:
+    import optuna
+
+STORAGE_FILE = "search.db"
+REPEATS_BEFORE_FORCING = 8  # proposals of known configurations in a row before we pick one
+MAX_RANDOM_DRAWS = 2000  # tries to draw an unexplored configuration at random
+SEARCH_PREFIX = "s-"  # flag sets named from their content
+
+Params = dict[str, str]
+Lookup = Callable[[str], "Mapping[str, Any] | None"]  # point key -> its measured row, if any
+Scheduled = Callable[[str], bool]  # is a point of this key already queued in this sweep?
+
+
+def storage_url(results_dir: Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / STORAGE_FILE}"
+
+
+def objective(row: Mapping[str, Any]) -> float | None:
+    """What a row tells its study: the decode median of an ok row; None (failed) otherwise."""
+    value = row.get("decode_ms_p50")
+    return float(value) if row.get("status") == "ok" and value is not None else None
+
+
+# --- the space -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """The axes of one study: the flag dimensions that apply to its device, the layouts
+    and the formats, each with its default first."""
+
+    name: str
+    dimensions: tuple[tuple[str, Dimension], ...]
+    layouts: tuple[str, ...]
+    formats: tuple[str, ...]
+
+    @classmethod
+    def of(cls, search: SearchConfig, cfg: SweepConfig, variant: str, device: str) -> Space:
+        layouts = search.layouts or cfg.grid.layouts
+        default_layout = cfg.grid.layouts[0]  # the grid's own layout comes first
+        layouts = (default_layout, *(layout for layout in layouts if layout != default_layout))
+        formats = search.formats.get(variant, (variant,))
+        formats = (variant, *(f for f in formats if f != variant))
+        dims = tuple((n, d) for n, d in search.dimensions.items() if d.applies_to(device))
+        return cls(search.name, dims, layouts, formats)
+
+    @property
+    def axes(self) -> dict[str, tuple[str, ...]]:
+        """Every parameter's choices, the default first, in the order flags are given."""
+        axes = {name: tuple(dim.choices) for name, dim in self.dimensions}
+        return {**axes, "layout": self.layouts, "format": self.formats}
+
+    def default(self) -> Params:
+        return {name: choices[0] for name, choices in self.axes.items()}
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(choices) for choices in self.axes.values())
+
+    def suggest(self, trial: optuna.Trial) -> Params:
+        return {name: trial.suggest_categorical(name, list(c)) for name, c in self.axes.items()}
+
+    def draw(self, rng: random.Random) -> Params:
+        return {name: rng.choice(choices) for name, choices in self.axes.items()}
+
+    def flags(self, params: Params) -> tuple[str, ...]:
+        return tuple(flag for name, dim in self.dimensions for flag in dim.choices[params[name]])
+
+    def fingerprint(self) -> str:
+        dims = {name: {c: list(f) for c, f in dim.choices.items()} for name, dim in self.dimensions}
+        blob = json.dumps([list(dims.items()), self.layouts, self.formats])
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def flag_set_name(flags: tuple[str, ...], listed: Mapping[str, tuple[str, ...]]) -> str:
+    """A listed flag set's name when the flags are the same, else one made from them."""
+    for name, listed_flags in listed.items():
+        if tuple(listed_flags) == flags:
+            return name
+    return SEARCH_PREFIX + hashlib.sha256(json.dumps(flags).encode()).hexdigest()[:8]
+
+
+# --- one study -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Ablation:
+    """The winner with its non-default axes reset one at a time (see the module docstring)."""
+
+    winner: Params
+    winner_key: str
+    winner_ms: float
+    todo: list[str]  # axes still to try at their default
+    params: Params = dataclasses.field(default_factory=dict)  # the configuration so far
+    value: float = 0.0  # its ms/token
+    dropped: list[str] = dataclasses.field(default_factory=list)
+    kept: list[str] = dataclasses.field(default_factory=list)
+    asked: str | None = None  # the point key being measured
+
+    def __post_init__(self) -> None:
+        self.params, self.value = dict(self.winner), self.winner_ms
+
+
+class StudyRun:
+    """One study in this sweep: its Optuna study, what it knows, and what it waits for."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: Space,
+        point_of: Callable[[Params], Point],
+        lookup: Lookup,
+        scheduled: Scheduled,
+        search: SearchConfig,
+    ) -> None:
+        self.study, self.space, self.point_of, self.lookup = study, space, point_of, lookup
+        self.scheduled = scheduled
+        self.parallel, self.tolerance = search.parallel, search.ablation_tolerance
+        self.budget = min(search.trials, space.size)
+        self.rng = random.Random(search.seed)
+        self.known: dict[str, float | None] = {}  # trial configurations told: key -> ms or None
+        self.waiting: dict[str, list[int]] = {}  # key -> numbers of the trials waiting for it
+        self.measured: dict[str, float | None] = {}  # ablation points' outcomes
+        self.repeats = 0  # known configurations proposed in a row
+        self.exhausted = False
+        self.ablation: Ablation | None = None
+        self.done = False
+        self._resumed: list[Point] | None = None  # None: not resumed yet
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    def num_told(self) -> int:
+        """Distinct configurations the study has been told, in this sweep or before."""
+        from optuna.trial import TrialState
+
+        finished = (TrialState.COMPLETE, TrialState.FAIL)
+        trials = self.study.get_trials(deepcopy=False, states=finished)
+        return len({t.user_attrs.get("point_key") for t in trials})
+
+    @property
+    def owned_keys(self) -> set[str]:
+        return set(self.known) | set(self.waiting) | set(self.measured)
+
+    def _resume(self) -> None:
+        """Rebuilds what the study knows from its database; trials left running (an
+        interrupted sweep) are measured again, or told the row that finished meanwhile."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        if not trials:
+            self.study.enqueue_trial(self.space.default(), user_attrs={"default": True})
+        for t in trials:
+            if set(t.params) != set(self.space.axes):
+                continue  # enqueued, not yet asked
+            key = self.point_of(t.params).key
+            if t.state == TrialState.COMPLETE:
+                self.known[key] = t.value
+            elif t.state == TrialState.FAIL:
+                self.known[key] = None
+            elif t.state == TrialState.RUNNING:
+                if key not in self.waiting and not self._answered(key):
+                    self._resumed.append(self.point_of(t.params))
+                self.waiting.setdefault(key, []).append(t.number)
+        for key in list(self.waiting):
+            if (row := self.lookup(key)) is not None:
+                self.observe(row)
+
+    # --- proposing ---------------------------------------------------------------------
+
+    def next_points(self) -> list[Point]:
+        """Points to measure now: trials up to `parallel` in flight, then the ablation."""
+        if self._resumed is None:  # first call: the baselines are scheduled by now
+            self._resumed = []
+            self._resume()
+        points, self._resumed = self._resumed, []
+        while (
+            not self.exhausted
+            and len(self.known) + len(self.waiting) < self.budget
+            and len(self.waiting) < self.parallel
+        ):
+            point = self._ask()
+            if point is not None:
+                points.append(point)
+        if not points and not self.waiting and not self.done:
+            points += self._ablate()
+        return points
+
+    def _ask(self) -> Point | None:
+        """One trial: a new configuration to measure, or None when it was answered at once."""
+        if self.repeats >= REPEATS_BEFORE_FORCING:
+            unexplored = self._unexplored()
+            if unexplored is None:
+                self.exhausted = True
+                return None
+            self.study.enqueue_trial(unexplored, user_attrs={"forced": True})
+        trial = self.study.ask()
+        point = self.point_of(self.space.suggest(trial))
+        key = point.key
+        trial.set_user_attr("point_key", key)
+        trial.set_user_attr("flag_set", point.flag_set)
+        if key in self.known or key in self.waiting:  # proposed before: no budget
+            self.repeats += 1
+            trial.set_user_attr("repeat", True)
+            if key in self.known:
+                self._tell(trial.number, self.known[key])
+            else:
+                self.waiting[key].append(trial.number)
+            return None
+        self.repeats = 0
+        self.waiting[key] = [trial.number]
+        if (row := self.lookup(key)) is not None:  # measured before, by a grid or a search
+            self.observe(row)
+            return None
+        return None if self.scheduled(key) else point  # a baseline's row will answer it
+
+    def _answered(self, key: str) -> bool:
+        """A row holds the answer already, or one being measured will."""
+        return self.lookup(key) is not None or self.scheduled(key)
+
+    def _unexplored(self) -> Params | None:
+        seen = self.owned_keys
+        for _ in range(MAX_RANDOM_DRAWS):
+            params = self.space.draw(self.rng)
+            if self.point_of(params).key not in seen:
+                return params
+        if self.space.size <= MAX_RANDOM_DRAWS:  # a small space: look at every configuration
+            axes = self.space.axes
+            for values in itertools.product(*axes.values()):
+                params = dict(zip(axes, values, strict=True))
+                if self.point_of(params).key not in seen:
+                    return params
+        return None
+
+    def _tell(self, number: int, value: float | None) -> None:
+        from optuna.trial import TrialState
+
+        if value is None:
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.study.tell(number, value, skip_if_finished=True)
+
+    # --- answers -----------------------------------------------------------------------
+
+    def observe(self, row: Mapping[str, Any]) -> None:
+        key, value = row["point_key"], objective(row)
+        for number in self.waiting.pop(key, []):
+            self._tell(number, value)
+            self.known[key] = value
+        if self.ablation is not None and self.ablation.asked == key:
+            self.measured[key] = value
+
+    # --- the ablation ------------------------------------------------------------------
+
+    def best(self) -> tuple[Params, str, float] | None:
+        from optuna.trial import TrialState
+
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return None
+        best = min(complete, key=lambda t: (t.value, t.number))
+        return dict(best.params), self.point_of(best.params).key, float(best.value)
+
+    def _ablate(self) -> list[Point]:
+        """The ablation's next point, or [] when it waits or is done (the result stored)."""
+        if self.ablation is None:
+            best = self.best()
+            minimal = self.study.user_attrs.get("minimal")
+            if best is None or (minimal and minimal["of_point_key"] == best[1]):
+                self.done = True
+                return []
+            params, key, ms = best
+            default = self.space.default()
+            todo = [axis for axis in self.space.axes if params[axis] != default[axis]]
+            self.ablation = Ablation(params, key, ms, todo)
+        ab = self.ablation
+        while ab.todo:
+            axis = ab.todo[0]
+            candidate = {**ab.params, axis: self.space.default()[axis]}
+            point = self.point_of(candidate)
+            outcome = self._outcome(point.key)
+            if outcome is False:  # not measured yet
+                if ab.asked == point.key:
+                    return []  # in flight
+                ab.asked = point.key
+                return [] if self.scheduled(point.key) else [point]
+            ab.todo.pop(0)
+            if outcome is not None and outcome <= ab.winner_ms * (1 + self.tolerance):
+                ab.params, ab.value = candidate, outcome
+                ab.dropped.append(axis)
+            else:
+                ab.kept.append(axis)
+        self._store_minimal(ab)
+        self.done = True
+        return []
+
+    def _outcome(self, key: str) -> float | None | bool:
+        """A configuration's ms/token, None if it failed, False if it was never measured."""
+        for known in (self.known, self.measured):
+            if key in known:
+                return known[key]
+        row = self.lookup(key)
+        return False if row is None else objective(row)
+
+    def _store_minimal(self, ab: Ablation) -> None:
+        point = self.point_of(ab.params)
+        self.study.set_user_attr(
+            "minimal",
+            {
+                "of_point_key": ab.winner_key,
+                "winner": ab.winner,
+                "winner_ms": ab.winner_ms,
+                "params": ab.params,
+                "point_key": point.key,
+                "flag_set": point.flag_set,
+                "flags": list(point.flags),
+                "ms": ab.value,
+                "dropped": ab.dropped,
+                "kept": ab.kept,
+            },
+        )
+
+
+# --- every study of a sweep ------------------------------------------------------------
+
+
+class Search:
+    """The studies of one sweep, between the scheduler (`refill`) and the sink (`observe`)."""
+
+    def __init__(
+        self, studies: list[StudyRun], baselines: list[Point], scheduled: set[str]
+    ) -> None:
+        self.studies, self.baselines = studies, baselines
+        self.scheduled = scheduled  # keys queued in this sweep and not yet answered
+
+    def schedule(self, points: list[Point]) -> list[Point]:
+        self.scheduled.update(p.key for p in points)
+        return points
+
+    def refill(self) -> list[Point]:
+        return self.schedule([point for study in self.studies for point in study.next_points()])
+
+    def observe(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.scheduled.discard(row["point_key"])
+            for study in self.studies:
+                study.observe(row)
+
+    def owns(self, point_key: str) -> bool:
+        """True for a trial's or an ablation's point: its failure is the search's data."""
+        return any(point_key in study.owned_keys for study in self.studies)
+
+    @property
+    def waiting(self) -> bool:
+        return any(study.waiting for study in self.studies)
+
+
+def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> Search:
+    """The studies of the grid's (variant, device) pairs, created or resumed; `lookup`
+    finds a point's newest measured row (see `StudyRun`). Run `search.baselines` (those
+    not done) first, through `schedule`, then whatever `refill` returns."""
+    import optuna
+
+    search = cfg.search
+    assert search is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = storage_url(Path(cfg.results_dir))
+    Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
+    listed = {name: fs.flags for name, fs in cfg.grid.flag_sets.items()}
+    studies: list[StudyRun] = []
+    scheduled: set[str] = set()  # shared with the Search made below
+    for (variant, device), shape in study_shapes(cfg, grid_points).items():
+        space = Space.of(search, cfg, variant, device)
+        base = _base(shape)
+
+        def point_of(params: Params, base: Point = base, space: Space = space) -> Point:
+            flags = space.flags(params)
+            return dataclasses.replace(
+                base,
+                variant=cfg.variants[params["format"]],
+                layout=params["layout"],
+                flags=flags,
+                flag_set=flag_set_name(flags, listed),
+            )
+
+        name = f"{cfg.grid.name}/{variant}/{device}/{space.name}-{_fingerprint(base, space)}"
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed, n_startup_trials=search.startup_trials, constant_liar=True
+        )
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            sampler=sampler,
+            direction="minimize",
+            load_if_exists=True,
+        )
+        study.set_user_attr("listed", {f"{p.flag_set}/{p.layout}": p.key for p in shape})
+        study.set_user_attr("xla", _xla(shape).key if search.xla_baseline else None)
+        for attr, value in (
+            ("variant", variant),
+            ("device", device),
+            ("space_size", space.size),
+            ("defaults", space.default()),
+        ):
+            study.set_user_attr(attr, value)
+        studies.append(StudyRun(study, space, point_of, lookup, scheduled.__contains__, search))
+    return Search(studies, baselines(cfg, grid_points), scheduled)
+
+
+def print_search_plan(search: Search, out: Any) -> None:
+    for study in search.studies:
+        print(
+            f"search {study.name}: {study.space.size} configurations, "
+            f"budget {study.budget}, told so far {study.num_told()}",
+            file=out,
+        )
+
+
+def study_shapes(cfg: SweepConfig, points: list[Point]) -> dict[tuple[str, str], list[Point]]:
+    """Per (variant, device) of the grid, its IREE points at the study's shape (the
+    longest prompt; the first batch size, depth and attention): its listed flag sets on
+    its layouts."""
+    g = cfg.grid
+    shapes: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        if (
+            p.runtime == "iree"
+            and p.prompt_length == max(g.prompt_lengths)
+            and (p.batch, p.depth, p.attention) == (g.batch_sizes[0], g.depths[0], g.attention[0])
+        ):
+            shapes.setdefault((p.variant.name, p.device.name), []).append(p)
+    return shapes
+
+
+def baselines(cfg: SweepConfig, grid_points: list[Point]) -> list[Point]:
+    """The plain points a search measures beside its trials: the listed flag sets at each
+    study's shape, and (`search.xla_baseline`) the XLA baseline."""
+    assert cfg.search is not None
+    points = []
+    for shape in study_shapes(cfg, grid_points).values():
+        points += shape + ([_xla(shape)] if cfg.search.xla_baseline else [])
+    return list({p.key: p for p in points}.values())
+
+
+def _base(shape: list[Point]) -> Point:
+    """The study's point without flags: its trials replace variant, layout and flags."""
+    return dataclasses.replace(shape[0], flags=(), flag_set="")
+
+
+def _xla(shape: list[Point]) -> Point:
+    return dataclasses.replace(_base(shape), runtime="xla", flag_set=NO_FLAG_SET)
+
+
+def _fingerprint(base: Point, space: Space) -> str:
+    """What makes two studies the same: the shape they measure and the space."""
+    return hashlib.sha256(f"{base.key}/{space.fingerprint()}".encode()).hexdigest()[:8]

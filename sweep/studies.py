@@ -1,0 +1,209 @@
+"""A search's studies read back (`python -m sweep.report --search`, and the end of a search).
+
+Per study, that is per (variant, device): how many distinct configurations it measured
+and how many failed, the best one in its minimal form (after the winner's ablation),
+its decode ms/token beside the `default` configuration, the best listed flag set and
+the XLA baseline, and the best-so-far curve over trials. Trial values come from the
+study's database (`results_dir/search.db`); the baselines' from the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweep.results import newest_rows
+from sweep.search import STORAGE_FILE, storage_url
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from sweep.report import Table
+
+
+@dataclasses.dataclass
+class StudySummary:
+    name: str
+    variant: str
+    device: str
+    space_size: int
+    trials: int  # distinct configurations told
+    failed: int  # of those, failed (any status but ok)
+    history: list[tuple[int, float | None]]  # (trial number, ms or None), repeats left out
+    best_ms: float | None
+    best: dict[str, str]  # the winner's non-default choices
+    minimal: dict[str, Any] | None  # the ablation's result (see `sweep.search`)
+    default_ms: float | None
+    listed: tuple[str, float] | None  # the best listed flag set: (flag_set/layout, ms)
+    xla_ms: float | None
+
+    @property
+    def vs_default(self) -> float | None:
+        return _ratio(self.default_ms, self.best_ms)
+
+    @property
+    def vs_listed(self) -> float | None:
+        return _ratio(self.listed[1] if self.listed else None, self.best_ms)
+
+    def best_so_far(self) -> list[tuple[int, float]]:
+        curve, best = [], None
+        for number, value in self.history:
+            if value is not None and (best is None or value < best):
+                best = value
+            if best is not None:
+                curve.append((number, best))
+        return curve
+
+
+def _ratio(baseline: float | None, best: float | None) -> float | None:
+    return baseline / best if baseline and best else None
+
+
+def load_studies(
+    results_dir: Path, rows: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[StudySummary]:
+    """Every study of the searches under `results_dir`; [] when none ran there. The
+    baselines' rows come from the results unless given (newest row by point key)."""
+    if not (Path(results_dir) / STORAGE_FILE).is_file():
+        return []
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = storage_url(results_dir)
+    if rows is None:
+        rows = newest_rows(results_dir, ["decode_ms_p50"]) if _has_results(results_dir) else {}
+
+    def ms(key: str | None) -> float | None:
+        row = rows.get(key) if key else None
+        return row["decode_ms_p50"] if row and row["status"] == "ok" else None
+
+    summaries = []
+    for info in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=info.study_name, storage=storage)
+        attrs = study.user_attrs
+        told = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("repeat")
+        ]
+        history = [(t.number, t.value if t.state == TrialState.COMPLETE else None) for t in told]
+        complete = [t for t in told if t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+        default = next((t for t in told if t.user_attrs.get("default")), None)
+        listed = [(name, ms(key)) for name, key in (attrs.get("listed") or {}).items()]
+        listed_ok = [(name, value) for name, value in listed if value is not None]
+        summaries.append(
+            StudySummary(
+                name=info.study_name,
+                variant=attrs.get("variant", "?"),
+                device=attrs.get("device", "?"),
+                space_size=attrs.get("space_size", 0),
+                trials=len(told),
+                failed=len(told) - len(complete),
+                history=history,
+                best_ms=best.value if best else None,
+                best=_changes(best.params, attrs.get("defaults", {})) if best else {},
+                minimal=attrs.get("minimal"),
+                default_ms=default.value if default and default.value is not None else None,
+                listed=min(listed_ok, key=lambda x: x[1]) if listed_ok else None,
+                xla_ms=ms(attrs.get("xla")),
+            )
+        )
+    return summaries
+
+
+def _has_results(results_dir: Path) -> bool:
+    return any(Path(results_dir).glob("run_id=*/*.parquet"))
+
+
+def _changes(params: dict[str, str], defaults: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in params.items() if defaults.get(k) != v}
+
+
+def minimal_text(s: StudySummary) -> str:
+    """The minimal configuration as `axis=choice` pairs ("default" when nothing is left)."""
+    if s.minimal is None:
+        return "(not ablated)" if s.best_ms is not None else ""
+    params = s.minimal["params"]
+    kept = [f"{axis}={params[axis]}" for axis in s.minimal["kept"]]
+    return " ".join(kept) or "default"
+
+
+def studies_table(summaries: list[StudySummary]) -> Table:
+    from sweep.report import Column, Table, fmt_num, metric
+
+    def speedup(value: float | None) -> str:
+        return f"{value:.2f}x" if value else ""
+
+    records = [
+        {
+            "variant": s.variant,
+            "device": s.device,
+            "trials": s.trials,
+            "failed": s.failed,
+            "space": s.space_size,
+            "default_ms": s.default_ms,
+            "listed": f"{s.listed[0]} {fmt_num(s.listed[1])}" if s.listed else "",
+            "best_ms": s.best_ms,
+            "vs_default": s.vs_default,
+            "vs_listed": s.vs_listed,
+            "xla_ms": s.xla_ms,
+            "minimal": minimal_text(s),
+            "minimal_ms": (s.minimal or {}).get("ms"),
+            "flags": " ".join((s.minimal or {}).get("flags", [])),
+            "dropped": ", ".join((s.minimal or {}).get("dropped", [])),
+            "study": s.name,
+        }
+        for s in summaries
+    ]
+    columns = [
+        Column("variant", lambda r: r["variant"]),
+        Column("device", lambda r: r["device"]),
+        Column("trials", lambda r: f"{r['trials']}/{r['space']}", right=True),
+        metric("failed", "failed", str),
+        metric("default ms", "default_ms"),
+        Column("best listed ms", lambda r: r["listed"], right=True),
+        metric("best ms", "best_ms"),
+        Column("vs default", lambda r: speedup(r["vs_default"]), right=True),
+        Column("vs listed", lambda r: speedup(r["vs_listed"]), right=True),
+        metric("XLA ms", "xla_ms"),
+        Column("minimal configuration", lambda r: r["minimal"]),
+        metric("its ms", "minimal_ms"),
+        Column("dropped by ablation", lambda r: r["dropped"]),
+    ]
+    notes = [f"flags of {r['variant']}/{r['device']}: {r['flags'] or '(none)'}" for r in records]
+    return Table(records, columns, header={}, notes=notes)
+
+
+def print_studies(results_dir: Path, out: Any = sys.stdout) -> None:
+    from sweep.report import render_md
+
+    summaries = load_studies(results_dir)
+    if summaries:
+        print("\nsearch (decode ms/token; trials: distinct configurations / space):", file=out)
+        print(render_md(studies_table(summaries)), file=out)
+
+
+def best_so_far_figure(summaries: list[StudySummary]) -> Figure | str:
+    """Best decode ms/token so far over trial number, one line per study."""
+    from matplotlib.figure import Figure
+
+    curves = [(s, s.best_so_far()) for s in summaries if s.best_so_far()]
+    if not curves:
+        return "no study has an ok trial"
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for s, curve in curves:
+        numbers, values = zip(*curve, strict=True)
+        line = ax.step(numbers, values, where="post", label=f"{s.variant}/{s.device}")[0]
+        if s.default_ms:
+            ax.axhline(s.default_ms, color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best decode ms/token so far")
+    ax.set_title("search: best so far (dotted: the default configuration)")
+    ax.legend()
+    return fig

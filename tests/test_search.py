@@ -1,0 +1,177 @@
+"""The search's rules with a scripted measurement: real Optuna and SQLite, no Ray, no compiler.
+
+`drive` stands in for the scheduler (it asks `refill` whenever its queue is empty,
+as `Scheduler.run` does) and `measure` for the workers: a decode time that O3, the
+out-major layout and the per-channel int4 format each lower, that no other switch
+changes, and a compile error for data tiling. The real search runs the same code
+through Ray in tests/test_sweep.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweep.config import ConfigError, load_config
+from sweep.grid import Point, expand
+from sweep.search import Search, baselines, open_search
+from sweep.studies import load_studies, studies_table
+
+EFFECTS = {"opt_level": "O3", "layout": "out_major", "format": "int4-ui4-pc"}
+
+
+def measure(point: Point) -> dict[str, Any]:
+    row = {"point_key": point.key, "flag_set": point.flag_set, "runtime": point.runtime}
+    if "--iree-opt-data-tiling" in point.flags:
+        return {**row, "status": "compile_error", "decode_ms_p50": None}
+    ms = 10.0
+    ms -= 2.0 * ("--iree-opt-level=O3" in point.flags)
+    ms -= 3.0 * (point.layout == "out_major")
+    ms -= 1.0 * (point.variant.name == "int4-ui4-pc")
+    ms += 0.5 * (point.runtime == "xla")
+    return {**row, "status": "ok", "decode_ms_p50": ms}
+
+
+def config(tmp_path: Path, *overrides: str):
+    cfg, _ = load_config(
+        ["+grid=smoke", "+search=flags", f"results_dir={tmp_path / 'results'}", *overrides]
+    )
+    return cfg
+
+
+def drive(
+    cfg, done: dict[str, dict[str, Any]], measure: Callable[[Point], dict[str, Any]] = measure
+) -> tuple[Search, list[dict[str, Any]]]:
+    """One sweep's worth of a search; `done` holds the finished rows and gains this one's."""
+    search = open_search(cfg, expand(cfg, "weights"), done.get)
+    todo = search.schedule([p for p in search.baselines if p.key not in done]) + search.refill()
+    rows = []
+    while todo:
+        point = todo.pop(0)
+        assert point.key not in {r["point_key"] for r in rows}, "no point twice in a sweep"
+        row = measure(point)
+        rows.append(row)
+        if row["status"] == "ok":
+            done[point.key] = row
+        search.observe([row])
+        todo = todo or search.refill()
+    return search, rows
+
+
+def test_a_search_measures_its_budget_of_distinct_configurations(tmp_path: Path):
+    cfg = config(tmp_path, "search.trials=12", "search.parallel=3")
+    done: dict[str, dict[str, Any]] = {}
+    search, rows = drive(cfg, done)
+    assert {(s.variant, s.device) for s in load_studies(cfg.results_dir)} == {
+        ("fp32", "cpu"),
+        ("int4", "cpu"),
+    }
+    for study in search.studies:
+        assert study.num_told() == 12
+        assert len(study.known) == 12, "12 distinct configurations, each with one row"
+        first = study.study.trials[0]
+        assert first.user_attrs.get("default") and first.user_attrs["flag_set"] == "default"
+    baseline_keys = {p.key for p in baselines(cfg, expand(cfg, "weights"))}
+    assert len(baseline_keys) == 6, "default and O3 per study at the longest prompt, and XLA"
+    assert baseline_keys <= {r["point_key"] for r in rows}
+    for summary in load_studies(cfg.results_dir, done):
+        assert summary.trials == 12
+        assert summary.best_ms <= summary.default_ms, "never worse than the default"
+        assert summary.xla_ms == pytest.approx(10.5)
+        assert summary.listed is not None and summary.listed[1] == pytest.approx(8.0), "O3"
+
+
+def test_the_same_command_adds_no_trials_and_a_larger_budget_adds_the_difference(
+    tmp_path: Path,
+):
+    done: dict[str, dict[str, Any]] = {}
+    drive(config(tmp_path, "search.trials=12"), done)
+    search, rows = drive(config(tmp_path, "search.trials=12"), done)
+    assert rows == [], "nothing measured again"
+    assert [s.num_told() for s in search.studies] == [12, 12]
+    search, rows = drive(config(tmp_path, "search.trials=16"), done)
+    assert [s.num_told() for s in search.studies] == [16, 16]
+    trial_rows = [r for r in rows if r["point_key"] not in {p.key for p in search.baselines}]
+    assert 8 <= len(trial_rows) <= 8 + 2 * 4, "4 new configurations per study (and ablations)"
+
+
+def test_failed_trials_are_told_as_failures_and_the_search_goes_on(tmp_path: Path):
+    from optuna.trial import TrialState
+
+    # a space of 4: opt level default/O3 x data tiling off/on, all of it measured
+    cfg = config(
+        tmp_path,
+        "search.trials=4",
+        "search.layouts=[in_major]",
+        "search.formats.int4=[int4]",
+        "~search.dimensions.aggressive_fusion",
+        "~search.dimensions.horizontal_contractions",
+        "~search.dimensions.fuse_multi_use",
+        "~search.dimensions.generalize_matmul",
+        "~search.dimensions.split_reduction",
+        "~search.dimensions.ukernels",
+        "~search.dimensions.cuda_target",
+        "~search.dimensions.opt_level.choices.O1",
+    )
+    search, rows = drive(cfg, {})
+    for study in search.studies:
+        assert study.space.size == 4
+        states = [t.state for t in study.study.trials if not t.user_attrs.get("repeat")]
+        assert states.count(TrialState.FAIL) == 2, "data tiling fails with either opt level"
+        assert states.count(TrialState.COMPLETE) == 2
+        assert study.best()[2] == pytest.approx(8.0)
+    assert sum(r["status"] == "compile_error" for r in rows) == 4
+    assert all(search.owns(r["point_key"]) for r in rows if r["status"] == "compile_error")
+
+
+def test_the_winner_is_ablated_to_the_axes_that_matter(tmp_path: Path):
+    cfg = config(tmp_path, "search.trials=24", "search.seed=3")
+    search, _ = drive(cfg, {})
+    for study in search.studies:
+        winner, _, winner_ms = study.best()
+        minimal = study.study.user_attrs["minimal"]
+        assert minimal["winner"] == winner
+        default = study.space.default()
+        for axis, choice in minimal["params"].items():
+            if choice != default[axis]:
+                assert EFFECTS.get(axis) == choice, f"{axis}={choice} changes nothing"
+        assert minimal["ms"] <= winner_ms * (1 + cfg.search.ablation_tolerance)
+        assert set(minimal["kept"]) | set(minimal["dropped"]) == {
+            a for a in winner if winner[a] != default[a]
+        }
+    table = studies_table(load_studies(cfg.results_dir))
+    assert all(r["minimal"] for r in table.records)
+
+
+def test_an_interrupted_search_resumes_its_running_trials(tmp_path: Path):
+    cfg = config(tmp_path, "search.trials=6", "search.parallel=3")
+    done: dict[str, dict[str, Any]] = {}
+    search = open_search(cfg, expand(cfg, "weights"), done.get)
+    for p in search.baselines:
+        done[p.key] = measure(p)
+    proposed = search.refill()
+    assert len(proposed) == 6, "3 in flight per study"
+    first = proposed[0]
+    done[first.key] = measure(first)  # its row was written, the tell was lost
+    # interrupted here: the trials stay RUNNING in the database
+    resumed = open_search(cfg, expand(cfg, "weights"), done.get)
+    again = resumed.schedule(resumed.refill())
+    assert {p.key for p in proposed[1:]} <= {p.key for p in again}, "the rest measured"
+    assert first.key not in {p.key for p in again}, "told the row that finished"
+    _, rows = drive(cfg, done)
+    assert [s.num_told() for s in drive(cfg, done)[0].studies] == [6, 6]
+    assert len({r["point_key"] for r in rows}) == len(rows)
+
+
+def test_a_search_space_is_checked_before_any_work(tmp_path: Path):
+    with pytest.raises(ConfigError, match="search.formats.int4"):
+        config(tmp_path, "search.formats.int4=[int3]")
+    with pytest.raises(ConfigError, match="reserved"):
+        config(tmp_path, "+search.dimensions.layout={switch: [--x]}")
+    with pytest.raises(ConfigError, match="search.trials=0"):
+        config(tmp_path, "search.trials=0")
+    with pytest.raises(ConfigError, match="not flags"):
+        config(tmp_path, "+search.dimensions.bad={switch: [iree-opt-level]}")
