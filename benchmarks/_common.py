@@ -12,39 +12,16 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workers.profile import iree_tool as iree_tool  # the scripts' IREE tools: the profiler's
+
 REPORT_DIR = Path("outputs/benchmarks")
-
-
-def iree_tool(name: str) -> str:
-    """Path of an IREE runtime tool (`iree-benchmark-module`, `iree-run-module`, ...).
-
-    Prefers the binary inside the installed iree-base-runtime package, so the tool is
-    the same build as the `iree.runtime` bindings; the `bin/` entry of the same name is
-    only a Python wrapper that starts it. Falls back to the venv and then to PATH.
-    """
-    try:
-        from iree._runtime import libs
-
-        candidate = Path(libs.library_path) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    except ImportError:
-        pass
-    for candidate in (Path(sys.executable).parent / name, shutil.which(name)):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise FileNotFoundError(
-        f"{name} not found: install it with `pip install 'iree-base-runtime>=3.13'`"
-    )
 
 
 def cpu_model() -> str:

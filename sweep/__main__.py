@@ -18,6 +18,9 @@ USAGE = """usage: python -m sweep [+grid=NAME] [key=value ...]
   grid.max_seq=256              "+grid.flag_sets.mine=['--iree-opt-level=O3']"
   bench.warmup_steps=3          bench.decode_steps=40  model.path=DIR
   ray.address=auto              results_dir=outputs/results   rerun=true   dry_run=true
+  +search=flags search.trials=32   search the space of conf/search/flags.yaml
+  profile=true                  IREE's per-dispatch profile of every ok point
+  compile=cache_only            every graph from cache_dir, never iree-compile
 """
 
 

@@ -570,6 +570,7 @@ def report(args: argparse.Namespace) -> None:
         table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
+        table.notes += text_notes(rows)
     emit(render(table, args.format), args.out)
     if args.plots:
         from sweep.plots import write_plots  # lazy: matplotlib costs a second
@@ -582,6 +583,23 @@ def report(args: argparse.Namespace) -> None:
             print(f"note: {note}", file=sys.stderr)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
+
+
+MAX_TEXT_NOTES = 8
+
+
+def text_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What a text prompt gave (bench.prompt on a real checkpoint): prompt -> output."""
+    from sweep.grid import point_label
+
+    with_text = [r for r in rows if r.get("output_text")]
+    notes = [
+        f"{point_label(r)}: {r.get('prompt_text')!r} -> {r['output_text']!r}"
+        for r in with_text[:MAX_TEXT_NOTES]
+    ]
+    if len(with_text) > MAX_TEXT_NOTES:
+        notes.append(f"... and {len(with_text) - MAX_TEXT_NOTES} more (column output_text)")
+    return notes
 
 
 def search_report(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sweep.grid import Point
-from workers.compile import CompileResult
+from workers.compile import CompileResult, clip_message
 from workers.export import GraphSpec
 from workers.measurement import Measurement
 
@@ -90,7 +90,7 @@ def failure_row(
         **point_columns(point, ctx),
         "status": status,
         "error_class": error_class or status,
-        "error_message": message[-MESSAGE_TAIL:],
+        "error_message": clip_message(message, MESSAGE_TAIL),
         "returncode": returncode,
         "repro_command": repro,
         "attempt": attempt,

@@ -28,7 +28,7 @@ from sweep.compaction import compact_run
 from sweep.config import ConfigError, SweepConfig, check
 from sweep.grid import Point, expand, point_label
 from sweep.progress import ProgressDisplay
-from sweep.report import Column, Table, fmt_statuses, render_md
+from sweep.report import Column, Table, fmt_statuses, render_md, text_notes
 from sweep.results import (
     DISPATCH_SCHEMA,
     DISPATCHES,
@@ -159,16 +159,21 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     if rows:
         compact(results_dir, run_id)
     print_summary(rows, out)
-    if search is not None:
-        from sweep.studies import print_studies
-
-        print_studies(results_dir, out)
-    # a search's trials may fail (that is what it learns from); its baselines may not
+    # a search's trials may fail (that is what it learns from); its baselines may not,
+    # and a study must find at least one correct configuration
     failed = [
         r
         for r in rows
         if r["status"] in FAILED and (search is None or not search.owns(r["point_key"]))
     ]
+    if search is not None:
+        from sweep.studies import print_studies
+
+        print_studies(results_dir, out)
+        for study in search.studies:
+            if study.best() is None:
+                print(f"search {study.name}: no trial gave ok tokens", file=out)
+                failed.append({"study": study.name})
     return SweepOutcome(
         run_id, len(points), rows, 1 if failed else 0, time.monotonic() - start, counters
     )
@@ -330,6 +335,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     )
     if ok:
         print(render_md(Table(ok, SUMMARY_COLUMNS, header={})), file=out)
+    for note in text_notes(rows):
+        print(note, file=out)
     counts = analysis.status_counts(rows)
     print("status: " + (fmt_statuses(counts) or "nothing run"), file=out)
     for r in rows:

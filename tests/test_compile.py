@@ -114,13 +114,24 @@ def test_cuda_cross_compiles_without_gpu(stablehlo: str) -> None:
 
 
 @pytest.mark.slow  # iree-compile
-def test_unknown_flag_is_a_structured_compile_error(stablehlo: str) -> None:
-    result = wc.compile_stablehlo(stablehlo, CPU, ["--iree-no-such-flag"])
-    assert not result.ok and result.vmfb is None
+def test_unknown_flag_is_a_structured_compile_error_and_is_not_retried(
+    stablehlo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = wc.compile_stablehlo(stablehlo, CPU, ["--iree-no-such-flag"], cache_dir=tmp_path)
+    assert not result.ok and result.vmfb is None and not result.cache_hit
     assert result.error_class == "compile_error"
     assert result.returncode not in (None, 0)
+    assert result.error_message.startswith("iree-compile failed (exit code")
     assert "--iree-no-such-flag" in result.error_message
     assert "--iree-no-such-flag" in result.command
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("a cached compile error must not run iree-compile again")
+
+    monkeypatch.setattr(subprocess, "Popen", no_compiler)
+    again = wc.compile_stablehlo(stablehlo, CPU, ["--iree-no-such-flag"], cache_dir=tmp_path)
+    assert again.cache_hit and not again.ok and again.error_class == "compile_error"
+    assert (again.error_message, again.returncode) == (result.error_message, result.returncode)
 
 
 def _leftover_compilers(marker: str) -> list[str]:

@@ -97,6 +97,12 @@ def test_a_text_prompt_gives_text_back(ray_cluster, cache_at, tmp_path, shared_c
     assert row["prompt_ids"] == [1, 3, 5, 6, 1, 7]
     words = row["output_text"].split()
     assert len(words) == len(row["tokens"]) and words[0] in {*WORDS, *(f"w{i}" for i in range(256))}
+    assert f"{prompt!r} -> {row['output_text']!r}" in text, "the summary shows the text"
+    from sweep import report
+
+    out = tmp_path / "report.md"
+    assert report.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert row["output_text"] in out.read_text(), "and so does the report"
 
 
 def test_a_text_prompt_needs_a_tokenizer(tmp_path):

@@ -124,7 +124,10 @@ def test_failure_rows():
         "compile_timeout",
         "iree-compile y",
     )
-    skipped = failure_row(point, CTX, "skipped", "x" * 5000, error_class="no_device")
-    assert len(skipped["error_message"]) == 2000, "messages keep their tail"
+    long = "headline\n" + "x" * 5000 + "\nlast words"
+    skipped = failure_row(point, CTX, "skipped", long, error_class="no_device")
+    message = skipped["error_message"]
+    assert len(message) <= 2000 and "characters ...]" in message
+    assert message.startswith("headline") and message.endswith("last words"), "head and tail"
     with pytest.raises(AssertionError):
         failure_row(point, CTX, "ok", "not a failure")

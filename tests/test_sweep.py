@@ -319,3 +319,37 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
         cwd=ROOT,
     )
     assert report.returncode == 0 and "| fp32    | cpu    |" in report.stdout, report.stderr
+
+
+def test_a_batch_and_depth_grid_checks_every_sequence(ray_cluster, tmp_path, shared_cache):
+    """Batches of 1 and 4, depths 0 and 64, attention over every slot or the filled ones:
+    every row ok, every sequence of a batch equal to its own reference."""
+    outcome, text = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        "grid.variants=[int4]",
+        "~grid.flag_sets.O3",
+        "grid.prompt_lengths=[8]",
+        "grid.batch_sizes=[1,4]",
+        "grid.depths=[0,64]",
+        "grid.attention=[full,filled]",
+    )
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}, text
+    for r in rows:
+        n = len(r["tokens"]) // r["batch_size"]
+        assert n == 1 + 2 + 16 and r["tokens"] == r["reference_tokens"], r["point_key"]
+        assert r["num_tokens_matched"] == len(r["tokens"])
+        assert r["tok_s"] == pytest.approx(1000 * r["batch_size"] / r["decode_ms_p50"])
+        assert r["prefill_tok_s"] > 0
+    batch4 = [r for r in rows if r["batch_size"] == 4]
+    assert all(len(set(map(tuple, _sequences(r)))) > 1 for r in batch4), "4 different prompts"
+    spans = {(r["depth"], r["attention_span"]) for r in rows}
+    assert spans == {(0, None), (64, None), (0, 32), (64, 128)}
+
+
+def _sequences(row):
+    n = len(row["tokens"]) // row["batch_size"]
+    return [row["tokens"][b * n : (b + 1) * n] for b in range(row["batch_size"])]

@@ -122,18 +122,19 @@ class CompileResult:
             cache_hit=False,
             command=command,
             error_class=error_class,
-            error_message=_head_and_tail(message),
+            error_message=clip_message(message),
             returncode=None,
         )
 
 
-def _head_and_tail(message: str, limit: int = ERROR_TAIL_CHARS) -> str:
+def clip_message(message: str, limit: int = ERROR_TAIL_CHARS) -> str:
     """The message, or its first and last lines when long: a crash's headline is at the
     top of the compiler's output and its diagnostics at the bottom."""
     if len(message) <= limit:
         return message
-    head, tail = message[: limit // 4], message[-(limit - limit // 4) :]
-    return f"{head}\n[... {len(message) - limit} characters ...]\n{tail}"
+    marker = f"\n[... {len(message) - limit} characters ...]\n"  # a close upper bound
+    keep = limit - len(marker)
+    return f"{message[: keep // 4]}{marker}{message[-(keep - keep // 4) :]}"
 
 
 @functools.cache
@@ -234,7 +235,9 @@ def compile_stablehlo(
 
     With `work_dir` the input, output and phase dumps stay there (named by key),
     so `command` can be rerun by hand; without it they go to a temporary
-    directory that is removed. Only successful compiles are cached.
+    directory that is removed. A successful compile is cached, and so is one the
+    compiler itself rejected (see `_deterministic_failure`): the same input fails the
+    same way, and a search must not pay for its compile errors twice.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -251,7 +254,7 @@ def compile_stablehlo(
         result = _load_cached(cache_dir, key)
         if result is None:
             result = _compile(stablehlo, device, flags, key, timeout_s, work_dir)
-            if result.ok:
+            if result.ok or _deterministic_failure(result):
                 _store_cached(cache_dir, result)
     return dataclasses.replace(result, stablehlo_sha256=sha)
 
@@ -487,11 +490,35 @@ def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return shard / f"{key}.vmfb", shard / f"{key}.json"
 
 
+# A crash the compiler causes itself (not a kill from outside, such as the OOM killer).
+_COMPILER_CRASHES = (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGILL, -signal.SIGFPE)
+
+
+def _deterministic_failure(result: CompileResult) -> bool:
+    """An error exit or a crash of the compiler's own making; never a timeout or a kill."""
+    rc = result.returncode
+    return (
+        result.error_class == "compile_error"
+        and rc is not None
+        and (rc > 0 or rc in _COMPILER_CRASHES)
+    )
+
+
 def _load_cached(cache_dir: Path, key: str) -> CompileResult | None:
     """The cached result for `key`, or None when absent or damaged."""
     vmfb_path, meta_path = _cache_paths(cache_dir, key)
     try:
         meta = json.loads(meta_path.read_text())
+        if meta.get("ok") is False:
+            return dataclasses.replace(
+                CompileResult.failed(
+                    "compile_error", meta["error_message"], command=meta["command"]
+                ),
+                key=key,
+                compile_s=meta["compile_s"],
+                returncode=meta["returncode"],
+                cache_hit=True,
+            )
         vmfb = vmfb_path.read_bytes()
         if hashlib.sha256(vmfb).hexdigest() != meta["vmfb_sha256"]:
             return None
@@ -515,10 +542,25 @@ def _store_cached(cache_dir: Path, result: CompileResult) -> None:
     """Writes the vmfb, then its metadata, each atomically; the metadata marks the entry done.
 
     Concurrent writers of one key each replace whole files, so a reader sees an
-    old or a new file, never a torn one. A failed write only loses the caching.
+    old or a new file, never a torn one. A failed write only loses the caching. A
+    failure is metadata alone (`ok: false`, with the compiler's message).
     """
-    assert result.ok and result.vmfb is not None
     vmfb_path, meta_path = _cache_paths(cache_dir, result.key)
+    if not result.ok:
+        failure = {
+            "ok": False,
+            "compile_s": result.compile_s,
+            "command": result.command,
+            "returncode": result.returncode,
+            "error_message": result.error_message,
+            "compiler": compiler_version(),
+        }
+        try:
+            atomic_write(meta_path, json.dumps(failure, indent=1).encode())
+        except OSError as exc:
+            logger.warning("could not cache compile %s in %s: %s", result.key, cache_dir, exc)
+        return
+    assert result.vmfb is not None
     meta = {
         "compile_s": result.compile_s,
         "num_dispatches": result.num_dispatches,

@@ -1,0 +1,89 @@
+"""Batch and context depth, on the graphs themselves: the tiny model through XLA (no IREE).
+
+A batch of B sequences is one vmapped graph; each sequence must decode exactly as it
+does alone. A decode graph that attends over a bucket of the filled slots (`filled`)
+must give the tokens of the one that attends over every slot (`full`): the slots past
+the position are masked either way. IREE runs the same graphs in tests/test_sweep.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sweep.config import ConfigError, load_config
+from sweep.grid import expand
+from tests.helpers import variant
+from workers.export import GraphSpec
+from workers.point import ModelSource
+from workers.quant import jax_arrays
+from workers.runtime import DecodeSteps, greedy_decode, prompt_ids
+
+MAX_SEQ, LENGTH, BUCKET = 64, 12, 16
+STEPS = DecodeSteps(warmup_steps=1, decode_steps=6, prefill_runs=1)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    source = ModelSource(name="tiny", preset="tiny", seed=3)
+    vw = source.variant(variant("int4"))
+    return source.config(), vw
+
+
+def decode(weights, prompts: np.ndarray, *, batch: int = 1, span: int | None = None):
+    import jax
+
+    from workers.xla_runtime import XlaSession
+
+    cfg, vw = weights
+    cpu = jax.devices("cpu")[0]
+    arrays = tuple(jax.device_put(a, cpu) for a in jax_arrays(vw))
+    prefill = GraphSpec(cfg, vw.variant, MAX_SEQ, "prefill", BUCKET, batch=batch)
+    step = GraphSpec(cfg, vw.variant, MAX_SEQ, "decode", batch=batch, attention_span=span)
+    return greedy_decode(XlaSession(cpu, arrays, prefill, step), prompts, BUCKET, STEPS).tokens
+
+
+def test_each_sequence_of_a_batch_decodes_as_it_does_alone(weights):
+    cfg, _ = weights
+    prompts = np.stack([prompt_ids(cfg.vocab_size, LENGTH, seed=s) for s in range(4)])
+    together = decode(weights, prompts, batch=4)
+    n = len(together) // 4
+    alone = [decode(weights, prompts[b]) for b in range(4)]
+    assert [together[b * n : (b + 1) * n] for b in range(4)] == alone
+    assert len({tuple(a) for a in alone}) > 1, "different prompts, different tokens"
+
+
+def test_attending_over_the_filled_slots_gives_the_tokens_of_every_slot(weights):
+    cfg, _ = weights
+    prompt = prompt_ids(cfg.vocab_size, LENGTH, seed=7)
+    span = 32  # the prompt and every generated token fit; the other 32 slots are unused
+    assert decode(weights, prompt, span=span) == decode(weights, prompt)
+
+
+def test_depth_and_batch_axes_make_distinct_points_with_the_spans_they_need():
+    cfg, _ = load_config(
+        [
+            "+grid=smoke",
+            "grid.batch_sizes=[1,4]",
+            "grid.depths=[0,64]",
+            "grid.attention=[full,filled]",
+            "grid.prompt_lengths=[8]",
+        ]
+    )
+    points = expand(cfg, "weights")
+    assert len(points) == 2 * 2 * 2 * 2 * 2  # variants x flag sets x batch x depth x attention
+    assert len({p.key for p in points}) == len(points)
+    steps = cfg.bench.steps.num_tokens
+    for p in points:
+        assert p.prompt_bucket >= p.prompt_length + p.depth, "depth is prefilled with the prompt"
+        if p.attention == "full":
+            assert p.attention_span is None
+        else:
+            assert p.prompt_length + p.depth + steps <= p.attention_span <= cfg.grid.max_seq
+    spans = {(p.depth, p.attention_span) for p in points if p.attention == "filled"}
+    assert spans == {(0, 32), (64, 128)}, "a power-of-two bucket of what the point fills"
+
+
+def test_a_depth_that_does_not_fit_the_cache_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"max\(grid.depths\)"):
+        load_config(["+grid=smoke", "grid.depths=[0,120]"])
