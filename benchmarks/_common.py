@@ -209,6 +209,57 @@ def memory_mb(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
+def timed_sweep(name: str, overrides: list[str]) -> tuple[Any, Any, float, str]:
+    """One sweep in this process, timed from composing its config to its return (Ray's
+    start and stop included): (config, outcome, wall seconds, what it printed)."""
+    import io
+
+    from sweep.config import load_config
+    from sweep.run import run_sweep
+
+    print(f"## {name}: python -m sweep {' '.join(overrides)}", flush=True)
+    log = io.StringIO()
+    start = time.perf_counter()
+    cfg, resolved = load_config(overrides)
+    outcome = run_sweep(cfg, resolved, out=log)
+    return cfg, outcome, time.perf_counter() - start, log.getvalue()
+
+
+def time_split(outcome: Any, wall_s: float, bench_s: float) -> dict[str, Any]:
+    """A sweep's wall time against the benchmark time inside it, and where the rest went."""
+    counters = outcome.counters
+    return {
+        "wall_s": wall_s,
+        "bench_s": bench_s,
+        "ratio": wall_s / bench_s,
+        "compile_phase_s": counters.compile_phase_s,
+        "bench_phase_s": counters.bench_phase_s,
+        # actors' start, weight builds and uploads, references, dispatch, Parquet writes
+        "bench_phase_overhead_s": counters.bench_phase_s - bench_s,
+        # config, Ray start and stop, node inventory, results folder
+        "setup_s": wall_s - counters.compile_phase_s - counters.bench_phase_s,
+        "num_compiles": counters.num_compiles,
+        "num_compile_cache_hits": counters.num_compile_cache_hits,
+    }
+
+
+TIME_COLUMNS = ("wall s", "benchmark s", "wall / benchmark")
+PHASE_COLUMNS = ("compile phase s", "bench phase overhead s", "Ray and setup s")
+
+
+def print_runs(header: Sequence[str], rows: Sequence[Sequence[str]], report_path: Path) -> None:
+    print()
+    print(markdown_table(header, rows))
+    print(f"\nreport: {report_path}")
+
+
+def time_cells(r: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(wall, benchmark, ratio) and (compile phase, bench-phase overhead, setup) cells."""
+    totals = [f"{r['wall_s']:.1f}", f"{r['bench_s']:.1f}", f"{r['ratio']:.3f}"]
+    phases = [f"{r[k]:.1f}" for k in ("compile_phase_s", "bench_phase_overhead_s", "setup_s")]
+    return totals, phases
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

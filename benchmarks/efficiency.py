@@ -28,10 +28,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import (  # noqa: E402
+    PHASE_COLUMNS,
+    TIME_COLUMNS,
     default_report_path,
     machine_info,
-    markdown_table,
+    print_runs,
+    time_cells,
+    time_split,
+    timed_sweep,
     wait_for_quiet,
     write_json,
 )
@@ -72,22 +75,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             overrides = [*base, f"results_dir={work / name}", *extra]
             report["runs"][name] = run(name, overrides, cache)
             write_json(out, report)
-    print()
-    print(markdown_table(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()]))
-    print(f"\nreport: {out}")
+    print_runs(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()], out)
     return report
 
 
 TABLE_HEADER = (
     "cache",
     "points",
-    "wall s",
-    "benchmark s",
-    "wall / benchmark",
+    *TIME_COLUMNS,
     "target",
-    "compile phase s",
-    "bench phase overhead s",
-    "Ray and setup s",
+    *PHASE_COLUMNS,
     "compiles (expected)",
     "cache hits",
     "uploads (expected)",
@@ -95,16 +92,13 @@ TABLE_HEADER = (
 
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
+    totals, phases = time_cells(r)
     return [
         name,
         str(r["num_points"]),
-        f"{r['wall_s']:.1f}",
-        f"{r['bench_s']:.1f}",
-        f"{r['ratio']:.3f}",
+        *totals,
         f"<= {TARGETS[name]} {'yes' if r['within_target'] else 'no'}",
-        f"{r['compile_phase_s']:.1f}",
-        f"{r['bench_phase_overhead_s']:.1f}",
-        f"{r['setup_s']:.1f}",
+        *phases,
         f"{r['num_compiles']} ({r['expected_compiles']})",
         str(r["num_compile_cache_hits"]),
         f"{r['num_uploads']} ({r['expected_uploads']})",
@@ -112,39 +106,21 @@ def table_row(name: str, r: dict[str, Any]) -> list[str]:
 
 
 def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
-    from sweep.config import load_config
-    from sweep.run import run_sweep
-
-    print(f"## {name}: python -m sweep {' '.join(overrides)}", flush=True)
-    log = io.StringIO()
-    start = time.perf_counter()
-    cfg, resolved = load_config(overrides)
-    outcome = run_sweep(cfg, resolved, out=log)
-    wall_s = time.perf_counter() - start
-    rows, counters = outcome.rows, outcome.counters
+    cfg, outcome, wall_s, log = timed_sweep(name, overrides)
+    rows = outcome.rows
     bad = [r for r in rows if r["status"] != "ok"]
     if bad or len(rows) != outcome.num_points:
-        raise RuntimeError(f"{name}: {len(bad)} points not ok\n{log.getvalue()[-4000:]}")
+        raise RuntimeError(f"{name}: {len(bad)} points not ok\n{log[-4000:]}")
     bench_s = sum(r["bench_s"] for r in rows)
     uploads = [r for r in rows if r["upload_s"] > 0]
     result = {
         "overrides": overrides,
         "run_id": outcome.run_id,
         "num_points": outcome.num_points,
-        "wall_s": wall_s,
-        "bench_s": bench_s,
-        "ratio": wall_s / bench_s,
+        **time_split(outcome, wall_s, bench_s),
         "target": TARGETS[name],
         "within_target": wall_s / bench_s <= TARGETS[name],
-        "compile_phase_s": counters.compile_phase_s,
-        "bench_phase_s": counters.bench_phase_s,
-        # actors' start, weight builds and uploads, references, dispatch, Parquet writes
-        "bench_phase_overhead_s": counters.bench_phase_s - bench_s,
-        # config, Ray start and stop, node inventory, results folder
-        "setup_s": wall_s - counters.compile_phase_s - counters.bench_phase_s,
         "upload_s": sum(r["upload_s"] for r in uploads),
-        "num_compiles": counters.num_compiles,
-        "num_compile_cache_hits": counters.num_compile_cache_hits,
         "expected_compiles": expected_compiles(cfg),
         "vmfbs_in_cache": sum(1 for _ in (cache / "vmfb").rglob("*.vmfb")),
         "num_uploads": len(uploads),

@@ -29,11 +29,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import (  # noqa: E402
+    PHASE_COLUMNS,
+    TIME_COLUMNS,
     default_report_path,
     machine_info,
-    markdown_table,
+    print_runs,
+    time_cells,
+    time_split,
+    timed_sweep,
     wait_for_quiet,
     write_json,
 )
@@ -88,70 +91,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             overrides = [*base, f"results_dir={work / name.replace(', ', '-')}"]
             report["runs"][name] = run(name, overrides)
             write_json(out, report)
-    print()
-    print(markdown_table(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()]))
-    print(f"\nreport: {out}")
+    print_runs(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()], out)
     return report
 
 
 TABLE_HEADER = (
     "run",
     "rows",
-    "wall s",
-    "benchmark s",
-    "wall / benchmark",
+    *TIME_COLUMNS,
     "target",
-    "compile phase s",
-    "bench phase overhead s",
-    "Ray and setup s",
+    *PHASE_COLUMNS,
     "graphs (cached)",
 )
 
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
     target = "" if name == "warm-up" else f"<= {TARGET} {'yes' if r['ratio'] <= TARGET else 'no'}"
-    return [
-        name,
-        str(r["num_rows"]),
-        f"{r['wall_s']:.1f}",
-        f"{r['bench_s']:.1f}",
-        f"{r['ratio']:.3f}",
-        target,
-        f"{r['compile_phase_s']:.1f}",
-        f"{r['bench_phase_overhead_s']:.1f}",
-        f"{r['setup_s']:.1f}",
-        f"{r['num_compiles']} ({r['num_compile_cache_hits']})",
-    ]
+    totals, phases = time_cells(r)
+    return [name, str(r["num_rows"]), *totals, target, *phases, _graphs(r)]
+
+
+def _graphs(r: dict[str, Any]) -> str:
+    return f"{r['num_compiles']} ({r['num_compile_cache_hits']})"
 
 
 def run(name: str, overrides: list[str]) -> dict[str, Any]:
-    from sweep.config import load_config
-    from sweep.run import run_sweep
-
-    print(f"## {name}: python -m sweep {' '.join(overrides)}", flush=True)
-    log = io.StringIO()
-    start = time.perf_counter()
-    cfg, resolved = load_config(overrides)
-    outcome = run_sweep(cfg, resolved, out=log)
-    wall_s = time.perf_counter() - start
-    rows, counters = outcome.rows, outcome.counters
-    measured = [r for r in rows if r.get("bench_s") is not None]
-    bench_s = sum(r["bench_s"] for r in measured)
+    _, outcome, wall_s, log = timed_sweep(name, overrides)
+    rows = outcome.rows
+    bench_s = sum(r["bench_s"] for r in rows if r.get("bench_s") is not None)
     result = {
         "overrides": overrides,
         "run_id": outcome.run_id,
         "num_rows": len(rows),
         "statuses": sorted({r["status"] for r in rows}),
-        "wall_s": wall_s,
-        "bench_s": bench_s,
-        "ratio": wall_s / bench_s,
-        "compile_phase_s": counters.compile_phase_s,
-        "bench_phase_overhead_s": counters.bench_phase_s - bench_s,
-        "setup_s": wall_s - counters.compile_phase_s - counters.bench_phase_s,
-        "num_compiles": counters.num_compiles,
-        "num_compile_cache_hits": counters.num_compile_cache_hits,
+        **time_split(outcome, wall_s, bench_s),
         "upload_s": sum(r.get("upload_s") or 0.0 for r in rows),
-        "log_tail": log.getvalue()[-3000:],
+        "log_tail": log[-3000:],
     }
     print(
         f"{name}: {wall_s:.1f} s wall, {bench_s:.1f} s benchmarking ({wall_s / bench_s:.3f}x); "

@@ -62,6 +62,8 @@ _WANTED = (
     "fp32_agreement",
     "device_ms",
     "host_ms",
+    "prompt_text",  # a text prompt and what it gave, shown below the summary
+    "output_text",
 )
 SAMPLES = "decode_samples_ms"  # read only where a verdict needs them: they are most of a row
 

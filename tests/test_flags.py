@@ -45,8 +45,11 @@ def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
     assert sorted(cfg.grid.flag_sets) == ["O3", "default", "generalize-matmul"]
     outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 0
-    rows = {r["flag_set"]: r for r in outcome.rows}
-    assert set(rows) == {"default", "O3", "generalize-matmul"}
+    rows = {(r["flag_set"], r["layout"]): r for r in outcome.rows}
+    layouts = ("in_major", "out_major")  # the flags grid runs each flag set in both layouts
+    assert set(rows) == {
+        (f, lay) for f in ("default", "O3", "generalize-matmul") for lay in layouts
+    }
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -56,13 +59,13 @@ def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
             )
             == 0
         )
-    table = {r["flag_set"]: r for r in json.loads(out.getvalue())}
-    base = rows["default"]
-    for name, row in rows.items():
-        got = table[name]
+    table = {(r["flag_set"], r["layout"]): r for r in json.loads(out.getvalue())}
+    base = rows[("default", "in_major")]  # the baseline of every other record
+    for key, row in rows.items():
+        got = table[key]
         assert got["dispatch_change"] == row["num_dispatches"] - base["num_dispatches"]
         assert got["num_dispatches"] == row["num_dispatches"]
-        if name == "default":
+        if key == ("default", "in_major"):
             assert got["verdict"] == "baseline"
         else:
             assert abs(got["speedup"] - base["decode_ms_p50"] / row["decode_ms_p50"]) < 1e-9
