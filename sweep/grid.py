@@ -105,6 +105,9 @@ class Point:
                 "layout": self.layout,
                 "device": self.device.name,
                 "prompt_length": self.prompt_length,
+                "batch_size": self.batch,
+                "depth": self.depth,
+                "attention_span": self.attention_span,
                 "flag_set": self.flag_set,
                 "runtime": self.runtime,
             }
@@ -112,16 +115,19 @@ class Point:
 
 
 def point_label(row: Mapping[str, Any]) -> str:
-    """`variant[/layout]/device/L<prompt>/flag_set[/runtime]`: how a point is named in
-    messages; the default layout and runtime are left out."""
+    """`variant[/layout]/device/L<prompt>[/b<batch>][/d<depth>][/a<span>]/flag_set[/runtime]`:
+    how a point is named in messages; defaults (in-major, batch 1, depth 0, attention
+    over the whole cache, IREE) are left out."""
     runtime, layout = row.get("runtime"), row.get("layout")
-    variant = (
-        row.get("variant") if layout in (None, "in_major") else f"{row.get('variant')}/{layout}"
-    )
-    suffix = "" if runtime in (None, "iree") else f"/{runtime}"
-    return (
-        f"{variant}/{row.get('device')}/L{row.get('prompt_length')}/{row.get('flag_set')}{suffix}"
-    )
+    parts = [str(row.get("variant"))]
+    parts += [layout] if layout not in (None, "in_major") else []
+    parts += [str(row.get("device")), f"L{row.get('prompt_length')}"]
+    parts += [f"b{b}"] if (b := row.get("batch_size")) not in (None, 1) else []
+    parts += [f"d{d}"] if (d := row.get("depth")) not in (None, 0) else []
+    parts += [f"a{a}"] if (a := row.get("attention_span")) is not None else []
+    parts += [str(row.get("flag_set"))]
+    parts += [runtime] if runtime not in (None, "iree") else []
+    return "/".join(parts)
 
 
 def expand(cfg: SweepConfig, model_id: str) -> list[Point]:

@@ -311,6 +311,10 @@ SUMMARY_COLUMNS = [
     Column("runtime", _cell("{}", "runtime")),
     Column("flags", _cell("{}", "flag_set")),
     Column("prompt", _cell("{}", "prompt_length"), right=True),
+    # shown where they vary (a batch or depth grid), folded into a line above otherwise
+    Column("batch", _cell("{}", "batch_size"), right=True, fold="batch_size"),
+    Column("depth", _cell("{}", "depth"), right=True, fold="depth"),
+    Column("attention", lambda r: str(r.get("attention_span") or "all"), fold="attention_span"),
     Column("tok/s", _cell("{:.2f}", "tok_s"), right=True),
     Column("ms/tok p50", _cell("{:.2f}", "decode_ms_p50"), right=True),
     Column("p10-p90", _cell("{:.2f}-{:.2f}", "decode_ms_p10", "decode_ms_p90"), right=True),
@@ -331,6 +335,9 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
             r["runtime"],
             r["flag_set"],
             r["prompt_length"],
+            r.get("batch_size") or 1,
+            r.get("depth") or 0,
+            r.get("attention_span") or 0,
         ),
     )
     if ok:

@@ -16,7 +16,11 @@ through it. The sampler is TPE (seeded; `constant_liar` so parallel asks spread)
 Rules:
 - The objective is the decode median (ms/token) of an `ok` row: tokens equal to the
   reference. Any other status (compile error, crash, timeout, wrong tokens) is told
-  to the study as a failed trial, never as fast, and its row says why.
+  to the study as infeasible (complete, value inf, constraint `failed` = 1), never as
+  fast, and its row says why. Not as Optuna's FAIL state: TPE leaves FAIL trials out
+  of its model, so it would keep proposing the flags that break the compiler;
+  infeasible trials rank below every ok one and steer it away (a 7-switch toy space:
+  20 of 32 post-startup trials failed when told FAIL, 7 when told infeasible).
 - The budget is distinct configurations: a configuration proposed again is told its
   first answer and costs nothing, and one whose point the results already hold (a
   grid or another search measured it) is told that row. A study whose sampler keeps
@@ -51,6 +55,7 @@ from sweep.grid import NO_FLAG_SET, Point
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial, Trial
 
 STORAGE_FILE = "search.db"
 REPEATS_BEFORE_FORCING = 8  # proposals of known configurations in a row before we pick one
@@ -70,6 +75,19 @@ def objective(row: Mapping[str, Any]) -> float | None:
     """What a row tells its study: the decode median of an ok row; None (failed) otherwise."""
     value = row.get("decode_ms_p50")
     return float(value) if row.get("status") == "ok" and value is not None else None
+
+
+FAILED = "failed"  # the constraint a failed trial violates
+
+
+def trial_ms(trial: FrozenTrial) -> float | None:
+    """The measured ms of a told trial; None for a failed one (infeasible, or FAIL in
+    a study written before failures were told as infeasible)."""
+    from optuna.trial import TrialState
+
+    if trial.state != TrialState.COMPLETE or trial.constraints.get(FAILED, 0.0) > 0:
+        return None
+    return trial.value
 
 
 # --- the space -------------------------------------------------------------------------
@@ -172,6 +190,7 @@ class StudyRun:
         self.known: dict[str, float | None] = {}  # trial configurations told: key -> ms or None
         self.waiting: dict[str, list[int]] = {}  # key -> numbers of the trials waiting for it
         self.measured: dict[str, float | None] = {}  # ablation points' outcomes
+        self.asked: dict[int, Trial] = {}  # trial number -> its handle, to tell a failure
         self.repeats = 0  # known configurations proposed in a row
         self.exhausted = False
         self.ablation: Ablation | None = None
@@ -206,10 +225,8 @@ class StudyRun:
             if set(t.params) != set(self.space.axes):
                 continue  # enqueued, not yet asked
             key = self.point_of(t.params).key
-            if t.state == TrialState.COMPLETE:
-                self.known[key] = t.value
-            elif t.state == TrialState.FAIL:
-                self.known[key] = None
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL):
+                self.known[key] = trial_ms(t)
             elif t.state == TrialState.RUNNING:
                 if key not in self.waiting and not self._answered(key):
                     self._resumed.append(self.point_of(t.params))
@@ -247,6 +264,7 @@ class StudyRun:
                 return None
             self.study.enqueue_trial(unexplored, user_attrs={"forced": True})
         trial = self.study.ask()
+        self.asked[trial.number] = trial
         point = self.point_of(self.space.suggest(trial))
         key = point.key
         trial.set_user_attr("point_key", key)
@@ -285,12 +303,23 @@ class StudyRun:
         return None
 
     def _tell(self, number: int, value: float | None) -> None:
-        from optuna.trial import TrialState
-
+        if self.study.get_trials(deepcopy=False)[number].state.is_finished():
+            return  # told before (a repeat told its first answer, then the row came)
         if value is None:
-            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            trial = self._trial(number)
+            trial.set_constraint(FAILED, 1.0)
+            self.study.tell(trial, math.inf)
         else:
-            self.study.tell(number, value, skip_if_finished=True)
+            self.study.tell(number, value)
+
+    def _trial(self, number: int) -> Trial:
+        """A live handle on trial `number` (asked here, or left running by a sweep before)."""
+        import optuna
+
+        if (trial := self.asked.get(number)) is None:
+            frozen = self.study.get_trials(deepcopy=False)[number]
+            trial = self.asked[number] = optuna.Trial(self.study, frozen._trial_id)
+        return trial
 
     # --- answers -----------------------------------------------------------------------
 
@@ -308,9 +337,10 @@ class StudyRun:
         from optuna.trial import TrialState
 
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
+        ok = [t for t in complete if trial_ms(t) is not None]
+        if not ok:
             return None
-        best = min(complete, key=lambda t: (t.value, t.number))
+        best = min(ok, key=lambda t: (t.value, t.number))
         return dict(best.params), self.point_of(best.params).key, float(best.value)
 
     def _ablate(self) -> list[Point]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.results import newest_rows
-from sweep.search import STORAGE_FILE, storage_url
+from sweep.search import STORAGE_FILE, storage_url, trial_ms
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -90,8 +90,8 @@ def load_studies(
             for t in study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("repeat")
         ]
-        history = [(t.number, t.value if t.state == TrialState.COMPLETE else None) for t in told]
-        complete = [t for t in told if t.state == TrialState.COMPLETE]
+        history = [(t.number, trial_ms(t)) for t in told]
+        complete = [t for t in told if trial_ms(t) is not None]
         best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
         default = next((t for t in told if t.user_attrs.get("default")), None)
         listed = [(name, ms(key)) for name, key in (attrs.get("listed") or {}).items()]
@@ -108,7 +108,7 @@ def load_studies(
                 best_ms=best.value if best else None,
                 best=_changes(best.params, attrs.get("defaults", {})) if best else {},
                 minimal=attrs.get("minimal"),
-                default_ms=default.value if default and default.value is not None else None,
+                default_ms=trial_ms(default) if default else None,
                 listed=min(listed_ok, key=lambda x: x[1]) if listed_ok else None,
                 xla_ms=ms(attrs.get("xla")),
             )

@@ -78,6 +78,10 @@ def test_point_labels():
         )
         == "int4/cuda/L32/-/xla"
     )
+    _, points = grid("grid.batch_sizes=[4]", "grid.depths=[16]", "grid.attention=[filled]")
+    span = points[0].attention_span
+    assert span is not None and points[0].prompt_length == 8
+    assert points[0].label == f"fp32/cpu/L8/b4/d16/a{span}/default", "non-default shapes shown"
 
 
 def test_a_point_becomes_the_workers_task():
