@@ -50,6 +50,7 @@ class Point:
     depth: int = 0  # context tokens beyond the prompt, prefilled, when decode starts
     attention: str = "full"  # "full": decode attends over max_seq; "filled": over a bucket
     prompt_text: str | None = None  # a text prompt; None: seeded token ids
+    replica: int = 0  # > 0: the same configuration measured again (the search's ablation)
 
     @property
     def attention_span(self) -> int | None:
@@ -65,6 +66,8 @@ class Point:
         fields.pop("model")  # a display name; model_id is the identity
         fields.pop("flag_set")  # a label; the flags themselves are in the key
         fields.pop("profile_calls")  # runs after the measurement and does not change it
+        if not self.replica:
+            fields.pop("replica")  # so the keys of every other point stay as they were
         blob = json.dumps({"v": KEY_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -110,6 +113,7 @@ class Point:
                 "attention_span": self.attention_span,
                 "flag_set": self.flag_set,
                 "runtime": self.runtime,
+                "replica": self.replica,
             }
         )
 
@@ -127,6 +131,7 @@ def point_label(row: Mapping[str, Any]) -> str:
     parts += [f"a{a}"] if (a := row.get("attention_span")) is not None else []
     parts += [str(row.get("flag_set"))]
     parts += [runtime] if runtime not in (None, "iree") else []
+    parts += [f"again{r}"] if (r := row.get("replica")) else []
     return "/".join(parts)
 
 

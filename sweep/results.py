@@ -46,13 +46,14 @@ from workers.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 2
+SCHEMA_VERSION: int = 3
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
     2: "bench_s, bytes_per_token, peak_gbps, roofline_frac, started_at, finished_at, layout, "
     "fp32_agreement, fp32_logit_error, steps_per_call, device_ms, host_ms, batch_size, depth, "
     "attention_span, prefill_tok_s, prompt_text, output_text",
+    3: "replica",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -115,6 +116,7 @@ def _build_schema() -> pa.Schema:
         ("batch_size", i32),  # sequences per step: tok_s counts them all
         ("depth", i32),  # context tokens beyond the prompt when decode starts
         ("attention_span", i32),  # cache slots decode attends over; null: all max_seq
+        ("replica", i32),  # > 0: a configuration measured again (a search's ablation)
         # where a step's time goes (profile=true): dispatch time and the rest, per token
         ("device_ms", f64),
         ("host_ms", f64),

@@ -68,6 +68,7 @@ def point_columns(point: Point, ctx: RunContext) -> Row:
         "batch_size": point.batch,
         "depth": point.depth,
         "attention_span": point.attention_span,
+        "replica": point.replica,
         "prompt_text": point.prompt_text,
         "created_at": datetime.now(UTC),
         **ctx.versions,

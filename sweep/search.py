@@ -31,10 +31,13 @@ Rules:
 - Baselines run beside the trials as plain points: the grid's flag sets at the
   study's shape, and the XLA baseline. A trial whose flags equal a listed flag set
   takes that set's name; the others are named from their content, `s-<hash>`.
-- When the budget is spent, the winner is ablated: each axis at a non-default choice
-  is reset to its default in turn, and dropped when the winner without it is no more
-  than `search.ablation_tolerance` slower. The minimal configuration is stored in the
-  study (`user_attrs["minimal"]`); `python -m sweep.report --search` shows it.
+- When the budget is spent, the winner is ablated: it is measured again (its trial's
+  time is the least of many noisy ones, so likely a lucky draw that every fresh
+  measurement would look slow against), then each axis at a non-default choice is
+  reset to its default in turn, and dropped when the configuration without it is no
+  more than `search.ablation_tolerance` slower than the winner measured again. The
+  minimal configuration is stored in the study (`user_attrs["minimal"]`);
+  `python -m sweep.report --search` shows it.
 """
 
 from __future__ import annotations
@@ -158,8 +161,9 @@ class Ablation:
 
     winner: Params
     winner_key: str
-    winner_ms: float
+    winner_ms: float  # its trial's time: the best of many noisy ones, so likely a lucky one
     todo: list[str]  # axes still to try at their default
+    reference: float | None = None  # the winner measured again: what candidates must match
     params: Params = dataclasses.field(default_factory=dict)  # the configuration so far
     value: float = 0.0  # its ms/token
     dropped: list[str] = dataclasses.field(default_factory=list)
@@ -356,18 +360,23 @@ class StudyRun:
             todo = [axis for axis in self.space.axes if params[axis] != default[axis]]
             self.ablation = Ablation(params, key, ms, todo)
         ab = self.ablation
+        if ab.todo and ab.reference is None:
+            again = dataclasses.replace(self.point_of(ab.winner), replica=1)
+            outcome = self._outcome(again.key)
+            if outcome is False:
+                return self._measure(ab, again)
+            ab.reference = ab.winner_ms if outcome is None else outcome
+            ab.value = ab.reference
         while ab.todo:
             axis = ab.todo[0]
             candidate = {**ab.params, axis: self.space.default()[axis]}
             point = self.point_of(candidate)
             outcome = self._outcome(point.key)
-            if outcome is False:  # not measured yet
-                if ab.asked == point.key:
-                    return []  # in flight
-                ab.asked = point.key
-                return [] if self.scheduled(point.key) else [point]
+            if outcome is False:
+                return self._measure(ab, point)
             ab.todo.pop(0)
-            if outcome is not None and outcome <= ab.winner_ms * (1 + self.tolerance):
+            assert ab.reference is not None
+            if outcome is not None and outcome <= ab.reference * (1 + self.tolerance):
                 ab.params, ab.value = candidate, outcome
                 ab.dropped.append(axis)
             else:
@@ -375,6 +384,13 @@ class StudyRun:
         self._store_minimal(ab)
         self.done = True
         return []
+
+    def _measure(self, ab: Ablation, point: Point) -> list[Point]:
+        """The point to measure for the ablation, or [] while it is in flight."""
+        if ab.asked == point.key:
+            return []
+        ab.asked = point.key
+        return [] if self.scheduled(point.key) else [point]
 
     def _outcome(self, key: str) -> float | None | bool:
         """A configuration's ms/token, None if it failed, False if it was never measured."""
@@ -392,6 +408,7 @@ class StudyRun:
                 "of_point_key": ab.winner_key,
                 "winner": ab.winner,
                 "winner_ms": ab.winner_ms,
+                "winner_again_ms": ab.reference,
                 "params": ab.params,
                 "point_key": point.key,
                 "flag_set": point.flag_set,

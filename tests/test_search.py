@@ -26,6 +26,7 @@ EFFECTS = {"opt_level": "O3", "layout": "out_major", "format": "int4-ui4-pc"}
 
 def measure(point: Point) -> dict[str, Any]:
     row = {"point_key": point.key, "flag_set": point.flag_set, "runtime": point.runtime}
+    row["replica"] = point.replica
     if "--iree-opt-data-tiling" in point.flags:
         return {**row, "status": "compile_error", "decode_ms_p50": None}
     ms = 10.0
@@ -201,3 +202,28 @@ def test_the_sampler_learns_to_avoid_configurations_that_fail(tmp_path: Path):
     after_startup = [trial_ms(t) is None for t in told[8:]]
     # at random 3 in 4 configurations fail (two independent switches)
     assert sum(after_startup) < len(after_startup) / 2, after_startup
+
+
+def test_the_ablation_measures_the_winner_again(tmp_path: Path):
+    """The winner's trial time is the least of many noisy ones: a lucky draw. Here every
+    first measurement with fuse_multi_use on is 1.5 ms lucky (the switch does nothing),
+    so the winner has it on; measured again it is not lucky, and neither is the winner
+    without the switch, so the ablation drops it."""
+
+    def lucky(point: Point) -> dict[str, Any]:
+        row = measure(point)
+        if row["status"] == "ok" and not point.replica:
+            row["decode_ms_p50"] -= 1.5 * ("--iree-dispatch-creation-fuse-multi-use" in point.flags)
+        return row
+
+    cfg = config(tmp_path, "search.trials=24", "search.seed=3", "grid.variants=[fp32]")
+    search, rows = drive(cfg, {}, lucky)
+    (study,) = search.studies
+    winner, winner_key, winner_ms = study.best()
+    assert winner["fuse_multi_use"] == "on", "the lucky switch wins the trials"
+    minimal = study.study.user_attrs["minimal"]
+    again = [r for r in rows if r["replica"]]
+    assert minimal["winner_again_ms"] == pytest.approx(winner_ms + 1.5)
+    assert "fuse_multi_use" in minimal["dropped"]
+    assert minimal["params"]["fuse_multi_use"] == "off"
+    assert len(again) == 1, "one more measurement of the winner"
