@@ -172,6 +172,18 @@ def test_an_interrupted_search_resumes_its_running_trials(tmp_path: Path):
     assert len({r["point_key"] for r in rows}) == len(rows)
 
 
+def test_a_failure_written_before_an_interruption_is_told_on_resume(tmp_path: Path):
+    cfg = config(tmp_path, "search.trials=4", "search.parallel=2", "grid.variants=[fp32]")
+    done: dict[str, dict[str, Any]] = {}
+    search = open_search(cfg, expand(cfg, "weights"), done.get)
+    first = search.refill()[0]
+    done[first.key] = {"point_key": first.key, "status": "compile_error"}  # tell lost
+    (resumed,) = open_search(cfg, expand(cfg, "weights"), done.get).studies
+    resumed.next_points()  # resuming tells the trial left running the row it has
+    (trial,) = [t for t in resumed.study.trials if t.user_attrs.get("point_key") == first.key]
+    assert trial.constraints == {"failed": 1.0} and trial_ms(trial) is None
+
+
 def test_a_search_space_is_checked_before_any_work(tmp_path: Path):
     with pytest.raises(ConfigError, match="search.formats.int4"):
         config(tmp_path, "search.formats.int4=[int3]")
