@@ -8,6 +8,7 @@ naming and writing the report, printing a table) live here so the scripts stay s
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -207,6 +208,14 @@ def memory_mb(pid: int | str = "self") -> dict[str, int]:
         if name in fields:
             out[fields[name]] = int(value.split()[0]) // 1024
     return out
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that times whole sweeps (efficiency, search_efficiency)."""
+    p.add_argument("--work", type=Path, default=None, help="cache and results here (default: tmp)")
+    p.add_argument("--out", type=Path, default=None, help="JSON report path")
+    p.add_argument("--quiet-wait-s", type=float, default=60.0, help="wait for quiet CPUs first")
+    p.add_argument("overrides", nargs="*", help="more sweep overrides, after --")
 
 
 def timed_sweep(name: str, overrides: list[str]) -> tuple[Any, Any, float, str]:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import (  # noqa: E402
     PHASE_COLUMNS,
     TIME_COLUMNS,
+    add_sweep_args,
     default_report_path,
     machine_info,
     print_runs,
@@ -55,10 +56,7 @@ TARGETS = {"cold": 1.25, "warm": 1.05}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", type=Path, default=None, help="cache and results here (default: tmp)")
-    p.add_argument("--out", type=Path, default=None, help="JSON report path")
-    p.add_argument("--quiet-wait-s", type=float, default=60.0, help="wait for quiet CPUs first")
-    p.add_argument("overrides", nargs="*", help="more sweep overrides, after --")
+    add_sweep_args(p)
     return p.parse_args(argv)
 
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import (  # noqa: E402
     PHASE_COLUMNS,
     TIME_COLUMNS,
+    add_sweep_args,
     default_report_path,
     machine_info,
     print_runs,
@@ -58,10 +59,7 @@ TARGET = 1.10
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=12, help="distinct configurations per study")
-    p.add_argument("--work", type=Path, default=None, help="cache and results here (default: tmp)")
-    p.add_argument("--out", type=Path, default=None, help="JSON report path")
-    p.add_argument("--quiet-wait-s", type=float, default=60.0, help="wait for quiet CPUs first")
-    p.add_argument("overrides", nargs="*", help="more sweep overrides, after --")
+    add_sweep_args(p)
     return p.parse_args(argv)
 
 
