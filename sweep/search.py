@@ -496,9 +496,9 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
             direction="minimize",
             load_if_exists=True,
         )
-        study.set_user_attr("listed", {f"{p.flag_set}/{p.layout}": p.key for p in shape})
-        study.set_user_attr("xla", _xla(shape).key if search.xla_baseline else None)
         for attr, value in (
+            ("listed", {f"{p.flag_set}/{p.layout}": p.key for p in shape}),
+            ("xla", _xla(shape).key if search.xla_baseline else None),
             ("variant", variant),
             ("device", device),
             ("space_size", space.size),
