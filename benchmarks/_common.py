@@ -223,7 +223,7 @@ def timed_sweep(name: str, overrides: list[str]) -> tuple[Any, Any, float, str]:
     start and stop included): (config, outcome, wall seconds, what it printed)."""
     import io
 
-    from sweep.config import load_config
+    from sweep.plan.config import load_config
     from sweep.run import run_sweep
 
     print(f"## {name}: python -m sweep {' '.join(overrides)}", flush=True)

@@ -62,9 +62,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from sweep.config import load_config
-    from sweep.results import read_results
+    from sweep.plan.config import load_config
     from sweep.run import run_sweep
+    from sweep.store.results import read_results
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = Path(tempfile.mkdtemp(prefix="sweep-chaos-"))

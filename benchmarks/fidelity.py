@@ -7,7 +7,7 @@ harness (argument lists, readback, Ray, the process it runs in), not the compile
 The target: ours / theirs in [0.97, 1.03]. The report's `ratio` holds it per variant.
 
 What "ours" is (`--via`):
-- actor (default): the sweep's own benchmark actor, `sweep.cluster.BenchActorImpl`,
+- actor (default): the sweep's own benchmark actor, `sweep.execute.cluster.BenchActorImpl`,
   started on a local Ray as the scheduler starts it (same runtime env, so the same
   huge pages; same resources). Each measurement is one `run` call, the call a sweep
   point makes, and its figure is the median of the decode samples that call returns:
@@ -30,7 +30,7 @@ What makes the two sides comparable:
 - The same threads: IREE's default task topology on both sides (recorded), or
   `--task-workers` on both.
 - The same memory: transparent huge pages change CPU decode speed by 10-30%. The actor
-  runs with `sweep.cluster.BENCH_ENV`; `--thp on` (default) gives this process and the
+  runs with `sweep.execute.cluster.BENCH_ENV`; `--thp on` (default) gives this process and the
   tool the same glibc tunable, and `--thp off` turns huge pages off for both (the
   actor always has them, as in a sweep).
 - The same statistic: ours is the median of N timed steps after W warmup steps, each
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from sweep.config import load_config
+    from sweep.plan.config import load_config
     from workers.model import prompt_bucket
     from workers.point import ModelSource
 
@@ -400,7 +400,7 @@ class ActorOurs(Ours):
     def __init__(self, device: Any, source: Any, cache_dir: str) -> None:
         import ray
 
-        from sweep.cluster import actor_options, alive_nodes, connect, remote_functions
+        from sweep.execute.cluster import actor_options, alive_nodes, connect, remote_functions
 
         self._disconnect = connect("", None)
         _, actor_class = remote_functions()

@@ -4,7 +4,7 @@ The driver must stay out of the way at thousands of points and many hosts: expan
 and planning a grid (`dry_run=true`: no compile, no benchmark) must take seconds, and
 the results must stay queryable interactively as they grow. A sweep writes one file
 per finished point (nothing is lost if it dies) and compacts its run into one file
-when it ends (`sweep.compaction`); this benchmark writes one run that way, point by
+when it ends (`sweep.store.compaction`); this benchmark writes one run that way, point by
 point, times its compaction, adds nine more runs of the same size, and times DuckDB
 queries and `sweep.report` over the lot. Targets: the plan of 10,000 points in under
 10 s; each query and a report over 100,000 rows from ten 10,000-point runs in under 1 s.
@@ -58,7 +58,7 @@ def plan_overrides(num_points: int) -> list[str]:
 
 
 def time_plan(num_points: int, results_dir: Path) -> tuple[int, float]:
-    from sweep.config import load_config
+    from sweep.plan.config import load_config
     from sweep.run import run_sweep
 
     start = time.perf_counter()
@@ -108,8 +108,8 @@ def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[di
 
 def write_runs(results_dir: Path, num_runs: int, per_run: int) -> dict[str, float]:
     """The first run point by point and compacted, as a sweep does; the others compacted."""
-    from sweep.compaction import compact_run
-    from sweep.results import ResultsWriter
+    from sweep.store.compaction import compact_run
+    from sweep.store.results import ResultsWriter
 
     rng, now = np.random.default_rng(0), datetime.now(UTC)
     timings = {}
@@ -133,7 +133,7 @@ def write_runs(results_dir: Path, num_runs: int, per_run: int) -> dict[str, floa
 
 
 def time_queries(results_dir: Path) -> dict[str, float]:
-    from sweep.results import duckdb_connect
+    from sweep.store.results import duckdb_connect
 
     con = duckdb_connect(results_dir)
     return {
@@ -143,7 +143,7 @@ def time_queries(results_dir: Path) -> dict[str, float]:
 
 
 def time_reports(results_dir: Path) -> dict[str, float]:
-    from sweep import report
+    from sweep.readers import report
 
     def run(*args: str) -> None:
         with contextlib.redirect_stdout(io.StringIO()):

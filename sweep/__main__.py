@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from sweep.config import ConfigError, load_config
+from sweep.plan.config import ConfigError, load_config
 
 USAGE = """usage: python -m sweep [+grid=NAME] [key=value ...]
 

@@ -22,14 +22,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from sweep import analysis
-from sweep.claims import Claims
-from sweep.compaction import compact_run
-from sweep.config import ConfigError, SweepConfig, check
-from sweep.grid import Point, expand, point_label
-from sweep.progress import ProgressDisplay
-from sweep.report import Column, Table, fmt_statuses, render_md, text_notes
-from sweep.results import (
+from sweep.execute.claims import Claims
+from sweep.execute.progress import ProgressDisplay
+from sweep.plan.config import ConfigError, SweepConfig, check
+from sweep.plan.grid import Point, expand, point_label
+from sweep.readers import analysis
+from sweep.readers.report import text_notes
+from sweep.readers.tables import Column, Table, fmt_statuses, render_md
+from sweep.search.study import Search, print_search_plan
+from sweep.search.study import baselines as search_baselines
+from sweep.store.compaction import compact_run
+from sweep.store.results import (
     DISPATCH_SCHEMA,
     DISPATCHES,
     SCHEMA,
@@ -37,9 +40,7 @@ from sweep.results import (
     completed_point_keys,
     newest_rows,
 )
-from sweep.rows import DONE, FAILED, RunContext
-from sweep.search import Search, print_search_plan
-from sweep.search import baselines as search_baselines
+from sweep.store.rows import DONE, FAILED, RunContext
 from workers.files import atomic_write
 from workers.llama_config import LlamaConfig
 
@@ -141,14 +142,14 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
         raise ConfigError(f"results_dir={cfg.results_dir!r} cannot be written: {e}") from None
     search = None
     if cfg.search is not None:
-        from sweep.search import open_search
+        from sweep.search.study import open_search
 
         search = open_search(cfg, grid_points, done.get)
         todo = search.schedule(todo) + search.refill()
         print_search_plan(search, out)
     rows, counters = [], None
     if todo:
-        from sweep.cluster import connect
+        from sweep.execute.cluster import connect
 
         disconnect = connect(cfg.ray.address, cfg.ray.num_cpus)  # a bad cluster: exit 2 now
         try:
@@ -167,7 +168,7 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
         if r["status"] in FAILED and (search is None or not search.owns(r["point_key"]))
     ]
     if search is not None:
-        from sweep.studies import print_studies
+        from sweep.search.summaries import print_studies
 
         print_studies(results_dir, out)
         for study in search.studies:
@@ -191,8 +192,8 @@ def _run_on_ray(
 ) -> tuple[list[dict[str, Any]], Any]:
     """Runs `todo` (and what a search proposes) to one row each; `done` (finished rows
     by point key) gains this sweep's finished rows as they come."""
-    from sweep.cluster import RayBackend, alive_nodes
-    from sweep.scheduler import Scheduler
+    from sweep.execute.cluster import RayBackend, alive_nodes
+    from sweep.execute.scheduler import Scheduler
 
     results_dir = Path(cfg.results_dir)
     # A point finished by another sweep is not measured again; with rerun=true, only

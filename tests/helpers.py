@@ -17,7 +17,7 @@ from workers.variant import EMBEDDING, Variant
 
 @functools.cache
 def _defaults():
-    from sweep.config import load_config
+    from sweep.plan.config import load_config
 
     return load_config([])[0]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.bundle import BundleError, split_large, unpack
-from sweep.results import read_results
+from sweep.offline.bundle import BundleError, split_large, unpack
+from sweep.store.results import read_results
 from tests.conftest import ROOT
 
 HOST_PACKAGES = ("jax", "jaxlib", "numpy", "pyarrow", "rich", "safetensors")

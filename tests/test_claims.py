@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from sweep import claims as claims_module
-from sweep.claims import Claims
-from sweep.config import load_config
-from sweep.grid import expand
+from sweep.execute import claims as claims_module
+from sweep.execute.claims import Claims
+from sweep.plan.config import load_config
+from sweep.plan.grid import expand
 
 
 def points():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.config import ConfigError, FlagSet, SweepConfig, load_config
+from sweep.plan.config import ConfigError, FlagSet, SweepConfig, load_config
 from workers.devices import DeviceSpec
 from workers.variant import Variant
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from sweep import report
-from sweep.config import load_config
+from sweep.plan.config import load_config
+from sweep.readers import report
 from sweep.run import run_sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster and iree-compile

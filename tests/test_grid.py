@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweep.config import load_config
-from sweep.grid import KEY_VERSION, expand, point_label
+from sweep.plan.config import load_config
+from sweep.plan.grid import KEY_VERSION, expand, point_label
 from workers.llama_config import preset
 
 TINY = preset("tiny")

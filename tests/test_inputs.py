@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import ConfigError, load_config
+from sweep.plan.config import ConfigError, load_config
 from sweep.run import run_sweep
 from tests.conftest import save_tiny_llama
 
@@ -98,7 +98,7 @@ def test_a_text_prompt_gives_text_back(ray_cluster, cache_at, tmp_path, shared_c
     words = row["output_text"].split()
     assert len(words) == len(row["tokens"]) and words[0] in {*WORDS, *(f"w{i}" for i in range(256))}
     assert f"{prompt!r} -> {row['output_text']!r}" in text, "the summary shows the text"
-    from sweep import report
+    from sweep.readers import report
 
     out = tmp_path / "report.md"
     assert report.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0

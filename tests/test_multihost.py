@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from sweep.results import read_results
+from sweep.store.results import read_results
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # two `ray start` processes

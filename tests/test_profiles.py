@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sweep import compare, profiles, query, report
-from sweep.config import load_config
-from sweep.grid import expand
-from sweep.results import DISPATCH_SCHEMA, DISPATCHES, ResultsWriter, read_results
-from sweep.rows import RunContext, dispatch_rows, measured_row
+from sweep.plan.config import load_config
+from sweep.plan.grid import expand
+from sweep.readers import compare, query, report
+from sweep.readers import dispatches as profiles
+from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, ResultsWriter, read_results
+from sweep.store.rows import RunContext, dispatch_rows, measured_row
 from tests.helpers import fake_measurement
 from workers.profile import DispatchTime, Profile, _call_ms, dispatch_kind, summarize
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import load_config
-from sweep.results import read_results
+from sweep.plan.config import load_config
 from sweep.run import run_sweep
+from sweep.store.results import read_results
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile, killed processes

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sweep import analysis, compare, query, report
-from sweep.plots import write_plots
-from sweep.results import COLUMNS, ResultsWriter
+from sweep.readers import analysis, compare, query, report, tables
+from sweep.readers.plots import write_plots
+from sweep.store.results import COLUMNS, ResultsWriter
 from workers.measurement import decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
@@ -409,11 +409,11 @@ def test_roofline_column_when_present() -> None:
         for i, f in enumerate((0.04, 0.05, 0.06))
     ]
     table = report.summary_table(rows, list(analysis.DEFAULT_BY), {"run": "x"})
-    _, header, body = md_table(report.render_md(table))
+    _, header, body = md_table(tables.render_md(table))
     assert body[0][header.index("roofline")] == "5.0%"
     no_roofline = [{k: v for k, v in r.items() if k != "roofline_frac"} for r in rows]
     table = report.summary_table(no_roofline, list(analysis.DEFAULT_BY), {"run": "x"})
-    assert "roofline" not in md_table(report.render_md(table))[1]
+    assert "roofline" not in md_table(tables.render_md(table))[1]
 
 
 def test_report_csv_and_out_file(results: Path, tmp_path: Path, capsys) -> None:

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sweep.analysis import newest_per_point
-from sweep.results import (
+from sweep.readers.analysis import newest_per_point
+from sweep.store.results import (
     COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -301,7 +301,7 @@ def test_duckdb_has_every_column_even_if_all_files_are_old(tmp_path: Path) -> No
 
 def test_import_does_not_pull_heavy_modules() -> None:
     code = (
-        "import sys, sweep.results; "
+        "import sys, sweep.store.results; "
         "print(sorted(m for m in ('ray', 'jax', 'iree', 'duckdb') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -312,7 +312,7 @@ def test_import_does_not_pull_heavy_modules() -> None:
 
 
 def test_a_stray_file_is_set_aside_with_a_warning_never_fatal(two_runs: Path, capsys) -> None:
-    from sweep import report
+    from sweep.readers import report
 
     stray = two_runs / "run_id=x" / "part.parquet"
     stray.parent.mkdir()
@@ -334,8 +334,8 @@ def test_a_stray_file_is_set_aside_with_a_warning_never_fatal(two_runs: Path, ca
 
 def test_a_version_1_file_reads_with_nulls_in_the_new_columns(tmp_path: Path) -> None:
     """A file as schema version 1 wrote it: no roofline, bench_s or timestamps."""
-    from sweep import report
-    from sweep.results import SCHEMA_HISTORY
+    from sweep.readers import report
+    from sweep.store.results import SCHEMA_HISTORY
 
     added = {c.strip() for c in SCHEMA_HISTORY[2].split(",")}
     v1_fields = [f for f in SCHEMA if f.name not in added]
@@ -357,7 +357,7 @@ def test_a_version_1_file_reads_with_nulls_in_the_new_columns(tmp_path: Path) ->
 
 
 def test_compaction_keeps_every_row_once_in_one_file(tmp_path: Path) -> None:
-    from sweep.compaction import compact_run
+    from sweep.store.compaction import compact_run
 
     writer = ResultsWriter(tmp_path, "run")
     for i in range(5):
@@ -376,7 +376,7 @@ def test_compaction_keeps_every_row_once_in_one_file(tmp_path: Path) -> None:
 
 
 def test_a_crash_mid_compaction_leaves_a_readable_dataset(tmp_path: Path, monkeypatch) -> None:
-    from sweep import compaction
+    from sweep.store import compaction
 
     writer = ResultsWriter(tmp_path, "run")
     for i in range(3):

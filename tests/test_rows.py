@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sweep.config import load_config
-from sweep.grid import expand
-from sweep.results import COLUMNS, ResultsWriter, read_results
-from sweep.rows import (
+from sweep.plan.config import load_config
+from sweep.plan.grid import expand
+from sweep.store.results import COLUMNS, ResultsWriter, read_results
+from sweep.store.rows import (
     RunContext,
     compile_failure_row,
     failure_row,

@@ -1,6 +1,6 @@
 """The scheduler's rules on a simulated cluster: no Ray, no compiler, milliseconds per test.
 
-`SimBackend` is a deterministic stand-in for `sweep.cluster.RayBackend`: a clock that
+`SimBackend` is a deterministic stand-in for `sweep.execute.cluster.RayBackend`: a clock that
 jumps to the next event, compiles and points that take a fixed simulated time, and
 failures scripted per test (a compile that fails, an actor that dies, a node that
 leaves, a point that hangs). It records every compile and measurement interval, so
@@ -19,10 +19,7 @@ from typing import Any
 
 import pytest
 
-from sweep.config import load_config
-from sweep.grid import Point, expand
-from sweep.rows import RunContext
-from sweep.scheduler import (
+from sweep.execute.scheduler import (
     ActorDied,
     ActorStarting,
     CompileJob,
@@ -31,6 +28,9 @@ from sweep.scheduler import (
     PointError,
     Scheduler,
 )
+from sweep.plan.config import load_config
+from sweep.plan.grid import Point, expand
+from sweep.store.rows import RunContext
 from tests.helpers import fake_measurement
 from workers.compile import CompileResult
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
@@ -419,6 +419,6 @@ def test_the_scheduler_needs_no_ray():
     import subprocess
     import sys
 
-    code = "import sys, sweep.scheduler; print('ray' in sys.modules, 'jax' in sys.modules)"
+    code = "import sys, sweep.execute.scheduler; print('ray' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"], "sweep.scheduler must not import ray or jax"
+    assert out.stdout.split() == ["False", "False"], "the scheduler must not import ray or jax"

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from sweep.config import ConfigError, load_config
-from sweep.grid import Point, expand
-from sweep.search import Search, baselines, open_search, trial_ms
-from sweep.studies import load_studies, studies_table
+from sweep.plan.config import ConfigError, load_config
+from sweep.plan.grid import Point, expand
+from sweep.search.study import Search, baselines, open_search, trial_ms
+from sweep.search.summaries import load_studies, studies_table
 
 EFFECTS = {"opt_level": "O3", "layout": "out_major", "format": "int4-ui4-pc"}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sweep.config import ConfigError, load_config
-from sweep.grid import expand
+from sweep.plan.config import ConfigError, load_config
+from sweep.plan.grid import expand
 from tests.helpers import variant
 from workers.export import GraphSpec
 from workers.point import ModelSource

@@ -10,10 +10,10 @@ import time
 import duckdb
 import pytest
 
-from sweep.config import load_config
-from sweep.grid import expand
-from sweep.results import read_results
+from sweep.plan.config import load_config
+from sweep.plan.grid import expand
 from sweep.run import run_sweep
+from sweep.store.results import read_results
 from tests.conftest import ROOT
 from workers.llama_config import preset
 
@@ -214,8 +214,8 @@ def test_every_format_in_both_layouts(ray_cluster, tmp_path, shared_cache):
 def test_profiles_say_where_the_time_goes(ray_cluster, tmp_path, shared_cache, capsys):
     """profile=true: every ok point gets IREE's dispatch profile, named after its vmfb's own
     dispatch functions, and its step splits into device and host time."""
-    from sweep import report
-    from sweep.results import DISPATCH_SCHEMA, DISPATCHES
+    from sweep.readers import report
+    from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES
 
     outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", "profile=true")
     assert outcome.exit_code == 0, text
@@ -265,7 +265,7 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
     all of it searched; tests/test_search.py covers the sampler's rules at larger budgets."""
     from optuna.trial import TrialState
 
-    from sweep.studies import load_studies
+    from sweep.search.summaries import load_studies
 
     space = [
         "+search=flags",
@@ -300,7 +300,7 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
     assert study.minimal is not None and "bogus" not in study.minimal["kept"]
     import optuna
 
-    from sweep.search import storage_url
+    from sweep.search.study import storage_url
 
     stored = optuna.load_study(
         study_name=study.name, storage=storage_url(tmp_path / "results")

@@ -4,7 +4,7 @@ A sweep point names a device ("cpu", "cuda"); three layers need to know what tha
 means. `iree-compile` needs target flags, the IREE runtime needs a driver name, and
 the scheduler needs a resource so the benchmark actor lands on a node that has the
 device. Keeping the three in one frozen dataclass means they cannot drift apart.
-The devices themselves are data: `conf/device/<name>.yaml`, read by `sweep.config`
+The devices themselves are data: `conf/device/<name>.yaml`, read by `sweep.plan.config`
 (tests and benchmarks load them from there too), so a new device is a YAML file.
 
 The target flags are part of the compile cache key (see `workers/compile.py`), so

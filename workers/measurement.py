@@ -1,7 +1,7 @@
 """What a benchmark worker measured for one point, and the statistics derived from it.
 
 A `Measurement` crosses from the worker (a Ray actor) to the driver as itself; the
-driver's `sweep.rows` turns it into result columns. The statistics are defined here,
+driver's `sweep.store.rows` turns it into result columns. The statistics are defined here,
 next to the samples they summarise, so every consumer computes them the same way.
 """
 

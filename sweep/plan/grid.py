@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sweep.config import FlagSet, SweepConfig
+from sweep.plan.config import FlagSet, SweepConfig
 from workers.devices import DeviceSpec
 from workers.export import GRAPH_KINDS, GraphSpec
 from workers.llama_config import LlamaConfig

@@ -12,7 +12,7 @@ Four questions, one figure each:
       per kind, stacked, beside the measured ms/token (profile=true only).
 A figure the data cannot make (one prompt length, one flag set) is skipped with a
 note. Only `Figure` objects are used, never pyplot: no global state, no display.
-Numbers are the medians of `sweep.analysis` over the ok rows, pooling prompt lengths
+Numbers are the medians of `sweep.readers.analysis` over the ok rows, pooling prompt lengths
 (and max_seq values) where a figure has no axis for them.
 """
 
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sweep import analysis, profiles
-from sweep.grid import point_label
+from sweep.plan.grid import point_label
+from sweep.readers import analysis
+from sweep.readers import dispatches as profiles
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -54,8 +54,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.config import Dimension, SearchConfig, SweepConfig
-from sweep.grid import NO_FLAG_SET, Point
+from sweep.plan.config import Dimension, SearchConfig, SweepConfig
+from sweep.plan.grid import NO_FLAG_SET, Point
 
 if TYPE_CHECKING:
     import optuna

@@ -8,7 +8,7 @@ that globs `*.parquet` therefore sees whole files or nothing, and a writer kille
 mid-write leaves only a temp file that every reader here ignores.
 
 Layout: `<results_dir>/run_id=<run_id>/part-<utc time>-<counter>-<uuid8>.parquet`; when
-a run ends its parts are compacted into one file (`sweep.compaction`), since every file
+a run ends its parts are compacted into one file (`sweep.store.compaction`), since every file
 costs each query a footer read (about 35 KB of Parquet overhead per one-row file).
 Anything else under results_dir is not a result: a file there that is not readable
 Parquet is moved to `_unreadable/` with a warning, never fatal.
@@ -225,7 +225,7 @@ def _to_table(
     unknown = sorted({key for row in rows for key in row} - set(schema.names))
     if unknown:
         raise ValueError(
-            f"unknown result columns {unknown}; add them to the schema in sweep.results "
+            f"unknown result columns {unknown}; add them to the schema in sweep.store.results "
             "(and bump its version) or drop them from the row"
         )
     arrays = [

@@ -13,7 +13,7 @@ import shlex
 from datetime import UTC, datetime
 from typing import Any
 
-from sweep.grid import Point
+from sweep.plan.grid import Point
 from workers.compile import CompileResult, clip_message
 from workers.export import GraphSpec
 from workers.measurement import Measurement

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sweep.grid import point_label
+from sweep.plan.grid import point_label
 
 COMPILE_LOG_S = 15.0
 

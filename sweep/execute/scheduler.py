@@ -1,7 +1,7 @@
 """The sweep's scheduler: which graph compiles where, which point runs on which actor, and
 what becomes of each failure.
 
-A plain state machine over a `Backend`: Ray in `sweep.cluster`, a simulated cluster
+A plain state machine over a `Backend`: Ray in `sweep.execute.cluster`, a simulated cluster
 in the tests. Nothing here imports Ray. The rules:
 
 - Every unique graph compiles once: a `CompileJob` is a graph, a device, flags and,
@@ -31,8 +31,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sweep.grid import Point
-from sweep.rows import (
+from sweep.plan.grid import Point
+from sweep.store.rows import (
     RunContext,
     compile_failure_row,
     dispatch_rows,
@@ -198,7 +198,7 @@ class Scheduler:
         admit: Callable[[Point], bool] = lambda point: True,
     ) -> None:
         """`admit(point)` is asked right before a point is sent to an actor; False means
-        another sweep measures it (see `sweep.claims`): the point leaves this run's queue
+        another sweep measures it (see `sweep.execute.claims`): the point leaves this run's queue
         without a row, and `run`'s `refill` may hand it back later."""
         self.admit = admit
         self.backend, self.nodes, self.model_cfg = backend, list(nodes), model_cfg

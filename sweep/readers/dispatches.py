@@ -1,7 +1,7 @@
 """Reading the dispatch profiles: where a decode step's time goes, for report, compare and plots.
 
 A sweep with `profile=true` writes one row per dispatch function of every profiled
-point into `<results_dir>/dispatches` (see `sweep.results.DISPATCH_SCHEMA`). This
+point into `<results_dir>/dispatches` (see `sweep.store.results.DISPATCH_SCHEMA`). This
 module reads them for a set of points and answers the questions a flag or format
 study asks next: which dispatches take the time (`top_dispatches`), how much time
 each kind of dispatch takes per token (`kind_ms`), and what a flag set or a second
@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweep.results import DISPATCH_SCHEMA, DISPATCHES, read_results
+from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, read_results
 
 KIND_ORDER = ("matmul", "elementwise", "transpose", "reduction", "attention", "copy", "other")
 MIN_CHANGE_SHOWN = 0.05  # a kind's change below this share of the baseline's time is noise

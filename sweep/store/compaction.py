@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweep.results import SCHEMA, dataset_of, set_aside_unreadable
+from sweep.store.results import SCHEMA, dataset_of, set_aside_unreadable
 from workers.files import atomic_write
 
 _AT_FDCWD = -100

@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.results import newest_rows
-from sweep.search import STORAGE_FILE, storage_url, trial_ms
+from sweep.search.study import STORAGE_FILE, storage_url, trial_ms
+from sweep.store.results import newest_rows
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from sweep.report import Table
+    from sweep.readers.tables import Table
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ class StudySummary:
     history: list[tuple[int, float | None]]  # (trial number, ms or None), repeats left out
     best_ms: float | None
     best: dict[str, str]  # the winner's non-default choices
-    minimal: dict[str, Any] | None  # the ablation's result (see `sweep.search`)
+    minimal: dict[str, Any] | None  # the ablation's result (see `sweep.search.study`)
     default_ms: float | None
     listed: tuple[str, float] | None  # the best listed flag set: (flag_set/layout, ms)
     xla_ms: float | None
@@ -134,7 +134,7 @@ def minimal_text(s: StudySummary) -> str:
 
 
 def studies_table(summaries: list[StudySummary]) -> Table:
-    from sweep.report import Column, Table, fmt_num, metric
+    from sweep.readers.tables import Column, Table, fmt_num, metric
 
     def speedup(value: float | None) -> str:
         return f"{value:.2f}x" if value else ""
@@ -180,7 +180,7 @@ def studies_table(summaries: list[StudySummary]) -> Table:
 
 
 def print_studies(results_dir: Path, out: Any = sys.stdout) -> None:
-    from sweep.report import render_md
+    from sweep.readers.tables import render_md
 
     summaries = load_studies(results_dir)
     if summaries:

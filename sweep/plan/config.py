@@ -27,7 +27,7 @@ from workers.variant import LAYOUTS, Variant
 
 ATTENTION: tuple[str, ...] = ("full", "filled")
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMA_NAME = "sweep_schema"
 # Keys that moved, and where to: a user's old override gets told, not just refused.
 MOVED_KEYS = {"grid.group_size": "the variant: e.g. variants.int4.group_size=128"}

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sweep.grid import Point
+from sweep.plan.grid import Point
 
 CLAIMS_DIR = "_claims"
 REFRESH_S = 20.0

@@ -1,7 +1,7 @@
 """Ray at the edges: start or join a cluster, take stock of its nodes, and the backend the
 scheduler drives.
 
-Everything that names Ray lives here, so `sweep.scheduler` reads as plain logic.
+Everything that names Ray lives here, so `sweep.execute.scheduler` reads as plain logic.
 Compiles are Ray tasks (one CPU each) pinned to the node the scheduler chose;
 benchmarks run on actors that ask for their device's resource: `num_gpus` for a
 GPU, and for the CPU a custom resource that each node advertises once
@@ -21,10 +21,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from sweep.config import ConfigError
-from sweep.scheduler import (
+from sweep.execute.scheduler import (
     ActorDied,
     ActorGone,
     ActorStarting,
@@ -33,6 +33,7 @@ from sweep.scheduler import (
     NodeInfo,
     PointError,
 )
+from sweep.plan.config import ConfigError
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
 from workers.locks import host_lock
 
@@ -162,7 +163,7 @@ def _init(address: str, num_cpus: int | None) -> None:
 
 
 def _project_root() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(Path(__file__).resolve().parents[2])
     existing = os.environ.get("PYTHONPATH")
     return f"{root}{os.pathsep}{existing}" if existing else root
 
@@ -272,7 +273,7 @@ def actor_options(device: DeviceSpec, node: NodeInfo) -> dict[str, Any]:
 
 
 class RayBackend:
-    """The scheduler's `Backend` on a Ray cluster (see `sweep.scheduler.Backend`)."""
+    """The scheduler's `Backend` on a Ray cluster (see `sweep.execute.scheduler.Backend`)."""
 
     def __init__(
         self, source: Any, cache_dir: str, compile_timeout_s: float, compile_mode: str = "auto"

@@ -1,6 +1,6 @@
 """Pure analysis of result rows: which run, which groups, which medians, which verdict.
 
-No I/O: the functions take rows as plain dicts (as `sweep.results.read_results(...)
+No I/O: the functions take rows as plain dicts (as `sweep.store.results.read_results(...)
 .to_pylist()` gives them) and return plain records, so `report`, `compare` and `plots`
 share one definition of every number they show, and tests check it without a disk.
 

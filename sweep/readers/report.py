@@ -1,0 +1,275 @@
+"""`python -m sweep.report`: a run's results as one table, one row per point group.
+
+    python -m sweep.report [--results DIR] [--run RUN_ID|all] [--grid NAME] [--by COLS]
+                           [--format md|csv|json] [--plots [--plots-dir DIR]] [--out PATH]
+
+The run defaults to the newest one (by its newest row) in the results dir, of grid
+`--grid` when given; `--run all` takes the newest row of every point across runs.
+Rows are grouped by variant, device, runtime, flag set and prompt length (`--by`
+changes that); a group with several ok rows shows the *median of their
+decode_ms_p50* (and of p10, p90, prefill ms, dispatches), see `sweep.readers.analysis`.
+Like llama-bench's compare script, the markdown table shows only the columns that
+vary: the others are folded into a header line above it. csv and json keep every
+column and the raw numbers, for scripts.
+
+`--by flag_set` is the flag study: per variant, device, runtime and prompt length,
+each flag set's ms/token, its speedup over the `default` flag set with a verdict
+that accounts for the sample spread (`sweep.readers.analysis.verdict`), its dispatch count
+and change from default, compile seconds, vmfb size and tokens matched.
+
+Exit codes: 0, or 2 for an input error (no results, unknown run, unknown column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sweep.readers import analysis
+from sweep.readers import dispatches as profiles
+from sweep.readers.cli import add_output_args, run_cli
+from sweep.readers.load import ReportError, load_table, parse_by, select_run
+from sweep.readers.tables import (
+    Column,
+    Table,
+    emit,
+    fmt_bytes,
+    fmt_matched,
+    fmt_percent,
+    fmt_signed,
+    fmt_spread,
+    fmt_statuses,
+    fmt_value,
+    key_column,
+    metric,
+    render,
+)
+
+
+def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, Any]) -> Table:
+    records = analysis.summarize(rows, by)
+    columns = [key_column(col) for col in by]
+    columns += [
+        metric("tok/s", "tok_s"),
+        metric("ms/tok p50", "decode_ms_p50"),
+        Column("p10-p90", fmt_spread, right=True),
+    ]
+    columns += _roofline_column(records)
+    columns += _profile_columns(records)
+    if any(r.get("fp32_agreement") is not None for r in records):
+        columns.append(metric("vs fp32", "fp32_agreement", fmt_percent))
+    columns += [metric("prefill ms", "prefill_ms")]
+    if any(r.get("prefill_tok_s") is not None for r in records):
+        columns.append(metric("prefill tok/s", "prefill_tok_s"))
+    columns += [
+        metric("dispatches", "num_dispatches", fmt_value),
+        Column("matched", fmt_matched, right=True),
+        Column("status", lambda r: fmt_statuses(r["status_counts"])),
+    ]
+    return Table(records, columns, header)
+
+
+def flag_study_table(
+    rows: list[dict[str, Any]], header: dict[str, Any], dispatches: list[dict[str, Any]]
+) -> Table:
+    records = analysis.flag_study(rows)
+    _add_kinds(records, dispatches)
+    columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, "flag_set", "layout")]
+    columns += [
+        metric("ms/tok p50", "decode_ms_p50"),
+        Column("p10-p90", fmt_spread, right=True),
+        metric("speedup", "speedup", lambda v: "" if v is None else f"{v:.2f}x"),
+        Column("verdict", lambda r: r.get("verdict") or ""),
+    ]
+    columns += _roofline_column(records)
+    columns += [
+        metric("dispatches", "num_dispatches", fmt_value),
+        metric(f"vs {analysis.BASELINE_FLAG_SET}", "dispatch_change", fmt_signed),
+    ]
+    if any(r.get("kinds") for r in records):
+        columns += [
+            Column("ms/tok by kind", lambda r: profiles.fmt_kinds(r.get("kinds") or {})),
+            Column("by kind vs baseline", lambda r: r.get("kind_change") or ""),
+        ]
+    columns += [
+        metric("compile s", "compile_s"),
+        metric("vmfb", "vmfb_bytes", fmt_bytes),
+        Column("matched", fmt_matched, right=True),
+        Column("status", lambda r: fmt_statuses(r["status_counts"])),
+    ]
+    return Table(records, columns, header)
+
+
+def _add_kinds(records: list[dict[str, Any]], dispatches: list[dict[str, Any]]) -> None:
+    """Each flag-study record's time per kind, and its change against its context's baseline."""
+    per_point = profiles.kind_ms(dispatches)
+    base: dict[str, float] = {}
+    for record in records:
+        kinds = [per_point[k] for k in record.pop("point_keys", []) if k in per_point]
+        record["kinds"] = profiles.pooled_kind_ms(kinds)
+        if record.get("verdict") == "baseline":
+            base = record["kinds"]
+            continue
+        record["kind_change"] = profiles.kind_change(base, record["kinds"])
+
+
+def _profile_columns(records: list[dict[str, Any]]) -> list[Column]:
+    """device and host ms per token when any point was profiled."""
+    if not any(r.get("device_ms") is not None for r in records):
+        return []
+    return [metric("device ms", "device_ms"), metric("host ms", "host_ms")]
+
+
+def dispatches_table(
+    rows: list[dict[str, Any]], header: dict[str, Any], dispatches: list[dict[str, Any]], top: int
+) -> Table:
+    """`--dispatches`: each point's top dispatches with their share of its dispatch time."""
+    points = sorted(
+        rows, key=lambda r: analysis.sort_key(tuple(r.get(c) for c in analysis.DEFAULT_BY))
+    )
+    fields = ("point_key", *analysis.DEFAULT_BY)
+    records = profiles.top_dispatches(
+        dispatches, [{c: r.get(c) for c in fields} for r in points], top
+    )
+    columns = [key_column(col) for col in analysis.DEFAULT_BY]
+    columns += [
+        metric("#", "rank", fmt_value),
+        Column("kind", lambda r: r["kind"]),
+        metric("ms/tok", "ms_per_token"),
+        metric("share", "share", fmt_percent),
+        metric("calls/tok", "calls_per_token", fmt_value),
+        Column("dispatch", lambda r: r["name"]),
+    ]
+    notes = [] if records else ["no profiled points: run the sweep with profile=true"]
+    return Table(records, columns, header, notes=notes)
+
+
+def _roofline_column(records: list[dict[str, Any]]) -> list[Column]:
+    """A percent column when any record has a roofline fraction (a newer schema)."""
+    if not any(r.get("roofline_frac") is not None for r in records):
+        return []
+    return [metric("roofline", "roofline_frac", fmt_percent)]
+
+
+def context_header(run: str, rows: list[dict[str, Any]], shown: Sequence[str]) -> dict[str, Any]:
+    """The run and the point columns that hold one value over all rows (and are no column)."""
+    hidden = [c for c in analysis.POINT_COLUMNS if c not in shown and c != "prompt_bucket"]
+    return {"run": run, **analysis.constant_columns(rows, hidden)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.report", description="Summarise a sweep's results as a table."
+    )
+    add_output_args(parser)
+    parser.add_argument(
+        "--run",
+        help="run id (default: the newest run); 'all': newest row of every point across runs",
+    )
+    parser.add_argument("--grid", help="only rows of this grid")
+    parser.add_argument(
+        "--by",
+        default=",".join(analysis.DEFAULT_BY),
+        help="comma-separated columns to group by (default %(default)s); "
+        "'flag_set' alone: the flag study",
+    )
+    parser.add_argument(
+        "--dispatches",
+        nargs="?",
+        type=int,
+        const=5,
+        metavar="N",
+        help="each point's top N dispatches (default 5) from its profile (profile=true)",
+    )
+    parser.add_argument(
+        "--search",
+        action="store_true",
+        help="the searches' studies: best configuration per variant and device, its speedups",
+    )
+    parser.add_argument("--plots", action="store_true", help="also write PNG plots")
+    parser.add_argument(
+        "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
+    )
+    return parser
+
+
+def report(args: argparse.Namespace) -> None:
+    if args.search:
+        search_report(args)
+        return
+    by = parse_by(args.by)
+    table = load_table(args.results, args.grid, samples=by == ["flag_set"], extra=by)
+    run, rows = select_run(table, args.run)
+    dispatches = profiles.load(args.results, (r["point_key"] for r in rows))
+    if args.dispatches is not None:
+        table = dispatches_table(
+            rows, context_header(run, rows, analysis.DEFAULT_BY), dispatches, args.dispatches
+        )
+    elif by == ["flag_set"]:
+        shown = (*analysis.FLAG_CONTEXT, "layout")
+        table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
+    else:
+        table = summary_table(rows, by, context_header(run, rows, by))
+        table.notes += text_notes(rows)
+    emit(render(table, args.format), args.out)
+    if args.plots:
+        from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
+
+        out_dir = args.plots_dir or Path(args.results) / "plots" / run
+        context = analysis.constant_columns(rows, ("model", "grid"))
+        title = "  ".join([*(f"{k} {v}" for k, v in context.items()), f"run {run}"])
+        paths, notes = write_plots(rows, out_dir, title=title, dispatches=dispatches)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        for path in paths:
+            print(f"wrote {path}", file=sys.stderr)
+
+
+MAX_TEXT_NOTES = 8
+
+
+def text_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What a text prompt gave (bench.prompt on a real checkpoint): prompt -> output."""
+    from sweep.plan.grid import point_label
+
+    with_text = [r for r in rows if r.get("output_text")]
+    notes = [
+        f"{point_label(r)}: {r.get('prompt_text')!r} -> {r['output_text']!r}"
+        for r in with_text[:MAX_TEXT_NOTES]
+    ]
+    if len(with_text) > MAX_TEXT_NOTES:
+        notes.append(f"... and {len(with_text) - MAX_TEXT_NOTES} more (column output_text)")
+    return notes
+
+
+def search_report(args: argparse.Namespace) -> None:
+    from sweep.search.summaries import best_so_far_figure, load_studies, studies_table
+
+    summaries = load_studies(args.results)
+    if not summaries:
+        raise ReportError(
+            f"no search under {args.results}: run one with e.g. "
+            "`python -m sweep +grid=smoke +search=flags search.trials=12`"
+        )
+    emit(render(studies_table(summaries), args.format), args.out)
+    if args.plots:
+        out_dir = args.plots_dir or Path(args.results) / "plots"
+        figure = best_so_far_figure(summaries)
+        if isinstance(figure, str):
+            print(f"note: skipped search_best_so_far.png: {figure}", file=sys.stderr)
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "search_best_so_far.png"
+        figure.savefig(path, dpi=120)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), report, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
