@@ -8,11 +8,30 @@ between them) is exercised by every sweep test, as it would be on two hosts.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import save_tiny_llama
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _has_cuda_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only where a CUDA GPU is present."""
+    if _has_cuda_gpu():
+        return
+    skip = pytest.mark.skip(reason="no GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -45,40 +64,8 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def save_tiny_llama(directory: Path, *, seed: int = 0, **overrides) -> Path:
-    """A random tiny Llama saved by transformers itself (safetensors), with unit-gain
-    weights so greedy decode gives varied tokens (std 0.02 repeats one token)."""
-    import math
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        **{
-            "vocab_size": 256,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "max_position_embeddings": 2048,
-            "tie_word_embeddings": True,
-            **overrides,
-        }
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 1:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            else:
-                param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    save_tiny_llama(directory)
+    return directory

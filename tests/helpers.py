@@ -1,10 +1,13 @@
-"""Helpers the tests share: the project's own devices and variants, and checkpoint tools
-that only tests need."""
+"""Helpers the tests share: the project's own devices and variants, one way to run a sweep
+in-process, one tiny-model factory, and checkpoint tools that only tests need."""
 
 from __future__ import annotations
 
 import functools
+import io
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,3 +102,63 @@ def fake_measurement(
         "node_id": "n1",
     }
     return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def sweep(tmp_path: Path, cache: Path, *overrides: str) -> tuple[Any, str]:
+    """A sweep run in-process on the session cluster, as `python -m sweep` runs it, into
+    `tmp_path/results` with `cache`: (its outcome, what it printed)."""
+    from sweep.plan.config import load_config
+    from sweep.run import run_sweep
+
+    cfg, resolved = load_config(
+        [f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides]
+    )
+    out = io.StringIO()
+    return run_sweep(cfg, resolved, out=out), out.getvalue()
+
+
+TINY_LLAMA = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 2048,
+}
+
+
+def save_tiny_llama(
+    directory: Path,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    unit_gain: bool = True,
+    tied: bool = True,
+    max_shard_size: str | None = None,
+    **config: Any,
+) -> dict[str, Any]:
+    """A random 2-layer Llama saved by transformers itself (safetensors); its state_dict.
+
+    `unit_gain` draws every matrix with unit output scale and norms near 1, so greedy
+    decode gives varied tokens (transformers' own init, std 0.02, repeats one token);
+    without it the weights are transformers' init with the norms made distinguishable.
+    """
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    hf_cfg = transformers.LlamaConfig(**{**TINY_LLAMA, "tie_word_embeddings": tied, **config})
+    model = transformers.LlamaForCausalLM(hf_cfg).eval().to(getattr(torch, dtype))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if unit_gain and param.ndim == 1:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            elif unit_gain:
+                param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
+            elif "norm" in name:  # transformers inits norms to exactly 1.0
+                param.add_(torch.randn_like(param) * 0.1)
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(directory, safe_serialization=True, **kwargs)
+    return model.state_dict()

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import load_checkpoint, variant
+from tests.helpers import load_checkpoint, save_tiny_llama, variant
 from workers.checkpoint import (
     INDEX_FILE,
     SINGLE_FILE,
@@ -44,36 +43,25 @@ LLAMA3_ROPE = {
 }
 
 
-def save_tiny_llama(
+def save_checkpoint(
     directory: Path,
     dtype: torch.dtype = torch.bfloat16,
     tied: bool = True,
     rope_scaling: dict | None = LLAMA3_ROPE,
-    **save_kwargs: object,
+    **kwargs: object,
 ) -> dict[str, torch.Tensor]:
-    """Saves a 2-layer random Llama with transformers; returns its state_dict."""
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+    """The shared tiny Llama as a real checkpoint holds it: transformers' own init, bf16,
+    Llama 3 rope scaling; returns its state_dict."""
+    return save_tiny_llama(
+        directory,
+        dtype=str(dtype).removeprefix("torch."),
+        unit_gain=False,
+        tied=tied,
+        rope_scaling=rope_scaling,
         rms_norm_eps=1e-6,
         rope_theta=500000.0,
-        rope_scaling=rope_scaling,
-        tie_word_embeddings=tied,
-        max_position_embeddings=2048,
+        **kwargs,
     )
-    model = transformers.LlamaForCausalLM(hf_cfg).to(dtype)
-    with torch.no_grad():  # norms init to exactly 1.0; make them distinguishable
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(torch.randn_like(param) * 0.1)
-    model.save_pretrained(directory, safe_serialization=True, **save_kwargs)
-    return model.state_dict()
 
 
 def expected_config(tied: bool = True, rope: RopeScaling | None = None) -> LlamaConfig:
@@ -110,7 +98,7 @@ def assert_matches_state_dict(
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_loads_transformers_checkpoint_exactly(tmp_path: Path, dtype: torch.dtype, tied: bool):
-    state_dict = save_tiny_llama(tmp_path, dtype=dtype, tied=tied)
+    state_dict = save_checkpoint(tmp_path, dtype=dtype, tied=tied)
     cfg, weights = load_checkpoint(tmp_path)
     assert cfg == expected_config(tied=tied, rope=LLAMA3_SCALING)
     assert ("lm_head.weight" in weights) == (not tied)
@@ -118,8 +106,8 @@ def test_loads_transformers_checkpoint_exactly(tmp_path: Path, dtype: torch.dtyp
 
 
 def test_sharded_checkpoint_loads_identically(tmp_path: Path):
-    state_dict = save_tiny_llama(tmp_path / "sharded", tied=False, max_shard_size="20KB")
-    save_tiny_llama(tmp_path / "single", tied=False)
+    state_dict = save_checkpoint(tmp_path / "sharded", tied=False, max_shard_size="20KB")
+    save_checkpoint(tmp_path / "single", tied=False)
     assert (tmp_path / "sharded" / INDEX_FILE).is_file()
     assert not (tmp_path / "sharded" / SINGLE_FILE).exists()
     cfg, weights = load_checkpoint(tmp_path / "sharded")
@@ -128,14 +116,14 @@ def test_sharded_checkpoint_loads_identically(tmp_path: Path):
 
 
 def test_default_rope_has_no_scaling(tmp_path: Path):
-    save_tiny_llama(tmp_path, rope_scaling=None)
+    save_checkpoint(tmp_path, rope_scaling=None)
     cfg, _ = load_checkpoint(tmp_path)
     assert cfg == expected_config(rope=None), "rope_theta must come from rope_parameters"
 
 
 def test_legacy_rope_keys_parse(tmp_path: Path):
     """Hub checkpoints (transformers 4) use top-level rope_theta / rope_scaling."""
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     params = raw.pop("rope_parameters")
     raw["rope_theta"] = params.pop("rope_theta")
@@ -146,7 +134,7 @@ def test_legacy_rope_keys_parse(tmp_path: Path):
 
 
 def test_loads_without_torch(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     code = (
         "import sys; from workers.checkpoint import lazy_checkpoint; "
         f"t = lazy_checkpoint({str(tmp_path)!r}); [t[n] for n in t]; "
@@ -181,14 +169,14 @@ def test_missing_directory(tmp_path: Path):
 
 
 def test_missing_config(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     (tmp_path / "config.json").unlink()
     with raises(str(tmp_path / "config.json"), "not found"):
         load_checkpoint(tmp_path)
 
 
 def test_non_llama_config(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     raw["model_type"] = "gpt2"
     (tmp_path / "config.json").write_text(json.dumps(raw))
@@ -197,14 +185,14 @@ def test_non_llama_config(tmp_path: Path):
 
 
 def test_no_weights_file(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     (tmp_path / SINGLE_FILE).unlink()
     with raises(str(tmp_path), SINGLE_FILE, INDEX_FILE):
         load_checkpoint(tmp_path)
 
 
 def test_index_references_missing_shard(tmp_path: Path):
-    save_tiny_llama(tmp_path, max_shard_size="20KB")
+    save_checkpoint(tmp_path, max_shard_size="20KB")
     weight_map = json.loads((tmp_path / INDEX_FILE).read_text())["weight_map"]
     shard = weight_map["model.layers.1.mlp.up_proj.weight"]
     (tmp_path / shard).unlink()
@@ -213,7 +201,7 @@ def test_index_references_missing_shard(tmp_path: Path):
 
 
 def test_index_missing_tensor(tmp_path: Path):
-    save_tiny_llama(tmp_path, max_shard_size="20KB")
+    save_checkpoint(tmp_path, max_shard_size="20KB")
     index = json.loads((tmp_path / INDEX_FILE).read_text())
     del index["weight_map"]["model.norm.weight"]
     (tmp_path / INDEX_FILE).write_text(json.dumps(index))
@@ -223,7 +211,7 @@ def test_index_missing_tensor(tmp_path: Path):
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_missing_tensor(tmp_path: Path, tied: bool):
-    save_tiny_llama(tmp_path, tied=tied)
+    save_checkpoint(tmp_path, tied=tied)
     name = "model.layers.1.mlp.up_proj.weight" if tied else "lm_head.weight"
     rewrite_tensors(tmp_path, lambda tensors: tensors.pop(name))
     with raises(SINGLE_FILE, repr(name), "missing"):
@@ -231,7 +219,7 @@ def test_missing_tensor(tmp_path: Path, tied: bool):
 
 
 def test_untied_config_needs_lm_head(tmp_path: Path):
-    save_tiny_llama(tmp_path, tied=True)  # no lm_head.weight in the file
+    save_checkpoint(tmp_path, tied=True)  # no lm_head.weight in the file
     raw = json.loads((tmp_path / "config.json").read_text())
     raw["tie_word_embeddings"] = False
     (tmp_path / "config.json").write_text(json.dumps(raw))
@@ -240,7 +228,7 @@ def test_untied_config_needs_lm_head(tmp_path: Path):
 
 
 def test_extra_tensors_are_ignored(tmp_path: Path):
-    state_dict = save_tiny_llama(tmp_path, tied=True)
+    state_dict = save_checkpoint(tmp_path, tied=True)
 
     def add_extras(tensors: dict[str, torch.Tensor]) -> None:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
@@ -252,7 +240,7 @@ def test_extra_tensors_are_ignored(tmp_path: Path):
 
 
 def test_wrong_shape(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     name = "model.layers.0.mlp.gate_proj.weight"
     rewrite_tensors(tmp_path, lambda tensors: tensors.update({name: torch.zeros(64, 128)}))
     with raises(SINGLE_FILE, repr(name), "expected (128, 64)", "got (64, 128)"):
@@ -260,7 +248,7 @@ def test_wrong_shape(tmp_path: Path):
 
 
 def test_unsupported_dtype(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     name = "model.norm.weight"
     rewrite_tensors(tmp_path, lambda tensors: tensors.update({name: torch.ones(64, dtype=int)}))
     with raises(SINGLE_FILE, repr(name), "unsupported dtype 'I64'", "BF16"):
@@ -273,7 +261,7 @@ def test_unsupported_dtype(tmp_path: Path):
     ids=["no-header-length", "header-cut"],
 )
 def test_truncated_file(tmp_path: Path, keep_bytes: int, message: str):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     path = tmp_path / SINGLE_FILE
     os.truncate(path, keep_bytes)
     with raises(str(path), message):
@@ -281,7 +269,7 @@ def test_truncated_file(tmp_path: Path, keep_bytes: int, message: str):
 
 
 def test_data_cut_names_tensor(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     path = tmp_path / SINGLE_FILE
     with open(path, "rb") as f:
         header_bytes = int.from_bytes(f.read(8), "little")
@@ -294,7 +282,7 @@ def test_data_cut_names_tensor(tmp_path: Path):
 
 
 def test_corrupt_header(tmp_path: Path):
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     path = tmp_path / SINGLE_FILE
     with open(path, "r+b") as f:
         f.seek(8)
@@ -361,7 +349,7 @@ def test_consumed_tensors_build_the_same_variant(tmp_path: Path):
     for name, a, b in zip(made.names, made.arrays, expected.arrays, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
-    save_tiny_llama(tmp_path)
+    save_checkpoint(tmp_path)
     _, loaded = load_checkpoint(tmp_path)
     from_disk = lazy_checkpoint(tmp_path)
     assert len(from_disk) == len(loaded)
@@ -379,7 +367,7 @@ def test_fingerprint_follows_the_content_and_is_remembered(tmp_path: Path, monke
     from workers.point import ModelSource
 
     model, cache = tmp_path / "model", tmp_path / "cache"
-    save_tiny_llama(model)
+    save_checkpoint(model)
     source = ModelSource("mine", path=str(model))
     first = source.weights_id(cache)
     assert first == source.weights_id(cache) and len(first) == 16

@@ -7,7 +7,6 @@ checkpoint re-saved at the same path.
 
 from __future__ import annotations
 
-import io
 import itertools
 import shutil
 import subprocess
@@ -17,20 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from sweep.plan.config import load_config
-from sweep.run import run_sweep
 from sweep.store.results import read_results
 from tests.conftest import ROOT
+from tests.helpers import sweep
 
 pytestmark = pytest.mark.slow  # real Ray clusters and iree-compile
-
-
-def sweep(tmp_path: Path, cache: Path, *overrides: str):
-    cfg, resolved = load_config(
-        [f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides]
-    )
-    out = io.StringIO()
-    return run_sweep(cfg, resolved, out=out), out.getvalue()
 
 
 def test_two_sweeps_at_once_share_the_results_and_the_cache(tmp_path: Path):

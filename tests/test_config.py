@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.plan.config import ConfigError, FlagSet, SweepConfig, load_config
+from sweep.plan.config import CONF_DIR, ConfigError, FlagSet, SweepConfig, load_config
 from workers.devices import DeviceSpec
 from workers.variant import Variant
 
@@ -18,13 +18,16 @@ def config(*overrides: str) -> SweepConfig:
     return load_config(list(overrides))[0]
 
 
-def test_every_grid_in_conf_composes():
-    for grid in ("phase2b", "smoke", "flags", "efficiency"):
-        cfg = config(f"+grid={grid}")
-        assert cfg.grid.name == grid
-        assert set(cfg.grid.variants) <= set(cfg.variants)
-        assert set(cfg.grid.devices) <= set(cfg.devices)
-        assert "default" in cfg.grid.flag_sets
+GRIDS = sorted(path.stem for path in (CONF_DIR / "grid").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_every_grid_in_conf_composes(grid: str):
+    cfg = config(f"+grid={grid}")
+    assert cfg.grid.name == grid
+    assert set(cfg.grid.variants) <= set(cfg.variants)
+    assert set(cfg.grid.devices) <= set(cfg.devices)
+    assert "default" in cfg.grid.flag_sets
 
 
 def test_devices_and_variants_are_typed_values_from_yaml():

@@ -73,7 +73,7 @@ def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
 
     md = io.StringIO()
     with contextlib.redirect_stdout(md):
-        report.main(["--results", str(tmp_path / "results"), "--by", "flag_set"])
+        assert report.main(["--results", str(tmp_path / "results"), "--by", "flag_set"]) == 0
     header = md.getvalue()
     for column in ("speedup", "verdict", "vs default"):
         assert column in header, header

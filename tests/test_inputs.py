@@ -10,7 +10,7 @@ import pytest
 
 from sweep.plan.config import ConfigError, load_config
 from sweep.run import run_sweep
-from tests.conftest import save_tiny_llama
+from tests.helpers import save_tiny_llama, sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster and iree-compile
 
@@ -50,14 +50,6 @@ def cache_at(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return hf_home
-
-
-def sweep(tmp_path: Path, cache: Path, *overrides: str):
-    cfg, resolved = load_config(
-        [f"results_dir={tmp_path / 'results'}", f"cache_dir={cache}", *overrides]
-    )
-    out = io.StringIO()
-    return run_sweep(cfg, resolved, out=out), out.getvalue()
 
 
 SMALL = ("+grid=smoke", "~grid.flag_sets.O3", "grid.variants=[fp32]")

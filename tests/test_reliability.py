@@ -22,6 +22,7 @@ from sweep.plan.config import load_config
 from sweep.run import run_sweep
 from sweep.store.results import read_results
 from tests.conftest import ROOT
+from tests.helpers import sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile, killed processes
 
@@ -73,15 +74,12 @@ def parquet_files(results: Path) -> list[Path]:
 
 
 def test_unknown_flag_fails_its_points_only(ray_cluster, tmp_path, shared_cache):
-    cfg, resolved = load_config(
-        [
-            "+grid=smoke",
-            "+grid.flag_sets.bad=[--iree-no-such-flag]",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={shared_cache}",
-        ]
+    outcome, _ = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        "+grid.flag_sets.bad=[--iree-no-such-flag]",
     )
-    outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 1
     by_set: dict[str, set[str]] = {}
     for row in outcome.rows:
@@ -93,36 +91,30 @@ def test_unknown_flag_fails_its_points_only(ray_cluster, tmp_path, shared_cache)
 
 
 def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_path):
-    cfg, resolved = load_config(
-        [
-            "+grid=smoke",
-            "grid.variants=[fp32]",
-            "~grid.flag_sets.O3",
-            "grid.prompt_lengths=[8]",
-            "bench.compile_timeout_s=0.05",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={tmp_path / 'fresh-cache'}",  # a cache hit would not compile at all
-        ]
+    outcome, _ = sweep(
+        tmp_path,
+        tmp_path / "fresh-cache",
+        "+grid=smoke",
+        "grid.variants=[fp32]",
+        "~grid.flag_sets.O3",
+        "grid.prompt_lengths=[8]",
+        "bench.compile_timeout_s=0.05",
     )
-    outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["compile_timeout"]
     assert "timeout" in outcome.rows[0]["error_message"].lower()
 
 
 def test_bench_timeout_kills_the_actor_and_the_sweep_goes_on(ray_cluster, tmp_path, shared_cache):
-    cfg, resolved = load_config(
-        [
-            "+grid=smoke",
-            "grid.variants=[fp32]",
-            "~grid.flag_sets.O3",
-            *LONG_POINTS,
-            "bench.point_timeout_s=0.3",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={shared_cache}",
-        ]
+    outcome, _ = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        "grid.variants=[fp32]",
+        "~grid.flag_sets.O3",
+        *LONG_POINTS,
+        "bench.point_timeout_s=0.3",
     )
-    outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["bench_timeout", "bench_timeout"]
     assert "point_timeout_s" in outcome.rows[0]["error_message"]
@@ -205,16 +197,13 @@ def test_unwritable_results_dir_fails_before_any_compile(tmp_path):
 def test_a_real_checkpoint_runs_through_the_sweep(
     ray_cluster, tmp_path, shared_cache, tiny_checkpoint
 ):
-    cfg, resolved = load_config(
-        [
-            "+grid=smoke",
-            f"model.path={tiny_checkpoint}",
-            "~grid.flag_sets.O3",
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={shared_cache}",
-        ]
+    outcome, _ = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        f"model.path={tiny_checkpoint}",
+        "~grid.flag_sets.O3",
     )
-    outcome = run_sweep(cfg, resolved, out=io.StringIO())
     assert outcome.exit_code == 0
     assert {r["status"] for r in outcome.rows} == {"ok"}
     assert all(r["num_tokens_matched"] == len(r["tokens"]) for r in outcome.rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import time
@@ -12,25 +11,12 @@ import pytest
 
 from sweep.plan.config import load_config
 from sweep.plan.grid import expand
-from sweep.run import run_sweep
 from sweep.store.results import read_results
 from tests.conftest import ROOT
+from tests.helpers import sweep
 from workers.llama_config import preset
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile and subprocesses
-
-
-def sweep(tmp_path, cache, *overrides: str):
-    """Runs a sweep in-process on the session cluster; returns (outcome, printed text)."""
-    cfg, resolved = load_config(
-        [
-            f"results_dir={tmp_path / 'results'}",
-            f"cache_dir={cache}",
-            *overrides,
-        ]
-    )
-    out = io.StringIO()
-    return run_sweep(cfg, resolved, out=out), out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +112,16 @@ def test_prompt_length_axis_does_not_recompile_decode(ray_cluster, tmp_path, sha
     points = expand(cfg, "model")
     decode_graphs = {(p.graph(preset("tiny"), "decode"), p.flags) for p in points}
     assert len(decode_graphs) == len(cfg.grid.variants) * len(cfg.grid.flag_sets)
+
+
+@pytest.mark.gpu
+def test_smoke_grid_on_a_gpu_gives_ok_rows_checked_against_xla(ray_cluster, tmp_path, shared_cache):
+    """Where a CUDA GPU is present (skipped elsewhere: no GPU), the cuda points run and
+    their tokens equal the XLA reference's, as the cpu points' do."""
+    outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", "grid.devices=[cuda]")
+    assert outcome.exit_code == 0, text
+    assert {r["status"] for r in outcome.rows} == {"ok"}
+    assert all(r["num_tokens_matched"] == len(r["tokens"]) for r in outcome.rows)
 
 
 def test_cuda_on_a_gpu_less_cluster_is_skipped_at_once(ray_cluster, tmp_path, shared_cache):
