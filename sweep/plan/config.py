@@ -92,8 +92,8 @@ class BenchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
-    address: str = ""
-    num_cpus: int | None = None
+    address: str = ""  # empty: start a local Ray; "auto" or host:port joins a cluster
+    num_cpus: int | None = None  # CPUs of the local Ray (None: all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +154,11 @@ class SweepConfig:
     variants: dict[str, Variant]  # every known variant; grid.variants picks among them
     grid: GridConfig
     bench: BenchConfig
-    ray: RayConfig
     results_dir: str
     cache_dir: str
     rerun: bool
     dry_run: bool
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     profile: bool = False  # IREE's per-dispatch profile of every ok point, after its timing
     search: SearchConfig | None = None  # `+search=flags`: search the space instead of the grid
     compile: str = "auto"  # auto: compile what the cache lacks; cache_only: never compile
@@ -323,7 +323,9 @@ def _twin(cls: type) -> type:
         if f.default is not dataclasses.MISSING:
             fields.append((f.name, hint, dataclasses.field(default=f.default)))
         elif f.default_factory is not dataclasses.MISSING:
-            fields.append((f.name, hint, dataclasses.field(default_factory=f.default_factory)))
+            factory = _twin(f.default_factory) if dataclasses.is_dataclass(f.default_factory) else None
+            default = factory or f.default_factory
+            fields.append((f.name, hint, dataclasses.field(default_factory=default)))
         else:
             fields.append((f.name, hint, dataclasses.field(default=MISSING)))
     return dataclasses.make_dataclass(cls.__name__, fields)
