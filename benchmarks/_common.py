@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sweep.execute.cluster import BENCH_ENV
 from workers.profile import iree_tool as iree_tool  # the scripts' IREE tools: the profiler's
 
 REPORT_DIR = Path("outputs/benchmarks")
@@ -162,13 +163,9 @@ def wait_for_quiet(
             return probe.other
 
 
-# Transparent huge pages change IREE's CPU decode speed by 10-30% (fewer TLB misses
-# over GBs of weights). With the kernel in "madvise" mode a buffer gets them only if its
-# range was madvised: numpy does that for its own arrays, and IREE's runtime buffers
-# then inherit it by chance when glibc reuses that memory, while a fresh
-# iree-benchmark-module process gets none. This tunable makes glibc's malloc madvise
-# every large allocation, so two processes get the same treatment.
-THP_TUNABLE = "glibc.malloc.hugetlb=1"
+# Transparent huge pages as benchmark actors get them (`BENCH_ENV`, whose comment says
+# why): a fresh iree-benchmark-module process gets none unless given the same tunable.
+THP_TUNABLE = BENCH_ENV["GLIBC_TUNABLES"]
 
 
 def thp_env(enabled: bool, env: dict[str, str] | None = None) -> dict[str, str]:

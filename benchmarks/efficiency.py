@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workers.kinds import Status
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -106,7 +108,7 @@ def table_row(name: str, r: dict[str, Any]) -> list[str]:
 def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
     cfg, outcome, wall_s, log = timed_sweep(name, overrides)
     rows = outcome.rows
-    bad = [r for r in rows if r["status"] != "ok"]
+    bad = [r for r in rows if r["status"] != Status.OK]
     if bad or len(rows) != outcome.num_points:
         raise RuntimeError(f"{name}: {len(bad)} points not ok\n{log[-4000:]}")
     bench_s = sum(r["bench_s"] for r in rows)

@@ -30,6 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import default_report_path, machine_info, markdown_table, write_json  # noqa: E402
+from workers.kinds import Status
+from workers.measurement import tok_s  # noqa: E402
 
 QUERIES = {
     "seed table": """SELECT variant, device, median(tok_s), median(decode_ms_p50),
@@ -87,7 +89,7 @@ def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[di
                 "prompt_length": 8 + i % 100,
                 "max_seq": 256,
                 "flag_set": f"f{i % 25}" if i % 25 else "default",
-                "status": "ok" if i % 50 != 1 else "compile_error",
+                "status": Status.OK if i % 50 != 1 else Status.COMPILE_ERROR,
                 "num_dispatches": 100 + i % 25,
                 "decode_ms_p10": p10,
                 "decode_ms_p50": p50,
@@ -97,7 +99,7 @@ def synthetic_rows(n: int, rng: np.random.Generator, start: datetime) -> list[di
                 "tokens": tokens,
                 "reference_tokens": tokens,
                 "num_tokens_matched": 44,
-                "tok_s": 1000 / p50,
+                "tok_s": tok_s(p50),
                 "prefill_ms": 3 * p50,
                 "decode_samples_ms": samples.tolist(),
                 "created_at": start + timedelta(seconds=i),

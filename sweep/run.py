@@ -28,7 +28,7 @@ from sweep.plan.config import ConfigError, SweepConfig, check
 from sweep.plan.grid import Point, expand, point_label
 from sweep.readers import analysis
 from sweep.readers.report import text_notes
-from sweep.readers.tables import Column, Table, fmt_statuses, render_md
+from sweep.readers.tables import Column, Table, fmt_spread, fmt_statuses, metric, render_md
 from sweep.search.study import Search, print_search_plan
 from sweep.search.study import baselines as search_baselines
 from sweep.store.compaction import compact_run
@@ -316,10 +316,10 @@ SUMMARY_COLUMNS = [
     Column("batch", _cell("{}", "batch_size"), right=True, fold="batch_size"),
     Column("depth", _cell("{}", "depth"), right=True, fold="depth"),
     Column("attention", lambda r: str(r.get("attention_span") or "all"), fold="attention_span"),
-    Column("tok/s", _cell("{:.2f}", "tok_s"), right=True),
-    Column("ms/tok p50", _cell("{:.2f}", "decode_ms_p50"), right=True),
-    Column("p10-p90", _cell("{:.2f}-{:.2f}", "decode_ms_p10", "decode_ms_p90"), right=True),
-    Column("prefill ms", _cell("{:.2f}", "prefill_ms"), right=True),
+    metric("tok/s", "tok_s"),
+    metric("ms/tok p50", "decode_ms_p50"),
+    Column("p10-p90", fmt_spread, right=True),
+    metric("prefill ms", "prefill_ms"),
     Column("matched", lambda r: f"{r['num_tokens_matched']}/{len(r['tokens'])}", right=True),
     Column("status", _cell("{}", "status")),
 ]

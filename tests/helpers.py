@@ -15,6 +15,7 @@ from workers.devices import DeviceSpec
 from workers.llama_config import LlamaConfig
 from workers.measurement import Measurement
 from workers.quant import VariantWeights, dequantize, unpack_lanes, unpack_uint4
+from workers.reference import num_matching
 from workers.variant import EMBEDDING, Variant
 
 
@@ -78,10 +79,7 @@ def fake_measurement(
 ) -> Measurement:
     """A measurement as a worker returns it, for code that only reads one (rows, scheduler)."""
     reference = tokens if reference is None else reference
-    matched = next(
-        (i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b),
-        min(len(tokens), len(reference)),
-    )
+    matched = num_matching(tokens, reference)
     defaults: dict[str, object] = {
         "prefill_samples_ms": (3.0, 1.0, 2.0),
         "decode_samples_ms": (4.0, 2.0, 3.0, 5.0),

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sweep.readers.analysis import newest_per_point
 from sweep.store.results import (
     COLUMNS,
     SCHEMA,
@@ -29,6 +28,7 @@ from sweep.store.results import (
     ResultsWriter,
     completed_point_keys,
     duckdb_connect,
+    newest_per_point,
     read_results,
 )
 from workers.measurement import decode_stats

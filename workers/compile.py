@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING
 
 from workers.devices import DeviceSpec
 from workers.files import atomic_write
+from workers.kinds import Status
 from workers.locks import key_lock
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class CompileResult:
     num_dispatches: int | None  # flow.dispatch ops after the flow phase
     cache_hit: bool
     command: str  # shlex-joined iree-compile command line, with input and output paths
-    error_class: str | None  # None, "compile_error" or "compile_timeout"
+    error_class: Status | None  # None, compile_error or compile_timeout
     error_message: str | None  # tail of the compiler's output
     returncode: int | None  # None when killed on timeout
     vmfb_bytes: int | None = None
@@ -290,7 +291,7 @@ def compile_graph(
                 return dataclasses.replace(cached, stablehlo_sha256=sha)
     if mode == "cache_only":
         return CompileResult.failed(
-            "compile_error",
+            Status.COMPILE_ERROR,
             f"graph {graph.label} for {device.name} with flags {list(flags)} was not prepared: "
             f"compile=cache_only compiles nothing and {cache_dir} lacks it; prepare it on a "
             "host with iree-compile (python -m sweep.bundle, or the same sweep there)",
@@ -411,10 +412,10 @@ def _compile_in(
         output_path.unlink(missing_ok=True)  # a killed compiler leaves an empty or partial file
     if returncode is None:
         message = f"iree-compile ran past timeout_s={timeout_s} and was killed\n{output}"
-        return _failure(common, "compile_timeout", message, None)
+        return _failure(common, Status.COMPILE_TIMEOUT, message, None)
     if returncode != 0 or not output_path.is_file():
         headline = f"iree-compile {_exit_text(returncode)}"
-        return _failure(common, "compile_error", f"{headline}\n{output}", returncode)
+        return _failure(common, Status.COMPILE_ERROR, f"{headline}\n{output}", returncode)
     return CompileResult(
         ok=True,
         vmfb=output_path.read_bytes(),
@@ -498,7 +499,7 @@ def _deterministic_failure(result: CompileResult) -> bool:
     """An error exit or a crash of the compiler's own making; never a timeout or a kill."""
     rc = result.returncode
     return (
-        result.error_class == "compile_error"
+        result.error_class == Status.COMPILE_ERROR
         and rc is not None
         and (rc > 0 or rc in _COMPILER_CRASHES)
     )
@@ -512,7 +513,7 @@ def _load_cached(cache_dir: Path, key: str) -> CompileResult | None:
         if meta.get("ok") is False:
             return dataclasses.replace(
                 CompileResult.failed(
-                    "compile_error", meta["error_message"], command=meta["command"]
+                    Status.COMPILE_ERROR, meta["error_message"], command=meta["command"]
                 ),
                 key=key,
                 compile_s=meta["compile_s"],

@@ -16,11 +16,12 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from workers.kinds import GraphKind
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs, batched, cache_shape
 from workers.variant import ArgSpec, Variant, numpy_dtype
 
-GRAPH_KINDS: tuple[str, ...] = ("prefill", "decode")
+GRAPH_KINDS: tuple[GraphKind, ...] = tuple(GraphKind)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,11 @@ import numpy as np
 from workers.profile import Profile
 
 
+def tok_s(decode_ms_p50: float, batch_size: float = 1) -> float:
+    """Tokens per second of a decode step that makes `batch_size` tokens in `decode_ms_p50`."""
+    return 1000.0 * batch_size / decode_ms_p50
+
+
 def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
     """Summary statistics of timed decode steps, named as the result columns.
 
@@ -43,7 +48,7 @@ def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
         "decode_ms_p99": float(p99),
         "decode_ms_mean": float(np.mean(samples)),
         "decode_ms_std": std,
-        "tok_s": 1000.0 / float(p50),
+        "tok_s": tok_s(float(p50)),
     }
 
 
@@ -84,7 +89,7 @@ class Measurement:
     def decode_stats(self) -> dict[str, float]:
         """The step statistics; tok/s counts every sequence of the batch."""
         stats = decode_stats(self.decode_samples_ms)
-        return {**stats, "tok_s": stats["tok_s"] * self.batch}
+        return {**stats, "tok_s": tok_s(stats["decode_ms_p50"], self.batch)}
 
     @property
     def prefill_tok_s(self) -> float:

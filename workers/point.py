@@ -24,6 +24,7 @@ import numpy as np
 
 from workers.devices import DeviceSpec
 from workers.export import GraphSpec
+from workers.kinds import Runtime
 from workers.llama_config import LlamaConfig, preset
 from workers.measurement import Measurement
 from workers.model import cache_shape
@@ -32,7 +33,7 @@ from workers.quant import VariantWeights, prepare_variant
 from workers.runtime import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
 from workers.variant import Variant, check_layout, numpy_dtype
 
-RUNTIMES: tuple[str, ...] = ("iree", "xla")
+RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ The raw `.ireeprof` comes back too, so `iree-profile explain` can be run on it l
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import os
@@ -41,15 +42,31 @@ from workers.export import GraphSpec
 from workers.files import atomic_write
 from workers.quant import VariantWeights
 
-# What a dispatch does, from the summary IREE puts in its name (the most expensive op:
-# compiler/src/iree/compiler/Dialect/Flow/Transforms/AnnotateDispatches.cpp).
-KINDS: tuple[tuple[str, str], ...] = (
-    (r"(^|_)(batch_)?(matmul|vecmat|matvec|mmt4d|contract|conv)", "matmul"),
-    (r"(^|_)(softmax|attention)", "attention"),
-    (r"(^|_)elementwise_transpose|(^|_)transpose", "transpose"),
-    (r"(^|_)reduction", "reduction"),
-    (r"(^|_)(elementwise|generic|pack|unpack|set_encoding|unset_encoding)", "elementwise"),
-    (r"memcpy|copy|(^|_)slice|(^|_)update", "copy"),
+
+class DispatchKind(enum.StrEnum):
+    """What a dispatch does, in the order tables list kinds."""
+
+    MATMUL = "matmul"
+    ELEMENTWISE = "elementwise"
+    TRANSPOSE = "transpose"
+    REDUCTION = "reduction"
+    ATTENTION = "attention"
+    COPY = "copy"
+    OTHER = "other"
+
+
+# A dispatch's kind from the summary IREE puts in its name (the most expensive op:
+# compiler/src/iree/compiler/Dialect/Flow/Transforms/AnnotateDispatches.cpp), first match.
+KINDS: tuple[tuple[str, DispatchKind], ...] = (
+    (r"(^|_)(batch_)?(matmul|vecmat|matvec|mmt4d|contract|conv)", DispatchKind.MATMUL),
+    (r"(^|_)(softmax|attention)", DispatchKind.ATTENTION),
+    (r"(^|_)elementwise_transpose|(^|_)transpose", DispatchKind.TRANSPOSE),
+    (r"(^|_)reduction", DispatchKind.REDUCTION),
+    (
+        r"(^|_)(elementwise|generic|pack|unpack|set_encoding|unset_encoding)",
+        DispatchKind.ELEMENTWISE,
+    ),
+    (r"memcpy|copy|(^|_)slice|(^|_)update", DispatchKind.COPY),
 )
 TOOL_TIMEOUT_S = 600.0
 
@@ -60,7 +77,7 @@ def dispatch_kind(name: str) -> str:
     for pattern, kind in KINDS:
         if re.search(pattern, summary):
             return kind
-    return "other"
+    return DispatchKind.OTHER
 
 
 @dataclasses.dataclass(frozen=True)

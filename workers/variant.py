@@ -34,13 +34,14 @@ import json
 
 import numpy as np
 
+from workers.kinds import Layout
 from workers.llama_config import LlamaConfig, expected_shapes, is_linear
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 STORAGES: tuple[str, ...] = ("uint32", "native")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 MATCH_RULES: tuple[str, ...] = ("all", "first")
-LAYOUTS: tuple[str, ...] = ("in_major", "out_major")
+LAYOUTS: tuple[Layout, ...] = tuple(Layout)
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 

@@ -35,12 +35,16 @@ from sweep.execute.scheduler import (
 )
 from sweep.plan.config import ConfigError
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
+from workers.kinds import Status
 from workers.locks import host_lock
 
 # Benchmark actors start with transparent huge pages for malloc (IREE's own buffers:
-# KV caches, in-graph dequantized weights) and numpy (the resident weights). Without
-# it only numpy's arrays get them, and decode on the CPU runs 10-30% slower than
-# IREE's own tools given the same pages (see benchmarks/fidelity.py).
+# KV caches, in-graph dequantized weights) and numpy (the resident weights): 10-30%
+# on CPU decode (fewer TLB misses over GBs of weights). With the kernel in "madvise"
+# mode a buffer gets them only if its range was madvised: numpy does that for its own
+# arrays, IREE's buffers inherit it only by chance when glibc reuses that memory, and a
+# fresh iree-benchmark-module gets none. The glibc tunable madvises every large malloc,
+# so the actor and IREE's tools get the same pages (see benchmarks/fidelity.py).
 BENCH_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "NUMPY_MADVISE_HUGEPAGE": "1"}
 
 # XLA's CPU scheduler by default runs independent ops early so they can overlap; for
@@ -326,14 +330,14 @@ class RayBackend:
         except (rex.RayActorError, rex.WorkerCrashedError) as e:
             raise ActorDied(str(e)) from None
         except rex.OutOfMemoryError as e:
-            raise PointError("oom", "OutOfMemoryError", str(e)) from None
+            raise PointError(Status.OOM, "OutOfMemoryError", str(e)) from None
         except rex.RayTaskError as e:
             cause = getattr(e, "cause", None)
             # A vmfb argument lost with its node: fetching it failed, or rebuilding it
             # did (its compile was pinned to the node that is gone).
             if isinstance(cause, rex.ObjectLostError | rex.TaskUnschedulableError):
                 raise GraphLost(str(e)) from None
-            status = "oom" if _looks_like_oom(str(e)) else "runtime_error"
+            status = Status.OOM if _looks_like_oom(str(e)) else Status.RUNTIME_ERROR
             raise PointError(status, type(cause).__name__ if cause else status, str(e)) from None
         except rex.RayError as e:  # e.g. unschedulable: its node left the cluster
             raise ActorGone(str(e)) from None

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from sweep.plan.grid import point_label
+from workers.kinds import Status
 
 COMPILE_LOG_S = 15.0
 
@@ -100,7 +101,7 @@ class ProgressDisplay:
         skipped point takes no time, so it would make the estimate far too short)."""
         elapsed = time.monotonic() - self.start
         self._num_logged += 1
-        self._num_ran += row["status"] != "skipped"
+        self._num_ran += row["status"] != Status.SKIPPED
         done = self._num_logged
         remaining = max(self._num_points - done, 0)
         eta = elapsed / self._num_ran * remaining if self._num_ran else 0.0

@@ -42,6 +42,7 @@ from sweep.store.rows import (
 from workers.compile import CompileResult, targets_host
 from workers.devices import GPU_RESOURCE, DeviceSpec
 from workers.export import GraphSpec
+from workers.kinds import GraphKind, Status
 from workers.llama_config import LlamaConfig
 from workers.measurement import Measurement
 from workers.point import BenchTask
@@ -250,9 +251,9 @@ class Scheduler:
         profiles: dict[str, bytes] | None = None,
     ) -> None:
         for row in rows:
-            if row["status"] == "skipped":
+            if row["status"] == Status.SKIPPED:
                 self.counters.num_skipped += 1
-            elif row["status"] == "ok":
+            elif row["status"] == Status.OK:
                 self.counters.num_benchmarked += 1
             else:
                 self.counters.num_failed += 1
@@ -282,7 +283,9 @@ class Scheduler:
                 f"no node of the Ray cluster offers device {device.name!r} ({need}); "
                 f"nodes: {len(self.nodes)}"
             )
-            skipped.append(failure_row(point, self.ctx, "skipped", reason, error_class="no_device"))
+            skipped.append(
+                failure_row(point, self.ctx, Status.SKIPPED, reason, error_class="no_device")
+            )
         if skipped:
             self.emit(skipped)
         return runnable
@@ -441,7 +444,7 @@ class Scheduler:
                 self._forget_node(node)
                 if compile_.num_submits < MAX_COMPILE_SUBMITS:
                     return  # queued again: `_dispatch` places it on another node
-            result = CompileResult.failed("compile_error", f"compile task failed: {e}")
+            result = CompileResult.failed(Status.COMPILE_ERROR, f"compile task failed: {e}")
         compile_.result = result
         self.counters.num_compiled += 1
         self.counters.num_compile_cache_hits += bool(result.cache_hit)
@@ -476,9 +479,9 @@ class Scheduler:
             error = (
                 e
                 if isinstance(e, PointError)
-                else PointError("runtime_error", type(e).__name__, str(e))
+                else PointError(Status.RUNTIME_ERROR, type(e).__name__, str(e))
             )
-            if error.status == "oom":
+            if error.status == Status.OOM:
                 actor.resident = None
             row = failure_row(
                 point,
@@ -500,7 +503,7 @@ class Scheduler:
             measurement,
             attempt=self.attempts[point.key],
             compiled=compiled,  # type: ignore[arg-type]
-            decode_graph=point.graph(self.model_cfg, "decode") if compiled else None,
+            decode_graph=point.graph(self.model_cfg, GraphKind.DECODE) if compiled else None,
         )
         profile = measurement.profile
         profiles = {point.key: profile.raw} if profile is not None and profile.raw else {}
@@ -529,7 +532,11 @@ class Scheduler:
             return
         message = f"{why} (after {self.attempts[point.key]} attempts)"
         self.emit(
-            [failure_row(point, self.ctx, "worker_lost", message, attempt=self.attempts[point.key])]
+            [
+                failure_row(
+                    point, self.ctx, Status.WORKER_LOST, message, attempt=self.attempts[point.key]
+                )
+            ]
         )
 
     def _graph_lost(self, running: Running, why: str) -> None:
@@ -539,7 +546,7 @@ class Scheduler:
         for compile_ in gone or running.compiles:  # none gone: redo them all to be sure
             if compile_.num_submits >= MAX_COMPILE_SUBMITS:
                 message = f"compiled graph lost {compile_.num_submits} times: {why}"
-                self.emit([failure_row(running.point, self.ctx, "worker_lost", message)])
+                self.emit([failure_row(running.point, self.ctx, Status.WORKER_LOST, message)])
                 return
             if compile_.node is not None and not self._alive(compile_.node):
                 self._forget_node(compile_.node)
@@ -569,7 +576,11 @@ class Scheduler:
             message = f"benchmark took longer than bench.point_timeout_s={self.point_timeout_s:g}"
             attempt = self.attempts[running.point.key]
             self.emit(
-                [failure_row(running.point, self.ctx, "bench_timeout", message, attempt=attempt)]
+                [
+                    failure_row(
+                        running.point, self.ctx, Status.BENCH_TIMEOUT, message, attempt=attempt
+                    )
+                ]
             )
 
     def _fail_unservable(self) -> None:
@@ -584,7 +595,7 @@ class Scheduler:
             else:
                 continue
             self.pending.remove(point)
-            rows.append(failure_row(point, self.ctx, "worker_lost", reason))
+            rows.append(failure_row(point, self.ctx, Status.WORKER_LOST, reason))
         if rows:
             self.emit(rows)
 

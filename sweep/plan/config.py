@@ -21,11 +21,12 @@ from typing import Any
 
 from workers.compile import COMPILE_MODES
 from workers.devices import DeviceSpec
+from workers.kinds import Attention, Layout, Runtime
 from workers.point import RUNTIMES, ModelSource
 from workers.runtime import DecodeSteps
 from workers.variant import LAYOUTS, Variant
 
-ATTENTION: tuple[str, ...] = ("full", "filled")
+ATTENTION: tuple[Attention, ...] = tuple(Attention)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SCHEMA_NAME = "sweep_schema"
@@ -62,13 +63,13 @@ class GridConfig:
     max_seq: int  # KV-cache capacity
     # A flag set is {flags, devices} or a bare list of flags, so the schema takes any value.
     flag_sets: dict[str, FlagSet] = dataclasses.field(metadata={"schema": dict[str, Any]})
-    runtimes: tuple[str, ...] = ("iree",)
-    layouts: tuple[str, ...] = ("in_major",)  # how weight matrices reach the graphs
+    runtimes: tuple[str, ...] = (Runtime.IREE,)
+    layouts: tuple[str, ...] = (Layout.IN_MAJOR,)  # how weight matrices reach the graphs
     batch_sizes: tuple[int, ...] = (1,)  # sequences decoded together
     depths: tuple[int, ...] = (0,)  # context tokens beyond the prompt when decode starts
     # What decode attends over: "full" (every cache slot, as the seed: depth costs
     # nothing) or "filled" (a power-of-two bucket of the filled slots: depth costs).
-    attention: tuple[str, ...] = ("full",)
+    attention: tuple[str, ...] = (Attention.FULL,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +324,9 @@ def _twin(cls: type) -> type:
         if f.default is not dataclasses.MISSING:
             fields.append((f.name, hint, dataclasses.field(default=f.default)))
         elif f.default_factory is not dataclasses.MISSING:
-            factory = _twin(f.default_factory) if dataclasses.is_dataclass(f.default_factory) else None
+            factory = (
+                _twin(f.default_factory) if dataclasses.is_dataclass(f.default_factory) else None
+            )
             default = factory or f.default_factory
             fields.append((f.name, hint, dataclasses.field(default_factory=default)))
         else:

@@ -21,6 +21,7 @@ from typing import Any
 from sweep.plan.config import FlagSet, SweepConfig
 from workers.devices import DeviceSpec
 from workers.export import GRAPH_KINDS, GraphSpec
+from workers.kinds import Attention, Layout, Runtime
 from workers.llama_config import LlamaConfig
 from workers.model import prompt_bucket
 from workers.point import BenchTask
@@ -48,7 +49,7 @@ class Point:
     profile_calls: int = 0  # decode calls to profile after the timed ones (0: none)
     batch: int = 1  # sequences decoded together
     depth: int = 0  # context tokens beyond the prompt, prefilled, when decode starts
-    attention: str = "full"  # "full": decode attends over max_seq; "filled": over a bucket
+    attention: str = Attention.FULL  # full: decode attends over max_seq; filled: a bucket
     prompt_text: str | None = None  # a text prompt; None: seeded token ids
     replica: int = 0  # > 0: the same configuration measured again (the search's ablation)
 
@@ -56,7 +57,7 @@ class Point:
     def attention_span(self) -> int | None:
         """The decode graph's static span: a power-of-two bucket of the slots the point
         fills (prompt, depth, generated tokens), or None for all max_seq."""
-        if self.attention == "full":
+        if self.attention == Attention.FULL:
             return None
         return prompt_bucket(self.prompt_length + self.depth + self.steps.num_tokens, self.max_seq)
 
@@ -74,7 +75,7 @@ class Point:
     @property
     def compiled_by_iree(self) -> bool:
         """IREE points need their graphs compiled first; XLA compiles in the worker."""
-        return self.runtime == "iree"
+        return self.runtime == Runtime.IREE
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The graph of `kind` this point runs; points that share it share its compile."""
@@ -124,13 +125,13 @@ def point_label(row: Mapping[str, Any]) -> str:
     over the whole cache, IREE) are left out."""
     runtime, layout = row.get("runtime"), row.get("layout")
     parts = [str(row.get("variant"))]
-    parts += [layout] if layout not in (None, "in_major") else []
+    parts += [layout] if layout not in (None, Layout.IN_MAJOR) else []
     parts += [str(row.get("device")), f"L{row.get('prompt_length')}"]
     parts += [f"b{b}"] if (b := row.get("batch_size")) not in (None, 1) else []
     parts += [f"d{d}"] if (d := row.get("depth")) not in (None, 0) else []
     parts += [f"a{a}"] if (a := row.get("attention_span")) is not None else []
     parts += [str(row.get("flag_set"))]
-    parts += [runtime] if runtime not in (None, "iree") else []
+    parts += [runtime] if runtime not in (None, Runtime.IREE) else []
     parts += [f"again{r}"] if (r := row.get("replica")) else []
     return "/".join(parts)
 
@@ -149,7 +150,7 @@ def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
         g.devices, g.variants, g.layouts, g.runtimes
     ):
         # IREE flags mean nothing to XLA: its points use no flag set.
-        flag_sets = g.flag_sets.items() if runtime == "iree" else [(NO_FLAG_SET, FlagSet())]
+        flag_sets = g.flag_sets.items() if runtime == Runtime.IREE else [(NO_FLAG_SET, FlagSet())]
         for flag_set, spec in flag_sets:
             if not spec.applies_to(device_name):
                 continue

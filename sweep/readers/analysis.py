@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from sweep.store.results import newest_per_point
+from workers.kinds import Layout, Status
+from workers.measurement import tok_s
+
 BASELINE_FLAG_SET = "default"
 # Columns that name a point (what `--by` may group on) and that the tables fold into a
 # header line when they do not vary.
@@ -132,16 +136,6 @@ def median_count(values: Iterable[Any]) -> int | float | None:
     return int(m) if m is not None and m.is_integer() else m
 
 
-def newest_per_point(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest row (by created_at; a tie goes to the later row) of each point_key."""
-    newest: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        old = newest.get(row["point_key"])
-        if old is None or row["created_at"] >= old["created_at"]:
-            newest[row["point_key"]] = row
-    return list(newest.values())
-
-
 def sort_key(values: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
     """Sorts tuples of group values: None last, numbers as numbers, text ignoring case."""
     return tuple(
@@ -175,7 +169,7 @@ def status_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] != Status.OK, kv[0])))
 
 
 def tokens_matched(rows: Sequence[dict[str, Any]]) -> tuple[int | None, int | None]:
@@ -200,7 +194,7 @@ def _num_tokens(row: dict[str, Any]) -> int:
 
 def pooled_samples(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """The decode samples (ms) of all ok rows, for a verdict on a group."""
-    parts = [_samples(r) for r in rows if r["status"] == "ok"]
+    parts = [_samples(r) for r in rows if r["status"] == Status.OK]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -212,14 +206,14 @@ def _samples(row: dict[str, Any]) -> np.ndarray:
 
 def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the ok rows of a group (see the module docstring)."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == Status.OK]
     p50 = median(r.get("decode_ms_p50") for r in ok)
     batch = median(r.get("batch_size") or 1 for r in ok) or 1.0
     matched, total = tokens_matched(rows)
     summary = {
         "num_rows": len(rows),
         "num_ok": len(ok),
-        "tok_s": 1000.0 * batch / p50 if p50 else None,  # a step makes `batch` tokens
+        "tok_s": tok_s(p50, batch) if p50 else None,
         "decode_ms_p50": p50,
         "decode_ms_p10": median(r.get("decode_ms_p10") for r in ok),
         "decode_ms_p90": median(r.get("decode_ms_p90") for r in ok),
@@ -260,7 +254,7 @@ def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for context, members in group_rows(rows, FLAG_CONTEXT):
         groups = dict(group_rows(members, ["flag_set", "layout"]))
         baselines = sorted(k for k in groups if k[0] == BASELINE_FLAG_SET)
-        baseline = min(baselines, key=lambda k: k[1] != "in_major", default=None)
+        baseline = min(baselines, key=lambda k: k[1] != Layout.IN_MAJOR, default=None)
         base_rows = groups.get(baseline) if baseline else None
         base = timing_summary(base_rows) if base_rows else None
         order = sorted(groups, key=lambda k: (k != baseline, *sort_key(k)))
@@ -268,7 +262,7 @@ def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             group = groups[key]
             record = {**dict(zip(FLAG_CONTEXT, context, strict=True))}
             record.update(flag_set=key[0], layout=key[1], **timing_summary(group))
-            record["point_keys"] = [r["point_key"] for r in group if r["status"] == "ok"]
+            record["point_keys"] = [r["point_key"] for r in group if r["status"] == Status.OK]
             record["compile_s"] = median(r.get("compile_s") for r in group)
             record["vmfb_bytes"] = median_count(r.get("vmfb_bytes") for r in group)
             record.update(_against_baseline(record, group, base, base_rows, key == baseline))
@@ -326,7 +320,7 @@ def compare_runs(
         if ra is None or rb is None:
             side = "only_in_a" if rb is None else "only_in_b"
             out[side].append({**ident, "status": either["status"]})
-        elif ra["status"] != "ok" or rb["status"] != "ok":
+        elif ra["status"] != Status.OK or rb["status"] != Status.OK:
             out["not_ok"].append({**ident, "status_a": ra["status"], "status_b": rb["status"]})
         else:
             out["points"].append({**ident, **_pair(ra, rb)})

@@ -18,9 +18,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, read_results
+from sweep.readers.tables import fmt_short
+from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, newest_per_point, read_results
+from workers.profile import DispatchKind
 
-KIND_ORDER = ("matmul", "elementwise", "transpose", "reduction", "attention", "copy", "other")
+KIND_ORDER = tuple(DispatchKind)
 MIN_CHANGE_SHOWN = 0.05  # a kind's change below this share of the baseline's time is noise
 
 
@@ -32,10 +34,8 @@ def load(results_dir: Path, point_keys: Iterable[str]) -> list[dict[str, Any]]:
     keys = pa.array(sorted(set(point_keys)), type=pa.string())
     table = table.filter(pc.is_in(table["point_key"], value_set=keys))
     rows = table.to_pylist()
-    newest: dict[str, Any] = {}
-    for row in rows:  # a point profiled by two runs: keep the newer profile
-        key = row["point_key"]
-        newest[key] = max(newest.get(key, row["created_at"]), row["created_at"])
+    # a point profiled by two runs: keep the newer profile (all of its dispatch rows)
+    newest = {r["point_key"]: r["created_at"] for r in newest_per_point(rows)}
     return [r for r in rows if r["created_at"] == newest[r["point_key"]]]
 
 
@@ -82,7 +82,7 @@ def kind_change(base: dict[str, float], other: dict[str, float]) -> str:
 
 def fmt_kinds(kinds: dict[str, float]) -> str:
     """`matmul 12.1, elementwise 3.2`: a point's time per kind, ms per token."""
-    return ", ".join(f"{kind} {_num(ms)}" for kind, ms in kinds.items())
+    return ", ".join(f"{kind} {fmt_short(ms)}" for kind, ms in kinds.items())
 
 
 def top_dispatches(
@@ -109,10 +109,6 @@ def _kind_rank(kind: str) -> int:
     return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 
-def _num(value: float) -> str:
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
 def _signed(value: float) -> str:
-    text = _num(value)
+    text = fmt_short(value)
     return text if text.startswith("-") else f"+{text}"

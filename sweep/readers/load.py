@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sweep.readers import analysis
-from sweep.store.results import read_results
+from sweep.store.results import newest_per_point, read_results
 
 DEFAULT_RESULTS = Path("outputs/results")
 MAX_LISTED_RUNS = 10
@@ -104,7 +104,7 @@ def select_run(table: pa.Table, run: str | None) -> tuple[str, list[dict[str, An
         if run not in runs:
             raise ReportError(unknown_run_message(run, runs))
         table = table.filter(pc.equal(table["run_id"], run))
-    return run, analysis.newest_per_point(to_rows(table))
+    return run, newest_per_point(to_rows(table))
 
 
 def rows_of_runs(table: pa.Table, wanted: Sequence[str]) -> list[dict[str, Any]]:

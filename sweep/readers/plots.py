@@ -27,6 +27,8 @@ import numpy as np
 from sweep.plan.grid import point_label
 from sweep.readers import analysis
 from sweep.readers import dispatches as profiles
+from sweep.readers.tables import fmt_ratio, fmt_short
+from workers.kinds import Status
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,7 +44,7 @@ def write_plots(
     dispatches: Sequence[dict[str, Any]] = (),
 ) -> tuple[list[Path], list[str]]:
     """Write the figures the rows can make into out_dir: (paths written, notes on skips)."""
-    ok = [r for r in rows if r["status"] == "ok" and r.get("decode_ms_p50") is not None]
+    ok = [r for r in rows if r["status"] == Status.OK and r.get("decode_ms_p50") is not None]
     if not ok:
         return [], ["no ok rows with timings: no plots"]
     out_dir = Path(out_dir)
@@ -87,10 +89,6 @@ def _series_label(key: tuple[Any, ...], runtimes: set[Any]) -> str:
     return f"{device}/{runtime}" if len(runtimes) > 1 else str(device)
 
 
-def _short(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
 def _maybe_log(ax: Axes, values: Sequence[float], axis: str = "y") -> None:
     positive = [v for v in values if v and v > 0]
     if positive and max(positive) / min(positive) >= LOG_SCALE_RATIO:
@@ -119,7 +117,7 @@ def _decode_bars(rows: list[dict[str, Any]], title: str) -> Figure | str:
         for xi, value, top in zip(x, p50, hi, strict=True):
             if np.isfinite(value):  # the median, above the p90 cap
                 ax.annotate(
-                    _short(value),
+                    fmt_short(value),
                     (xi, top),
                     textcoords="offset points",
                     xytext=(0, 3),
@@ -222,7 +220,7 @@ def _flag_panel(ax: Axes, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> N
         )
         label = f"{name} (baseline)" if is_base else name
         if base and not is_base:
-            label += f" ({base['decode_ms_p50'] / y:.2f}x)"
+            label += f" ({fmt_ratio(base['decode_ms_p50'] / y)})"
         k = num_at[x] = num_at.get(x, -1) + 1
         ax.annotate(
             label,

@@ -39,6 +39,7 @@ from sweep.readers.tables import (
     fmt_bytes,
     fmt_matched,
     fmt_percent,
+    fmt_ratio,
     fmt_signed,
     fmt_spread,
     fmt_statuses,
@@ -81,7 +82,7 @@ def flag_study_table(
     columns += [
         metric("ms/tok p50", "decode_ms_p50"),
         Column("p10-p90", fmt_spread, right=True),
-        metric("speedup", "speedup", lambda v: "" if v is None else f"{v:.2f}x"),
+        metric("speedup", "speedup", fmt_ratio),
         Column("verdict", lambda r: r.get("verdict") or ""),
     ]
     columns += _roofline_column(records)

@@ -32,6 +32,16 @@ def fmt_num(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}"
 
 
+def fmt_short(value: float) -> str:
+    """Compact, for labels and prose: 12.3, 3, 0.5, 454."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    """A speedup or ratio: 1.07x."""
+    return "" if value is None else f"{value:.2f}x"
+
+
 def fmt_value(value: Any) -> str:
     if value is None:
         return ""

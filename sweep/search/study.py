@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.plan.config import Dimension, SearchConfig, SweepConfig
 from sweep.plan.grid import NO_FLAG_SET, Point
+from workers.kinds import Runtime, Status
 
 if TYPE_CHECKING:
     import optuna
@@ -78,7 +79,7 @@ def storage_url(results_dir: Path) -> str:
 def objective(row: Mapping[str, Any]) -> float | None:
     """What a row tells its study: the decode median of an ok row; None (failed) otherwise."""
     value = row.get("decode_ms_p50")
-    return float(value) if row.get("status") == "ok" and value is not None else None
+    return float(value) if row.get("status") == Status.OK and value is not None else None
 
 
 FAILED = "failed"  # the constraint a failed trial violates
@@ -498,7 +499,7 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
         )
         for attr, value in (
             ("listed", {f"{p.flag_set}/{p.layout}": p.key for p in shape}),
-            ("xla", _xla(shape).key if search.xla_baseline else None),
+            (Runtime.XLA, _xla(shape).key if search.xla_baseline else None),
             ("variant", variant),
             ("device", device),
             ("space_size", space.size),
@@ -526,7 +527,7 @@ def study_shapes(cfg: SweepConfig, points: list[Point]) -> dict[tuple[str, str],
     shapes: dict[tuple[str, str], list[Point]] = {}
     for p in points:
         if (
-            p.runtime == "iree"
+            p.runtime == Runtime.IREE
             and p.prompt_length == max(g.prompt_lengths)
             and (p.batch, p.depth, p.attention) == (g.batch_sizes[0], g.depths[0], g.attention[0])
         ):
@@ -550,7 +551,7 @@ def _base(shape: list[Point]) -> Point:
 
 
 def _xla(shape: list[Point]) -> Point:
-    return dataclasses.replace(_base(shape), runtime="xla", flag_set=NO_FLAG_SET)
+    return dataclasses.replace(_base(shape), runtime=Runtime.XLA, flag_set=NO_FLAG_SET)
 
 
 def _fingerprint(base: Point, space: Space) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.search.study import STORAGE_FILE, storage_url, trial_ms
 from sweep.store.results import newest_rows
+from workers.kinds import Runtime, Status
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -79,7 +80,7 @@ def load_studies(
 
     def ms(key: str | None) -> float | None:
         row = rows.get(key) if key else None
-        return row["decode_ms_p50"] if row and row["status"] == "ok" else None
+        return row["decode_ms_p50"] if row and row["status"] == Status.OK else None
 
     summaries = []
     for info in optuna.get_all_study_summaries(storage):
@@ -110,7 +111,7 @@ def load_studies(
                 minimal=attrs.get("minimal"),
                 default_ms=trial_ms(default) if default else None,
                 listed=min(listed_ok, key=lambda x: x[1]) if listed_ok else None,
-                xla_ms=ms(attrs.get("xla")),
+                xla_ms=ms(attrs.get(Runtime.XLA)),
             )
         )
     return summaries
@@ -134,10 +135,10 @@ def minimal_text(s: StudySummary) -> str:
 
 
 def studies_table(summaries: list[StudySummary]) -> Table:
-    from sweep.readers.tables import Column, Table, fmt_num, metric
+    from sweep.readers.tables import Column, Table, fmt_num, fmt_ratio, metric
 
     def speedup(value: float | None) -> str:
-        return f"{value:.2f}x" if value else ""
+        return fmt_ratio(value or None)
 
     records = [
         {

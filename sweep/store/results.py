@@ -42,6 +42,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from workers.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
+from workers.kinds import Status
 
 if TYPE_CHECKING:
     import duckdb
@@ -370,6 +371,18 @@ def read_results(
         return dataset_of(files, schema).to_table(columns=names)
 
 
+def newest_per_point(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest row (by created_at; a tie goes to the later row) of each point_key: the
+    one definition of "a point's result" for rows already read (`_newest_indices` is the
+    same rule on an Arrow table)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        old = newest.get(row["point_key"])
+        if old is None or row["created_at"] >= old["created_at"]:
+            newest[row["point_key"]] = row
+    return list(newest.values())
+
+
 def _newest_indices(table: pa.Table) -> pa.Array:
     """Row indices of the newest row (by created_at) of each point_key.
 
@@ -403,7 +416,7 @@ def newest_rows(
 
 
 def completed_point_keys(
-    results_dir: Path, statuses: Iterable[str] = ("ok",), since: dt.datetime | None = None
+    results_dir: Path, statuses: Iterable[str] = (Status.OK,), since: dt.datetime | None = None
 ) -> set[str]:
     """Keys whose newest row has one of `statuses`: the points a resumed sweep skips.
 

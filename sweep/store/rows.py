@@ -16,21 +16,12 @@ from typing import Any
 from sweep.plan.grid import Point
 from workers.compile import CompileResult, clip_message
 from workers.export import GraphSpec
+from workers.kinds import Status
 from workers.measurement import Measurement
 
-STATUSES: tuple[str, ...] = (
-    "ok",
-    "skipped",
-    "compile_error",
-    "compile_timeout",
-    "runtime_error",
-    "oom",
-    "bench_timeout",
-    "wrong_output",
-    "worker_lost",
-)
-FAILED: frozenset[str] = frozenset(STATUSES) - {"ok", "skipped"}
-DONE: tuple[str, ...] = ("ok", "wrong_output")  # measured: a resume does not redo these
+STATUSES: tuple[Status, ...] = tuple(Status)
+FAILED: frozenset[Status] = frozenset(Status) - {Status.OK, Status.SKIPPED}
+DONE: tuple[Status, ...] = (Status.OK, Status.WRONG_OUTPUT)  # measured: a resume keeps these
 
 MESSAGE_TAIL = 2000
 Row = dict[str, Any]
@@ -86,7 +77,7 @@ def failure_row(
     repro: str | None = None,
     attempt: int | None = None,
 ) -> Row:
-    assert status in STATUSES and status != "ok", status
+    assert status in STATUSES and status != Status.OK, status
     return {
         **point_columns(point, ctx),
         "status": status,
@@ -100,11 +91,11 @@ def failure_row(
 
 def compile_failure_row(point: Point, ctx: RunContext, failed: CompileResult) -> Row:
     """The row of a point one of whose graphs did not compile."""
-    status = failed.error_class or "compile_error"
+    status = failed.error_class or Status.COMPILE_ERROR
     return failure_row(
         point,
         ctx,
-        status if status in STATUSES else "compile_error",
+        status if status in STATUSES else Status.COMPILE_ERROR,
         failed.error_message or "compile failed",
         returncode=failed.returncode,
         repro=failed.command or None,
@@ -147,8 +138,8 @@ def measured_row(
     return {
         **point_columns(point, ctx),
         **compile_cols,
-        "status": "ok" if ok else "wrong_output",
-        "error_class": None if ok else "wrong_output",
+        "status": Status.OK if ok else Status.WRONG_OUTPUT,
+        "error_class": None if ok else Status.WRONG_OUTPUT,
         "error_message": shortfall,
         "weight_bytes": m.weight_bytes,
         "quant_error": m.quant_error,

@@ -1,0 +1,58 @@
+"""The closed sets a point and its row are made of, one `StrEnum` each.
+
+A member is its plain string (`Status.OK == "ok"`), so Parquet, YAML and the command
+line keep the strings users write, while code that names a value spells it through
+the type: a typo is an `AttributeError` where it is written, not a comparison that is
+silently never true.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.StrEnum):
+    """A row's verdict. The first two are not failures; the rest are (exit code 1)."""
+
+    OK = "ok"
+    SKIPPED = "skipped"  # nothing can run it here (no such device): not a failure
+    COMPILE_ERROR = "compile_error"
+    COMPILE_TIMEOUT = "compile_timeout"
+    RUNTIME_ERROR = "runtime_error"
+    OOM = "oom"
+    BENCH_TIMEOUT = "bench_timeout"
+    WRONG_OUTPUT = "wrong_output"  # measured, but the tokens differ from the reference
+    WORKER_LOST = "worker_lost"
+
+
+class Runtime(enum.StrEnum):
+    """What runs a point's graphs: IREE (the subject) or XLA (the baseline)."""
+
+    IREE = "iree"
+    XLA = "xla"
+
+
+class Layout(enum.StrEnum):
+    """How weight matrices reach the graphs: [in, out] (`x @ W`) or as the checkpoint
+    stores them, [out, in] (`W . x`)."""
+
+    IN_MAJOR = "in_major"
+    OUT_MAJOR = "out_major"
+
+
+class GraphKind(enum.StrEnum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class Attention(enum.StrEnum):
+    """What decode attends over: every cache slot, or a bucket of the filled ones."""
+
+    FULL = "full"
+    FILLED = "filled"
+
+
+def check(kind: type[enum.StrEnum], value: str, what: str) -> None:
+    """ValueError naming `what` and the allowed values unless `value` is one of `kind`."""
+    if value not in kind.__members__.values():
+        raise ValueError(f"{what} {value!r}; allowed: {[member.value for member in kind]}")
