@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from workers.devices import DeviceSpec
-from workers.llama_config import LlamaConfig
+from workers.llama_config import TINY_SHAPES, LlamaConfig
 from workers.measurement import Measurement
 from workers.quant import VariantWeights, dequantize, unpack_lanes, unpack_uint4
 from workers.reference import num_matching
@@ -115,15 +115,19 @@ def sweep(tmp_path: Path, cache: Path, *overrides: str) -> tuple[Any, str]:
     return run_sweep(cfg, resolved, out=out), out.getvalue()
 
 
+# transformers' config keys for the project's tiny shapes (the same names)
 TINY_LLAMA = {
-    "vocab_size": 256,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 2048,
+    key: getattr(TINY_SHAPES, key)
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+    )
 }
 
 

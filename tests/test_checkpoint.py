@@ -31,7 +31,13 @@ from workers.checkpoint import (
     lazy_checkpoint,
     lazy_synthetic_weights,
 )
-from workers.llama_config import PRESETS, LlamaConfig, RopeScaling, expected_shapes
+from workers.llama_config import (
+    PRESETS,
+    TINY_SHAPES,
+    LlamaConfig,
+    RopeScaling,
+    expected_shapes,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LLAMA3_ROPE = {
@@ -65,20 +71,8 @@ def save_checkpoint(
 
 
 def expected_config(tied: bool = True, rope: RopeScaling | None = None) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rms_norm_eps=1e-6,
-        rope_theta=500000.0,
-        rope_scaling=rope,
-        tie_word_embeddings=tied,
-        max_position_embeddings=2048,
-    )
+    """What `save_checkpoint` saved, as the project's own config."""
+    return dataclasses.replace(TINY_SHAPES, rope_scaling=rope, tie_word_embeddings=tied)
 
 
 LLAMA3_SCALING = RopeScaling(
