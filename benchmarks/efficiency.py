@@ -33,8 +33,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workers.kinds import Status
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -51,6 +49,7 @@ from benchmarks._common import (  # noqa: E402
     wait_for_quiet,
     write_json,
 )
+from workers.kinds import Status  # noqa: E402
 
 SCRIPT = "efficiency"
 TARGETS = {"cold": 1.25, "warm": 1.05}
