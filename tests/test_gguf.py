@@ -310,3 +310,65 @@ def test_a_bad_gguf_is_exit_2_naming_the_problem(tmp_path: Path, breakage: str, 
     assert re.search(named, err.getvalue()), err.getvalue()
     assert str(path) in err.getvalue(), "the message names the file"
     assert not (tmp_path / "r").exists(), "nothing may be written for a bad checkpoint"
+
+
+def test_a_gguf_sweep_names_the_checkpoint_not_the_preset(tmp_path: Path):
+    """`model` in rows, reports and plots comes from `Point.model`: the checkpoint's file
+    name and content fingerprint, never the preset name `conf/model/*.yaml` left."""
+    from sweep.config import load_config
+    from sweep.run import run_sweep
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    cfg, resolved = load_config(
+        ["+grid=smoke", f"model.path={path}", "dry_run=true", f"results_dir={tmp_path}/r"]
+    )
+    assert cfg.model.name == "tiny", "the preset's name, before the sweep names the model"
+    out = io.StringIO()
+    assert run_sweep(cfg, resolved, out=out).exit_code == 0
+    name = f"tiny.gguf@{fingerprint(path)[:12]}"
+    assert f"model: {name}\n" in out.getvalue()
+    own, _ = load_config(["+grid=smoke", f"model.path={tmp_path}", "model.name=mine"])
+    assert own.model.label() == f"mine@{fingerprint(path)[:12]}", "a name of one's own is kept"
+    seeded, _ = load_config(["+grid=smoke"])
+    assert seeded.model.label() == "tiny", "seeded weights keep the preset's name"
+
+
+@pytest.mark.slow  # a real Ray cluster and iree-compile
+def test_sweep_gives_transformers_greedy_tokens_on_a_quantized_gguf(
+    ray_cluster, tmp_path: Path, shared_cache: Path
+):
+    """Q4_1, Q8_0, F16 and F32 tensors, untied: the sweep's compiled fp32 graph on our
+    dequantized weights and transformers' GGUF model decode the same greedy tokens."""
+    from sweep import report
+    from sweep.config import load_config
+    from sweep.run import run_sweep
+
+    path = tmp_path / "model" / "tiny-mixed.gguf"
+    write_tiny_gguf(path, tied=False)
+    cfg, resolved = load_config(
+        [
+            "+grid=smoke",
+            "~grid.flag_sets.O3",
+            "grid.variants=[fp32]",
+            f"model.path={path}",
+            "bench.prompt=the cat sat on the mat 12",
+            f"results_dir={tmp_path / 'results'}",
+            f"cache_dir={shared_cache}",
+        ]
+    )
+    outcome = run_sweep(cfg, resolved, out=io.StringIO())
+    assert outcome.exit_code == 0
+    (row,) = outcome.rows
+    assert row["status"] == "ok" and row["model"].startswith("tiny-mixed.gguf@")
+    model = transformers_gguf(path)
+    model.generation_config.eos_token_id = None  # nothing may stop early or mask a logit
+    model.generation_config.pad_token_id = 0
+    prompt = torch.tensor([row["prompt_ids"]])
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=len(row["tokens"]), do_sample=False)
+    assert row["tokens"] == generated[0, prompt.shape[1] :].tolist()
+    assert row["output_text"] == load_tokenizer(path).decode(row["tokens"])
+    out = tmp_path / "report.md"
+    assert report.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert f"model: {row['model']}" in out.read_text(), "the report's header names the file"
