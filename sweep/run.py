@@ -354,7 +354,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
         ),
     )
     if ok:
-        print(render_md(Table(ok, SUMMARY_COLUMNS, header={})), file=out)
+        header = analysis.constant_columns(ok, ("model",))  # which weights: the header line
+        print(render_md(Table(ok, SUMMARY_COLUMNS, header=header)), file=out)
     for note in text_notes(rows):
         print(note, file=out)
     counts = analysis.status_counts(rows)
