@@ -70,7 +70,9 @@ MERGES = ["Ġ t", "h e", "Ġt he", "Ġ c", "a t", "Ġc at", "1 2", "Ġ s"]
 TOKENS = ["<|endoftext|>", *_bytes_to_unicode(), *(m.replace(" ", "") for m in MERGES)]
 
 
-def tiny_llama(tied: bool, seed: int = 0) -> transformers.LlamaForCausalLM:
+def tiny_llama(
+    tied: bool, seed: int = 0, rope: dict | None = None
+) -> transformers.LlamaForCausalLM:
     """A random 2-layer Llama with unit-gain weights (varied greedy tokens)."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
@@ -85,6 +87,7 @@ def tiny_llama(tied: bool, seed: int = 0) -> transformers.LlamaForCausalLM:
         rope_theta=10000.0,
         max_position_embeddings=2048,
         tie_word_embeddings=tied,
+        rope_scaling=rope,
     )
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
@@ -134,10 +137,12 @@ def write_tiny_gguf(
     arch: str = "llama",
     pre: str = "smollm",
     seed: int = 0,
+    rope: dict | None = None,
 ) -> transformers.LlamaForCausalLM:
-    """A tiny Llama as a GGUF file (types: GGUF tensor kind -> type; default MIXED)."""
+    """A tiny Llama as a GGUF file (types: GGUF tensor kind -> type; default MIXED);
+    with `rope` (Llama 3 scaling), llama.cpp's `rope_freqs` tensor in its place."""
     types = MIXED if types is None else types
-    model = tiny_llama(tied, seed)
+    model = tiny_llama(tied, seed, rope)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny")
@@ -164,11 +169,32 @@ def write_tiny_gguf(
         kind = name.split(".")[-2]
         qtype = types.get(kind, T.F32) if w.ndim == 2 else T.F32
         writer.add_tensor(name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
+    if rope is not None:
+        writer.add_tensor("rope_freqs.weight", _llama_cpp_rope_factors(rope))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return model
+
+
+def _llama_cpp_rope_factors(rope: dict) -> np.ndarray:
+    """What llama.cpp's converter writes for Llama 3 RoPE scaling (convert_hf_to_gguf.py,
+    `LlamaModel.generate_extra_tensors`): each frequency's divisor."""
+    freqs = 1.0 / (10000.0 ** (np.arange(0, HEAD_DIM, 2, dtype=np.float32) / HEAD_DIM))
+    old = rope["original_max_position_embeddings"]
+    low, high, factor = rope["low_freq_factor"], rope["high_freq_factor"], rope["factor"]
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
 
 
 def transformers_gguf(path: Path) -> transformers.LlamaForCausalLM:
@@ -219,6 +245,25 @@ def test_each_block_type_dequantizes_like_gguf(tmp_path: Path, qtype: str):
     assert t.tensor_type.name == qtype
     expected = gguf.quants.dequantize(t.data, t.tensor_type).reshape(HIDDEN, FFN)
     np.testing.assert_array_equal(ours["model.layers.1.mlp.down_proj.weight"], expected)
+
+
+def test_llama3_rope_scaling_is_recovered_from_rope_freqs(tmp_path: Path):
+    """Llama 3.1/3.2 GGUFs carry `rope_freqs` instead of rope_scaling's numbers: the
+    frequencies we rebuild from it must be transformers' own for the original model."""
+    from workers.model import rope_inv_freq
+
+    rope = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    model = write_tiny_gguf(tmp_path / "t.gguf", rope=rope)
+    cfg = check_checkpoint(tmp_path / "t.gguf")
+    assert cfg.rope_scaling is not None and cfg.rope_scaling.factor == 8.0
+    expected = model.model.rotary_emb.inv_freq.numpy()
+    np.testing.assert_allclose(rope_inv_freq(cfg), expected, rtol=1e-6)
 
 
 def test_a_directory_holding_one_gguf_is_the_same_checkpoint(tmp_path: Path):

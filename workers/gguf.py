@@ -12,6 +12,8 @@ rest of the project expects from `workers.checkpoint`:
 - the rows of `attn_q` / `attn_k` un-permuted: llama.cpp's converter interleaves each
   head's two rotary halves for its RoPE, the Hugging Face layout (and our graph) keeps
   them as halves;
+- Llama 3.1-style RoPE scaling recovered from the `rope_freqs` tensor llama.cpp writes
+  in its place;
 - the tokenizer rebuilt from `tokenizer.ggml.*` (GPT-2 style byte-level BPE).
 
 Everything is checked before any tensor data is read (architecture, tensor types,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from workers.checkpoint import CheckpointError, LazyTensors
-from workers.llama_config import LINEARS, NORMS, LlamaConfig, expected_shapes
+from workers.llama_config import LINEARS, NORMS, LlamaConfig, RopeScaling, expected_shapes
 
 SUFFIX = ".gguf"
 ARCHITECTURE = "llama"
@@ -111,6 +114,8 @@ def open_gguf(path: str | Path) -> GgufCheckpoint:
     path = Path(path)
     fields, by_name = _parsed(path)
     cfg = _config(path, fields, tied="output.weight" not in by_name)
+    if "rope_freqs.weight" in by_name:
+        cfg = dataclasses.replace(cfg, rope_scaling=_llama3_scaling(path, cfg, by_name))
     tensors = {}
     for hf_name, shape in expected_shapes(cfg).items():
         tensors[hf_name] = _checked_tensor(path, by_name, _gguf_name(hf_name), shape)
@@ -228,6 +233,52 @@ def _config(path: Path, fields: dict[str, Any], tied: bool) -> LlamaConfig:
         raise CheckpointError(f"{path}: malformed {ARCHITECTURE} metadata ({e})") from None
 
 
+def _llama3_scaling(path: Path, cfg: LlamaConfig, by_name: dict[str, Any]) -> RopeScaling | None:
+    """Llama 3.1-style RoPE scaling, recovered from llama.cpp's `rope_freqs` tensor.
+
+    llama.cpp's converter does not keep `rope_scaling`'s four numbers; it writes the
+    factor each rotary frequency is divided by: 1 for short wavelengths, `factor` for
+    long ones, and in between 1 / ((1 - s) / factor + s) with s linear in the frequency,
+    s = (old_context * freq / 2pi - low) / (high - low). `factor` is the largest
+    factor; s at the in-between frequencies gives the line, and only its slope and
+    intercept matter, so any (old_context, low, high) on it is the same model: old_context
+    is rounded to an integer (what `RopeScaling` holds) and low, high solved from it. The
+    result is checked by recomputing every factor.
+    """
+    tensor = by_name["rope_freqs.weight"]
+    where = f"{path}: rope_freqs.weight"
+    if tensor.tensor_type.name != "F32" or int(tensor.n_elements) != cfg.head_dim // 2:
+        raise CheckpointError(f"{where}: expected {cfg.head_dim // 2} F32 values")
+    stored = np.array(tensor.data, dtype=np.float64).reshape(-1)
+    factor = float(stored.max())
+    if np.allclose(stored, 1.0):
+        return None
+    plain = dataclasses.replace(cfg, rope_scaling=None)
+    from workers.model import rope_inv_freq
+
+    freq = rope_inv_freq(plain).astype(np.float64)
+    mid = (stored > 1 + 1e-6) & (stored < factor * (1 - 1e-6))
+    s = (1 / stored[mid] - 1 / factor) / (1 - 1 / factor)
+    slope, intercept = (float(c) for c in np.polyfit(freq[mid], s, 1)) if mid.sum() >= 2 else (0, 0)
+    if slope <= 0 or intercept >= 0:
+        raise CheckpointError(
+            f"{where}: these frequency factors are not Llama 3.1-style RoPE scaling "
+            f"(fewer than two frequencies between the two regimes, or not monotone)"
+        )
+    old = round(2 * math.pi * slope / -intercept)  # old_context for low = 1
+    span = old / (2 * math.pi * slope)  # high - low
+    scaling = RopeScaling(
+        factor=factor,
+        low_freq_factor=-intercept * span,
+        high_freq_factor=-intercept * span + span,
+        original_max_position_embeddings=old,
+    )
+    got = freq / rope_inv_freq(dataclasses.replace(cfg, rope_scaling=scaling))
+    if not np.allclose(got, stored, rtol=1e-4):
+        raise CheckpointError(f"{where}: no Llama 3.1-style RoPE scaling reproduces the factors")
+    return scaling
+
+
 def _gguf_name(hf_name: str) -> str:
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
@@ -238,11 +289,6 @@ def _gguf_name(hf_name: str) -> str:
 def _checked_tensor(path: Path, by_name: dict[str, Any], name: str, shape: tuple[int, ...]) -> Any:
     """One tensor's entry, checked for presence, type and shape (the data is not read)."""
     where = f"{path}: tensor {name!r}"
-    if name == "blk.0.attn_q.weight" and "rope_freqs.weight" in by_name:
-        raise CheckpointError(
-            f"{path}: has rope_freqs.weight (Llama 3.1-style RoPE frequency factors), which "
-            "this loader does not apply; only unscaled RoPE is supported"
-        )
     tensor = by_name.get(name)
     if tensor is None:
         raise CheckpointError(f"{where} is missing; the file does not match its metadata")
