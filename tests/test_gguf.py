@@ -327,6 +327,7 @@ def _patch_tensor_type(path: Path, name: str, value: int) -> None:
         ("unknown_type", r"a tensor has unknown GGML type id 99"),
         ("unsupported_type", r"'blk.0.attn_q.weight': tensor type I32 is not supported"),
         ("tokenizer", r"tokenizer.ggml.pre='qwen2' is not supported"),
+        ("missing", r"GGUF file not found"),
     ],
 )
 def test_a_bad_gguf_is_exit_2_naming_the_problem(tmp_path: Path, breakage: str, named: str):
@@ -347,6 +348,8 @@ def test_a_bad_gguf_is_exit_2_naming_the_problem(tmp_path: Path, breakage: str, 
         _patch_tensor_type(path, "blk.0.attn_q.weight", 99)
     elif breakage == "unsupported_type":
         _patch_tensor_type(path, "blk.0.attn_q.weight", int(T.I32))
+    elif breakage == "missing":
+        path.unlink()
     prompt = ["bench.prompt=the cat"] if breakage == "tokenizer" else []
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
