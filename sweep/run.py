@@ -105,6 +105,17 @@ def checked_model(cfg: SweepConfig) -> LlamaConfig:
     return model_cfg
 
 
+def named_model(cfg: SweepConfig) -> SweepConfig:
+    """The config with `model.name` naming the weights measured: a checkpoint's file or
+    folder name and content fingerprint (`ModelSource.label`), not the preset's name that
+    `conf/model/*.yaml` left there. Rows, reports, plots and the summary all read it."""
+    try:
+        name = cfg.model.label(Path(cfg.cache_dir))
+    except (OSError, ValueError) as e:  # CheckpointError included: it names the file
+        raise ConfigError(f"model: {e}") from None
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
+
+
 def versions() -> dict[str, str]:
     """The versions a row records; a host without the compiler (compile=cache_only)
     records the runtime's."""
@@ -121,6 +132,8 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     start = time.monotonic()
     cfg = resolve_inputs(cfg, out)
     model_cfg = checked_model(cfg)
+    cfg = named_model(cfg)
+    print(f"model: {cfg.model.name}", file=out)
     grid_points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)))
     points = grid_points if cfg.search is None else search_baselines(cfg, grid_points)
     run_id = new_run_id()
@@ -342,7 +355,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
         ),
     )
     if ok:
-        print(render_md(Table(ok, SUMMARY_COLUMNS, header={})), file=out)
+        header = analysis.constant_columns(ok, ("model",))  # which weights: the header line
+        print(render_md(Table(ok, SUMMARY_COLUMNS, header=header)), file=out)
     for note in text_notes(rows):
         print(note, file=out)
     counts = analysis.status_counts(rows)

@@ -10,6 +10,9 @@ download fails with a message instead of a short read.
 
 Synthetic weights give the default sweep real-model shapes without a download; they
 are seeded per tensor, so the same seed yields the same bytes on every host.
+
+A GGUF file (llama.cpp's format), or a directory holding one, is read by `workers.gguf`
+behind the same functions: each one here dispatches on `gguf_file(path)`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 from workers.files import atomic_write
 from workers.llama_config import LlamaConfig, expected_shapes
+from workers.tensors import CheckpointError, LazyTensors
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -41,10 +45,6 @@ _DTYPES: dict[str, np.dtype] = {
 }
 _HEADER_LEN_BYTES = 8
 _NORM_STD = 0.02  # std of the synthetic linears and embedding, as Llama's initializer_range
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file (and tensor)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,36 +67,6 @@ class _TensorSpan:
     shape: tuple[int, ...]
 
 
-class LazyTensors:
-    """Named tensors, each made only when asked for: `pop` makes one and forgets it.
-
-    A consumer that converts tensor by tensor (`prepare_variant(..., consume=True)`)
-    then holds one fp32 checkpoint tensor at a time instead of the whole model: for the
-    1B model in int4, 1.7 GB of weights plus one tensor, not 4.9 GB more beside them.
-    """
-
-    def __init__(self, makers: dict[str, Any]) -> None:
-        self._makers = dict(makers)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._makers[name]()
-
-    def pop(self, name: str) -> np.ndarray:
-        return self._makers.pop(name)()
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._makers
-
-    def __len__(self) -> int:
-        return len(self._makers)
-
-    def __iter__(self) -> Any:
-        return iter(list(self._makers))
-
-    def keys(self) -> Any:
-        return self._makers.keys()
-
-
 def lazy_checkpoint(path: str | Path) -> LazyTensors:
     """A Hugging Face Llama checkpoint directory's tensors, read WITHOUT torch.
 
@@ -104,8 +74,12 @@ def lazy_checkpoint(path: str | Path) -> LazyTensors:
     by `model.safetensors.index.json`. Every tensor is validated now, before any data is
     read, so a bad checkpoint fails before the slow part; each is then read and widened
     to a float32, C-contiguous array when asked for. Tensors the config does not need
-    (a tied `lm_head.weight`, rotary buffers) are ignored.
+    (a tied `lm_head.weight`, rotary buffers) are ignored. A GGUF file: `workers.gguf`.
     """
+    if (file := gguf_file(path)) is not None:
+        from workers.gguf import lazy_gguf
+
+        return lazy_gguf(file)
     _, spans = _validated_spans(Path(path))
     makers = {name: functools.partial(_read_tensor, span, name) for name, span in spans.items()}
     return LazyTensors(makers)
@@ -134,14 +108,32 @@ def lazy_synthetic_weights(cfg: LlamaConfig, seed: int = 0) -> LazyTensors:
 def check_checkpoint(path: str | Path) -> LlamaConfig:
     """Everything `lazy_checkpoint` checks, without reading tensor data: cheap enough for
     the driver to run before any work starts."""
+    if (file := gguf_file(path)) is not None:
+        from workers.gguf import open_gguf
+
+        return open_gguf(file).config
     return _validated_spans(Path(path))[0]
+
+
+def checkpoint_config(path: str | Path) -> LlamaConfig:
+    """A checkpoint's model config: its config.json, or a GGUF file's metadata."""
+    if (file := gguf_file(path)) is not None:
+        return check_checkpoint(file)
+    return LlamaConfig.from_json_file(Path(path) / CONFIG_FILE)
+
+
+def gguf_file(path: str | Path) -> Path | None:
+    """The GGUF file `path` names (a `.gguf` file, or a directory holding one), else None."""
+    from workers.gguf import find_gguf
+
+    return find_gguf(path)
 
 
 def _validated_spans(root: Path) -> tuple[LlamaConfig, dict[str, _TensorSpan]]:
     if not root.is_dir():
         raise CheckpointError(
             f"{root}: checkpoint directory does not exist; pass a directory holding "
-            f"{CONFIG_FILE} and {SINGLE_FILE} (or {INDEX_FILE} and its shards)"
+            f"{CONFIG_FILE} and {SINGLE_FILE} (or {INDEX_FILE} and its shards), or a .gguf file"
         )
     cfg = _read_config(root / CONFIG_FILE)
     shapes = expected_shapes(cfg)
@@ -285,7 +277,8 @@ def _synthetic_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarra
 
 
 def fingerprint(path: str | Path, cache_dir: Path | None = None) -> str:
-    """sha256 over a checkpoint's config.json and tensor files: the identity of its weights.
+    """sha256 over a checkpoint's config.json and tensor files (or its one GGUF file): the
+    identity of its weights.
 
     Hashing a 5 GB checkpoint takes seconds, so each file's digest is remembered in
     `cache_dir/fingerprints.json` under its path, size and modification time: a file
@@ -293,10 +286,13 @@ def fingerprint(path: str | Path, cache_dir: Path | None = None) -> str:
     costs nothing the second time.
     """
     root = Path(path).resolve()
-    cfg = _read_config(root / CONFIG_FILE)
-    tensor_files = _tensor_files(root, list(expected_shapes(cfg))).values()
-    index = [INDEX_FILE] if (root / INDEX_FILE).is_file() else []
-    names = [CONFIG_FILE, *index, *sorted({file.name for file in tensor_files})]
+    if (file := gguf_file(root)) is not None:
+        root, names = file.parent, [file.name]
+    else:
+        cfg = _read_config(root / CONFIG_FILE)
+        tensor_files = _tensor_files(root, list(expected_shapes(cfg))).values()
+        index = [INDEX_FILE] if (root / INDEX_FILE).is_file() else []
+        names = [CONFIG_FILE, *index, *sorted({file.name for file in tensor_files})]
     memo_path = Path(cache_dir) / "fingerprints.json" if cache_dir else None
     memo = _read_memo(memo_path)
     digest = hashlib.sha256()
@@ -311,7 +307,8 @@ def fingerprint(path: str | Path, cache_dir: Path | None = None) -> str:
                 "sha256": _file_sha256(file),
             }
             memo[str(file)] = entry
-        digest.update(f"{name}\0{entry['sha256']}\n".encode())
+        label = "model.gguf" if name.endswith(".gguf") else name  # a renamed copy is the same
+        digest.update(f"{label}\0{entry['sha256']}\n".encode())
     if memo_path is not None:
         with contextlib.suppress(OSError):
             atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True).encode())
@@ -354,9 +351,13 @@ def resolve_repo(repo: str) -> Path:
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The checkpoint's `tokenizer.json` (the `tokenizers` library)."""
+    """The checkpoint's `tokenizer.json` (the `tokenizers` library), or a GGUF file's own."""
     from tokenizers import Tokenizer
 
+    if (gguf := gguf_file(path)) is not None:
+        from workers.gguf import gguf_tokenizer
+
+        return gguf_tokenizer(gguf)
     file = Path(path) / "tokenizer.json"
     if not file.is_file():
         raise CheckpointError(f"{file}: not found; a text prompt needs the checkpoint's tokenizer")

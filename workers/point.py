@@ -38,7 +38,8 @@ RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """Where a model's weights come from: a Hugging Face checkpoint directory or a seed.
+    """Where a model's weights come from: a Hugging Face checkpoint directory, a GGUF file
+    (or a directory holding one), or a seed.
 
     Also the `model` section of the sweep's config (`conf/model/*.yaml`).
     """
@@ -66,7 +67,9 @@ class ModelSource:
 
     def config(self) -> LlamaConfig:
         if self.path:
-            return LlamaConfig.from_json_file(Path(self.path) / "config.json")
+            from workers.checkpoint import checkpoint_config
+
+            return checkpoint_config(self.path)
         assert self.preset is not None
         return preset(self.preset)
 
@@ -87,6 +90,19 @@ class ModelSource:
         else:
             ident = {"preset": self.preset, "seed": self.seed, "config": self.config().to_dict()}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def label(self, cache_dir: Path | None = None) -> str:
+        """How rows, reports and plots name the model. Seeded weights: `name`. A checkpoint:
+        its file or folder name (the repo id for model.repo; `name` if set to other than
+        the preset's) and the first 12 hex digits of its content fingerprint, since the
+        preset's name that `conf/model/*.yaml` leaves in `name` is not the model measured."""
+        if not self.path:
+            return self.name
+        from workers.checkpoint import fingerprint, gguf_file
+
+        own = self.name if self.name != self.preset else None
+        base = own or self.repo or (gguf_file(self.path) or Path(self.path).resolve()).name
+        return f"{base}@{fingerprint(self.path, cache_dir)[:12]}"
 
     def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
         """The variant's graph weights, made from one checkpoint tensor at a time."""

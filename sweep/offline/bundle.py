@@ -130,7 +130,12 @@ def build(args: argparse.Namespace, overrides: list[str]) -> Path:
     copy_project(out / "project")
     extra = []
     if cfg.model.path:
-        shutil.copytree(cfg.model.path, out / "model")
+        source = Path(cfg.model.path)
+        if source.is_file():  # a GGUF file: the bundle's model folder holds just it
+            (out / "model").mkdir()
+            shutil.copy2(source, out / "model" / source.name)
+        else:
+            shutil.copytree(source, out / "model")
         extra.append("model.path=$BUNDLE/model")
         extra += ["model.repo=null"] if cfg.model.repo else []
     fetch_wheels(out / "wheels", args.python, args.platform)

@@ -1,0 +1,401 @@
+"""GGUF checkpoints (llama.cpp's format) as the same lazy float32 tensors a safetensors
+checkpoint gives, with their config and tokenizer read from the file's own metadata.
+
+GGUF is what most local-inference users hold their models in (llama.cpp, ollama, LM
+Studio), usually already quantized. The `gguf` package (by the ggml authors, numpy only)
+parses the file and dequantizes its block formats; this module maps that onto what the
+rest of the project expects from `workers.checkpoint`:
+
+- hyper-parameters from the `llama.*` metadata into a `LlamaConfig`;
+- tensors under their Hugging Face names, each dequantized to float32 only when asked
+  for (one at a time, as with safetensors), shaped [out, in];
+- the rows of `attn_q` / `attn_k` un-permuted: llama.cpp's converter interleaves each
+  head's two rotary halves for its RoPE, the Hugging Face layout (and our graph) keeps
+  them as halves;
+- Llama 3.1-style RoPE scaling recovered from the `rope_freqs` tensor llama.cpp writes
+  in its place;
+- the tokenizer rebuilt from `tokenizer.ggml.*` (GPT-2 style byte-level BPE).
+
+Everything is checked before any tensor data is read (architecture, tensor types,
+shapes, and that every tensor's bytes lie inside the file), so a bad file fails in the
+driver with a message naming the problem, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.llama_config import LINEARS, NORMS, LlamaConfig, RopeScaling, expected_shapes
+from workers.tensors import CheckpointError, LazyTensors
+
+SUFFIX = ".gguf"
+ARCHITECTURE = "llama"
+# GGML tensor types this loader accepts: each is dequantized by `gguf.quants.dequantize`.
+SUPPORTED_TYPES: tuple[str, ...] = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+)
+# Hugging Face per-layer tensor suffix -> GGUF per-layer name (llama.cpp's tensor map).
+_LAYER_NAMES: dict[str, str] = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_GLOBAL_NAMES: dict[str, str] = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+assert set(_LAYER_NAMES) == {*LINEARS, *NORMS}
+# Pre-tokenizers of `tokenizer.ggml.pre` this module rebuilds (llama.cpp's names).
+_GPT2_PRE = ("default", "gpt2", "smollm", "llama-bpe", "llama3")
+# llama.cpp's LLAMA3 pre-tokenizer regex, as in Llama 3's own tokenizer.json.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_CONTROL, _USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values (llama.cpp's enum)
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufCheckpoint:
+    """A validated GGUF file: its config and, per Hugging Face name, its tensor entry."""
+
+    path: Path
+    config: LlamaConfig
+    tensors: dict[str, Any]  # HF name -> gguf.ReaderTensor (data is a memmap view)
+
+
+def find_gguf(path: str | Path) -> Path | None:
+    """The GGUF file `path` names: the file itself, or the one `.gguf` in a directory that
+    has no `config.json` (a Hugging Face directory is not GGUF); None otherwise."""
+    path = Path(path)
+    if path.suffix == SUFFIX and not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"{path}: GGUF file not found")
+        return path
+    if not path.is_dir() or (path / "config.json").exists():
+        return None
+    found = sorted(path.glob(f"*{SUFFIX}"))
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise CheckpointError(
+            f"{path}: holds {len(found)} GGUF files ({names}); pass one as model.path=FILE.gguf"
+        )
+    return found[0] if found else None
+
+
+def open_gguf(path: str | Path) -> GgufCheckpoint:
+    """Parses and validates a GGUF file without reading any tensor data."""
+    path = Path(path)
+    fields, by_name = _parsed(path)
+    cfg = _config(path, fields, tied="output.weight" not in by_name)
+    if "rope_freqs.weight" in by_name:
+        cfg = dataclasses.replace(cfg, rope_scaling=_llama3_scaling(path, cfg, by_name))
+    tensors = {}
+    for hf_name, shape in expected_shapes(cfg).items():
+        tensors[hf_name] = _checked_tensor(path, by_name, _gguf_name(hf_name), shape)
+    return GgufCheckpoint(path, cfg, tensors)
+
+
+def lazy_gguf(path: str | Path) -> LazyTensors:
+    """Every tensor the config needs, dequantized to float32 [out, in] when asked for."""
+    ckpt = open_gguf(path)
+    return LazyTensors(
+        {
+            name: functools.partial(_dequantized, ckpt, name, tensor)
+            for name, tensor in ckpt.tensors.items()
+        }
+    )
+
+
+def _parsed(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The file's metadata (key -> value) and tensor entries (GGUF name -> entry).
+
+    Parsing a GGUF header costs seconds (gguf's reader reads the ~100k vocabulary and
+    merge strings one small read at a time), and a sweep asks for the config, the
+    tokenizer and the tensors separately: parsed once per process and file version.
+    """
+    stat = path.stat()
+    return _parsed_version(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_version(path: Path, size: int, mtime_ns: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    reader = _reader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    return fields, {t.name: t for t in reader.tensors}
+
+
+def _reader(path: Path) -> Any:
+    """gguf's reader, with every short read (a file cut short) reported as truncation."""
+    import gguf
+
+    class Reader(gguf.GGUFReader):
+        # GGUFReader slices its memmap without a bounds check, then fails later with an
+        # unrelated message (a reshape, a bad string); check each read instead.
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> Any:
+            end = int(offset) + np.dtype(dtype).itemsize * int(count)
+            if end > len(self.data):
+                raise _Truncated(end, len(self.data))
+            return super()._get(offset, dtype, count, override_order)
+
+    try:
+        return Reader(path)
+    except _Truncated as e:
+        raise CheckpointError(
+            f"{path}: truncated: the GGUF file needs at least {e.needed} bytes but has "
+            f"{e.size}; copy or download it again"
+        ) from None
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError, OverflowError) as e:
+        if unknown := re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", str(e)):
+            raise CheckpointError(
+                f"{path}: a tensor has unknown GGML type id {unknown[1]} (newer than the gguf "
+                f"package, or corrupt); supported: {', '.join(SUPPORTED_TYPES)}"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+class _Truncated(Exception):
+    def __init__(self, needed: int, size: int) -> None:
+        super().__init__(needed, size)
+        self.needed, self.size = needed, size
+
+
+def _config(path: Path, fields: dict[str, Any], tied: bool) -> LlamaConfig:
+    """`llama.*` metadata -> LlamaConfig; other architectures are rejected by name."""
+    arch = fields.get("general.architecture")
+    if arch != ARCHITECTURE:
+        raise CheckpointError(
+            f"{path}: general.architecture={arch!r}: only {ARCHITECTURE!r} GGUF files are supported"
+        )
+
+    def get(key: str, default: Any = None) -> Any:
+        value = fields.get(f"{ARCHITECTURE}.{key}", default)
+        if value is None:
+            raise CheckpointError(f"{path}: metadata {ARCHITECTURE}.{key} is missing")
+        return value
+
+    scaling = fields.get(f"{ARCHITECTURE}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear") or float(get("rope.scaling.factor", 1.0)) != 1.0:
+        raise CheckpointError(
+            f"{path}: RoPE scaling {scaling!r} (factor {get('rope.scaling.factor', 1.0)}) is "
+            "not supported; only unscaled RoPE"
+        )
+    heads, hidden = int(get("attention.head_count")), int(get("embedding_length"))
+    head_dim = int(get("attention.key_length", hidden // heads))
+    if int(get("rope.dimension_count", head_dim)) != head_dim:
+        raise CheckpointError(
+            f"{path}: {ARCHITECTURE}.rope.dimension_count={get('rope.dimension_count')} differs "
+            f"from the head size {head_dim}; partial rotary embeddings are not supported"
+        )
+    tokens = fields.get("tokenizer.ggml.tokens")
+    try:
+        return LlamaConfig(
+            vocab_size=int(get("vocab_size", len(tokens) if tokens else None)),
+            hidden_size=hidden,
+            intermediate_size=int(get("feed_forward_length")),
+            num_hidden_layers=int(get("block_count")),
+            num_attention_heads=heads,
+            num_key_value_heads=int(get("attention.head_count_kv", heads)),
+            head_dim=head_dim,
+            rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(get("rope.freq_base", 10000.0)),
+            rope_scaling=None,
+            tie_word_embeddings=tied,
+            max_position_embeddings=int(get("context_length", 2048)),
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed {ARCHITECTURE} metadata ({e})") from None
+
+
+def _llama3_scaling(path: Path, cfg: LlamaConfig, by_name: dict[str, Any]) -> RopeScaling | None:
+    """Llama 3.1-style RoPE scaling, recovered from llama.cpp's `rope_freqs` tensor.
+
+    llama.cpp's converter does not keep `rope_scaling`'s four numbers; it writes the
+    factor each rotary frequency is divided by: 1 for short wavelengths, `factor` for
+    long ones, and in between 1 / ((1 - s) / factor + s) with s linear in the frequency,
+    s = (old_context * freq / 2pi - low) / (high - low). `factor` is the largest
+    factor; s at the in-between frequencies gives the line, and only its slope and
+    intercept matter, so any (old_context, low, high) on it is the same model: old_context
+    is rounded to an integer (what `RopeScaling` holds) and low, high solved from it. The
+    result is checked by recomputing every factor.
+    """
+    tensor = by_name["rope_freqs.weight"]
+    where = f"{path}: rope_freqs.weight"
+    if tensor.tensor_type.name != "F32" or int(tensor.n_elements) != cfg.head_dim // 2:
+        raise CheckpointError(f"{where}: expected {cfg.head_dim // 2} F32 values")
+    stored = np.array(tensor.data, dtype=np.float64).reshape(-1)
+    factor = float(stored.max())
+    if np.allclose(stored, 1.0):
+        return None
+    plain = dataclasses.replace(cfg, rope_scaling=None)
+    from workers.model import rope_inv_freq
+
+    freq = rope_inv_freq(plain).astype(np.float64)
+    mid = (stored > 1 + 1e-6) & (stored < factor * (1 - 1e-6))
+    s = (1 / stored[mid] - 1 / factor) / (1 - 1 / factor)
+    slope, intercept = (float(c) for c in np.polyfit(freq[mid], s, 1)) if mid.sum() >= 2 else (0, 0)
+    if slope <= 0 or intercept >= 0:
+        raise CheckpointError(
+            f"{where}: these frequency factors are not Llama 3.1-style RoPE scaling "
+            f"(fewer than two frequencies between the two regimes, or not monotone)"
+        )
+    old = round(2 * math.pi * slope / -intercept)  # old_context for low = 1
+    span = old / (2 * math.pi * slope)  # high - low
+    scaling = RopeScaling(
+        factor=factor,
+        low_freq_factor=-intercept * span,
+        high_freq_factor=-intercept * span + span,
+        original_max_position_embeddings=old,
+    )
+    got = freq / rope_inv_freq(dataclasses.replace(cfg, rope_scaling=scaling))
+    if not np.allclose(got, stored, rtol=1e-4):
+        raise CheckpointError(f"{where}: no Llama 3.1-style RoPE scaling reproduces the factors")
+    return scaling
+
+
+def _gguf_name(hf_name: str) -> str:
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    _, _, layer, rest = hf_name.split(".", 3)  # model.layers.N.<suffix>.weight
+    return f"blk.{layer}.{_LAYER_NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+def _checked_tensor(path: Path, by_name: dict[str, Any], name: str, shape: tuple[int, ...]) -> Any:
+    """One tensor's entry, checked for presence, type and shape (the data is not read)."""
+    where = f"{path}: tensor {name!r}"
+    tensor = by_name.get(name)
+    if tensor is None:
+        raise CheckpointError(f"{where} is missing; the file does not match its metadata")
+    kind = tensor.tensor_type.name
+    if kind not in SUPPORTED_TYPES:
+        raise CheckpointError(
+            f"{where}: tensor type {kind} is not supported; supported: {', '.join(SUPPORTED_TYPES)}"
+        )
+    got = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims innermost first
+    if got != shape:
+        raise CheckpointError(
+            f"{where}: wrong shape, expected {shape} from its metadata, got {got}"
+        )
+    return tensor
+
+
+def _dequantized(ckpt: GgufCheckpoint, name: str, tensor: Any) -> np.ndarray:
+    """One tensor as a fresh float32 [out, in] array, Q and K rows in Hugging Face order."""
+    from gguf.quants import dequantize
+
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    # np.array copies: the result must not keep the file's memmap alive.
+    w = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
+    cfg = ckpt.config
+    if name.endswith("self_attn.q_proj.weight"):
+        w = _unpermute(w, cfg.num_attention_heads)
+    elif name.endswith("self_attn.k_proj.weight"):
+        w = _unpermute(w, cfg.num_key_value_heads)
+    return np.ascontiguousarray(w)
+
+
+def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undoes llama.cpp's converter: per head, rows (pairs of rotary halves interleaved)
+    back to [first half; second half]."""
+    rows, cols = w.shape
+    return w.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def gguf_tokenizer(path: str | Path) -> Any:
+    """The tokenizer of the file's `tokenizer.ggml.*` metadata, as a `tokenizers.Tokenizer`.
+
+    GPT-2 style byte-level BPE (`tokenizer.ggml.model = gpt2`) with the pre-tokenizers
+    named in `_GPT2_PRE`; `smollm` splits digits one by one before the byte-level split,
+    as llama.cpp and SmolLM's own tokenizer.json do. Control tokens (`<|im_start|>`, ...)
+    are special tokens: matched whole in a prompt, dropped from decoded text.
+    """
+    path = Path(path)
+    fields, _ = _parsed(path)
+    kind, pre = fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre", "default")
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.model={kind!r} is not supported; only 'gpt2' (byte-level BPE)"
+        )
+    if pre not in _GPT2_PRE:
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.pre={pre!r} is not supported; supported: {list(_GPT2_PRE)}"
+        )
+    tokens, merges = fields.get("tokenizer.ggml.tokens"), fields.get("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise CheckpointError(f"{path}: tokenizer.ggml.tokens or tokenizer.ggml.merges is missing")
+    return _bpe_tokenizer(
+        tokens, merges, fields.get("tokenizer.ggml.token_type"), pre, _bos(fields, tokens)
+    )
+
+
+def _bos(fields: dict[str, Any], tokens: list[str]) -> tuple[str, int] | None:
+    """The BOS token to prepend, if the file asks for one (`tokenizer.ggml.add_bos_token`)."""
+    bos_id = fields.get("tokenizer.ggml.bos_token_id")
+    if not fields.get("tokenizer.ggml.add_bos_token", False) or bos_id is None:
+        return None
+    return tokens[int(bos_id)], int(bos_id)
+
+
+def _bpe_tokenizer(
+    tokens: list[str],
+    merges: list[str],
+    token_types: list[int] | None,
+    pre: str,
+    bos: tuple[str, int] | None,
+) -> Any:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    vocab = {token: i for i, token in enumerate(tokens)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    llama3 = pre in ("llama-bpe", "llama3")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=llama3))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not llama3)
+    if pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    elif llama3:
+        split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    kinds = dict(zip(tokens, token_types or [], strict=False))  # a file may omit the types
+    tok.add_special_tokens(
+        [AddedToken(t, normalized=False) for t in tokens if kinds.get(t) == _CONTROL]
+    )
+    tok.add_tokens(
+        [AddedToken(t, normalized=False) for t in tokens if kinds.get(t) == _USER_DEFINED]
+    )
+    if bos is not None:
+        tok.post_processor = TemplateProcessing(
+            single=f"{bos[0]}:0 $A:0", pair=f"{bos[0]}:0 $A:0 $B:1", special_tokens=[bos]
+        )
+    return tok
