@@ -12,7 +12,11 @@ Two kinds:
   takes it shared, so on one host a timed point never runs beside a compile or
   another timed point, whichever sweep started them. Within one sweep the
   scheduler already keeps them apart; this lock covers sweeps that do not know of
-  each other.
+  each other. A reader-writer lock alone would starve the measurement while compiles
+  overlap (seen here: a sweep waited 35 minutes behind other sweeps' compiles), so a
+  turnstile beside it puts a waiting measurement first: the measurement holds the
+  turnstile while it waits and measures, and a compile passes through the turnstile
+  before it takes its shared lock.
 
 A lock is released when its holder exits, however it exits: a crash leaves no stale
 lock behind.
@@ -51,5 +55,16 @@ def key_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     return file_lock(path, exclusive=True)
 
 
-def host_lock(*, exclusive: bool) -> contextlib.AbstractContextManager[None]:
-    return file_lock(host_lock_path(), exclusive=exclusive)
+@contextlib.contextmanager
+def host_lock(*, exclusive: bool) -> Iterator[None]:
+    """The host's measurement lock (exclusive) or compile lock (shared), fair to both."""
+    path = host_lock_path()
+    turnstile = path.with_name(path.name + ".turnstile")
+    if exclusive:
+        with file_lock(turnstile), file_lock(path):
+            yield
+        return
+    with file_lock(turnstile):
+        pass  # a measurement waiting or running holds it: wait behind it
+    with file_lock(path, exclusive=False):
+        yield
