@@ -48,6 +48,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from datetime import UTC, datetime
 from importlib import metadata
@@ -60,12 +61,6 @@ BUNDLED = ("ray", "hydra-core", "iree-base-runtime", "duckdb")
 PROJECT_PARTS = ("sweep", "workers", "conf", "pyproject.toml", "README.md")
 PART_SUFFIX = ".part"
 MANIFEST = "manifest.json"
-MAX_SDIST_BUILDS = 8  # pure-Python packages published only as sdists, built into wheels
-# How pip names a requirement it found no wheel of (alone, or inside a conflict report)
-_NO_MATCH = re.compile(
-    r"No matching distribution found for ([A-Za-z0-9_.\-]+)"
-    r"|no matching distributions available for your environment:\s+([A-Za-z0-9_.\-]+)"
-)
 
 
 class BundleError(Exception):
@@ -206,39 +201,51 @@ def copy_project(dest: Path) -> None:
 
 def fetch_wheels(dest: Path, python: str, platform_tag: str) -> None:
     """`pip download` of BUNDLED (at this machine's versions) and their dependencies for
-    the host's Python and platform; a pure-Python dependency published only as an sdist
-    is built into a wheel here first."""
+    the host's Python and platform.
+
+    A pure-Python dependency published only as an sdist (antlr4-python3-runtime, which
+    hydra-core pins) is built into a wheel here first. The pinned distributions are
+    checked for wheels without their dependencies, before the resolve: in a resolve,
+    pip reports a missing wheel as "no matching distribution" or, as pip 23.2 does (what
+    `python3 -m venv` ships on Python 3.11 and 3.12), as a conflict that names no package.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     constraints = dest.parent / "constraints.txt"
     constraints.write_text("\n".join(_installed_pins()) + "\n")
-    wanted = [f"{name}=={metadata.version(name)}" for name in BUNDLED]
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
+    target = [
         "--only-binary=:all:",
         f"--python-version={python}",
         *(f"--platform={tag}" for tag in platform_tags(platform_tag)),
         "--implementation=cp",
-        f"--constraint={constraints}",
-        f"--find-links={dest}",
         f"--dest={dest}",
-        *wanted,
     ]
+
+    def without_wheel(pins: list[str]) -> list[str]:
+        """The pins with no wheel for the host: one pip call when all have one, else
+        halves, down to single pins (pip's exit code is all that is read)."""
+        if not pins or _pip("download", "--no-deps", *target, *pins).returncode == 0:
+            return []
+        if len(pins) == 1:
+            return pins
+        half = len(pins) // 2
+        return without_wheel(pins[:half]) + without_wheel(pins[half:])
+
     try:
-        for _ in range(MAX_SDIST_BUILDS):
-            proc = subprocess.run(command, capture_output=True, text=True)
-            if proc.returncode == 0:
-                return
-            output = proc.stdout + proc.stderr  # pip explains a conflict on stdout
-            missing = _NO_MATCH.search(output)
-            if missing is None:
-                raise BundleError(f"pip download failed:\n{output[-3000:]}")
-            _build_pure_wheel(missing.group(1) or missing.group(2), dest, constraints)
-        raise BundleError(f"pip download still fails after building sdists:\n{proc.stderr[-3000:]}")
+        for pin in without_wheel(_required_pins(BUNDLED, python)):
+            build_pure_wheel(pin, dest, f"Python {python} on {platform_tag}")
+            print(f"bundle: {pin} has no wheel for the host: built from its sdist", flush=True)
+        wanted = [f"{name}=={metadata.version(name)}" for name in BUNDLED]
+        proc = _pip(
+            "download", *target, f"--constraint={constraints}", f"--find-links={dest}", *wanted
+        )
+        if proc.returncode != 0:  # pip explains a conflict on stdout
+            raise BundleError(f"pip download failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     finally:
         constraints.unlink(missing_ok=True)
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
 
 
 _MANYLINUX = re.compile(r"manylinux_2_(\d+)_(\w+)")
@@ -272,27 +279,50 @@ def _installed_pins() -> list[str]:
     return sorted(pins.values())
 
 
-def _build_pure_wheel(name: str, dest: Path, constraints: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            f"--constraint={constraints}",
-            f"--wheel-dir={dest}",
-            name,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    stem = re.sub(r"[-_.]+", "_", name).lower() + "-"
-    built = [w for w in dest.glob("*-py3-none-any.whl") if w.name.lower().startswith(stem)]
-    if proc.returncode != 0 or not built:
-        raise BundleError(
-            f"no wheel of {name} for the host and none could be built:\n{proc.stderr}"
-        )
+def _required_pins(names: tuple[str, ...], python: str) -> list[str]:
+    """`name==version` of `names` and all they require, as installed here, with the
+    requirements' markers taken for the host's Python (extras left out, as pip does)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    environment = {"extra": "", "python_version": python, "python_full_version": f"{python}.0"}
+    pins: dict[str, str] = {}
+    todo = list(names)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in pins:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # needed on the host's Python only: the resolve fetches it
+        pins[name] = f"{dist.metadata['Name']}=={dist.version}"
+        for line in dist.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                todo.append(requirement.name)
+    return sorted(pins.values())
+
+
+def build_pure_wheel(requirement: str, dest: Path, host: str) -> None:
+    """Builds `requirement`'s sdist into a wheel in `dest`. Only a pure-Python wheel
+    (tagged `none-any`) built here runs on the host; any other is refused."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = _pip("wheel", "--no-deps", f"--wheel-dir={tmp}", requirement)
+        built = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not built:
+            raise BundleError(
+                f"{requirement}: no wheel for {host}, and its sdist could not be built "
+                f"here:\n{(proc.stdout + proc.stderr)[-3000:]}"
+            )
+        wheel = built[0]
+        if not wheel.name.endswith("-none-any.whl"):
+            raise BundleError(
+                f"{requirement}: no wheel for {host}, and it is not pure Python (its sdist "
+                f"builds {wheel.name} here, which runs only on this Python and platform): "
+                "bundle for a host it publishes wheels for (--python, --platform)"
+            )
+        shutil.move(wheel, dest / wheel.name)
 
 
 def split_large(root: Path, part_bytes: int) -> list[dict[str, Any]]:
