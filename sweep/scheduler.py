@@ -160,6 +160,9 @@ class Running:
     handle: Any
     started: float
     compiles: tuple[Compile, ...]
+    # their results when it started: a graph lost meanwhile (and queued again) must
+    # not take the row's compile columns with it
+    results: tuple[CompileResult | None, ...] = ()
 
 
 @dataclasses.dataclass(eq=False)
@@ -573,7 +576,8 @@ class Scheduler:
         del self.pending[ticket]
         handles = [c.handle for c in compiles]
         handle = self.backend.submit_point(actor.ref, point.task(), handles)
-        running = Running(point, handle, self.backend.now(), compiles)
+        results = tuple(c.result for c in compiles)
+        running = Running(point, handle, self.backend.now(), compiles, results)
         actor.running = running
         self._set_resident(actor, _weights_of(point))
         self._measuring[actor.node.node_id] = actor
@@ -678,7 +682,7 @@ class Scheduler:
             return
         compiled = None
         if running.compiles:
-            prefill, decode = (c.result for c in running.compiles)
+            prefill, decode = running.results
             compiled = (prefill, decode)
         row = measured_row(
             point,
