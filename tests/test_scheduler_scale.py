@@ -119,7 +119,7 @@ def test_the_cluster_simulation_loses_nothing_under_faults(tmp_path: Path):
     argv = [
         *("--nodes", "20", "--points", "400", "--variants", "2"),
         *("--node-loss", "0.1", "--actor-crash", "0.01", "--compile-timeout", "0.01"),
-        *("--no-memory", "--out", str(out)),
+        *("--out", str(out)),
     ]
     assert cluster_sim.main(argv) in (0, 1)
     report = json.loads(out.read_text())
