@@ -19,6 +19,7 @@ exactly one row, none lost, none measured twice.
 
     python benchmarks/cluster_sim.py --nodes 1000 --points 100000 --node-loss 0.01 \
         --out benchmarks/results/cluster_sim-1000n-100000p-loss1-vm-DATE.json
+    python benchmarks/cluster_sim.py --summarize benchmarks/results/cluster_sim-*.json
 """
 
 from __future__ import annotations
@@ -686,7 +687,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="again, under tracemalloc")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the driver")
     parser.add_argument("--out", type=Path, default=None, help="JSON report path")
+    parser.add_argument("--summarize", type=Path, nargs="+", default=None,
+                        help="print one table of these reports and run nothing")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.summarize:
+        reports = [json.loads(path.read_text()) for path in args.summarize]
+        reports.sort(key=lambda r: (r["faults"]["node_loss"], r["nodes"], r["points"]))
+        print(markdown_table(COLUMNS, [table_row(r) for r in reports]))
+        return 0
     for name in ("node_loss", "actor_crash", "compile_timeout"):
         if not 0.0 <= getattr(args, name) < 1.0:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")

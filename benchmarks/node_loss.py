@@ -48,8 +48,15 @@ def free_port() -> int:
 
 
 def ray_start(env: dict[str, str], index: int, *args: str) -> subprocess.Popen:
-    """One raylet in the foreground (`--block`), in a process group of its own."""
+    """One raylet in the foreground (`--block`), in a process group of its own. Its
+    agents get their ports up front: otherwise the raylet waits for them to write
+    their port files and, on a loaded machine, gives up ("Timed out waiting for file")."""
     resources = f'{{"sweep_cpu_bench": 1, "raylet{index}": 1}}'
+    ports = [
+        f"--{name}={free_port()}"
+        for name in ("dashboard-agent-grpc-port", "dashboard-agent-listen-port",
+                     "runtime-env-agent-port", "metrics-export-port")
+    ]  # fmt: skip
     return subprocess.Popen(
         [
             RAY,
@@ -58,6 +65,7 @@ def ray_start(env: dict[str, str], index: int, *args: str) -> subprocess.Popen:
             "--num-cpus=1",
             f"--resources={resources}",
             "--disable-usage-stats",
+            *ports,
             *args,
         ],  # fmt: skip
         stdout=subprocess.DEVNULL,
@@ -72,9 +80,12 @@ def num_alive_nodes(address: str, env: dict[str, str]) -> int:
         f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
         "print(sum(n['Alive'] for n in ray.nodes()))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return 0
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
 
@@ -125,15 +136,19 @@ def killer(raylets: dict[int, subprocess.Popen], stop: threading.Event, log: dic
         time.sleep(0.5)
 
 
-def start_cluster(num_raylets: int, env: dict[str, str], temp_dir: Path) -> tuple[str, dict]:
+def start_cluster(
+    num_raylets: int, env: dict[str, str], temp_dir: Path, raylets: dict[int, subprocess.Popen]
+) -> str:
+    """Starts the head and the other raylets into `raylets` (so that the caller stops
+    them whatever happens); returns the address."""
     port = free_port()
     address = f"127.0.0.1:{port}"
-    raylets = {0: ray_start(env, 0, "--head", f"--port={port}", "--include-dashboard=false",
-                            f"--temp-dir={temp_dir}")}  # fmt: skip
+    raylets[0] = ray_start(env, 0, "--head", f"--port={port}", "--include-dashboard=false",
+                           f"--temp-dir={temp_dir}")  # fmt: skip
     deadline = time.monotonic() + 600
     while num_alive_nodes(address, env) < 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Ray head did not start")
+        if time.monotonic() > deadline or raylets[0].poll() is not None:
+            raise RuntimeError("the Ray head did not start (see its logs under --temp-dir)")
         time.sleep(2)
     for i in range(1, num_raylets):
         raylets[i] = ray_start(env, i, f"--address={address}")
@@ -141,7 +156,7 @@ def start_cluster(num_raylets: int, env: dict[str, str], temp_dir: Path) -> tupl
         if time.monotonic() > deadline:
             raise RuntimeError(f"not all {num_raylets} raylets joined")
         time.sleep(2)
-    return address, raylets
+    return address
 
 
 def stop_cluster(raylets: dict[int, subprocess.Popen]) -> None:
@@ -179,11 +194,12 @@ def main() -> int:
     env.pop("RAY_ADDRESS", None)
     (work / "home").mkdir()
     t0 = time.monotonic()
-    address, raylets = start_cluster(args.raylets, env, work / "ray")
-    cluster_s = time.monotonic() - t0
+    raylets: dict[int, subprocess.Popen] = {}
     stop, kill = threading.Event(), {}
     thread = threading.Thread(target=killer, args=(raylets, stop, kill))
     try:
+        address = start_cluster(args.raylets, env, work / "ray", raylets)
+        cluster_s = time.monotonic() - t0
         thread.start()
         t1 = time.monotonic()
         proc = subprocess.run(
@@ -194,7 +210,8 @@ def main() -> int:
         sweep_s = time.monotonic() - t1
     finally:
         stop.set()
-        thread.join()
+        if thread.is_alive():
+            thread.join()
         stop_cluster(raylets)
     rows = read_results(work / "results").to_pylist() if (work / "results").exists() else []
     keys = Counter(r["point_key"] for r in rows)
