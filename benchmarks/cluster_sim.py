@@ -577,7 +577,9 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
     keys = {p.key for p in points}
     lost_nodes = set(sim.dead)
     surviving = [n for n in nodes if n.node_id not in lost_nodes]
-    surviving_bound = lower_bound(points, surviving, durations, args.seed)["lower_bound_s"]
+    surviving_bound = bound["lower_bound_s"]
+    if lost_nodes:
+        surviving_bound = lower_bound(points, surviving, durations, args.seed)["lower_bound_s"]
     makespan = sim.clock
     num_devices = sum(max(1, int(n.resources.get("GPU", 0))) for n in nodes)
     uploads = [a.num_uploads for a in sim.actors]
