@@ -148,7 +148,7 @@ def start_cluster(
     deadline = time.monotonic() + 600
     while num_alive_nodes(address, env) < 1:
         if time.monotonic() > deadline or raylets[0].poll() is not None:
-            raise RuntimeError("the Ray head did not start (see its logs under --temp-dir)")
+            raise RuntimeError(f"the Ray head did not start; its logs: {temp_dir}/session_latest")
         time.sleep(2)
     for i in range(1, num_raylets):
         raylets[i] = ray_start(env, i, f"--address={address}")
@@ -190,6 +190,8 @@ def main() -> int:
         "PYTHONPATH": str(ROOT),
         "RAY_health_check_period_ms": "1000",  # a lost node is noticed in seconds
         "RAY_health_check_failure_threshold": "5",
+        # a loaded machine starts a raylet's agents slowly: wait for their port files
+        "RAY_raylet_start_wait_time_s": "120",
     }
     env.pop("RAY_ADDRESS", None)
     (work / "home").mkdir()
