@@ -541,11 +541,14 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
     sim.keys = task_keys(points)
     rows: Counter = Counter()
     statuses: Counter = Counter()
+    why_lost: Counter = Counter()  # worker_lost rows by message
 
     def sink(new_rows: list[dict], dispatches: list[dict], profiles: dict) -> None:
         for row in new_rows:
             rows[row["point_key"]] += 1
             statuses[row["status"]] += 1
+            if row["status"] == "worker_lost":
+                why_lost[str(row["error_message"])[:200]] += 1
 
     scheduler = Scheduler(
         sim, nodes, preset("tiny"), RunContext("sim", "cluster_sim", {}), sink,
@@ -602,6 +605,7 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
         "duplicates": sum(n - 1 for n in rows.values() if n > 1),
         "run_twice": sum(n - 1 for n in sim.measured.values() if n > 1),
         "statuses": dict(statuses),
+        "worker_lost_messages": dict(why_lost),
         "node_utilisation": sum(sim.busy_s.values()) / (len(nodes) * makespan),
         "device_utilisation": sum(sim.busy_s.values()) / (num_devices * makespan),
         "num_devices": num_devices,

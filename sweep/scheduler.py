@@ -172,6 +172,7 @@ class Running:
     # their results when it started: a graph lost meanwhile (and queued again) must
     # not take the row's compile columns with it
     results: tuple[CompileResult | None, ...] = ()
+    handles: tuple[Any, ...] = ()  # the compiles' handles it was sent with
 
 
 @dataclasses.dataclass(eq=False)
@@ -586,7 +587,7 @@ class Scheduler:
         handles = [c.handle for c in compiles]
         handle = self.backend.submit_point(actor.ref, point.task(), handles)
         results = tuple(c.result for c in compiles)
-        running = Running(point, handle, self.backend.now(), compiles, results)
+        running = Running(point, handle, self.backend.now(), compiles, results, tuple(handles))
         actor.running = running
         self._set_resident(actor, _weights_of(point))
         self._measuring[actor.node.node_id] = actor
@@ -725,6 +726,7 @@ class Scheduler:
             self._set_ping(actor, self.backend.ping(actor.ref))  # it restarts; points wait
         else:
             self._forget_node(actor.node)
+            self.attempts[point.key] -= 1  # a node that left is not the point's fault
         if self.attempts[point.key] <= self.max_retries:
             self._enqueue(point, next(self._retry_tickets))
             return
@@ -736,8 +738,16 @@ class Scheduler:
     def _graph_lost(self, running: Running, why: str) -> None:
         """The point's vmfb went with a node: compile it again and run the point again."""
         self.attempts[running.point.key] -= 1  # not the point's fault
-        gone = [c for c in running.compiles if not self._node_alive(c.node)]
-        for compile_ in gone or running.compiles:  # none gone: redo them all to be sure
+        # Compiles redone since the point was sent explain the loss already; of the
+        # others, those whose node left are redone, or all of them if none left.
+        current = [
+            c
+            for c, sent in zip(running.compiles, running.handles, strict=True)
+            if c.handle is sent and c.result is not None
+        ]
+        gone = [c for c in current if not self._node_alive(c.node)]
+        redo = gone or (current if len(current) == len(running.compiles) else [])
+        for compile_ in redo:
             if compile_.num_submits >= MAX_COMPILE_SUBMITS:
                 message = f"compiled graph lost {compile_.num_submits} times: {why}"
                 self.emit([failure_row(running.point, self.ctx, "worker_lost", message)])
