@@ -11,26 +11,38 @@ in the tests. Nothing here imports Ray. The rules:
 - One measurement per node at a time, and no compile on a node while it measures:
   a timed point never shares its host's CPUs with another timed point, a reference
   computation (which runs inside the point's call, before its clock starts) or a
-  compile. A free node with compiles waiting takes those first.
+  compile. A free node with compiles waiting takes those first, and compiles pack
+  onto a node that already compiles (one per CPU slot) before they take another
+  node away from measuring.
 - Benchmark actors, one per device slot of each node (one CPU slot per node, one
   per GPU), start at once, so their processes come up while the graphs compile. A
   point goes to an idle actor of its device whose node is free, preferring the actor
   that already holds the point's variant (weight affinity), so each actor uploads a
-  variant once.
+  variant once. On a free node the device that fewest nodes offer goes first (its
+  GPU before its CPU), so CPU points are left to the nodes that have nothing else.
 - Every point ends as exactly one row, handed to the sink as soon as it is known.
   A compile failure, a timeout, a crashed or lost actor, or a wrong answer costs
   that point's row, never the sweep: a point whose actor died is retried elsewhere
   (up to `max_retries`), a point whose compiled graph was lost with a node gets it
   compiled again, and a point no actor is left to run is `worker_lost`.
+
+Each step costs what changed, not the size of the sweep: points wait on the
+compiles they lack and become ready when the last one is done, ready points sit in
+queues by device, CPU kind and weights (`sweep.execute.queues`), and nodes and actors are
+filed by what they can take as their state changes. benchmarks/cluster_sim.py runs
+this class on 1,000 simulated nodes and 100,000 points.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from sweep.execute.queues import OrderedHeap, ReadyQueue
 from sweep.plan.grid import Point
 from sweep.store.rows import (
     RunContext,
@@ -141,10 +153,15 @@ class Compile:
     in_flight: bool = False
     result: CompileResult | None = None
     num_submits: int = 0
+    order: int = 0  # its place in the compile queue (see `_queue_compile`)
 
     @property
     def queued(self) -> bool:
         return self.result is None and not self.in_flight
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.result.ok
 
 
 @dataclasses.dataclass(eq=False)
@@ -153,6 +170,10 @@ class Running:
     handle: Any
     started: float
     compiles: tuple[Compile, ...]
+    # their results when it started: a graph lost meanwhile (and queued again) must
+    # not take the row's compile columns with it
+    results: tuple[CompileResult | None, ...] = ()
+    handles: tuple[Any, ...] = ()  # the compiles' handles it was sent with
 
 
 @dataclasses.dataclass(eq=False)
@@ -208,11 +229,47 @@ class Scheduler:
         self.counters = Counters()
         self.compiles: dict[CompileJob, Compile] = {}
         self.actors: list[Actor] = []
-        self.pending: list[Point] = []  # not finished and not running
+        # Points not finished and not running, by ticket: new points count up from 1,
+        # retried ones down from -1, so a retry runs before any point not yet started.
+        self.pending: dict[int, Point] = {}
         self.attempts: dict[str, int] = defaultdict(int)
+        self._tickets = itertools.count(1)
+        self._retry_tickets = itertools.count(-1, -1)
         self._devices_started: set[str] = set()
         self._needs: dict[tuple[str, str | None], list[Compile]] = {}  # see _compiles_of
+        self._groups: dict[tuple[str, tuple[str, ...]], list[str | None]] = {}  # cpu_groups
+        self._offering: dict[str, list[NodeInfo]] = {}  # device name -> device_nodes
+        # Readiness: a point runs on a node of CPU kind `group` once all its compiles for
+        # that group are done. `_missing[(ticket, group)]` counts those not yet done,
+        # `_waiters[compile]` lists who waits on it; ready points are in `_ready`.
+        self._missing: dict[tuple[int, str | None], int] = {}
+        self._waiters: dict[Compile, list[tuple[int, str | None]]] = defaultdict(list)
+        self._ready = ReadyQueue()
+        self._dirty_buckets: dict[tuple[str, str | None], None] = {}
+        # Compiles queued, per CPU kind (None: portable code, any node compiles it).
+        self._queued: dict[str | None, OrderedHeap] = defaultdict(OrderedHeap)
+        self._compile_order = itertools.count(1)
+        self._requeue_order = itertools.count(-1, -1)
+        # Nodes and actors by state, kept up to date by `_refresh` as each one changes.
+        self._alive: dict[str, NodeInfo] = {n.node_id: n for n in self.nodes}
+        self._node_actors: dict[str, list[Actor]] = defaultdict(list)
+        self._num_compiling: dict[str, int] = defaultdict(int)  # node_id -> compiles running
         self._measuring: dict[str, Actor] = {}  # node_id -> the actor measuring there
+        self._free: dict[str, dict[str, None]] = defaultdict(dict)  # cpu_id -> idle nodes
+        self._room: dict[str, dict[str, None]] = defaultdict(
+            dict
+        )  # cpu_id -> compiling, slots left
+        self._available: dict[tuple[str, str], dict[Actor, None]] = defaultdict(dict)
+        self._dirty_actors: dict[Actor, None] = {}  # became available since the last dispatch
+        self._held: dict[str, dict[Any, int]] = defaultdict(lambda: defaultdict(int))
+        self._num_actors: dict[str, int] = defaultdict(int)  # device name -> actors
+        self._in_flight_handles: dict[Any, Compile | Actor] = {}
+        self._num_in_flight_compiles = 0
+        self._deadlines: list[tuple[float, int, Actor, Running]] = []  # point timeouts
+        self._deadline_seq = itertools.count()
+        self._topology_changed = False  # a node or actor left: look for unservable points
+        for node in self.nodes:
+            self._refresh(node)
 
     # --- the whole sweep -----------------------------------------------------------------
 
@@ -225,23 +282,22 @@ class Scheduler:
             if refill is not None and not self.pending and (more := refill()):
                 self.add(more)
                 continue
-            waiting = self._in_flight()
-            if not waiting:
+            if not self._in_flight_handles:
                 assert not self.pending, "points left with nothing in flight"
                 return
-            self._wait(waiting)
+            self._wait()
             self._check_timeouts()
 
     def add(self, points: list[Point]) -> None:
         """Queues points: infeasible ones are skipped, the graphs of the rest queued."""
         self.counters.num_points += len(points)
         runnable = self._skip_infeasible(points)
-        self._start_actors({p.device for p in runnable})
+        self._start_actors({p.device.name: p.device for p in runnable}.values())
         num_known = len(self.compiles)
         for point in runnable:
-            self._compiles_of(point)  # creates the new jobs
+            self._enqueue(point, next(self._tickets))
         self.counters.num_compiles += len(self.compiles) - num_known
-        self.pending += runnable
+        self._topology_changed = True  # a point may need what has already left
         self.on_progress(self.counters)
 
     def emit(
@@ -268,7 +324,9 @@ class Scheduler:
     # --- feasibility and actors ----------------------------------------------------------
 
     def device_nodes(self, device: DeviceSpec) -> list[NodeInfo]:
-        return [n for n in self.nodes if n.offers(device) >= 1]
+        if device.name not in self._offering:
+            self._offering[device.name] = [n for n in self.nodes if n.offers(device) >= 1]
+        return self._offering[device.name]
 
     def _skip_infeasible(self, points: list[Point]) -> list[Point]:
         """Points on a device that no node offers are `skipped` now instead of hanging."""
@@ -290,7 +348,7 @@ class Scheduler:
             self.emit(skipped)
         return runnable
 
-    def _start_actors(self, devices: set[DeviceSpec]) -> None:
+    def _start_actors(self, devices: Iterable[DeviceSpec]) -> None:
         for device in sorted(devices, key=lambda d: d.name):
             if device.name in self._devices_started:
                 continue
@@ -298,166 +356,307 @@ class Scheduler:
             for node in self.device_nodes(device):
                 for _ in range(node.offers(device)):
                     actor = Actor(self.backend.start_actor(device, node), device, node)
-                    actor.ping = self.backend.ping(actor.ref)
                     self.actors.append(actor)
+                    on_node = self._node_actors[node.node_id]
+                    on_node.append(actor)
+                    # The device fewest nodes offer measures first on a free node (a GPU
+                    # before the CPU): work only some nodes can do goes there, and the
+                    # CPU points it leaves run on the nodes that have nothing else.
+                    on_node.sort(key=lambda a: len(self.device_nodes(a.device)))
+                    self._num_actors[device.name] += 1
+                    self._set_ping(actor, self.backend.ping(actor.ref))
+
+    def _set_resident(self, actor: Actor, weights: tuple[Any, ...] | None) -> None:
+        held = self._held[actor.device.name]
+        if actor.resident is not None:
+            held[actor.resident] -= 1
+        if weights is not None:
+            held[weights] += 1
+        actor.resident = weights
+
+    def _remove_actor(self, actor: Actor) -> None:
+        self.actors.remove(actor)
+        self._node_actors[actor.node.node_id].remove(actor)
+        self._num_actors[actor.device.name] -= 1
+        self._set_resident(actor, None)
+        self._available[(actor.device.name, actor.node.cpu_id)].pop(actor, None)
+        self._topology_changed = True
 
     # --- graphs --------------------------------------------------------------------------
 
     def cpu_groups(self, device: DeviceSpec, flags: tuple[str, ...]) -> list[str | None]:
         """The CPU kinds a point's host-targeted graphs compile for; [None] if not host code."""
-        if not targets_host((*device.target_flags, *flags)):
-            return [None]
-        return sorted({n.cpu_id for n in self.device_nodes(device)})
+        key = (device.name, flags)
+        if key not in self._groups:
+            if not targets_host((*device.target_flags, *flags)):
+                self._groups[key] = [None]
+            else:
+                self._groups[key] = sorted({n.cpu_id for n in self.device_nodes(device)})
+        return self._groups[key]
+
+    def _group_on(self, point: Point, node: NodeInfo) -> str | None:
+        """The CPU kind of the graphs `point` runs on `node` (None: portable code)."""
+        return None if self.cpu_groups(point.device, point.flags) == [None] else node.cpu_id
 
     def _compiles_of(self, point: Point, node: NodeInfo | None = None) -> list[Compile]:
         """The compiles a point needs to run on `node`, or on any node that could run it."""
         if not point.compiled_by_iree:
             return []
-        groups = self.cpu_groups(point.device, point.flags)
-        if node is not None:
-            groups = [node.cpu_id] if groups != [None] else [None]
+        groups = [self._group_on(point, node)] if node is not None else self._point_groups(point)
         return [c for group in groups for c in self._needs_on(point, group)]
+
+    def _point_groups(self, point: Point) -> list[str | None]:
+        return self.cpu_groups(point.device, point.flags) if point.compiled_by_iree else [None]
 
     def _needs_on(self, point: Point, group: str | None) -> list[Compile]:
         """The compiles of a point's graphs for one CPU kind (memoized: asked often)."""
+        if not point.compiled_by_iree:
+            return []
         key = (point.key, group)
         if key not in self._needs:
-            jobs = [
-                CompileJob(g, point.device, point.flags, group)
-                for g in point.graphs(self.model_cfg)
-            ]
-            self._needs[key] = [self.compiles.setdefault(job, Compile(job)) for job in jobs]
+            needs = []
+            for graph in point.graphs(self.model_cfg):
+                job = CompileJob(graph, point.device, point.flags, group)
+                if job not in self.compiles:
+                    self.compiles[job] = Compile(job)
+                    self._queue_compile(self.compiles[job])
+                needs.append(self.compiles[job])
+            self._needs[key] = needs
         return self._needs[key]
+
+    def _queue_compile(self, compile_: Compile, *, first: bool = False) -> None:
+        """Queues a compile, behind the others, or `first` (one a point already waits on)."""
+        compile_.order = next(self._requeue_order if first else self._compile_order)
+        self._queued[compile_.job.cpu_group].push(compile_.order, compile_)
 
     def _compile_nodes(self, job: CompileJob) -> list[NodeInfo]:
         return [n for n in self.nodes if job.cpu_group is None or n.cpu_id == job.cpu_group]
 
-    def _running_compiles(self, node: NodeInfo) -> int:
-        return sum(
-            1
-            for c in self.compiles.values()
-            if c.in_flight and c.node is not None and c.node.node_id == node.node_id
-        )
+    # --- readiness -----------------------------------------------------------------------
+
+    def _enqueue(self, point: Point, ticket: int) -> None:
+        """A point joins the pending ones: ready where its graphs are compiled, else it
+        waits on the compiles it lacks."""
+        self.pending[ticket] = point
+        for group in self._point_groups(point):
+            if self._register(ticket, point, group):
+                return
+
+    def _register(self, ticket: int, point: Point, group: str | None) -> bool:
+        """Where (group) `point` stands: ready, waiting, or failed (True: it has a row)."""
+        compiles = self._needs_on(point, group)
+        failed = next((c for c in compiles if c.result is not None and not c.ok), None)
+        if failed is not None:
+            assert failed.result is not None
+            del self.pending[ticket]
+            self.emit([compile_failure_row(point, self.ctx, failed.result)])
+            return True
+        missing = [c for c in compiles if not c.ok]
+        if not missing:
+            bucket = (point.device.name, group)
+            self._ready.push(bucket, _weights_of(point), ticket)
+            self._dirty_buckets[bucket] = None
+            return False
+        self._missing[(ticket, group)] = len(missing)
+        for compile_ in missing:
+            self._waiters[compile_].append((ticket, group))
+        return False
+
+    def _compiled(self, compile_: Compile) -> None:
+        """A compile succeeded: the points that waited only on it are ready."""
+        for ticket, group in self._waiters.pop(compile_, []):
+            if ticket not in self.pending:
+                self._missing.pop((ticket, group), None)
+                continue
+            left = self._missing[(ticket, group)] - 1
+            if left:
+                self._missing[(ticket, group)] = left
+                continue
+            del self._missing[(ticket, group)]
+            point = self.pending[ticket]
+            bucket = (point.device.name, group)
+            self._ready.push(bucket, _weights_of(point), ticket)
+            self._dirty_buckets[bucket] = None
+
+    # --- node and actor state ------------------------------------------------------------
+
+    def _refresh(self, node: NodeInfo) -> None:
+        """Files a node and its actors by what they can take now: compiles (free, or
+        compiling with slots left) and points (idle actors of a free node)."""
+        node_id, cpu = node.node_id, node.cpu_id
+        alive = node_id in self._alive
+        measuring = node_id in self._measuring
+        compiling = self._num_compiling[node_id]
+        free = alive and not measuring and not compiling
+        if free:
+            self._free[cpu][node_id] = None
+        else:
+            self._free[cpu].pop(node_id, None)
+        if alive and not measuring and 0 < compiling < node.num_compile_slots:
+            self._room[cpu][node_id] = None
+        else:
+            self._room[cpu].pop(node_id, None)
+        for actor in self._node_actors.get(node_id, ()):
+            available = self._available[(actor.device.name, cpu)]
+            if free and actor.idle:
+                if actor not in available:
+                    available[actor] = None
+                    self._dirty_actors[actor] = None
+            else:
+                available.pop(actor, None)
+
+    def _set_ping(self, actor: Actor, handle: Any) -> None:
+        actor.ping = handle
+        if handle is not None:
+            self._in_flight_handles[handle] = actor
+        self._refresh(actor.node)
 
     # --- the dispatch rules --------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Compiles onto free nodes first, then points onto idle actors of free nodes."""
-        queued = [c for c in self.compiles.values() if c.queued]
-        assigned = True
-        while queued and assigned:  # one job per node per round: spreads them out
-            assigned = False
-            for node in self.nodes:
-                if node.node_id in self._measuring:
-                    continue
-                if self._running_compiles(node) >= node.num_compile_slots:
-                    continue
-                job = next((c for c in queued if node in self._compile_nodes(c.job)), None)
-                if job is not None:
-                    self._submit_compile(job, node)
-                    queued.remove(job)
-                    assigned = True
-        for actor in self.actors:
-            node = actor.node
-            if not actor.idle or node.node_id in self._measuring or self._running_compiles(node):
-                continue
-            ready = [p for p in self.pending if p.device == actor.device and self._ready(p, actor)]
-            while ready:
-                point = self._pick(actor, ready)
-                ready.remove(point)
-                if self.admit(point):
-                    self._submit_point(actor, point)
+        """Compiles onto nodes first, then points onto idle actors of free nodes."""
+        self._place_compiles()
+        while self._dirty_actors:
+            actor = next(iter(self._dirty_actors))
+            del self._dirty_actors[actor]
+            if actor in self._available[(actor.device.name, actor.node.cpu_id)]:
+                self._take_point(actor)
+        while self._dirty_buckets:
+            device, group = next(iter(self._dirty_buckets))
+            del self._dirty_buckets[(device, group)]
+            cpus = [group] if group is not None else list(self._free)
+            for cpu in cpus:
+                for actor in list(self._available.get((device, cpu), ())):
+                    if actor in self._available[(device, cpu)] and not self._take_point(actor):
+                        break  # nothing left that this kind of node can run
+
+    def _place_compiles(self) -> None:
+        """Each queued compile onto a node of its CPU kind: one already compiling with
+        slots left first, else a free one. Packing compiles keeps the other nodes
+        free to measure (a node measures only when it compiles nothing)."""
+        for group in list(self._queued):
+            heap = self._queued[group]
+            while heap.peek(_still_queued) is not None:
+                node = self._compile_node(group)
+                if node is None:
                     break
-                self.pending.remove(point)  # another sweep measures it
-                self.counters.num_points -= 1
+                self._submit_compile(heap.pop(_still_queued), node)
 
-    def _ready(self, point: Point, actor: Actor) -> bool:
-        compiles = self._compiles_of(point, actor.node)
-        return all(c.result is not None and c.result.ok for c in compiles)
+    def _compile_node(self, group: str | None) -> NodeInfo | None:
+        cpus = [group] if group is not None else list(self._free)
+        for nodes in [self._room.get(cpu) for cpu in cpus] + [self._free.get(cpu) for cpu in cpus]:
+            if nodes:
+                return self._alive[next(iter(nodes))]
+        return None
 
-    def _pick(self, actor: Actor, ready: list[Point]) -> Point:
-        """Weight affinity: the actor's resident variant first, then one no other actor holds."""
-        held = {a.resident for a in self.actors if a is not actor and a.device == actor.device}
-        for wanted in (
-            lambda p: _weights_of(p) == actor.resident,
-            lambda p: _weights_of(p) not in held,
-            lambda p: True,
-        ):
-            for point in ready:
-                if wanted(point):
-                    return point
-        raise AssertionError("pick from no ready point")
+    def _take_point(self, actor: Actor) -> bool:
+        """Gives an available actor its next ready point; False if none is left for it."""
+        device, node = actor.device.name, actor.node
+        held = self._held[device]
+        while True:
+            picked = self._ready.pick(
+                [(device, node.cpu_id), (device, None)],
+                actor.resident,
+                lambda w: held.get(w, 0) - (w == actor.resident) > 0,
+                self.pending.__contains__,
+            )
+            if picked is None:
+                return False
+            ticket, (_, group) = picked
+            point = self.pending[ticket]
+            compiles = self._needs_on(point, group)
+            if not all(c.ok for c in compiles):  # a graph lost since: wait for it again
+                self._register(ticket, point, group)
+                continue
+            if self.admit(point):
+                self._submit_point(actor, ticket, point, tuple(compiles))
+                return True
+            del self.pending[ticket]  # another sweep measures it
+            self.counters.num_points -= 1
 
     def _submit_compile(self, compile_: Compile, node: NodeInfo) -> None:
         compile_.node, compile_.in_flight = node, True
         compile_.num_submits += 1
         compile_.handle = self.backend.submit_compile(compile_.job, node)
+        self._in_flight_handles[compile_.handle] = compile_
+        self._num_in_flight_compiles += 1
+        self._num_compiling[node.node_id] += 1
+        self._refresh(node)
 
-    def _submit_point(self, actor: Actor, point: Point) -> None:
-        self.pending.remove(point)
-        compiles = tuple(self._compiles_of(point, actor.node))
+    def _submit_point(
+        self, actor: Actor, ticket: int, point: Point, compiles: tuple[Compile, ...]
+    ) -> None:
+        del self.pending[ticket]
         handles = [c.handle for c in compiles]
         handle = self.backend.submit_point(actor.ref, point.task(), handles)
-        actor.running = Running(point, handle, self.backend.now(), compiles)
-        actor.resident = _weights_of(point)
+        results = tuple(c.result for c in compiles)
+        running = Running(point, handle, self.backend.now(), compiles, results, tuple(handles))
+        actor.running = running
+        self._set_resident(actor, _weights_of(point))
         self._measuring[actor.node.node_id] = actor
+        self._in_flight_handles[handle] = actor
+        heapq.heappush(
+            self._deadlines,
+            (running.started + self.point_timeout_s, next(self._deadline_seq), actor, running),
+        )
         self.attempts[point.key] += 1
+        self._refresh(actor.node)
 
     # --- waiting and outcomes ------------------------------------------------------------
 
-    def _in_flight(self) -> dict[Any, Any]:
-        waiting: dict[Any, Any] = {}
-        for compile_ in self.compiles.values():
-            if compile_.in_flight:
-                waiting[compile_.handle] = compile_
-        for actor in self.actors:
-            if actor.running is not None:
-                waiting[actor.running.handle] = actor
-            elif actor.ping is not None:
-                waiting[actor.ping] = actor
-        return waiting
-
-    def _wait(self, waiting: dict[Any, Any]) -> None:
-        compiling = any(isinstance(v, Compile) for v in waiting.values())
+    def _wait(self) -> None:
+        compiling = self._num_in_flight_compiles > 0
         measuring = bool(self._measuring)
         start = self.backend.now()
-        done = self.backend.wait(list(waiting), timeout_s=1.0)
+        done = self.backend.wait(list(self._in_flight_handles), timeout_s=1.0)
         elapsed = self.backend.now() - start
         self.counters.compile_phase_s += elapsed if compiling else 0.0
         self.counters.bench_phase_s += elapsed if measuring else 0.0
         for handle in done:
-            owner = waiting[handle]
+            owner = self._in_flight_handles.pop(handle, None)
+            if owner is None:
+                continue  # abandoned: a timed-out point's call
             if isinstance(owner, Compile):
                 self._compile_done(owner)
             elif owner.running is not None and owner.running.handle == handle:
                 self._point_done(owner)
-            else:
+            elif owner.ping is not None and owner.ping == handle:
                 self._ping_done(owner)
 
     def _compile_done(self, compile_: Compile) -> None:
         compile_.in_flight = False
+        self._num_in_flight_compiles -= 1
+        node = compile_.node
+        if node is not None:
+            self._num_compiling[node.node_id] -= 1
+            self._refresh(node)
         try:
             result = self.backend.result(compile_.handle)
         except Exception as e:  # the task itself died: on a lost node, compile elsewhere
-            node = compile_.node
             if node is not None and not self.backend.node_alive(node.node_id):
                 self._forget_node(node)
                 if compile_.num_submits < MAX_COMPILE_SUBMITS:
-                    return  # queued again: `_dispatch` places it on another node
+                    self._queue_compile(compile_, first=True)  # on another node
+                    return
             result = CompileResult.failed(Status.COMPILE_ERROR, f"compile task failed: {e}")
         compile_.result = result
         self.counters.num_compiled += 1
         self.counters.num_compile_cache_hits += bool(result.cache_hit)
         self.on_progress(self.counters)
-        if not result.ok:
+        if result.ok:
+            self._compiled(compile_)
+        else:
             self._fail_dependents(compile_)
 
     def _fail_dependents(self, failed: Compile) -> None:
+        """The points waiting on a compile that failed end as its row. (A point found
+        ready before its graph was lost and then failed again ends when it is picked.)"""
         assert failed.result is not None
         rows = []
-        for point in list(self.pending):
-            if failed in self._compiles_of(point):
-                self.pending.remove(point)
+        for ticket, group in self._waiters.pop(failed, []):
+            self._missing.pop((ticket, group), None)
+            point = self.pending.pop(ticket, None)
+            if point is not None:
                 rows.append(compile_failure_row(point, self.ctx, failed.result))
         if rows:
             self.emit(rows)
@@ -466,6 +665,7 @@ class Scheduler:
         running, actor.running = actor.running, None
         assert running is not None
         self._measuring.pop(actor.node.node_id, None)
+        self._refresh(actor.node)
         point = running.point
         try:
             measurement: Measurement = self.backend.result(running.handle)
@@ -482,7 +682,7 @@ class Scheduler:
                 else PointError(Status.RUNTIME_ERROR, type(e).__name__, str(e))
             )
             if error.status == Status.OOM:
-                actor.resident = None
+                self._set_resident(actor, None)
             row = failure_row(
                 point,
                 self.ctx,
@@ -495,7 +695,7 @@ class Scheduler:
             return
         compiled = None
         if running.compiles:
-            prefill, decode = (c.result for c in running.compiles)
+            prefill, decode = running.results
             compiled = (prefill, decode)
         row = measured_row(
             point,
@@ -510,25 +710,28 @@ class Scheduler:
         self.emit([row], dispatch_rows(point, self.ctx, measurement), profiles)
 
     def _ping_done(self, actor: Actor) -> None:
-        handle, actor.ping = actor.ping, None
+        handle = actor.ping
+        self._set_ping(actor, None)
         try:
             self.backend.result(handle)
         except ActorStarting:
-            actor.ping = self.backend.ping(actor.ref)
+            self._set_ping(actor, self.backend.ping(actor.ref))
         except Exception:  # ActorGone, ActorDied, ...: it cannot (re)start
-            self.actors.remove(actor)
+            if actor in self._node_actors.get(actor.node.node_id, ()):
+                self._remove_actor(actor)
 
     # --- failures ------------------------------------------------------------------------
 
     def _actor_lost(self, actor: Actor, point: Point, why: str) -> None:
         """Retry the point elsewhere up to max_retries; drop the actor if its node is gone."""
-        actor.resident = None
+        self._set_resident(actor, None)
         if self.backend.node_alive(actor.node.node_id):
-            actor.ping = self.backend.ping(actor.ref)  # it restarts; points wait for it
+            self._set_ping(actor, self.backend.ping(actor.ref))  # it restarts; points wait
         else:
             self._forget_node(actor.node)
+            self.attempts[point.key] -= 1  # a node that left is not the point's fault
         if self.attempts[point.key] <= self.max_retries:
-            self.pending.insert(0, point)
+            self._enqueue(point, next(self._retry_tickets))
             return
         message = f"{why} (after {self.attempts[point.key]} attempts)"
         self.emit(
@@ -542,37 +745,57 @@ class Scheduler:
     def _graph_lost(self, running: Running, why: str) -> None:
         """The point's vmfb went with a node: compile it again and run the point again."""
         self.attempts[running.point.key] -= 1  # not the point's fault
-        gone = [c for c in running.compiles if not self._alive(c.node)]
-        for compile_ in gone or running.compiles:  # none gone: redo them all to be sure
+        # Compiles redone since the point was sent explain the loss already; of the
+        # others, those whose node left are redone, or all of them if none left.
+        current = [
+            c
+            for c, sent in zip(running.compiles, running.handles, strict=True)
+            if c.handle is sent and c.result is not None
+        ]
+        gone = [c for c in current if not self._node_alive(c.node)]
+        redo = gone or (current if len(current) == len(running.compiles) else [])
+        for compile_ in redo:
             if compile_.num_submits >= MAX_COMPILE_SUBMITS:
                 message = f"compiled graph lost {compile_.num_submits} times: {why}"
                 self.emit([failure_row(running.point, self.ctx, Status.WORKER_LOST, message)])
                 return
-            if compile_.node is not None and not self._alive(compile_.node):
+            if compile_.node is not None and not self._node_alive(compile_.node):
                 self._forget_node(compile_.node)
-            compile_.result = None
-            self.counters.num_compiled -= 1
-        self.pending.insert(0, running.point)
+            if compile_.result is not None:
+                compile_.result = None
+                self.counters.num_compiled -= 1
+                self._queue_compile(compile_, first=True)
+        self._enqueue(running.point, next(self._retry_tickets))
 
-    def _alive(self, node: NodeInfo | None) -> bool:
+    def _node_alive(self, node: NodeInfo | None) -> bool:
         return node is not None and self.backend.node_alive(node.node_id)
 
     def _forget_node(self, node: NodeInfo) -> None:
         """A node that left: no compile or actor is placed there again."""
-        self.nodes = [n for n in self.nodes if n.node_id != node.node_id]
-        self.actors = [a for a in self.actors if a.node.node_id != node.node_id or a.running]
-        self._measuring.pop(node.node_id, None)
+        node_id = node.node_id
+        if self._alive.pop(node_id, None) is None:
+            return
+        self.nodes = [n for n in self.nodes if n.node_id != node_id]
+        self._offering.clear()
+        self._measuring.pop(node_id, None)
+        for actor in list(self._node_actors.get(node_id, ())):
+            if not actor.running:
+                self._remove_actor(actor)
+        self._refresh(node)
+        self._topology_changed = True
 
     def _check_timeouts(self) -> None:
         now = self.backend.now()
-        for actor in self.actors:
-            running = actor.running
-            if running is None or now - running.started < self.point_timeout_s:
-                continue
-            actor.running, actor.resident = None, None
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, actor, running = heapq.heappop(self._deadlines)
+            if actor.running is not running:
+                continue  # it finished in time
+            actor.running = None
+            self._set_resident(actor, None)
+            self._in_flight_handles.pop(running.handle, None)
             self._measuring.pop(actor.node.node_id, None)
             self.backend.kill(actor.ref, restart=True)  # restarts empty: weights upload again
-            actor.ping = self.backend.ping(actor.ref)
+            self._set_ping(actor, self.backend.ping(actor.ref))
             message = f"benchmark took longer than bench.point_timeout_s={self.point_timeout_s:g}"
             attempt = self.attempts[running.point.key]
             self.emit(
@@ -585,19 +808,38 @@ class Scheduler:
 
     def _fail_unservable(self) -> None:
         """Points that nothing can run any more: no actor left for their device, or a
-        graph no node is left to compile."""
+        graph no node is left to compile. Looked for only after a node or an actor left
+        (or points came), so a normal step does not look at every pending point."""
+        if not self._topology_changed:
+            return
+        self._topology_changed = False
+        cpus = {n.cpu_id for n in self.nodes}
+
+        def compilable(group: str | None) -> bool:
+            return bool(self.nodes) if group is None else group in cpus
+
+        if all(self._num_actors[name] for name in self._devices_started) and all(
+            compilable(group) for group in self._queued
+        ):
+            return
         rows = []
-        for point in list(self.pending):
-            if not any(a.device == point.device for a in self.actors):
+        for ticket, point in list(self.pending.items()):
+            if not self._num_actors[point.device.name]:
                 reason = f"no benchmark actor left for device {point.device.name!r}"
-            elif any(c.queued and not self._compile_nodes(c.job) for c in self._compiles_of(point)):
+            elif any(
+                c.queued and not compilable(c.job.cpu_group) for c in self._compiles_of(point)
+            ):
                 reason = "no node left to compile its graphs"
             else:
                 continue
-            self.pending.remove(point)
+            del self.pending[ticket]
             rows.append(failure_row(point, self.ctx, Status.WORKER_LOST, reason))
         if rows:
             self.emit(rows)
+
+
+def _still_queued(compile_: Compile, order: int) -> bool:
+    return compile_.queued and compile_.order == order
 
 
 def _weights_of(point: Point) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ Every point ends with exactly one status.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 from datetime import UTC, datetime
 from typing import Any
@@ -243,14 +244,19 @@ def repro_command(decode: CompileResult, graph: GraphSpec, driver: str) -> str:
     The benchmark inputs are zero splats of the right shapes: dense kernels take the
     same time on any values.
     """
+    return _repro_command(decode.command, graph, driver)
+
+
+@functools.lru_cache(maxsize=4096)  # the points of one decode graph share it
+def _repro_command(command: str, graph: GraphSpec, driver: str) -> str:
     bench = [
         "iree-benchmark-module",
-        f"--module={_output_path(decode.command)}",
+        f"--module={_output_path(command)}",
         f"--device={driver}",
         "--function=main",
         *(f"--input={a.tool_type}=0" for a in graph.args()),
     ]
-    return f"{decode.command} && {shlex.join(bench)}"
+    return f"{command} && {shlex.join(bench)}"
 
 
 def _output_path(command: str) -> str:
