@@ -26,6 +26,7 @@ from sweep import analysis
 from sweep.claims import Claims
 from sweep.compaction import compact_run
 from sweep.config import ConfigError, SweepConfig, check
+from sweep.eval_text import check_quality_bound, eval_spec
 from sweep.grid import Point, expand, point_label
 from sweep.progress import ProgressDisplay
 from sweep.report import Column, Table, fmt_statuses, render_md, text_notes
@@ -120,7 +121,9 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     start = time.monotonic()
     cfg = resolve_inputs(cfg, out)
     model_cfg = checked_model(cfg)
-    grid_points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)))
+    quality = eval_spec(cfg, out)
+    check_quality_bound(cfg, quality)
+    grid_points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)), quality)
     points = grid_points if cfg.search is None else search_baselines(cfg, grid_points)
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)

@@ -492,7 +492,7 @@ class Scheduler:
             return
         compiled = None
         if running.compiles:
-            prefill, decode = (c.result for c in running.compiles)
+            prefill, decode = (c.result for c in running.compiles[:2])  # then score, if any
             compiled = (prefill, decode)
         row = measured_row(
             point,
