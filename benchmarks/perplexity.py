@@ -6,9 +6,9 @@ The sweep's `ppl` of a checkpoint's fp32 row comes from fp32's own compiled scor
 graph (`workers.perplexity`). This script rebuilds the same text windows from the same
 config (`sweep.eval_text`), runs them through transformers' model of the checkpoint,
 scores them as llama.cpp does (the second half of each window), and prints both with
-their relative difference; the sweep's number is the newest ok fp32 row of that model
-under `--results` (run the sweep first; one model per results dir). The issue asks for 2% at most; an exact
-implementation gives about 1e-6.
+their relative difference; the sweep's number is the newest ok fp32 row under
+`--results` (run the sweep first; one model per results dir). The issue asks for 2%
+at most; an exact implementation gives about 1e-6.
 """
 
 from __future__ import annotations
