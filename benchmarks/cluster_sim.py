@@ -2,7 +2,7 @@
 
 Real sweeps here run on one or two raylets; the people this tool is for run flag and
 formulation studies on tens to hundreds of GPU hosts, with thousands of points and
-nodes that come and go. `sweep.scheduler.Scheduler` is a pure state machine over a
+nodes that come and go. `sweep.execute.scheduler.Scheduler` is a pure state machine over a
 `Backend`, so this script runs it, unchanged, on a simulated backend with a virtual
 clock (an event heap): N nodes of given kinds (CPU-only, 1 GPU, 8 GPUs), compile and
 benchmark durations drawn from log-normal distributions fitted to this project's own

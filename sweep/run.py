@@ -25,6 +25,7 @@ import pyarrow as pa
 from sweep.execute.claims import Claims
 from sweep.execute.progress import ProgressDisplay
 from sweep.plan.config import ConfigError, SweepConfig, check
+from sweep.plan.eval_text import check_quality_bound, eval_spec
 from sweep.plan.grid import Point, expand, point_label
 from sweep.readers import analysis
 from sweep.readers.report import text_notes
@@ -134,7 +135,9 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     model_cfg = checked_model(cfg)
     cfg = named_model(cfg)
     print(f"model: {cfg.model.name}", file=out)
-    grid_points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)))
+    quality = eval_spec(cfg, out)
+    check_quality_bound(cfg, quality)
+    grid_points = expand(cfg, cfg.model.weights_id(Path(cfg.cache_dir)), quality)
     points = grid_points if cfg.search is None else search_baselines(cfg, grid_points)
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)

@@ -164,3 +164,21 @@ def save_tiny_llama(
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
     model.save_pretrained(directory, safe_serialization=True, **kwargs)
     return model.state_dict()
+
+
+def save_byte_tokenizer(directory: Path) -> Path:
+    """A byte-level BPE `tokenizer.json` of exactly 256 tokens (the bytes, no merges),
+    trained by the `tokenizers` library: the vocabulary of `save_tiny_llama`'s model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    lines = ["The quick brown fox jumps over the lazy dog.", "Pack my box with liquor jugs."]
+    tokenizer.train_from_iterator(lines, trainer)
+    assert tokenizer.get_vocab_size() == 256, tokenizer.get_vocab_size()
+    tokenizer.save(str(Path(directory) / "tokenizer.json"))
+    return directory

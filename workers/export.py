@@ -22,11 +22,17 @@ from workers.model import LlamaGraphs, batched, cache_shape
 from workers.variant import ArgSpec, Variant, numpy_dtype
 
 GRAPH_KINDS: tuple[GraphKind, ...] = tuple(GraphKind)
+# what every point runs; score: the quality columns
+TIMED_KINDS: tuple[GraphKind, ...] = (GraphKind.PREFILL, GraphKind.DECODE)
 
 
 @dataclasses.dataclass(frozen=True)
 class GraphSpec:
-    """What determines one exported graph; `bucket` is the prefill prompt bucket, 0 for decode."""
+    """What determines one exported graph; `bucket` is the prefill prompt bucket, 0 for decode.
+
+    A `score` graph (`workers.perplexity`) takes one window of `bucket` tokens (and
+    `max_seq == bucket`) and returns the logits of its scored second half.
+    """
 
     cfg: LlamaConfig
     variant: Variant
@@ -43,17 +49,19 @@ class GraphSpec:
             raise ValueError(f"graph kind {self.kind!r}; allowed: {list(GRAPH_KINDS)}")
         if self.kind == "prefill" and not 0 < self.bucket <= self.max_seq:
             raise ValueError(f"prefill bucket {self.bucket} must be in [1, max_seq={self.max_seq}]")
-        if self.steps_per_call < 1 or (self.kind == "prefill" and self.steps_per_call != 1):
+        if self.kind == "score" and not (4 <= self.bucket == self.max_seq and self.batch == 1):
+            raise ValueError(f"score window {self.bucket}: at least 4, max_seq equal, batch 1")
+        if self.steps_per_call < 1 or (self.kind != "decode" and self.steps_per_call != 1):
             raise ValueError(f"steps_per_call={self.steps_per_call}: 1 or more, and 1 for prefill")
         if self.batch < 1:
             raise ValueError(f"batch={self.batch}: 1 or more")
         span = self.attention_span
-        if span is not None and (self.kind == "prefill" or not 0 < span <= self.max_seq):
+        if span is not None and (self.kind != "decode" or not 0 < span <= self.max_seq):
             raise ValueError(f"attention_span={span}: decode only, within max_seq={self.max_seq}")
 
     @property
     def label(self) -> str:
-        suffix = f"_b{self.bucket}" if self.kind == "prefill" else f"_k{self.steps_per_call}"
+        suffix = f"_b{self.bucket}" if self.kind != "decode" else f"_k{self.steps_per_call}"
         span = f"_a{self.attention_span}" if self.attention_span else ""
         shape = f"{suffix}{span}_B{self.batch}_s{self.max_seq}"
         return f"{self.variant.name}_{self.layout}_{self.kind}{shape}"
@@ -63,6 +71,7 @@ class GraphSpec:
 
         prefill(weights..., tokens[bucket], real_len)
         decode(weights..., token, pos, kcache, vcache)
+        score(weights..., tokens[bucket])
 
         A decode graph of several steps per call returns its tokens and its last token
         beside the caches; its arguments are the same. With a batch of B sequences the
@@ -71,6 +80,8 @@ class GraphSpec:
         """
         weights = self.variant.arg_specs(self.cfg, self.layout)
         lead = (self.batch,) if self.batch > 1 else ()
+        if self.kind == "score":
+            return (*weights, ArgSpec("tokens", (self.bucket,), "int32"))
         if self.kind == "prefill":
             return (
                 *weights,
@@ -91,6 +102,8 @@ class GraphSpec:
         what export lowers and what the XLA back end compiles."""
         span = self.attention_span if self.kind == "decode" else None
         graphs = LlamaGraphs(self.cfg, self.variant, self.max_seq, self.layout, span)
+        if self.kind == "score":
+            return graphs.score_logits
         if self.kind == "prefill":
             return batched(graphs.prefill, self.batch, (False, True, False))
         step = graphs.decode

@@ -188,6 +188,18 @@ class IreeRunner:
             self._modules[key] = _LoadedModule(self._rt, self.instance, self.device, vmfb)
         return self._modules[key]
 
+    def score_call(self, vmfb: bytes) -> Callable[[np.ndarray], np.ndarray]:
+        """A call of a score graph on the resident weights: one window of tokens in, its
+        scored logits back on the host (off the timed path: plain `iree.runtime` reads)."""
+        module = self.module(vmfb)
+
+        def call(tokens: np.ndarray) -> np.ndarray:
+            args = module.arguments(self._weight_views, 1)
+            (logits,) = module(args, [self.upload(np.asarray(tokens, np.int32))], 1)
+            return self._rt.DeviceArray(self.device, logits).to_host()
+
+        return call
+
     # --- a session: one graph pair on the resident weights ------------------------------
 
     def session(

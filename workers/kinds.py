@@ -41,8 +41,11 @@ class Layout(enum.StrEnum):
 
 
 class GraphKind(enum.StrEnum):
+    """A compiled graph: prefill and decode are timed; score gives the quality columns."""
+
     PREFILL = "prefill"
     DECODE = "decode"
+    SCORE = "score"
 
 
 class Attention(enum.StrEnum):

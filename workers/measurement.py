@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workers.perplexity import QualityStats
 from workers.profile import Profile
 
 
@@ -81,6 +82,7 @@ class Measurement:
     profile: Profile | None = None  # IREE's per-dispatch profile, when asked for
     batch: int = 1  # sequences per step: the prompts, tokens and references hold each in turn
     output_text: str | None = None  # the first sequence's tokens, decoded (a text prompt)
+    quality: QualityStats | None = None  # ppl, KLD, top-1 on the eval text (a tokenizer)
 
     @property
     def prefill_ms(self) -> float:

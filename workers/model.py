@@ -174,6 +174,15 @@ class LlamaGraphs:
         hidden, kc, vc = self._forward(weights, token.reshape(1), pos, kcache, vcache)
         return self._lm_head(weights, hidden[0]), kc, vc
 
+    def score_logits(self, weights: tuple[Array, ...], tokens: Array) -> Array:
+        """Logits of the scored half of one window [T - 1 - T/2, vocab] (T = max_seq):
+        what `workers.perplexity` scores, as llama.cpp's perplexity does."""
+        import jax.numpy as jnp
+
+        t = tokens.shape[0]
+        hidden, _, _ = self.forward_all(weights, tokens, jnp.int32(0))
+        return self._lm_head(weights, hidden[t // 2 : t - 1])
+
     def logits_all(self, weights: tuple[Array, ...], tokens: Array) -> Array:
         """Logits of every prompt position [T, vocab]: what tests compare with transformers."""
         import jax.numpy as jnp

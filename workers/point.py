@@ -28,6 +28,7 @@ from workers.kinds import Runtime
 from workers.llama_config import LlamaConfig, preset
 from workers.measurement import Measurement
 from workers.model import cache_shape
+from workers.perplexity import EvalSpec, QualityStats, score_graph
 from workers.profile import Profile
 from workers.quant import VariantWeights, prepare_variant
 from workers.runtime import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
@@ -130,9 +131,13 @@ class BenchTask:
     depth: int = 0  # context tokens beyond the prompt before decode starts (prefilled)
     attention_span: int | None = None  # decode attends over this many slots; None: max_seq
     prompt_text: str | None = None  # tokenized with the checkpoint's tokenizer.json
+    quality: EvalSpec | None = None  # text windows for ppl / KLD (workers.perplexity)
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
-        """The prefill or decode graph this task runs."""
+        """The prefill, decode or score graph this task runs."""
+        if kind == "score":
+            assert self.quality is not None, "a score graph needs the text windows"
+            return score_graph(cfg, self.variant, self.layout, self.quality.ctx)
         if kind == "prefill":
             return GraphSpec(
                 cfg,
@@ -186,7 +191,11 @@ class PointWorker:
         return {"hostname": socket.gethostname(), "device_name": device_name(self.device)}
 
     def run(
-        self, task: BenchTask, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
+        self,
+        task: BenchTask,
+        prefill_vmfb: bytes | None = None,
+        decode_vmfb: bytes | None = None,
+        score_vmfb: bytes | None = None,
     ) -> Measurement:
         from workers.quality import FP32, quality
         from workers.reference import num_matching, reference_tokens
@@ -225,6 +234,8 @@ class PointWorker:
         if task.profile_calls and task.runtime == "iree":
             assert decode_vmfb is not None
             profile = self._profile(task, vw, decode_vmfb, run.tokens[0])
+        # After the timed phase, never inside it: the quality columns (ppl, KLD).
+        stats = self._quality(task, vw, score_vmfb) if task.quality is not None else None
         # A step reads the weights once for the whole batch, and each sequence's cache.
         bytes_per_step = vw.nbytes + task.batch * self._cache_bytes(task)
         return Measurement(
@@ -240,6 +251,7 @@ class PointWorker:
             quant_error=vw.quant_error,
             fp32_agreement=agreement.fp32_agreement,
             fp32_logit_error=agreement.fp32_logit_error,
+            quality=stats,
             bytes_per_token=bytes_per_step // task.batch,
             peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(bytes_per_step),
             xla_compile_s=xla_compile_s,
@@ -286,6 +298,30 @@ class PointWorker:
         assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
         session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
         return greedy_decode(session, prompts, task.prompt_bucket, task.steps), None
+
+    def _quality(
+        self, task: BenchTask, vw: VariantWeights, score_vmfb: bytes | None
+    ) -> QualityStats:
+        """ppl, KLD and top-1 agreement of the point's configuration on the text windows:
+        its own compiled score graph (IREE) or the same graph through XLA, against fp32's
+        log-probabilities (computed once per weights and text, cached)."""
+        from workers.perplexity import FP32_VARIANT, base_logprobs, quality_stats
+
+        spec = task.quality
+        assert spec is not None
+        base = base_logprobs(
+            self.cfg,
+            spec,
+            lambda: self.source.variant(FP32_VARIANT),
+            weights_id=task.weights_id,
+            cache_dir=self.cache_dir,
+        )
+        if task.runtime == "xla":
+            from workers.perplexity import xla_scorer
+
+            return quality_stats(spec, xla_scorer(self.cfg, vw, spec.ctx, self._xla.device), base)
+        assert score_vmfb is not None, "an IREE point with a text needs its score graph"
+        return quality_stats(spec, self.iree.score_call(score_vmfb), base)
 
     def _profile(
         self, task: BenchTask, vw: VariantWeights, decode_vmfb: bytes, token: int

@@ -239,11 +239,10 @@ class BenchActorImpl:
     def where(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "pid": os.getpid(), **self.worker.info()}
 
-    def run(
-        self, task: Any, prefill_vmfb: bytes | None = None, decode_vmfb: bytes | None = None
-    ) -> Any:
+    def run(self, task: Any, *vmfbs: bytes | None) -> Any:
+        """`vmfbs`: prefill, decode, and the score graph's when the point has a text."""
         with host_lock(exclusive=True):  # one measurement per host, whichever sweep runs it
-            measurement = self.worker.run(task, prefill_vmfb, decode_vmfb)
+            measurement = self.worker.run(task, *vmfbs)
         return dataclasses.replace(measurement, node_id=self.node_id)
 
 

@@ -695,7 +695,7 @@ class Scheduler:
             return
         compiled = None
         if running.compiles:
-            prefill, decode = running.results
+            prefill, decode = running.results[:2]  # then score, if any
             compiled = (prefill, decode)
         row = measured_row(
             point,

@@ -111,7 +111,9 @@ def build(args: argparse.Namespace, overrides: list[str]) -> Path:
     model_cfg = checked_model(cfg)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
-    points = expand(cfg, cfg.model.weights_id(cache))
+    from sweep.plan.eval_text import eval_spec
+
+    points = expand(cfg, cfg.model.weights_id(cache), eval_spec(cfg, sys.stdout))
     jobs = sorted(
         {(g, p.device, p.flags) for p in points if p.compiled_by_iree for g in p.graphs(model_cfg)},
         key=lambda j: (j[1].name, j[0].label, j[2]),

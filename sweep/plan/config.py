@@ -83,6 +83,11 @@ class BenchConfig:
     steps_per_call: int = 1  # greedy decode steps per call: a loop in the decode graph
     profile_calls: int = 10  # with profile=true: decode calls in each point's profile
     prompt: str | None = None  # a text prompt (a checkpoint's tokenizer.json); else seeded ids
+    # The quality columns (sweep.plan.eval_text, workers.perplexity): a plain-text file (None:
+    # the Python Language Reference), cut into eval_chunks windows of eval_ctx tokens.
+    eval_text: str | None = None
+    eval_ctx: int = 512
+    eval_chunks: int = 3  # 0: no quality columns
 
     @property
     def steps(self) -> DecodeSteps:
@@ -146,6 +151,9 @@ class SearchConfig:
     startup_trials: int = 8  # random trials before the TPE model proposes
     ablation_tolerance: float = 0.03  # a flag the winner keeps must be worth more than this
     xla_baseline: bool = True  # also measure the XLA baseline of each study
+    # Quality bounds: a trial whose row is outside them is infeasible (sweep.quality_bound)
+    max_kld: float | None = None  # kld_mean from fp32 at most this
+    min_top1: float | None = None  # top1_agree with fp32 at least this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +232,8 @@ def check(cfg: SweepConfig) -> None:
         ("bench.max_retries", b.max_retries, 0),
         ("bench.steps_per_call", b.steps_per_call, 1),
         ("bench.profile_calls", b.profile_calls, 1),
+        ("bench.eval_ctx", b.eval_ctx, 4),
+        ("bench.eval_chunks", b.eval_chunks, 0),
     ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")
@@ -262,6 +272,10 @@ def _check_search(cfg: SweepConfig) -> None:
     ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")
+    if s.max_kld is not None and s.max_kld < 0:
+        raise ConfigError(f"search.max_kld={s.max_kld}: a KL divergence bound is at least 0")
+    if s.min_top1 is not None and not 0 <= s.min_top1 <= 1:
+        raise ConfigError(f"search.min_top1={s.min_top1}: a share, in [0, 1]")
     if not 0 <= s.ablation_tolerance < 1:
         raise ConfigError(f"search.ablation_tolerance={s.ablation_tolerance}: must be in [0, 1)")
     clash = [name for name in s.dimensions if name in SEARCH_AXES]

@@ -20,10 +20,11 @@ from typing import Any
 
 from sweep.plan.config import FlagSet, SweepConfig
 from workers.devices import DeviceSpec
-from workers.export import GRAPH_KINDS, GraphSpec
-from workers.kinds import Attention, Layout, Runtime
+from workers.export import TIMED_KINDS, GraphSpec
+from workers.kinds import Attention, GraphKind, Layout, Runtime
 from workers.llama_config import LlamaConfig
 from workers.model import prompt_bucket
+from workers.perplexity import EvalSpec
 from workers.point import BenchTask
 from workers.runtime import DecodeSteps
 from workers.variant import Variant
@@ -52,6 +53,7 @@ class Point:
     attention: str = Attention.FULL  # full: decode attends over max_seq; filled: a bucket
     prompt_text: str | None = None  # a text prompt; None: seeded token ids
     replica: int = 0  # > 0: the same configuration measured again (the search's ablation)
+    quality: EvalSpec | None = None  # the text windows of the quality columns; None: no text
 
     @property
     def attention_span(self) -> int | None:
@@ -67,8 +69,9 @@ class Point:
         fields.pop("model")  # a display name; model_id is the identity
         fields.pop("flag_set")  # a label; the flags themselves are in the key
         fields.pop("profile_calls")  # runs after the measurement and does not change it
-        if not self.replica:
-            fields.pop("replica")  # so the keys of every other point stay as they were
+        for name in ("replica", "quality"):
+            if not fields[name]:
+                fields.pop(name)  # so the keys of every other point stay as they were
         blob = json.dumps({"v": KEY_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -82,7 +85,9 @@ class Point:
         return self.task().graph(cfg, kind)
 
     def graphs(self, cfg: LlamaConfig) -> tuple[GraphSpec, ...]:
-        return tuple(self.graph(cfg, kind) for kind in GRAPH_KINDS)
+        """prefill and decode, then the score graph when the point measures quality."""
+        kinds = (*TIMED_KINDS, GraphKind.SCORE) if self.quality is not None else TIMED_KINDS
+        return tuple(self.graph(cfg, kind) for kind in kinds)
 
     def task(self) -> BenchTask:
         return BenchTask(
@@ -99,6 +104,7 @@ class Point:
             self.depth,
             self.attention_span,
             self.prompt_text,
+            self.quality,
         )
 
     @property
@@ -136,12 +142,13 @@ def point_label(row: Mapping[str, Any]) -> str:
     return "/".join(parts)
 
 
-def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
+def expand(cfg: SweepConfig, model_id: str, quality: EvalSpec | None = None) -> list[Point]:
     """All points of the grid, ordered device, variant, layout, runtime, flag set, prompt.
 
     That order keeps the points of one resident weight set (variant, layout, runtime)
     together, the order a benchmark actor wants them in: one upload each. A flag set
-    limited to some devices makes no point on the others.
+    limited to some devices makes no point on the others. `quality`: the text windows
+    every point measures its quality columns on (`sweep.plan.eval_text`), None for none.
     """
     g = cfg.grid
     points = []
@@ -174,6 +181,7 @@ def expand(cfg: SweepConfig, model_id: str) -> list[Point]:
                         depth=depth,
                         attention=attention,
                         prompt_text=cfg.bench.prompt,
+                        quality=quality,
                     )
                 )
     return points

@@ -226,6 +226,10 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # newer schemas' columns: None where the rows predate them
         "roofline_frac": median(r.get("roofline_frac") for r in ok),
         "fp32_agreement": median(r.get("fp32_agreement") for r in ok),
+        "ppl": median(r.get("ppl") for r in ok),
+        "kld_mean": median(r.get("kld_mean") for r in ok),
+        "kld_p99": median(r.get("kld_p99") for r in ok),
+        "top1_agree": median(r.get("top1_agree") for r in ok),
         "device_ms": median(r.get("device_ms") for r in ok),
         "host_ms": median(r.get("host_ms") for r in ok),
     }

@@ -37,6 +37,10 @@ _WANTED = (
     "num_tokens_matched",
     "roofline_frac",
     "fp32_agreement",
+    "ppl",  # the quality columns (workers.perplexity): a checkpoint with a tokenizer
+    "kld_mean",
+    "kld_p99",
+    "top1_agree",
     "device_ms",
     "host_ms",
     "prompt_text",  # a text prompt and what it gave, shown below the summary

@@ -48,6 +48,7 @@ from sweep.readers.tables import (
     metric,
     render,
 )
+from workers.kinds import Status
 
 
 def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, Any]) -> Table:
@@ -60,7 +61,13 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
     ]
     columns += _roofline_column(records)
     columns += _profile_columns(records)
-    if any(r.get("fp32_agreement") is not None for r in records):
+    if any(r.get("kld_mean") is not None for r in records):
+        columns += [
+            metric("ppl", "ppl"),
+            metric("KLD", "kld_mean", lambda v: "" if v is None else f"{v:.4g}"),
+            metric("top-1", "top1_agree", fmt_percent),
+        ]
+    elif any(r.get("fp32_agreement") is not None for r in records):
         columns.append(metric("vs fp32", "fp32_agreement", fmt_percent))
     columns += [metric("prefill ms", "prefill_ms")]
     if any(r.get("prefill_tok_s") is not None for r in records):
@@ -190,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the searches' studies: best configuration per variant and device, its speedups",
     )
+    parser.add_argument(
+        "--pareto",
+        action="store_true",
+        help="every ok row's decode speed against its KLD from fp32, the Pareto front "
+        "marked (with --plots: pareto_speed_vs_kld.png)",
+    )
     parser.add_argument("--plots", action="store_true", help="also write PNG plots")
     parser.add_argument(
         "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
@@ -204,6 +217,9 @@ def report(args: argparse.Namespace) -> None:
     by = parse_by(args.by)
     table = load_table(args.results, args.grid, samples=by == ["flag_set"], extra=by)
     run, rows = select_run(table, args.run)
+    if args.pareto:
+        pareto_report(args, run, rows)
+        return
     dispatches = profiles.load(args.results, (r["point_key"] for r in rows))
     if args.dispatches is not None:
         table = dispatches_table(
@@ -214,7 +230,7 @@ def report(args: argparse.Namespace) -> None:
         table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
-        table.notes += text_notes(rows)
+        table.notes += text_notes(rows) + quality_notes(rows)
     emit(render(table, args.format), args.out)
     if args.plots:
         from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
@@ -227,6 +243,37 @@ def report(args: argparse.Namespace) -> None:
             print(f"note: {note}", file=sys.stderr)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
+
+
+def pareto_report(args: argparse.Namespace, run: str, rows: list[dict[str, Any]]) -> None:
+    from sweep.readers.pareto import pareto_table, quality_rows, write_pareto_plot
+
+    if not quality_rows(rows):
+        raise ReportError(
+            f"run {run} has no ok row with the quality columns (kld_mean): they need a "
+            "checkpoint with a tokenizer.json (model.path=DIR) and bench.eval_chunks > 0"
+        )
+    header = context_header(run, rows, ("variant", "layout", "flag_set", "runtime"))
+    emit(render(pareto_table(rows, header), args.format), args.out)
+    if args.plots:
+        out_dir = args.plots_dir or Path(args.results) / "plots" / run
+        written = write_pareto_plot(rows, out_dir, title=f"run {run}")
+        print(
+            f"wrote {written}" if isinstance(written, Path) else f"note: {written}", file=sys.stderr
+        )
+
+
+def quality_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Why the quality columns may be missing or mean nothing."""
+    ok = [r for r in rows if r["status"] == Status.OK]
+    if not ok or any(r.get("kld_mean") is not None for r in ok):
+        return []
+    if any(r.get("fp32_agreement") is not None for r in ok):
+        return [
+            "quality: no ppl / KLD columns (seeded weights, or no tokenizer.json); on random "
+            "weights `vs fp32` (fp32_agreement) is noise: quality needs a trained checkpoint"
+        ]
+    return []
 
 
 MAX_TEXT_NOTES = 8

@@ -22,6 +22,11 @@ Rules:
   infeasible trials rank below every ok one and steer it away (in the space of
   `test_the_sampler_learns_to_avoid_configurations_that_fail`, 16 of the 24 trials
   after the start-up failed when told FAIL, 10 when told infeasible).
+- A quality bound (`search.max_kld`, `search.min_top1`; a checkpoint with a tokenizer,
+  see `workers.perplexity`): an ok row whose `kld_mean` is above the bound, or whose
+  `top1_agree` is below it, is told as infeasible the same way, with constraint
+  `quality` (a row without the columns counts as outside). So the best trial, and the
+  ablation's minimal configuration, are the fastest inside the bound.
 - The budget is distinct configurations: a configuration proposed again is told its
   first answer and costs nothing, and one whose point the results already hold (a
   grid or another search measured it) is told that row. A study whose sampler keeps
@@ -83,14 +88,50 @@ def objective(row: Mapping[str, Any]) -> float | None:
 
 
 FAILED = "failed"  # the constraint a failed trial violates
+QUALITY = "quality"  # ... and one whose quality is outside the search's bound
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityBound:
+    """`search.max_kld` and `search.min_top1`: what an ok row's quality must satisfy."""
+
+    max_kld: float | None = None
+    min_top1: float | None = None
+
+    @classmethod
+    def of(cls, search: SearchConfig) -> QualityBound:
+        return cls(search.max_kld, search.min_top1)
+
+    def __bool__(self) -> bool:
+        return self.max_kld is not None or self.min_top1 is not None
+
+    def admits(self, row: Mapping[str, Any]) -> bool:
+        """Inside the bound; a row without the quality columns is not (unknown quality)."""
+        kld, top1 = row.get("kld_mean"), row.get("top1_agree")
+        if self.max_kld is not None and (kld is None or kld > self.max_kld):
+            return False
+        return self.min_top1 is None or (top1 is not None and top1 >= self.min_top1)
+
+    def text(self) -> str:
+        parts = [f"kld_mean <= {self.max_kld:g}"] if self.max_kld is not None else []
+        parts += [f"top1_agree >= {self.min_top1:g}"] if self.min_top1 is not None else []
+        return " and ".join(parts) or "none"
+
+
+def verdict(row: Mapping[str, Any], bound: QualityBound) -> tuple[float | None, str]:
+    """(ms to tell, or None for infeasible; the constraint an infeasible row violates)."""
+    value = objective(row)
+    if value is not None and bound and not bound.admits(row):
+        return None, QUALITY
+    return value, FAILED
 
 
 def trial_ms(trial: FrozenTrial) -> float | None:
-    """The measured ms of a told trial; None for a failed one (infeasible, or FAIL in
-    a study written before failures were told as infeasible)."""
+    """The measured ms of a told trial; None for an infeasible one (failed or outside the
+    quality bound), or FAIL in a study written before failures were told as infeasible."""
     from optuna.trial import TrialState
 
-    if trial.state != TrialState.COMPLETE or trial.constraints.get(FAILED, 0.0) > 0:
+    if trial.state != TrialState.COMPLETE or any(v > 0 for v in trial.constraints.values()):
         return None
     return trial.value
 
@@ -193,7 +234,9 @@ class StudyRun:
         self.parallel, self.tolerance = search.parallel, search.ablation_tolerance
         self.budget = min(search.trials, space.size)
         self.rng = random.Random(search.seed)
+        self.bound = QualityBound.of(search)
         self.known: dict[str, float | None] = {}  # trial configurations told: key -> ms or None
+        self.violated: dict[str, str] = {}  # key -> the constraint an infeasible one violates
         self.waiting: dict[str, list[int]] = {}  # key -> numbers of the trials waiting for it
         self.measured: dict[str, float | None] = {}  # ablation points' outcomes
         self.asked: dict[int, Trial] = {}  # trial number -> its handle, to tell a failure
@@ -233,6 +276,8 @@ class StudyRun:
             key = self.point_of(t.params).key
             if t.state in (TrialState.COMPLETE, TrialState.FAIL):
                 self.known[key] = trial_ms(t)
+                violated = [c for c, v in t.constraints.items() if v > 0]
+                self.violated[key] = violated[0] if violated else FAILED
             elif t.state == TrialState.RUNNING:
                 if key not in self.waiting and not self._answered(key):
                     self._resumed.append(self.point_of(t.params))
@@ -279,7 +324,7 @@ class StudyRun:
             self.repeats += 1
             trial.set_user_attr("repeat", True)
             if key in self.known:
-                self._tell(trial.number, self.known[key])
+                self._tell(trial.number, self.known[key], self.violated.get(key, FAILED))
             else:
                 self.waiting[key].append(trial.number)
             return None
@@ -308,12 +353,12 @@ class StudyRun:
                     return params
         return None
 
-    def _tell(self, number: int, value: float | None) -> None:
+    def _tell(self, number: int, value: float | None, constraint: str = FAILED) -> None:
         if self.study.get_trials(deepcopy=False)[number].state.is_finished():
             return  # told before (a repeat told its first answer, then the row came)
         if value is None:
             trial = self._trial(number)
-            trial.set_constraint(FAILED, 1.0)
+            trial.set_constraint(constraint, 1.0)
             self.study.tell(trial, math.inf)
         else:
             self.study.tell(number, value)
@@ -331,10 +376,11 @@ class StudyRun:
     # --- answers -----------------------------------------------------------------------
 
     def observe(self, row: Mapping[str, Any]) -> None:
-        key, value = row["point_key"], objective(row)
+        key, (value, constraint) = row["point_key"], verdict(row, self.bound)
         for number in self.waiting.pop(key, []):
-            self._tell(number, value)
+            self._tell(number, value, constraint)
             self.known[key] = value
+            self.violated[key] = constraint
         if self.ablation is not None and self.ablation.asked == key:
             self.measured[key] = value
 
@@ -401,7 +447,7 @@ class StudyRun:
             if key in known:
                 return known[key]
         row = self.lookup(key)
-        return False if row is None else objective(row)
+        return False if row is None else verdict(row, self.bound)[0]
 
     def _store_minimal(self, ab: Ablation) -> None:
         point = self.point_of(ab.params)
@@ -504,6 +550,7 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
             ("device", device),
             ("space_size", space.size),
             ("defaults", space.default()),
+            ("quality_bound", dataclasses.asdict(QualityBound.of(search))),
         ):
             study.set_user_attr(attr, value)
         studies.append(StudyRun(study, space, point_of, lookup, scheduled.__contains__, search))

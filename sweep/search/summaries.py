@@ -5,6 +5,11 @@ and how many failed, the best one in its minimal form (after the winner's ablati
 its decode ms/token beside the `default` configuration, the best listed flag set and
 the XLA baseline, and the best-so-far curve over trials. Trial values come from the
 study's database (`results_dir/search.db`); the baselines' from the results.
+
+A search with a quality bound (`search.max_kld`, `search.min_top1`) told every trial
+outside it as infeasible, so its best is the fastest configuration inside the bound;
+the table shows the bound, how many trials fell outside it and the best's KLD, and a
+listed flag set counts as a baseline only when its row is inside the bound too.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.search.study import STORAGE_FILE, storage_url, trial_ms
+from sweep.search.study import QUALITY, STORAGE_FILE, QualityBound, storage_url, trial_ms
 from sweep.store.results import newest_rows
 from workers.kinds import Runtime, Status
 
@@ -40,6 +45,10 @@ class StudySummary:
     default_ms: float | None
     listed: tuple[str, float] | None  # the best listed flag set: (flag_set/layout, ms)
     xla_ms: float | None
+    bound: str = "none"  # the quality bound, as text
+    outside: int = 0  # trials told infeasible for their quality
+    best_kld: float | None = None  # the best trial's kld_mean and top1_agree
+    best_top1: float | None = None
 
     @property
     def vs_default(self) -> float | None:
@@ -76,11 +85,14 @@ def load_studies(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage_url(results_dir)
     if rows is None:
-        rows = newest_rows(results_dir, ["decode_ms_p50"]) if _has_results(results_dir) else {}
+        columns = ["decode_ms_p50", "kld_mean", "top1_agree"]
+        rows = newest_rows(results_dir, columns) if _has_results(results_dir) else {}
 
-    def ms(key: str | None) -> float | None:
+    def ms(key: str | None, bound: QualityBound | None = None) -> float | None:
         row = rows.get(key) if key else None
-        return row["decode_ms_p50"] if row and row["status"] == Status.OK else None
+        if not row or row["status"] != Status.OK or (bound and not bound.admits(row)):
+            return None
+        return row["decode_ms_p50"]
 
     summaries = []
     for info in optuna.get_all_study_summaries(storage):
@@ -95,7 +107,10 @@ def load_studies(
         complete = [t for t in told if trial_ms(t) is not None]
         best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
         default = next((t for t in told if t.user_attrs.get("default")), None)
-        listed = [(name, ms(key)) for name, key in (attrs.get("listed") or {}).items()]
+        bound = QualityBound(**(attrs.get("quality_bound") or {}))
+        listed = [(name, ms(key, bound)) for name, key in (attrs.get("listed") or {}).items()]
+        best_row = rows.get(best.user_attrs.get("point_key")) if best else None
+        outside = sum(t.constraints.get(QUALITY, 0.0) > 0 for t in told)
         listed_ok = [(name, value) for name, value in listed if value is not None]
         summaries.append(
             StudySummary(
@@ -104,7 +119,7 @@ def load_studies(
                 device=attrs.get("device", "?"),
                 space_size=attrs.get("space_size", 0),
                 trials=len(told),
-                failed=len(told) - len(complete),
+                failed=len(told) - len(complete) - outside,
                 history=history,
                 best_ms=best.value if best else None,
                 best=_changes(best.params, attrs.get("defaults", {})) if best else {},
@@ -112,6 +127,10 @@ def load_studies(
                 default_ms=trial_ms(default) if default else None,
                 listed=min(listed_ok, key=lambda x: x[1]) if listed_ok else None,
                 xla_ms=ms(attrs.get(Runtime.XLA)),
+                bound=bound.text(),
+                outside=outside,
+                best_kld=(best_row or {}).get("kld_mean"),
+                best_top1=(best_row or {}).get("top1_agree"),
             )
         )
     return summaries
@@ -135,7 +154,7 @@ def minimal_text(s: StudySummary) -> str:
 
 
 def studies_table(summaries: list[StudySummary]) -> Table:
-    from sweep.readers.tables import Column, Table, fmt_num, fmt_ratio, metric
+    from sweep.readers.tables import Column, Table, fmt_num, fmt_percent, fmt_ratio, metric
 
     def speedup(value: float | None) -> str:
         return fmt_ratio(value or None)
@@ -158,6 +177,10 @@ def studies_table(summaries: list[StudySummary]) -> Table:
             "flags": " ".join((s.minimal or {}).get("flags", [])),
             "dropped": ", ".join((s.minimal or {}).get("dropped", [])),
             "study": s.name,
+            "bound": s.bound,
+            "outside": s.outside,
+            "best_kld": s.best_kld,
+            "best_top1": s.best_top1,
         }
         for s in summaries
     ]
@@ -166,9 +189,12 @@ def studies_table(summaries: list[StudySummary]) -> Table:
         Column("device", lambda r: r["device"]),
         Column("trials", lambda r: f"{r['trials']}/{r['space']}", right=True),
         metric("failed", "failed", str),
+        metric("outside bound", "outside", str),
         metric("default ms", "default_ms"),
         Column("best listed ms", lambda r: r["listed"], right=True),
         metric("best ms", "best_ms"),
+        metric("its KLD", "best_kld", lambda v: "" if v is None else f"{v:.4g}"),
+        metric("its top-1", "best_top1", fmt_percent),
         Column("vs default", lambda r: speedup(r["vs_default"]), right=True),
         Column("vs listed", lambda r: speedup(r["vs_listed"]), right=True),
         metric("XLA ms", "xla_ms"),
@@ -177,6 +203,12 @@ def studies_table(summaries: list[StudySummary]) -> Table:
         Column("dropped by ablation", lambda r: r["dropped"]),
     ]
     notes = [f"flags of {r['variant']}/{r['device']}: {r['flags'] or '(none)'}" for r in records]
+    notes += [
+        f"quality bound of {r['variant']}/{r['device']}: {r['bound']} (best: the fastest "
+        "inside it; outside bound: ok trials whose quality is not)"
+        for r in records
+        if r["bound"] != "none"
+    ]
     return Table(records, columns, header={}, notes=notes)
 
 

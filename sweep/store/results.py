@@ -97,6 +97,12 @@ def _build_schema() -> pa.Schema:
         ("quant_error", f64),
         ("fp32_agreement", f64),
         ("fp32_logit_error", f64),
+        # quality on the eval text, llama-perplexity's (workers.perplexity): null without one
+        ("ppl", f64),
+        ("kld_mean", f64),
+        ("kld_p99", f64),
+        ("top1_agree", f64),
+        ("num_eval_tokens", i32),
         ("upload_s", f64),
         ("bench_s", f64),
         # timings

@@ -19,6 +19,7 @@ from workers.compile import CompileResult, clip_message
 from workers.export import GraphSpec
 from workers.kinds import Status
 from workers.measurement import Measurement
+from workers.perplexity import QualityStats
 
 STATUSES: tuple[Status, ...] = tuple(Status)
 FAILED: frozenset[Status] = frozenset(Status) - {Status.OK, Status.SKIPPED}
@@ -146,6 +147,7 @@ def measured_row(
         "quant_error": m.quant_error,
         "fp32_agreement": m.fp32_agreement,
         "fp32_logit_error": m.fp32_logit_error,
+        **quality_columns(m.quality),
         "upload_s": m.upload_s,
         "bench_s": m.bench_s,
         "prefill_ms": m.prefill_ms,
@@ -170,6 +172,15 @@ def measured_row(
         "repro_command": repro,
         "attempt": attempt,
     }
+
+
+def quality_columns(stats: QualityStats | None) -> Row:
+    """ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens (`workers.perplexity`); null
+    without a text (seeded weights, a checkpoint without a tokenizer)."""
+    names = [f.name for f in dataclasses.fields(QualityStats)]
+    if stats is None:
+        return dict.fromkeys(names)
+    return dataclasses.asdict(stats)
 
 
 def _token_shortfall(point: Point, m: Measurement) -> str | None:
