@@ -57,13 +57,19 @@ class VariantWeights:
 
 
 def quantize(
-    w: np.ndarray, bits: int, group: int | None, scale_dtype: str = "float32"
+    w: np.ndarray,
+    bits: int,
+    group: int | None,
+    scale_dtype: str = "float32",
+    offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[rows, K] float -> (integers [rows, K] uint8, scale, minimum), affine and asymmetric.
 
     Per group of `group` along K (scale [rows, K/G]), or per row (scale [rows]). The
     integers are rounded against the scale and minimum as stored (float16 included),
-    so the dequantized weights are the closest the format can hold.
+    so the dequantized weights are the closest the format can hold. With `offset`, the
+    stored "minimum" is the value at q = offset (lo + offset * scale), as a factored
+    graph takes it (`w = (q - offset) * scale + minimum`); 0: the group's minimum.
     """
     rows, k = w.shape
     groups = w.reshape(rows, k // group, group) if group else w.reshape(rows, 1, k)
@@ -71,23 +77,26 @@ def quantize(
     hi = groups.max(axis=2)
     levels = (1 << bits) - 1
     scale = ((hi - lo) / levels).astype(scale_dtype)
-    minimum = lo.astype(scale_dtype)
+    minimum = (lo + offset * scale.astype(np.float32)).astype(scale_dtype)
     scale32, min32 = scale.astype(np.float32), minimum.astype(np.float32)
     safe = np.where(scale32 > 0, scale32, 1.0).astype(np.float32)
-    q = np.rint((groups - min32[:, :, None]) / safe[:, :, None])
+    q = np.rint((groups - min32[:, :, None]) / safe[:, :, None]) + offset
     q = np.clip(q, 0, levels).astype(np.uint8).reshape(rows, k)
     if not group:
         scale, minimum = scale[:, 0], minimum[:, 0]
     return q, np.ascontiguousarray(scale), np.ascontiguousarray(minimum)
 
 
-def dequantize(q: np.ndarray, scale: np.ndarray, minimum: np.ndarray) -> np.ndarray:
+def dequantize(
+    q: np.ndarray, scale: np.ndarray, minimum: np.ndarray, offset: int = 0
+) -> np.ndarray:
     """The inverse of `quantize` on the host: [rows, K] float32."""
     rows, k = q.shape
     scale32, min32 = scale.astype(np.float32), minimum.astype(np.float32)
+    values = q.astype(np.float32) - np.float32(offset)
     if scale.ndim == 1:
-        return q.astype(np.float32) * scale32[:, None] + min32[:, None]
-    groups = q.astype(np.float32).reshape(rows, scale.shape[1], -1)
+        return values * scale32[:, None] + min32[:, None]
+    groups = values.reshape(rows, scale.shape[1], -1)
     return (groups * scale32[:, :, None] + min32[:, :, None]).reshape(rows, k)
 
 
@@ -158,6 +167,31 @@ def dequant_jnp(stored: Any, scale: Any, minimum: Any, variant: Variant, axis: i
         return (grouped * scale[:, None, :] + minimum[:, None, :]).reshape(values.shape)
     grouped = values.reshape(values.shape[0], groups, k // groups)
     return (grouped * scale[:, :, None] + minimum[:, :, None]).reshape(values.shape)
+
+
+def factored_linear_jnp(
+    x: Any, stored: Any, scale: Any, minimum: Any, offset: int, out_major: bool
+) -> Any:
+    """x [T, K] times a grouped quantized matrix kept 3-D -> [T, N], scales after the
+    per-group contraction (the `factored` dequant; see `workers/variant.py`).
+
+    `stored` is [N, K/G, G] (out_major; scale [N, K/G]) or [K/G, G, N] (in_major;
+    scale [K/G, N]). The only op between the integers and the contraction is
+    `q - offset` in float32: IREE clones it into the contraction's dispatch, and the
+    subtraction keeps IREE 3.13 from reading the unsigned integers as signed.
+    """
+    import jax.numpy as jnp
+
+    values = stored.astype(jnp.float32) - np.float32(offset)
+    scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
+    num_groups = stored.shape[1] if out_major else stored.shape[0]
+    x3 = x.reshape(x.shape[0], num_groups, -1)  # [T, K/G, G]
+    xsum = x3.sum(axis=-1)  # [T, K/G]
+    if out_major:
+        inner = jnp.einsum("ngk,tgk->tng", values, x3)
+        return jnp.einsum("ng,tng->tn", scale, inner) + jnp.einsum("ng,tg->tn", minimum, xsum)
+    inner = jnp.einsum("gkn,tgk->tgn", values, x3)
+    return jnp.einsum("gn,tgn->tn", scale, inner) + jnp.einsum("gn,tg->tn", minimum, xsum)
 
 
 def unpack_lanes_jnp(packed: Any, bits: int, axis: int) -> Any:
@@ -251,8 +285,10 @@ def _quantized(
     """A checkpoint matrix [out, in] -> its stored arrays (in arg_specs order) and the
     squared error of the dequantized matrix."""
     assert variant.bits is not None
-    q, scale, minimum = quantize(w, variant.bits, variant.group_of(name), variant.scale_dtype)
-    diff = dequantize(q, scale, minimum) - w
+    offset = variant.offset_of(name)
+    group = variant.group_of(name)
+    q, scale, minimum = quantize(w, variant.bits, group, variant.scale_dtype, offset)
+    diff = dequantize(q, scale, minimum, offset) - w
     error = float(np.vdot(diff, diff))
     table = name in (EMBEDDING, "lm_head.weight")
     if layout == "in_major" and not table:  # [out, in] -> [in, out]; scales follow (per-row: 1-D)
@@ -267,4 +303,9 @@ def _quantized(
         stored = [packed, packed] if name == EMBEDDING else [packed]  # the ui4 and uint8 views
     else:
         stored = [aligned(q)]
+    if variant.factors(name):  # [N, K] -> [N, K/G, G]; [K, N] -> [K/G, G, N]: same bytes
+        rows, cols = stored[0].shape  # uint4 is held packed: its last dimension is halved
+        num_groups = scale.shape[axis]
+        split = (rows, num_groups, -1) if axis == 1 else (num_groups, -1, cols)
+        stored = [stored[0].reshape(split)]
     return [*stored, aligned(scale), aligned(minimum)], error
