@@ -64,8 +64,10 @@ def host_dequantized(vw: VariantWeights) -> dict[str, np.ndarray]:
         else:
             values = array
         if values.ndim == 3:  # factored: [N, K/G, G] or [K/G, G, N] -> the 2-D matrix
-            values = values.reshape(-1, values.shape[-1]) if transposed else values.reshape(
-                values.shape[0], -1
+            values = (
+                values.reshape(-1, values.shape[-1])
+                if transposed
+                else values.reshape(values.shape[0], -1)
             )
         scale, minimum = by_name[f"{base}.scale"], by_name[f"{base}.minimum"]
         if transposed:

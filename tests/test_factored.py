@@ -47,7 +47,9 @@ def test_factored_linear_is_x_times_the_host_dequant(
         jnp.asarray(x), jnp.asarray(_stored(q, group, out_major)), s, m, offset, out_major
     )
     assert got.shape == (rows, N)
-    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        np.asarray(got), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )
 
 
 @pytest.mark.parametrize("out_major", [True, False])
@@ -98,9 +100,10 @@ def test_the_factored_formats_are_what_they_say() -> None:
         linear = "model.layers.0.mlp.up_proj.weight"
         assert v.factors(linear) and v.offset_of(linear) == 1 << (bits - 1)
         assert not v.factors("model.embed_tokens.weight")
-    assert variant("int4-ui4").fingerprint != Variant(
-        **{**variant("int4-ui4").__dict__, "dequant": "factored"}
-    ).fingerprint
+    assert (
+        variant("int4-ui4").fingerprint
+        != Variant(**{**variant("int4-ui4").__dict__, "dequant": "factored"}).fingerprint
+    )
 
 
 @pytest.mark.parametrize(
