@@ -9,6 +9,7 @@ IREE fuses it is tests/test_factored_compile.py (slow).
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -126,3 +127,31 @@ def test_packed_bytes_are_the_same_in_3d() -> None:
     flat, split = pack_uint4(q), pack_uint4(q.reshape(N, K // 64, 64))
     np.testing.assert_array_equal(flat.reshape(-1), split.reshape(-1))
     np.testing.assert_array_equal(unpack_uint4(split).reshape(N, K), q)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("out_major", [True, False])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_integer_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
+    bits: int, out_major: bool, rows: int
+) -> None:
+    """The integer formulation: the weight exact, the activation rounded to int8 per
+    group, so the error is about half an int8 step of x, nowhere near a wrong sign."""
+    import jax.numpy as jnp
+
+    from workers.quant import integer_linear_jnp
+
+    group, offset = 32, 1 << (bits - 1)
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    q, scale, minimum = quantize(w, bits, group, "float16", offset)
+    x = RNG.standard_normal((rows, K)).astype(np.float32)
+    expected = x @ dequantize(q, scale, minimum, offset).T
+    s, m = (scale, minimum) if out_major else (scale.T, minimum.T)
+    stored = _stored(q, group, out_major)
+    if bits == 4:
+        stored = stored.astype(np.uint8).view(ml_dtypes.uint4)
+    got = np.asarray(
+        integer_linear_jnp(jnp.asarray(x), jnp.asarray(stored), s, m, offset, out_major)
+    )
+    rel = np.abs(got - expected).max() / np.abs(expected).max()
+    assert 1e-5 < rel < 2e-2, rel  # rounded (not exact), and close

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from workers.llama_config import LlamaConfig
-from workers.quant import dequant_jnp, factored_linear_jnp, unpack_lanes_jnp, unpack_uint4_jnp
+from workers.quant import (
+    dequant_jnp,
+    factored_linear_jnp,
+    integer_linear_jnp,
+    unpack_lanes_jnp,
+    unpack_uint4_jnp,
+)
 from workers.variant import EMBEDDING, LM_HEAD, Variant
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
@@ -259,11 +265,15 @@ class LlamaGraphs:
         in_major: x @ W with W [in, out]. out_major: W . x with W [out, in] as the dot's
         left operand, which IREE lowers to a matvec; `x @ W.T` would make it transpose
         the whole weight first. A factored variant's grouped linears contract the integers
-        per group first and apply the scales after (`factored_linear_jnp`).
+        per group first and apply the scales after (`factored_linear_jnp`, or
+        `integer_linear_jnp` with the activation quantized to int8).
         """
         key = f"{name}.weight"
         if self.variant.factors(key):
-            return factored_linear_jnp(
+            linear = (
+                integer_linear_jnp if self.variant.dequant == "integer" else factored_linear_jnp
+            )
+            return linear(
                 x,
                 w[f"{key}.qweight"],
                 w[f"{key}.scale"],

@@ -34,7 +34,16 @@ so the widening of the integers sits inside the matvec's dispatch. `c` is half t
 integer range (8 for 4 bits, 128 for 8): the stored minimum is the value at q = c
 (`offset_of`), which the host folds in when quantizing. The `- c` in the graph is
 not cosmetic: IREE 3.13 reads a bare ui4 -> f32 convert that feeds a contraction as
-signed (see `benchmarks/repro/`).
+signed (see `benchmarks/repro/`). IREE fuses the widening into the matvec at O3 in
+both layouts; a matmul (prefill, batch > 1) keeps a dequant dispatch of its own
+whatever the formulation (per channel too), so the gain is decode's.
+
+`integer` stores the same 3-D integers and multiplies them as llama.cpp does: the
+activation is quantized to int8 per group inside the graph (scale max|x|/127), each
+group's dot product runs in integers (i8 x i8 -> i32), and the weight's and the
+activation's scales are applied after it. It changes the numbers (the activation's
+rounding), so its quality columns say what that costs; its XLA reference runs the
+same integer arithmetic.
 
 The layout is a grid axis of its own: `in_major` gives the graph every matrix as
 [in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
@@ -56,7 +65,7 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 STORAGES: tuple[str, ...] = ("uint32", "native")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 MATCH_RULES: tuple[str, ...] = ("all", "first")
-DEQUANTS: tuple[str, ...] = ("direct", "factored")
+DEQUANTS: tuple[str, ...] = ("direct", "factored", "integer")
 LAYOUTS: tuple[str, ...] = ("in_major", "out_major")
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -112,7 +121,8 @@ class Variant:
     # "first" only the first, for a dtype whose rounding differs between XLA and IREE.
     match: str = "all"
     # How the graph applies grouped scales: "direct" (dequantize, then the dot) or
-    # "factored" (per-group contraction first, scales after; see the module docstring).
+    # "factored" (per-group contraction first, scales after) or "integer" (the same with
+    # the activation quantized to int8 and an integer contraction; see the docstring).
     dequant: str = "direct"
 
     def __post_init__(self) -> None:
@@ -136,7 +146,9 @@ class Variant:
                     f"{where}: group_size and quantize_embedding need a quantized variant (bits)"
                 )
             if self.factored:
-                raise ValueError(f"{where}: dequant=factored needs a quantized variant (bits)")
+                raise ValueError(
+                    f"{where}: dequant={self.dequant} needs a quantized variant (bits)"
+                )
             return
         if self.dtype != "float32":
             raise ValueError(f"{where}: a quantized variant computes in float32")
@@ -148,7 +160,7 @@ class Variant:
             )
         if self.factored and (self.group_size is None or self.storage != "native"):
             raise ValueError(
-                f"{where}: dequant=factored needs group_size (a per-channel dequant already "
+                f"{where}: dequant={self.dequant} needs group_size (a per-channel dequant already "
                 "fuses) and storage=native (the integers as ui4/ui8 tensors)"
             )
 
@@ -168,7 +180,8 @@ class Variant:
 
     @property
     def factored(self) -> bool:
-        return self.dequant == "factored"
+        """The grouped linears kept 3-D and scaled after the contraction (float or integer)."""
+        return self.dequant in ("factored", "integer")
 
     @property
     def values_per_lane(self) -> int:
