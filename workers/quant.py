@@ -187,11 +187,20 @@ def factored_linear_jnp(
     num_groups = stored.shape[1] if out_major else stored.shape[0]
     x3 = x.reshape(x.shape[0], num_groups, -1)  # [T, K/G, G]
     xsum = x3.sum(axis=-1)  # [T, K/G]
+    # [T, N, K/G] (out_major) or [T, K/G, N]: the weight's own order, no transpose
+    spec = "ngk,tgk->tng" if out_major else "gkn,tgk->tgn"
+    inner = jnp.einsum(spec, values, x3)
+    return _apply_scales(inner, scale, minimum, xsum, out_major)
+
+
+def _apply_scales(inner: Any, scale: Any, minimum: Any, xsum: Any, out_major: bool) -> Any:
+    """sum_g scale[n, g] inner[t, n, g] + minimum[n, g] xsum[t, g] -> [T, N], as one
+    elementwise-then-reduce op: IREE makes it one small dispatch (two einsums would be two).
+    `inner` and the scales are in the weight's order: [T, N, K/G] and [N, K/G], or
+    [T, K/G, N] and [K/G, N]."""
     if out_major:
-        inner = jnp.einsum("ngk,tgk->tng", values, x3)
-        return jnp.einsum("ng,tng->tn", scale, inner) + jnp.einsum("ng,tg->tn", minimum, xsum)
-    inner = jnp.einsum("gkn,tgk->tgn", values, x3)
-    return jnp.einsum("gn,tgn->tn", scale, inner) + jnp.einsum("gn,tg->tn", minimum, xsum)
+        return (scale[None] * inner + minimum[None] * xsum[:, None, :]).sum(axis=-1)
+    return (scale[None] * inner + minimum[None] * xsum[:, :, None]).sum(axis=1)
 
 
 def integer_linear_jnp(
@@ -218,10 +227,11 @@ def integer_linear_jnp(
     dims = (((2,), (2,)), ((1,), (1,))) if out_major else (((1,), (2,)), ((0,), (1,)))
     inner = lax.dot_general(q, xq, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
     scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
-    s_gn = scale.T if out_major else scale  # [K/G, N]
-    m_spec = "ng,tg->tn" if out_major else "gn,tg->tn"
-    scaled = jnp.einsum("gnt,gn->tng", inner, s_gn) * xs[:, None, :]  # [T, N, K/G]
-    return scaled.sum(-1) + jnp.einsum(m_spec, minimum, x3.sum(-1))
+    if out_major:  # [K/G, N, T] -> [T, N, K/G], times the activation's scale
+        inner = inner.transpose(2, 1, 0) * xs[:, None, :]
+    else:  # -> [T, K/G, N]
+        inner = inner.transpose(2, 0, 1) * xs[:, :, None]
+    return _apply_scales(inner, scale, minimum, x3.sum(-1), out_major)
 
 
 def unpack_lanes_jnp(packed: Any, bits: int, axis: int) -> Any:
