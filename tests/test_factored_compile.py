@@ -4,8 +4,9 @@
    probe): factored, its ui4 widening sits inside the matvec's dispatch (no
    `elementwise_*_i4*` dispatch, `dequant_fused` true); the direct grouped dequant
    of the same weight keeps a dispatch of its own. Both layouts.
-2. The tiny model swept with the factored formats, decode and prefill, batch 1 and
-   2, both layouts: every row ok, every token equal to its XLA reference.
+2. The tiny model swept with a factored int4 format and an integer-dot int8 one,
+   decode and prefill, batch 1 and 2, both layouts: every row ok, every token equal
+   to its XLA reference (int8-fac-g64's arithmetic is in tests/test_factored.py).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def test_factored_formats_match_their_reference_in_a_sweep(ray_cluster, tmp_path
         tmp_path,
         shared_cache,
         "+grid=smoke",
-        "grid.variants=[int4-fac-g32,int8-fac-g64,int4-idot-g32]",
+        "grid.variants=[int4-fac-g32,int8-idot-g32]",
         "grid.layouts=[out_major,in_major]",
         "grid.batch_sizes=[1,2]",
         "~grid.flag_sets.default",
@@ -102,7 +103,7 @@ def test_factored_formats_match_their_reference_in_a_sweep(ray_cluster, tmp_path
     )
     assert outcome.exit_code == 0, text
     rows = outcome.rows
-    assert len(rows) == 3 * 2 * 2 and {r["status"] for r in rows} == {"ok"}, text
+    assert len(rows) == 2 * 2 * 2 and {r["status"] for r in rows} == {"ok"}, text
     for r in rows:
         assert r["tokens"] == r["reference_tokens"], r["point_key"]
         assert r["num_tokens_matched"] == len(r["tokens"]) > r["batch_size"]
