@@ -92,3 +92,22 @@ def test_a_dequant_dispatch_of_its_own_is_not_fused(
 def test_unquantized_or_unknown_is_null() -> None:
     assert dequant_fused(COMMON, variant("fp32"), TINY, "out_major") is None
     assert dequant_fused(None, variant("int4-fac-g64"), TINY, "out_major") is None
+
+
+def test_the_compile_step_reads_the_names_from_its_flow_dump(tmp_path) -> None:
+    from workers.compile import _dispatch_names
+
+    phases = tmp_path / "k.phases"
+    phases.mkdir()
+    (phases / "module.1.input.mlir").write_text("flow.executable.export public @not_this")
+    (phases / "module.4.flow.mlir").write_text(
+        "  flow.executable private @main_dispatch_0 {\n"
+        "    flow.executable.export public @main_dispatch_0_matvec_like_8x2x4_f32 workgroups()\n"
+        "  flow.executable private @main_dispatch_1 {\n"
+        "    flow.executable.export public @main_dispatch_1_elementwise_64_i4xf32 workgroups()\n"
+    )
+    assert _dispatch_names(phases) == (
+        "main_dispatch_0_matvec_like_8x2x4_f32",
+        "main_dispatch_1_elementwise_64_i4xf32",
+    )
+    assert _dispatch_names(tmp_path / "missing") is None
