@@ -24,7 +24,9 @@ the set/unset-encoding dispatches that data tiling adds after the flow phase
 (56 against 30 flow dispatches on a 2-layer toy model with
 `--iree-opt-data-tiling=true`), and agree with the flow count otherwise. Large
 constants are elided from the dumps (`--mlir-elide-*`), which keeps them small
-and leaves the vmfb byte-identical.
+and leaves the vmfb byte-identical. The same flow file gives the dispatch names
+(`flow.executable.export`), kept in the cache's metadata, from which
+`workers/dispatches.py` reads whether the quantized linears' dequant was fused.
 
 Export memo: the cache key needs the StableHLO's hash, and exporting a 1B graph takes
 seconds, so `compile_graph` remembers, per graph definition (the `GraphSpec` and the

@@ -12,6 +12,10 @@ The dequant is one elementwise expression between the integer tensor and the
 matmul, with the scale multiply between the integer-to-float convert and the dot:
 IREE 3.13 reads unsigned integers as signed when a bare convert feeds a dot
 (ui4 8..15 become -8..-1), so the scale must come first.
+A `factored` (or `integer`) variant's grouped linears skip `dequant_jnp`:
+`factored_linear_jnp` / `integer_linear_jnp` multiply the 3-D integers per group and
+apply the scales after, with the midpoint subtracted in the graph and folded into
+the stored minimum on the host (`quantize(..., offset=)`); see `workers/variant.py`.
 """
 
 from __future__ import annotations
