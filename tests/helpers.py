@@ -67,10 +67,17 @@ def host_dequantized(vw: VariantWeights) -> dict[str, np.ndarray]:
             values = unpack_uint4(array).reshape(specs[name].shape)
         else:
             values = array
+        if values.ndim == 3:  # factored: [N, K/G, G] or [K/G, G, N] -> the 2-D matrix
+            values = (
+                values.reshape(-1, values.shape[-1])
+                if transposed
+                else values.reshape(values.shape[0], -1)
+            )
         scale, minimum = by_name[f"{base}.scale"], by_name[f"{base}.minimum"]
         if transposed:
             values, scale, minimum = values.T, scale.T, minimum.T
-        out[base] = dequantize(np.ascontiguousarray(values), scale, minimum)
+        offset = vw.variant.offset_of(base)
+        out[base] = dequantize(np.ascontiguousarray(values), scale, minimum, offset)
     return out
 
 

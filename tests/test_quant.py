@@ -35,6 +35,8 @@ FORMATS = [
     "int4-ui4-qe",
     "int8-u8",
     "int8-u8-pc",
+    "int4-fac-g32",
+    "int8-fac-g64",
 ]
 RNG = np.random.default_rng(0)
 

@@ -24,7 +24,9 @@ the set/unset-encoding dispatches that data tiling adds after the flow phase
 (56 against 30 flow dispatches on a 2-layer toy model with
 `--iree-opt-data-tiling=true`), and agree with the flow count otherwise. Large
 constants are elided from the dumps (`--mlir-elide-*`), which keeps them small
-and leaves the vmfb byte-identical.
+and leaves the vmfb byte-identical. The same flow file gives the dispatch names
+(`flow.executable.export`), kept in the cache's metadata, from which
+`workers/dispatches.py` reads whether the quantized linears' dequant was fused.
 
 Export memo: the cache key needs the StableHLO's hash, and exporting a 1B graph takes
 seconds, so `compile_graph` remembers, per graph definition (the `GraphSpec` and the
@@ -81,6 +83,7 @@ _CPUINFO_KEYS: frozenset[str] = frozenset(
     | {"CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features"}
 )
 _FLOW_DISPATCH_RE = re.compile(r"\bflow\.dispatch @")
+_FLOW_EXPORT_RE = re.compile(r"\bflow\.executable\.export\s+(?:public\s+)?@([\w$.-]+)")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,12 @@ class CompileResult:
     returncode: int | None  # None when killed on timeout
     vmfb_bytes: int | None = None
     stablehlo_sha256: str | None = None
+    # The flow phase's dispatch (executable export) names, in order; None when unknown
+    # (a cache entry from before they were kept). See workers/dispatches.py.
+    dispatch_names: tuple[str, ...] | None = None
+    # Every quantized linear's dequant inside a contraction dispatch (compile_graph
+    # derives it from dispatch_names); None: unquantized, or names unknown.
+    dequant_fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.vmfb is not None and self.vmfb_bytes is None:
@@ -288,7 +297,7 @@ def compile_graph(
             with key_lock(_cache_paths(cache_dir / "vmfb", key)[0].with_suffix(".lock")):
                 cached = _load_cached(cache_dir / "vmfb", key)
             if cached is not None:
-                return dataclasses.replace(cached, stablehlo_sha256=sha)
+                return _with_verdict(dataclasses.replace(cached, stablehlo_sha256=sha), graph)
     if mode == "cache_only":
         return CompileResult.failed(
             Status.COMPILE_ERROR,
@@ -300,7 +309,7 @@ def compile_graph(
 
     exported = export_graph(graph)
     _memo_write(cache_dir, graph, exported.sha256)
-    return compile_stablehlo(
+    result = compile_stablehlo(
         exported.stablehlo,
         device,
         flags,
@@ -308,6 +317,15 @@ def compile_graph(
         timeout_s=timeout_s,
         work_dir=cache_dir / "work",
     )
+    return _with_verdict(result, graph)
+
+
+def _with_verdict(result: CompileResult, graph: GraphSpec) -> CompileResult:
+    """The result with `dequant_fused` read from its dispatch names for `graph`'s variant."""
+    from workers.dispatches import dequant_fused
+
+    fused = dequant_fused(result.dispatch_names, graph.variant, graph.cfg, graph.layout)
+    return dataclasses.replace(result, dequant_fused=fused)
 
 
 @functools.cache
@@ -420,6 +438,7 @@ def _compile_in(
         ok=True,
         vmfb=output_path.read_bytes(),
         num_dispatches=_count_dispatches(phases_dir),
+        dispatch_names=_dispatch_names(phases_dir),
         error_class=None,
         error_message=None,
         returncode=returncode,
@@ -486,6 +505,14 @@ def _count_dispatches(phases_dir: Path) -> int | None:
     return len(_FLOW_DISPATCH_RE.findall(flow_files[0].read_text(errors="replace")))
 
 
+def _dispatch_names(phases_dir: Path) -> tuple[str, ...] | None:
+    """The names of the dispatches (executable exports) in the flow-phase dump."""
+    flow_files = sorted(phases_dir.glob("*.flow.mlir"))
+    if len(flow_files) != 1:
+        return None
+    return tuple(_FLOW_EXPORT_RE.findall(flow_files[0].read_text(errors="replace")))
+
+
 def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     shard = cache_dir / key[:2]
     return shard / f"{key}.vmfb", shard / f"{key}.json"
@@ -529,6 +556,7 @@ def _load_cached(cache_dir: Path, key: str) -> CompileResult | None:
             vmfb=vmfb,
             compile_s=meta["compile_s"],
             num_dispatches=meta["num_dispatches"],
+            dispatch_names=_names_of(meta.get("dispatch_names")),
             cache_hit=True,
             command=meta["command"],
             error_class=None,
@@ -537,6 +565,10 @@ def _load_cached(cache_dir: Path, key: str) -> CompileResult | None:
         )
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _names_of(value: object) -> tuple[str, ...] | None:
+    return tuple(str(n) for n in value) if isinstance(value, list) else None
 
 
 def _store_cached(cache_dir: Path, result: CompileResult) -> None:
@@ -565,6 +597,7 @@ def _store_cached(cache_dir: Path, result: CompileResult) -> None:
     meta = {
         "compile_s": result.compile_s,
         "num_dispatches": result.num_dispatches,
+        "dispatch_names": result.dispatch_names,
         "command": result.command,
         "compiler": compiler_version(),
         "vmfb_sha256": hashlib.sha256(result.vmfb).hexdigest(),

@@ -40,6 +40,14 @@ class Layout(enum.StrEnum):
     OUT_MAJOR = "out_major"
 
 
+class Dequant(enum.StrEnum):
+    """How a quantized linear's graph dequantizes (see workers/quant.py and workers/model.py)."""
+
+    DIRECT = "direct"  # dequantize the weight, then the matmul (what the seed did)
+    FACTORED = "factored"  # per-group contraction first, scale and minimum after it
+    INTEGER = "integer"  # the activation quantized too: an integer dot product per block
+
+
 class GraphKind(enum.StrEnum):
     """A compiled graph: prefill and decode are timed; score gives the quality columns."""
 

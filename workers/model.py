@@ -26,8 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from workers.kinds import Dequant
 from workers.llama_config import LlamaConfig
-from workers.quant import dequant_jnp, unpack_lanes_jnp, unpack_uint4_jnp
+from workers.quant import (
+    dequant_jnp,
+    factored_linear_jnp,
+    integer_linear_jnp,
+    unpack_lanes_jnp,
+    unpack_uint4_jnp,
+)
 from workers.variant import EMBEDDING, LM_HEAD, Variant
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
@@ -267,9 +274,25 @@ class LlamaGraphs:
 
         in_major: x @ W with W [in, out]. out_major: W . x with W [out, in] as the dot's
         left operand, which IREE lowers to a matvec; `x @ W.T` would make it transpose
-        the whole weight first.
+        the whole weight first. A factored variant's grouped linears contract the integers
+        per group first and apply the scales after (`factored_linear_jnp`, or
+        `integer_linear_jnp` with the activation quantized to int8).
         """
         key = f"{name}.weight"
+        if self.variant.factors(key):
+            linear = (
+                integer_linear_jnp
+                if self.variant.dequant == Dequant.INTEGER
+                else factored_linear_jnp
+            )
+            return linear(
+                x,
+                w[f"{key}.qweight"],
+                w[f"{key}.scale"],
+                w[f"{key}.minimum"],
+                self.variant.offset_of(key),
+                out_major=self.layout == "out_major",
+            ).astype(x.dtype)
         weight = self._matrix(w, key).astype(x.dtype)
         if self.layout == "in_major":
             return _dot(x, weight, 1, 0)

@@ -12,6 +12,10 @@ The dequant is one elementwise expression between the integer tensor and the
 matmul, with the scale multiply between the integer-to-float convert and the dot:
 IREE 3.13 reads unsigned integers as signed when a bare convert feeds a dot
 (ui4 8..15 become -8..-1), so the scale must come first.
+A `factored` (or `integer`) variant's grouped linears skip `dequant_jnp`:
+`factored_linear_jnp` / `integer_linear_jnp` multiply the 3-D integers per group and
+apply the scales after, with the midpoint subtracted in the graph and folded into
+the stored minimum on the host (`quantize(..., offset=)`); see `workers/variant.py`.
 """
 
 from __future__ import annotations
@@ -57,13 +61,19 @@ class VariantWeights:
 
 
 def quantize(
-    w: np.ndarray, bits: int, group: int | None, scale_dtype: str = "float32"
+    w: np.ndarray,
+    bits: int,
+    group: int | None,
+    scale_dtype: str = "float32",
+    offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[rows, K] float -> (integers [rows, K] uint8, scale, minimum), affine and asymmetric.
 
     Per group of `group` along K (scale [rows, K/G]), or per row (scale [rows]). The
     integers are rounded against the scale and minimum as stored (float16 included),
-    so the dequantized weights are the closest the format can hold.
+    so the dequantized weights are the closest the format can hold. With `offset`, the
+    stored "minimum" is the value at q = offset (lo + offset * scale), as a factored
+    graph takes it (`w = (q - offset) * scale + minimum`); 0: the group's minimum.
     """
     rows, k = w.shape
     groups = w.reshape(rows, k // group, group) if group else w.reshape(rows, 1, k)
@@ -71,23 +81,26 @@ def quantize(
     hi = groups.max(axis=2)
     levels = (1 << bits) - 1
     scale = ((hi - lo) / levels).astype(scale_dtype)
-    minimum = lo.astype(scale_dtype)
+    minimum = (lo + offset * scale.astype(np.float32)).astype(scale_dtype)
     scale32, min32 = scale.astype(np.float32), minimum.astype(np.float32)
     safe = np.where(scale32 > 0, scale32, 1.0).astype(np.float32)
-    q = np.rint((groups - min32[:, :, None]) / safe[:, :, None])
+    q = np.rint((groups - min32[:, :, None]) / safe[:, :, None]) + offset
     q = np.clip(q, 0, levels).astype(np.uint8).reshape(rows, k)
     if not group:
         scale, minimum = scale[:, 0], minimum[:, 0]
     return q, np.ascontiguousarray(scale), np.ascontiguousarray(minimum)
 
 
-def dequantize(q: np.ndarray, scale: np.ndarray, minimum: np.ndarray) -> np.ndarray:
+def dequantize(
+    q: np.ndarray, scale: np.ndarray, minimum: np.ndarray, offset: int = 0
+) -> np.ndarray:
     """The inverse of `quantize` on the host: [rows, K] float32."""
     rows, k = q.shape
     scale32, min32 = scale.astype(np.float32), minimum.astype(np.float32)
+    values = q.astype(np.float32) - np.float32(offset)
     if scale.ndim == 1:
-        return q.astype(np.float32) * scale32[:, None] + min32[:, None]
-    groups = q.astype(np.float32).reshape(rows, scale.shape[1], -1)
+        return values * scale32[:, None] + min32[:, None]
+    groups = values.reshape(rows, scale.shape[1], -1)
     return (groups * scale32[:, :, None] + min32[:, :, None]).reshape(rows, k)
 
 
@@ -158,6 +171,71 @@ def dequant_jnp(stored: Any, scale: Any, minimum: Any, variant: Variant, axis: i
         return (grouped * scale[:, None, :] + minimum[:, None, :]).reshape(values.shape)
     grouped = values.reshape(values.shape[0], groups, k // groups)
     return (grouped * scale[:, :, None] + minimum[:, :, None]).reshape(values.shape)
+
+
+def factored_linear_jnp(
+    x: Any, stored: Any, scale: Any, minimum: Any, offset: int, out_major: bool
+) -> Any:
+    """x [T, K] times a grouped quantized matrix kept 3-D -> [T, N], scales after the
+    per-group contraction (the `factored` dequant; see `workers/variant.py`).
+
+    `stored` is [N, K/G, G] (out_major; scale [N, K/G]) or [K/G, G, N] (in_major;
+    scale [K/G, N]). The only op between the integers and the contraction is
+    `q - offset` in float32: IREE clones it into the contraction's dispatch, and the
+    subtraction keeps IREE 3.13 from reading the unsigned integers as signed.
+    """
+    import jax.numpy as jnp
+
+    values = stored.astype(jnp.float32) - np.float32(offset)
+    scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
+    num_groups = stored.shape[1] if out_major else stored.shape[0]
+    x3 = x.reshape(x.shape[0], num_groups, -1)  # [T, K/G, G]
+    xsum = x3.sum(axis=-1)  # [T, K/G]
+    # [T, N, K/G] (out_major) or [T, K/G, N]: the weight's own order, no transpose
+    spec = "ngk,tgk->tng" if out_major else "gkn,tgk->tgn"
+    inner = jnp.einsum(spec, values, x3)
+    return _apply_scales(inner, scale, minimum, xsum, out_major)
+
+
+def _apply_scales(inner: Any, scale: Any, minimum: Any, xsum: Any, out_major: bool) -> Any:
+    """sum_g scale[n, g] inner[t, n, g] + minimum[n, g] xsum[t, g] -> [T, N], as one
+    elementwise-then-reduce op: IREE makes it one small dispatch (two einsums would be two).
+    `inner` and the scales are in the weight's order: [T, N, K/G] and [N, K/G], or
+    [T, K/G, N] and [K/G, N]."""
+    if out_major:
+        return (scale[None] * inner + minimum[None] * xsum[:, None, :]).sum(axis=-1)
+    return (scale[None] * inner + minimum[None] * xsum[:, :, None]).sum(axis=1)
+
+
+def integer_linear_jnp(
+    x: Any, stored: Any, scale: Any, minimum: Any, offset: int, out_major: bool
+) -> Any:
+    """`factored_linear_jnp` with integer dot products, as llama.cpp multiplies: x is
+    quantized to int8 per group (xs = max|x| / 127), each group's dot product is
+    i8 x i8 -> i32, and scale * xs is applied after it. Same arguments and result.
+
+    The weight becomes `q - offset` in int8 (ui4 - 8 in [-8, 7]; ui8 - 128 wraps to
+    [-128, 127]), which keeps IREE 3.13 from reading a bare unsigned convert as signed.
+    """
+    import jax.numpy as jnp
+    from jax import lax
+
+    num_groups = stored.shape[1] if out_major else stored.shape[0]
+    x3 = x.reshape(x.shape[0], num_groups, -1).astype(jnp.float32)  # [T, K/G, G]
+    xs = jnp.max(jnp.abs(x3), axis=-1) / np.float32(127)  # [T, K/G]
+    safe = jnp.where(xs > 0, xs, np.float32(1))
+    xq = jnp.round(x3 / safe[..., None]).astype(jnp.int8)
+    wrapped = offset - 256 if offset > 127 else offset  # 128 is -128: the same mod 256
+    q = stored.astype(jnp.int8) - jnp.int8(wrapped)
+    # [N, K/G, G] . [T, K/G, G] or [K/G, G, N] . [T, K/G, G] -> [K/G, N, T] in int32
+    dims = (((2,), (2,)), ((1,), (1,))) if out_major else (((1,), (2,)), ((0,), (1,)))
+    inner = lax.dot_general(q, xq, dims, preferred_element_type=jnp.int32).astype(jnp.float32)
+    scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
+    if out_major:  # [K/G, N, T] -> [T, N, K/G], times the activation's scale
+        inner = inner.transpose(2, 1, 0) * xs[:, None, :]
+    else:  # -> [T, K/G, N]
+        inner = inner.transpose(2, 0, 1) * xs[:, :, None]
+    return _apply_scales(inner, scale, minimum, x3.sum(-1), out_major)
 
 
 def unpack_lanes_jnp(packed: Any, bits: int, axis: int) -> Any:
@@ -251,8 +329,10 @@ def _quantized(
     """A checkpoint matrix [out, in] -> its stored arrays (in arg_specs order) and the
     squared error of the dequantized matrix."""
     assert variant.bits is not None
-    q, scale, minimum = quantize(w, variant.bits, variant.group_of(name), variant.scale_dtype)
-    diff = dequantize(q, scale, minimum) - w
+    offset = variant.offset_of(name)
+    group = variant.group_of(name)
+    q, scale, minimum = quantize(w, variant.bits, group, variant.scale_dtype, offset)
+    diff = dequantize(q, scale, minimum, offset) - w
     error = float(np.vdot(diff, diff))
     table = name in (EMBEDDING, "lm_head.weight")
     if layout == "in_major" and not table:  # [out, in] -> [in, out]; scales follow (per-row: 1-D)
@@ -267,4 +347,9 @@ def _quantized(
         stored = [packed, packed] if name == EMBEDDING else [packed]  # the ui4 and uint8 views
     else:
         stored = [aligned(q)]
+    if variant.factors(name):  # [N, K] -> [N, K/G, G]; [K, N] -> [K/G, G, N]: same bytes
+        rows, cols = stored[0].shape  # uint4 is held packed: its last dimension is halved
+        num_groups = scale.shape[axis]
+        split = (rows, num_groups, -1) if axis == 1 else (num_groups, -1, cols)
+        stored = [stored[0].reshape(split)]
     return [*stored, aligned(scale), aligned(minimum)], error

@@ -20,6 +20,31 @@ float32 or float16. With `quantize_embedding` the token embedding (the tied lm_h
 and an untied lm_head are quantized too, one scale per vocabulary row; otherwise they
 and the norms stay in float32.
 
+`dequant` says how the graph applies a grouped scale. `direct` dequantizes the whole
+matrix, then multiplies (one elementwise op between the integers and the dot). IREE
+3.13 keeps that a dispatch of its own that writes the whole float32 weight: it clones
+a widening op into a contraction's dispatch only without a reshape between them, and
+groups need one. `factored` keeps the integers 3-D, [N, K/G, G] (out_major) or
+[K/G, G, N] (in_major), contracts each group first and applies the scale after:
+
+    inner[n, g] = sum_j (q[n, g, j] - c) x[g, j]
+    y[n] = sum_g scale[n, g] inner[n, g] + minimum[n, g] xsum[g],   xsum[g] = sum_j x[g, j]
+
+so the widening of the integers sits inside the matvec's dispatch. `c` is half the
+integer range (8 for 4 bits, 128 for 8): the stored minimum is the value at q = c
+(`offset_of`), which the host folds in when quantizing. The `- c` in the graph is
+not cosmetic: IREE 3.13 reads a bare ui4 -> f32 convert that feeds a contraction as
+signed (see `benchmarks/repro/`). IREE fuses the widening into the matvec at O3 in
+both layouts; a matmul (prefill, batch > 1) keeps a dequant dispatch of its own
+whatever the formulation (per channel too), so the gain is decode's.
+
+`integer` stores the same 3-D integers and multiplies them as llama.cpp does: the
+activation is quantized to int8 per group inside the graph (scale max|x|/127), each
+group's dot product runs in integers (i8 x i8 -> i32), and the weight's and the
+activation's scales are applied after it. It changes the numbers (the activation's
+rounding), so its quality columns say what that costs; its XLA reference runs the
+same integer arithmetic.
+
 The layout is a grid axis of its own: `in_major` gives the graph every matrix as
 [in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
 with the weight as the dot's left operand (`W . x`), which IREE lowers to a matvec
@@ -34,13 +59,14 @@ import json
 
 import numpy as np
 
-from workers.kinds import Layout
+from workers.kinds import Dequant, Layout
 from workers.llama_config import LlamaConfig, expected_shapes, is_linear
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 STORAGES: tuple[str, ...] = ("uint32", "native")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 MATCH_RULES: tuple[str, ...] = ("all", "first")
+DEQUANTS: tuple[Dequant, ...] = tuple(Dequant)
 LAYOUTS: tuple[Layout, ...] = tuple(Layout)
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -95,6 +121,10 @@ class Variant:
     # Greedy tokens against the XLA reference of the same graph: "all" must match;
     # "first" only the first, for a dtype whose rounding differs between XLA and IREE.
     match: str = "all"
+    # How the graph applies grouped scales: "direct" (dequantize, then the dot) or
+    # "factored" (per-group contraction first, scales after) or "integer" (the same with
+    # the activation quantized to int8 and an integer contraction; see the docstring).
+    dequant: str = Dequant.DIRECT
 
     def __post_init__(self) -> None:
         where = f"variant {self.name!r}"
@@ -105,6 +135,7 @@ class Variant:
             ("storage", STORAGES),
             ("scale_dtype", SCALE_DTYPES),
             ("match", MATCH_RULES),
+            ("dequant", DEQUANTS),
         ):
             if getattr(self, field) not in allowed:
                 raise ValueError(
@@ -115,6 +146,10 @@ class Variant:
                 raise ValueError(
                     f"{where}: group_size and quantize_embedding need a quantized variant (bits)"
                 )
+            if self.factored:
+                raise ValueError(
+                    f"{where}: dequant={self.dequant} needs a quantized variant (bits)"
+                )
             return
         if self.dtype != "float32":
             raise ValueError(f"{where}: a quantized variant computes in float32")
@@ -124,17 +159,30 @@ class Variant:
                 f"{where}: group_size={self.group_size} must be a positive multiple of {step} "
                 "(or null: one scale per output row)"
             )
+        if self.factored and (self.group_size is None or self.storage != "native"):
+            raise ValueError(
+                f"{where}: dequant={self.dequant} needs group_size (a per-channel dequant already "
+                "fuses) and storage=native (the integers as ui4/ui8 tensors)"
+            )
 
     @property
     def fingerprint(self) -> str:
         """A short hash of the whole definition: two variants that hold different numbers
         differ here, whatever their names."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.dequant == Dequant.DIRECT:  # the default: fingerprints from before the field stay
+            del fields["dequant"]
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def quantized(self) -> bool:
         return self.bits is not None
+
+    @property
+    def factored(self) -> bool:
+        """The grouped linears kept 3-D and scaled after the contraction (float or integer)."""
+        return self.dequant in (Dequant.FACTORED, Dequant.INTEGER)
 
     @property
     def values_per_lane(self) -> int:
@@ -161,6 +209,16 @@ class Variant:
     def group_of(self, name: str) -> int | None:
         """The quantization group of a tensor: the embedding is always per row."""
         return None if name in (EMBEDDING, LM_HEAD) else self.group_size
+
+    def factors(self, name: str) -> bool:
+        """True for the tensors the graph multiplies in factored form: grouped linears."""
+        return self.factored and self.quantizes(name) and self.group_of(name) is not None
+
+    def offset_of(self, name: str) -> int:
+        """The integer whose value the stored minimum is: half the range for a factored
+        tensor (q - offset is centred on zero in the graph), else 0 (the true minimum)."""
+        assert self.bits is not None or not self.factors(name)
+        return 1 << (self.bits - 1) if self.factors(name) else 0  # type: ignore[operator]
 
     def check_model(self, cfg: LlamaConfig) -> None:
         """Every linear's input dimension must split into whole groups (and lanes)."""
@@ -207,6 +265,10 @@ class Variant:
         stored = list(shape)
         if self.storage == "uint32":
             stored[axis] //= self.values_per_lane
+        if self.factors(name):  # the same bytes, K split into [K/G, G]
+            assert group is not None
+            k = stored[axis]
+            stored[axis : axis + 1] = [k // group, group]
         specs = [ArgSpec(f"{name}.qweight", tuple(stored), self.integer_dtype)]
         if name == EMBEDDING and self.integer_dtype == "uint4":
             # IREE cannot gather rows of a ui4 tensor on CUDA: the lookup reads the same

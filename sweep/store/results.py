@@ -91,6 +91,9 @@ def _build_schema() -> pa.Schema:
         ("prefill_compile_s", f64),
         ("vmfb_bytes", i64),
         ("num_dispatches", i32),
+        # every quantized linear's dequant inside a matvec/matmul dispatch of the decode
+        # graph (workers/dispatches.py); null: unquantized, XLA, or names unknown
+        ("dequant_fused", pa.bool_()),
         ("compile_cache_hit", pa.bool_()),
         # weights
         ("weight_bytes", i64),

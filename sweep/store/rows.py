@@ -112,6 +112,7 @@ def compile_columns(prefill: CompileResult, decode: CompileResult) -> Row:
         "prefill_compile_s": prefill.compile_s,
         "vmfb_bytes": decode.vmfb_bytes,
         "num_dispatches": decode.num_dispatches,
+        "dequant_fused": decode.dequant_fused,
         "compile_cache_hit": prefill.cache_hit and decode.cache_hit,
     }
 

@@ -1,0 +1,157 @@
+"""The factored dequant (`dequant: factored`): its arithmetic against the host's.
+
+Fast tier, numpy and JAX only: the graph's per-group contraction with the scales
+applied after must compute x times the matrix the host's `dequantize` gives, for
+every group size, both bit widths, both layouts, a matvec (decode), a matmul
+(prefill) and a batch (`jax.vmap`, as `workers.model.batched` builds it). Whether
+IREE fuses it is tests/test_factored_compile.py (slow).
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from tests.helpers import variant
+from workers.quant import dequantize, factored_linear_jnp, pack_uint4, quantize, unpack_uint4
+from workers.variant import Variant
+
+RNG = np.random.default_rng(26)
+N, K = 48, 256
+
+
+def _stored(q: np.ndarray, group: int, out_major: bool) -> np.ndarray:
+    """[N, K] integers as the factored graph takes them: [N, K/G, G] or [K/G, G, N]."""
+    if out_major:
+        return q.reshape(N, K // group, group)
+    return np.ascontiguousarray(q.T).reshape(K // group, group, N)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("out_major", [True, False])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_factored_linear_is_x_times_the_host_dequant(
+    bits: int, group: int, out_major: bool, rows: int
+) -> None:
+    import jax.numpy as jnp
+
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    offset = 1 << (bits - 1)
+    q, scale, minimum = quantize(w, bits, group, "float16", offset)
+    x = RNG.standard_normal((rows, K)).astype(np.float32)
+    expected = x.astype(np.float64) @ dequantize(q, scale, minimum, offset).T.astype(np.float64)
+
+    s, m = (scale, minimum) if out_major else (scale.T, minimum.T)
+    got = factored_linear_jnp(
+        jnp.asarray(x), jnp.asarray(_stored(q, group, out_major)), s, m, offset, out_major
+    )
+    assert got.shape == (rows, N)
+    np.testing.assert_allclose(
+        np.asarray(got), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize("out_major", [True, False])
+def test_factored_linear_batches_under_vmap(out_major: bool) -> None:
+    """batch > 1 is `jax.vmap` over the activations with the weights shared."""
+    import jax
+    import jax.numpy as jnp
+
+    group, offset = 64, 8
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    q, scale, minimum = quantize(w, 4, group, "float32", offset)
+    s, m = (scale, minimum) if out_major else (scale.T, minimum.T)
+    stored = jnp.asarray(_stored(q, group, out_major).astype(np.uint8)).astype(jnp.uint4)
+    x = RNG.standard_normal((2, 3, K)).astype(np.float32)  # [batch, T, K]
+
+    def one(xb):
+        return factored_linear_jnp(xb, stored, s, m, offset, out_major)
+
+    got = np.asarray(jax.vmap(one)(jnp.asarray(x)))
+    expected = x @ dequantize(q, scale, minimum, offset).T
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_stored_minimum_is_the_value_at_the_offset(bits: int) -> None:
+    """Folding the offset into the minimum on the host loses nothing: the factored
+    format reconstructs the weights as closely as the plain one, within half a step."""
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    offset = 1 << (bits - 1)
+    q0, s0, m0 = quantize(w, bits, 64)
+    q, s, m = quantize(w, bits, 64, "float32", offset)
+    np.testing.assert_allclose(m, m0 + offset * s0, rtol=1e-6, atol=1e-6)
+    assert q.max() <= (1 << bits) - 1
+    step = float(s.max())
+    assert np.abs(dequantize(q, s, m, offset) - w).max() <= 0.5 * step * 1.01 + 1e-5
+    assert np.abs(q.astype(int) - q0.astype(int)).max() <= 1  # the same rounding, up to ties
+
+
+def test_the_factored_formats_are_what_they_say() -> None:
+    for name, bits, group in (
+        ("int4-fac-g32", 4, 32),
+        ("int4-fac-g64", 4, 64),
+        ("int4-fac-g128", 4, 128),
+        ("int8-fac-g64", 8, 64),
+    ):
+        v = variant(name)
+        assert (v.bits, v.group_size, v.factored, v.scale_dtype) == (bits, group, True, "float16")
+        linear = "model.layers.0.mlp.up_proj.weight"
+        assert v.factors(linear) and v.offset_of(linear) == 1 << (bits - 1)
+        assert not v.factors("model.embed_tokens.weight")
+    assert (
+        variant("int4-ui4").fingerprint
+        != Variant(**{**variant("int4-ui4").__dict__, "dequant": "factored"}).fingerprint
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"dequant": "fused"}, "dequant='fused'"),
+        ({"dequant": "factored"}, "needs a quantized variant"),
+        ({"bits": 4, "storage": "native", "dequant": "factored"}, "needs group_size"),
+        ({"bits": 4, "group_size": 64, "dequant": "factored"}, "storage=native"),
+    ],
+)
+def test_a_bad_factored_variant_says_what_is_wrong(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Variant("bad", **fields)
+
+
+def test_packed_bytes_are_the_same_in_3d() -> None:
+    """The 3-D weight is a reshape: IREE's ui4 packing of [N, K] and [N, K/G, G] agree."""
+    q = RNG.integers(0, 16, size=(N, K)).astype(np.uint8)
+    flat, split = pack_uint4(q), pack_uint4(q.reshape(N, K // 64, 64))
+    np.testing.assert_array_equal(flat.reshape(-1), split.reshape(-1))
+    np.testing.assert_array_equal(unpack_uint4(split).reshape(N, K), q)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("out_major", [True, False])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_integer_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
+    bits: int, out_major: bool, rows: int
+) -> None:
+    """The integer formulation: the weight exact, the activation rounded to int8 per
+    group, so the error is about half an int8 step of x, nowhere near a wrong sign."""
+    import jax.numpy as jnp
+
+    from workers.quant import integer_linear_jnp
+
+    group, offset = 32, 1 << (bits - 1)
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    q, scale, minimum = quantize(w, bits, group, "float16", offset)
+    x = RNG.standard_normal((rows, K)).astype(np.float32)
+    expected = x @ dequantize(q, scale, minimum, offset).T
+    s, m = (scale, minimum) if out_major else (scale.T, minimum.T)
+    stored = _stored(q, group, out_major)
+    if bits == 4:
+        stored = stored.astype(np.uint8).view(ml_dtypes.uint4)
+    got = np.asarray(
+        integer_linear_jnp(jnp.asarray(x), jnp.asarray(stored), s, m, offset, out_major)
+    )
+    rel = np.abs(got - expected).max() / np.abs(expected).max()
+    assert 1e-5 < rel < 2e-2, rel  # rounded (not exact), and close
