@@ -47,7 +47,7 @@ from workers.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 3
+SCHEMA_VERSION: int = 4
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -55,6 +55,7 @@ SCHEMA_HISTORY: dict[int, str] = {
     "fp32_agreement, fp32_logit_error, steps_per_call, device_ms, host_ms, batch_size, depth, "
     "attention_span, prefill_tok_s, prompt_text, output_text",
     3: "replica",
+    4: "dequant_fused, ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
