@@ -37,6 +37,7 @@ from sweep.store.results import (
     DISPATCH_SCHEMA,
     DISPATCHES,
     SCHEMA,
+    Col,
     ResultsWriter,
     completed_point_keys,
     newest_rows,
@@ -126,7 +127,11 @@ def versions() -> dict[str, str]:
         iree = version("iree-base-compiler")
     except PackageNotFoundError:
         iree = f"runtime {version('iree-base-runtime')}"
-    return {"iree_version": iree, "jax_version": version("jax"), "ray_version": version("ray")}
+    return {
+        Col.IREE_VERSION: iree,
+        Col.JAX_VERSION: version("jax"),
+        Col.RAY_VERSION: version("ray"),
+    }
 
 
 def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout) -> SweepOutcome:
@@ -142,7 +147,7 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)
     # the finished points (skipped, and what a search is told): point key -> row
-    done = {} if cfg.rerun else newest_rows(results_dir, ["decode_ms_p50"], statuses=DONE)
+    done = {} if cfg.rerun else newest_rows(results_dir, [Col.DECODE_MS_P50], statuses=DONE)
     todo = [p for p in points if p.key not in done]
     print(
         f"sweep {run_id}: grid {cfg.grid.name}, {len(points)} points, "
@@ -181,7 +186,7 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     failed = [
         r
         for r in rows
-        if r["status"] in FAILED and (search is None or not search.owns(r["point_key"]))
+        if r[Col.STATUS] in FAILED and (search is None or not search.owns(r[Col.POINT_KEY]))
     ]
     if search is not None:
         from sweep.search.summaries import print_studies
@@ -235,10 +240,10 @@ def _run_on_ray(
         writer.write(new_rows)
         rows.extend(new_rows)
         for row in new_rows:
-            claims.release(row["point_key"])
+            claims.release(row[Col.POINT_KEY])
             progress.log_row(row)
-            if done is not None and row["status"] in DONE:
-                done[row["point_key"]] = row
+            if done is not None and row[Col.STATUS] in DONE:
+                done[row[Col.POINT_KEY]] = row
         if search is not None:
             search.observe(new_rows)  # after the write: a told trial's row is on disk
 
@@ -298,7 +303,7 @@ def save_run(results_dir: Path, run_id: str, resolved: dict[str, Any], points: l
         json.dumps({**versions(), "python": sys.version.split()[0]}, indent=2)
     )
     (run_dir / "points.json").write_text(
-        json.dumps([{"point_key": p.key, **dataclasses.asdict(p)} for p in points], indent=1)
+        json.dumps([{Col.POINT_KEY: p.key, **dataclasses.asdict(p)} for p in points], indent=1)
     )
     return run_dir
 
@@ -322,52 +327,52 @@ def _cell(fmt: str, *keys: str) -> Callable[[dict[str, Any]], str]:
 
 
 SUMMARY_COLUMNS = [
-    Column("variant", _cell("{}", "variant")),
-    Column("layout", _cell("{}", "layout"), fold="layout"),
-    Column("device", _cell("{}", "device")),
-    Column("runtime", _cell("{}", "runtime")),
-    Column("flags", _cell("{}", "flag_set")),
-    Column("prompt", _cell("{}", "prompt_length"), right=True),
+    Column(Col.VARIANT, _cell("{}", Col.VARIANT)),
+    Column(Col.LAYOUT, _cell("{}", Col.LAYOUT), fold=Col.LAYOUT),
+    Column(Col.DEVICE, _cell("{}", Col.DEVICE)),
+    Column(Col.RUNTIME, _cell("{}", Col.RUNTIME)),
+    Column(Col.FLAGS, _cell("{}", Col.FLAG_SET)),
+    Column("prompt", _cell("{}", Col.PROMPT_LENGTH), right=True),
     # shown where they vary (a batch or depth grid), folded into a line above otherwise
-    Column("batch", _cell("{}", "batch_size"), right=True, fold="batch_size"),
-    Column("depth", _cell("{}", "depth"), right=True, fold="depth"),
-    Column("attention", lambda r: str(r.get("attention_span") or "all"), fold="attention_span"),
-    metric("tok/s", "tok_s"),
-    metric("ms/tok p50", "decode_ms_p50"),
+    Column("batch", _cell("{}", Col.BATCH_SIZE), right=True, fold=Col.BATCH_SIZE),
+    Column(Col.DEPTH, _cell("{}", Col.DEPTH), right=True, fold=Col.DEPTH),
+    Column("attention", lambda r: str(r.get(Col.ATTENTION_SPAN) or "all"), fold=Col.ATTENTION_SPAN),
+    metric("tok/s", Col.TOK_S),
+    metric("ms/tok p50", Col.DECODE_MS_P50),
     Column("p10-p90", fmt_spread, right=True),
-    metric("prefill ms", "prefill_ms"),
+    metric("prefill ms", Col.PREFILL_MS),
     Column("matched", lambda r: f"{r['num_tokens_matched']}/{len(r['tokens'])}", right=True),
-    Column("status", _cell("{}", "status")),
+    Column(Col.STATUS, _cell("{}", Col.STATUS)),
 ]
 
 
 def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     """The seed's table (per variant, device, flag set and prompt), then every failure."""
     ok = sorted(
-        (r for r in rows if r.get("decode_ms_p50") is not None),
+        (r for r in rows if r.get(Col.DECODE_MS_P50) is not None),
         key=lambda r: (
-            r["variant"],
-            r["layout"],
-            r["device"],
-            r["runtime"],
-            r["flag_set"],
-            r["prompt_length"],
-            r.get("batch_size") or 1,
-            r.get("depth") or 0,
-            r.get("attention_span") or 0,
+            r[Col.VARIANT],
+            r[Col.LAYOUT],
+            r[Col.DEVICE],
+            r[Col.RUNTIME],
+            r[Col.FLAG_SET],
+            r[Col.PROMPT_LENGTH],
+            r.get(Col.BATCH_SIZE) or 1,
+            r.get(Col.DEPTH) or 0,
+            r.get(Col.ATTENTION_SPAN) or 0,
         ),
     )
     if ok:
-        header = analysis.constant_columns(ok, ("model",))  # which weights: the header line
+        header = analysis.constant_columns(ok, (Col.MODEL,))  # which weights: the header line
         print(render_md(Table(ok, SUMMARY_COLUMNS, header=header)), file=out)
     for note in text_notes(rows):
         print(note, file=out)
     counts = analysis.status_counts(rows)
     print("status: " + (fmt_statuses(counts) or "nothing run"), file=out)
     for r in rows:
-        if r["status"] in FAILED:
-            message = (r.get("error_message") or "").strip().splitlines() or [""]
+        if r[Col.STATUS] in FAILED:
+            message = (r.get(Col.ERROR_MESSAGE) or "").strip().splitlines() or [""]
             # a compiler's headline is its first line; a Python error's, its last
-            headline = message[0] if r["status"].startswith("compile") else message[-1]
+            headline = message[0] if r[Col.STATUS].startswith("compile") else message[-1]
             line = f"  {r['status']}: {point_label(r)}: {headline}"
             print(line[:240], file=out)

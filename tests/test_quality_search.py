@@ -20,6 +20,8 @@ from sweep.search.summaries import load_studies, studies_table
 from tests.test_search import config, drive
 from tests.test_search import measure as measure_speed
 
+# The scripted formats, whatever conf/search/flags.yaml offers besides them.
+FORMATS = "search.formats.int4=[int4,int4-ui4,int4-ui4-f16,int4-ui4-pc]"
 KLD = {"int4-ui4-pc": 0.5, "fp32": 0.0}
 TOP1 = {"int4-ui4-pc": 0.7, "fp32": 1.0}
 
@@ -47,7 +49,7 @@ def test_the_bound_reads_a_row_as_llama_cpps_columns():
 
 @pytest.mark.parametrize("bound", ["search.max_kld=0.1", "search.min_top1=0.8"])
 def test_a_trial_outside_the_bound_is_infeasible_and_never_best(tmp_path: Path, bound: str):
-    cfg = config(tmp_path, "search.trials=16", "search.seed=1", bound)
+    cfg = config(tmp_path, "search.trials=16", "search.seed=1", FORMATS, bound)
     search, rows = drive(cfg, {}, measure)
     int4 = next(s for s in search.studies if s.space.formats[0] == "int4")
     told = [t for t in int4.study.trials if not t.user_attrs.get("repeat")]
@@ -75,7 +77,7 @@ def test_a_trial_outside_the_bound_is_infeasible_and_never_best(tmp_path: Path, 
 
 
 def test_without_a_bound_the_fastest_wins(tmp_path: Path):
-    cfg = config(tmp_path, "search.trials=16", "search.seed=1")
+    cfg = config(tmp_path, "search.trials=16", "search.seed=1", FORMATS)
     search, _ = drive(cfg, {}, measure)
     int4 = next(s for s in search.studies if s.space.formats[0] == "int4")
     assert int4.best()[0]["format"] == "int4-ui4-pc"

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from sweep.plan.grid import point_label
+from sweep.store.results import Col
 from workers.kinds import Status
 
 COMPILE_LOG_S = 15.0
@@ -101,11 +102,11 @@ class ProgressDisplay:
         skipped point takes no time, so it would make the estimate far too short)."""
         elapsed = time.monotonic() - self.start
         self._num_logged += 1
-        self._num_ran += row["status"] != Status.SKIPPED
+        self._num_ran += row[Col.STATUS] != Status.SKIPPED
         done = self._num_logged
         remaining = max(self._num_points - done, 0)
         eta = elapsed / self._num_ran * remaining if self._num_ran else 0.0
-        timing = f" {row['decode_ms_p50']:.2f} ms/tok" if row.get("decode_ms_p50") else ""
+        timing = f" {row['decode_ms_p50']:.2f} ms/tok" if row.get(Col.DECODE_MS_P50) else ""
         line = (
             f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "
             f"{point_label(row)}{timing}"

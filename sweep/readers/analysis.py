@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sweep.store.results import newest_per_point
+from sweep.store.results import Col, newest_per_point
 from workers.kinds import Layout, Status
 from workers.measurement import tok_s
 
@@ -29,44 +29,44 @@ BASELINE_FLAG_SET = "default"
 # Columns that name a point (what `--by` may group on) and that the tables fold into a
 # header line when they do not vary.
 POINT_COLUMNS: tuple[str, ...] = (
-    "grid",
-    "model",
-    "variant",
-    "layout",
-    "group_size",
-    "device",
-    "driver",
-    "runtime",
-    "prompt_length",
-    "prompt_bucket",
-    "max_seq",
-    "flag_set",
-    "batch_size",
-    "depth",
-    "attention_span",
-    "steps_per_call",
+    Col.GRID,
+    Col.MODEL,
+    Col.VARIANT,
+    Col.LAYOUT,
+    Col.GROUP_SIZE,
+    Col.DEVICE,
+    Col.DRIVER,
+    Col.RUNTIME,
+    Col.PROMPT_LENGTH,
+    Col.PROMPT_BUCKET,
+    Col.MAX_SEQ,
+    Col.FLAG_SET,
+    Col.BATCH_SIZE,
+    Col.DEPTH,
+    Col.ATTENTION_SPAN,
+    Col.STEPS_PER_CALL,
 )
 BY_COLUMNS: tuple[str, ...] = (
-    "run_id",
+    Col.RUN_ID,
     *POINT_COLUMNS,
-    "device_name",
-    "hostname",
-    "iree_version",
+    Col.DEVICE_NAME,
+    Col.HOSTNAME,
+    Col.IREE_VERSION,
 )
 DEFAULT_BY: tuple[str, ...] = (
-    "variant",
-    "layout",
-    "device",
-    "runtime",
-    "flag_set",
-    "prompt_length",
-    "batch_size",
-    "depth",
-    "attention_span",
-    "steps_per_call",
+    Col.VARIANT,
+    Col.LAYOUT,
+    Col.DEVICE,
+    Col.RUNTIME,
+    Col.FLAG_SET,
+    Col.PROMPT_LENGTH,
+    Col.BATCH_SIZE,
+    Col.DEPTH,
+    Col.ATTENTION_SPAN,
+    Col.STEPS_PER_CALL,
 )
 # The flag study compares flag sets within one of these contexts.
-FLAG_CONTEXT: tuple[str, ...] = ("variant", "device", "runtime", "prompt_length")
+FLAG_CONTEXT: tuple[str, ...] = (Col.VARIANT, Col.DEVICE, Col.RUNTIME, Col.PROMPT_LENGTH)
 
 # The verdict rule (see `verdict`).
 ALPHA = 0.01  # two-sided Mann-Whitney p-value below which a difference is real
@@ -168,7 +168,7 @@ def status_counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """status -> number of rows, "ok" first, then the other statuses alphabetically."""
     counts: dict[str, int] = {}
     for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        counts[row[Col.STATUS]] = counts.get(row[Col.STATUS], 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (kv[0] != Status.OK, kv[0])))
 
 
@@ -177,10 +177,10 @@ def tokens_matched(rows: Sequence[dict[str, Any]]) -> tuple[int | None, int | No
 
     total counts the reference tokens (the generated ones where a row has no reference).
     """
-    checked = [r for r in rows if r.get("num_tokens_matched") is not None]
+    checked = [r for r in rows if r.get(Col.NUM_TOKENS_MATCHED) is not None]
     if not checked:
         return None, None
-    matched = sum(int(r["num_tokens_matched"]) for r in checked)
+    matched = sum(int(r[Col.NUM_TOKENS_MATCHED]) for r in checked)
     total = sum(_num_tokens(r) for r in checked)
     return matched, total
 
@@ -189,49 +189,49 @@ def _num_tokens(row: dict[str, Any]) -> int:
     """The reference's length (the generated tokens' where there is no reference)."""
     if row.get("num_reference_tokens") is not None:
         return int(row["num_reference_tokens"])
-    return len(row.get("reference_tokens") or row.get("tokens") or [])
+    return len(row.get(Col.REFERENCE_TOKENS) or row.get(Col.TOKENS) or [])
 
 
 def pooled_samples(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """The decode samples (ms) of all ok rows, for a verdict on a group."""
-    parts = [_samples(r) for r in rows if r["status"] == Status.OK]
+    parts = [_samples(r) for r in rows if r[Col.STATUS] == Status.OK]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _samples(row: dict[str, Any]) -> np.ndarray:
     """A row's decode samples (a list, or a numpy view as `sweep.report` reads them)."""
-    samples = row.get("decode_samples_ms")
+    samples = row.get(Col.DECODE_SAMPLES_MS)
     return np.zeros(0) if samples is None else np.asarray(samples, dtype=np.float64)
 
 
 def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the ok rows of a group (see the module docstring)."""
-    ok = [r for r in rows if r["status"] == Status.OK]
-    p50 = median(r.get("decode_ms_p50") for r in ok)
-    batch = median(r.get("batch_size") or 1 for r in ok) or 1.0
+    ok = [r for r in rows if r[Col.STATUS] == Status.OK]
+    p50 = median(r.get(Col.DECODE_MS_P50) for r in ok)
+    batch = median(r.get(Col.BATCH_SIZE) or 1 for r in ok) or 1.0
     matched, total = tokens_matched(rows)
     summary = {
         "num_rows": len(rows),
         "num_ok": len(ok),
-        "tok_s": tok_s(p50, batch) if p50 else None,
-        "decode_ms_p50": p50,
-        "decode_ms_p10": median(r.get("decode_ms_p10") for r in ok),
-        "decode_ms_p90": median(r.get("decode_ms_p90") for r in ok),
-        "prefill_ms": median(r.get("prefill_ms") for r in ok),
-        "prefill_tok_s": median(r.get("prefill_tok_s") for r in ok),
-        "num_dispatches": median_count(r.get("num_dispatches") for r in rows),
-        "num_tokens_matched": matched,
+        Col.TOK_S: tok_s(p50, batch) if p50 else None,
+        Col.DECODE_MS_P50: p50,
+        Col.DECODE_MS_P10: median(r.get(Col.DECODE_MS_P10) for r in ok),
+        Col.DECODE_MS_P90: median(r.get(Col.DECODE_MS_P90) for r in ok),
+        Col.PREFILL_MS: median(r.get(Col.PREFILL_MS) for r in ok),
+        Col.PREFILL_TOK_S: median(r.get(Col.PREFILL_TOK_S) for r in ok),
+        Col.NUM_DISPATCHES: median_count(r.get(Col.NUM_DISPATCHES) for r in rows),
+        Col.NUM_TOKENS_MATCHED: matched,
         "num_tokens": total,
         "status_counts": status_counts(rows),
         # newer schemas' columns: None where the rows predate them
-        "roofline_frac": median(r.get("roofline_frac") for r in ok),
-        "fp32_agreement": median(r.get("fp32_agreement") for r in ok),
-        "ppl": median(r.get("ppl") for r in ok),
-        "kld_mean": median(r.get("kld_mean") for r in ok),
-        "kld_p99": median(r.get("kld_p99") for r in ok),
-        "top1_agree": median(r.get("top1_agree") for r in ok),
-        "device_ms": median(r.get("device_ms") for r in ok),
-        "host_ms": median(r.get("host_ms") for r in ok),
+        Col.ROOFLINE_FRAC: median(r.get(Col.ROOFLINE_FRAC) for r in ok),
+        Col.FP32_AGREEMENT: median(r.get(Col.FP32_AGREEMENT) for r in ok),
+        Col.PPL: median(r.get(Col.PPL) for r in ok),
+        Col.KLD_MEAN: median(r.get(Col.KLD_MEAN) for r in ok),
+        Col.KLD_P99: median(r.get(Col.KLD_P99) for r in ok),
+        Col.TOP1_AGREE: median(r.get(Col.TOP1_AGREE) for r in ok),
+        Col.DEVICE_MS: median(r.get(Col.DEVICE_MS) for r in ok),
+        Col.HOST_MS: median(r.get(Col.HOST_MS) for r in ok),
     }
     return summary
 
@@ -256,7 +256,7 @@ def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     records = []
     for context, members in group_rows(rows, FLAG_CONTEXT):
-        groups = dict(group_rows(members, ["flag_set", "layout"]))
+        groups = dict(group_rows(members, [Col.FLAG_SET, Col.LAYOUT]))
         baselines = sorted(k for k in groups if k[0] == BASELINE_FLAG_SET)
         baseline = min(baselines, key=lambda k: k[1] != Layout.IN_MAJOR, default=None)
         base_rows = groups.get(baseline) if baseline else None
@@ -266,9 +266,9 @@ def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             group = groups[key]
             record = {**dict(zip(FLAG_CONTEXT, context, strict=True))}
             record.update(flag_set=key[0], layout=key[1], **timing_summary(group))
-            record["point_keys"] = [r["point_key"] for r in group if r["status"] == Status.OK]
-            record["compile_s"] = median(r.get("compile_s") for r in group)
-            record["vmfb_bytes"] = median_count(r.get("vmfb_bytes") for r in group)
+            record["point_keys"] = [r[Col.POINT_KEY] for r in group if r[Col.STATUS] == Status.OK]
+            record[Col.COMPILE_S] = median(r.get(Col.COMPILE_S) for r in group)
+            record[Col.VMFB_BYTES] = median_count(r.get(Col.VMFB_BYTES) for r in group)
             record.update(_against_baseline(record, group, base, base_rows, key == baseline))
             records.append(record)
     return records
@@ -287,12 +287,12 @@ def _against_baseline(
         return out
     if is_baseline:
         out["verdict"] = "baseline"
-    if base["decode_ms_p50"] and record["decode_ms_p50"]:
-        out["speedup"] = base["decode_ms_p50"] / record["decode_ms_p50"]
+    if base[Col.DECODE_MS_P50] and record[Col.DECODE_MS_P50]:
+        out["speedup"] = base[Col.DECODE_MS_P50] / record[Col.DECODE_MS_P50]
         if not is_baseline:
             out["verdict"] = verdict(pooled_samples(base_rows), pooled_samples(rows))
-    if base["num_dispatches"] is not None and record["num_dispatches"] is not None:
-        out["dispatch_change"] = record["num_dispatches"] - base["num_dispatches"]
+    if base[Col.NUM_DISPATCHES] is not None and record[Col.NUM_DISPATCHES] is not None:
+        out["dispatch_change"] = record[Col.NUM_DISPATCHES] - base[Col.NUM_DISPATCHES]
     return out
 
 
@@ -305,8 +305,8 @@ def compare_runs(
     `verdict(A samples, B samples)`; "only_in_a", "only_in_b": points one run lacks;
     "not_ok": points in both that are not ok in one of them (with both statuses).
     """
-    a = {r["point_key"]: r for r in newest_per_point(rows_a)}
-    b = {r["point_key"]: r for r in newest_per_point(rows_b)}
+    a = {r[Col.POINT_KEY]: r for r in newest_per_point(rows_a)}
+    b = {r[Col.POINT_KEY]: r for r in newest_per_point(rows_b)}
     out: dict[str, list[dict[str, Any]]] = {
         "points": [],
         "only_in_a": [],
@@ -320,12 +320,12 @@ def compare_runs(
     for key in sorted(a.keys() | b.keys(), key=order):
         ra, rb = a.get(key), b.get(key)
         either = ra if ra is not None else rb
-        ident = {"point_key": key, **dict(zip(POINT_COLUMNS, _point_values(either), strict=True))}
+        ident = {Col.POINT_KEY: key, **dict(zip(POINT_COLUMNS, _point_values(either), strict=True))}
         if ra is None or rb is None:
             side = "only_in_a" if rb is None else "only_in_b"
-            out[side].append({**ident, "status": either["status"]})
-        elif ra["status"] != Status.OK or rb["status"] != Status.OK:
-            out["not_ok"].append({**ident, "status_a": ra["status"], "status_b": rb["status"]})
+            out[side].append({**ident, Col.STATUS: either[Col.STATUS]})
+        elif ra[Col.STATUS] != Status.OK or rb[Col.STATUS] != Status.OK:
+            out["not_ok"].append({**ident, "status_a": ra[Col.STATUS], "status_b": rb[Col.STATUS]})
         else:
             out["points"].append({**ident, **_pair(ra, rb)})
     return out
@@ -337,7 +337,7 @@ def _point_values(row: dict[str, Any]) -> tuple[Any, ...]:
 
 def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one point in both runs."""
-    ms_a, ms_b = ra.get("decode_ms_p50"), rb.get("decode_ms_p50")
+    ms_a, ms_b = ra.get(Col.DECODE_MS_P50), rb.get(Col.DECODE_MS_P50)
     samples_a, samples_b = _samples(ra), _samples(rb)
     return {
         "decode_ms_p50_a": ms_a,
@@ -345,6 +345,6 @@ def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
         "ratio": ms_b / ms_a if ms_a and ms_b is not None else None,
         "verdict": verdict(samples_a, samples_b),
         "p_value": mann_whitney_p(samples_a, samples_b),
-        "num_dispatches_a": ra.get("num_dispatches"),
-        "num_dispatches_b": rb.get("num_dispatches"),
+        "num_dispatches_a": ra.get(Col.NUM_DISPATCHES),
+        "num_dispatches_b": rb.get(Col.NUM_DISPATCHES),
     }

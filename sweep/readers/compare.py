@@ -25,15 +25,16 @@ from sweep.readers import dispatches as profiles
 from sweep.readers.cli import add_output_args, run_cli
 from sweep.readers.load import load_table, rows_of_runs
 from sweep.readers.tables import Column, Table, emit, fmt_num, key_column, metric, render
+from sweep.store.results import Col
 
 
 def describe(point: dict[str, Any]) -> str:
     """A one-line name of a point: its key and the point columns that say what it is."""
-    cols = ("model", "variant", "device", "runtime", "flag_set")
+    cols = (Col.MODEL, Col.VARIANT, Col.DEVICE, Col.RUNTIME, Col.FLAG_SET)
     parts = [str(point[c]) for c in cols if point.get(c) is not None]
-    if point.get("prompt_length") is not None:
+    if point.get(Col.PROMPT_LENGTH) is not None:
         parts.append(f"prompt {point['prompt_length']}")
-    if point.get("max_seq") is not None:
+    if point.get(Col.MAX_SEQ) is not None:
         parts.append(f"max_seq {point['max_seq']}")
     return f"{point['point_key']} ({' '.join(parts)})"
 
@@ -48,13 +49,13 @@ def compare_table(
     per kind (`sweep.readers.dispatches.kinds_of_runs`), what changed kind by kind."""
     kinds = kinds or {}
     result = analysis.compare_runs(
-        [r for r in rows if r["run_id"] == run_a], [r for r in rows if r["run_id"] == run_b]
+        [r for r in rows if r[Col.RUN_ID] == run_a], [r for r in rows if r[Col.RUN_ID] == run_b]
     )
     for point in result["points"]:
-        a, b = kinds.get((run_a, point["point_key"])), kinds.get((run_b, point["point_key"]))
+        a, b = kinds.get((run_a, point[Col.POINT_KEY])), kinds.get((run_b, point[Col.POINT_KEY]))
         if a and b:
             point["kind_change"] = profiles.kind_change(a, b)
-    shown = [c for c in analysis.POINT_COLUMNS if c not in ("driver", "prompt_bucket")]
+    shown = [c for c in analysis.POINT_COLUMNS if c not in (Col.DRIVER, Col.PROMPT_BUCKET)]
     columns = [key_column(col) for col in shown]  # the driver follows the device
     columns += [
         metric("A ms/tok", "decode_ms_p50_a"),

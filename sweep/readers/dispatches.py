@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sweep.readers.tables import fmt_short
-from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, newest_per_point, read_results
+from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, Col, newest_per_point, read_results
 from workers.profile import DispatchKind
 
 KIND_ORDER = tuple(DispatchKind)
@@ -32,11 +32,11 @@ def load(results_dir: Path, point_keys: Iterable[str]) -> list[dict[str, Any]]:
     if not table.num_rows:
         return []
     keys = pa.array(sorted(set(point_keys)), type=pa.string())
-    table = table.filter(pc.is_in(table["point_key"], value_set=keys))
+    table = table.filter(pc.is_in(table[Col.POINT_KEY], value_set=keys))
     rows = table.to_pylist()
     # a point profiled by two runs: keep the newer profile (all of its dispatch rows)
-    newest = {r["point_key"]: r["created_at"] for r in newest_per_point(rows)}
-    return [r for r in rows if r["created_at"] == newest[r["point_key"]]]
+    newest = {r[Col.POINT_KEY]: r[Col.CREATED_AT] for r in newest_per_point(rows)}
+    return [r for r in rows if r[Col.CREATED_AT] == newest[r[Col.POINT_KEY]]]
 
 
 def kinds_of_runs(
@@ -44,10 +44,12 @@ def kinds_of_runs(
 ) -> dict[tuple[str, str], dict[str, float]]:
     """(run_id, point_key) -> {kind: ms per token} for the profiled points of `run_ids`."""
     table = read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA)
-    table = table.filter(pc.is_in(table["run_id"], value_set=pa.array(list(run_ids), pa.string())))
+    table = table.filter(
+        pc.is_in(table[Col.RUN_ID], value_set=pa.array(list(run_ids), pa.string()))
+    )
     out: dict[tuple[str, str], dict[str, float]] = {}
     for run in run_ids:
-        rows = [r for r in table.to_pylist() if r["run_id"] == run]
+        rows = [r for r in table.to_pylist() if r[Col.RUN_ID] == run]
         out.update({(run, key): kinds for key, kinds in kind_ms(rows).items()})
     return out
 
@@ -56,7 +58,7 @@ def kind_ms(dispatches: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
     """point_key -> {kind: ms per token}, kinds in KIND_ORDER."""
     out: dict[str, dict[str, float]] = defaultdict(dict)
     for row in dispatches:
-        kinds = out[row["point_key"]]
+        kinds = out[row[Col.POINT_KEY]]
         kinds[row["kind"]] = kinds.get(row["kind"], 0.0) + row["ms_per_token"]
     return {k: dict(sorted(v.items(), key=lambda kv: _kind_rank(kv[0]))) for k, v in out.items()}
 
@@ -91,10 +93,10 @@ def top_dispatches(
     """Each point's `top` dispatches by time, as records for a table (point columns first)."""
     by_point: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in dispatches:
-        by_point[row["point_key"]].append(row)
+        by_point[row[Col.POINT_KEY]].append(row)
     records = []
     for point in points:
-        ranked = sorted(by_point.get(point["point_key"], []), key=lambda r: -r["ms_per_token"])
+        ranked = sorted(by_point.get(point[Col.POINT_KEY], []), key=lambda r: -r["ms_per_token"])
         for rank, row in enumerate(ranked[:top], start=1):
             records.append({**point, "rank": rank, **_dispatch_fields(row)})
     return records

@@ -14,39 +14,39 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sweep.readers import analysis
-from sweep.store.results import newest_per_point, read_results
+from sweep.store.results import Col, newest_per_point, read_results
 
 DEFAULT_RESULTS = Path("outputs/results")
 MAX_LISTED_RUNS = 10
 # What the tables need; the roofline columns are read once the schema has them.
 _WANTED = (
-    "point_key",
-    "status",
-    "created_at",
-    "run_id",
+    Col.POINT_KEY,
+    Col.STATUS,
+    Col.CREATED_AT,
+    Col.RUN_ID,
     *analysis.POINT_COLUMNS,
-    "compile_s",
-    "vmfb_bytes",
-    "num_dispatches",
-    "prefill_ms",
-    "prefill_tok_s",
-    "decode_ms_p10",
-    "decode_ms_p50",
-    "decode_ms_p90",
-    "tok_s",
-    "num_tokens_matched",
-    "roofline_frac",
-    "fp32_agreement",
-    "ppl",  # the quality columns (workers.perplexity): a checkpoint with a tokenizer
-    "kld_mean",
-    "kld_p99",
-    "top1_agree",
-    "device_ms",
-    "host_ms",
-    "prompt_text",  # a text prompt and what it gave, shown below the summary
-    "output_text",
+    Col.COMPILE_S,
+    Col.VMFB_BYTES,
+    Col.NUM_DISPATCHES,
+    Col.PREFILL_MS,
+    Col.PREFILL_TOK_S,
+    Col.DECODE_MS_P10,
+    Col.DECODE_MS_P50,
+    Col.DECODE_MS_P90,
+    Col.TOK_S,
+    Col.NUM_TOKENS_MATCHED,
+    Col.ROOFLINE_FRAC,
+    Col.FP32_AGREEMENT,
+    Col.PPL,  # the quality columns (workers.perplexity): a checkpoint with a tokenizer
+    Col.KLD_MEAN,
+    Col.KLD_P99,
+    Col.TOP1_AGREE,
+    Col.DEVICE_MS,
+    Col.HOST_MS,
+    Col.PROMPT_TEXT,  # a text prompt and what it gave, shown below the summary
+    Col.OUTPUT_TEXT,
 )
-SAMPLES = "decode_samples_ms"  # read only where a verdict needs them: they are most of a row
+SAMPLES = Col.DECODE_SAMPLES_MS  # read only where a verdict needs them: they are most of a row
 
 
 class ReportError(ValueError):
@@ -74,7 +74,7 @@ def load_table(
             f"results directory {results_dir} does not exist; pass --results DIR "
             "(the results_dir= of the sweep)"
         )
-    lists = ["tokens", "reference_tokens", *([SAMPLES] if samples else [])]
+    lists = [Col.TOKENS, Col.REFERENCE_TOKENS, *([SAMPLES] if samples else [])]
     table = read_results(results_dir, list(dict.fromkeys([*_WANTED, *extra, *lists])))
     if not table.num_rows:
         raise ReportError(
@@ -82,22 +82,22 @@ def load_table(
             f"first (python -m sweep +grid=smoke results_dir={results_dir})"
         )
     if grid is not None:
-        grids = sorted(str(g) for g in pc.unique(table["grid"]).to_pylist())
-        table = table.filter(pc.equal(table["grid"], grid))
+        grids = sorted(str(g) for g in pc.unique(table[Col.GRID]).to_pylist())
+        table = table.filter(pc.equal(table[Col.GRID], grid))
         if not table.num_rows:
             raise ReportError(f"no rows of grid {grid!r} in {results_dir}; grids: {grids}")
     num_tokens = pc.coalesce(
-        pc.list_value_length(table["reference_tokens"]), pc.list_value_length(table["tokens"])
+        pc.list_value_length(table[Col.REFERENCE_TOKENS]), pc.list_value_length(table[Col.TOKENS])
     )
-    table = table.drop_columns(["tokens", "reference_tokens"])
+    table = table.drop_columns([Col.TOKENS, Col.REFERENCE_TOKENS])
     return table.append_column("num_reference_tokens", num_tokens)
 
 
 def runs_newest_first(table: pa.Table) -> list[str]:
     """Run ids ordered by their newest row, newest first."""
-    newest = table.group_by("run_id").aggregate([("created_at", "max")])
-    order = newest.sort_by([("created_at_max", "descending"), ("run_id", "descending")])
-    return order["run_id"].to_pylist()
+    newest = table.group_by(Col.RUN_ID).aggregate([(Col.CREATED_AT, "max")])
+    order = newest.sort_by([("created_at_max", "descending"), (Col.RUN_ID, "descending")])
+    return order[Col.RUN_ID].to_pylist()
 
 
 def select_run(table: pa.Table, run: str | None) -> tuple[str, list[dict[str, Any]]]:
@@ -107,7 +107,7 @@ def select_run(table: pa.Table, run: str | None) -> tuple[str, list[dict[str, An
     if run != "all":
         if run not in runs:
             raise ReportError(unknown_run_message(run, runs))
-        table = table.filter(pc.equal(table["run_id"], run))
+        table = table.filter(pc.equal(table[Col.RUN_ID], run))
     return run, newest_per_point(to_rows(table))
 
 
@@ -117,7 +117,7 @@ def rows_of_runs(table: pa.Table, wanted: Sequence[str]) -> list[dict[str, Any]]
     for run in wanted:
         if run not in runs:
             raise ReportError(unknown_run_message(run, runs))
-    return to_rows(table.filter(pc.is_in(table["run_id"], pa.array(list(wanted)))))
+    return to_rows(table.filter(pc.is_in(table[Col.RUN_ID], pa.array(list(wanted)))))
 
 
 def _pylist(table: pa.Table) -> list[dict[str, Any]]:

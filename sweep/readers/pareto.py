@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep.store.results import Col
 from workers.kinds import Layout, Runtime, Status
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ def quality_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         r
         for r in rows
-        if r["status"] == Status.OK and r.get("tok_s") is not None and r.get("kld_mean") is not None
+        if r[Col.STATUS] == Status.OK
+        and r.get(Col.TOK_S) is not None
+        and r.get(Col.KLD_MEAN) is not None
     ]
 
 
@@ -40,8 +43,8 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[bool]:
     """For each row, whether it is on the front of (more tok_s, less kld_mean)."""
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        no_worse = a["tok_s"] >= b["tok_s"] and a["kld_mean"] <= b["kld_mean"]
-        return no_worse and (a["tok_s"] > b["tok_s"] or a["kld_mean"] < b["kld_mean"])
+        no_worse = a[Col.TOK_S] >= b[Col.TOK_S] and a[Col.KLD_MEAN] <= b[Col.KLD_MEAN]
+        return no_worse and (a[Col.TOK_S] > b[Col.TOK_S] or a[Col.KLD_MEAN] < b[Col.KLD_MEAN])
 
     return [not any(dominates(other, row) for other in rows) for row in rows]
 
@@ -49,19 +52,19 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[bool]:
 def label(row: dict[str, Any]) -> str:
     """format/layout/flags[/runtime]: what tells two points of one model apart."""
     parts = [
-        str(row.get("variant")),
-        str(row.get("layout") or Layout.IN_MAJOR),
-        str(row["flag_set"]),
+        str(row.get(Col.VARIANT)),
+        str(row.get(Col.LAYOUT) or Layout.IN_MAJOR),
+        str(row[Col.FLAG_SET]),
     ]
     return "/".join(
-        parts + ([row["runtime"]] if row.get("runtime") not in (None, Runtime.IREE) else [])
+        parts + ([row[Col.RUNTIME]] if row.get(Col.RUNTIME) not in (None, Runtime.IREE) else [])
     )
 
 
 def by_model(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     models: dict[str, list[dict[str, Any]]] = {}
     for r in quality_rows(rows):
-        models.setdefault(str(r.get("model")), []).append(r)
+        models.setdefault(str(r.get(Col.MODEL)), []).append(r)
     return models
 
 
@@ -71,21 +74,21 @@ def pareto_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> Tabl
     records = []
     for model, members in by_model(rows).items():
         for r, front in zip(members, pareto_front(members), strict=True):
-            records.append({**r, "model": model, "label": label(r), "front": front})
-    records.sort(key=lambda r: (r["model"], -r["tok_s"]))
+            records.append({**r, Col.MODEL: model, "label": label(r), "front": front})
+    records.sort(key=lambda r: (r[Col.MODEL], -r[Col.TOK_S]))
 
     def fmt_small(value: float | None) -> str:
         return "" if value is None else f"{value:.4g}"
 
     columns = [
-        Column("model", lambda r: r["model"], fold="model"),
+        Column(Col.MODEL, lambda r: r[Col.MODEL], fold=Col.MODEL),
         Column("format/layout/flags", lambda r: r["label"]),
-        metric("tok/s", "tok_s"),
-        metric("ms/tok p50", "decode_ms_p50"),
-        metric("KLD mean", "kld_mean", fmt_small),
-        metric("KLD p99", "kld_p99", fmt_small),
-        metric("top-1", "top1_agree", lambda v: "" if v is None else f"{100 * v:.1f}%"),
-        metric("ppl", "ppl", fmt_num),
+        metric("tok/s", Col.TOK_S),
+        metric("ms/tok p50", Col.DECODE_MS_P50),
+        metric("KLD mean", Col.KLD_MEAN, fmt_small),
+        metric("KLD p99", Col.KLD_P99, fmt_small),
+        metric("top-1", Col.TOP1_AGREE, lambda v: "" if v is None else f"{100 * v:.1f}%"),
+        metric(Col.PPL, Col.PPL, fmt_num),
         Column("Pareto", lambda r: "*" if r["front"] else ""),
     ]
     notes = ["Pareto: no other row of the model is as fast with as little KLD (from fp32)"]
@@ -104,8 +107,8 @@ def pareto_figure(rows: Sequence[dict[str, Any]], title: str = "") -> Figure | s
         fig.subplots(len(models), 1, squeeze=False)[:, 0], models.items(), strict=True
     ):
         front = pareto_front(members)
-        x = [max(r["kld_mean"], KLD_FLOOR) for r in members]
-        y = [r["tok_s"] for r in members]
+        x = [max(r[Col.KLD_MEAN], KLD_FLOOR) for r in members]
+        y = [r[Col.TOK_S] for r in members]
         ax.scatter(
             x,
             y,

@@ -28,6 +28,7 @@ from sweep.plan.grid import point_label
 from sweep.readers import analysis
 from sweep.readers import dispatches as profiles
 from sweep.readers.tables import fmt_ratio, fmt_short
+from sweep.store.results import Col
 from workers.kinds import Status
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def write_plots(
     dispatches: Sequence[dict[str, Any]] = (),
 ) -> tuple[list[Path], list[str]]:
     """Write the figures the rows can make into out_dir: (paths written, notes on skips)."""
-    ok = [r for r in rows if r["status"] == Status.OK and r.get("decode_ms_p50") is not None]
+    ok = [r for r in rows if r[Col.STATUS] == Status.OK and r.get(Col.DECODE_MS_P50) is not None]
     if not ok:
         return [], ["no ok rows with timings: no plots"]
     out_dir = Path(out_dir)
@@ -74,13 +75,13 @@ def _figure(width: float, height: float) -> Figure:
 
 def baseline_rows(rows: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """The rows of the baseline flag set (else the most common one) and its name."""
-    names = [r["flag_set"] for r in rows]
+    names = [r[Col.FLAG_SET] for r in rows]
     name = (
         analysis.BASELINE_FLAG_SET
         if analysis.BASELINE_FLAG_SET in names
         else max(sorted(set(names), key=str), key=names.count)
     )
-    return name, [r for r in rows if r["flag_set"] == name]
+    return name, [r for r in rows if r[Col.FLAG_SET] == name]
 
 
 def _series_label(key: tuple[Any, ...], runtimes: set[Any]) -> str:
@@ -97,19 +98,19 @@ def _maybe_log(ax: Axes, values: Sequence[float], axis: str = "y") -> None:
 
 def _decode_bars(rows: list[dict[str, Any]], title: str) -> Figure | str:
     flag_set, rows = baseline_rows(rows)
-    variants = [k[0] for k, _ in analysis.group_rows(rows, ["variant"])]
-    runtimes = {r["runtime"] for r in rows}
-    series = analysis.group_rows(rows, ["device", "runtime"])
+    variants = [k[0] for k, _ in analysis.group_rows(rows, [Col.VARIANT])]
+    runtimes = {r[Col.RUNTIME] for r in rows}
+    series = analysis.group_rows(rows, [Col.DEVICE, Col.RUNTIME])
     fig = _figure(max(6.0, 1.6 * len(variants) * max(1, len(series)) ** 0.5 + 2), 4.5)
     ax = fig.add_subplot()
     width = 0.8 / len(series)
     all_values = []
     for i, (key, members) in enumerate(series):
-        by_variant = dict(analysis.group_rows(members, ["variant"]))
+        by_variant = dict(analysis.group_rows(members, [Col.VARIANT]))
         stats = [analysis.timing_summary(by_variant.get((v,), [])) for v in variants]
-        p50 = np.array([s["decode_ms_p50"] or np.nan for s in stats])
-        lo = np.array([s["decode_ms_p10"] or np.nan for s in stats])
-        hi = np.array([s["decode_ms_p90"] or np.nan for s in stats])
+        p50 = np.array([s[Col.DECODE_MS_P50] or np.nan for s in stats])
+        lo = np.array([s[Col.DECODE_MS_P10] or np.nan for s in stats])
+        hi = np.array([s[Col.DECODE_MS_P90] or np.nan for s in stats])
         x = np.arange(len(variants)) + (i - (len(series) - 1) / 2) * width
         ax.bar(
             x, p50, width, label=_series_label(key, runtimes), yerr=[p50 - lo, hi - p50], capsize=3
@@ -130,7 +131,7 @@ def _decode_bars(rows: list[dict[str, Any]], title: str) -> Figure | str:
     ax.set_xlabel("weight variant")
     ax.set_ylabel("decode ms/token (median; bars p10-p90)")
     ax.set_title(f"Decode latency by variant and device (flag set {flag_set}; lower is better)")
-    ax.legend(title="device")
+    ax.legend(title=Col.DEVICE)
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=9, x=0.01, ha="left")
     return fig
@@ -138,20 +139,20 @@ def _decode_bars(rows: list[dict[str, Any]], title: str) -> Figure | str:
 
 def _prefill_lines(rows: list[dict[str, Any]], title: str) -> Figure | str:
     flag_set, rows = baseline_rows(rows)
-    rows = [r for r in rows if r.get("prefill_ms") is not None]
-    lengths = sorted({r["prompt_length"] for r in rows if r["prompt_length"] is not None})
+    rows = [r for r in rows if r.get(Col.PREFILL_MS) is not None]
+    lengths = sorted({r[Col.PROMPT_LENGTH] for r in rows if r[Col.PROMPT_LENGTH] is not None})
     if len(lengths) < 2:
         return f"needs 2 or more prompt lengths, the run has {lengths}"
-    runtimes = {r["runtime"] for r in rows}
+    runtimes = {r[Col.RUNTIME] for r in rows}
     fig = _figure(7.0, 4.5)
     ax = fig.add_subplot()
     all_values = []
     for (variant, device, runtime), members in analysis.group_rows(
-        rows, ["variant", "device", "runtime"]
+        rows, [Col.VARIANT, Col.DEVICE, Col.RUNTIME]
     ):
         points = [
-            (length, analysis.median(r["prefill_ms"] for r in group))
-            for (length,), group in analysis.group_rows(members, ["prompt_length"])
+            (length, analysis.median(r[Col.PREFILL_MS] for r in group))
+            for (length,), group in analysis.group_rows(members, [Col.PROMPT_LENGTH])
         ]
         xs, ys = zip(*points, strict=True)
         label = f"{variant} {_series_label((device, runtime), runtimes)}"
@@ -171,11 +172,13 @@ def _prefill_lines(rows: list[dict[str, Any]], title: str) -> Figure | str:
 
 
 def _flag_scatter(rows: list[dict[str, Any]], title: str) -> Figure | str:
-    rows = [r for r in rows if r.get("num_dispatches") is not None]
+    rows = [r for r in rows if r.get(Col.NUM_DISPATCHES) is not None]
     contexts = [
         (key, members)
-        for key, members in analysis.group_rows(rows, ["variant", "device", "runtime", "layout"])
-        if len({r["flag_set"] for r in members}) >= 2
+        for key, members in analysis.group_rows(
+            rows, [Col.VARIANT, Col.DEVICE, Col.RUNTIME, Col.LAYOUT]
+        )
+        if len({r[Col.FLAG_SET] for r in members}) >= 2
     ]
     if not contexts:
         return "needs 2 or more flag sets with dispatch counts on one variant and device"
@@ -199,19 +202,21 @@ def _flag_panel(ax: Axes, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> N
 
     baseline = analysis.BASELINE_FLAG_SET
     stats = {
-        name: analysis.timing_summary(m) for (name,), m in analysis.group_rows(rows, ["flag_set"])
+        name: analysis.timing_summary(m) for (name,), m in analysis.group_rows(rows, [Col.FLAG_SET])
     }
     base = stats.get(baseline)
-    order = sorted(stats, key=lambda n: (stats[n]["num_dispatches"], -stats[n]["decode_ms_p50"]))
+    order = sorted(
+        stats, key=lambda n: (stats[n][Col.NUM_DISPATCHES], -stats[n][Col.DECODE_MS_P50])
+    )
     num_at: dict[Any, int] = {}
     for name in order:
         s = stats[name]
-        y, x = s["decode_ms_p50"], s["num_dispatches"]
+        y, x = s[Col.DECODE_MS_P50], s[Col.NUM_DISPATCHES]
         is_base = name == baseline
         ax.errorbar(
             [x],
             [y],
-            yerr=[[y - s["decode_ms_p10"]], [s["decode_ms_p90"] - y]],
+            yerr=[[y - s[Col.DECODE_MS_P10]], [s[Col.DECODE_MS_P90] - y]],
             fmt="*" if is_base else "o",
             ms=13 if is_base else 7,
             capsize=3,
@@ -244,24 +249,24 @@ def _kind_bars(
     """Each profiled point's dispatch time per token, stacked by kind (the host's share is
     the bar's gap to the point's measured ms/token, marked)."""
     per_point = profiles.kind_ms(dispatches)
-    points = [r for r in rows if r["point_key"] in per_point]
+    points = [r for r in rows if r[Col.POINT_KEY] in per_point]
     if not points:
         return "no profiled points (run the sweep with profile=true)"
     points.sort(key=lambda r: analysis.sort_key(tuple(r.get(c) for c in analysis.DEFAULT_BY)))
     kinds = sorted(
-        {k for r in points for k in per_point[r["point_key"]]}, key=profiles.KIND_ORDER.index
+        {k for r in points for k in per_point[r[Col.POINT_KEY]]}, key=profiles.KIND_ORDER.index
     )
     fig = _figure(max(6.0, 0.55 * len(points) + 3), 4.8)
     ax = fig.add_subplot()
     x = np.arange(len(points))
     bottom = np.zeros(len(points))
     for kind in kinds:
-        heights = np.array([per_point[r["point_key"]].get(kind, 0.0) for r in points])
+        heights = np.array([per_point[r[Col.POINT_KEY]].get(kind, 0.0) for r in points])
         ax.bar(x, heights, 0.7, bottom=bottom, label=kind)
         bottom += heights
     ax.scatter(
         x,
-        [r["decode_ms_p50"] for r in points],
+        [r[Col.DECODE_MS_P50] for r in points],
         marker="_",
         s=400,
         color="black",

@@ -48,6 +48,7 @@ from sweep.readers.tables import (
     metric,
     render,
 )
+from sweep.store.results import Col
 from workers.kinds import Status
 
 
@@ -55,27 +56,27 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
     records = analysis.summarize(rows, by)
     columns = [key_column(col) for col in by]
     columns += [
-        metric("tok/s", "tok_s"),
-        metric("ms/tok p50", "decode_ms_p50"),
+        metric("tok/s", Col.TOK_S),
+        metric("ms/tok p50", Col.DECODE_MS_P50),
         Column("p10-p90", fmt_spread, right=True),
     ]
     columns += _roofline_column(records)
     columns += _profile_columns(records)
-    if any(r.get("kld_mean") is not None for r in records):
+    if any(r.get(Col.KLD_MEAN) is not None for r in records):
         columns += [
-            metric("ppl", "ppl"),
-            metric("KLD", "kld_mean", lambda v: "" if v is None else f"{v:.4g}"),
-            metric("top-1", "top1_agree", fmt_percent),
+            metric(Col.PPL, Col.PPL),
+            metric("KLD", Col.KLD_MEAN, lambda v: "" if v is None else f"{v:.4g}"),
+            metric("top-1", Col.TOP1_AGREE, fmt_percent),
         ]
-    elif any(r.get("fp32_agreement") is not None for r in records):
-        columns.append(metric("vs fp32", "fp32_agreement", fmt_percent))
-    columns += [metric("prefill ms", "prefill_ms")]
-    if any(r.get("prefill_tok_s") is not None for r in records):
-        columns.append(metric("prefill tok/s", "prefill_tok_s"))
+    elif any(r.get(Col.FP32_AGREEMENT) is not None for r in records):
+        columns.append(metric("vs fp32", Col.FP32_AGREEMENT, fmt_percent))
+    columns += [metric("prefill ms", Col.PREFILL_MS)]
+    if any(r.get(Col.PREFILL_TOK_S) is not None for r in records):
+        columns.append(metric("prefill tok/s", Col.PREFILL_TOK_S))
     columns += [
-        metric("dispatches", "num_dispatches", fmt_value),
+        metric("dispatches", Col.NUM_DISPATCHES, fmt_value),
         Column("matched", fmt_matched, right=True),
-        Column("status", lambda r: fmt_statuses(r["status_counts"])),
+        Column(Col.STATUS, lambda r: fmt_statuses(r["status_counts"])),
     ]
     return Table(records, columns, header)
 
@@ -85,16 +86,16 @@ def flag_study_table(
 ) -> Table:
     records = analysis.flag_study(rows)
     _add_kinds(records, dispatches)
-    columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, "flag_set", "layout")]
+    columns = [key_column(col) for col in (*analysis.FLAG_CONTEXT, Col.FLAG_SET, Col.LAYOUT)]
     columns += [
-        metric("ms/tok p50", "decode_ms_p50"),
+        metric("ms/tok p50", Col.DECODE_MS_P50),
         Column("p10-p90", fmt_spread, right=True),
         metric("speedup", "speedup", fmt_ratio),
         Column("verdict", lambda r: r.get("verdict") or ""),
     ]
     columns += _roofline_column(records)
     columns += [
-        metric("dispatches", "num_dispatches", fmt_value),
+        metric("dispatches", Col.NUM_DISPATCHES, fmt_value),
         metric(f"vs {analysis.BASELINE_FLAG_SET}", "dispatch_change", fmt_signed),
     ]
     if any(r.get("kinds") for r in records):
@@ -103,10 +104,10 @@ def flag_study_table(
             Column("by kind vs baseline", lambda r: r.get("kind_change") or ""),
         ]
     columns += [
-        metric("compile s", "compile_s"),
-        metric("vmfb", "vmfb_bytes", fmt_bytes),
+        metric("compile s", Col.COMPILE_S),
+        metric("vmfb", Col.VMFB_BYTES, fmt_bytes),
         Column("matched", fmt_matched, right=True),
-        Column("status", lambda r: fmt_statuses(r["status_counts"])),
+        Column(Col.STATUS, lambda r: fmt_statuses(r["status_counts"])),
     ]
     return Table(records, columns, header)
 
@@ -126,9 +127,9 @@ def _add_kinds(records: list[dict[str, Any]], dispatches: list[dict[str, Any]]) 
 
 def _profile_columns(records: list[dict[str, Any]]) -> list[Column]:
     """device and host ms per token when any point was profiled."""
-    if not any(r.get("device_ms") is not None for r in records):
+    if not any(r.get(Col.DEVICE_MS) is not None for r in records):
         return []
-    return [metric("device ms", "device_ms"), metric("host ms", "host_ms")]
+    return [metric("device ms", Col.DEVICE_MS), metric("host ms", Col.HOST_MS)]
 
 
 def dispatches_table(
@@ -138,7 +139,7 @@ def dispatches_table(
     points = sorted(
         rows, key=lambda r: analysis.sort_key(tuple(r.get(c) for c in analysis.DEFAULT_BY))
     )
-    fields = ("point_key", *analysis.DEFAULT_BY)
+    fields = (Col.POINT_KEY, *analysis.DEFAULT_BY)
     records = profiles.top_dispatches(
         dispatches, [{c: r.get(c) for c in fields} for r in points], top
     )
@@ -157,14 +158,14 @@ def dispatches_table(
 
 def _roofline_column(records: list[dict[str, Any]]) -> list[Column]:
     """A percent column when any record has a roofline fraction (a newer schema)."""
-    if not any(r.get("roofline_frac") is not None for r in records):
+    if not any(r.get(Col.ROOFLINE_FRAC) is not None for r in records):
         return []
-    return [metric("roofline", "roofline_frac", fmt_percent)]
+    return [metric("roofline", Col.ROOFLINE_FRAC, fmt_percent)]
 
 
 def context_header(run: str, rows: list[dict[str, Any]], shown: Sequence[str]) -> dict[str, Any]:
     """The run and the point columns that hold one value over all rows (and are no column)."""
-    hidden = [c for c in analysis.POINT_COLUMNS if c not in shown and c != "prompt_bucket"]
+    hidden = [c for c in analysis.POINT_COLUMNS if c not in shown and c != Col.PROMPT_BUCKET]
     return {"run": run, **analysis.constant_columns(rows, hidden)}
 
 
@@ -215,18 +216,18 @@ def report(args: argparse.Namespace) -> None:
         search_report(args)
         return
     by = parse_by(args.by)
-    table = load_table(args.results, args.grid, samples=by == ["flag_set"], extra=by)
+    table = load_table(args.results, args.grid, samples=by == [Col.FLAG_SET], extra=by)
     run, rows = select_run(table, args.run)
     if args.pareto:
         pareto_report(args, run, rows)
         return
-    dispatches = profiles.load(args.results, (r["point_key"] for r in rows))
+    dispatches = profiles.load(args.results, (r[Col.POINT_KEY] for r in rows))
     if args.dispatches is not None:
         table = dispatches_table(
             rows, context_header(run, rows, analysis.DEFAULT_BY), dispatches, args.dispatches
         )
-    elif by == ["flag_set"]:
-        shown = (*analysis.FLAG_CONTEXT, "layout")
+    elif by == [Col.FLAG_SET]:
+        shown = (*analysis.FLAG_CONTEXT, Col.LAYOUT)
         table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
@@ -236,7 +237,7 @@ def report(args: argparse.Namespace) -> None:
         from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
 
         out_dir = args.plots_dir or Path(args.results) / "plots" / run
-        context = analysis.constant_columns(rows, ("model", "grid"))
+        context = analysis.constant_columns(rows, (Col.MODEL, Col.GRID))
         title = "  ".join([*(f"{k} {v}" for k, v in context.items()), f"run {run}"])
         paths, notes = write_plots(rows, out_dir, title=title, dispatches=dispatches)
         for note in notes:
@@ -253,7 +254,7 @@ def pareto_report(args: argparse.Namespace, run: str, rows: list[dict[str, Any]]
             f"run {run} has no ok row with the quality columns (kld_mean): they need a "
             "checkpoint with a tokenizer.json (model.path=DIR) and bench.eval_chunks > 0"
         )
-    header = context_header(run, rows, ("variant", "layout", "flag_set", "runtime"))
+    header = context_header(run, rows, (Col.VARIANT, Col.LAYOUT, Col.FLAG_SET, Col.RUNTIME))
     emit(render(pareto_table(rows, header), args.format), args.out)
     if args.plots:
         out_dir = args.plots_dir or Path(args.results) / "plots" / run
@@ -265,10 +266,10 @@ def pareto_report(args: argparse.Namespace, run: str, rows: list[dict[str, Any]]
 
 def quality_notes(rows: list[dict[str, Any]]) -> list[str]:
     """Why the quality columns may be missing or mean nothing."""
-    ok = [r for r in rows if r["status"] == Status.OK]
-    if not ok or any(r.get("kld_mean") is not None for r in ok):
+    ok = [r for r in rows if r[Col.STATUS] == Status.OK]
+    if not ok or any(r.get(Col.KLD_MEAN) is not None for r in ok):
         return []
-    if any(r.get("fp32_agreement") is not None for r in ok):
+    if any(r.get(Col.FP32_AGREEMENT) is not None for r in ok):
         return [
             "quality: no ppl / KLD columns (seeded weights, or no tokenizer.json); on random "
             "weights `vs fp32` (fp32_agreement) is noise: quality needs a trained checkpoint"
@@ -283,7 +284,7 @@ def text_notes(rows: list[dict[str, Any]]) -> list[str]:
     """What a text prompt gave (bench.prompt on a real checkpoint): prompt -> output."""
     from sweep.plan.grid import point_label
 
-    with_text = [r for r in rows if r.get("output_text")]
+    with_text = [r for r in rows if r.get(Col.OUTPUT_TEXT)]
     notes = [
         f"{point_label(r)}: {r.get('prompt_text')!r} -> {r['output_text']!r}"
         for r in with_text[:MAX_TEXT_NOTES]

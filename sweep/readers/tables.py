@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.readers import analysis
+from sweep.store.results import Col
 
 # --- cells -----------------------------------------------------------------------------
 
@@ -80,12 +81,12 @@ def fmt_percent(fraction: float | None) -> str:
 
 
 def fmt_spread(record: dict[str, Any]) -> str:
-    lo, hi = record.get("decode_ms_p10"), record.get("decode_ms_p90")
+    lo, hi = record.get(Col.DECODE_MS_P10), record.get(Col.DECODE_MS_P90)
     return "" if lo is None or hi is None else f"{fmt_num(lo)}-{fmt_num(hi)}"
 
 
 def fmt_matched(record: dict[str, Any]) -> str:
-    matched, total = record.get("num_tokens_matched"), record.get("num_tokens")
+    matched, total = record.get(Col.NUM_TOKENS_MATCHED), record.get("num_tokens")
     return "" if matched is None else f"{matched}/{total}"
 
 
@@ -119,14 +120,14 @@ class Table:
 
 def key_column(name: str) -> Column:
     numeric = name in (
-        "group_size",
-        "prompt_length",
-        "prompt_bucket",
-        "max_seq",
-        "batch_size",
-        "depth",
-        "attention_span",
-        "steps_per_call",
+        Col.GROUP_SIZE,
+        Col.PROMPT_LENGTH,
+        Col.PROMPT_BUCKET,
+        Col.MAX_SEQ,
+        Col.BATCH_SIZE,
+        Col.DEPTH,
+        Col.ATTENTION_SPAN,
+        Col.STEPS_PER_CALL,
     )
     return Column(name, lambda r: fmt_value(r.get(name)), right=numeric, fold=name)
 

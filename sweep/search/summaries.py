@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.search.study import QUALITY, STORAGE_FILE, QualityBound, storage_url, trial_ms
-from sweep.store.results import newest_rows
+from sweep.store.results import Col, newest_rows
 from workers.kinds import Runtime, Status
 
 if TYPE_CHECKING:
@@ -85,14 +85,14 @@ def load_studies(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage_url(results_dir)
     if rows is None:
-        columns = ["decode_ms_p50", "kld_mean", "top1_agree"]
+        columns = [Col.DECODE_MS_P50, Col.KLD_MEAN, Col.TOP1_AGREE]
         rows = newest_rows(results_dir, columns) if _has_results(results_dir) else {}
 
     def ms(key: str | None, bound: QualityBound | None = None) -> float | None:
         row = rows.get(key) if key else None
-        if not row or row["status"] != Status.OK or (bound and not bound.admits(row)):
+        if not row or row[Col.STATUS] != Status.OK or (bound and not bound.admits(row)):
             return None
-        return row["decode_ms_p50"]
+        return row[Col.DECODE_MS_P50]
 
     summaries = []
     for info in optuna.get_all_study_summaries(storage):
@@ -109,7 +109,7 @@ def load_studies(
         default = next((t for t in told if t.user_attrs.get("default")), None)
         bound = QualityBound(**(attrs.get("quality_bound") or {}))
         listed = [(name, ms(key, bound)) for name, key in (attrs.get("listed") or {}).items()]
-        best_row = rows.get(best.user_attrs.get("point_key")) if best else None
+        best_row = rows.get(best.user_attrs.get(Col.POINT_KEY)) if best else None
         outside = sum(t.constraints.get(QUALITY, 0.0) > 0 for t in told)
         listed_ok = [(name, value) for name, value in listed if value is not None]
         summaries.append(
@@ -129,8 +129,8 @@ def load_studies(
                 xla_ms=ms(attrs.get(Runtime.XLA)),
                 bound=bound.text(),
                 outside=outside,
-                best_kld=(best_row or {}).get("kld_mean"),
-                best_top1=(best_row or {}).get("top1_agree"),
+                best_kld=(best_row or {}).get(Col.KLD_MEAN),
+                best_top1=(best_row or {}).get(Col.TOP1_AGREE),
             )
         )
     return summaries
@@ -161,8 +161,8 @@ def studies_table(summaries: list[StudySummary]) -> Table:
 
     records = [
         {
-            "variant": s.variant,
-            "device": s.device,
+            Col.VARIANT: s.variant,
+            Col.DEVICE: s.device,
             "trials": s.trials,
             "failed": s.failed,
             "space": s.space_size,
@@ -174,7 +174,7 @@ def studies_table(summaries: list[StudySummary]) -> Table:
             "xla_ms": s.xla_ms,
             "minimal": minimal_text(s),
             "minimal_ms": (s.minimal or {}).get("ms"),
-            "flags": " ".join((s.minimal or {}).get("flags", [])),
+            Col.FLAGS: " ".join((s.minimal or {}).get(Col.FLAGS, [])),
             "dropped": ", ".join((s.minimal or {}).get("dropped", [])),
             "study": s.name,
             "bound": s.bound,
@@ -185,8 +185,8 @@ def studies_table(summaries: list[StudySummary]) -> Table:
         for s in summaries
     ]
     columns = [
-        Column("variant", lambda r: r["variant"]),
-        Column("device", lambda r: r["device"]),
+        Column(Col.VARIANT, lambda r: r[Col.VARIANT]),
+        Column(Col.DEVICE, lambda r: r[Col.DEVICE]),
         Column("trials", lambda r: f"{r['trials']}/{r['space']}", right=True),
         metric("failed", "failed", str),
         metric("outside bound", "outside", str),

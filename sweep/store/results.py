@@ -28,6 +28,7 @@ a file written by an older version that lacks a column reads back with nulls the
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import itertools
 import os
 import uuid
@@ -161,6 +162,9 @@ def _build_schema() -> pa.Schema:
 
 
 SCHEMA: pa.Schema = _build_schema()
+# Every column by name, from the schema itself: code that reads a row says
+# `row[Col.DECODE_MS_P50]`, so a column renamed or dropped here fails where it is read.
+Col = enum.StrEnum("Col", {name.upper(): name for name in SCHEMA.names})
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 # The dispatches dataset (`profile=true`): one row per dispatch function of a profiled
