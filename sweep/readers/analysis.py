@@ -52,6 +52,7 @@ BY_COLUMNS: tuple[str, ...] = (
     Col.DEVICE_NAME,
     Col.HOSTNAME,
     Col.IREE_VERSION,
+    Col.DEQUANT_FUSED,  # --by dequant_fused: whether each quantized linear fused its dequant
 )
 DEFAULT_BY: tuple[str, ...] = (
     Col.VARIANT,

@@ -28,6 +28,7 @@ _WANTED = (
     Col.COMPILE_S,
     Col.VMFB_BYTES,
     Col.NUM_DISPATCHES,
+    Col.DEQUANT_FUSED,
     Col.PREFILL_MS,
     Col.PREFILL_TOK_S,
     Col.DECODE_MS_P10,
