@@ -14,6 +14,8 @@ import json
 import os
 import platform
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -270,3 +272,31 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def busy_actor_pids() -> list[int]:
+    """Benchmark actors inside a point right now (Ray titles the process by method)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::BenchActorImpl.run"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def num_alive_nodes(address: str, env: dict[str, str]) -> int:
+    """Alive nodes of the Ray cluster at `address`, asked from a new process (0: no answer)."""
+    probe = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+        )
+    except subprocess.TimeoutExpired:
+        return 0
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0

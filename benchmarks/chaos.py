@@ -26,22 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import default_report_path, machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    busy_actor_pids,
+    default_report_path,
+    machine_info,
+    markdown_table,
+    write_json,
+)
 
 GRID = ["+grid=smoke", "grid.max_seq=1024", "bench.decode_steps=900", "bench.max_retries=5"]
-
-
-def busy_actor_pids() -> list[int]:
-    """Benchmark actors inside a point right now (Ray titles the process by method)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::BenchActorImpl.run"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 def killer(num_kills: int, interval_s: float, stop: threading.Event, log: list[float]) -> None:

@@ -34,7 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import default_report_path, machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    busy_actor_pids,
+    default_report_path,
+    machine_info,
+    markdown_table,
+    num_alive_nodes,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ["+grid=smoke", "grid.max_seq=1024", "bench.decode_steps=900", "bench.max_retries=2"]
@@ -75,39 +82,12 @@ def ray_start(env: dict[str, str], index: int, *args: str) -> subprocess.Popen:
     )
 
 
-def num_alive_nodes(address: str, env: dict[str, str]) -> int:
-    probe = (
-        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
-        "print(sum(n['Alive'] for n in ray.nodes()))"
-    )
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return 0
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
-
-
 def parent_pid(pid: int) -> int:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0
     return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
-def busy_actors() -> list[int]:
-    """Benchmark actors inside a point right now (Ray titles the process by method)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::BenchActorImpl.run"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 def raylet_of(pid: int, raylets: dict[int, subprocess.Popen]) -> int | None:
@@ -126,7 +106,7 @@ def killer(raylets: dict[int, subprocess.Popen], stop: threading.Event, log: dic
     """Kills the first worker raylet (not the head, 0) seen running a point."""
     start = time.monotonic()
     while not stop.is_set():
-        for pid in busy_actors():
+        for pid in busy_actor_pids():
             index = raylet_of(pid, raylets)
             if index is not None and index != 0:
                 os.killpg(raylets[index].pid, signal.SIGKILL)

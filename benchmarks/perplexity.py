@@ -17,11 +17,13 @@ import argparse
 import io
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 
 
-def transformers_ppl(path: str, windows: np.ndarray) -> float:
+def transformers_ppl(path: str | Path, windows: np.ndarray) -> float:
+    """llama.cpp's perplexity of the windows (the second half of each scored), by transformers."""
     import torch
     from transformers import AutoModelForCausalLM
 

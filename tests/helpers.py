@@ -3,6 +3,7 @@ in-process, one tiny-model factory, and checkpoint tools that only tests need.""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -122,33 +123,25 @@ def sweep(tmp_path: Path, cache: Path, *overrides: str) -> tuple[Any, str]:
     return run_sweep(cfg, resolved, out=out), out.getvalue()
 
 
-# transformers' config keys for the project's tiny shapes (the same names)
+# The project's tiny shapes as transformers' config keys (the same names); eps, RoPE and
+# tying are each test's own choice.
 TINY_LLAMA = {
-    key: getattr(TINY_SHAPES, key)
-    for key in (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "max_position_embeddings",
-    )
+    key: value
+    for key, value in dataclasses.asdict(TINY_SHAPES).items()
+    if key not in ("rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings")
 }
 
 
-def save_tiny_llama(
-    directory: Path,
+def tiny_llama(
     *,
     seed: int = 0,
     dtype: str = "float32",
     unit_gain: bool = True,
     tied: bool = True,
-    max_shard_size: str | None = None,
     **config: Any,
-) -> dict[str, Any]:
-    """A random 2-layer Llama saved by transformers itself (safetensors); its state_dict.
+) -> Any:
+    """A random 2-layer transformers Llama of the project's tiny shapes (`config` overrides
+    them): the one tiny model every test builds on.
 
     `unit_gain` draws every matrix with unit output scale and norms near 1, so greedy
     decode gives varied tokens (transformers' own init, std 0.02, repeats one token);
@@ -168,8 +161,16 @@ def save_tiny_llama(
                 param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
             elif "norm" in name:  # transformers inits norms to exactly 1.0
                 param.add_(torch.randn_like(param) * 0.1)
-    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
-    model.save_pretrained(directory, safe_serialization=True, **kwargs)
+    return model
+
+
+def save_tiny_llama(
+    directory: Path, *, max_shard_size: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """`tiny_llama(**kwargs)` saved by transformers itself (safetensors); its state_dict."""
+    model = tiny_llama(**kwargs)
+    extra = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(directory, safe_serialization=True, **extra)
     return model.state_dict()
 
 

@@ -18,10 +18,12 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.helpers import tiny_llama
 from workers.checkpoint import (
     CheckpointError,
     check_checkpoint,
@@ -70,33 +72,11 @@ MERGES = ["Ġ t", "h e", "Ġt he", "Ġ c", "a t", "Ġc at", "1 2", "Ġ s"]
 TOKENS = ["<|endoftext|>", *_bytes_to_unicode(), *(m.replace(" ", "") for m in MERGES)]
 
 
-def tiny_llama(
-    tied: bool, seed: int = 0, rope: dict | None = None
-) -> transformers.LlamaForCausalLM:
-    """A random 2-layer Llama with unit-gain weights (varied greedy tokens)."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=len(TOKENS),
-        hidden_size=HIDDEN,
-        intermediate_size=FFN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
-        head_dim=HEAD_DIM,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-        max_position_embeddings=2048,
-        tie_word_embeddings=tied,
-        rope_scaling=rope,
+def tiny_model(tied: bool, seed: int = 0, rope: dict | None = None) -> Any:
+    """The tests' tiny Llama with this file's vocabulary (the GGUF tokenizer's)."""
+    return tiny_llama(
+        seed=seed, tied=tied, vocab_size=len(TOKENS), rms_norm_eps=1e-6, rope_scaling=rope
     )
-    model = transformers.LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 1:
-                param.copy_(1.0 + 0.1 * torch.randn_like(param))
-            else:
-                param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
-    return model
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -142,7 +122,7 @@ def write_tiny_gguf(
     """A tiny Llama as a GGUF file (types: GGUF tensor kind -> type; default MIXED);
     with `rope` (Llama 3 scaling), llama.cpp's `rope_freqs` tensor in its place."""
     types = MIXED if types is None else types
-    model = tiny_llama(tied, seed, rope)
+    model = tiny_model(tied, seed, rope)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny")

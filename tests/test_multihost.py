@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from benchmarks._common import num_alive_nodes
 from sweep.store.results import read_results
 from tests.conftest import ROOT
 
@@ -51,17 +52,6 @@ def ray_start(env: dict[str, str], *args: str) -> subprocess.Popen:
         start_new_session=True,
         env=env,
     )
-
-
-def num_alive_nodes(address: str, env: dict[str, str]) -> int:
-    probe = (
-        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
-        "print(sum(n['Alive'] for n in ray.nodes()))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
-    )
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
 
 @pytest.fixture(scope="module")

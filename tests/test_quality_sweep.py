@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from benchmarks.perplexity import transformers_ppl
 from sweep.plan.eval_text import default_text
 from sweep.readers.report import main as report_main
 from tests.helpers import save_byte_tokenizer, save_tiny_llama
@@ -29,23 +29,6 @@ def checkpoint(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-with-tokenizer")
     save_tiny_llama(directory)
     return save_byte_tokenizer(directory)
-
-
-def transformers_ppl(checkpoint: Path, windows: np.ndarray) -> float:
-    """llama.cpp's perplexity of the windows (second half of each scored), by transformers."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    ctx, first = windows.shape[1], windows.shape[1] // 2
-    nll = []
-    with torch.no_grad():
-        for window in windows:
-            logits = model(torch.tensor(window[None], dtype=torch.long)).logits[0].double()
-            logp = torch.log_softmax(logits[first : ctx - 1], dim=-1)
-            targets = torch.tensor(window[first + 1 :], dtype=torch.long)
-            nll += (-logp[torch.arange(len(targets)), targets]).tolist()
-    return math.exp(float(np.mean(nll)))
 
 
 def test_every_row_has_its_quality_and_fp32_matches_transformers(

@@ -189,6 +189,11 @@ def run_main(capsys, module, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_report(capsys, results: Path, *argv: str) -> tuple[int, str, str]:
+    """`python -m sweep.report --results RESULTS ARGV...`, in-process."""
+    return run_main(capsys, report, "--results", str(results), *argv)
+
+
 def md_table(text: str) -> tuple[list[str], list[list[str]], list[str]]:
     """(the lines above the table, header cells, body rows) of a markdown table."""
     lines = text.splitlines()
@@ -305,35 +310,16 @@ def test_report_folds_constant_columns_into_the_header(results: Path, capsys) ->
     assert int4_cuda[header.index("matched")] == "24/24"
     assert int4_cuda[header.index("status")] == "ok 3"
 
-    code, out, _ = run_main(
-        capsys,
-        report,
-        "--results",
-        str(results),
-        "--run",
-        "r1",
-        "--by",
-        "variant",
-        "--format",
-        "md",
-    )
+    code, out, _ = run_report(capsys, results, "--run", "r1", "--by", "variant", "--format", "md")
+    assert code == 0
     above, header, _ = md_table(out)
     assert header[0] == "variant" and "device" not in header
     assert "device:" not in " ".join(above), "device varies, so it is not a constant either"
 
 
 def test_flag_study(results: Path, capsys) -> None:
-    code, out, _ = run_main(
-        capsys,
-        report,
-        "--results",
-        str(results),
-        "--run",
-        "r1",
-        "--by",
-        "flag_set",
-        "--format",
-        "json",
+    code, out, _ = run_report(
+        capsys, results, "--run", "r1", "--by", "flag_set", "--format", "json"
     )
     assert code == 0
     records = json.loads(out)
@@ -548,18 +534,7 @@ def test_errors_exit_2_with_a_message(results: Path, tmp_path: Path, capsys) -> 
 
 
 def test_run_all_takes_the_newest_row_per_point(results: Path, capsys) -> None:
-    code, out, _ = run_main(
-        capsys,
-        report,
-        "--results",
-        str(results),
-        "--run",
-        "all",
-        "--by",
-        "run_id",
-        "--format",
-        "json",
-    )
+    code, out, _ = run_report(capsys, results, "--run", "all", "--by", "run_id", "--format", "json")
     assert code == 0
     counts = {r["run_id"]: r["num_rows"] for r in json.loads(out)}
     assert counts == {"r2": 72, "r1": 2}, "r1 only where r2 lacks the point"
