@@ -39,7 +39,7 @@ def ours(path: Path, prompt: str, num_tokens: int) -> dict[str, Any]:
     from workers.checkpoint import load_tokenizer
     from workers.model import prompt_bucket
     from workers.point import ModelSource
-    from workers.reference import reference_tokens
+    from workers.reference import GreedyRun, reference_tokens
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(path)
@@ -50,7 +50,8 @@ def ours(path: Path, prompt: str, num_tokens: int) -> dict[str, Any]:
     max_seq = prompt_bucket(len(ids) + num_tokens, 1 << 16)
     bucket = prompt_bucket(len(ids), max_seq)
     prompts = np.asarray([ids], np.int32)
-    tokens = reference_tokens(cfg, vw, prompts, bucket, max_seq, num_tokens, weights_id="-")
+    run = GreedyRun(prompts, bucket, max_seq, num_tokens)
+    tokens = reference_tokens(cfg, vw, run, weights_id="-")
     return {
         "prompt_ids": ids,
         "tokens": list(tokens),

@@ -110,6 +110,10 @@ def fake_measurement(
     return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]
 
 
+# The smallest smoke sweep: the tiny model in fp32 with default flags.
+SMOKE_FP32 = ("+grid=smoke", "grid.variants=[fp32]", "~grid.flag_sets.O3")
+
+
 def sweep(tmp_path: Path, cache: Path, *overrides: str) -> tuple[Any, str]:
     """A sweep run in-process on the session cluster, as `python -m sweep` runs it, into
     `tmp_path/results` with `cache`: (its outcome, what it printed)."""

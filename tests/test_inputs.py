@@ -10,7 +10,7 @@ import pytest
 
 from sweep.plan.config import ConfigError, load_config
 from sweep.run import run_sweep
-from tests.helpers import save_tiny_llama, sweep
+from tests.helpers import SMOKE_FP32, save_tiny_llama, sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster and iree-compile
 
@@ -52,14 +52,11 @@ def cache_at(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return hf_home
 
 
-SMALL = ("+grid=smoke", "~grid.flag_sets.O3", "grid.variants=[fp32]")
-
-
 def test_a_repo_id_runs_from_the_local_cache_with_no_network(
     ray_cluster, cache_at, tmp_path, shared_cache
 ):
     outcome, text = sweep(
-        tmp_path, shared_cache, *SMALL, f"model.repo={REPO}", "model.name=tiny-hf"
+        tmp_path, shared_cache, *SMOKE_FP32, f"model.repo={REPO}", "model.name=tiny-hf"
     )
     assert outcome.exit_code == 0, text
     assert [r["status"] for r in outcome.rows] == ["ok", "ok"]
@@ -70,7 +67,9 @@ def test_a_repo_id_runs_from_the_local_cache_with_no_network(
 
 
 def test_a_repo_that_is_not_cached_is_a_clear_error(cache_at, tmp_path):
-    cfg, resolved = load_config([*SMALL, "model.repo=nobody/nothing", f"results_dir={tmp_path}/r"])
+    cfg, resolved = load_config(
+        [*SMOKE_FP32, "model.repo=nobody/nothing", f"results_dir={tmp_path}/r"]
+    )
     with pytest.raises(
         ConfigError, match=r"model.repo=nobody/nothing: not in the Hugging Face cache"
     ):
@@ -81,7 +80,7 @@ def test_a_repo_that_is_not_cached_is_a_clear_error(cache_at, tmp_path):
 def test_a_text_prompt_gives_text_back(ray_cluster, cache_at, tmp_path, shared_cache):
     prompt = "the cat sat on the mat"
     outcome, text = sweep(
-        tmp_path, shared_cache, *SMALL, f"model.repo={REPO}", f"bench.prompt='{prompt}'"
+        tmp_path, shared_cache, *SMOKE_FP32, f"model.repo={REPO}", f"bench.prompt='{prompt}'"
     )
     assert outcome.exit_code == 0, text
     assert "prompt: 6 tokens" in text
@@ -99,13 +98,13 @@ def test_a_text_prompt_gives_text_back(ray_cluster, cache_at, tmp_path, shared_c
 
 
 def test_a_text_prompt_needs_a_tokenizer(tmp_path):
-    cfg, resolved = load_config([*SMALL, "bench.prompt=hello", f"results_dir={tmp_path}/r"])
+    cfg, resolved = load_config([*SMOKE_FP32, "bench.prompt=hello", f"results_dir={tmp_path}/r"])
     with pytest.raises(ConfigError, match="needs a checkpoint with a tokenizer"):
         run_sweep(cfg, resolved, out=io.StringIO())
     model = tmp_path / "model"
     save_tiny_llama(model)
     cfg, resolved = load_config(
-        [*SMALL, "bench.prompt=hello", f"model.path={model}", f"results_dir={tmp_path}/r"]
+        [*SMOKE_FP32, "bench.prompt=hello", f"model.path={model}", f"results_dir={tmp_path}/r"]
     )
     with pytest.raises(ConfigError, match="tokenizer.json: not found"):
         run_sweep(cfg, resolved, out=io.StringIO())

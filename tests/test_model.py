@@ -37,7 +37,7 @@ from workers.iree_runtime import IreeRunner
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs, prompt_bucket, rope_inv_freq
 from workers.quant import VariantWeights, jax_arrays, prepare_variant
-from workers.reference import num_matching, reference_tokens
+from workers.reference import GreedyRun, num_matching, reference_tokens
 from workers.runtime import DecodeSteps, greedy_decode, prompt_ids
 
 pytestmark = pytest.mark.slow  # iree-compile and transformers
@@ -345,9 +345,8 @@ def test_bf16_first_tokens_match_xla(
     assert 0.0 < vw.quant_error < 0.01
     tokens = iree_cpu.greedy(ckpt.cfg, vw, prompt, f"{QUANT_CASE}/bf16")
     bucket = prompt_bucket(len(prompt), MAX_SEQ)
-    expected = reference_tokens(
-        ckpt.cfg, vw, prompt, bucket, MAX_SEQ, NUM_TOKENS, weights_id=QUANT_CASE
-    )
+    run = GreedyRun(prompt, bucket, MAX_SEQ, NUM_TOKENS)
+    expected = reference_tokens(ckpt.cfg, vw, run, weights_id=QUANT_CASE)
     # bf16 roundings differ between XLA and IREE, so later tokens may drift apart.
     assert num_matching(tokens, expected) >= 1, f"IREE {tokens} vs XLA {expected}"
 
@@ -448,7 +447,7 @@ def test_reference_tokens_match_iree_and_are_cached(
     ckpt = checkpoints["untied-llama3-sharded"]
     vw = _fp32(ckpt)
     bucket = prompt_bucket(len(prompt), MAX_SEQ)
-    args = (ckpt.cfg, vw, prompt, bucket, MAX_SEQ, NUM_TOKENS)
+    args = (ckpt.cfg, vw, GreedyRun(prompt, bucket, MAX_SEQ, NUM_TOKENS))
     expected = reference_tokens(*args, weights_id=ckpt.name, cache_dir=tmp_path)
     assert expected == iree_cpu.greedy(ckpt.cfg, vw, prompt, f"{ckpt.name}/fp32")
     assert len(list((tmp_path / "reference").glob("*.json"))) == 1
@@ -482,10 +481,7 @@ def test_quality_orders_the_formats_and_is_cached(
         return quality(
             ckpt.cfg,
             vw,
-            prompt,
-            bucket,
-            MAX_SEQ,
-            NUM_TOKENS,
+            GreedyRun(prompt, bucket, MAX_SEQ, NUM_TOKENS),
             fp32_weights=fp32_weights,
             weights_id=ckpt.name,
             cache_dir=tmp_path,

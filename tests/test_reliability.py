@@ -22,7 +22,7 @@ from sweep.plan.config import load_config
 from sweep.run import run_sweep
 from sweep.store.results import read_results
 from tests.conftest import ROOT
-from tests.helpers import sweep
+from tests.helpers import SMOKE_FP32, sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile, killed processes
 
@@ -94,9 +94,7 @@ def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_pat
     outcome, _ = sweep(
         tmp_path,
         tmp_path / "fresh-cache",
-        "+grid=smoke",
-        "grid.variants=[fp32]",
-        "~grid.flag_sets.O3",
+        *SMOKE_FP32,
         "grid.prompt_lengths=[8]",
         "bench.compile_timeout_s=0.05",
     )
@@ -109,9 +107,7 @@ def test_bench_timeout_kills_the_actor_and_the_sweep_goes_on(ray_cluster, tmp_pa
     outcome, _ = sweep(
         tmp_path,
         shared_cache,
-        "+grid=smoke",
-        "grid.variants=[fp32]",
-        "~grid.flag_sets.O3",
+        *SMOKE_FP32,
         *LONG_POINTS,
         "bench.point_timeout_s=0.3",
     )

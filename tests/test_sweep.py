@@ -13,7 +13,7 @@ from sweep.plan.config import load_config
 from sweep.plan.grid import expand
 from sweep.store.results import read_results
 from tests.conftest import ROOT
-from tests.helpers import sweep
+from tests.helpers import SMOKE_FP32, sweep
 from workers.llama_config import preset
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile and subprocesses
@@ -83,10 +83,8 @@ def test_rerun_skips_finished_points_and_rerun_true_forces_them(smoke):
     forced, _ = sweep(
         tmp,
         cache,
-        "+grid=smoke",
+        *SMOKE_FP32,
         "rerun=true",
-        "grid.variants=[fp32]",
-        "~grid.flag_sets.O3",
         "grid.prompt_lengths=[8]",
     )
     assert [r["status"] for r in forced.rows] == ["ok"]
@@ -97,11 +95,9 @@ def test_prompt_length_axis_does_not_recompile_decode(ray_cluster, tmp_path, sha
     outcome, text = sweep(
         tmp_path,
         shared_cache,
-        "+grid=smoke",
+        *SMOKE_FP32,
         "grid.prompt_lengths=[32,64,128]",
         "grid.max_seq=256",
-        "grid.variants=[fp32]",
-        "~grid.flag_sets.O3",
         "bench.decode_steps=4",
     )
     assert outcome.exit_code == 0, text

@@ -198,32 +198,23 @@ class PointWorker:
         score_vmfb: bytes | None = None,
     ) -> Measurement:
         from workers.quality import FP32, quality
-        from workers.reference import num_matching, reference_tokens
+        from workers.reference import GreedyRun, num_matching, reference_tokens
 
         started_at = time.time()
         upload_s, vw = self._ensure_weights(task)
         prompts = self._prompts(task)  # [batch, prompt + depth]
         num_tokens = task.steps.num_tokens
+        runs = [GreedyRun(p, task.prompt_bucket, task.max_seq, num_tokens) for p in prompts]
         references = [
             reference_tokens(
-                self.cfg,
-                vw,
-                prompt,
-                task.prompt_bucket,
-                task.max_seq,
-                num_tokens,
-                weights_id=task.weights_id,
-                cache_dir=self.cache_dir,
+                self.cfg, vw, run, weights_id=task.weights_id, cache_dir=self.cache_dir
             )
-            for prompt in prompts
+            for run in runs
         ]
         agreement = quality(
             self.cfg,
             vw,
-            prompts[0],
-            task.prompt_bucket,
-            task.max_seq,
-            num_tokens,
+            runs[0],
             fp32_weights=lambda: self.source.variant(FP32),
             weights_id=task.weights_id,
             cache_dir=self.cache_dir,

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from workers.files import atomic_write
+from workers.kinds import Layout
 from workers.llama_config import LlamaConfig
 from workers.model import LlamaGraphs
 from workers.quant import VariantWeights, jax_arrays
+from workers.reference import GreedyRun, reference_tokens
 from workers.variant import Variant
 
 FP32 = Variant("fp32")
@@ -49,10 +51,7 @@ def is_fp32(variant: Variant) -> bool:
 def quality(
     cfg: LlamaConfig,
     vw: VariantWeights,
-    prompt: np.ndarray,
-    bucket: int,
-    max_seq: int,
-    num_tokens: int,
+    run: GreedyRun,
     *,
     fp32_weights: Callable[[], VariantWeights],
     weights_id: str,
@@ -65,14 +64,12 @@ def quality(
     """
     if is_fp32(vw.variant):
         return Quality(1.0, 0.0)
-    key = _key(weights_id, prompt, num_tokens, vw.variant.fingerprint, vw.layout)
+    key = _key(weights_id, run.prompt, run.num_tokens, vw.variant.fingerprint, vw.layout)
     path = cache_dir / "quality" / f"{key}.json" if cache_dir else None
     if path is not None and path.exists():
         return Quality(**json.loads(path.read_text()))
-    tokens, fp32_first = _fp32_side(
-        cfg, prompt, bucket, max_seq, num_tokens, fp32_weights, weights_id, cache_dir
-    )
-    logits = _logits(cfg, vw, prompt, tokens)
+    tokens, fp32_first = _fp32_side(cfg, run, fp32_weights, weights_id, cache_dir)
+    logits = _logits(cfg, vw, run.prompt, tokens)
     first_error = np.linalg.norm(logits[0] - fp32_first) / np.linalg.norm(fp32_first)
     result = Quality(
         fp32_agreement=float(np.mean(logits.argmax(axis=-1) == np.asarray(tokens))),
@@ -85,28 +82,21 @@ def quality(
 
 def _fp32_side(
     cfg: LlamaConfig,
-    prompt: np.ndarray,
-    bucket: int,
-    max_seq: int,
-    num_tokens: int,
+    run: GreedyRun,
     fp32_weights: Callable[[], VariantWeights],
     weights_id: str,
     cache_dir: Path | None,
 ) -> tuple[tuple[int, ...], np.ndarray]:
     """fp32's greedy tokens (its XLA reference, as fp32 points have it) and its logits at
     the first generated position; the fp32 weights are built only when not cached."""
-    from workers.reference import reference_tokens
-
-    key = _key(weights_id, prompt, num_tokens, FP32.fingerprint, "in_major")
+    key = _key(weights_id, run.prompt, run.num_tokens, FP32.fingerprint, Layout.IN_MAJOR)
     folder = cache_dir / "quality" / "fp32" if cache_dir else None
     if folder is not None and (folder / f"{key}.npy").exists():
         tokens = json.loads((folder / f"{key}.json").read_text())["tokens"]
         return tuple(tokens), np.load(folder / f"{key}.npy")
     vw = fp32_weights()
-    tokens = reference_tokens(
-        cfg, vw, prompt, bucket, max_seq, num_tokens, weights_id=weights_id, cache_dir=cache_dir
-    )
-    first = _logits(cfg, vw, prompt, tokens[:1])[0]
+    tokens = reference_tokens(cfg, vw, run, weights_id=weights_id, cache_dir=cache_dir)
+    first = _logits(cfg, vw, run.prompt, tokens[:1])[0]
     del vw
     if folder is not None:
         atomic_write(folder / f"{key}.npy", lambda f: np.save(f, first))

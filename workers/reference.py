@@ -10,6 +10,7 @@ host does not keep a second copy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -23,24 +24,27 @@ from workers.quant import VariantWeights, jax_arrays
 from workers.runtime import DecodeSteps, greedy_decode
 
 
-def reference_key(
-    weights_id: str,
-    vw: VariantWeights,
-    prompt: np.ndarray,
-    bucket: int,
-    max_seq: int,
-    num_tokens: int,
-) -> str:
+@dataclasses.dataclass(frozen=True, eq=False)
+class GreedyRun:
+    """One greedy decode that a reference or a quality check repeats on other weights."""
+
+    prompt: np.ndarray  # [batch, length] or [length] token ids
+    bucket: int  # the prefill graph's prompt bucket
+    max_seq: int  # KV-cache capacity
+    num_tokens: int  # the first from prefill, then decode steps
+
+
+def reference_key(weights_id: str, vw: VariantWeights, run: GreedyRun) -> str:
     import jax
 
     parts = [
         weights_id,
         vw.variant.fingerprint,
         vw.layout,
-        hashlib.sha256(prompt.tobytes()).hexdigest(),
-        str(bucket),
-        str(max_seq),
-        str(num_tokens),
+        hashlib.sha256(run.prompt.tobytes()).hexdigest(),
+        str(run.bucket),
+        str(run.max_seq),
+        str(run.num_tokens),
         jax.__version__,
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -49,33 +53,23 @@ def reference_key(
 def reference_tokens(
     cfg: LlamaConfig,
     vw: VariantWeights,
-    prompt: np.ndarray,
-    bucket: int,
-    max_seq: int,
-    num_tokens: int,
+    run: GreedyRun,
     *,
     weights_id: str,
     cache_dir: Path | None = None,
 ) -> tuple[int, ...]:
     """Greedy tokens (the first from prefill, then decode steps), from the disk cache if present."""
-    key = reference_key(weights_id, vw, prompt, bucket, max_seq, num_tokens)
+    key = reference_key(weights_id, vw, run)
     path = cache_dir / "reference" / f"{key}.json" if cache_dir else None
     if path is not None and path.exists():
         return tuple(json.loads(path.read_text())["tokens"])
-    tokens = _run_xla(cfg, vw, prompt, bucket, max_seq, num_tokens)
+    tokens = _run_xla(cfg, vw, run)
     if path is not None:
         atomic_write(path, json.dumps({"tokens": list(tokens)}).encode())
     return tokens
 
 
-def _run_xla(
-    cfg: LlamaConfig,
-    vw: VariantWeights,
-    prompt: np.ndarray,
-    bucket: int,
-    max_seq: int,
-    num_tokens: int,
-) -> tuple[int, ...]:
+def _run_xla(cfg: LlamaConfig, vw: VariantWeights, run: GreedyRun) -> tuple[int, ...]:
     import jax
 
     from workers.xla_runtime import XlaSession
@@ -83,11 +77,11 @@ def _run_xla(
     cpu = jax.devices("cpu")[0]
     # may_alias: aligned host arrays (the resident CPU weights) are used in place.
     weights = tuple(jax.device_put(a, cpu, may_alias=True) for a in jax_arrays(vw))
-    prefill = GraphSpec(cfg, vw.variant, max_seq, "prefill", bucket, vw.layout)
-    decode = GraphSpec(cfg, vw.variant, max_seq, "decode", 0, vw.layout)
+    prefill = GraphSpec(cfg, vw.variant, run.max_seq, "prefill", run.bucket, vw.layout)
+    decode = GraphSpec(cfg, vw.variant, run.max_seq, "decode", 0, vw.layout)
     session = XlaSession(cpu, weights, prefill, decode)
-    steps = DecodeSteps(warmup_steps=0, decode_steps=num_tokens - 1, prefill_runs=1)
-    return greedy_decode(session, prompt, bucket, steps).tokens
+    steps = DecodeSteps(warmup_steps=0, decode_steps=run.num_tokens - 1, prefill_runs=1)
+    return greedy_decode(session, run.prompt, run.bucket, steps).tokens
 
 
 def num_matching(tokens: tuple[int, ...], reference: tuple[int, ...]) -> int:
