@@ -442,10 +442,12 @@ class RunnerOurs(Ours):
         self.where = {"pid": os.getpid(), "device_name": device_name(device)}
 
     def run(self, task: Any, graphs: Graphs) -> OursRun:
+        from workers.point import weights_key
         from workers.runtime import greedy_decode, prompt_ids
 
-        key = f"{task.weights_id}/{task.variant.fingerprint}"
-        upload_s = self.runner.ensure_weights(key, lambda: self.source.variant(task.variant))
+        key = weights_key(task.weights_id, task.variant, task.layout)
+        make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
+        upload_s = self.runner.ensure_weights(key, make)
         run = greedy_decode(
             self.runner.session(graphs.prefill, graphs.decode),
             prompt_ids(self.source.config().vocab_size, task.prompt_length),

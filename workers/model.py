@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.kinds import Dequant
+from workers.kinds import Dequant, Layout
 from workers.llama_config import LlamaConfig
 from workers.quant import (
     dequant_jnp,
@@ -35,7 +35,7 @@ from workers.quant import (
     unpack_lanes_jnp,
     unpack_uint4_jnp,
 )
-from workers.variant import EMBEDDING, LM_HEAD, Variant
+from workers.variant import EMBEDDING, LM_HEAD, Variant, contraction_axis
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
 
@@ -291,10 +291,10 @@ class LlamaGraphs:
                 w[f"{key}.scale"],
                 w[f"{key}.minimum"],
                 self.variant.offset_of(key),
-                out_major=self.layout == "out_major",
+                out_major=self.layout == Layout.OUT_MAJOR,
             ).astype(x.dtype)
         weight = self._matrix(w, key).astype(x.dtype)
-        if self.layout == "in_major":
+        if self.layout == Layout.IN_MAJOR:
             return _dot(x, weight, 1, 0)
         return _dot(weight, x, 1, 1).T
 
@@ -302,7 +302,7 @@ class LlamaGraphs:
         """A weight matrix in its stored orientation, dequantized if the variant quantizes it."""
         if not self.variant.quantizes(key):
             return w[key]
-        axis = 1 if key in (EMBEDDING, LM_HEAD) or self.layout == "out_major" else 0
+        axis = contraction_axis(key, self.layout)
         return dequant_jnp(
             w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.variant, axis
         )
@@ -313,7 +313,7 @@ class LlamaGraphs:
 
         if not self.variant.quantizes(EMBEDDING):
             table = w[EMBEDDING]
-            if self.layout == "in_major":  # [hidden, vocab]: gather columns
+            if self.layout == Layout.IN_MAJOR:  # [hidden, vocab]: gather columns
                 return jnp.take(table, tokens, axis=1).T.astype(self.dtype)
             return jnp.take(table, tokens, axis=0).astype(self.dtype)  # [vocab, hidden]
         # Quantized: [vocab, hidden], one scale per row; gather the rows, then dequantize.
@@ -335,7 +335,7 @@ class LlamaGraphs:
         w = dict(zip(self.names, weights, strict=True))
         key = EMBEDDING if self.cfg.tie_word_embeddings else LM_HEAD
         head = self._matrix(w, key).astype(h.dtype)
-        stored_in_major = self.layout == "in_major" and not self.variant.quantizes(key)
+        stored_in_major = self.layout == Layout.IN_MAJOR and not self.variant.quantizes(key)
         if stored_in_major:  # [hidden, vocab]
             return _dot(h, head, h.ndim - 1, 0).astype("float32")
         logits = _dot(head, h, 1, h.ndim - 1)  # [vocab, ..]: the table on the left

@@ -114,6 +114,12 @@ class ModelSource:
         return prepare_variant(source, cfg, variant, layout, consume=True)
 
 
+def weights_key(weights_id: str, variant: Variant, layout: str) -> str:
+    """What a benchmark actor holds resident: these weights, in this variant and layout.
+    The worker, its profiles and the scheduler's weight affinity all name them by it."""
+    return f"{weights_id}/{variant.fingerprint}/{layout}"
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchTask:
     """What a worker needs to measure one point, besides the two vmfbs (IREE only)."""
@@ -327,7 +333,7 @@ class PointWorker:
             graph,
             vw,
             self.device.driver,
-            weights_key=f"{task.weights_id}/{task.variant.fingerprint}/{task.layout}",
+            weights_key=weights_key(task.weights_id, task.variant, task.layout),
             token=token,
             pos=task.prompt_length,
             num_calls=task.profile_calls,
@@ -336,7 +342,7 @@ class PointWorker:
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:
         """Makes the task's variant resident in its runtime, freeing the other runtime's."""
-        key = f"{task.weights_id}/{task.variant.fingerprint}/{task.layout}"
+        key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
         if task.runtime == "xla":
             from workers.xla_runtime import XlaRunner

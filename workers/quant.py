@@ -25,8 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from workers.kinds import Layout
 from workers.llama_config import LlamaConfig, expected_shapes, is_linear
-from workers.variant import EMBEDDING, ArgSpec, Variant, check_layout, numpy_dtype
+from workers.variant import (
+    EMBEDDING,
+    ArgSpec,
+    Variant,
+    check_layout,
+    contraction_axis,
+    numpy_dtype,
+)
 
 ALIGNMENT = 64  # IREE's CPU buffers must start on a 64-byte boundary to be used in place
 
@@ -317,7 +325,7 @@ def prepare_variant(
                 diff = cast.astype(np.float32) - w
                 err_sq += float(np.vdot(diff, diff))
                 ref_sq += float(np.vdot(w, w))
-            arrays.append(aligned(cast, transpose=w.ndim == 2 and layout == "in_major"))
+            arrays.append(aligned(cast, transpose=w.ndim == 2 and layout == Layout.IN_MAJOR))
         del w
     quant_error = float(np.sqrt(err_sq / ref_sq)) if ref_sq else 0.0
     return VariantWeights(variant, layout, specs, tuple(arrays), quant_error)
@@ -334,12 +342,9 @@ def _quantized(
     q, scale, minimum = quantize(w, variant.bits, group, variant.scale_dtype, offset)
     diff = dequantize(q, scale, minimum, offset) - w
     error = float(np.vdot(diff, diff))
-    table = name in (EMBEDDING, "lm_head.weight")
-    if layout == "in_major" and not table:  # [out, in] -> [in, out]; scales follow (per-row: 1-D)
+    axis = contraction_axis(name, layout)
+    if axis == 0:  # [out, in] -> [in, out]; the scales follow (per row: 1-D)
         q, scale, minimum = q.T, scale.T, minimum.T
-        axis = 0
-    else:
-        axis = 1
     if variant.storage == "uint32":
         stored = [aligned(pack_lanes(q, variant.bits, axis))]
     elif variant.bits == 4:

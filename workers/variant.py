@@ -248,14 +248,13 @@ class Variant:
             elif self.quantizes(name):
                 specs += self._quantized_specs(name, hf_shape, layout)
             else:
-                shape = hf_shape if layout == "out_major" else hf_shape[::-1]
+                shape = hf_shape if layout == Layout.OUT_MAJOR else hf_shape[::-1]
                 specs.append(ArgSpec(name, shape, "float32" if self.quantized else self.dtype))
         return tuple(specs)
 
     def _quantized_specs(self, name: str, hf_shape: tuple[int, ...], layout: str) -> list[ArgSpec]:
         out_dim, in_dim = hf_shape
-        table = name in (EMBEDDING, LM_HEAD)  # [vocab, hidden] whatever the layout
-        axis = 1 if table or layout == "out_major" else 0  # the contraction axis
+        axis = contraction_axis(name, layout)
         shape = (out_dim, in_dim) if axis == 1 else (in_dim, out_dim)
         group = self.group_of(name)
         if group is None:
@@ -288,4 +287,5 @@ def check_layout(layout: str) -> None:
 
 def contraction_axis(name: str, layout: str) -> int:
     """The axis of a stored matrix that a matmul contracts: 0 for [in, out], 1 for [out, in]."""
-    return 1 if name in (EMBEDDING, LM_HEAD) or layout == "out_major" else 0
+    # the embedding and lm_head tables stay [vocab, hidden] whatever the layout
+    return 1 if name in (EMBEDDING, LM_HEAD) or layout == Layout.OUT_MAJOR else 0

@@ -57,7 +57,7 @@ from workers.export import GraphSpec
 from workers.kinds import GraphKind, Status
 from workers.llama_config import LlamaConfig
 from workers.measurement import Measurement
-from workers.point import BenchTask
+from workers.point import BenchTask, weights_key
 
 # rows; the profiled points' dispatch rows; their raw .ireeprof files by point key
 RowSink = Callable[[list[dict[str, Any]], list[dict[str, Any]], dict[str, bytes]], None]
@@ -842,6 +842,6 @@ def _still_queued(compile_: Compile, order: int) -> bool:
     return compile_.queued and compile_.order == order
 
 
-def _weights_of(point: Point) -> tuple[Any, ...]:
-    """What an actor must hold resident to run `point`."""
-    return (point.variant, point.runtime)
+def _weights_of(point: Point) -> tuple[str, str]:
+    """What an actor must hold resident to run `point` (and in which runtime)."""
+    return weights_key(point.model_id, point.variant, point.layout), point.runtime
