@@ -47,21 +47,23 @@ class GraphSpec:
     def __post_init__(self) -> None:
         if self.kind not in GRAPH_KINDS:
             raise ValueError(f"graph kind {self.kind!r}; allowed: {list(GRAPH_KINDS)}")
-        if self.kind == "prefill" and not 0 < self.bucket <= self.max_seq:
+        if self.kind == GraphKind.PREFILL and not 0 < self.bucket <= self.max_seq:
             raise ValueError(f"prefill bucket {self.bucket} must be in [1, max_seq={self.max_seq}]")
-        if self.kind == "score" and not (4 <= self.bucket == self.max_seq and self.batch == 1):
+        if self.kind == GraphKind.SCORE and not (
+            4 <= self.bucket == self.max_seq and self.batch == 1
+        ):
             raise ValueError(f"score window {self.bucket}: at least 4, max_seq equal, batch 1")
-        if self.steps_per_call < 1 or (self.kind != "decode" and self.steps_per_call != 1):
+        if self.steps_per_call < 1 or (self.kind != GraphKind.DECODE and self.steps_per_call != 1):
             raise ValueError(f"steps_per_call={self.steps_per_call}: 1 or more, and 1 for prefill")
         if self.batch < 1:
             raise ValueError(f"batch={self.batch}: 1 or more")
         span = self.attention_span
-        if span is not None and (self.kind != "decode" or not 0 < span <= self.max_seq):
+        if span is not None and (self.kind != GraphKind.DECODE or not 0 < span <= self.max_seq):
             raise ValueError(f"attention_span={span}: decode only, within max_seq={self.max_seq}")
 
     @property
     def label(self) -> str:
-        suffix = f"_b{self.bucket}" if self.kind != "decode" else f"_k{self.steps_per_call}"
+        suffix = f"_b{self.bucket}" if self.kind != GraphKind.DECODE else f"_k{self.steps_per_call}"
         span = f"_a{self.attention_span}" if self.attention_span else ""
         shape = f"{suffix}{span}_B{self.batch}_s{self.max_seq}"
         return f"{self.variant.name}_{self.layout}_{self.kind}{shape}"
@@ -80,9 +82,9 @@ class GraphSpec:
         """
         weights = self.variant.arg_specs(self.cfg, self.layout)
         lead = (self.batch,) if self.batch > 1 else ()
-        if self.kind == "score":
+        if self.kind == GraphKind.SCORE:
             return (*weights, ArgSpec("tokens", (self.bucket,), "int32"))
-        if self.kind == "prefill":
+        if self.kind == GraphKind.PREFILL:
             return (
                 *weights,
                 ArgSpec("tokens", (*lead, self.bucket), "int32"),
@@ -100,11 +102,11 @@ class GraphSpec:
     def function(self) -> Callable[..., Any]:
         """The JAX function this graph is, taking (weights tuple, dynamic inputs...):
         what export lowers and what the XLA back end compiles."""
-        span = self.attention_span if self.kind == "decode" else None
+        span = self.attention_span if self.kind == GraphKind.DECODE else None
         graphs = LlamaGraphs(self.cfg, self.variant, self.max_seq, self.layout, span)
-        if self.kind == "score":
+        if self.kind == GraphKind.SCORE:
             return graphs.score_logits
-        if self.kind == "prefill":
+        if self.kind == GraphKind.PREFILL:
             return batched(graphs.prefill, self.batch, (False, True, False))
         step = graphs.decode
         if self.steps_per_call > 1:

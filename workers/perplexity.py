@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from workers.files import atomic_write
+from workers.kinds import GraphKind
 from workers.variant import Variant
 
 FP32_VARIANT = Variant("fp32")
@@ -222,4 +223,4 @@ def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
     """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
     from workers.export import GraphSpec
 
-    return GraphSpec(cfg, variant, ctx, "score", ctx, layout)
+    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)

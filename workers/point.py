@@ -24,7 +24,7 @@ import numpy as np
 
 from workers.devices import DeviceSpec
 from workers.export import GraphSpec
-from workers.kinds import Runtime
+from workers.kinds import GraphKind, Runtime
 from workers.llama_config import LlamaConfig, preset
 from workers.measurement import Measurement
 from workers.model import cache_shape
@@ -141,10 +141,10 @@ class BenchTask:
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The prefill, decode or score graph this task runs."""
-        if kind == "score":
+        if kind == GraphKind.SCORE:
             assert self.quality is not None, "a score graph needs the text windows"
             return score_graph(cfg, self.variant, self.layout, self.quality.ctx)
-        if kind == "prefill":
+        if kind == GraphKind.PREFILL:
             return GraphSpec(
                 cfg,
                 self.variant,
@@ -228,7 +228,7 @@ class PointWorker:
         run, xla_compile_s = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
         sequences = [run.tokens[b * num_tokens : (b + 1) * num_tokens] for b in range(task.batch)]
         profile = None
-        if task.profile_calls and task.runtime == "iree":
+        if task.profile_calls and task.runtime == Runtime.IREE:
             assert decode_vmfb is not None
             profile = self._profile(task, vw, decode_vmfb, run.tokens[0])
         # After the timed phase, never inside it: the quality columns (ppl, KLD).
@@ -286,8 +286,11 @@ class PointWorker:
         self, task: BenchTask, prompts: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
     ) -> tuple[DecodeRun, float | None]:
         """The timed loop on the task's runtime; XLA also reports its compile seconds."""
-        if task.runtime == "xla":
-            prefill, decode = task.graph(self.cfg, "prefill"), task.graph(self.cfg, "decode")
+        if task.runtime == Runtime.XLA:
+            prefill, decode = (
+                task.graph(self.cfg, GraphKind.PREFILL),
+                task.graph(self.cfg, GraphKind.DECODE),
+            )
             session = self._xla.session(prefill, decode)
             return greedy_decode(
                 session, prompts, task.prompt_bucket, task.steps
@@ -313,7 +316,7 @@ class PointWorker:
             weights_id=task.weights_id,
             cache_dir=self.cache_dir,
         )
-        if task.runtime == "xla":
+        if task.runtime == Runtime.XLA:
             from workers.perplexity import xla_scorer
 
             return quality_stats(spec, xla_scorer(self.cfg, vw, spec.ctx, self._xla.device), base)
@@ -326,7 +329,7 @@ class PointWorker:
         """IREE's per-dispatch profile of the point's decode graph, after its timed steps."""
         from workers.profile import profile_decode
 
-        graph = task.graph(self.cfg, "decode")
+        graph = task.graph(self.cfg, GraphKind.DECODE)
         inputs_dir = (self.cache_dir or Path(tempfile.gettempdir())) / "profile-inputs"
         return profile_decode(
             decode_vmfb,
@@ -344,7 +347,7 @@ class PointWorker:
         """Makes the task's variant resident in its runtime, freeing the other runtime's."""
         key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
-        if task.runtime == "xla":
+        if task.runtime == Runtime.XLA:
             from workers.xla_runtime import XlaRunner
 
             self.iree.release()

@@ -19,6 +19,7 @@ import numpy as np
 
 from workers.export import GraphSpec
 from workers.files import atomic_write
+from workers.kinds import GraphKind
 from workers.llama_config import LlamaConfig
 from workers.quant import VariantWeights, jax_arrays
 from workers.runtime import DecodeSteps, greedy_decode
@@ -77,8 +78,8 @@ def _run_xla(cfg: LlamaConfig, vw: VariantWeights, run: GreedyRun) -> tuple[int,
     cpu = jax.devices("cpu")[0]
     # may_alias: aligned host arrays (the resident CPU weights) are used in place.
     weights = tuple(jax.device_put(a, cpu, may_alias=True) for a in jax_arrays(vw))
-    prefill = GraphSpec(cfg, vw.variant, run.max_seq, "prefill", run.bucket, vw.layout)
-    decode = GraphSpec(cfg, vw.variant, run.max_seq, "decode", 0, vw.layout)
+    prefill = GraphSpec(cfg, vw.variant, run.max_seq, GraphKind.PREFILL, run.bucket, vw.layout)
+    decode = GraphSpec(cfg, vw.variant, run.max_seq, GraphKind.DECODE, 0, vw.layout)
     session = XlaSession(cpu, weights, prefill, decode)
     steps = DecodeSteps(warmup_steps=0, decode_steps=run.num_tokens - 1, prefill_runs=1)
     return greedy_decode(session, run.prompt, run.bucket, steps).tokens
