@@ -488,7 +488,7 @@ def make_nodes(num_nodes: int, mix: dict[str, float], num_cpu_kinds: int) -> lis
 def lower_bound(points: list[Any], nodes: list[Any], durations: Durations, seed: int) -> dict:
     """What no scheduler can beat: device time over the measurement slots (one per node;
     CUDA work on GPU nodes only), or the longest chain of a compile then a benchmark."""
-    from workers.export import GRAPH_KINDS
+    from workers.export import TIMED_KINDS
 
     total: dict[str, float] = defaultdict(float)
     chain = 0.0
@@ -497,7 +497,7 @@ def lower_bound(points: list[Any], nodes: list[Any], durations: Durations, seed:
         total[p.device.name] += bench
         compile_s = max(
             durations.compile[p.device.name].draw(_unit(seed, "compile", job))
-            for job in _jobs(p, GRAPH_KINDS)
+            for job in _jobs(p, TIMED_KINDS)
         ) if p.compiled_by_iree else 0.0  # fmt: skip
         chain = max(chain, compile_s + bench)
     num_gpu_nodes = sum(1 for n in nodes if n.resources.get("GPU"))

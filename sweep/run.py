@@ -99,12 +99,29 @@ def checked_model(cfg: SweepConfig) -> LlamaConfig:
             model_cfg = check_checkpoint(source.path)
         else:
             model_cfg = source.config()
-        formats = cfg.search.formats.values() if cfg.search is not None else ()
-        for name in {*cfg.grid.variants, *(f for names in formats for f in names)}:
+        for name in cfg.grid.variants:
             cfg.variants[name].check_model(model_cfg)
     except ValueError as e:  # CheckpointError included: it names the file
         raise ConfigError(f"model: {e}") from None
     return model_cfg
+
+
+def fitting_formats(cfg: SweepConfig, model_cfg: LlamaConfig, out: Any) -> SweepConfig:
+    """The config with the search's formats that cannot hold this model left out, said so
+    (groups of 128 on a 64-wide model): a search space offers formats for every model."""
+    if cfg.search is None:
+        return cfg
+    formats: dict[str, tuple[str, ...]] = {}
+    for family, names in cfg.search.formats.items():
+        kept = []
+        for name in names:
+            try:
+                cfg.variants[name].check_model(model_cfg)
+                kept.append(name)
+            except ValueError as e:
+                print(f"search: format {name} left out: {e}", file=out)
+        formats[family] = tuple(kept)
+    return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, formats=formats))
 
 
 def named_model(cfg: SweepConfig) -> SweepConfig:
@@ -138,7 +155,7 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     start = time.monotonic()
     cfg = resolve_inputs(cfg, out)
     model_cfg = checked_model(cfg)
-    cfg = named_model(cfg)
+    cfg = fitting_formats(named_model(cfg), model_cfg, out)
     print(f"model: {cfg.model.name}", file=out)
     quality = eval_spec(cfg, out)
     check_quality_bound(cfg, quality)

@@ -239,3 +239,19 @@ def test_the_ablation_measures_the_winner_again(tmp_path: Path):
     assert "fuse_multi_use" in minimal["dropped"]
     assert minimal["params"]["fuse_multi_use"] == "off"
     assert len(again) == 1, "one more measurement of the winner"
+
+
+def test_formats_that_cannot_hold_the_model_are_left_out_and_said(tmp_path: Path):
+    """The space offers groups of 128; the tiny model's linears are 64 wide."""
+    import io
+
+    from sweep.run import fitting_formats
+    from workers.llama_config import preset
+
+    cfg = config(tmp_path)
+    assert "int4-fac-g128" in cfg.search.formats["int4"]
+    out = io.StringIO()
+    fitted = fitting_formats(cfg, preset("tiny"), out)
+    assert "int4-fac-g128" not in fitted.search.formats["int4"]
+    assert "int4-fac-g64" in fitted.search.formats["int4"], "what fits stays"
+    assert "search: format int4-fac-g128 left out" in out.getvalue()
