@@ -20,8 +20,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from tests.helpers import tiny_llama
 from workers.checkpoint import (
@@ -33,12 +36,7 @@ from workers.checkpoint import (
 )
 from workers.llama_config import LlamaConfig, expected_shapes
 
-gguf = pytest.importorskip("gguf")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 T = gguf.GGMLQuantizationType
-REAL_MODEL = Path("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 # Every type the tests write, on the tensors llama.cpp would put them on (norms stay F32).
 MIXED = {
@@ -274,17 +272,6 @@ def test_tokenizer_from_metadata(tmp_path: Path):
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path / "gpt2", gguf_file="t.gguf")
     text = "the cat sat on éé the mat"
     assert gpt2.encode(text).ids == reference(text).input_ids
-
-
-@pytest.mark.slow  # parsing a 49152-token vocabulary twice: a minute here
-@pytest.mark.skipif(not REAL_MODEL.is_file(), reason=f"{REAL_MODEL} not downloaded")
-def test_real_model_tokenizer_matches_transformers():
-    reference = transformers.AutoTokenizer.from_pretrained(
-        REAL_MODEL.parent, gguf_file=REAL_MODEL.name
-    )
-    ours = load_tokenizer(REAL_MODEL)
-    for text in ["The capital of France is", "In 1984, 12345 people<|im_end|> ran  far!\n"]:
-        assert ours.encode(text).ids == reference(text).input_ids, text
 
 
 def _patch_tensor_type(path: Path, name: str, value: int) -> None:
