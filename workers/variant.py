@@ -54,6 +54,7 @@ without a transpose. The quantized embedding table is [vocab, hidden] in either.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -169,11 +170,7 @@ class Variant:
     def fingerprint(self) -> str:
         """A short hash of the whole definition: two variants that hold different numbers
         differ here, whatever their names."""
-        fields = dataclasses.asdict(self)
-        if self.dequant == Dequant.DIRECT:  # the default: fingerprints from before the field stay
-            del fields["dequant"]
-        blob = json.dumps(fields, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _fingerprint(self)
 
     @property
     def quantized(self) -> bool:
@@ -278,6 +275,15 @@ class Variant:
             ArgSpec(f"{name}.minimum", scale_shape, self.scale_dtype),
         ]
         return specs
+
+
+@functools.cache  # hashed once per variant: the scheduler asks on every queue push
+def _fingerprint(variant: Variant) -> str:
+    fields = dataclasses.asdict(variant)
+    if variant.dequant == Dequant.DIRECT:  # the default: fingerprints from before the field stay
+        del fields["dequant"]
+    blob = json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def check_layout(layout: str) -> None:

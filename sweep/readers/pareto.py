@@ -69,7 +69,7 @@ def by_model(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def pareto_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> Table:
-    from sweep.readers.tables import Column, Table, fmt_num, metric
+    from sweep.readers.tables import Column, Table, fmt_kld, fmt_num, metric
 
     records = []
     for model, members in by_model(rows).items():
@@ -77,16 +77,13 @@ def pareto_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> Tabl
             records.append({**r, Col.MODEL: model, "label": label(r), "front": front})
     records.sort(key=lambda r: (r[Col.MODEL], -r[Col.TOK_S]))
 
-    def fmt_small(value: float | None) -> str:
-        return "" if value is None else f"{value:.4g}"
-
     columns = [
         Column(Col.MODEL, lambda r: r[Col.MODEL], fold=Col.MODEL),
         Column("format/layout/flags", lambda r: r["label"]),
         metric("tok/s", Col.TOK_S),
         metric("ms/tok p50", Col.DECODE_MS_P50),
-        metric("KLD mean", Col.KLD_MEAN, fmt_small),
-        metric("KLD p99", Col.KLD_P99, fmt_small),
+        metric("KLD mean", Col.KLD_MEAN, fmt_kld),
+        metric("KLD p99", Col.KLD_P99, fmt_kld),
         metric("top-1", Col.TOP1_AGREE, lambda v: "" if v is None else f"{100 * v:.1f}%"),
         metric(Col.PPL, Col.PPL, fmt_num),
         Column("Pareto", lambda r: "*" if r["front"] else ""),

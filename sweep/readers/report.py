@@ -37,6 +37,7 @@ from sweep.readers.tables import (
     Table,
     emit,
     fmt_bytes,
+    fmt_kld,
     fmt_matched,
     fmt_percent,
     fmt_ratio,
@@ -65,7 +66,7 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
     if any(r.get(Col.KLD_MEAN) is not None for r in records):
         columns += [
             metric(Col.PPL, Col.PPL),
-            metric("KLD", Col.KLD_MEAN, lambda v: "" if v is None else f"{v:.4g}"),
+            metric("KLD", Col.KLD_MEAN, fmt_kld),
             metric("top-1", Col.TOP1_AGREE, fmt_percent),
         ]
     elif any(r.get(Col.FP32_AGREEMENT) is not None for r in records):

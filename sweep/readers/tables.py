@@ -38,6 +38,11 @@ def fmt_short(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def fmt_kld(value: float | None) -> str:
+    """A KL divergence: four significant digits (0.00073, 0.245)."""
+    return "" if value is None else f"{value:.4g}"
+
+
 def fmt_ratio(value: float | None) -> str:
     """A speedup or ratio: 1.07x."""
     return "" if value is None else f"{value:.2f}x"
