@@ -28,7 +28,7 @@ from sweep.plan.config import ConfigError, SweepConfig, check
 from sweep.plan.eval_text import check_quality_bound, eval_spec
 from sweep.plan.grid import Point, expand, point_label
 from sweep.readers import analysis
-from sweep.readers.report import text_notes
+from sweep.readers.report import host_notes, text_notes
 from sweep.readers.tables import Column, Table, fmt_spread, fmt_statuses, metric, render_md
 from sweep.search.study import Search, print_search_plan
 from sweep.search.study import baselines as search_baselines
@@ -197,7 +197,7 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
             disconnect()
     if rows:
         compact(results_dir, run_id)
-    print_summary(rows, out)
+    print_summary(rows, out, cfg.bench.priority)
     # a search's trials may fail (that is what it learns from); its baselines may not,
     # and a study must find at least one correct configuration
     failed = [
@@ -270,7 +270,13 @@ def _run_on_ray(
 
     progress = ProgressDisplay(out)
     scheduler = Scheduler(
-        RayBackend(cfg.model, cfg.cache_dir, cfg.bench.compile_timeout_s, cfg.compile),
+        RayBackend(
+            cfg.model,
+            cfg.cache_dir,
+            cfg.bench.compile_timeout_s,
+            cfg.compile,
+            cfg.bench.priority,
+        ),
         alive_nodes(),
         model_cfg,
         RunContext(run_id, cfg.grid.name, versions()),
@@ -363,7 +369,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
+def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = None) -> None:
     """The seed's table (per variant, device, flag set and prompt), then every failure."""
     ok = sorted(
         (r for r in rows if r.get(Col.DECODE_MS_P50) is not None),
@@ -382,7 +388,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any) -> None:
     if ok:
         header = analysis.constant_columns(ok, (Col.MODEL,))  # which weights: the header line
         print(render_md(Table(ok, SUMMARY_COLUMNS, header=header)), file=out)
-    for note in text_notes(rows):
+    for note in text_notes(rows) + host_notes(rows, priority):
         print(note, file=out)
     counts = analysis.status_counts(rows)
     print("status: " + (fmt_statuses(counts) or "nothing run"), file=out)

@@ -112,6 +112,10 @@ class CompileResult:
     # Every quantized linear's dequant inside a contraction dispatch (compile_graph
     # derives it from dispatch_names); None: unquantized, or names unknown.
     dequant_fused: bool | None = None
+    # Wall clock (epoch seconds) while the compile task held the host's compile lock
+    # (sweep.execute.cluster; a cache hit: its lookup); None where no task ran it.
+    started_at: float | None = None
+    finished_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.vmfb is not None and self.vmfb_bytes is None:

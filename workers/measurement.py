@@ -76,6 +76,13 @@ class Measurement:
     device_name: str
     started_at: float = 0.0  # wall clock (epoch seconds) when the worker began the point
     finished_at: float = 0.0  # ... and when it was done with it
+    # The timed phase (prefill runs, warmup and timed decode steps): its wall-clock span,
+    # the share of host CPU time other processes took meanwhile (workers.host), and the
+    # niceness the worker ran at.
+    timed_started_at: float = 0.0
+    timed_finished_at: float = 0.0
+    host_busy_frac: float | None = None
+    niceness: int | None = None
     xla_compile_s: float | None = None  # the XLA baseline compiles in the worker
     node_id: str | None = None  # the cluster node (filled in by the actor)
     num_uploads: int = 0  # uploads the worker made so far, all points together

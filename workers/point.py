@@ -24,6 +24,7 @@ import numpy as np
 
 from workers.devices import DeviceSpec
 from workers.export import GraphSpec
+from workers.host import HostSampler, HostWindow, niceness, set_niceness
 from workers.kinds import GraphKind, Runtime
 from workers.llama_config import LlamaConfig, preset
 from workers.measurement import Measurement
@@ -175,9 +176,19 @@ class BenchTask:
 class PointWorker:
     """One device, two runtimes (IREE, and XLA as the baseline), one resident weight set."""
 
-    def __init__(self, device: DeviceSpec, source: ModelSource, cache_dir: str | None) -> None:
+    def __init__(
+        self,
+        device: DeviceSpec,
+        source: ModelSource,
+        cache_dir: str | None,
+        priority: int | None = None,
+    ) -> None:
+        """`priority`: the niceness to measure at (`bench.priority`, see `workers.host`), set
+        before IREE makes its threads so they inherit it; None leaves the process as it is."""
         from workers.iree_runtime import IreeRunner
 
+        self.priority = priority
+        self.priority_note = self._prioritize()
         if device.needs_gpu:
             # JAX (the reference, the XLA baseline) shares this process and the GPU with
             # IREE: without this it would reserve 75% of the GPU's memory at its first use.
@@ -207,6 +218,7 @@ class PointWorker:
         from workers.reference import GreedyRun, num_matching, reference_tokens
 
         started_at = time.time()
+        self._prioritize()  # again: a thread made since then by one not yet set
         upload_s, vw = self._ensure_weights(task)
         prompts = self._prompts(task)  # [batch, prompt + depth]
         num_tokens = task.steps.num_tokens
@@ -225,7 +237,7 @@ class PointWorker:
             weights_id=task.weights_id,
             cache_dir=self.cache_dir,
         )
-        run, xla_compile_s = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
+        run, xla_compile_s, window = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
         sequences = [run.tokens[b * num_tokens : (b + 1) * num_tokens] for b in range(task.batch)]
         profile = None
         if task.profile_calls and task.runtime == Runtime.IREE:
@@ -255,6 +267,10 @@ class PointWorker:
             num_uploads=self.num_uploads,
             started_at=started_at,
             finished_at=time.time(),
+            timed_started_at=window.started_at,
+            timed_finished_at=window.finished_at,
+            host_busy_frac=window.busy_frac,
+            niceness=niceness(),
             profile=profile,
             batch=task.batch,
             output_text=self._detokenize(sequences[0]) if task.prompt_text else None,
@@ -284,20 +300,28 @@ class PointWorker:
 
     def _decode(
         self, task: BenchTask, prompts: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
-    ) -> tuple[DecodeRun, float | None]:
-        """The timed loop on the task's runtime; XLA also reports its compile seconds."""
+    ) -> tuple[DecodeRun, float | None, HostWindow]:
+        """The timed loop on the task's runtime, with how busy the rest of the host was
+        meanwhile (`workers.host`); XLA also reports its compile seconds."""
+        compile_s = None
         if task.runtime == Runtime.XLA:
             prefill, decode = (
                 task.graph(self.cfg, GraphKind.PREFILL),
                 task.graph(self.cfg, GraphKind.DECODE),
             )
             session = self._xla.session(prefill, decode)
-            return greedy_decode(
-                session, prompts, task.prompt_bucket, task.steps
-            ), session.compile_s
-        assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
-        session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
-        return greedy_decode(session, prompts, task.prompt_bucket, task.steps), None
+            compile_s = session.compile_s
+        else:
+            assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
+            session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
+        with HostSampler() as host:
+            run = greedy_decode(session, prompts, task.prompt_bucket, task.steps)
+        return run, compile_s, host.window
+
+    def _prioritize(self) -> str | None:
+        """Every thread at `self.priority`; why not, where the host refused (the point then
+        runs at the niceness it has, and its row records that)."""
+        return None if self.priority is None else set_niceness(self.priority)[1]
 
     def _quality(
         self, task: BenchTask, vw: VariantWeights, score_vmfb: bytes | None

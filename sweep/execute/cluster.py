@@ -62,6 +62,14 @@ def bench_runtime_env() -> dict[str, Any]:
     return {"env_vars": env}
 
 
+# Ray starts its worker processes at niceness 15 (its `worker_niceness`), so a benchmark
+# actor would yield to nearly anything else on its host, even a build at `nice -n 19`;
+# a niced process may not lower its niceness again without privileges. A local Ray
+# starts its workers at 0; a cluster's `ray start` needs RAY_worker_niceness=0 (README).
+# The actor then asks for bench.priority itself (workers.host.set_niceness).
+WORKER_PRIORITY = {"worker_niceness": 0}
+WORKER_PRIORITY_ENV = "RAY_worker_niceness"  # the same for `ray start` (docs/deploy.md)
+
 AUTH_ENV = "RAY_AUTH_MODE"
 AUTH_HELP = """\
 ray.address={address}: the Ray cluster at {gcs} refused this process's authentication
@@ -163,6 +171,7 @@ def _init(address: str, num_cpus: int | None) -> None:
             runtime_env=env,
             include_dashboard=False,
             log_to_driver=False,
+            _system_config=WORKER_PRIORITY,
         )
 
 
@@ -214,6 +223,7 @@ def compile_graph_fn(
     from workers.compile import compile_graph
 
     with host_lock(exclusive=False):  # never beside a timed point of another sweep
+        started_at = time.time()
         result = compile_graph(
             job.graph,
             job.device,
@@ -222,18 +232,19 @@ def compile_graph_fn(
             timeout_s=timeout_s,
             mode=mode,
         )
+        result = dataclasses.replace(result, started_at=started_at, finished_at=time.time())
     return result.without_vmfb(), result.vmfb
 
 
 class BenchActorImpl:
     """The Ray actor around `PointWorker`: adds where it runs, keeps the rest plain."""
 
-    def __init__(self, device: DeviceSpec, source: Any, cache_dir: str) -> None:
+    def __init__(self, device: DeviceSpec, source: Any, cache_dir: str, priority: int = 0) -> None:
         import ray
 
         from workers.point import PointWorker
 
-        self.worker = PointWorker(device, source, cache_dir)
+        self.worker = PointWorker(device, source, cache_dir, priority)
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def where(self) -> dict[str, Any]:
@@ -279,10 +290,15 @@ class RayBackend:
     """The scheduler's `Backend` on a Ray cluster (see `sweep.execute.scheduler.Backend`)."""
 
     def __init__(
-        self, source: Any, cache_dir: str, compile_timeout_s: float, compile_mode: str = "auto"
+        self,
+        source: Any,
+        cache_dir: str,
+        compile_timeout_s: float,
+        compile_mode: str = "auto",
+        priority: int = 0,
     ) -> None:
         self.source, self.cache_dir, self.compile_timeout_s = source, cache_dir, compile_timeout_s
-        self.compile_mode = compile_mode
+        self.compile_mode, self.priority = compile_mode, priority
         self.compile_task, self.actor_class = remote_functions()
         self._vmfbs: dict[Any, Any] = {}  # a compile's metadata ref -> its vmfb ref
 
@@ -301,7 +317,9 @@ class RayBackend:
 
     def start_actor(self, device: DeviceSpec, node: NodeInfo) -> Any:
         options = actor_options(device, node)
-        return self.actor_class.options(**options).remote(device, self.source, self.cache_dir)
+        return self.actor_class.options(**options).remote(
+            device, self.source, self.cache_dir, self.priority
+        )
 
     def ping(self, actor: Any) -> Any:
         return actor.where.remote()

@@ -88,6 +88,10 @@ class BenchConfig:
     eval_text: str | None = None
     eval_ctx: int = 512
     eval_chunks: int = 3  # 0: no quality columns
+    # The niceness benchmark workers measure at (llama-bench's --prio): 0 is normal; below
+    # 0 is higher and needs CAP_SYS_NICE or `ulimit -e` on the host, else the point runs
+    # at the niceness it has and its row says which (workers.host).
+    priority: int = 0
 
     @property
     def steps(self) -> DecodeSteps:
@@ -243,6 +247,11 @@ def check(cfg: SweepConfig) -> None:
         raise ConfigError(
             f"bench.steps_per_call={b.steps_per_call} must divide bench.decode_steps="
             f"{b.decode_steps}: timed steps are whole calls"
+        )
+    if not -20 <= b.priority <= 0:
+        raise ConfigError(
+            f"bench.priority={b.priority}: a niceness from -20 (highest) to 0 (normal); "
+            "a benchmark never measures below normal priority"
         )
     for key, values, low in (("grid.batch_sizes", g.batch_sizes, 1), ("grid.depths", g.depths, 0)):
         if min(values) < low:

@@ -72,6 +72,10 @@ FLAG_CONTEXT: tuple[str, ...] = (Col.VARIANT, Col.DEVICE, Col.RUNTIME, Col.PROMP
 # The verdict rule (see `verdict`).
 ALPHA = 0.01  # two-sided Mann-Whitney p-value below which a difference is real
 MIN_EFFECT = 0.02  # and the medians must differ by at least 2 %
+# What stands in a verdict's place when a side holds a row measured while other processes
+# took more than workers.host.DISTURBED_FRAC of the host's CPU: its numbers say as much
+# about the host as about the point, so no faster / slower / same is given.
+DISTURBED = "disturbed"
 
 
 def mann_whitney_p(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
@@ -193,6 +197,11 @@ def _num_tokens(row: dict[str, Any]) -> int:
     return len(row.get(Col.REFERENCE_TOKENS) or row.get(Col.TOKENS) or [])
 
 
+def num_disturbed(rows: Sequence[dict[str, Any]]) -> int:
+    """The ok rows measured on a disturbed host (`disturbed`, workers.host)."""
+    return sum(1 for r in rows if r[Col.STATUS] == Status.OK and r.get(Col.DISTURBED))
+
+
 def pooled_samples(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """The decode samples (ms) of all ok rows, for a verdict on a group."""
     parts = [_samples(r) for r in rows if r[Col.STATUS] == Status.OK]
@@ -233,6 +242,7 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         Col.TOP1_AGREE: median(r.get(Col.TOP1_AGREE) for r in ok),
         Col.DEVICE_MS: median(r.get(Col.DEVICE_MS) for r in ok),
         Col.HOST_MS: median(r.get(Col.HOST_MS) for r in ok),
+        "num_disturbed": num_disturbed(rows),
     }
     return summary
 
@@ -290,7 +300,9 @@ def _against_baseline(
         out["verdict"] = "baseline"
     if base[Col.DECODE_MS_P50] and record[Col.DECODE_MS_P50]:
         out["speedup"] = base[Col.DECODE_MS_P50] / record[Col.DECODE_MS_P50]
-        if not is_baseline:
+        if not is_baseline and (num_disturbed(base_rows) or num_disturbed(rows)):
+            out["verdict"] = DISTURBED
+        elif not is_baseline:
             out["verdict"] = verdict(pooled_samples(base_rows), pooled_samples(rows))
     if base[Col.NUM_DISPATCHES] is not None and record[Col.NUM_DISPATCHES] is not None:
         out["dispatch_change"] = record[Col.NUM_DISPATCHES] - base[Col.NUM_DISPATCHES]
@@ -303,7 +315,8 @@ def compare_runs(
     """Two runs matched by point_key (each run's newest row per point).
 
     "points": the points ok in both, with B/A ratio of decode_ms_p50 and
-    `verdict(A samples, B samples)`; "only_in_a", "only_in_b": points one run lacks;
+    `verdict(A samples, B samples)`, or DISTURBED where either row is `disturbed`;
+    "only_in_a", "only_in_b": points one run lacks;
     "not_ok": points in both that are not ok in one of them (with both statuses).
     """
     a = {r[Col.POINT_KEY]: r for r in newest_per_point(rows_a)}
@@ -340,11 +353,15 @@ def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one point in both runs."""
     ms_a, ms_b = ra.get(Col.DECODE_MS_P50), rb.get(Col.DECODE_MS_P50)
     samples_a, samples_b = _samples(ra), _samples(rb)
+    disturbed = "".join(side for side, r in (("A", ra), ("B", rb)) if r.get(Col.DISTURBED))
     return {
         "decode_ms_p50_a": ms_a,
         "decode_ms_p50_b": ms_b,
         "ratio": ms_b / ms_a if ms_a and ms_b is not None else None,
-        "verdict": verdict(samples_a, samples_b),
+        "verdict": DISTURBED if disturbed else verdict(samples_a, samples_b),
+        "disturbed": disturbed or None,  # which side: "A", "B" or "AB"
+        "host_busy_frac_a": ra.get(Col.HOST_BUSY_FRAC),
+        "host_busy_frac_b": rb.get(Col.HOST_BUSY_FRAC),
         "p_value": mann_whitney_p(samples_a, samples_b),
         "num_dispatches_a": ra.get(Col.NUM_DISPATCHES),
         "num_dispatches_b": rb.get(Col.NUM_DISPATCHES),

@@ -7,7 +7,9 @@ row of a point; only points ok in both are compared. Per point: ms/token (decode
 p50) in A and in B, the ratio B/A (below 1: B is faster) and a verdict, "faster",
 "slower" or "same" for B against A, from a Mann-Whitney test on the two rows' decode
 samples plus a 2 % minimum effect (`sweep.readers.analysis.verdict` documents the rule), so
-a CPU's noise does not read as a regression. Points in only one run, and points
+a CPU's noise does not read as a regression. A point whose row in either run is
+`disturbed` (other processes busy on its host while it was timed, `workers.host`) gets
+"disturbed (A|B)" instead of a verdict. Points in only one run, and points
 that failed in one of them, are listed below the table (in json: their own lists;
 with csv: on stderr).
 
@@ -26,6 +28,7 @@ from sweep.readers.cli import add_output_args, run_cli
 from sweep.readers.load import load_table, rows_of_runs
 from sweep.readers.tables import Column, Table, emit, fmt_num, key_column, metric, render
 from sweep.store.results import Col
+from workers.host import DISTURBED_FRAC
 
 
 def describe(point: dict[str, Any]) -> str:
@@ -61,7 +64,7 @@ def compare_table(
         metric("A ms/tok", "decode_ms_p50_a"),
         metric("B ms/tok", "decode_ms_p50_b"),
         metric("B/A", "ratio", lambda v: "" if v is None else f"{v:.2f}"),
-        Column("verdict", lambda r: r["verdict"]),
+        Column("verdict", _verdict_cell),
     ]
     if any(r.get("kind_change") for r in result["points"]):
         columns.append(Column("B-A by kind, ms/tok", lambda r: r.get("kind_change") or ""))
@@ -74,6 +77,14 @@ def compare_table(
     )
 
 
+def _verdict_cell(point: dict[str, Any]) -> str:
+    """The verdict, or which run's row was measured on a disturbed host instead."""
+    if point["verdict"] != analysis.DISTURBED:
+        return point["verdict"]
+    sides = " and ".join(point.get("disturbed") or "")
+    return f"{analysis.DISTURBED} ({sides})"
+
+
 def _notes(result: dict[str, list[dict[str, Any]]]) -> list[str]:
     notes = []
     for side, label in (("only_in_a", "only in A"), ("only_in_b", "only in B")):
@@ -82,13 +93,23 @@ def _notes(result: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"not ok: {describe(p)} [A {p['status_a']}, B {p['status_b']}]" for p in result["not_ok"]
     ]
     verdicts = [p["verdict"] for p in result["points"]]
-    counts = {v: verdicts.count(v) for v in ("faster", "slower", "same", "n/a") if v in verdicts}
+    kinds = ("faster", "slower", "same", "n/a", analysis.DISTURBED)
+    counts = {v: verdicts.count(v) for v in kinds if v in verdicts}
     if counts:
         ratios = [p["ratio"] for p in result["points"] if p["ratio"] is not None]
         summary = ", ".join(f"{n} {v}" for v, n in counts.items())
         mid = analysis.median(ratios)
         notes.insert(0, f"{len(verdicts)} points in both: {summary}; median B/A {fmt_num(mid)}")
+    if analysis.DISTURBED in counts:
+        notes.append(DISTURBED_NOTE)
     return notes
+
+
+DISTURBED_NOTE = (
+    f"{analysis.DISTURBED}: other processes took more than {DISTURBED_FRAC:.0%} of the host's "
+    "CPU while that row was timed (column host_busy_frac), so no verdict; measure it again "
+    "on a quiet host (rerun=true)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

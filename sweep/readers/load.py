@@ -44,6 +44,9 @@ _WANTED = (
     Col.TOP1_AGREE,
     Col.DEVICE_MS,
     Col.HOST_MS,
+    Col.NICENESS,  # the host during the timed phase (workers.host)
+    Col.HOST_BUSY_FRAC,
+    Col.DISTURBED,
     Col.PROMPT_TEXT,  # a text prompt and what it gave, shown below the summary
     Col.OUTPUT_TEXT,
 )

@@ -12,6 +12,10 @@ Like llama-bench's compare script, the markdown table shows only the columns tha
 vary: the others are folded into a header line above it. csv and json keep every
 column and the raw numbers, for scripts.
 
+A group with rows timed on a disturbed host (other processes took more than
+`workers.host.DISTURBED_FRAC` of its CPU meanwhile, column `disturbed`) shows how many in
+a `disturbed` column, a note says so, and the flag study gives it no verdict.
+
 `--by flag_set` is the flag study: per variant, device, runtime and prompt length,
 each flag set's ms/token, its speedup over the `default` flag set with a verdict
 that accounts for the sample spread (`sweep.readers.analysis.verdict`), its dispatch count
@@ -50,6 +54,7 @@ from sweep.readers.tables import (
     render,
 )
 from sweep.store.results import Col
+from workers.host import DISTURBED_FRAC
 from workers.kinds import Status
 
 
@@ -79,7 +84,20 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
         Column("matched", fmt_matched, right=True),
         Column(Col.STATUS, lambda r: fmt_statuses(r["status_counts"])),
     ]
+    columns += _disturbed_column(records)
     return Table(records, columns, header)
+
+
+def _disturbed_column(records: list[dict[str, Any]]) -> list[Column]:
+    """How many of a group's ok rows were timed on a disturbed host, where any were."""
+    if not any(r.get("num_disturbed") for r in records):
+        return []
+    return [Column(analysis.DISTURBED, _fmt_disturbed, right=True)]
+
+
+def _fmt_disturbed(record: dict[str, Any]) -> str:
+    n = record.get("num_disturbed") or 0
+    return f"{n}/{record['num_ok']}" if n else ""
 
 
 def flag_study_table(
@@ -94,6 +112,7 @@ def flag_study_table(
         metric("speedup", "speedup", fmt_ratio),
         Column("verdict", lambda r: r.get("verdict") or ""),
     ]
+    columns += _disturbed_column(records)
     columns += _roofline_column(records)
     columns += [
         metric("dispatches", Col.NUM_DISPATCHES, fmt_value),
@@ -230,9 +249,10 @@ def report(args: argparse.Namespace) -> None:
     elif by == [Col.FLAG_SET]:
         shown = (*analysis.FLAG_CONTEXT, Col.LAYOUT)
         table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
+        table.notes += host_notes(rows)
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
-        table.notes += text_notes(rows) + quality_notes(rows)
+        table.notes += text_notes(rows) + quality_notes(rows) + host_notes(rows)
     emit(render(table, args.format), args.out)
     if args.plots:
         from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
@@ -276,6 +296,40 @@ def quality_notes(rows: list[dict[str, Any]]) -> list[str]:
             "weights `vs fp32` (fp32_agreement) is noise: quality needs a trained checkpoint"
         ]
     return []
+
+
+def host_notes(rows: list[dict[str, Any]], priority: int | None = None) -> list[str]:
+    """What the host did to the numbers (workers.host): rows timed while other processes
+    were busy there, and rows measured at a niceness other than asked (`priority`: the
+    sweep's bench.priority; without it, any niceness above 0)."""
+    ok = [r for r in rows if r[Col.STATUS] == Status.OK]
+    notes = []
+    disturbed = [r for r in ok if r.get(Col.DISTURBED)]
+    if disturbed:
+        fracs = [r[Col.HOST_BUSY_FRAC] for r in disturbed]
+        notes.append(
+            f"{analysis.DISTURBED}: {len(disturbed)} of {len(ok)} ok rows were timed while other "
+            f"processes took {fmt_percent(min(fracs))}-{fmt_percent(max(fracs))} of the host's "
+            f"CPU (above {DISTURBED_FRAC:.0%}; column host_busy_frac): their numbers carry the "
+            "host's load and get no verdict; measure them again on a quiet host (rerun=true)"
+        )
+    expected = (lambda n: n != priority) if priority is not None else (lambda n: n > 0)
+    niced = sorted(
+        {
+            r[Col.NICENESS]
+            for r in ok
+            if r.get(Col.NICENESS) is not None and expected(r[Col.NICENESS])
+        }
+    )
+    if niced:
+        asked = f"bench.priority={priority}" if priority is not None else "niceness 0"
+        notes.append(
+            f"priority: rows measured at niceness {', '.join(map(str, niced))}, not {asked} "
+            "(column niceness): the host refused the change; start Ray workers at niceness 0 "
+            "(RAY_worker_niceness=0 for `ray start`), and a negative bench.priority needs "
+            "CAP_SYS_NICE or `ulimit -e`"
+        )
+    return notes
 
 
 MAX_TEXT_NOTES = 8

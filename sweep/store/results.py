@@ -48,7 +48,7 @@ from workers.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 4
+SCHEMA_VERSION: int = 5
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -57,6 +57,9 @@ SCHEMA_HISTORY: dict[int, str] = {
     "attention_span, prefill_tok_s, prompt_text, output_text",
     3: "replica",
     4: "dequant_fused, ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens",
+    5: "niceness, host_busy_frac, disturbed, timed_started_at, timed_finished_at, "
+    "prefill_compile_started_at, prefill_compile_finished_at, decode_compile_started_at, "
+    "decode_compile_finished_at",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -65,6 +68,7 @@ _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
 def _build_schema() -> pa.Schema:
     """The columns, in order; only `_REQUIRED` are non-null (a failed point has no timings)."""
     f64, i32, i64, s = pa.float64(), pa.int32(), pa.int64(), pa.string()
+    ts = pa.timestamp("us", tz="UTC")
     columns: list[tuple[str, pa.DataType]] = [
         # identity of the point
         ("run_id", s),
@@ -97,6 +101,12 @@ def _build_schema() -> pa.Schema:
         # graph (workers/dispatches.py); null: unquantized, XLA, or names unknown
         ("dequant_fused", pa.bool_()),
         ("compile_cache_hit", pa.bool_()),
+        # when each graph's compile task held the host's compile lock (a cache hit: its
+        # lookup); with timed_*: no compile overlaps a timed phase on one host
+        ("prefill_compile_started_at", ts),
+        ("prefill_compile_finished_at", ts),
+        ("decode_compile_started_at", ts),
+        ("decode_compile_finished_at", ts),
         # weights
         ("weight_bytes", i64),
         ("quant_error", f64),
@@ -136,6 +146,12 @@ def _build_schema() -> pa.Schema:
         ("bytes_per_token", i64),
         ("peak_gbps", f64),
         ("roofline_frac", f64),
+        # the host during the timed phase (workers.host): the niceness the worker ran at,
+        # the share of host CPU time other processes at niceness <= 0 took, and whether
+        # that share was above workers.host.DISTURBED_FRAC (the point still ran: status ok)
+        ("niceness", i32),
+        ("host_busy_frac", f64),
+        ("disturbed", pa.bool_()),
         # correctness
         ("prompt_ids", pa.list_(i32)),
         ("tokens", pa.list_(i32)),
@@ -151,7 +167,9 @@ def _build_schema() -> pa.Schema:
         ("jax_version", s),
         ("ray_version", s),
         ("started_at", pa.timestamp("us", tz="UTC")),  # the worker's wall-clock span of the point
-        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", ts),
+        ("timed_started_at", ts),  # the timed phase: prefill runs, warmup, timed steps
+        ("timed_finished_at", ts),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("repro_command", s),
         ("attempt", i32),

@@ -17,6 +17,7 @@ from typing import Any
 from sweep.plan.grid import Point
 from workers.compile import CompileResult, clip_message
 from workers.export import GraphSpec
+from workers.host import DISTURBED_FRAC
 from workers.kinds import Status
 from workers.measurement import Measurement
 from workers.perplexity import QualityStats
@@ -114,7 +115,15 @@ def compile_columns(prefill: CompileResult, decode: CompileResult) -> Row:
         "num_dispatches": decode.num_dispatches,
         "dequant_fused": decode.dequant_fused,
         "compile_cache_hit": prefill.cache_hit and decode.cache_hit,
+        "prefill_compile_started_at": _utc(prefill.started_at),
+        "prefill_compile_finished_at": _utc(prefill.finished_at),
+        "decode_compile_started_at": _utc(decode.started_at),
+        "decode_compile_finished_at": _utc(decode.finished_at),
     }
+
+
+def _utc(epoch_s: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch_s, UTC) if epoch_s else None
 
 
 def measured_row(
@@ -166,8 +175,13 @@ def measured_row(
         "peak_gbps": m.peak_gbps,
         "roofline_frac": m.roofline_frac(),
         "node_id": m.node_id,
-        "started_at": datetime.fromtimestamp(m.started_at, UTC) if m.started_at else None,
-        "finished_at": datetime.fromtimestamp(m.finished_at, UTC) if m.finished_at else None,
+        "started_at": _utc(m.started_at),
+        "finished_at": _utc(m.finished_at),
+        "timed_started_at": _utc(m.timed_started_at),
+        "timed_finished_at": _utc(m.timed_finished_at),
+        "host_busy_frac": m.host_busy_frac,
+        "disturbed": None if m.host_busy_frac is None else m.host_busy_frac > DISTURBED_FRAC,
+        "niceness": m.niceness,
         "hostname": m.hostname,
         "device_name": m.device_name,
         "repro_command": repro,

@@ -1,0 +1,142 @@
+"""What else the host does while a point is timed, and the priority a benchmark runs at.
+
+A benchmark shares its host with whatever else runs there: another sweep, a build,
+other users. Two things keep a number honest:
+
+- Priority: a benchmark process asks for niceness `bench.priority` (0, normal, or
+  below 0, higher, as llama-bench's `--prio`) for all its threads. Linux keeps a
+  niceness per thread and a new thread inherits its creator's, so every existing
+  thread is set, and threads made later inherit it. Raising priority (a lower
+  niceness than now) needs CAP_SYS_NICE or a raised RLIMIT_NICE (`ulimit -e`); where
+  that is not permitted the point still runs, at the niceness it has, and its row
+  records that niceness (a recorded fallback rather than an error, so a cluster
+  whose workers start niced still measures and says so; see `set_niceness`).
+- Disturbance: `HostSampler` reads the host's CPU counters (`/proc/stat`) and the
+  process's own (`/proc/self/stat`) around a timed phase; `busy_frac` is the share of
+  the host's CPU time in that window that other processes spent at normal or higher
+  priority. Time of processes niced above 0 (`/proc/stat`'s `nice` column: a build at
+  `nice -n 19`, Ray's own idle workers at 15) is left out while this process runs at
+  niceness <= 0: the scheduler gives such processes almost nothing while the
+  benchmark's threads are runnable (a niceness-19 thread weighs 15 against 1024), so
+  it does not slow the measurement. Above `DISTURBED_FRAC` the row is `disturbed`.
+
+The counters tick at USER_HZ (100 per second per CPU): a window of W seconds on C CPUs
+holds about 100 * W * C ticks, so a short timed phase (the tiny model's smoke points,
+tens of ms) resolves `busy_frac` only to a few percent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+# Above this share of the host's CPU time spent by other processes at normal priority
+# during a timed phase, a row is `disturbed`. One busy competing thread takes 1/C of a
+# C-core host (50% on 2 cores, 6% on 16); a benchmark whose threads fill every core
+# slows down by about that share or more (a dispatch waits for its slowest worker).
+# Background with nothing else running (Ray's own daemons, the kernel) measured
+# 0-3% on the 2-core dev VM (docs/results.md, "Disturbance"). 5% sits above that
+# background and below one competing thread on hosts of up to 20 cores.
+DISTURBED_FRAC = 0.05
+
+# /proc/stat's cpu line: user nice system idle iowait irq softirq steal [guest guest_nice];
+# guest time is already inside user and nice, so it is not added again.
+_USER, _NICE, _SYSTEM, _IDLE, _IOWAIT, _IRQ, _SOFTIRQ, _STEAL = range(8)
+
+
+def niceness() -> int:
+    """This thread's niceness (the process's, as long as all its threads share it)."""
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def set_niceness(target: int) -> tuple[int, str | None]:
+    """Sets every thread of this process to niceness `target`; returns (the niceness now,
+    why not where it could not be set). Lowering priority is always allowed; raising it
+    needs CAP_SYS_NICE or RLIMIT_NICE, and where that is refused the process keeps its
+    niceness (the fallback: the caller records what it ran at)."""
+    if target > 0:
+        raise ValueError(f"bench.priority={target}: must be 0 (normal) or below (higher)")
+    current = niceness()
+    if current == target:
+        return current, None
+    try:
+        for tid in _thread_ids():
+            os.setpriority(os.PRIO_PROCESS, tid, target)  # on Linux a tid names one thread
+    except PermissionError as e:  # raising priority: refused at the first thread already
+        why = (
+            f"niceness {current} -> {target} not permitted ({e.strerror}): raising priority "
+            "needs CAP_SYS_NICE or `ulimit -e`; start Ray workers at niceness 0 "
+            "(RAY_worker_niceness=0 for `ray start`, see README)"
+        )
+        return niceness(), why
+    return niceness(), None
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]  # no /proc: this thread only
+
+
+@dataclasses.dataclass(frozen=True)
+class HostWindow:
+    """The wall-clock span of a timed phase and how busy the rest of the host was."""
+
+    started_at: float  # epoch seconds
+    finished_at: float
+    busy_frac: float | None  # None where /proc is not readable (not Linux)
+
+    @property
+    def disturbed(self) -> bool | None:
+        return None if self.busy_frac is None else self.busy_frac > DISTURBED_FRAC
+
+
+class HostSampler:
+    """`with HostSampler() as s: ...timed...`, then `s.window`: see the module docstring."""
+
+    def __enter__(self) -> HostSampler:
+        self._own_nice = niceness()
+        self._start = _counters()
+        self._started_at = time.time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        finished_at = time.time()
+        end = _counters()
+        frac = None
+        if self._start is not None and end is not None:
+            frac = busy_frac(self._start, end, include_niced=self._own_nice > 0)
+        self.window = HostWindow(self._started_at, finished_at, frac)
+
+
+Counters = tuple[tuple[int, ...], int, int]  # (/proc/stat cpu fields, own utime, own stime)
+
+
+def _counters() -> Counters | None:
+    try:
+        host = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the ")" of comm: state is field 3, utime 14 and stime 15 (1-based, proc(5))
+    return tuple(int(v) for v in host), int(own[11]), int(own[12])
+
+
+def busy_frac(start: Counters, end: Counters, *, include_niced: bool = False) -> float:
+    """Share of the host's CPU ticks between two counter readings spent by other processes
+    (and the kernel for them) at niceness <= 0, or at any niceness with `include_niced`
+    (for a process that itself runs niced, which niced processes do compete with)."""
+    host = [b - a for a, b in zip(start[0], end[0], strict=False)][:8]
+    host += [0] * (8 - len(host))
+    total = sum(host)
+    if total <= 0:
+        return 0.0
+    utime, stime = end[1] - start[1], end[2] - start[2]
+    busy = host[_USER] + host[_SYSTEM] + host[_IRQ] + host[_SOFTIRQ] + host[_STEAL]
+    # this process's user time is under `nice` while it runs niced, else under `user`
+    own = stime + (0 if include_niced else utime)
+    others = busy - own + (host[_NICE] - utime if include_niced else 0)
+    return min(1.0, max(0.0, others / total))
