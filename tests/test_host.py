@@ -1,0 +1,225 @@
+"""The host around a timed phase (`workers.host`): niceness, the share of CPU other processes
+took, and how the readers treat a row measured on a disturbed host.
+
+Real processes and real `/proc` counters: a busy child at niceness 0 shows up in
+`busy_frac`, the same child at niceness 19 only where the measuring process is niced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweep.readers import analysis, compare, report
+from sweep.store.results import ResultsWriter
+from tests.conftest import ROOT
+from tests.test_report import T0, make_row, md_table, run_main, samples
+from workers import host
+
+BUSY = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
+
+
+def _ticks(pid: int) -> int:
+    """utime + stime of a process, in USER_HZ ticks (proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _busy_child_window(nice: int, seconds: float = 1.5) -> tuple[host.Counters, host.Counters, int]:
+    """Host counters around a child that spins for `seconds` at niceness `nice`, and the
+    ticks the child used (read before it is reaped)."""
+    child = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", BUSY.format(s=60)])
+    try:
+        time.sleep(0.3)  # past its start-up
+        ticks, start = _ticks(child.pid), host._counters()
+        time.sleep(seconds)
+        end, ticks = host._counters(), _ticks(child.pid) - ticks
+    finally:
+        child.kill()
+        child.wait()
+    assert start is not None and end is not None, "/proc/stat and /proc/self/stat are readable"
+    return start, end, ticks
+
+
+def test_a_busy_process_at_niceness_0_counts_and_one_at_19_does_not() -> None:
+    """busy_frac * the window's ticks is at least what the child took at niceness 0; at 19
+    the child's ticks count only for a measuring process that is itself niced."""
+    start, end, child_ticks = _busy_child_window(0)
+    total = sum(b - a for a, b in zip(start[0], end[0], strict=False))
+    assert child_ticks > 0.3 * 1.5 * 100, f"the child hardly ran ({child_ticks} ticks)"
+    others = host.busy_frac(start, end) * total
+    assert others >= 0.9 * child_ticks, (
+        f"a nice-0 busy child took {child_ticks} ticks but busy_frac counts only {others:.0f}"
+    )
+    start, end, child_ticks = _busy_child_window(19)
+    total = sum(b - a for a, b in zip(start[0], end[0], strict=False))
+    niced_share = host.busy_frac(start, end, include_niced=True) - host.busy_frac(start, end)
+    assert niced_share * total >= 0.9 * child_ticks, (
+        f"the nice-19 child's {child_ticks} ticks must sit in the niced share only "
+        f"({niced_share * total:.0f} ticks there)"
+    )
+
+
+def test_the_sampler_gives_the_window_and_the_rule() -> None:
+    with host.HostSampler() as sampler:
+        time.sleep(0.2)
+    window = sampler.window
+    assert 0.19 <= window.finished_at - window.started_at < 5
+    assert window.busy_frac is not None and 0.0 <= window.busy_frac <= 1.0
+    assert window.disturbed == (window.busy_frac > host.DISTURBED_FRAC)
+
+
+def _niceness_of_threads(pid: int) -> set[int]:
+    """Every thread's niceness, as `ps -o ni` shows it (field 19 of /proc/PID/task/TID/stat)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+def test_set_niceness_sets_every_thread() -> None:
+    """A child whose main thread is at niceness 3 and whose second thread is at 0 asks for
+    0: privileged, every thread ends at 0 (setpriority of the process's pid alone would
+    change one thread); unprivileged, raising 3 -> 0 is refused and it says why."""
+    script = (
+        "import os, threading, time, json\n"
+        "from workers import host\n"
+        "stop = threading.Event()\n"
+        "t = threading.Thread(target=stop.wait); t.start()\n"
+        "os.setpriority(os.PRIO_PROCESS, 0, 3)  # this thread only\n"
+        "got = host.set_niceness(0)\n"
+        "print(json.dumps(got), flush=True)\n"
+        "time.sleep(1)\n"
+        "stop.set()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline()  # type: ignore[union-attr]
+        niceness, why = json.loads(line)
+        threads = _niceness_of_threads(child.pid)
+    finally:
+        child.wait(timeout=30)
+    if os.geteuid() == 0:
+        assert (niceness, why) == (0, None)
+        assert threads == {0}, f"every thread at niceness 0, got {threads}"
+    else:  # raising 3 -> 0 is refused: the fallback keeps 3 and says why
+        assert niceness == 3 and "not permitted" in why
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root drops to an unprivileged user here")
+def test_an_unprivileged_process_falls_back_and_says_why() -> None:
+    """Asking for a higher priority without CAP_SYS_NICE: the niceness stays, and why."""
+    script = (
+        "import json, os\n"
+        "from workers import host\n"
+        "os.setgid(65534); os.setuid(65534)  # nobody: no CAP_SYS_NICE, RLIMIT_NICE 0\n"
+        "print(json.dumps(host.set_niceness(-5)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    niceness, why = json.loads(out.stdout)
+    assert niceness == 0, "the process keeps the niceness it had"
+    assert "not permitted" in why and "CAP_SYS_NICE" in why and "RAY_worker_niceness" in why
+
+
+def test_a_positive_priority_is_refused() -> None:
+    with pytest.raises(ValueError, match="bench.priority=5"):
+        host.set_niceness(5)
+
+
+def test_bench_priority_is_checked_before_any_work() -> None:
+    from sweep.plan.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"bench.priority=3: a niceness from -20"):
+        load_config(["+grid=smoke", "bench.priority=3"])
+    assert load_config(["+grid=smoke", "bench.priority=-5"])[0].bench.priority == -5
+
+
+# --- the readers --------------------------------------------------------------------------
+
+
+def _runs(tmp_path: Path) -> Path:
+    """Run a and run b of four points; in b, one point is 2x slower on a disturbed host and
+    one 2x slower on a quiet one."""
+    rng = np.random.default_rng(7)
+    results = tmp_path / "results"
+    for run, factor in (("a", 1.0), ("b", 2.0)):
+        rows = []
+        for i, flag_set in enumerate(("default", "fuse", "O3", "extra")):
+            slow = run == "b" and flag_set in ("fuse", "O3")
+            busy = 0.4 if run == "b" and flag_set == "fuse" else 0.01
+            rows.append(
+                make_row(
+                    f"p-{flag_set}",
+                    "fp32",
+                    "cpu",
+                    flag_set,
+                    32,
+                    256,
+                    samples(rng, 100.0 * (factor if slow else 1.0)),
+                    run_id=run,
+                    niceness=0,
+                    host_busy_frac=busy,
+                    disturbed=busy > host.DISTURBED_FRAC,
+                    created_at=T0 + dt.timedelta(minutes=i + 10 * (run == "b")),
+                )
+            )
+        ResultsWriter(results, run).write(rows)
+    return results
+
+
+def test_compare_gives_no_verdict_for_a_disturbed_row(tmp_path: Path, capsys) -> None:
+    results = _runs(tmp_path)
+    code, out, _ = run_main(
+        capsys, compare, "a", "b", "--results", str(results), "--format", "json"
+    )
+    assert code == 0
+    points = {p["point_key"]: p for p in json.loads(out)["points"]}
+    assert (
+        points["p-fuse"]["verdict"] == analysis.DISTURBED and points["p-fuse"]["disturbed"] == "B"
+    )
+    assert points["p-O3"]["verdict"] == "slower", "a quiet 2x slowdown is still called"
+    assert points["p-default"]["verdict"] == "same"
+    code, out, _ = run_main(capsys, compare, "a", "b", "--results", str(results))
+    _, header, body = md_table(out)
+    verdicts = {row[header.index("flag_set")]: row[header.index("verdict")] for row in body}
+    assert verdicts["fuse"] == "disturbed (B)"
+    assert "1 disturbed" in out and "host_busy_frac" in out
+
+
+def test_report_marks_disturbed_rows(tmp_path: Path, capsys) -> None:
+    results = _runs(tmp_path)
+    code, out, _ = run_main(capsys, report, "--results", str(results), "--run", "b")
+    assert code == 0
+    _, header, body = md_table(out)
+    assert header[-1] == "disturbed"
+    marks = {row[header.index("flag_set")]: row[-1] for row in body}
+    assert marks == {"default": "", "extra": "", "fuse": "1/1", "O3": ""}
+    assert "disturbed: 1 of 4 ok rows" in out and "40%" in out
+    code, out, _ = run_main(
+        capsys, report, "--results", str(results), "--run", "b", "--by", "flag_set"
+    )
+    _, header, body = md_table(out)
+    verdicts = {row[header.index("flag_set")]: row[header.index("verdict")] for row in body}
+    assert verdicts["fuse"] == "disturbed" and verdicts["O3"] == "slower"
+
+
+def test_report_says_when_a_row_ran_niced() -> None:
+    rows = [{"status": "ok", "niceness": 15, "disturbed": False}]
+    (note,) = report.host_notes(rows)
+    assert "niceness 15" in note and "RAY_worker_niceness=0" in note
+    assert report.host_notes([{"status": "ok", "niceness": 0}], priority=-5)[0].startswith(
+        "priority: rows measured at niceness 0, not bench.priority=-5"
+    )
+    assert report.host_notes([{"status": "ok", "niceness": 0, "disturbed": False}]) == []
