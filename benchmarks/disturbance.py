@@ -14,7 +14,7 @@ by default), three times, each as a whole `python -m sweep` in this process with
 down, at most --quiet-wait-s), then beside one busy process (a Python spin loop) at
 niceness 19, then beside one at niceness 0. The busy process runs for the whole sweep
 and its CPU seconds are reported. Takes about 2 minutes on a 2-core VM (three Ray
-starts, one compile, 3 x 200 steps of ~80 ms).
+starts, one compile, 3 x 200 steps of ~80 ms; 6 minutes on the loaded 2-core VM).
 
 Usage:
     python benchmarks/disturbance.py [--work DIR] [--out PATH] [-- extra sweep overrides]

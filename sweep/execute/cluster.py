@@ -171,7 +171,9 @@ def _init(address: str, num_cpus: int | None) -> None:
             runtime_env=env,
             include_dashboard=False,
             log_to_driver=False,
-            _system_config=WORKER_PRIORITY,
+            # a copy: Ray writes its session's spilling directory into the dict it gets,
+            # which a later ray.init in this process would take over
+            _system_config=dict(WORKER_PRIORITY),
         )
 
 
