@@ -125,17 +125,22 @@ def start_cluster(
     address = f"127.0.0.1:{port}"
     raylets[0] = ray_start(env, 0, "--head", f"--port={port}", "--include-dashboard=false",
                            f"--temp-dir={temp_dir}")  # fmt: skip
-    deadline = time.monotonic() + 600
+    t0 = time.monotonic()
+    deadline = t0 + 600
     while num_alive_nodes(address, env) < 1:
         if time.monotonic() > deadline or raylets[0].poll() is not None:
             raise RuntimeError(f"the Ray head did not start; its logs: {temp_dir}/session_latest")
         time.sleep(2)
+    # One raylet at a time: eight starting at once on a 2-core machine starve each
+    # other's agents past Ray's start-up timeouts.
     for i in range(1, num_raylets):
         raylets[i] = ray_start(env, i, f"--address={address}")
-    while num_alive_nodes(address, env) < num_raylets:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not all {num_raylets} raylets joined")
-        time.sleep(2)
+        deadline = time.monotonic() + 300
+        while num_alive_nodes(address, env) < i + 1:
+            if time.monotonic() > deadline or raylets[i].poll() is not None:
+                raise RuntimeError(f"raylet {i} did not join; its logs: {temp_dir}/session_latest")
+            time.sleep(3)
+        print(f"raylet {i} joined after {time.monotonic() - t0:.0f} s", flush=True)
     return address
 
 

@@ -109,22 +109,26 @@ def find_gguf(path: str | Path) -> Path | None:
     return found[0] if found else None
 
 
-def open_gguf(path: str | Path) -> GgufCheckpoint:
-    """Parses and validates a GGUF file without reading any tensor data."""
+def open_gguf(path: str | Path, cfg: LlamaConfig | None = None) -> GgufCheckpoint:
+    """Parses and validates a GGUF file without reading any tensor data. With `cfg` (a
+    file written for a model whose config is known), the tensors are checked against
+    it instead of a config read from the metadata."""
     path = Path(path)
     fields, by_name = _parsed(path)
-    cfg = _config(path, fields, tied="output.weight" not in by_name)
-    if "rope_freqs.weight" in by_name:
-        cfg = dataclasses.replace(cfg, rope_scaling=_llama3_scaling(path, cfg, by_name))
+    if cfg is None:
+        cfg = _config(path, fields, tied="output.weight" not in by_name)
+        if "rope_freqs.weight" in by_name:
+            cfg = dataclasses.replace(cfg, rope_scaling=_llama3_scaling(path, cfg, by_name))
     tensors = {}
     for hf_name, shape in expected_shapes(cfg).items():
         tensors[hf_name] = _checked_tensor(path, by_name, _gguf_name(hf_name), shape)
     return GgufCheckpoint(path, cfg, tensors)
 
 
-def lazy_gguf(path: str | Path) -> LazyTensors:
-    """Every tensor the config needs, dequantized to float32 [out, in] when asked for."""
-    ckpt = open_gguf(path)
+def lazy_gguf(path: str | Path, cfg: LlamaConfig | None = None) -> LazyTensors:
+    """Every tensor the config needs, dequantized to float32 [out, in] when asked for
+    (`cfg`: as for `open_gguf`)."""
+    ckpt = open_gguf(path, cfg)
     return LazyTensors(
         {
             name: functools.partial(_dequantized, ckpt, name, tensor)
@@ -399,3 +403,95 @@ def _bpe_tokenizer(
             single=f"{bos[0]}:0 $A:0", pair=f"{bos[0]}:0 $A:0 $B:1", special_tokens=[bos]
         )
     return tok
+
+
+# --- writing: a model llama.cpp can load ---------------------------------------------------
+
+
+def write_gguf(path: str | Path, cfg: LlamaConfig, tensors: LazyTensors) -> None:
+    """Writes the model as an F32 GGUF file llama.cpp loads, one tensor at a time.
+
+    The inverse of reading: GGUF names, Q and K rows permuted as llama.cpp's converter
+    permutes them, Llama 3.1 RoPE scaling as a `rope_freqs` tensor. The vocabulary is
+    `tokenizer.ggml.model = none` with `llama.vocab_size` dummy tokens: the sweep feeds
+    llama.cpp token ids, never text, so the model needs no tokenizer of its own.
+    Tensors are streamed (header first, then each one as it is made), so a 1B model
+    never sits in memory whole; the file is written to a temporary name and renamed.
+    """
+    import gguf
+
+    path = Path(path)
+    shapes = expected_shapes(cfg)  # no lm_head when it is tied to the embedding
+    names = list(shapes)
+    rope = rope_factors(cfg)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("none")
+    f32 = np.dtype(np.float32)
+    for name in names:
+        shape = shapes[name]
+        writer.add_tensor_info(_gguf_name(name), shape, f32, math.prod(shape) * f32.itemsize)
+    if rope is not None:
+        writer.add_tensor_info("rope_freqs.weight", rope.shape, f32, rope.nbytes)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    try:
+        for name in names:
+            writer.write_tensor_data(_permuted(cfg, name, np.asarray(tensors[name], np.float32)))
+        if rope is not None:
+            writer.write_tensor_data(rope)
+        writer.close()
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def rope_factors(cfg: LlamaConfig) -> np.ndarray | None:
+    """llama.cpp's `rope_freqs` for Llama 3.1 RoPE scaling: each rotary frequency's
+    divisor (what `_llama3_scaling` reads back); None without scaling."""
+    if cfg.rope_scaling is None:
+        return None
+    from workers.model import rope_inv_freq
+
+    plain = rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None)).astype(np.float64)
+    return (plain / rope_inv_freq(cfg).astype(np.float64)).astype(np.float32)
+
+
+def _permuted(cfg: LlamaConfig, name: str, w: np.ndarray) -> np.ndarray:
+    """A tensor as llama.cpp stores it: Q and K rows interleaved per head (`_unpermute`'s
+    inverse), C order."""
+    if name.endswith("self_attn.q_proj.weight"):
+        w = _permute(w, cfg.num_attention_heads)
+    elif name.endswith("self_attn.k_proj.weight"):
+        w = _permute(w, cfg.num_key_value_heads)
+    return np.ascontiguousarray(w)
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Per head, [first half; second half] of the rotary rows -> pairs interleaved."""
+    rows, cols = w.shape
+    return w.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def tensor_types(path: str | Path) -> dict[str, int]:
+    """How many of the file's per-layer linears each GGML type holds (`{"Q4_1": 210}`)."""
+    ckpt = open_gguf(path)
+    types: dict[str, int] = {}
+    for name, tensor in ckpt.tensors.items():
+        if name.startswith("model.layers.") and not name.endswith("layernorm.weight"):
+            types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+    return types

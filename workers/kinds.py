@@ -26,10 +26,12 @@ class Status(enum.StrEnum):
 
 
 class Runtime(enum.StrEnum):
-    """What runs a point's graphs: IREE (the subject) or XLA (the baseline)."""
+    """What runs a point: IREE (the subject), or a baseline: XLA on the same graphs, or
+    llama.cpp on the same weights as a GGUF file (`workers.llamacpp`)."""
 
     IREE = "iree"
     XLA = "xla"
+    LLAMACPP = "llamacpp"
 
 
 class Layout(enum.StrEnum):

@@ -67,7 +67,7 @@ class Measurement:
     bench_s: float  # wall seconds of prefill runs, warmup and timed steps
     upload_s: float  # seconds this point spent uploading weights; 0 when already resident
     weight_bytes: int
-    quant_error: float
+    quant_error: float | None  # our quantizer's error; None for llama.cpp's quantizer
     fp32_agreement: float  # workers.quality: argmax agreement with fp32, teacher-forced
     fp32_logit_error: float  # relative logit error against fp32 at the first position
     bytes_per_token: int  # what a step reads (weights once, each sequence's cache) / batch
@@ -90,6 +90,8 @@ class Measurement:
     batch: int = 1  # sequences per step: the prompts, tokens and references hold each in turn
     output_text: str | None = None  # the first sequence's tokens, decoded (a text prompt)
     quality: QualityStats | None = None  # ppl, KLD, top-1 on the eval text (a tokenizer)
+    llamacpp_type: str | None = None  # llama.cpp points: the GGUF tensor type that ran
+    runtime_decode_ms: float | None = None  # the runtime's own ms/token (llama.cpp's counters)
 
     @property
     def prefill_ms(self) -> float:

@@ -33,6 +33,7 @@ from workers.perplexity import EvalSpec, QualityStats, score_graph
 from workers.profile import Profile
 from workers.quant import VariantWeights, prepare_variant
 from workers.runtime import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
+from workers.tensors import LazyTensors
 from workers.variant import Variant, check_layout, numpy_dtype
 
 RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
@@ -106,13 +107,17 @@ class ModelSource:
         base = own or self.repo or (gguf_file(self.path) or Path(self.path).resolve()).name
         return f"{base}@{fingerprint(self.path, cache_dir)[:12]}"
 
-    def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
-        """The variant's graph weights, made from one checkpoint tensor at a time."""
+    def tensors(self) -> LazyTensors:
+        """The float32 checkpoint tensors (or the seed's), each made when asked for."""
         from workers.checkpoint import lazy_checkpoint, lazy_synthetic_weights
 
-        cfg = self.config()
-        source = lazy_checkpoint(self.path) if self.path else lazy_synthetic_weights(cfg, self.seed)
-        return prepare_variant(source, cfg, variant, layout, consume=True)
+        if self.path:
+            return lazy_checkpoint(self.path)
+        return lazy_synthetic_weights(self.config(), self.seed)
+
+    def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
+        """The variant's graph weights, made from one checkpoint tensor at a time."""
+        return prepare_variant(self.tensors(), self.config(), variant, layout, consume=True)
 
 
 def weights_key(weights_id: str, variant: Variant, layout: str) -> str:
@@ -126,7 +131,7 @@ class BenchTask:
     """What a worker needs to measure one point, besides the two vmfbs (IREE only)."""
 
     variant: Variant
-    runtime: str  # "iree", or "xla": the same graphs through XLA on the same device
+    runtime: str  # "iree"; "xla": the same graphs through XLA; "llamacpp": a GGUF file
     weights_id: str  # ModelSource.weights_id: names the weights in caches and residency
     prompt_length: int
     prompt_bucket: int
@@ -174,7 +179,8 @@ class BenchTask:
 
 
 class PointWorker:
-    """One device, two runtimes (IREE, and XLA as the baseline), one resident weight set."""
+    """One device, its runtimes (IREE; XLA and llama.cpp as baselines), one resident
+    weight set."""
 
     def __init__(
         self,
@@ -199,10 +205,12 @@ class PointWorker:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.iree = IreeRunner(device.driver)
         self._xla: Any = None  # an XlaRunner, made on the first XLA point
+        self._llamacpp: Any = None  # a LlamaCppRunner, made on the first llama.cpp point
 
     @property
     def num_uploads(self) -> int:
-        return self.iree.num_uploads + (self._xla.num_uploads if self._xla else 0)
+        baselines = (self._xla, self._llamacpp)
+        return self.iree.num_uploads + sum(b.num_uploads for b in baselines if b is not None)
 
     def info(self) -> dict[str, str]:
         return {"hostname": socket.gethostname(), "device_name": device_name(self.device)}
@@ -217,6 +225,8 @@ class PointWorker:
         from workers.quality import FP32, quality
         from workers.reference import GreedyRun, num_matching, reference_tokens
 
+        if task.runtime == Runtime.LLAMACPP:
+            return self._run_llamacpp(task)
         started_at = time.time()
         self._prioritize()  # again: a thread made since then by one not yet set
         upload_s, vw = self._ensure_weights(task)
@@ -276,6 +286,117 @@ class PointWorker:
             output_text=self._detokenize(sequences[0]) if task.prompt_text else None,
             **self.info(),
         )
+
+    def _run_llamacpp(self, task: BenchTask) -> Measurement:
+        """A llama.cpp point: the variant's GGUF file (`workers.llamacpp.model_file`), the
+        same prompt and decode loop.
+
+        Its tokens are checked against the same bits through our XLA graph: the GGUF file
+        llama.cpp ran, dequantized to float32 by our reader (`_same_bits_reference`), so
+        a wrong token means llama.cpp computed something else, not that its quantizer
+        differs from ours. How far those bits are from the model is the quality side:
+        `fp32_agreement` and `fp32_logit_error` from llama.cpp's own logits, teacher-forced
+        on fp32's tokens, and the ppl / KLD columns with a text."""
+        from workers.llamacpp import NotRunnable, model_file
+        from workers.quality import FP32, fp32_side
+        from workers.reference import GreedyRun, num_matching
+
+        if task.batch != 1 or task.steps.steps_per_call != 1 or task.depth:
+            raise NotRunnable(
+                "llama.cpp points decode one sequence from its prompt, one token per call: "
+                f"batch {task.batch}, depth {task.depth}, steps_per_call "
+                f"{task.steps.steps_per_call} (use batch_sizes=[1], depths=[0], steps_per_call=1)"
+            )
+        started_at = time.time()
+        self._prioritize()
+        runner = self._ensure_llamacpp()
+        path, kind = model_file(self.source, task.variant, task.weights_id, self.cache_dir)
+        key = f"{weights_key(task.weights_id, task.variant, task.layout)}/{path.name}"
+        upload_s = runner.ensure_model(key, path)
+        prompt = self._prompts(task)[0]
+        run = GreedyRun(prompt, task.prompt_bucket, task.max_seq, task.steps.num_tokens)
+        fp32 = lambda: self.source.variant(FP32)  # noqa: E731
+        fp32_tokens, fp32_first = fp32_side(self.cfg, run, fp32, task.weights_id, self.cache_dir)
+        reference = self._same_bits_reference(path, run)
+        n_ctx = max(task.max_seq, task.quality.ctx if task.quality else 0)
+        runner.context(n_ctx, threads=len(os.sched_getaffinity(0)))
+        session = runner.session(task.steps.warmup_calls)
+        with HostSampler() as host:
+            decoded = greedy_decode(session, prompt, task.prompt_bucket, task.steps)
+        counters_ms = session.decode_counters_ms()
+        # After the timed phase: fp32 agreement, teacher-forced on fp32's tokens.
+        runner.clear()
+        fed = np.concatenate([prompt, np.asarray(fp32_tokens[:-1], np.int32)])
+        logits = runner.eval(fed, slice(len(prompt) - 1, None))
+        first_error = np.linalg.norm(logits[0] - fp32_first) / np.linalg.norm(fp32_first)
+        stats = None
+        if task.quality is not None:
+            from workers.perplexity import base_logprobs, quality_stats
+
+            base = base_logprobs(
+                self.cfg, task.quality, fp32, weights_id=task.weights_id, cache_dir=self.cache_dir
+            )
+            stats = quality_stats(task.quality, runner.scorer(), base)
+        weight_bytes = path.stat().st_size
+        # llama.cpp's KV cache is float16 by default.
+        cache_bytes = 2 * math.prod(cache_shape(self.cfg, task.max_seq)) * 2
+        return Measurement(
+            prefill_samples_ms=decoded.prefill_samples_ms,
+            decode_samples_ms=decoded.decode_samples_ms,
+            prompt_ids=tuple(int(t) for t in prompt),
+            tokens=decoded.tokens,
+            reference_tokens=reference,
+            num_tokens_matched=num_matching(decoded.tokens, reference),
+            bench_s=decoded.bench_s,
+            upload_s=upload_s,
+            weight_bytes=weight_bytes,
+            quant_error=None,
+            fp32_agreement=float(np.mean(logits.argmax(axis=-1) == np.asarray(fp32_tokens))),
+            fp32_logit_error=float(first_error),
+            quality=stats,
+            bytes_per_token=weight_bytes + cache_bytes,
+            peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(weight_bytes + cache_bytes),
+            num_uploads=self.num_uploads,
+            started_at=started_at,
+            finished_at=time.time(),
+            timed_started_at=host.window.started_at,
+            timed_finished_at=host.window.finished_at,
+            host_busy_frac=host.window.busy_frac,
+            niceness=niceness(),
+            output_text=self._detokenize(decoded.tokens) if task.prompt_text else None,
+            llamacpp_type=kind,
+            runtime_decode_ms=counters_ms,
+            **self.info(),
+        )
+
+    def _same_bits_reference(self, path: Path, run: Any) -> tuple[int, ...]:
+        """Greedy tokens of the GGUF file's own weights (dequantized to float32 by
+        `workers.gguf`) through the XLA graph; cached by the file's content."""
+        from workers.checkpoint import fingerprint
+        from workers.gguf import lazy_gguf
+        from workers.quality import FP32
+        from workers.reference import reference_tokens
+
+        tensors = lambda: lazy_gguf(path, self.cfg)  # noqa: E731
+        return reference_tokens(
+            self.cfg,
+            lambda: prepare_variant(tensors(), self.cfg, FP32, "in_major", consume=True),
+            run,
+            weights_id=fingerprint(path, self.cache_dir),
+            cache_dir=self.cache_dir,
+            variant=FP32,
+            layout="in_major",
+        )
+
+    def _ensure_llamacpp(self) -> Any:
+        """The llama.cpp runner, the other runtimes' weights freed first."""
+        from workers.llamacpp import LlamaCppRunner
+
+        self.iree.release()
+        if self._xla is not None:
+            self._xla.release()
+        self._llamacpp = self._llamacpp or LlamaCppRunner()
+        return self._llamacpp
 
     def _prompts(self, task: BenchTask) -> np.ndarray:
         """The batch's prompts [batch, prompt + depth]: the text's tokens, or seeded ids
@@ -371,6 +492,8 @@ class PointWorker:
         """Makes the task's variant resident in its runtime, freeing the other runtime's."""
         key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
+        if self._llamacpp is not None:
+            self._llamacpp.release()
         if task.runtime == Runtime.XLA:
             from workers.xla_runtime import XlaRunner
 

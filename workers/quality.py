@@ -68,7 +68,7 @@ def quality(
     path = cache_dir / "quality" / f"{key}.json" if cache_dir else None
     if path is not None and path.exists():
         return Quality(**json.loads(path.read_text()))
-    tokens, fp32_first = _fp32_side(cfg, run, fp32_weights, weights_id, cache_dir)
+    tokens, fp32_first = fp32_side(cfg, run, fp32_weights, weights_id, cache_dir)
     logits = _logits(cfg, vw, run.prompt, tokens)
     first_error = np.linalg.norm(logits[0] - fp32_first) / np.linalg.norm(fp32_first)
     result = Quality(
@@ -80,7 +80,7 @@ def quality(
     return result
 
 
-def _fp32_side(
+def fp32_side(
     cfg: LlamaConfig,
     run: GreedyRun,
     fp32_weights: Callable[[], VariantWeights],

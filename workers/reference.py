@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from workers.kinds import GraphKind
 from workers.llama_config import LlamaConfig
 from workers.quant import VariantWeights, jax_arrays
 from workers.runtime import DecodeSteps, greedy_decode
+from workers.variant import Variant
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -35,13 +37,13 @@ class GreedyRun:
     num_tokens: int  # the first from prefill, then decode steps
 
 
-def reference_key(weights_id: str, vw: VariantWeights, run: GreedyRun) -> str:
+def reference_key(weights_id: str, variant: Variant, layout: str, run: GreedyRun) -> str:
     import jax
 
     parts = [
         weights_id,
-        vw.variant.fingerprint,
-        vw.layout,
+        variant.fingerprint,
+        layout,
         hashlib.sha256(run.prompt.tobytes()).hexdigest(),
         str(run.bucket),
         str(run.max_seq),
@@ -53,18 +55,27 @@ def reference_key(weights_id: str, vw: VariantWeights, run: GreedyRun) -> str:
 
 def reference_tokens(
     cfg: LlamaConfig,
-    vw: VariantWeights,
+    vw: VariantWeights | Callable[[], VariantWeights],
     run: GreedyRun,
     *,
     weights_id: str,
     cache_dir: Path | None = None,
+    variant: Variant | None = None,
+    layout: str | None = None,
 ) -> tuple[int, ...]:
-    """Greedy tokens (the first from prefill, then decode steps), from the disk cache if present."""
-    key = reference_key(weights_id, vw, run)
+    """Greedy tokens (the first from prefill, then decode steps), from the disk cache if present.
+
+    `vw` may be a function that makes the weights (then `variant` and `layout` name
+    them): it is called only when the cache lacks the tokens.
+    """
+    if isinstance(vw, VariantWeights):
+        variant, layout = vw.variant, vw.layout
+    assert variant is not None and layout is not None, "name the weights `vw()` makes"
+    key = reference_key(weights_id, variant, layout, run)
     path = cache_dir / "reference" / f"{key}.json" if cache_dir else None
     if path is not None and path.exists():
         return tuple(json.loads(path.read_text())["tokens"])
-    tokens = _run_xla(cfg, vw, run)
+    tokens = _run_xla(cfg, vw if isinstance(vw, VariantWeights) else vw(), run)
     if path is not None:
         atomic_write(path, json.dumps({"tokens": list(tokens)}).encode())
     return tokens

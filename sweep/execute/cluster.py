@@ -36,6 +36,7 @@ from sweep.execute.scheduler import (
 from sweep.plan.config import ConfigError
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
 from workers.kinds import Status
+from workers.llamacpp import NotRunnable
 from workers.locks import host_lock
 
 # Benchmark actors start with transparent huge pages for malloc (IREE's own buffers:
@@ -356,6 +357,8 @@ class RayBackend:
             # did (its compile was pinned to the node that is gone).
             if isinstance(cause, rex.ObjectLostError | rex.TaskUnschedulableError):
                 raise GraphLost(str(e)) from None
+            if isinstance(cause, NotRunnable):  # e.g. llama.cpp not installed on that host
+                raise PointError(Status.SKIPPED, "not_runnable", str(cause)) from None
             status = Status.OOM if _looks_like_oom(str(e)) else Status.RUNTIME_ERROR
             raise PointError(status, type(cause).__name__ if cause else status, str(e)) from None
         except rex.RayError as e:  # e.g. unschedulable: its node left the cluster

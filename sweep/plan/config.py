@@ -155,6 +155,8 @@ class SearchConfig:
     startup_trials: int = 8  # random trials before the TPE model proposes
     ablation_tolerance: float = 0.03  # a flag the winner keeps must be worth more than this
     xla_baseline: bool = True  # also measure the XLA baseline of each study
+    # and llama.cpp's (`skipped` where llama-cpp-python is not installed)
+    llamacpp_baseline: bool = False
     # Quality bounds: a trial whose row is outside them is infeasible (sweep.quality_bound)
     max_kld: float | None = None  # kld_mean from fp32 at most this
     min_top1: float | None = None  # top1_agree with fp32 at least this

@@ -30,7 +30,7 @@ from workers.runtime import DecodeSteps
 from workers.variant import Variant
 
 KEY_VERSION = 2  # bump when the meaning of a point changes, so old rows are not reused
-NO_FLAG_SET = "-"  # the flag set of a point that IREE does not compile (the XLA baseline)
+NO_FLAG_SET = "-"  # the flag set of a point that IREE does not compile (XLA, llama.cpp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,8 @@ class Point:
 
     @property
     def compiled_by_iree(self) -> bool:
-        """IREE points need their graphs compiled first; XLA compiles in the worker."""
+        """IREE points need their graphs compiled first; XLA compiles in the worker, and
+        llama.cpp needs no graph."""
         return self.runtime == Runtime.IREE
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
@@ -156,8 +157,11 @@ def expand(cfg: SweepConfig, model_id: str, quality: EvalSpec | None = None) -> 
     for device_name, variant_name, layout, runtime in itertools.product(
         g.devices, g.variants, g.layouts, g.runtimes
     ):
-        # IREE flags mean nothing to XLA: its points use no flag set.
+        # IREE flags mean nothing to the baselines: their points use no flag set. llama.cpp
+        # runs a GGUF file, not our graphs: one layout of it is enough (the first listed).
         flag_sets = g.flag_sets.items() if runtime == Runtime.IREE else [(NO_FLAG_SET, FlagSet())]
+        if runtime == Runtime.LLAMACPP and layout != g.layouts[0]:
+            continue
         for flag_set, spec in flag_sets:
             if not spec.applies_to(device_name):
                 continue

@@ -366,3 +366,51 @@ def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
         "num_dispatches_a": ra.get(Col.NUM_DISPATCHES),
         "num_dispatches_b": rb.get(Col.NUM_DISPATCHES),
     }
+
+
+# The runtimes side by side: per (model, variant family, device, prompt length), each
+# runtime's fastest ok configuration at batch 1 and depth 0 (where they all run).
+RUNTIME_CONTEXT: tuple[str, ...] = (Col.MODEL, "family", Col.DEVICE, Col.PROMPT_LENGTH)
+
+
+def variant_family(row: dict[str, Any]) -> str:
+    """What the runtimes are compared within: `4-bit`, `8-bit`, or the float variant."""
+    bits = row.get(Col.BITS)
+    return f"{bits}-bit" if bits else str(row.get(Col.VARIANT))
+
+
+def runtime_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per RUNTIME_CONTEXT that more than one runtime measured: per runtime
+    its fastest ok row (`<runtime>_ms`, `<runtime>_config`: variant, layout, flag set or
+    llama.cpp type) and `<runtime>_vs_fastest` (its ms/token over the fastest one's)."""
+    ok = [
+        {**r, "family": variant_family(r)}
+        for r in rows
+        if r[Col.STATUS] == Status.OK
+        and (r.get(Col.BATCH_SIZE) or 1) == 1
+        and not r.get(Col.DEPTH)
+        and r.get(Col.DECODE_MS_P50)
+    ]
+    records = []
+    for context, members in group_rows(ok, RUNTIME_CONTEXT):
+        best = {}
+        for runtime, group in group_rows(members, [Col.RUNTIME]):
+            best[runtime[0]] = min(group, key=lambda r: r[Col.DECODE_MS_P50])
+        if len(best) < 2:
+            continue
+        fastest = min(r[Col.DECODE_MS_P50] for r in best.values())
+        record: dict[str, Any] = dict(zip(RUNTIME_CONTEXT, context, strict=True))
+        for runtime, row in best.items():
+            record[f"{runtime}_ms"] = row[Col.DECODE_MS_P50]
+            record[f"{runtime}_config"] = _config_label(row)
+            record[f"{runtime}_vs_fastest"] = row[Col.DECODE_MS_P50] / fastest
+        record["fastest"] = min(best, key=lambda k: best[k][Col.DECODE_MS_P50])
+        records.append(record)
+    return records
+
+
+def _config_label(row: dict[str, Any]) -> str:
+    if row.get(Col.LLAMACPP_TYPE):
+        return str(row[Col.LLAMACPP_TYPE])
+    parts = [str(row.get(Col.VARIANT)), str(row.get(Col.LAYOUT))]
+    return "/".join(parts + ([str(row[Col.FLAG_SET])] if row.get(Col.RUNTIME) == "iree" else []))

@@ -49,6 +49,9 @@ _WANTED = (
     Col.DISTURBED,
     Col.PROMPT_TEXT,  # a text prompt and what it gave, shown below the summary
     Col.OUTPUT_TEXT,
+    Col.BITS,  # the runtimes side by side: variant family, and the type llama.cpp ran
+    Col.LLAMACPP_TYPE,
+    Col.RUNTIME_DECODE_MS,
 )
 SAMPLES = Col.DECODE_SAMPLES_MS  # read only where a verdict needs them: they are most of a row
 

@@ -52,10 +52,11 @@ from sweep.readers.tables import (
     key_column,
     metric,
     render,
+    render_md,
 )
 from sweep.store.results import Col
 from workers.host import DISTURBED_FRAC
-from workers.kinds import Status
+from workers.kinds import Runtime, Status
 
 
 def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, Any]) -> Table:
@@ -130,6 +131,30 @@ def flag_study_table(
         Column(Col.STATUS, lambda r: fmt_statuses(r["status_counts"])),
     ]
     return Table(records, columns, header)
+
+
+def runtimes_table(rows: list[dict[str, Any]], header: dict[str, Any]) -> Table:
+    """IREE's fastest configuration, XLA and llama.cpp side by side, per model, variant
+    family (4-bit, 8-bit, fp32, ...), device and prompt length (batch 1, depth 0)."""
+    records = analysis.runtime_comparison(rows)
+    runtimes = [r for r in Runtime if any(f"{r}_ms" in rec for rec in records)]
+    columns = [key_column(col) for col in analysis.RUNTIME_CONTEXT]
+    for runtime in runtimes:
+        name = RUNTIME_NAMES[runtime]
+        columns += [
+            Column(name, lambda r, k=f"{runtime}_config": r.get(k) or ""),
+            metric(f"{name} ms/tok", f"{runtime}_ms"),
+            metric(f"{name} / fastest", f"{runtime}_vs_fastest", fmt_ratio),
+        ]
+    table = Table(records, columns, header)
+    table.notes.append(
+        "each runtime's fastest ok row (batch 1, depth 0); IREE's config is variant/layout/"
+        "flag set, llama.cpp's the GGUF type it ran"
+    )
+    return table
+
+
+RUNTIME_NAMES = {Runtime.IREE: "IREE", Runtime.XLA: "XLA", Runtime.LLAMACPP: "llama.cpp"}
 
 
 def _add_kinds(records: list[dict[str, Any]], dispatches: list[dict[str, Any]]) -> None:
@@ -224,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="every ok row's decode speed against its KLD from fp32, the Pareto front "
         "marked (with --plots: pareto_speed_vs_kld.png)",
     )
+    parser.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="only the runtimes side by side: IREE's fastest configuration, XLA and llama.cpp "
+        "per model, variant family, device and prompt length (markdown shows it below the "
+        "summary whenever a run has more than one runtime)",
+    )
     parser.add_argument("--plots", action="store_true", help="also write PNG plots")
     parser.add_argument(
         "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
@@ -242,6 +274,8 @@ def report(args: argparse.Namespace) -> None:
         pareto_report(args, run, rows)
         return
     dispatches = profiles.load(args.results, (r[Col.POINT_KEY] for r in rows))
+    runtimes_header = context_header(run, rows, (*analysis.RUNTIME_CONTEXT, Col.RUNTIME))
+    side = ""  # the runtimes side by side, below the summary when it has any
     if args.dispatches is not None:
         table = dispatches_table(
             rows, context_header(run, rows, analysis.DEFAULT_BY), dispatches, args.dispatches
@@ -250,10 +284,16 @@ def report(args: argparse.Namespace) -> None:
         shown = (*analysis.FLAG_CONTEXT, Col.LAYOUT)
         table = flag_study_table(rows, context_header(run, rows, shown), dispatches)
         table.notes += host_notes(rows)
+    elif args.runtimes:
+        table = runtimes_table(rows, runtimes_header)
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
         table.notes += text_notes(rows) + quality_notes(rows) + host_notes(rows)
-    emit(render(table, args.format), args.out)
+        if args.format == "md" and analysis.runtime_comparison(rows):
+            side = "\n\nRuntimes side by side:\n\n" + render_md(
+                runtimes_table(rows, runtimes_header)
+            )
+    emit(render(table, args.format) + side, args.out)
     if args.plots:
         from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
 

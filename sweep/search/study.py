@@ -545,7 +545,11 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
         )
         for attr, value in (
             ("listed", {f"{p.flag_set}/{p.layout}": p.key for p in shape}),
-            (Runtime.XLA, _xla(shape).key if search.xla_baseline else None),
+            (Runtime.XLA, _baseline(shape, Runtime.XLA).key if search.xla_baseline else None),
+            (
+                Runtime.LLAMACPP,
+                _baseline(shape, Runtime.LLAMACPP).key if search.llamacpp_baseline else None,
+            ),
             ("variant", variant),
             ("device", device),
             ("space_size", space.size),
@@ -584,11 +588,21 @@ def study_shapes(cfg: SweepConfig, points: list[Point]) -> dict[tuple[str, str],
 
 def baselines(cfg: SweepConfig, grid_points: list[Point]) -> list[Point]:
     """The plain points a search measures beside its trials: the listed flag sets at each
-    study's shape, and (`search.xla_baseline`) the XLA baseline."""
-    assert cfg.search is not None
+    study's shape, and the XLA and llama.cpp baselines (`search.xla_baseline`,
+    `search.llamacpp_baseline`)."""
+    search = cfg.search
+    assert search is not None
+    runtimes = [
+        runtime
+        for runtime, wanted in (
+            (Runtime.XLA, search.xla_baseline),
+            (Runtime.LLAMACPP, search.llamacpp_baseline),
+        )
+        if wanted
+    ]
     points = []
     for shape in study_shapes(cfg, grid_points).values():
-        points += shape + ([_xla(shape)] if cfg.search.xla_baseline else [])
+        points += shape + [_baseline(shape, runtime) for runtime in runtimes]
     return list({p.key: p for p in points}.values())
 
 
@@ -597,8 +611,9 @@ def _base(shape: list[Point]) -> Point:
     return dataclasses.replace(shape[0], flags=(), flag_set="")
 
 
-def _xla(shape: list[Point]) -> Point:
-    return dataclasses.replace(_base(shape), runtime=Runtime.XLA, flag_set=NO_FLAG_SET)
+def _baseline(shape: list[Point], runtime: str) -> Point:
+    """The study's shape on a baseline runtime (XLA, llama.cpp): no flags, the first layout."""
+    return dataclasses.replace(shape[0], runtime=runtime, flags=(), flag_set=NO_FLAG_SET)
 
 
 def _fingerprint(base: Point, space: Space) -> str:

@@ -45,6 +45,7 @@ class StudySummary:
     default_ms: float | None
     listed: tuple[str, float] | None  # the best listed flag set: (flag_set/layout, ms)
     xla_ms: float | None
+    llamacpp_ms: float | None = None  # llama.cpp's ms/token at the study's shape
     bound: str = "none"  # the quality bound, as text
     outside: int = 0  # trials told infeasible for their quality
     best_kld: float | None = None  # the best trial's kld_mean and top1_agree
@@ -57,6 +58,11 @@ class StudySummary:
     @property
     def vs_listed(self) -> float | None:
         return _ratio(self.listed[1] if self.listed else None, self.best_ms)
+
+    @property
+    def vs_llamacpp(self) -> float | None:
+        """llama.cpp's ms/token over the best trial's: below 1, llama.cpp is faster."""
+        return _ratio(self.llamacpp_ms, self.best_ms)
 
     def best_so_far(self) -> list[tuple[int, float]]:
         curve, best = [], None
@@ -127,6 +133,7 @@ def load_studies(
                 default_ms=trial_ms(default) if default else None,
                 listed=min(listed_ok, key=lambda x: x[1]) if listed_ok else None,
                 xla_ms=ms(attrs.get(Runtime.XLA)),
+                llamacpp_ms=ms(attrs.get(Runtime.LLAMACPP)),
                 bound=bound.text(),
                 outside=outside,
                 best_kld=(best_row or {}).get(Col.KLD_MEAN),
@@ -172,6 +179,8 @@ def studies_table(summaries: list[StudySummary]) -> Table:
             "vs_default": s.vs_default,
             "vs_listed": s.vs_listed,
             "xla_ms": s.xla_ms,
+            "llamacpp_ms": s.llamacpp_ms,
+            "vs_llamacpp": s.vs_llamacpp,
             "minimal": minimal_text(s),
             "minimal_ms": (s.minimal or {}).get("ms"),
             Col.FLAGS: " ".join((s.minimal or {}).get(Col.FLAGS, [])),
@@ -198,6 +207,14 @@ def studies_table(summaries: list[StudySummary]) -> Table:
         Column("vs default", lambda r: speedup(r["vs_default"]), right=True),
         Column("vs listed", lambda r: speedup(r["vs_listed"]), right=True),
         metric("XLA ms", "xla_ms"),
+        *(
+            [
+                metric("llama.cpp ms", "llamacpp_ms"),
+                Column("vs llama.cpp", lambda r: speedup(r["vs_llamacpp"]), right=True),
+            ]
+            if any(r["llamacpp_ms"] is not None for r in records)
+            else []
+        ),
         Column("minimal configuration", lambda r: r["minimal"]),
         metric("its ms", "minimal_ms"),
         Column("dropped by ablation", lambda r: r["dropped"]),

@@ -48,7 +48,7 @@ from workers.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 5
+SCHEMA_VERSION: int = 6
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -57,7 +57,8 @@ SCHEMA_HISTORY: dict[int, str] = {
     "attention_span, prefill_tok_s, prompt_text, output_text",
     3: "replica",
     4: "dequant_fused, ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens",
-    5: "niceness, host_busy_frac, disturbed, timed_started_at, timed_finished_at, "
+    5: "bits, llamacpp_type, runtime_decode_ms",
+    6: "niceness, host_busy_frac, disturbed, timed_started_at, timed_finished_at, "
     "prefill_compile_started_at, prefill_compile_finished_at, decode_compile_started_at, "
     "decode_compile_finished_at",
 }
@@ -78,6 +79,7 @@ def _build_schema() -> pa.Schema:
         ("variant", s),
         ("layout", s),
         ("group_size", i32),
+        ("bits", i32),  # the quantized linears' bits (4, 8); null for a float variant
         ("device", s),
         ("driver", s),
         ("runtime", s),
@@ -86,6 +88,7 @@ def _build_schema() -> pa.Schema:
         ("max_seq", i32),
         ("flag_set", s),
         ("flags", pa.list_(s)),
+        ("llamacpp_type", s),  # llama.cpp points: the GGUF tensor type it ran (Q4_1, ...)
         # outcome
         ("status", s),
         ("error_class", s),
@@ -132,6 +135,9 @@ def _build_schema() -> pa.Schema:
         ("decode_ms_std", f64),
         ("decode_samples_ms", pa.list_(f64)),
         ("tok_s", f64),
+        # the runtime's own ms per timed decode token, where it keeps one (llama.cpp's
+        # performance counters: its decode calls without the readback and argmax)
+        ("runtime_decode_ms", f64),
         ("num_warmup_steps", i32),
         ("num_decode_steps", i32),
         ("steps_per_call", i32),  # greedy steps per decode call (samples are per token)
