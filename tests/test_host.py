@@ -24,6 +24,7 @@ from tests.conftest import ROOT
 from tests.test_report import T0, make_row, md_table, run_main, samples
 from workers import host
 
+MIN_TICKS = 5  # of the busy child in its window: enough to tell where its ticks went
 BUSY = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
 
 
@@ -33,7 +34,7 @@ def _ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def _busy_child_window(nice: int, seconds: float = 1.5) -> tuple[host.Counters, host.Counters, int]:
+def _busy_child_window(nice: int, seconds: float = 3.0) -> tuple[host.Counters, host.Counters, int]:
     """Host counters around a child that spins for `seconds` at niceness `nice`, and the
     ticks the child used (read before it is reaped)."""
     child = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", BUSY.format(s=60)])
@@ -50,19 +51,22 @@ def _busy_child_window(nice: int, seconds: float = 1.5) -> tuple[host.Counters, 
 
 
 def test_a_busy_process_at_niceness_0_counts_and_one_at_19_does_not() -> None:
-    """busy_frac * the window's ticks is at least what the child took at niceness 0; at 19
-    the child's ticks count only for a measuring process that is itself niced."""
+    """busy_frac * the window's ticks holds what the child took at niceness 0 (within the
+    two ticks its reads and the host's are apart); at 19 the child's ticks count only for
+    a measuring process that is itself niced. A loaded host gives the child fewer ticks,
+    not a different answer."""
     start, end, child_ticks = _busy_child_window(0)
     total = sum(b - a for a, b in zip(start[0], end[0], strict=False))
-    assert child_ticks > 0.3 * 1.5 * 100, f"the child hardly ran ({child_ticks} ticks)"
+    assert child_ticks >= MIN_TICKS, f"the nice-0 child hardly ran ({child_ticks} ticks)"
     others = host.busy_frac(start, end) * total
-    assert others >= 0.9 * child_ticks, (
+    assert others >= child_ticks - 2, (
         f"a nice-0 busy child took {child_ticks} ticks but busy_frac counts only {others:.0f}"
     )
     start, end, child_ticks = _busy_child_window(19)
     total = sum(b - a for a, b in zip(start[0], end[0], strict=False))
+    assert child_ticks >= MIN_TICKS, f"the nice-19 child hardly ran ({child_ticks} ticks)"
     niced_share = host.busy_frac(start, end, include_niced=True) - host.busy_frac(start, end)
-    assert niced_share * total >= 0.9 * child_ticks, (
+    assert niced_share * total >= child_ticks - 2, (
         f"the nice-19 child's {child_ticks} ticks must sit in the niced share only "
         f"({niced_share * total:.0f} ticks there)"
     )
