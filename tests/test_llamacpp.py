@@ -35,6 +35,7 @@ def test_each_variant_runs_as_its_nearest_llamacpp_type():
     assert llamacpp_type(variant("int8")) == "Q8_0"  # llama.cpp's 8-bit is symmetric
     assert llamacpp_type(variant("int4")) == "Q4_1"  # affine, as our int4 formats
     assert llamacpp_type(variant("int4-fac-g32")) == "Q4_1"
+    assert llamacpp_type(variant("gguf-q4_0")) == "Q4_0"  # a file's own blocks
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])

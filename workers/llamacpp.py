@@ -78,7 +78,10 @@ _QUIET: list[Any] = []  # the log callback, referenced for the life of the proce
 
 
 def llamacpp_type(variant: Variant) -> str:
-    """The llama.cpp tensor type nearest to the variant's linears."""
+    """The llama.cpp tensor type nearest to the variant's linears (a GGUF file's own
+    blocks: that very type)."""
+    if variant.blocks is not None:
+        return variant.blocks
     if not variant.quantized:
         return {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[variant.dtype]
     # Our formats are affine (scale and minimum): Q4_1 is llama.cpp's affine 4-bit;
