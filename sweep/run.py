@@ -45,6 +45,7 @@ from sweep.store.results import (
 from sweep.store.rows import DONE, FAILED, RunContext
 from workers.files import atomic_write
 from workers.llama_config import LlamaConfig
+from workers.variant import Variant
 
 CLAIM_POLL_S = 2.0
 
@@ -100,10 +101,20 @@ def checked_model(cfg: SweepConfig) -> LlamaConfig:
         else:
             model_cfg = source.config()
         for name in cfg.grid.variants:
-            cfg.variants[name].check_model(model_cfg)
+            check_variant(cfg.variants[name], model_cfg, source.path)
     except ValueError as e:  # CheckpointError included: it names the file
         raise ConfigError(f"model: {e}") from None
     return model_cfg
+
+
+def check_variant(variant: Variant, model_cfg: LlamaConfig, path: str | None) -> None:
+    """ValueError unless the variant can hold this model: whole groups, and for a variant
+    that keeps a GGUF file's own blocks, a GGUF file whose linears are of that type."""
+    variant.check_model(model_cfg)
+    if variant.blocks is not None:
+        from workers.checkpoint import check_blocks
+
+        check_blocks(path, variant.blocks)
 
 
 def fitting_formats(cfg: SweepConfig, model_cfg: LlamaConfig, out: Any) -> SweepConfig:
@@ -116,7 +127,7 @@ def fitting_formats(cfg: SweepConfig, model_cfg: LlamaConfig, out: Any) -> Sweep
         kept = []
         for name in names:
             try:
-                cfg.variants[name].check_model(model_cfg)
+                check_variant(cfg.variants[name], model_cfg, cfg.model.path)
                 kept.append(name)
             except ValueError as e:
                 print(f"search: format {name} left out: {e}", file=out)

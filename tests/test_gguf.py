@@ -387,3 +387,21 @@ def test_sweep_gives_transformers_greedy_tokens_on_a_quantized_gguf(
     out = tmp_path / "report.md"
     assert report.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
     assert f"model: {row['model']}" in out.read_text(), "the report's header names the file"
+
+
+def test_a_gguf_checkpoint_has_the_quality_columns_text(tmp_path: Path):
+    """A GGUF file carries its tokenizer: the sweep scores its quality text with it (no
+    tokenizer.json needed), windows as llama-perplexity cuts them."""
+    from sweep.plan.config import load_config
+    from sweep.plan.eval_text import eval_spec, read_text
+    from workers.gguf import gguf_tokenizer
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    cfg, _ = load_config([f"model.path={path}", "bench.eval_ctx=256", "bench.eval_chunks=5"])
+    out = io.StringIO()
+    spec = eval_spec(cfg, out)
+    assert spec is not None and spec.num_eval_tokens == 5 * 127, out.getvalue()
+    assert "quality: 635 scored tokens" in out.getvalue()
+    text, _ = read_text(cfg.bench.eval_text)  # the default: the Python Language Reference
+    assert list(spec.tokens[:256]) == gguf_tokenizer(path).encode(text).ids[:256]

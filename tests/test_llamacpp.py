@@ -35,6 +35,7 @@ def test_each_variant_runs_as_its_nearest_llamacpp_type():
     assert llamacpp_type(variant("int8")) == "Q8_0"  # llama.cpp's 8-bit is symmetric
     assert llamacpp_type(variant("int4")) == "Q4_1"  # affine, as our int4 formats
     assert llamacpp_type(variant("int4-fac-g32")) == "Q4_1"
+    assert llamacpp_type(variant("gguf-q4_0")) == "Q4_0"  # a file's own blocks
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
@@ -183,3 +184,21 @@ def test_without_the_extra_llamacpp_points_are_skipped_and_the_rest_runs(tmp_pat
     assert rows["xla"]["status"] == Status.OK
     assert rows["llamacpp"]["status"] == Status.SKIPPED
     assert 'pip install -e ".[llamacpp]"' in rows["llamacpp"]["error_message"]
+
+
+def test_the_grid_makes_one_llamacpp_point_per_gguf_type():
+    """llama.cpp runs a GGUF file, not our graphs: no flag sets, one layout, and one
+    point per llama.cpp type (both int8 formats of the baselines grid run Q8_0)."""
+    from sweep.plan.config import load_config
+    from sweep.plan.grid import NO_FLAG_SET, expand
+
+    cfg, _ = load_config(["+grid=baselines", "grid.layouts=[out_major,in_major]"])
+    points = expand(cfg, "model-id")
+    llama = [p for p in points if p.runtime == Runtime.LLAMACPP]
+    assert [(p.variant.name, llamacpp_type(p.variant)) for p in llama] == [
+        ("fp32", "F32"), ("int8-u8-pc", "Q8_0"), ("int4-ui4-pc", "Q4_1")
+    ]  # fmt: skip
+    assert {(p.flag_set, p.layout) for p in llama} == {(NO_FLAG_SET, "out_major")}
+    assert not any(p.compiled_by_iree for p in llama)
+    iree = [p for p in points if p.runtime == Runtime.IREE]
+    assert len(iree) == 5 * 2 * 2  # variants x layouts x flag sets, untouched

@@ -43,14 +43,14 @@ def test_every_row_has_its_quality_and_fp32_matches_transformers(
         "grid.layouts=[out_major]",
         "grid.prompt_lengths=[8]",
         "~grid.flag_sets.O3",
-        "grid.runtimes=[iree,xla]",
+        "grid.runtimes=[iree,xla,llamacpp]",
         "bench.eval_ctx=256",
         "bench.eval_chunks=5",
     )
     assert outcome.exit_code == 0, text
     assert "quality: 635 scored tokens of the Python Language Reference" in text
     rows = {(r["variant"], r["runtime"]): r for r in outcome.rows}
-    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"ok"}, text
+    assert len(rows) == 9 and {r["status"] for r in rows.values()} == {"ok"}, text
     for (variant, runtime), r in rows.items():
         assert r["num_eval_tokens"] == 5 * 127, (variant, runtime)
         for column in ("ppl", "kld_mean", "kld_p99", "top1_agree"):
@@ -62,6 +62,12 @@ def test_every_row_has_its_quality_and_fp32_matches_transformers(
     pc, int8 = rows[("int4-ui4-pc", "iree")], rows[("int8-u8", "iree")]
     assert 0 < int8["kld_mean"] < pc["kld_mean"], "int8 is closer to fp32 than per-channel int4"
     assert pc["top1_agree"] < 1.0
+    # llama.cpp's rows, from its own logits: F32 all but fp32 (its KV cache is float16),
+    # Q8_0 closer to fp32 than Q4_1
+    f32, q8, q4 = (rows[(v, "llamacpp")] for v in ("fp32", "int8-u8", "int4-ui4-pc"))
+    assert 0 <= f32["kld_mean"] < 1e-3 and f32["top1_agree"] > 0.99
+    assert f32["ppl"] == pytest.approx(rows[("fp32", "iree")]["ppl"], rel=1e-3)
+    assert f32["kld_mean"] < q8["kld_mean"] < q4["kld_mean"]
 
     from tokenizers import Tokenizer
 

@@ -67,19 +67,22 @@ class _TensorSpan:
     shape: tuple[int, ...]
 
 
-def lazy_checkpoint(path: str | Path) -> LazyTensors:
+def lazy_checkpoint(path: str | Path, blocks: str | None = None) -> LazyTensors:
     """A Hugging Face Llama checkpoint directory's tensors, read WITHOUT torch.
 
     The directory needs `config.json` and either `model.safetensors` or the shards named
     by `model.safetensors.index.json`. Every tensor is validated now, before any data is
     read, so a bad checkpoint fails before the slow part; each is then read and widened
     to a float32, C-contiguous array when asked for. Tensors the config does not need
-    (a tied `lm_head.weight`, rotary buffers) are ignored. A GGUF file: `workers.gguf`.
+    (a tied `lm_head.weight`, rotary buffers) are ignored. A GGUF file: `workers.gguf`;
+    with `blocks` (`Variant.blocks`), its linears as the file's own blocks.
     """
     if (file := gguf_file(path)) is not None:
         from workers.gguf import lazy_gguf
 
-        return lazy_gguf(file)
+        return lazy_gguf(file, blocks)
+    if blocks is not None:
+        check_blocks(path, blocks)  # raises: not a GGUF file
     _, spans = _validated_spans(Path(path))
     makers = {name: functools.partial(_read_tensor, span, name) for name, span in spans.items()}
     return LazyTensors(makers)
@@ -113,6 +116,22 @@ def check_checkpoint(path: str | Path) -> LlamaConfig:
 
         return open_gguf(file).config
     return _validated_spans(Path(path))[0]
+
+
+def check_blocks(path: str | Path | None, blocks: str) -> None:
+    """A variant that keeps a file's own `blocks` needs a GGUF file whose linears are all
+    of that type; anything else fails here, naming the file and tensors, before any work."""
+    from workers.gguf import check_blocks as check_gguf_blocks
+    from workers.gguf import open_gguf
+
+    file = gguf_file(path) if path is not None else None
+    if file is None:
+        what = f"model.path={path} is not a GGUF file" if path else "the weights are seeded"
+        raise CheckpointError(
+            f"a variant with blocks={blocks} keeps a GGUF checkpoint's own {blocks} blocks, but "
+            f"{what}; pass model.path=FILE.gguf, or pick a variant that quantizes"
+        )
+    check_gguf_blocks(open_gguf(file), blocks)
 
 
 def checkpoint_config(path: str | Path) -> LlamaConfig:

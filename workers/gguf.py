@@ -14,7 +14,11 @@ rest of the project expects from `workers.checkpoint`:
   them as halves;
 - Llama 3.1-style RoPE scaling recovered from the `rope_freqs` tensor llama.cpp writes
   in its place;
-- the tokenizer rebuilt from `tokenizer.ggml.*` (GPT-2 style byte-level BPE).
+- the tokenizer rebuilt from `tokenizer.ggml.*` (GPT-2 style byte-level BPE);
+- for a variant that keeps the file's blocks (`Variant.blocks`), the linears as
+  `StoredBlocks` instead: the Q4_0 / Q4_1 / Q8_0 bytes unpacked, not dequantized, their
+  rows un-permuted whole (the blocks run along the input dimension, so a row's blocks
+  move together and none is split).
 
 Everything is checked before any tensor data is read (architecture, tensor types,
 shapes, and that every tensor's bytes lie inside the file), so a bad file fails in the
@@ -32,8 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from workers.llama_config import LINEARS, NORMS, LlamaConfig, RopeScaling, expected_shapes
-from workers.tensors import CheckpointError, LazyTensors
+from workers.llama_config import (
+    LINEARS,
+    NORMS,
+    LlamaConfig,
+    RopeScaling,
+    expected_shapes,
+    is_linear,
+)
+from workers.tensors import CheckpointError, LazyTensors, StoredBlocks
 
 SUFFIX = ".gguf"
 ARCHITECTURE = "llama"
@@ -125,16 +136,41 @@ def open_gguf(path: str | Path, cfg: LlamaConfig | None = None) -> GgufCheckpoin
     return GgufCheckpoint(path, cfg, tensors)
 
 
-def lazy_gguf(path: str | Path, cfg: LlamaConfig | None = None) -> LazyTensors:
-    """Every tensor the config needs, dequantized to float32 [out, in] when asked for
-    (`cfg`: as for `open_gguf`)."""
+def lazy_gguf(
+    path: str | Path, blocks: str | None = None, cfg: LlamaConfig | None = None
+) -> LazyTensors:
+    """Every tensor the config needs, dequantized to float32 [out, in] when asked for;
+    with `blocks` (a block type), the linears as the file's own `StoredBlocks`; `cfg`:
+    as for `open_gguf`."""
     ckpt = open_gguf(path, cfg)
+    if blocks is not None:
+        check_blocks(ckpt, blocks)
     return LazyTensors(
         {
-            name: functools.partial(_dequantized, ckpt, name, tensor)
+            name: functools.partial(
+                _stored_blocks if blocks and is_linear(name) else _dequantized, ckpt, name, tensor
+            )
             for name, tensor in ckpt.tensors.items()
         }
     )
+
+
+def check_blocks(ckpt: GgufCheckpoint, blocks: str) -> None:
+    """Every linear of the file must be of block type `blocks`, or the variant cannot keep
+    them as stored: the error names the tensors that are not, and their types."""
+    others = {
+        _gguf_name(name): tensor.tensor_type.name
+        for name, tensor in ckpt.tensors.items()
+        if is_linear(name) and tensor.tensor_type.name != blocks
+    }
+    if others:
+        listed = ", ".join(f"{name} ({kind})" for name, kind in list(others.items())[:4])
+        more = f" and {len(others) - 4} more" if len(others) > 4 else ""
+        raise CheckpointError(
+            f"{ckpt.path}: a variant with blocks={blocks} keeps the file's own {blocks} linears, "
+            f"but {listed}{more} are not {blocks}; pick the variant of the file's type, or one "
+            "that quantizes (e.g. int4-fac-g32)"
+        )
 
 
 def _parsed(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -322,6 +358,57 @@ def _dequantized(ckpt: GgufCheckpoint, name: str, tensor: Any) -> np.ndarray:
     elif name.endswith("self_attn.k_proj.weight"):
         w = _unpermute(w, cfg.num_key_value_heads)
     return np.ascontiguousarray(w)
+
+
+# Block type -> (bytes per block of 32, where q starts); d is always the first 2 bytes.
+_BLOCK_BYTES: dict[str, tuple[int, int]] = {"Q4_0": (18, 2), "Q4_1": (20, 4), "Q8_0": (34, 2)}
+
+
+def _stored_blocks(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks:
+    """One linear's blocks as stored: q unpacked from the nibbles (or bytes), d and m kept.
+
+    A Q4 block holds d (float16), for Q4_1 also m, then 16 bytes: element j in the low
+    nibble of byte j, element j + 16 in its high nibble. Q8_0 holds d and 32 int8, kept
+    as ui8 q + 128 (what the variant's unsigned integers hold), with m = -128 d.
+    """
+    kind = tensor.tensor_type.name
+    block_bytes, q_start = _BLOCK_BYTES[kind]
+    rows = int(tensor.shape[1])
+    raw = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
+    cfg = ckpt.config
+    if name.endswith("self_attn.q_proj.weight"):  # whole rows of blocks move
+        raw = _unpermute(raw, cfg.num_attention_heads)
+    elif name.endswith("self_attn.k_proj.weight"):
+        raw = _unpermute(raw, cfg.num_key_value_heads)
+    raw = raw.reshape(rows, -1, block_bytes)  # [rows, K / 32, bytes]
+    scale = _float16(raw[..., 0:2])
+    packed = raw[..., q_start:]
+    if kind == "Q8_0":
+        q = packed ^ np.uint8(0x80)  # int8 bits -> q + 128
+        minimum = _exact_float16(scale, -128, ckpt.path, name)
+    else:
+        q = np.concatenate([packed & np.uint8(0xF), packed >> np.uint8(4)], axis=-1)
+        if kind == "Q4_1":
+            minimum = _float16(raw[..., 2:4])
+        else:
+            minimum = _exact_float16(scale, -8, ckpt.path, name)
+    return StoredBlocks(kind, np.ascontiguousarray(q.reshape(rows, -1)), scale, minimum)
+
+
+def _float16(pairs: np.ndarray) -> np.ndarray:
+    """[.., 2] little-endian bytes -> [..] float16, the bits unchanged."""
+    return np.ascontiguousarray(pairs).view("<f2")[..., 0]
+
+
+def _exact_float16(scale: np.ndarray, factor: int, path: Path, name: str) -> np.ndarray:
+    """factor * scale in float16: exact (a power of two) unless it overflows."""
+    out = (scale.astype(np.float32) * np.float32(factor)).astype(np.float16)
+    if not np.isfinite(out).all():
+        raise CheckpointError(
+            f"{path}: tensor {_gguf_name(name)!r}: a block scale times {factor} overflows "
+            "float16; keep its blocks with a variant that quantizes instead"
+        )
+    return out
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:

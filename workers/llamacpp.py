@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import functools
 import os
 import socket
 import time
@@ -63,15 +62,15 @@ def bindings() -> Any:
     return llama_cpp
 
 
-@functools.cache
 def _initialized() -> Any:
     """The bindings with llama.cpp's backend initialized and its log silenced (it logs
     every tensor as it loads), once per process. The log callback lives as long as the
     process: llama.cpp keeps calling it, from any later model or quantizer."""
     llama_cpp = bindings()
-    _QUIET.append(llama_cpp.llama_log_callback(lambda level, text, data: None))
-    llama_cpp.llama_log_set(_QUIET[0], ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
+    if not _QUIET:
+        _QUIET.append(llama_cpp.llama_log_callback(lambda level, text, data: None))
+        llama_cpp.llama_log_set(_QUIET[0], ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
     return llama_cpp
 
 
@@ -79,7 +78,10 @@ _QUIET: list[Any] = []  # the log callback, referenced for the life of the proce
 
 
 def llamacpp_type(variant: Variant) -> str:
-    """The llama.cpp tensor type nearest to the variant's linears."""
+    """The llama.cpp tensor type nearest to the variant's linears (a GGUF file's own
+    blocks: that very type)."""
+    if variant.blocks is not None:
+        return variant.blocks
     if not variant.quantized:
         return {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[variant.dtype]
     # Our formats are affine (scale and minimum): Q4_1 is llama.cpp's affine 4-bit;

@@ -29,6 +29,7 @@ import numpy as np
 from workers.kinds import Dequant, Layout
 from workers.llama_config import LlamaConfig
 from workers.quant import (
+    centred_minimum,
     dequant_jnp,
     factored_linear_jnp,
     integer_linear_jnp,
@@ -285,12 +286,16 @@ class LlamaGraphs:
                 if self.variant.dequant == Dequant.INTEGER
                 else factored_linear_jnp
             )
+            centre = self.variant.centre_of(key)
+            scale = w[f"{key}.scale"]
+            # a GGUF block's minimum is the value at q = 0: the centre is added back here
+            shift = centre - self.variant.offset_of(key)
             return linear(
                 x,
                 w[f"{key}.qweight"],
-                w[f"{key}.scale"],
-                w[f"{key}.minimum"],
-                self.variant.offset_of(key),
+                scale,
+                centred_minimum(scale, w[f"{key}.minimum"], shift),
+                centre,
                 out_major=self.layout == Layout.OUT_MAJOR,
             ).astype(x.dtype)
         weight = self._matrix(w, key).astype(x.dtype)

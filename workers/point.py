@@ -107,17 +107,22 @@ class ModelSource:
         base = own or self.repo or (gguf_file(self.path) or Path(self.path).resolve()).name
         return f"{base}@{fingerprint(self.path, cache_dir)[:12]}"
 
-    def tensors(self) -> LazyTensors:
-        """The float32 checkpoint tensors (or the seed's), each made when asked for."""
-        from workers.checkpoint import lazy_checkpoint, lazy_synthetic_weights
+    def tensors(self, blocks: str | None = None) -> LazyTensors:
+        """The float32 checkpoint tensors (or the seed's), each made when asked for; with
+        `blocks`, a GGUF file's linears as its own stored blocks."""
+        from workers.checkpoint import check_blocks, lazy_checkpoint, lazy_synthetic_weights
 
+        if blocks is not None and not self.path:
+            check_blocks(None, blocks)  # raises: seeded weights have no blocks
         if self.path:
-            return lazy_checkpoint(self.path)
+            return lazy_checkpoint(self.path, blocks)
         return lazy_synthetic_weights(self.config(), self.seed)
 
     def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
-        """The variant's graph weights, made from one checkpoint tensor at a time."""
-        return prepare_variant(self.tensors(), self.config(), variant, layout, consume=True)
+        """The variant's graph weights, made from one checkpoint tensor at a time (the
+        linears from the file's own blocks for a variant with `blocks`)."""
+        source = self.tensors(variant.blocks)
+        return prepare_variant(source, self.config(), variant, layout, consume=True)
 
 
 def weights_key(weights_id: str, variant: Variant, layout: str) -> str:
@@ -377,7 +382,7 @@ class PointWorker:
         from workers.quality import FP32
         from workers.reference import reference_tokens
 
-        tensors = lambda: lazy_gguf(path, self.cfg)  # noqa: E731
+        tensors = lambda: lazy_gguf(path, cfg=self.cfg)  # noqa: E731
         return reference_tokens(
             self.cfg,
             lambda: prepare_variant(tensors(), self.cfg, FP32, "in_major", consume=True),

@@ -16,6 +16,9 @@ A `factored` (or `integer`) variant's grouped linears skip `dequant_jnp`:
 `factored_linear_jnp` / `integer_linear_jnp` multiply the 3-D integers per group and
 apply the scales after, with the midpoint subtracted in the graph and folded into
 the stored minimum on the host (`quantize(..., offset=)`); see `workers/variant.py`.
+A variant that keeps a GGUF file's blocks takes the integers, scales and minimums from
+the file (`StoredBlocks`) instead of `quantize`; its minimum is the value at q = 0, and
+the factored graph adds the centre back to it (`centred_minimum`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from workers.kinds import Layout
 from workers.llama_config import LlamaConfig, expected_shapes, is_linear
+from workers.tensors import StoredBlocks
 from workers.variant import (
     EMBEDDING,
     ArgSpec,
@@ -205,6 +209,17 @@ def factored_linear_jnp(
     return _apply_scales(inner, scale, minimum, xsum, out_major)
 
 
+def centred_minimum(scale: Any, minimum: Any, shift: int) -> Any:
+    """The minimum as a factored graph takes it (the value at q = centre) from one stored
+    as the value at q = centre - shift: minimum + shift * scale, in float32. A GGUF
+    block's m is the value at q = 0 (shift = the centre); 0 leaves it as it is."""
+    import jax.numpy as jnp
+
+    if not shift:
+        return minimum
+    return minimum.astype(jnp.float32) + np.float32(shift) * scale.astype(jnp.float32)
+
+
 def _apply_scales(inner: Any, scale: Any, minimum: Any, xsum: Any, out_major: bool) -> Any:
     """sum_g scale[n, g] inner[t, n, g] + minimum[n, g] xsum[t, g] -> [T, N], as one
     elementwise-then-reduce op: IREE makes it one small dispatch (two einsums would be two).
@@ -310,6 +325,10 @@ def prepare_variant(
     err_sq = ref_sq = 0.0
     for name in expected_shapes(cfg):
         source = weights.pop(name) if consume else weights[name]
+        if variant.blocks is not None and variant.quantizes(name):
+            # the file's own blocks: exact, so they add nothing to the error
+            arrays += _laid_out(*_stored_blocks(source, name, variant), name, variant, layout)
+            continue
         w = source.astype(np.float32, copy=False)
         del source
         if variant.quantizes(name):
@@ -342,10 +361,34 @@ def _quantized(
     q, scale, minimum = quantize(w, variant.bits, group, variant.scale_dtype, offset)
     diff = dequantize(q, scale, minimum, offset) - w
     error = float(np.vdot(diff, diff))
+    return _laid_out(q, scale, minimum, name, variant, layout), error
+
+
+def _stored_blocks(
+    source: Any, name: str, variant: Variant
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A linear's integers, scales and minimums as a GGUF file stores them."""
+    if not isinstance(source, StoredBlocks):
+        raise ValueError(
+            f"variant {variant.name!r} keeps a GGUF file's own {variant.blocks} blocks, but "
+            f"{name} came as {type(source).__name__}: the checkpoint is not GGUF"
+        )
+    if source.kind != variant.blocks:
+        raise ValueError(
+            f"variant {variant.name!r}: {name} is stored as {source.kind}, not {variant.blocks}"
+        )
+    return source.q, source.scale, source.minimum
+
+
+def _laid_out(
+    q: np.ndarray, scale: np.ndarray, minimum: np.ndarray, name: str, variant: Variant, layout: str
+) -> list[np.ndarray]:
+    """Integers [out, in] and their scales -> the stored arrays, in arg_specs order."""
     axis = contraction_axis(name, layout)
     if axis == 0:  # [out, in] -> [in, out]; the scales follow (per row: 1-D)
         q, scale, minimum = q.T, scale.T, minimum.T
     if variant.storage == "uint32":
+        assert variant.bits is not None
         stored = [aligned(pack_lanes(q, variant.bits, axis))]
     elif variant.bits == 4:
         packed = aligned(pack_uint4(np.ascontiguousarray(q)))
@@ -357,4 +400,4 @@ def _quantized(
         num_groups = scale.shape[axis]
         split = (rows, num_groups, -1) if axis == 1 else (num_groups, -1, cols)
         stored = [stored[0].reshape(split)]
-    return [*stored, aligned(scale), aligned(minimum)], error
+    return [*stored, aligned(scale), aligned(minimum)]

@@ -7,6 +7,7 @@ this module, so neither imports the other's internals.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,22 @@ import numpy as np
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file (and tensor)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredBlocks:
+    """A matrix as a block-quantized file stores it, in the variant's terms:
+    w[r, b*B + j] = q[r, b*B + j] * scale[r, b] + minimum[r, b], in float32.
+
+    What a GGUF checkpoint gives for a variant that keeps its blocks (`Variant.blocks`):
+    the integers unpacked from the file's bytes, its float16 scales as they are, and the
+    minimum as the value at q = 0 (Q4_1's own m; -8 d or -128 d where the format has none).
+    """
+
+    kind: str  # the file's block type: "Q4_0", "Q4_1", "Q8_0"
+    q: np.ndarray  # [rows, K] uint8
+    scale: np.ndarray  # [rows, K / B] float16
+    minimum: np.ndarray  # [rows, K / B] float16
 
 
 class LazyTensors:

@@ -45,6 +45,26 @@ activation's scales are applied after it. It changes the numbers (the activation
 rounding), so its quality columns say what that costs; its XLA reference runs the
 same integer arithmetic.
 
+`blocks` keeps a GGUF checkpoint's own block-quantized linears bit for bit instead of
+quantizing its float values again: `Q4_0`, `Q4_1` or `Q8_0`, llama.cpp's formats with
+blocks of 32 along the contraction dimension and a float16 scale `d` (and minimum `m`):
+
+    Q4_1: w = d * q + m,      q in 0..15
+    Q4_0: w = d * (q - 8),    q in 0..15    (stored: d, and m = -8 d)
+    Q8_0: w = d * q,          q in -128..127 (stored: q + 128 as ui8, and m = -128 d)
+
+That is the grouped affine format above with groups of 32, float16 scales and the
+minimum stored as the value at q = 0 (`offset_of` is 0), so the file's nibbles are
+only repacked, its `d` and `m` kept as they are, and the host's `dequantize` gives
+exactly the numbers `gguf.quants.dequantize` gives (m = -8 d and -128 d are exact in
+float16, and so is the subtraction). A factored graph still subtracts the midpoint
+(`centre_of`) and adds it back to the minimum in float32 (`centred_minimum` in
+`workers/quant.py`). A blocks variant spells out what its format is (bits 4 or 8,
+group_size 32, storage native, scale_dtype float16), any `dequant`; the embedding,
+the output matrix and the norms are the file's values in float32, and a checkpoint
+that is not GGUF, or whose linears are of another type, is refused by name
+(`workers.checkpoint.check_blocks`).
+
 The layout is a grid axis of its own: `in_major` gives the graph every matrix as
 [in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
 with the weight as the dot's left operand (`W . x`), which IREE lowers to a matvec
@@ -69,6 +89,9 @@ SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 MATCH_RULES: tuple[str, ...] = ("all", "first")
 DEQUANTS: tuple[Dequant, ...] = tuple(Dequant)
 LAYOUTS: tuple[Layout, ...] = tuple(Layout)
+# GGUF block types a variant can keep as stored (`blocks`) -> their integer bits.
+BLOCK_BITS: dict[str, int] = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+BLOCK_SIZE = 32  # values per GGUF block of these types, along the contraction dimension
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 
@@ -126,6 +149,9 @@ class Variant:
     # "factored" (per-group contraction first, scales after) or "integer" (the same with
     # the activation quantized to int8 and an integer contraction; see the docstring).
     dequant: str = Dequant.DIRECT
+    # A GGUF checkpoint's own blocks for the linears ("Q4_0", "Q4_1", "Q8_0"), not
+    # requantized; None: the linears are quantized here from float values.
+    blocks: str | None = None
 
     def __post_init__(self) -> None:
         where = f"variant {self.name!r}"
@@ -142,6 +168,8 @@ class Variant:
                 raise ValueError(
                     f"{where}: {field}={getattr(self, field)!r}; allowed: {list(allowed)}"
                 )
+        if self.blocks is not None:
+            self._check_blocks(where)
         if not self.quantized:
             if self.group_size is not None or self.quantize_embedding:
                 raise ValueError(
@@ -164,6 +192,24 @@ class Variant:
             raise ValueError(
                 f"{where}: dequant={self.dequant} needs group_size (a per-channel dequant already "
                 "fuses) and storage=native (the integers as ui4/ui8 tensors)"
+            )
+
+    def _check_blocks(self, where: str) -> None:
+        """A blocks variant must say what the file's format is: llama.cpp's blocks of 32."""
+        if self.blocks not in BLOCK_BITS:
+            raise ValueError(f"{where}: blocks={self.blocks!r}; allowed: {list(BLOCK_BITS)}")
+        format_fields = {
+            "bits": BLOCK_BITS[self.blocks],
+            "group_size": BLOCK_SIZE,
+            "storage": "native",
+            "scale_dtype": "float16",
+            "quantize_embedding": False,
+        }
+        wrong = {k: getattr(self, k) for k, v in format_fields.items() if getattr(self, k) != v}
+        if wrong:
+            raise ValueError(
+                f"{where}: blocks={self.blocks} stores {format_fields} (the embedding stays the "
+                f"file's values in float32); got {wrong}"
             )
 
     @property
@@ -211,11 +257,16 @@ class Variant:
         """True for the tensors the graph multiplies in factored form: grouped linears."""
         return self.factored and self.quantizes(name) and self.group_of(name) is not None
 
-    def offset_of(self, name: str) -> int:
-        """The integer whose value the stored minimum is: half the range for a factored
-        tensor (q - offset is centred on zero in the graph), else 0 (the true minimum)."""
+    def centre_of(self, name: str) -> int:
+        """What a factored graph subtracts from the integers: half their range (q - c is
+        centred on zero), for a factored tensor; else 0."""
         assert self.bits is not None or not self.factors(name)
         return 1 << (self.bits - 1) if self.factors(name) else 0  # type: ignore[operator]
+
+    def offset_of(self, name: str) -> int:
+        """The integer whose value the stored minimum is: the centre for a factored tensor
+        quantized here (folded in on the host), else 0 (the true minimum; a GGUF block's m)."""
+        return 0 if self.blocks is not None else self.centre_of(name)
 
     def check_model(self, cfg: LlamaConfig) -> None:
         """Every linear's input dimension must split into whole groups (and lanes)."""
@@ -282,6 +333,8 @@ def _fingerprint(variant: Variant) -> str:
     fields = dataclasses.asdict(variant)
     if variant.dequant == Dequant.DIRECT:  # the default: fingerprints from before the field stay
         del fields["dequant"]
+    if variant.blocks is None:  # likewise
+        del fields["blocks"]
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

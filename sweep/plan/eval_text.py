@@ -44,23 +44,27 @@ def read_text(path: str | None) -> tuple[str, str]:
 
 def eval_spec(cfg: SweepConfig, out: Any) -> EvalSpec | None:
     """The text windows every point measures its quality on, or None: no tokenizer (seeded
-    weights, a checkpoint without `tokenizer.json`) or `bench.eval_chunks=0`."""
+    weights, a checkpoint without `tokenizer.json`, a GGUF whose tokenizer kind is not
+    supported) or `bench.eval_chunks=0`."""
+    from workers.checkpoint import load_tokenizer
+    from workers.tensors import CheckpointError
+
     b, path = cfg.bench, cfg.model.path
     if b.eval_chunks == 0:
         return None
-    tokenizer_file = Path(path) / "tokenizer.json" if path else None
-    if tokenizer_file is None or not tokenizer_file.is_file():
+    try:
+        tokenizer = load_tokenizer(path) if path else None
+        why = "seeded weights have none"
+    except CheckpointError as e:
+        tokenizer, why = None, str(e)
+    if tokenizer is None:
         if b.eval_text is not None:
             raise ConfigError(
-                f"bench.eval_text: scoring a text needs a checkpoint with a tokenizer.json "
-                f"(model.path); {'seeded weights have none' if path is None else path} "
-                "has none"
+                "bench.eval_text: scoring a text needs a checkpoint with a tokenizer "
+                f"(model.path: a tokenizer.json beside it, or a GGUF file); {why}"
             )
-        print("quality: no tokenizer, so no ppl / KLD columns (seeded weights)", file=out)
+        print(f"quality: no tokenizer, so no ppl / KLD columns ({why})", file=out)
         return None
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
     text, name = read_text(b.eval_text)
     ids = tokenizer.encode(text).ids
     empty = tokenizer.encode("").ids  # a tokenizer that adds a BOS gives [bos]
@@ -89,5 +93,6 @@ def check_quality_bound(cfg: SweepConfig, spec: EvalSpec | None) -> None:
         return
     raise ConfigError(
         "search.max_kld / search.min_top1 need the quality columns: a checkpoint with a "
-        "tokenizer.json (model.path=DIR) and bench.eval_chunks > 0"
+        "tokenizer (model.path: a GGUF file, or a directory with a tokenizer.json) and "
+        "bench.eval_chunks > 0"
     )

@@ -23,6 +23,7 @@ from workers.devices import DeviceSpec
 from workers.export import TIMED_KINDS, GraphSpec
 from workers.kinds import Attention, GraphKind, Layout, Runtime
 from workers.llama_config import LlamaConfig
+from workers.llamacpp import llamacpp_type
 from workers.model import prompt_bucket
 from workers.perplexity import EvalSpec
 from workers.point import BenchTask
@@ -154,14 +155,19 @@ def expand(cfg: SweepConfig, model_id: str, quality: EvalSpec | None = None) -> 
     g = cfg.grid
     points = []
     shapes = list(itertools.product(g.batch_sizes, g.depths, g.attention))
+    llamacpp_files: dict[tuple[str, str], str] = {}  # (device, llama.cpp type) -> variant
     for device_name, variant_name, layout, runtime in itertools.product(
         g.devices, g.variants, g.layouts, g.runtimes
     ):
         # IREE flags mean nothing to the baselines: their points use no flag set. llama.cpp
-        # runs a GGUF file, not our graphs: one layout of it is enough (the first listed).
+        # runs a GGUF file, not our graphs: one layout of it is enough (the first listed),
+        # and one variant per llama.cpp type (the first listed: int8 formats all run Q8_0).
         flag_sets = g.flag_sets.items() if runtime == Runtime.IREE else [(NO_FLAG_SET, FlagSet())]
-        if runtime == Runtime.LLAMACPP and layout != g.layouts[0]:
-            continue
+        if runtime == Runtime.LLAMACPP:
+            kind = llamacpp_type(cfg.variants[variant_name])
+            first = llamacpp_files.setdefault((device_name, kind), variant_name)
+            if layout != g.layouts[0] or first != variant_name:
+                continue
         for flag_set, spec in flag_sets:
             if not spec.applies_to(device_name):
                 continue

@@ -313,7 +313,8 @@ def pareto_report(args: argparse.Namespace, run: str, rows: list[dict[str, Any]]
     if not quality_rows(rows):
         raise ReportError(
             f"run {run} has no ok row with the quality columns (kld_mean): they need a "
-            "checkpoint with a tokenizer.json (model.path=DIR) and bench.eval_chunks > 0"
+            "checkpoint with a tokenizer (model.path: a GGUF file, or a directory with a "
+            "tokenizer.json) and bench.eval_chunks > 0"
         )
     header = context_header(run, rows, (Col.VARIANT, Col.LAYOUT, Col.FLAG_SET, Col.RUNTIME))
     emit(render(pareto_table(rows, header), args.format), args.out)
@@ -332,8 +333,9 @@ def quality_notes(rows: list[dict[str, Any]]) -> list[str]:
         return []
     if any(r.get(Col.FP32_AGREEMENT) is not None for r in ok):
         return [
-            "quality: no ppl / KLD columns (seeded weights, or no tokenizer.json); on random "
-            "weights `vs fp32` (fp32_agreement) is noise: quality needs a trained checkpoint"
+            "quality: no ppl / KLD columns (seeded weights, or a checkpoint without a "
+            "tokenizer); on random weights `vs fp32` (fp32_agreement) is noise: quality needs "
+            "a trained checkpoint"
         ]
     return []
 
