@@ -199,7 +199,7 @@ class PointWorker:
         from workers.iree_runtime import IreeRunner
 
         self.priority = priority
-        self.priority_note = self._prioritize()
+        self._prioritize()
         if device.needs_gpu:
             # JAX (the reference, the XLA baseline) shares this process and the GPU with
             # IREE: without this it would reserve 75% of the GPU's memory at its first use.
@@ -444,10 +444,11 @@ class PointWorker:
             run = greedy_decode(session, prompts, task.prompt_bucket, task.steps)
         return run, compile_s, host.window
 
-    def _prioritize(self) -> str | None:
-        """Every thread at `self.priority`; why not, where the host refused (the point then
-        runs at the niceness it has, and its row records that)."""
-        return None if self.priority is None else set_niceness(self.priority)[1]
+    def _prioritize(self) -> None:
+        """Every thread at `self.priority`; where the host refuses, the point runs at the
+        niceness it has and its row records that (`niceness`; the summary says why)."""
+        if self.priority is not None:
+            set_niceness(self.priority)
 
     def _quality(
         self, task: BenchTask, vw: VariantWeights, score_vmfb: bytes | None
