@@ -5,8 +5,8 @@
 Compiles the prefill graph of each batch size (fp32, default flags, llvm-cpu for this
 host), runs one call of each with IREE's own tool on zero inputs (dense kernels take the
 same time on any values) under its profiler (`--device_profiling_mode=host-execution`),
-and prints each dispatch kind's time per batch with the ratio to batch 1, beside the
-form of each matmul in the `--compile-to=flow` output: `A.B^T` (both operands
+and prints each dispatch kind's time per batch with the ratio to batch 1, then each
+matmul dispatch with its form in the `--compile-to=flow` output: `A.B^T` (both operands
 contiguous along the contraction) or `A.B` (the right operand [K, N]). The question it
 answers: does batch B cost B times batch 1, and if not, which dispatch does not scale.
 The report goes to `outputs/benchmarks/prefill_batch-<model>-<host>-<date>.json`.
@@ -31,6 +31,7 @@ from workers.compile import iree_compile_path
 from workers.export import GraphSpec, export_graph
 from workers.kinds import GraphKind
 from workers.llama_config import preset
+from workers.profile import dispatch_kind
 
 TARGET = [
     "--iree-input-type=stablehlo",
@@ -96,29 +97,19 @@ def profile_one(spec: GraphSpec, work: Path) -> dict[str, Any]:
         text=True,
         check=True,
     ).stdout
-    kinds: dict[str, float] = collections.defaultdict(float)
+    dispatch_ms: dict[str, float] = collections.defaultdict(float)
     for line in events.splitlines():
         event = json.loads(line)
         if event.get("type") == "host_dispatch_group":
             name = re.sub(r"^main_dispatch_\d+_", "", event["key"])
-            kinds[_unbatched(name, spec.batch, spec.bucket)] += event["total_ns"] / 1e6
+            dispatch_ms[name] += event["total_ns"] / 1e6
     return {
         "batch": spec.batch,
         "call_ms": call_ms,
         "wall_s": wall_s,
-        "dispatch_ms": dict(kinds),
-        "matmul_forms": {
-            _unbatched(k, spec.batch, spec.bucket): v
-            for k, v in matmul_forms(flow.read_text()).items()
-        },
+        "dispatch_ms": dict(dispatch_ms),
+        "matmul_forms": matmul_forms(flow.read_text()),
     }
-
-
-def _unbatched(name: str, batch: int, bucket: int) -> str:
-    """A dispatch name with the batch's rows written as T (B x bucket or bucket), so the
-    same dispatch of two batch sizes has one name."""
-    name = re.sub(rf"\b{batch * bucket}\b|\b{bucket}\b", "T", name)
-    return re.sub(rf"(?<![0-9]){batch}x", "", name) if batch > 1 else name
 
 
 def main() -> None:
@@ -140,33 +131,37 @@ def main() -> None:
             )
             runs.append(profile_one(spec, Path(tmp)))
             print(f"batch {batch}: {runs[-1]['call_ms']:.0f} ms per call", flush=True)
-    base, last = runs[0], runs[-1]
-    kinds = sorted(
-        {k for r in runs for k in r["dispatch_ms"]},
-        key=lambda k: -last["dispatch_ms"].get(k, 0),
-    )
-    header = ["dispatch", *(f"b{r['batch']} ms" for r in runs), "ratio", "matmul form"]
-    rows = []
-    for kind in kinds[:12]:
-        ms = [r["dispatch_ms"].get(kind, 0.0) for r in runs]
-        ratio = ms[-1] / ms[0] if ms[0] else float("nan")
-        forms = "/".join(r["matmul_forms"].get(kind, "") for r in runs).strip("/")
-        rows.append([kind, *(f"{m:.0f}" for m in ms), f"{ratio:.1f}", forms])
-    rows.append(
-        [
-            "whole call",
-            *(f"{r['call_ms']:.0f}" for r in runs),
-            f"{last['call_ms'] / base['call_ms']:.1f}",
-            "",
-        ]
-    )
+    base = runs[0]
+    by_kind = [collections.defaultdict(float) for _ in runs]
+    for run, kinds in zip(runs, by_kind, strict=True):
+        for name, ms in run["dispatch_ms"].items():
+            kinds[dispatch_kind(name)] += ms
+    header = ["dispatch kind", *(f"b{r['batch']} ms" for r in runs), f"b{runs[-1]['batch']}/b1"]
+    rows = [
+        [kind, *(f"{k.get(kind, 0.0):.1f}" for k in by_kind), _ratio(by_kind, kind)]
+        for kind in sorted(by_kind[-1], key=lambda k: -by_kind[-1][k])
+    ]
+    total = [r["call_ms"] for r in runs]
+    rows.append(["whole call", *(f"{t:.0f}" for t in total), f"{total[-1] / total[0]:.1f}"])
+    matmuls = [
+        [f"b{r['batch']}", name, r["matmul_forms"][name], f"{r['dispatch_ms'].get(name, 0):.1f}"]
+        for r in (base, runs[-1])
+        for name in sorted(r["matmul_forms"], key=lambda n: -r["dispatch_ms"].get(n, 0))
+    ]
     path = args.out or default_report_path("prefill_batch", args.model)
     write_json(
         path, {"machine": machine_info(), "args": vars(args) | {"out": str(path)}, "runs": runs}
     )
     print()
     print(markdown_table(header, rows))
+    print()
+    print(markdown_table(["batch", "matmul dispatch", "form", "ms"], matmuls))
     print(f"\nreport: {path}")
+
+
+def _ratio(by_kind: list[dict[str, float]], kind: str) -> str:
+    first, last = by_kind[0].get(kind, 0.0), by_kind[-1].get(kind, 0.0)
+    return f"{last / first:.1f}" if first else ""
 
 
 if __name__ == "__main__":
