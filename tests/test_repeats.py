@@ -213,3 +213,20 @@ def test_three_repeats_of_the_smoke_grid_interleave_and_compare_as_same(
     assert {basis for _, basis in verdicts.values()} == {"repeats"}
     moved = {k: v for k, (v, _) in verdicts.items() if v in ("faster", "slower")}
     assert not moved, f"unchanged points called {moved}"
+
+
+def test_the_sweeps_summary_shows_a_repeated_point_once_with_its_spread():
+    import io
+
+    from sweep.run import print_summary
+
+    rows = repeat_rows("r1", "fp32", [10.0, 11.0, 10.4], seed=1)
+    extra = {"layout": "in_major", "model": "tiny", "threads": 2, "depth": 0}
+    rows = [{**r, **extra} for r in rows]
+    out = io.StringIO()
+    print_summary(rows, out)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("| fp32")]
+    assert len(lines) == 1, out.getvalue()
+    spread = analysis.merge_repeats(rows)[0]["repeat_spread"]
+    assert f"3 ({100 * spread:.1f}%)" in lines[0], lines[0]
+    assert "status: ok 3" in out.getvalue(), "the status line still counts every repeat"
