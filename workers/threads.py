@@ -9,7 +9,8 @@ each thread gets back the affinity it had, so the next point starts from the act
 XLA's CPU client sizes its intra-op thread pool once per process, when JAX first makes
 it, from the CPUs it may use then; JAX 0.10 offers no setting per client or per call.
 An XLA point with `threads=N` therefore runs that pool pinned to N cores: the threads
-compete for N cores, rather than N threads running.
+compete for N cores, rather than N threads running. (The per-compile option
+`xla_cpu_multi_thread_eigen=False`, which JAX 0.10 accepts, could serve N = 1 alone.)
 """
 
 from __future__ import annotations
