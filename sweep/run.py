@@ -371,6 +371,7 @@ SUMMARY_COLUMNS = [
     Column("batch", _cell("{}", Col.BATCH_SIZE), right=True, fold=Col.BATCH_SIZE),
     Column(Col.DEPTH, _cell("{}", Col.DEPTH), right=True, fold=Col.DEPTH),
     Column("attention", lambda r: str(r.get(Col.ATTENTION_SPAN) or "all"), fold=Col.ATTENTION_SPAN),
+    Column("threads", _cell("{}", Col.THREADS), right=True, fold=Col.THREADS),
     metric("tok/s", Col.TOK_S),
     metric("ms/tok p50", Col.DECODE_MS_P50),
     Column("p10-p90", fmt_spread, right=True),
@@ -378,12 +379,21 @@ SUMMARY_COLUMNS = [
     Column("matched", lambda r: f"{r['num_tokens_matched']}/{len(r['tokens'])}", right=True),
     Column(Col.STATUS, _cell("{}", Col.STATUS)),
 ]
+# bench.repeats: the repeats' medians' spread beside a point measured more than once
+REPEATS_COLUMN = Column("repeats (spread)", lambda r: _repeats_cell(r), right=True)
+
+
+def _repeats_cell(row: dict[str, Any]) -> str:
+    if not row.get(analysis.NUM_REPEATS):
+        return ""
+    return f"{row[analysis.NUM_REPEATS]} ({100 * row[analysis.REPEAT_SPREAD]:.1f}%)"
 
 
 def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = None) -> None:
-    """The seed's table (per variant, device, flag set and prompt), then every failure."""
+    """The seed's table (per variant, device, flag set and prompt; a point's repeats
+    merged into one line), then every failure."""
     ok = sorted(
-        (r for r in rows if r.get(Col.DECODE_MS_P50) is not None),
+        analysis.merge_repeats([r for r in rows if r.get(Col.DECODE_MS_P50) is not None]),
         key=lambda r: (
             r[Col.VARIANT],
             r[Col.LAYOUT],
@@ -394,11 +404,18 @@ def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = N
             r.get(Col.BATCH_SIZE) or 1,
             r.get(Col.DEPTH) or 0,
             r.get(Col.ATTENTION_SPAN) or 0,
+            r.get(Col.THREADS) or 0,
         ),
     )
     if ok:
         header = analysis.constant_columns(ok, (Col.MODEL,))  # which weights: the header line
-        print(render_md(Table(ok, SUMMARY_COLUMNS, header=header)), file=out)
+        repeated = any(r.get(analysis.NUM_REPEATS) for r in ok)
+        columns = [
+            *SUMMARY_COLUMNS[:-1],
+            *([REPEATS_COLUMN] if repeated else []),
+            SUMMARY_COLUMNS[-1],
+        ]
+        print(render_md(Table(ok, columns, header=header)), file=out)
     for note in text_notes(rows) + host_notes(rows, priority):
         print(note, file=out)
     counts = analysis.status_counts(rows)

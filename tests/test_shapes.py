@@ -3,7 +3,8 @@
 A batch of B sequences is one vmapped graph; each sequence must decode exactly as it
 does alone. A decode graph that attends over a bucket of the filled slots (`filled`)
 must give the tokens of the one that attends over every slot (`full`): the slots past
-the position are masked either way. IREE runs the same graphs in tests/test_sweep.py.
+the position are masked either way. IREE runs the same graphs in tests/test_sweep.py;
+one slow test here compiles a batched prefill graph to check its matmuls' form.
 """
 
 from __future__ import annotations
@@ -87,3 +88,33 @@ def test_depth_and_batch_axes_make_distinct_points_with_the_spans_they_need():
 def test_a_depth_that_does_not_fit_the_cache_is_a_config_error():
     with pytest.raises(ConfigError, match=r"max\(grid.depths\)"):
         load_config(["+grid=smoke", "grid.depths=[0,120]"])
+
+
+@pytest.mark.slow  # iree-compile
+@pytest.mark.parametrize("batch", [1, 4])
+def test_batched_prefill_keeps_the_matmul_form_of_one_sequence(batch: int) -> None:
+    """Every out-major linear of a prefill graph is one matmul with both operands
+    contiguous along the contraction (A.B^T), batched or not. Written as W . x, the
+    vmapped batch made IREE 3.13 transpose the activations to [in, B x T] for a plain
+    A.B matmul, 4-18x slower per FLOP on the CPU (docs/results.md, 2026-12-03)."""
+    import re
+
+    from iree.compiler import compile_str
+
+    from workers.export import export_graph
+    from workers.llama_config import preset
+
+    spec = GraphSpec(
+        preset("tiny"), variant("fp32"), MAX_SEQ, "prefill", BUCKET, "out_major", batch=batch
+    )
+    flow = compile_str(
+        export_graph(spec).stablehlo,
+        target_backends=["llvm-cpu"],
+        input_type="stablehlo",
+        extra_args=["--iree-llvmcpu-target-cpu=host", "--compile-to=flow"],
+    ).decode()
+    matmuls = re.findall(r"linalg\.matmul(.*?)ins\((.*?)\) outs", flow, re.S)
+    rows = [m for m in matmuls if f"x{BUCKET * batch}x" in m[1] or f"<{BUCKET * batch}x" in m[1]]
+    assert len(rows) >= 4, f"the linears over the {BUCKET * batch} rows: {matmuls}"
+    plain = [ins for maps, ins in rows if "affine_map" not in maps]
+    assert not plain, f"A.B matmuls (activations transposed to [in, rows]): {plain}"

@@ -62,6 +62,7 @@ class IreeRunner:
         self.driver = driver
         self._rt = rt
         self.device = rt.get_device(driver)
+        self.num_threads = 0  # local-task workers of `device`; 0: IREE's default topology
         self._token = _TokenReadback(rt, self.device)
         self.instance = rt.VmInstance()
         self._modules: dict[str, _LoadedModule] = {}
@@ -72,6 +73,30 @@ class IreeRunner:
         self._copy_gbps: dict[int, float] = {}
         self.weight_bytes = 0
         self.num_uploads = 0  # how many times weights were uploaded: once per variant held
+
+    # --- threads -------------------------------------------------------------------------
+
+    def use_threads(self, num_threads: int) -> None:
+        """Runs the next points with `num_threads` local-task workers (0: IREE's default,
+        one per physical core). Other drivers have no workers to set: nothing changes.
+
+        IREE fixes a local-task driver's workers when the driver is made (from its
+        `--task_topology_*` flags) and the Python bindings cache one driver per name,
+        so a new worker count is a new, uncached driver and device. The resident
+        weights move with it: on a CPU driver that re-imports the same host memory (no
+        copy, no new upload); the loaded modules are bound to the old device and go.
+        """
+        if self.driver != "local-task" or num_threads == self.num_threads:
+            return
+        resident, key = self._resident, self._weights_key
+        self.release()
+        self._modules.clear()
+        self._copy_gbps.clear()
+        self.device = _task_device(self._rt, num_threads)
+        self._token = _TokenReadback(self._rt, self.device)
+        self.num_threads = num_threads
+        if resident is not None and key is not None:
+            self._hold(key, resident)
 
     # --- residency -----------------------------------------------------------------------
 
@@ -115,7 +140,12 @@ class IreeRunner:
         if key == self._weights_key:
             return 0.0
         self.release()  # one resident set at a time
-        vw = make_weights()
+        upload_s = self._hold(key, make_weights())
+        self.num_uploads += 1
+        return upload_s
+
+    def _hold(self, key: str, vw: VariantWeights) -> float:
+        """Makes `vw` (the only reference to its arrays) resident on the device."""
         arrays: list[np.ndarray | None] = list(vw.arrays)
         vw = dataclasses.replace(vw, arrays=())
         buffers: dict[int, tuple[Any, np.ndarray]] = {}  # id(array) -> (buffer, host array)
@@ -136,7 +166,6 @@ class IreeRunner:
         self._resident = dataclasses.replace(vw, arrays=tuple(self._host_arrays))
         self.weight_bytes = self._resident.nbytes
         self._weights_key = key
-        self.num_uploads += 1
         return upload_s
 
     def _resident_buffer(self, array: np.ndarray) -> tuple[Any, np.ndarray]:
@@ -359,6 +388,24 @@ class _TokenReadback:
         done.wait()
         self._value += 1
         return self._staging
+
+
+def _task_device(rt: Any, num_threads: int) -> Any:
+    """A local-task device of its own driver with `num_threads` workers (0: the default)."""
+    from iree._runtime_libs import _runtime
+
+    if num_threads == 0:
+        return rt.get_device("local-task")
+    # The flag is process-wide and read when a driver is made: set, make, set it back.
+    rt.flags.parse_flags(f"--task_topology_max_group_count={num_threads}")
+    try:
+        driver = _runtime.create_hal_driver("local-task")
+    finally:
+        rt.flags.parse_flags(f"--task_topology_max_group_count={_DEFAULT_MAX_GROUP_COUNT}")
+    return driver.create_default_device()
+
+
+_DEFAULT_MAX_GROUP_COUNT = 64  # IREE 3.13's default (iree-run-module --help)
 
 
 def _element_type(rt: Any, dtype: str) -> Any:

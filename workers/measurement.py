@@ -85,6 +85,7 @@ class Measurement:
     niceness: int | None = None
     xla_compile_s: float | None = None  # the XLA baseline compiles in the worker
     node_id: str | None = None  # the cluster node (filled in by the actor)
+    threads: int | None = None  # cores the point ran on (workers.threads)
     num_uploads: int = 0  # uploads the worker made so far, all points together
     profile: Profile | None = None  # IREE's per-dispatch profile, when asked for
     batch: int = 1  # sequences per step: the prompts, tokens and references hold each in turn

@@ -273,11 +273,13 @@ class LlamaGraphs:
     def _linear(self, w: dict[str, Array], name: str, x: Array) -> Array:
         """x [T, in] times the linear's weight, dequantized in the graph when quantized.
 
-        in_major: x @ W with W [in, out]. out_major: W . x with W [out, in] as the dot's
-        left operand, which IREE lowers to a matvec; `x @ W.T` would make it transpose
-        the whole weight first. A factored variant's grouped linears contract the integers
-        per group first and apply the scales after (`factored_linear_jnp`, or
-        `integer_linear_jnp` with the activation quantized to int8).
+        in_major: x @ W with W [in, out]. out_major, one row (decode): W . x with W
+        [out, in] as the dot's left operand, which IREE lowers to a matvec; `x @ W.T`
+        would make it transpose the whole weight first. out_major, several rows
+        (prefill): x . W^T, which stays one matmul when the graph is batched. A factored
+        variant's grouped linears contract the integers per group first and apply the
+        scales after (`factored_linear_jnp`, or `integer_linear_jnp` with the activation
+        quantized to int8).
         """
         key = f"{name}.weight"
         if self.variant.factors(key):
@@ -301,6 +303,13 @@ class LlamaGraphs:
         weight = self._matrix(w, key).astype(x.dtype)
         if self.layout == Layout.IN_MAJOR:
             return _dot(x, weight, 1, 0)
+        if x.shape[0] > 1:
+            # Several rows (prefill, score): x . W^T, one matmul with both operands
+            # contiguous along `in`. W . x is that too for one sequence, but vmapped over
+            # a batch (`batched`) the rows become two free dims, and IREE 3.13 then
+            # transposes x to [in, batch x rows] for a plain A.B matmul, 4-7x slower per
+            # FLOP on the CPU: 1B prefill at batch 4 took ~10x batch 1 (docs/results.md).
+            return _dot(x, weight, 1, 1)
         return _dot(weight, x, 1, 1).T
 
     def _matrix(self, w: dict[str, Array], key: str) -> Array:

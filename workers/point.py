@@ -149,6 +149,10 @@ class BenchTask:
     attention_span: int | None = None  # decode attends over this many slots; None: max_seq
     prompt_text: str | None = None  # tokenized with the checkpoint's tokenizer.json
     quality: EvalSpec | None = None  # text windows for ppl / KLD (workers.perplexity)
+    # Cores the point runs on (workers.threads): the actor pinned to them, IREE's
+    # local-task workers, and any runtime's own thread count (llama.cpp's -t). 0: all the
+    # actor's CPUs, as without the axis.
+    threads: int = 0
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The prefill, decode or score graph this task runs."""
@@ -226,6 +230,21 @@ class PointWorker:
         prefill_vmfb: bytes | None = None,
         decode_vmfb: bytes | None = None,
         score_vmfb: bytes | None = None,
+    ) -> Measurement:
+        from workers.threads import pinned
+
+        with pinned(task.threads) as num_threads:
+            if task.runtime == Runtime.IREE:
+                self.iree.use_threads(task.threads)
+            measurement = self._run(task, prefill_vmfb, decode_vmfb, score_vmfb)
+        return dataclasses.replace(measurement, threads=num_threads)
+
+    def _run(
+        self,
+        task: BenchTask,
+        prefill_vmfb: bytes | None,
+        decode_vmfb: bytes | None,
+        score_vmfb: bytes | None,
     ) -> Measurement:
         from workers.quality import FP32, quality
         from workers.reference import GreedyRun, num_matching, reference_tokens
@@ -492,6 +511,7 @@ class PointWorker:
             pos=task.prompt_length,
             num_calls=task.profile_calls,
             inputs_dir=inputs_dir,
+            num_threads=task.threads if self.device.driver == "local-task" else 0,
         )
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:

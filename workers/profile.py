@@ -142,8 +142,10 @@ def profile_decode(
     pos: int,
     num_calls: int,
     inputs_dir: Path,
+    num_threads: int = 0,
 ) -> Profile:
-    """Profiles `num_calls` calls of the decode graph with IREE's tool (see module docstring)."""
+    """Profiles `num_calls` calls of the decode graph with IREE's tool (see module docstring);
+    `num_threads` local-task workers as the point ran with (0: the default)."""
     mode = "dispatch-events" if driver == "cuda" else "host-execution"
     weights = weight_inputs(vw, weights_key, inputs_dir)
     dynamic = graph.args()[len(vw.specs) :]  # token, pos, kcache, vcache
@@ -155,6 +157,7 @@ def profile_decode(
         command = [
             iree_tool("iree-benchmark-module"),
             f"--device={driver}",
+            *([f"--task_topology_max_group_count={num_threads}"] if num_threads else []),
             f"--module={module}",
             "--function=main",
             *inputs,

@@ -6,7 +6,8 @@ steps per point. These structures answer the scheduler's questions in time that 
 not grow with the points or the nodes:
 
 - `ReadyQueue`: which ready point an actor takes, by weight affinity (its resident
-  weights first, then weights no other actor holds, then any), oldest first.
+  weights first, then weights no other actor holds, then any), oldest first; with
+  repeats (`bench.repeats`), among the points of the earliest repeat only.
 - `OrderedHeap`: queued compiles per CPU kind, oldest first, a requeued one first of all.
 
 Entries are removed lazily: the owner says which are still current, so removing a
@@ -38,12 +39,16 @@ class ReadyQueue:
         resident: Weights,
         held_elsewhere: Callable[[Weights], bool],
         current: Callable[[int], bool],
+        round_of: Callable[[int], int] | None = None,
     ) -> tuple[int, Bucket] | None:
         """Pops the ticket an actor holding `resident` takes from `buckets`, or None.
 
         Weight affinity: the oldest ticket of the resident weights, else the oldest of
         weights that no other actor holds (`held_elsewhere` False), else the oldest.
-        Tickets that are not `current` any more are dropped on the way."""
+        With `round_of` (a ticket's repeat), only tickets of the lowest round among the
+        heads compete: a repeat of the grid runs before the next one starts, whatever
+        that costs in uploads. Tickets that are not `current` any more are dropped on
+        the way."""
         heads: list[tuple[int, Weights, Bucket]] = []
         for bucket in buckets:
             by_weights = self._buckets.get(bucket)
@@ -58,6 +63,9 @@ class ReadyQueue:
                     del by_weights[weights]
         if not heads:
             return None
+        if round_of is not None:
+            first = min(round_of(head[0]) for head in heads)
+            heads = [head for head in heads if round_of(head[0]) == first]
         for wanted in (
             lambda w: w == resident,
             lambda w: not held_elsewhere(w),

@@ -20,6 +20,13 @@ in the tests. Nothing here imports Ray. The rules:
   that already holds the point's variant (weight affinity), so each actor uploads a
   variant once. On a free node the device that fewest nodes offer goes first (its
   GPU before its CPU), so CPU points are left to the nodes that have nothing else.
+- With `bench.repeats=R` each point comes R times (`Point.repeat`), and an actor takes
+  a point of the earliest repeat it can run before any of a later one, weight affinity
+  deciding only within a repeat: the grid runs A B C A B C, so drift over the sweep
+  lands inside each point's repeats instead of between points. Every repeat is its own
+  point and row, written when it ends: an interrupted sweep keeps every finished
+  repeat, a resumed one runs only the missing repeats, and the readers merge them
+  (`sweep.readers.analysis.merge_repeats`).
 - Every point ends as exactly one row, handed to the sink as soon as it is known.
   A compile failure, a timeout, a crashed or lost actor, or a wrong answer costs
   that point's row, never the sweep: a point whose actor died is retried elsewhere
@@ -268,6 +275,7 @@ class Scheduler:
         self._deadlines: list[tuple[float, int, Actor, Running]] = []  # point timeouts
         self._deadline_seq = itertools.count()
         self._topology_changed = False  # a node or actor left: look for unservable points
+        self._repeated = False  # bench.repeats > 1: a repeat of the grid before the next
         for node in self.nodes:
             self._refresh(node)
 
@@ -291,6 +299,7 @@ class Scheduler:
     def add(self, points: list[Point]) -> None:
         """Queues points: infeasible ones are skipped, the graphs of the rest queued."""
         self.counters.num_points += len(points)
+        self._repeated = self._repeated or any(p.num_repeats > 1 for p in points)
         runnable = self._skip_infeasible(points)
         self._start_actors({p.device.name: p.device for p in runnable}.values())
         num_known = len(self.compiles)
@@ -559,6 +568,7 @@ class Scheduler:
                 actor.resident,
                 lambda w: held.get(w, 0) - (w == actor.resident) > 0,
                 self.pending.__contains__,
+                self._round_of if self._repeated else None,
             )
             if picked is None:
                 return False
@@ -573,6 +583,9 @@ class Scheduler:
                 return True
             del self.pending[ticket]  # another sweep measures it
             self.counters.num_points -= 1
+
+    def _round_of(self, ticket: int) -> int:
+        return self.pending[ticket].repeat
 
     def _submit_compile(self, compile_: Compile, node: NodeInfo) -> None:
         compile_.node, compile_.in_flight = node, True

@@ -70,6 +70,9 @@ class GridConfig:
     # What decode attends over: "full" (every cache slot, as the seed: depth costs
     # nothing) or "filled" (a power-of-two bucket of the filled slots: depth costs).
     attention: tuple[str, ...] = (Attention.FULL,)
+    # Threads a point runs on: IREE's local-task workers, the actor pinned to that many
+    # cores (`workers.threads`). 0: what runs without the axis, every CPU the actor may use.
+    threads: tuple[int, ...] = (0,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,9 @@ class BenchConfig:
     # 0 is higher and needs CAP_SYS_NICE or `ulimit -e` on the host, else the point runs
     # at the niceness it has and its row says which (workers.host).
     priority: int = 0
+    # Every point measured this many times, the grid's points interleaved (A B C A B C),
+    # one row per repeat; readers take the median of the repeats' medians.
+    repeats: int = 1
 
     @property
     def steps(self) -> DecodeSteps:
@@ -211,6 +217,7 @@ def check(cfg: SweepConfig) -> None:
         ("grid.batch_sizes", g.batch_sizes, None),
         ("grid.depths", g.depths, None),
         ("grid.prompt_lengths", g.prompt_lengths, None),
+        ("grid.threads", g.threads, None),
         ("compile", (cfg.compile,), COMPILE_MODES),
     ):
         if not values:
@@ -240,6 +247,7 @@ def check(cfg: SweepConfig) -> None:
         ("bench.profile_calls", b.profile_calls, 1),
         ("bench.eval_ctx", b.eval_ctx, 4),
         ("bench.eval_chunks", b.eval_chunks, 0),
+        ("bench.repeats", b.repeats, 1),
     ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")
@@ -255,7 +263,11 @@ def check(cfg: SweepConfig) -> None:
             f"bench.priority={b.priority}: a niceness from -20 (highest) to 0 (normal); "
             "a benchmark never measures below normal priority"
         )
-    for key, values, low in (("grid.batch_sizes", g.batch_sizes, 1), ("grid.depths", g.depths, 0)):
+    for key, values, low in (
+        ("grid.batch_sizes", g.batch_sizes, 1),
+        ("grid.depths", g.depths, 0),
+        ("grid.threads", g.threads, 0),
+    ):
         if min(values) < low:
             raise ConfigError(f"{key}: {list(values)} must all be at least {low}")
     steps = b.steps.num_tokens - 1

@@ -55,6 +55,9 @@ class Point:
     prompt_text: str | None = None  # a text prompt; None: seeded token ids
     replica: int = 0  # > 0: the same configuration measured again (the search's ablation)
     quality: EvalSpec | None = None  # the text windows of the quality columns; None: no text
+    threads: int = 0  # cores (and IREE workers) the point runs on; 0: all the actor's CPUs
+    repeat: int = 0  # which of `num_repeats` measurements of the point this is (from 0)
+    num_repeats: int = 1  # bench.repeats: how often the point is measured, interleaved
 
     @property
     def attention_span(self) -> int | None:
@@ -70,11 +73,22 @@ class Point:
         fields.pop("model")  # a display name; model_id is the identity
         fields.pop("flag_set")  # a label; the flags themselves are in the key
         fields.pop("profile_calls")  # runs after the measurement and does not change it
-        for name in ("replica", "quality"):
+        for name in ("replica", "quality", "threads"):
             if not fields[name]:
                 fields.pop(name)  # so the keys of every other point stay as they were
+        if self.num_repeats == 1:
+            fields.pop("repeat"), fields.pop("num_repeats")
         blob = json.dumps({"v": KEY_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    @property
+    def repeat_of(self) -> str | None:
+        """The key the repeats of a point share: the key it has when measured once (so
+        readers match a repeated point with the same point of an unrepeated run); None
+        when the point is measured once."""
+        if self.num_repeats == 1:
+            return None
+        return dataclasses.replace(self, repeat=0, num_repeats=1).key
 
     @property
     def compiled_by_iree(self) -> bool:
@@ -107,6 +121,7 @@ class Point:
             self.attention_span,
             self.prompt_text,
             self.quality,
+            self.threads,
         )
 
     @property
@@ -123,14 +138,16 @@ class Point:
                 "flag_set": self.flag_set,
                 "runtime": self.runtime,
                 "replica": self.replica,
+                "threads": self.threads or None,
+                "repeat": self.repeat if self.num_repeats > 1 else None,
             }
         )
 
 
 def point_label(row: Mapping[str, Any]) -> str:
-    """`variant[/layout]/device/L<prompt>[/b<batch>][/d<depth>][/a<span>]/flag_set[/runtime]`:
-    how a point is named in messages; defaults (in-major, batch 1, depth 0, attention
-    over the whole cache, IREE) are left out."""
+    """`variant[/layout]/device/L<prompt>[/b<batch>][/d<depth>][/a<span>][/t<threads>]/flag_set
+    [/runtime][/r<repeat>]`: how a point is named in messages; defaults (in-major, batch 1,
+    depth 0, attention over the whole cache, all threads, IREE, measured once) are left out."""
     runtime, layout = row.get("runtime"), row.get("layout")
     parts = [str(row.get("variant"))]
     parts += [layout] if layout not in (None, Layout.IN_MAJOR) else []
@@ -138,9 +155,11 @@ def point_label(row: Mapping[str, Any]) -> str:
     parts += [f"b{b}"] if (b := row.get("batch_size")) not in (None, 1) else []
     parts += [f"d{d}"] if (d := row.get("depth")) not in (None, 0) else []
     parts += [f"a{a}"] if (a := row.get("attention_span")) is not None else []
+    parts += [f"t{t}"] if (t := row.get("threads")) else []
     parts += [str(row.get("flag_set"))]
     parts += [runtime] if runtime not in (None, Runtime.IREE) else []
     parts += [f"again{r}"] if (r := row.get("replica")) else []
+    parts += [f"r{r}"] if (r := row.get("repeat")) is not None else []
     return "/".join(parts)
 
 
@@ -151,10 +170,27 @@ def expand(cfg: SweepConfig, model_id: str, quality: EvalSpec | None = None) -> 
     together, the order a benchmark actor wants them in: one upload each. A flag set
     limited to some devices makes no point on the others. `quality`: the text windows
     every point measures its quality columns on (`sweep.plan.eval_text`), None for none.
+    With `bench.repeats=R`, the whole grid R times over, repeat 0 first: the scheduler
+    runs a repeat of the grid before any point of the next (`Scheduler._take_point`).
     """
+    once = _expand_once(cfg, model_id, quality)
+    num_repeats = cfg.bench.repeats
+    if num_repeats == 1:
+        return once
+    # A profile does not change with the repeat: the first repeat's is enough.
+    return [
+        dataclasses.replace(
+            point, repeat=r, num_repeats=num_repeats, profile_calls=point.profile_calls * (r == 0)
+        )
+        for r in range(num_repeats)
+        for point in once
+    ]
+
+
+def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> list[Point]:
     g = cfg.grid
     points = []
-    shapes = list(itertools.product(g.batch_sizes, g.depths, g.attention))
+    shapes = list(itertools.product(g.batch_sizes, g.depths, g.attention, g.threads))
     llamacpp_files: dict[tuple[str, str], str] = {}  # (device, llama.cpp type) -> variant
     for device_name, variant_name, layout, runtime in itertools.product(
         g.devices, g.variants, g.layouts, g.runtimes
@@ -171,7 +207,9 @@ def expand(cfg: SweepConfig, model_id: str, quality: EvalSpec | None = None) -> 
         for flag_set, spec in flag_sets:
             if not spec.applies_to(device_name):
                 continue
-            for length, (batch, depth, attention) in itertools.product(g.prompt_lengths, shapes):
+            for length, (batch, depth, attention, threads) in itertools.product(
+                g.prompt_lengths, shapes
+            ):
                 points.append(
                     Point(
                         model=cfg.model.name,
@@ -192,6 +230,7 @@ def expand(cfg: SweepConfig, model_id: str, quality: EvalSpec | None = None) -> 
                         attention=attention,
                         prompt_text=cfg.bench.prompt,
                         quality=quality,
+                        threads=threads,
                     )
                 )
     return points

@@ -11,6 +11,11 @@ dispatches, compile s and vmfb bytes (the median of the rows' values, not a
 percentile of the pooled samples); tok/s is 1000 x batch size / that median, as in a row. Failed
 rows count in the status column only, except that `wrong_output` rows also count in
 the tokens-matched column, which is where they matter.
+
+Repeats (`bench.repeats=R`): the store holds one row per repeat; `merge_repeats` makes
+them one row per point before anything else looks at them, and a verdict between two
+points measured at least `MIN_REPEATS` times each comes from their repeats'
+medians (`repeat_verdict`), so drift across the sweep is inside the test.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     Col.DEPTH,
     Col.ATTENTION_SPAN,
     Col.STEPS_PER_CALL,
+    Col.THREADS,
 )
 BY_COLUMNS: tuple[str, ...] = (
     Col.RUN_ID,
@@ -65,9 +71,16 @@ DEFAULT_BY: tuple[str, ...] = (
     Col.DEPTH,
     Col.ATTENTION_SPAN,
     Col.STEPS_PER_CALL,
+    Col.THREADS,
 )
 # The flag study compares flag sets within one of these contexts.
-FLAG_CONTEXT: tuple[str, ...] = (Col.VARIANT, Col.DEVICE, Col.RUNTIME, Col.PROMPT_LENGTH)
+FLAG_CONTEXT: tuple[str, ...] = (
+    Col.VARIANT,
+    Col.DEVICE,
+    Col.RUNTIME,
+    Col.PROMPT_LENGTH,
+    Col.THREADS,
+)
 
 # The verdict rule (see `verdict`).
 ALPHA = 0.01  # two-sided Mann-Whitney p-value below which a difference is real
@@ -76,6 +89,10 @@ MIN_EFFECT = 0.02  # and the medians must differ by at least 2 %
 # took more than workers.host.DISTURBED_FRAC of the host's CPU: its numbers say as much
 # about the host as about the point, so no faster / slower / same is given.
 DISTURBED = "disturbed"
+
+MIN_REPEATS = 3  # repeats a side from which a verdict comes from the repeats' medians
+# What readers add to a merged row of repeats (`merge_repeats`); not stored columns.
+REPEAT_P50S, NUM_REPEATS, REPEAT_SPREAD = "repeat_p50s", "num_repeats", "repeat_spread"
 
 
 def mann_whitney_p(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
@@ -127,6 +144,110 @@ def verdict(samples_a: Sequence[float], samples_b: Sequence[float]) -> str:
     if ratio >= 1.0 + MIN_EFFECT:
         return "slower"
     return "same"
+
+
+def repeat_verdict(p50s_a: Sequence[float], p50s_b: Sequence[float]) -> str:
+    """Is B faster, slower or the same as A, given each point's repeats' medians?
+
+    A repeat is a whole measurement, taken at its own time in the sweep, so the
+    repeats' spread holds the drift of the host that the steps of one measurement do
+    not (on a shared VM, 5-15 % from run to run on unchanged points). With enough
+    repeats for the rank test to reach ALPHA (6 a side), `verdict` on the medians. With
+    fewer (3 to 5): "faster" when every B repeat is below every A repeat by more than
+    the larger of the two spreads (max - min of a side's medians) and the medians
+    differ by MIN_EFFECT; "slower" likewise. For 3 against 3 repeats drawn from one
+    distribution that gap occurs about 0.8 % of the time (a Monte Carlo of normal
+    draws), the rank test's ALPHA. "n/a" below MIN_REPEATS a side.
+    """
+    a = np.asarray(p50s_a if p50s_a is not None else [], dtype=np.float64)
+    b = np.asarray(p50s_b if p50s_b is not None else [], dtype=np.float64)
+    if a.size < MIN_REPEATS or b.size < MIN_REPEATS:
+        return "n/a"
+    by_ranks = verdict(a, b)
+    if by_ranks != "n/a":
+        return by_ranks
+    ratio = float(np.median(b) / np.median(a))
+    spread = max(float(np.ptp(a)), float(np.ptp(b)))
+    if a.min() - b.max() > spread and ratio <= 1.0 - MIN_EFFECT:
+        return "faster"
+    if b.min() - a.max() > spread and ratio >= 1.0 + MIN_EFFECT:
+        return "slower"
+    return "same"
+
+
+def repeated(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether every ok row of `rows` (at least one) holds MIN_REPEATS repeats or more."""
+    ok = [r for r in rows if r[Col.STATUS] == Status.OK]
+    return bool(ok) and all(len(r.get(REPEAT_P50S) or ()) >= MIN_REPEATS for r in ok)
+
+
+def group_verdict(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]]) -> str:
+    """The verdict between two groups of rows: from the repeats' medians when both sides
+    were measured at least MIN_REPEATS times, else from the pooled decode samples."""
+    if repeated(rows_a) and repeated(rows_b):
+        return repeat_verdict(pooled_repeats(rows_a), pooled_repeats(rows_b))
+    return verdict(pooled_samples(rows_a), pooled_samples(rows_b))
+
+
+def pooled_repeats(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """The repeats' decode medians of all ok rows, for a verdict on a group."""
+    return [p for r in rows if r[Col.STATUS] == Status.OK for p in r.get(REPEAT_P50S) or ()]
+
+
+def merge_repeats(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point from rows that may hold a point's repeats (`bench.repeats`).
+
+    Rows without `repeat_of` pass as they are. The repeats of a point (same
+    `repeat_of`) become one row under that key, the key the point has when measured
+    once: a copy of its first ok repeat with `decode_ms_p50` the median of the repeats'
+    medians, p10, p90, prefill, device and host ms the medians of the repeats' values,
+    tok/s and the roofline from that median, the decode samples of all repeats
+    together, and `repeat_p50s` (the repeats' medians in repeat order), `num_repeats`
+    (the ok ones) and `repeat_spread` ((max - min) / median of those medians). A point
+    none of whose repeats is ok is its newest repeat's row. Fewer repeats than asked
+    (an interrupted sweep) merge as what there is.
+    """
+    merged: list[dict[str, Any]] = []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        of = row.get(Col.REPEAT_OF)
+        if of is None:
+            merged.append(row)
+        else:
+            groups.setdefault(of, []).append(row)
+    for of, members in groups.items():
+        merged.append(_merged(of, sorted(members, key=lambda r: r.get(Col.REPEAT) or 0)))
+    return merged
+
+
+def _merged(key: str, members: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in members if r[Col.STATUS] == Status.OK]
+    if not ok:
+        newest = max(members, key=lambda r: r[Col.CREATED_AT])
+        return {**newest, Col.POINT_KEY: key, Col.REPEAT: None, NUM_REPEATS: 0}
+    p50s = [float(r[Col.DECODE_MS_P50]) for r in ok]
+    p50 = float(np.median(p50s))
+    first = ok[0]
+    row = {**first, Col.POINT_KEY: key, Col.REPEAT: None}
+    for col in (
+        Col.DECODE_MS_P10,
+        Col.DECODE_MS_P90,
+        Col.PREFILL_MS,
+        Col.PREFILL_TOK_S,
+        Col.DEVICE_MS,
+        Col.HOST_MS,
+    ):
+        row[col] = median(r.get(col) for r in ok)
+    row[Col.DECODE_MS_P50] = p50
+    row[Col.TOK_S] = tok_s(p50, first.get(Col.BATCH_SIZE) or 1)
+    if first.get(Col.ROOFLINE_FRAC) is not None:
+        row[Col.ROOFLINE_FRAC] = first[Col.ROOFLINE_FRAC] * p50s[0] / p50
+    if any(r.get(Col.DECODE_SAMPLES_MS) is not None for r in ok):
+        row[Col.DECODE_SAMPLES_MS] = np.concatenate([_samples(r) for r in ok])
+    row[Col.CREATED_AT] = max(r[Col.CREATED_AT] for r in members)
+    row[REPEAT_P50S], row[NUM_REPEATS] = p50s, len(ok)
+    row[REPEAT_SPREAD] = (max(p50s) - min(p50s)) / p50
+    return row
 
 
 def median(values: Iterable[Any]) -> float | None:
@@ -303,7 +424,7 @@ def _against_baseline(
         if not is_baseline and (num_disturbed(base_rows) or num_disturbed(rows)):
             out["verdict"] = DISTURBED
         elif not is_baseline:
-            out["verdict"] = verdict(pooled_samples(base_rows), pooled_samples(rows))
+            out["verdict"] = group_verdict(base_rows, rows)
     if base[Col.NUM_DISPATCHES] is not None and record[Col.NUM_DISPATCHES] is not None:
         out["dispatch_change"] = record[Col.NUM_DISPATCHES] - base[Col.NUM_DISPATCHES]
     return out
@@ -319,8 +440,8 @@ def compare_runs(
     "only_in_a", "only_in_b": points one run lacks;
     "not_ok": points in both that are not ok in one of them (with both statuses).
     """
-    a = {r[Col.POINT_KEY]: r for r in newest_per_point(rows_a)}
-    b = {r[Col.POINT_KEY]: r for r in newest_per_point(rows_b)}
+    a = {r[Col.POINT_KEY]: r for r in merge_repeats(newest_per_point(rows_a))}
+    b = {r[Col.POINT_KEY]: r for r in merge_repeats(newest_per_point(rows_b))}
     out: dict[str, list[dict[str, Any]]] = {
         "points": [],
         "only_in_a": [],
@@ -350,19 +471,27 @@ def _point_values(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
-    """The numbers of one point in both runs."""
+    """The numbers of one point in both runs; the verdict from the repeats when both runs
+    measured it at least MIN_REPEATS times (`basis`: "repeats"), else from the samples."""
     ms_a, ms_b = ra.get(Col.DECODE_MS_P50), rb.get(Col.DECODE_MS_P50)
-    samples_a, samples_b = _samples(ra), _samples(rb)
+    by_repeats = repeated([ra]) and repeated([rb])
+    if by_repeats:
+        values_a, values_b = ra[REPEAT_P50S], rb[REPEAT_P50S]
+        judged = repeat_verdict(values_a, values_b)
+    else:
+        values_a, values_b = _samples(ra), _samples(rb)
+        judged = verdict(values_a, values_b)
     disturbed = "".join(side for side, r in (("A", ra), ("B", rb)) if r.get(Col.DISTURBED))
     return {
         "decode_ms_p50_a": ms_a,
         "decode_ms_p50_b": ms_b,
         "ratio": ms_b / ms_a if ms_a and ms_b is not None else None,
-        "verdict": DISTURBED if disturbed else verdict(samples_a, samples_b),
+        "verdict": DISTURBED if disturbed else judged,
+        "basis": "repeats" if by_repeats else "samples",
         "disturbed": disturbed or None,  # which side: "A", "B" or "AB"
         "host_busy_frac_a": ra.get(Col.HOST_BUSY_FRAC),
         "host_busy_frac_b": rb.get(Col.HOST_BUSY_FRAC),
-        "p_value": mann_whitney_p(samples_a, samples_b),
+        "p_value": mann_whitney_p(values_a, values_b),
         "num_dispatches_a": ra.get(Col.NUM_DISPATCHES),
         "num_dispatches_b": rb.get(Col.NUM_DISPATCHES),
     }

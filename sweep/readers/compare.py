@@ -7,11 +7,13 @@ row of a point; only points ok in both are compared. Per point: ms/token (decode
 p50) in A and in B, the ratio B/A (below 1: B is faster) and a verdict, "faster",
 "slower" or "same" for B against A, from a Mann-Whitney test on the two rows' decode
 samples plus a 2 % minimum effect (`sweep.readers.analysis.verdict` documents the rule), so
-a CPU's noise does not read as a regression. A point whose row in either run is
-`disturbed` (other processes busy on its host while it was timed, `workers.host`) gets
-"disturbed (A|B)" instead of a verdict. Points in only one run, and points
-that failed in one of them, are listed below the table (in json: their own lists;
-with csv: on stderr).
+a CPU's noise does not read as a regression. Points measured at least 3 times in both
+runs (`bench.repeats`) are judged on their repeats' medians instead
+(`sweep.readers.analysis.repeat_verdict`), which hold the host's drift across a run. A
+point whose row in either run is `disturbed` (other processes busy on its host while it
+was timed, `workers.host`) gets "disturbed (A|B)" instead of a verdict. Points in only
+one run, and points that failed in one of them, are listed below the table (in json:
+their own lists; with csv: on stderr).
 
 Exit codes: 0, or 2 for an input error (no results, an unknown run id).
 """
@@ -66,6 +68,8 @@ def compare_table(
         metric("B/A", "ratio", lambda v: "" if v is None else f"{v:.2f}"),
         Column("verdict", _verdict_cell),
     ]
+    if any(r["basis"] == "repeats" for r in result["points"]):
+        columns.append(Column("from", lambda r: r["basis"]))  # repeats' medians or samples
     if any(r.get("kind_change") for r in result["points"]):
         columns.append(Column("B-A by kind, ms/tok", lambda r: r.get("kind_change") or ""))
     return Table(

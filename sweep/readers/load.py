@@ -52,6 +52,8 @@ _WANTED = (
     Col.BITS,  # the runtimes side by side: variant family, and the type llama.cpp ran
     Col.LLAMACPP_TYPE,
     Col.RUNTIME_DECODE_MS,
+    Col.REPEAT,  # bench.repeats: merged into one row per point (analysis.merge_repeats)
+    Col.REPEAT_OF,
 )
 SAMPLES = Col.DECODE_SAMPLES_MS  # read only where a verdict needs them: they are most of a row
 
@@ -108,14 +110,15 @@ def runs_newest_first(table: pa.Table) -> list[str]:
 
 
 def select_run(table: pa.Table, run: str | None) -> tuple[str, list[dict[str, Any]]]:
-    """(run label, the run's newest row per point): `run` None is the newest run."""
+    """(run label, the run's newest row per point, its repeats merged): `run` None is the
+    newest run."""
     runs = runs_newest_first(table)
     run = runs[0] if run is None else run
     if run != "all":
         if run not in runs:
             raise ReportError(unknown_run_message(run, runs))
         table = table.filter(pc.equal(table[Col.RUN_ID], run))
-    return run, newest_per_point(to_rows(table))
+    return run, analysis.merge_repeats(newest_per_point(to_rows(table)))
 
 
 def rows_of_runs(table: pa.Table, wanted: Sequence[str]) -> list[dict[str, Any]]:

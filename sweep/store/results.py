@@ -57,7 +57,7 @@ SCHEMA_HISTORY: dict[int, str] = {
     "attention_span, prefill_tok_s, prompt_text, output_text",
     3: "replica",
     4: "dequant_fused, ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens",
-    5: "bits, llamacpp_type, runtime_decode_ms",
+    5: "bits, llamacpp_type, runtime_decode_ms, threads, repeat, repeat_of",
     6: "niceness, host_busy_frac, disturbed, timed_started_at, timed_finished_at, "
     "prefill_compile_started_at, prefill_compile_finished_at, decode_compile_started_at, "
     "decode_compile_finished_at",
@@ -145,6 +145,11 @@ def _build_schema() -> pa.Schema:
         ("depth", i32),  # context tokens beyond the prompt when decode starts
         ("attention_span", i32),  # cache slots decode attends over; null: all max_seq
         ("replica", i32),  # > 0: a configuration measured again (a search's ablation)
+        ("threads", i32),  # cores the point ran on (IREE local-task workers, the actor's pin)
+        # bench.repeats > 1: which measurement of the point (from 0), and the key the
+        # repeats share (the point's key when measured once); readers merge them
+        ("repeat", i32),
+        ("repeat_of", s),
         # where a step's time goes (profile=true): dispatch time and the rest, per token
         ("device_ms", f64),
         ("host_ms", f64),

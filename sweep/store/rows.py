@@ -64,6 +64,9 @@ def point_columns(point: Point, ctx: RunContext) -> Row:
         "depth": point.depth,
         "attention_span": point.attention_span,
         "replica": point.replica,
+        "threads": point.threads or None,  # the measured row says how many ran (Measurement)
+        "repeat": point.repeat if point.num_repeats > 1 else None,
+        "repeat_of": point.repeat_of,
         "prompt_text": point.prompt_text,
         "created_at": datetime.now(UTC),
         **ctx.versions,
@@ -187,6 +190,7 @@ def measured_row(
         "niceness": m.niceness,
         "hostname": m.hostname,
         "device_name": m.device_name,
+        "threads": m.threads,
         "repro_command": repro,
         "attempt": attempt,
     }

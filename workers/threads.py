@@ -1,0 +1,78 @@
+"""The threads axis: a point measured on N cores (`grid.threads`).
+
+A point with `threads=N` pins every thread of the benchmark actor's process to the first
+N CPUs it may use (`os.sched_setaffinity` per thread: Linux applies an affinity to one
+thread, and a thread inherits its creator's when it starts), and IREE's local-task
+driver runs N workers (`workers.iree_runtime.IreeRunner.use_threads`). After the point
+each thread gets back the affinity it had, so the next point starts from the actor's own.
+
+XLA's CPU client sizes its intra-op thread pool once per process, when JAX first makes
+it, from the CPUs it may use then; JAX 0.10 offers no setting per client or per call.
+An XLA point with `threads=N` therefore runs that pool pinned to N cores: the threads
+compete for N cores, rather than N threads running. (The per-compile option
+`xla_cpu_multi_thread_eigen=False`, which JAX 0.10 accepts, could serve N = 1 alone.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs: the calling thread only
+        return [0]
+
+
+def allowed_cpus() -> list[int]:
+    """The CPUs this process may run on, in order."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def cores_for(num_threads: int) -> list[int]:
+    """The CPUs a point of `num_threads` runs on: all allowed ones for 0, else the first
+    `num_threads` of them (a clear error when there are fewer)."""
+    cpus = allowed_cpus()
+    if num_threads == 0:
+        return cpus
+    if num_threads > len(cpus):
+        raise ValueError(
+            f"grid.threads={num_threads} but this benchmark actor may run on {len(cpus)} "
+            f"CPUs ({cpus}); list at most {len(cpus)} in grid.threads"
+        )
+    return cpus[:num_threads]
+
+
+@contextlib.contextmanager
+def pinned(num_threads: int) -> Iterator[int]:
+    """Every thread of the process on `cores_for(num_threads)` inside the block; yields
+    how many cores that is. 0 pins nothing (what runs without the axis)."""
+    cores = cores_for(num_threads)
+    if num_threads == 0:
+        yield len(cores)
+        return
+    own = os.sched_getaffinity(0)
+    saved: dict[int, set[int]] = {}
+    for tid in _thread_ids():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            saved[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cores)
+    try:
+        yield len(cores)
+    finally:
+        _restore(saved, set(cores), own)
+
+
+def _restore(saved: dict[int, set[int]], cores: set[int], own: set[int]) -> None:
+    """Each pinned thread back to its own affinity; a thread started inside the block
+    that inherited the pin gets the calling thread's (`own`) back. A thread that pinned
+    itself elsewhere (an IREE worker on its core) keeps that."""
+    for tid in _thread_ids():
+        with contextlib.suppress(OSError):
+            if tid in saved:
+                os.sched_setaffinity(tid, saved[tid])
+            elif os.sched_getaffinity(tid) == cores:
+                os.sched_setaffinity(tid, own)
