@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,6 @@ from workers.gguf import open_gguf, tensor_types, write_gguf
 from workers.kinds import Runtime, Status
 from workers.llama_config import TINY_SHAPES, preset
 from workers.llamacpp import llamacpp_type
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_each_variant_runs_as_its_nearest_llamacpp_type():
@@ -162,24 +158,25 @@ def test_smoke_sweep_runs_all_three_runtimes(tmp_path: Path, ray_cluster, shared
 
 
 @pytest.mark.slow
-def test_without_the_extra_llamacpp_points_are_skipped_and_the_rest_runs(tmp_path: Path):
+def test_without_the_extra_llamacpp_points_are_skipped_and_the_rest_runs(
+    tmp_path: Path, ray_cluster, shared_cache, monkeypatch
+):
     """A host without llama-cpp-python: its llama.cpp points are `skipped` naming the
-    install command, the XLA points are ok, the exit code 0. The sweep runs as a user
-    runs it (its own local Ray cluster), with a `llama_cpp` that cannot be imported
-    first on the path of every process."""
+    install command, the XLA points are ok, the exit code 0. The benchmark actors get a
+    `llama_cpp` that cannot be imported first on their path (their runtime env's
+    PYTHONPATH), as on a host where the extra is not installed."""
+    from sweep.execute import cluster
+
     stub = tmp_path / "stub" / "llama_cpp"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ImportError('llama_cpp is not installed here')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(stub.parent), str(ROOT)])
-    env["HOME"] = str(tmp_path / "home")
-    proc = subprocess.run(
-        [sys.executable, "-m", "sweep", "+grid=smoke", "grid.runtimes=[xla,llamacpp]",
-         "grid.variants=[fp32]", "grid.prompt_lengths=[8]",
-         f"results_dir={tmp_path / 'results'}", f"cache_dir={tmp_path / 'cache'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    root = cluster._project_root()
+    monkeypatch.setattr(cluster, "_project_root", lambda: f"{stub.parent}{os.pathsep}{root}")
+    outcome, text = sweep(
+        tmp_path, shared_cache, "+grid=smoke", "grid.runtimes=[xla,llamacpp]",
+        "grid.variants=[fp32]", "grid.prompt_lengths=[8]",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert outcome.exit_code == 0, text
     rows = {r["runtime"]: r for r in read_results(tmp_path / "results").to_pylist()}
     assert rows["xla"]["status"] == Status.OK
     assert rows["llamacpp"]["status"] == Status.SKIPPED
