@@ -89,7 +89,8 @@ def test_benchmark_actors_measure_at_niceness_0(tmp_path: Path) -> None:
     """While a smoke sweep runs, `ps -o ni` of its benchmark actor (and /proc, every thread)
     shows 0, not Ray's default 15; so do its other Ray workers (compile tasks, idle ones),
     which nothing but the local Ray's configuration sets; the rows record niceness 0."""
-    sweep = start_sweep(tmp_path, "one")
+    # fp32 at the default flags: 2 points, 3 graphs (compile tasks, then the actor)
+    sweep = start_sweep(tmp_path, "one", "grid.variants=[fp32]", "~grid.flag_sets.O3")
     seen: dict[int, tuple[bytes, str, set[int]]] = {}
     try:
         deadline = time.monotonic() + SWEEP_TIMEOUT_S
