@@ -69,7 +69,9 @@ def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
             assert got["verdict"] == "baseline"
         else:
             assert abs(got["speedup"] - base["decode_ms_p50"] / row["decode_ms_p50"]) < 1e-9
-            assert got["verdict"] in {"faster", "slower", "same"}
+            # a row timed while the host was busy gets no verdict (workers.host)
+            judged = {"disturbed"} if row["disturbed"] or base["disturbed"] else None
+            assert got["verdict"] in (judged or {"faster", "slower", "same"})
 
     md = io.StringIO()
     with contextlib.redirect_stdout(md):
