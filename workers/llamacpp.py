@@ -316,9 +316,7 @@ class LlamaCppSession:
         return self.runner.counters().since(self._start) if self._start is not None else None
 
     def _decode(self, batch: Any) -> None:
-        code = self.lib.llama_decode(self.runner._ctx, batch)
-        if code != 0:
-            raise RuntimeError(f"llama_decode failed (code {code})")
+        self.runner._decode(batch)
 
     def _argmax(self) -> int:
         logits = self.lib.llama_get_logits_ith(self.runner._ctx, -1)

@@ -289,10 +289,8 @@ def report(args: argparse.Namespace) -> None:
     else:
         table = summary_table(rows, by, context_header(run, rows, by))
         table.notes += text_notes(rows) + quality_notes(rows) + host_notes(rows)
-        if args.format == "md" and analysis.runtime_comparison(rows):
-            side = "\n\nRuntimes side by side:\n\n" + render_md(
-                runtimes_table(rows, runtimes_header)
-            )
+        if args.format == "md" and (runtimes := runtimes_table(rows, runtimes_header)).records:
+            side = "\n\nRuntimes side by side:\n\n" + render_md(runtimes)
     emit(render(table, args.format) + side, args.out)
     if args.plots:
         from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
