@@ -9,20 +9,25 @@ point's. Targets: the quiet and the nice-19 medians within 10 % of each other; t
 nice-0 row marked `disturbed` (and the quiet one not).
 
 What it runs: one point (the mid model, fp32, CPU, prompt 32, 200 timed decode steps
-by default), three times, each as a whole `python -m sweep` in this process with
-`rerun=true` on one compile cache: quiet (after waiting for other processes to calm
-down, at most --quiet-wait-s), then beside one busy process (a Python spin loop) at
-niceness 19, then beside one at niceness 0. The busy process runs for the whole sweep
-and its CPU seconds are reported. Takes about 2 minutes on a 2-core VM (three Ray
-starts, one compile, 3 x 200 steps of ~80 ms; 6 minutes on the loaded 2-core VM).
+by default), each measurement a whole `python -m sweep` in this process with
+`rerun=true` on one compile cache. First a warm-up sweep that compiles (not reported:
+its compile workers are still winding down when its timed phase starts), then
+`--rounds` rounds of the three conditions interleaved (quiet, nice 19, nice 0, quiet,
+...), so the VM's run-to-run drift (5-15 % here) lands in every condition alike:
+quiet (after waiting for other processes to calm down, at most --quiet-wait-s), beside
+one busy process (a Python spin loop) at niceness 19, and beside one at niceness 0.
+The busy process runs for the whole sweep and its CPU seconds are reported. A
+condition's number is the median of its rounds' medians. Takes about 5 minutes with
+3 rounds on the quiet 2-core VM (ten Ray starts, one compile, 9 x 200 steps of ~30 ms).
 
 Usage:
-    python benchmarks/disturbance.py [--work DIR] [--out PATH] [-- extra sweep overrides]
+    python benchmarks/disturbance.py [--rounds 3] [--work DIR] [--out PATH] [-- overrides]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +71,7 @@ BUSY_LOOP = "while True: pass"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_sweep_args(p)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     return p.parse_args(argv)
 
 
@@ -77,21 +83,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "point": POINT,
         "disturbed_frac": DISTURBED_FRAC,
-        "runs": {},
+        "rounds": args.rounds,
+        "runs": {name: [] for name, _ in CONDITIONS},
     }
     with tempfile.TemporaryDirectory(prefix="disturbance-") as tmp:
         work = args.work or Path(tmp)
         base = [*POINT, f"cache_dir={work / 'cache'}", "rerun=true", *args.overrides]
-        for name, nice in CONDITIONS:
-            other_cpu = wait_for_quiet(args.quiet_wait_s)
-            overrides = [*base, f"results_dir={work / 'results'}"]
-            report["runs"][name] = {**run(name, overrides, nice), "other_cpu_before": other_cpu}
-            write_json(out, report)
-    report["verdict"] = verdict(report["runs"])
+        overrides = [*base, f"results_dir={work / 'results'}"]
+        report["warmup"] = run("warm-up (compiles; not reported)", overrides, None)
+        for round_ in range(args.rounds):
+            for name, nice in CONDITIONS:
+                other_cpu = wait_for_quiet(args.quiet_wait_s)
+                result = run(f"{name}, round {round_ + 1}", overrides, nice)
+                report["runs"][name].append({**result, "other_cpu_before": other_cpu})
+                write_json(out, report)
+    report["conditions"] = {name: summarize(runs) for name, runs in report["runs"].items()}
+    report["verdict"] = verdict(report["conditions"])
     write_json(out, report)
     print()
-    quiet_ms = report["runs"][CONDITIONS[0][0]]["decode_ms_p50"]
-    rows = [table_row(n, r, quiet_ms) for n, r in report["runs"].items()]
+    quiet_ms = report["conditions"][CONDITIONS[0][0]]["decode_ms_p50"]
+    rows = [table_row(n, c, quiet_ms) for n, c in report["conditions"].items()]
     print(markdown_table(HEADER, rows))
     for line, ok in report["verdict"].items():
         print(f"{'PASS' if ok else 'FAIL'}: {line}")
@@ -140,41 +151,60 @@ def run(name: str, overrides: list[str], nice: int | None) -> dict[str, Any]:
     return result
 
 
-def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, bool]:
-    quiet, polite, rude = (runs[name] for name, _ in CONDITIONS)
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A condition over its rounds: medians of the rounds' numbers, every round's flag."""
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in runs if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "decode_ms_p50": median("decode_ms_p50"),
+        "round_p50s": [r["decode_ms_p50"] for r in runs],
+        "host_busy_frac": median("host_busy_frac"),
+        "busy_fracs": [r["host_busy_frac"] for r in runs],
+        "disturbed": [bool(r["disturbed"]) for r in runs],
+        "niceness": sorted({r["niceness"] for r in runs}),
+        "busy_cpu_share": median("busy_cpu_share"),
+        "timed_s": median("timed_s"),
+    }
+
+
+def verdict(conditions: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    quiet, polite, rude = (conditions[name] for name, _ in CONDITIONS)
     ratio = polite["decode_ms_p50"] / quiet["decode_ms_p50"]
     return {
         f"nice-19 median / quiet median = {ratio:.3f}, within 10 %": abs(ratio - 1)
         <= MAX_RATIO - 1,
-        "nice-0 row marked disturbed": bool(rude["disturbed"]),
-        "quiet row not disturbed": not quiet["disturbed"],
+        "every nice-0 row marked disturbed": all(rude["disturbed"]),
+        "no quiet row disturbed": not any(quiet["disturbed"]),
     }
 
 
 HEADER = (
     "condition",
     "ms/tok p50",
-    "p10-p90",
+    "rounds' p50s",
     "vs quiet",
     "host_busy_frac",
-    "disturbed",
+    "disturbed rounds",
     "actor niceness",
     "busy process CPU share",
     "timed s",
 )
 
 
-def table_row(name: str, r: dict[str, Any], quiet_ms: float) -> list[str]:
+def table_row(name: str, c: dict[str, Any], quiet_ms: float) -> list[str]:
     return [
         name,
-        f"{r['decode_ms_p50']:.2f}",
-        f"{r['decode_ms_p10']:.2f}-{r['decode_ms_p90']:.2f}",
-        f"{r['decode_ms_p50'] / quiet_ms:.3f}",
-        f"{r['host_busy_frac']:.3f}",
-        str(r["disturbed"]),
-        str(r["niceness"]),
-        "" if r["busy_cpu_share"] is None else f"{r['busy_cpu_share']:.2f}",
-        f"{r['timed_s']:.1f}",
+        f"{c['decode_ms_p50']:.2f}",
+        " ".join(f"{v:.1f}" for v in c["round_p50s"]),
+        f"{c['decode_ms_p50'] / quiet_ms:.3f}",
+        " ".join(f"{v:.3f}" for v in c["busy_fracs"]),
+        f"{sum(c['disturbed'])}/{len(c['disturbed'])}",
+        ",".join(str(n) for n in c["niceness"]),
+        "" if c["busy_cpu_share"] is None else f"{c['busy_cpu_share']:.2f}",
+        f"{c['timed_s']:.1f}",
     ]
 
 

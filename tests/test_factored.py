@@ -155,3 +155,101 @@ def test_integer_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
     )
     rel = np.abs(got - expected).max() / np.abs(expected).max()
     assert 1e-5 < rel < 2e-2, rel  # rounded (not exact), and close
+
+
+# --- the output matrix in blocks (embedding_group_size) ---------------------------------
+
+
+def _grouped_embedding(bits: int, dequant: str) -> Variant:
+    return Variant(
+        f"int{bits}-{dequant}-g32-qe",
+        bits=bits,
+        group_size=32,
+        storage="native",
+        scale_dtype="float16",
+        dequant=dequant,
+        quantize_embedding=True,
+        embedding_group_size=32,
+    )
+
+
+def _xla_logits(cfg: object, vw: object, tokens: np.ndarray) -> np.ndarray:
+    import jax
+
+    from workers.model import LlamaGraphs
+    from workers.quant import jax_arrays
+
+    graphs = LlamaGraphs(cfg, vw.variant, 64, vw.layout)
+    return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dequant", ["factored", "direct", "integer"])
+@pytest.mark.parametrize("layout", ["out_major", "in_major"])
+def test_an_embedding_in_blocks_is_the_host_dequant(bits: int, dequant: str, layout: str) -> None:
+    """`embedding_group_size`: the tied embedding and lm_head in blocks of 32 along hidden
+    (llama.cpp's Q8_0 output matrix). The lookup and the lm_head (factored or integer,
+    as the variant's linears are multiplied) compute the model the host dequantizes;
+    integer dot products up to the activation's int8 rounding."""
+    from tests.helpers import host_dequantized
+    from workers.checkpoint import lazy_synthetic_weights
+    from workers.llama_config import preset
+    from workers.quant import prepare_variant
+    from workers.variant import EMBEDDING
+
+    cfg = preset("tiny")
+    weights = lazy_synthetic_weights(cfg)
+    v = _grouped_embedding(bits, dequant)
+    quantized = prepare_variant(weights, cfg, v, layout)
+    specs = {s.name: s for s in quantized.specs}
+    assert EMBEDDING not in specs, "the float table is gone"
+    expected_shape = (
+        (cfg.vocab_size, cfg.hidden_size // 32, 32)
+        if v.factored
+        else (cfg.vocab_size, cfg.hidden_size)
+    )
+    assert specs[f"{EMBEDDING}.qweight"].shape == expected_shape
+    assert specs[f"{EMBEDDING}.scale"].shape == (cfg.vocab_size, cfg.hidden_size // 32)
+    host = prepare_variant(host_dequantized(quantized), cfg, variant("fp32"), layout)
+
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, 12, dtype=np.int32)
+    in_graph, on_host = _xla_logits(cfg, quantized, tokens), _xla_logits(cfg, host, tokens)
+    scale = float(np.abs(on_host).max())
+    error = float(np.abs(in_graph - on_host).max()) / scale
+    if dequant == "integer":
+        assert 1e-6 < error < 0.05, error  # the activations' rounding, and only that
+        assert (in_graph.argmax(-1) == on_host.argmax(-1)).mean() >= 0.75
+    else:
+        assert error < 1e-5, error
+
+
+def test_the_output_matrix_formats_are_what_they_say() -> None:
+    for name, bits in (("int8-idot-g32-qe", 8), ("int4-idot-g32-qe", 4)):
+        v = variant(name)
+        assert (v.bits, v.group_size, v.embedding_group_size, v.dequant) == (
+            bits,
+            32,
+            32,
+            "integer",
+        )
+        assert v.factors("model.embed_tokens.weight") and v.factors("lm_head.weight")
+    # variants without the field keep their fingerprints (and their cached compiles):
+    # these are the values from before the field existed
+    assert variant("int4-ui4-qe").fingerprint == "d0da40a3d04c4ad0"
+    assert variant("int8-idot-g32").fingerprint == "6a55913e93684c78"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"bits": 8, "embedding_group_size": 32}, "needs quantize_embedding"),
+        ({"embedding_group_size": 32}, "needs quantize_embedding"),
+        (
+            {"bits": 4, "storage": "native", "quantize_embedding": True, "embedding_group_size": 3},
+            "multiple of 2",
+        ),
+    ],
+)
+def test_a_bad_embedding_group_says_what_is_wrong(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Variant("bad", **fields)

@@ -4,9 +4,10 @@
    probe): factored, its ui4 widening sits inside the matvec's dispatch (no
    `elementwise_*_i4*` dispatch, `dequant_fused` true); the direct grouped dequant
    of the same weight keeps a dispatch of its own. Both layouts.
-2. The tiny model swept with a factored int4 format and an integer-dot int8 one,
-   decode and prefill, batch 1 and 2, both layouts: every row ok, every token equal
-   to its XLA reference (int8-fac-g64's arithmetic is in tests/test_factored.py).
+2. The tiny model swept with a factored int4 format and an integer-dot int8 one whose
+   output matrix is int8 blocks too (`-qe`), decode and prefill, batch 1 and 2, both
+   layouts: every row ok, every token equal to its XLA reference (the arithmetic
+   against the host's dequant is in tests/test_factored.py).
 """
 
 from __future__ import annotations
@@ -92,12 +93,13 @@ def test_the_factored_dequant_sits_inside_the_matvec(out_major: bool) -> None:
 
 def test_factored_formats_match_their_reference_in_a_sweep(ray_cluster, tmp_path, shared_cache):
     """Decode, prefill and batch 2 of the factored formats (float and integer dot
-    products) in both layouts, at O3: every token equal to its XLA reference."""
+    products, the latter with the tied lm_head in int8 blocks) in both layouts, at O3:
+    every token equal to its XLA reference."""
     outcome, text = sweep(
         tmp_path,
         shared_cache,
         "+grid=smoke",
-        "grid.variants=[int4-fac-g32,int8-idot-g32]",
+        "grid.variants=[int4-fac-g32,int8-idot-g32-qe]",
         "grid.layouts=[out_major,in_major]",
         "grid.batch_sizes=[1,2]",
         "~grid.flag_sets.default",

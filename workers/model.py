@@ -330,7 +330,8 @@ class LlamaGraphs:
             if self.layout == Layout.IN_MAJOR:  # [hidden, vocab]: gather columns
                 return jnp.take(table, tokens, axis=1).T.astype(self.dtype)
             return jnp.take(table, tokens, axis=0).astype(self.dtype)  # [vocab, hidden]
-        # Quantized: [vocab, hidden], one scale per row; gather the rows, then dequantize.
+        # Quantized: [vocab, hidden], a scale per row or per group of a row; gather the
+        # rows and their scales, then dequantize.
         v = self.variant
         if v.integer_dtype == "uint4":  # gather uint8 pairs: IREE gathers no ui4 on CUDA
             values = unpack_uint4_jnp(jnp.take(w[f"{EMBEDDING}.qbytes"], tokens, axis=0))
@@ -340,14 +341,34 @@ class LlamaGraphs:
             )
         else:
             values = jnp.take(w[f"{EMBEDDING}.qweight"], tokens, axis=0)
-        scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens).astype(jnp.float32)[:, None]
-        minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens).astype(jnp.float32)[:, None]
-        return (values.astype(jnp.float32) * scale + minimum).astype(self.dtype)
+        values = values.reshape(tokens.shape[0], -1).astype(jnp.float32)  # [T, hidden]
+        values = values - np.float32(v.offset_of(EMBEDDING))  # the minimum is the value there
+        scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens, axis=0).astype(jnp.float32)
+        minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens, axis=0).astype(jnp.float32)
+        if scale.ndim == 1:  # one scale per row
+            return (values * scale[:, None] + minimum[:, None]).astype(self.dtype)
+        grouped = values.reshape(*scale.shape, -1)  # [T, hidden / G, G]
+        rows = grouped * scale[..., None] + minimum[..., None]
+        return rows.reshape(values.shape).astype(self.dtype)
 
     def _lm_head(self, weights: tuple[Array, ...], h: Array) -> Array:
         """h [.., hidden] -> logits [.., vocab] (float32) through the (tied) lm_head."""
         w = dict(zip(self.names, weights, strict=True))
         key = EMBEDDING if self.cfg.tie_word_embeddings else LM_HEAD
+        if self.variant.factors(key):  # grouped, multiplied as the linears are: [vocab, hidden]
+            rows = h.reshape(-1, h.shape[-1])
+            linear = (
+                integer_linear_jnp if self.variant.dequant == Dequant.INTEGER else factored_linear_jnp
+            )
+            logits = linear(
+                rows,
+                w[f"{key}.qweight"],
+                w[f"{key}.scale"],
+                w[f"{key}.minimum"],
+                self.variant.centre_of(key),
+                out_major=True,
+            )
+            return logits.reshape(*h.shape[:-1], -1).astype("float32")
         head = self._matrix(w, key).astype(h.dtype)
         stored_in_major = self.layout == Layout.IN_MAJOR and not self.variant.quantizes(key)
         if stored_in_major:  # [hidden, vocab]

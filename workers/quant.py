@@ -399,5 +399,5 @@ def _laid_out(
         rows, cols = stored[0].shape  # uint4 is held packed: its last dimension is halved
         num_groups = scale.shape[axis]
         split = (rows, num_groups, -1) if axis == 1 else (num_groups, -1, cols)
-        stored = [stored[0].reshape(split)]
+        stored = [stored[0].reshape(split), *stored[1:]]  # an embedding's uint8 view stays 2-D
     return [*stored, aligned(scale), aligned(minimum)]

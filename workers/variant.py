@@ -17,8 +17,10 @@ into uint32 lanes along the contraction dimension (8 int4 or 4 int8 per lane) an
 graph unpacks them with shifts and masks (the seed's formulation); `native` passes
 them as `ui4` or `ui8` tensors, which IREE stores packed itself. `scale_dtype` is
 float32 or float16. With `quantize_embedding` the token embedding (the tied lm_head)
-and an untied lm_head are quantized too, one scale per vocabulary row; otherwise they
-and the norms stay in float32.
+and an untied lm_head are quantized too, one scale per vocabulary row, or per group of
+`embedding_group_size` along the hidden dimension (llama.cpp's Q8_0 output matrix:
+blocks of 32), in which case a factored or integer variant multiplies the lm_head the
+way it multiplies its linears; otherwise they and the norms stay in float32.
 
 `dequant` says how the graph applies a grouped scale. `direct` dequantizes the whole
 matrix, then multiplies (one elementwise op between the integers and the dot). IREE
@@ -142,6 +144,8 @@ class Variant:
     storage: str = "uint32"  # "uint32": packed lanes, unpacked in the graph; "native": ui4/ui8
     scale_dtype: str = "float32"  # dtype of the scale and minimum
     quantize_embedding: bool = False  # also the embedding and lm_head, per vocabulary row
+    # With quantize_embedding: their group along hidden; None: one scale per vocabulary row.
+    embedding_group_size: int | None = None
     # Greedy tokens against the XLA reference of the same graph: "all" must match;
     # "first" only the first, for a dtype whose rounding differs between XLA and IREE.
     match: str = "all"
@@ -175,6 +179,8 @@ class Variant:
                 raise ValueError(
                     f"{where}: group_size and quantize_embedding need a quantized variant (bits)"
                 )
+            if self.embedding_group_size is not None:
+                raise ValueError(f"{where}: embedding_group_size needs quantize_embedding: true")
             if self.factored:
                 raise ValueError(
                     f"{where}: dequant={self.dequant} needs a quantized variant (bits)"
@@ -188,6 +194,14 @@ class Variant:
                 f"{where}: group_size={self.group_size} must be a positive multiple of {step} "
                 "(or null: one scale per output row)"
             )
+        if self.embedding_group_size is not None:
+            if not self.quantize_embedding:
+                raise ValueError(f"{where}: embedding_group_size needs quantize_embedding: true")
+            if self.embedding_group_size <= 0 or self.embedding_group_size % step:
+                raise ValueError(
+                    f"{where}: embedding_group_size={self.embedding_group_size} must be a "
+                    f"positive multiple of {step} (or null: one scale per vocabulary row)"
+                )
         if self.factored and (self.group_size is None or self.storage != "native"):
             raise ValueError(
                 f"{where}: dequant={self.dequant} needs group_size (a per-channel dequant already "
@@ -250,8 +264,9 @@ class Variant:
         return is_linear(name) or (self.quantize_embedding and name in (EMBEDDING, LM_HEAD))
 
     def group_of(self, name: str) -> int | None:
-        """The quantization group of a tensor: the embedding is always per row."""
-        return None if name in (EMBEDDING, LM_HEAD) else self.group_size
+        """The quantization group of a tensor: the embedding's is `embedding_group_size`
+        (None: per vocabulary row)."""
+        return self.embedding_group_size if name in (EMBEDDING, LM_HEAD) else self.group_size
 
     def factors(self, name: str) -> bool:
         """True for the tensors the graph multiplies in factored form: grouped linears."""
@@ -269,7 +284,8 @@ class Variant:
         return 0 if self.blocks is not None else self.centre_of(name)
 
     def check_model(self, cfg: LlamaConfig) -> None:
-        """Every linear's input dimension must split into whole groups (and lanes)."""
+        """Every linear's input dimension must split into whole groups (and lanes), and
+        the hidden size into the embedding's groups."""
         if not self.quantized:
             return
         step = self.group_size or (self.values_per_lane if self.storage == "uint32" else 2)
@@ -281,6 +297,11 @@ class Variant:
                     f"{dim}; pick a group_size that divides hidden_size, intermediate_size and "
                     "heads*head_dim"
                 )
+        if self.embedding_group_size and cfg.hidden_size % self.embedding_group_size:
+            raise ValueError(
+                f"variant {self.name!r}: embedding_group_size={self.embedding_group_size} does "
+                f"not divide hidden_size {cfg.hidden_size}"
+            )
 
     def arg_specs(self, cfg: LlamaConfig, layout: str = "in_major") -> tuple[ArgSpec, ...]:
         """The graph's weight arguments in order, without materializing any weight.
@@ -335,6 +356,8 @@ def _fingerprint(variant: Variant) -> str:
         del fields["dequant"]
     if variant.blocks is None:  # likewise
         del fields["blocks"]
+    if variant.embedding_group_size is None:  # likewise
+        del fields["embedding_group_size"]
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
