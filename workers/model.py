@@ -283,11 +283,7 @@ class LlamaGraphs:
         """
         key = f"{name}.weight"
         if self.variant.factors(key):
-            linear = (
-                integer_linear_jnp
-                if self.variant.dequant == Dequant.INTEGER
-                else factored_linear_jnp
-            )
+            linear = self._grouped_linear
             centre = self.variant.centre_of(key)
             scale = w[f"{key}.scale"]
             # a GGUF block's minimum is the value at q = 0: the centre is added back here
@@ -311,6 +307,12 @@ class LlamaGraphs:
             # FLOP on the CPU: 1B prefill at batch 4 took ~10x batch 1 (docs/results.md).
             return _dot(x, weight, 1, 1)
         return _dot(weight, x, 1, 1).T
+
+    @property
+    def _grouped_linear(self) -> Any:
+        """How a factored variant multiplies a grouped matrix: float or integer dots."""
+        integer = self.variant.dequant == Dequant.INTEGER
+        return integer_linear_jnp if integer else factored_linear_jnp
 
     def _matrix(self, w: dict[str, Array], key: str) -> Array:
         """A weight matrix in its stored orientation, dequantized if the variant quantizes it."""
@@ -357,10 +359,7 @@ class LlamaGraphs:
         key = EMBEDDING if self.cfg.tie_word_embeddings else LM_HEAD
         if self.variant.factors(key):  # grouped, multiplied as the linears are: [vocab, hidden]
             rows = h.reshape(-1, h.shape[-1])
-            linear = (
-                integer_linear_jnp if self.variant.dequant == Dequant.INTEGER else factored_linear_jnp
-            )
-            logits = linear(
+            logits = self._grouped_linear(
                 rows,
                 w[f"{key}.qweight"],
                 w[f"{key}.scale"],
