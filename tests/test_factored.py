@@ -236,7 +236,7 @@ def test_the_output_matrix_formats_are_what_they_say() -> None:
     # variants without the field keep their fingerprints (and their cached compiles):
     # these are the values from before the field existed
     assert variant("int4-ui4-qe").fingerprint == "d0da40a3d04c4ad0"
-    assert variant("int8-idot-g32").fingerprint == "6a55913e93684c78"
+    assert variant("int4-fac-g64").fingerprint == "fb90450890450f7c"
 
 
 @pytest.mark.parametrize(

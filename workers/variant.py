@@ -45,7 +45,8 @@ activation is quantized to int8 per group inside the graph (scale max|x|/127), e
 group's dot product runs in integers (i8 x i8 -> i32), and the weight's and the
 activation's scales are applied after it. It changes the numbers (the activation's
 rounding), so its quality columns say what that costs; its XLA reference runs the
-same integer arithmetic.
+same integer arithmetic, but the rounding of a value that sits on a half step can go
+either way between the two compilers, so its formats ask only the first token to match.
 
 `blocks` keeps a GGUF checkpoint's own block-quantized linears bit for bit instead of
 quantizing its float values again: `Q4_0`, `Q4_1` or `Q8_0`, llama.cpp's formats with
