@@ -160,9 +160,9 @@ def test_integer_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
 # --- the output matrix in blocks (embedding_group_size) ---------------------------------
 
 
-def _grouped_embedding(bits: int, dequant: str) -> Variant:
+def _grouped_embedding(bits: int, dequant: str, embedding_bits: int | None = None) -> Variant:
     return Variant(
-        f"int{bits}-{dequant}-g32-qe",
+        f"int{bits}-{dequant}-g32-qe{embedding_bits or ''}",
         bits=bits,
         group_size=32,
         storage="native",
@@ -170,6 +170,7 @@ def _grouped_embedding(bits: int, dequant: str) -> Variant:
         dequant=dequant,
         quantize_embedding=True,
         embedding_group_size=32,
+        embedding_bits=embedding_bits,
     )
 
 
@@ -183,14 +184,17 @@ def _xla_logits(cfg: object, vw: object, tokens: np.ndarray) -> np.ndarray:
     return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("bits", "embedding_bits"), [(4, None), (8, None), (4, 8)])
 @pytest.mark.parametrize("dequant", ["factored", "direct", "integer"])
 @pytest.mark.parametrize("layout", ["out_major", "in_major"])
-def test_an_embedding_in_blocks_is_the_host_dequant(bits: int, dequant: str, layout: str) -> None:
+def test_an_embedding_in_blocks_is_the_host_dequant(
+    bits: int, embedding_bits: int | None, dequant: str, layout: str
+) -> None:
     """`embedding_group_size`: the tied embedding and lm_head in blocks of 32 along hidden
-    (llama.cpp's Q8_0 output matrix). The lookup and the lm_head (factored or integer,
-    as the variant's linears are multiplied) compute the model the host dequantizes;
-    integer dot products up to the activation's int8 rounding."""
+    (llama.cpp's Q8_0 output matrix), in the linears' bits or in `embedding_bits` (8
+    beside 4-bit linears, as llama.cpp's Q4 files). The lookup and the lm_head
+    (factored or integer, as the variant's linears are multiplied) compute the model
+    the host dequantizes; integer dot products up to the activation's int8 rounding."""
     from tests.helpers import host_dequantized
     from workers.checkpoint import lazy_synthetic_weights
     from workers.llama_config import preset
@@ -199,7 +203,7 @@ def test_an_embedding_in_blocks_is_the_host_dequant(bits: int, dequant: str, lay
 
     cfg = preset("tiny")
     weights = lazy_synthetic_weights(cfg)
-    v = _grouped_embedding(bits, dequant)
+    v = _grouped_embedding(bits, dequant, embedding_bits)
     quantized = prepare_variant(weights, cfg, v, layout)
     specs = {s.name: s for s in quantized.specs}
     assert EMBEDDING not in specs, "the float table is gone"
@@ -210,6 +214,9 @@ def test_an_embedding_in_blocks_is_the_host_dequant(bits: int, dequant: str, lay
     )
     assert specs[f"{EMBEDDING}.qweight"].shape == expected_shape
     assert specs[f"{EMBEDDING}.scale"].shape == (cfg.vocab_size, cfg.hidden_size // 32)
+    assert specs[f"{EMBEDDING}.qweight"].dtype == f"uint{embedding_bits or bits}"
+    linear = "model.layers.0.mlp.up_proj.weight"
+    assert specs[f"{linear}.qweight"].dtype == f"uint{bits}"
     host = prepare_variant(host_dequantized(quantized), cfg, variant("fp32"), layout)
 
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, 12, dtype=np.int32)
@@ -224,7 +231,11 @@ def test_an_embedding_in_blocks_is_the_host_dequant(bits: int, dequant: str, lay
 
 
 def test_the_output_matrix_formats_are_what_they_say() -> None:
-    for name, bits in (("int8-idot-g32-qe", 8), ("int4-idot-g32-qe", 4)):
+    for name, bits, embedding_bits in (
+        ("int8-idot-g32-qe", 8, 8),
+        ("int4-idot-g32-qe", 4, 4),
+        ("int4-idot-g32-q8e", 4, 8),
+    ):
         v = variant(name)
         assert (v.bits, v.group_size, v.embedding_group_size, v.dequant) == (
             bits,
@@ -232,6 +243,8 @@ def test_the_output_matrix_formats_are_what_they_say() -> None:
             32,
             "integer",
         )
+        assert v.bits_of("model.embed_tokens.weight") == embedding_bits
+        assert v.centre_of("lm_head.weight") == 1 << (embedding_bits - 1)
         assert v.factors("model.embed_tokens.weight") and v.factors("lm_head.weight")
     # variants without the field keep their fingerprints (and their cached compiles):
     # these are the values from before the field existed
@@ -243,7 +256,12 @@ def test_the_output_matrix_formats_are_what_they_say() -> None:
     ("fields", "message"),
     [
         ({"bits": 8, "embedding_group_size": 32}, "needs quantize_embedding"),
-        ({"embedding_group_size": 32}, "needs quantize_embedding"),
+        ({"embedding_group_size": 32}, "need quantize_embedding"),
+        ({"bits": 4, "storage": "native", "embedding_bits": 8}, "embedding_bits=8 must be"),
+        (
+            {"bits": 4, "quantize_embedding": True, "embedding_bits": 8},
+            "storage: native",
+        ),
         (
             {"bits": 4, "storage": "native", "quantize_embedding": True, "embedding_group_size": 3},
             "multiple of 2",

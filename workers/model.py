@@ -335,7 +335,7 @@ class LlamaGraphs:
         # Quantized: [vocab, hidden], a scale per row or per group of a row; gather the
         # rows and their scales, then dequantize.
         v = self.variant
-        if v.integer_dtype == "uint4":  # gather uint8 pairs: IREE gathers no ui4 on CUDA
+        if v.integer_dtype_of(EMBEDDING) == "uint4":  # gather uint8 pairs: none of ui4 on CUDA
             values = unpack_uint4_jnp(jnp.take(w[f"{EMBEDDING}.qbytes"], tokens, axis=0))
         elif v.storage == "uint32":
             values = unpack_lanes_jnp(

@@ -355,10 +355,11 @@ def _quantized(
 ) -> tuple[list[np.ndarray], float]:
     """A checkpoint matrix [out, in] -> its stored arrays (in arg_specs order) and the
     squared error of the dequantized matrix."""
-    assert variant.bits is not None
+    bits = variant.bits_of(name)
+    assert bits is not None
     offset = variant.offset_of(name)
     group = variant.group_of(name)
-    q, scale, minimum = quantize(w, variant.bits, group, variant.scale_dtype, offset)
+    q, scale, minimum = quantize(w, bits, group, variant.scale_dtype, offset)
     diff = dequantize(q, scale, minimum, offset) - w
     error = float(np.vdot(diff, diff))
     return _laid_out(q, scale, minimum, name, variant, layout), error
@@ -390,7 +391,7 @@ def _laid_out(
     if variant.storage == "uint32":
         assert variant.bits is not None
         stored = [aligned(pack_lanes(q, variant.bits, axis))]
-    elif variant.bits == 4:
+    elif variant.bits_of(name) == 4:
         packed = aligned(pack_uint4(np.ascontiguousarray(q)))
         stored = [packed, packed] if name == EMBEDDING else [packed]  # the ui4 and uint8 views
     else:

@@ -20,7 +20,9 @@ float32 or float16. With `quantize_embedding` the token embedding (the tied lm_h
 and an untied lm_head are quantized too, one scale per vocabulary row, or per group of
 `embedding_group_size` along the hidden dimension (llama.cpp's Q8_0 output matrix:
 blocks of 32), in which case a factored or integer variant multiplies the lm_head the
-way it multiplies its linears; otherwise they and the norms stay in float32.
+way it multiplies its linears, and in `embedding_bits` where those differ from the
+linears' (8 beside 4-bit linears: llama.cpp's Q4 files keep their output matrix Q8_0);
+otherwise they and the norms stay in float32.
 
 `dequant` says how the graph applies a grouped scale. `direct` dequantizes the whole
 matrix, then multiplies (one elementwise op between the integers and the dot). IREE
@@ -147,6 +149,8 @@ class Variant:
     quantize_embedding: bool = False  # also the embedding and lm_head, per vocabulary row
     # With quantize_embedding: their group along hidden; None: one scale per vocabulary row.
     embedding_group_size: int | None = None
+    # With quantize_embedding and native storage: the embedding's bits; None: `bits`.
+    embedding_bits: int | None = None
     # Greedy tokens against the XLA reference of the same graph: "all" must match;
     # "first" only the first, for a dtype whose rounding differs between XLA and IREE.
     match: str = "all"
@@ -180,8 +184,11 @@ class Variant:
                 raise ValueError(
                     f"{where}: group_size and quantize_embedding need a quantized variant (bits)"
                 )
-            if self.embedding_group_size is not None:
-                raise ValueError(f"{where}: embedding_group_size needs quantize_embedding: true")
+            if self.embedding_group_size is not None or self.embedding_bits is not None:
+                raise ValueError(
+                    f"{where}: embedding_group_size and embedding_bits need quantize_embedding: "
+                    "true"
+                )
             if self.factored:
                 raise ValueError(
                     f"{where}: dequant={self.dequant} needs a quantized variant (bits)"
@@ -194,6 +201,15 @@ class Variant:
             raise ValueError(
                 f"{where}: group_size={self.group_size} must be a positive multiple of {step} "
                 "(or null: one scale per output row)"
+            )
+        if self.embedding_bits is not None and (
+            self.embedding_bits not in (4, 8)
+            or not self.quantize_embedding
+            or self.storage != "native"
+        ):
+            raise ValueError(
+                f"{where}: embedding_bits={self.embedding_bits} must be 4 or 8, with "
+                "quantize_embedding: true and storage: native"
             )
         if self.embedding_group_size is not None:
             if not self.quantize_embedding:
@@ -249,10 +265,22 @@ class Variant:
 
     @property
     def integer_dtype(self) -> str:
-        """The dtype of the stored integers: uint32 lanes, or native uint4 / uint8."""
+        """The dtype of the linears' stored integers: uint32 lanes, or native uint4 /
+        uint8."""
+        return self.integer_dtype_of("")
+
+    def bits_of(self, name: str) -> int | None:
+        """The bits a quantized tensor is stored in: `embedding_bits` for the embedding
+        and lm_head where given, else `bits`."""
+        if name in (EMBEDDING, LM_HEAD) and self.embedding_bits is not None:
+            return self.embedding_bits
+        return self.bits
+
+    def integer_dtype_of(self, name: str) -> str:
+        """The dtype of a quantized tensor's stored integers (see `integer_dtype`)."""
         if self.storage == "uint32":
             return "uint32"
-        return "uint4" if self.bits == 4 else "uint8"
+        return "uint4" if self.bits_of(name) == 4 else "uint8"
 
     def min_tokens_matched(self, num_tokens: int) -> int:
         """How many leading tokens must equal the reference for the point to be ok."""
@@ -276,8 +304,9 @@ class Variant:
     def centre_of(self, name: str) -> int:
         """What a factored graph subtracts from the integers: half their range (q - c is
         centred on zero), for a factored tensor; else 0."""
-        assert self.bits is not None or not self.factors(name)
-        return 1 << (self.bits - 1) if self.factors(name) else 0  # type: ignore[operator]
+        bits = self.bits_of(name)
+        assert bits is not None or not self.factors(name)
+        return 1 << (bits - 1) if self.factors(name) else 0  # type: ignore[operator]
 
     def offset_of(self, name: str) -> int:
         """The integer whose value the stored minimum is: the centre for a factored tensor
@@ -338,8 +367,8 @@ class Variant:
             assert group is not None
             k = stored[axis]
             stored[axis : axis + 1] = [k // group, group]
-        specs = [ArgSpec(f"{name}.qweight", tuple(stored), self.integer_dtype)]
-        if name == EMBEDDING and self.integer_dtype == "uint4":
+        specs = [ArgSpec(f"{name}.qweight", tuple(stored), self.integer_dtype_of(name))]
+        if name == EMBEDDING and self.integer_dtype_of(name) == "uint4":
             # IREE cannot gather rows of a ui4 tensor on CUDA: the lookup reads the same
             # bytes as uint8 pairs ([vocab, hidden / 2]) and unpacks them in the graph.
             specs.append(ArgSpec(f"{name}.qbytes", (out_dim, in_dim // 2), "uint8"))
@@ -357,8 +386,9 @@ def _fingerprint(variant: Variant) -> str:
         del fields["dequant"]
     if variant.blocks is None:  # likewise
         del fields["blocks"]
-    if variant.embedding_group_size is None:  # likewise
-        del fields["embedding_group_size"]
+    for field in ("embedding_group_size", "embedding_bits"):  # likewise
+        if fields[field] is None:
+            del fields[field]
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
