@@ -231,3 +231,21 @@ def test_the_sweeps_summary_shows_a_repeated_point_once_with_its_spread():
     spread = analysis.merge_repeats(rows)[0]["repeat_spread"]
     assert f"3 ({100 * spread:.1f}%)" in lines[0], lines[0]
     assert "status: ok 3" in out.getvalue(), "the status line still counts every repeat"
+
+
+def test_a_repeated_points_dispatch_profile_is_found_under_its_repeats_keys():
+    """Every repeat is profiled under its own key; the merged row (the key it has when
+    measured once) finds them: `report --dispatches` and the flag study's kinds."""
+    from sweep.readers import dispatches
+
+    rows = repeat_rows("r1", "fp32", [10.0, 11.0, 10.4], seed=1)
+    (merged,) = analysis.merge_repeats(rows)
+    assert analysis.profile_keys(merged) == [r["point_key"] for r in rows]
+    assert analysis.profile_keys(rows[0]) == [rows[0]["point_key"]]
+    profile = [
+        {"point_key": rows[1]["point_key"], "name": f"d{i}", "kind": "matmul",
+         "calls_per_token": 1.0, "ms_per_token": ms, "share": ms / 6.0}
+        for i, ms in enumerate((1.0, 3.0, 2.0))
+    ]  # fmt: skip
+    top = dispatches.top_dispatches(profile, [merged], 2)
+    assert [(r["rank"], r["name"]) for r in top] == [(1, "d1"), (2, "d2")]

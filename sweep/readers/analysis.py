@@ -93,6 +93,7 @@ DISTURBED = "disturbed"
 MIN_REPEATS = 3  # repeats a side from which a verdict comes from the repeats' medians
 # What readers add to a merged row of repeats (`merge_repeats`); not stored columns.
 REPEAT_P50S, NUM_REPEATS, REPEAT_SPREAD = "repeat_p50s", "num_repeats", "repeat_spread"
+REPEAT_KEYS = "repeat_keys"  # a merged point's ok repeats' own keys (their profiles)
 
 
 def mann_whitney_p(samples_a: Sequence[float], samples_b: Sequence[float]) -> float:
@@ -203,7 +204,8 @@ def merge_repeats(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     medians, p10, p90, prefill, device and host ms the medians of the repeats' values,
     tok/s and the roofline from that median, the decode samples of all repeats
     together, and `repeat_p50s` (the repeats' medians in repeat order), `num_repeats`
-    (the ok ones) and `repeat_spread` ((max - min) / median of those medians). A point
+    (the ok ones), `repeat_spread` ((max - min) / median of those medians) and
+    `repeat_keys` (the ok repeats' own keys, which their dispatch profiles carry). A point
     none of whose repeats is ok is its newest repeat's row. Fewer repeats than asked
     (an interrupted sweep) merge as what there is.
     """
@@ -218,6 +220,12 @@ def merge_repeats(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for of, members in groups.items():
         merged.append(_merged(of, sorted(members, key=lambda r: r.get(Col.REPEAT) or 0)))
     return merged
+
+
+def profile_keys(row: dict[str, Any]) -> list[str]:
+    """The keys a row's dispatch profiles are stored under: its own, or for a merged row
+    of repeats, each ok repeat's (every repeat is profiled)."""
+    return row.get(REPEAT_KEYS) or [row[Col.POINT_KEY]]
 
 
 def _merged(key: str, members: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,6 +254,7 @@ def _merged(key: str, members: list[dict[str, Any]]) -> dict[str, Any]:
         row[Col.DECODE_SAMPLES_MS] = np.concatenate([_samples(r) for r in ok])
     row[Col.CREATED_AT] = max(r[Col.CREATED_AT] for r in members)
     row[REPEAT_P50S], row[NUM_REPEATS] = p50s, len(ok)
+    row[REPEAT_KEYS] = [r[Col.POINT_KEY] for r in ok]
     row[REPEAT_SPREAD] = (max(p50s) - min(p50s)) / p50
     return row
 
@@ -398,7 +407,9 @@ def flag_study(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             group = groups[key]
             record = {**dict(zip(FLAG_CONTEXT, context, strict=True))}
             record.update(flag_set=key[0], layout=key[1], **timing_summary(group))
-            record["point_keys"] = [r[Col.POINT_KEY] for r in group if r[Col.STATUS] == Status.OK]
+            record["point_keys"] = [
+                k for r in group if r[Col.STATUS] == Status.OK for k in profile_keys(r)
+            ]
             record[Col.COMPILE_S] = median(r.get(Col.COMPILE_S) for r in group)
             record[Col.VMFB_BYTES] = median_count(r.get(Col.VMFB_BYTES) for r in group)
             record.update(_against_baseline(record, group, base, base_rows, key == baseline))

@@ -184,7 +184,7 @@ def dispatches_table(
     points = sorted(
         rows, key=lambda r: analysis.sort_key(tuple(r.get(c) for c in analysis.DEFAULT_BY))
     )
-    fields = (Col.POINT_KEY, *analysis.DEFAULT_BY)
+    fields = (Col.POINT_KEY, analysis.REPEAT_KEYS, *analysis.DEFAULT_BY)
     records = profiles.top_dispatches(
         dispatches, [{c: r.get(c) for c in fields} for r in points], top
     )
@@ -273,7 +273,7 @@ def report(args: argparse.Namespace) -> None:
     if args.pareto:
         pareto_report(args, run, rows)
         return
-    dispatches = profiles.load(args.results, (r[Col.POINT_KEY] for r in rows))
+    dispatches = profiles.load(args.results, (k for r in rows for k in analysis.profile_keys(r)))
     runtimes_header = context_header(run, rows, (*analysis.RUNTIME_CONTEXT, Col.RUNTIME))
     side = ""  # the runtimes side by side, below the summary when it has any
     if args.dispatches is not None:
