@@ -95,6 +95,7 @@ def test_smoke_bundle_runs_offline_from_its_cache(tmp_path: Path):
             "sweep.bundle",
             "+grid=smoke",
             "grid.devices=[cpu]",
+            "grid.prompt_lengths=[8]",  # 4 points, 8 graphs: the suite's time
             "--out",
             str(bundle),
         ],
@@ -104,7 +105,7 @@ def test_smoke_bundle_runs_offline_from_its_cache(tmp_path: Path):
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["num_graphs"] == 12 and not manifest["failed_graphs"], manifest
+    assert manifest["num_graphs"] == 8 and not manifest["failed_graphs"], manifest
     assert max(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) <= 60e6
     assert any(f.get("parts") for f in manifest["files"]), "the ray wheel travels in parts"
     assert not (bundle / "cache" / "work").exists()
@@ -133,7 +134,7 @@ def test_smoke_bundle_runs_offline_from_its_cache(tmp_path: Path):
     )
     assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-4000:]
     rows = read_results(results).to_pylist()
-    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}, ran.stdout[-3000:]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}, ran.stdout[-3000:]
     assert all(r["compile_cache_hit"] for r in rows), "every graph from the bundle's cache"
     assert (results / "report.md").read_text().count("| fp32") >= 1
     installed = {p.name.split("-")[0].lower() for p in (bundle / "site").glob("*.dist-info")}
