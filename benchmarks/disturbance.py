@@ -27,7 +27,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from benchmarks._common import (  # noqa: E402
     wait_for_quiet,
     write_json,
 )
+from sweep.readers.analysis import median  # noqa: E402
 from workers.host import DISTURBED_FRAC  # noqa: E402
 from workers.kinds import Status  # noqa: E402
 
@@ -153,20 +153,15 @@ def run(name: str, overrides: list[str], nice: int | None) -> dict[str, Any]:
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """A condition over its rounds: medians of the rounds' numbers, every round's flag."""
-
-    def median(key: str) -> float | None:
-        values = [r[key] for r in runs if r[key] is not None]
-        return statistics.median(values) if values else None
-
     return {
-        "decode_ms_p50": median("decode_ms_p50"),
+        "decode_ms_p50": median(r["decode_ms_p50"] for r in runs),
         "round_p50s": [r["decode_ms_p50"] for r in runs],
-        "host_busy_frac": median("host_busy_frac"),
+        "host_busy_frac": median(r["host_busy_frac"] for r in runs),
         "busy_fracs": [r["host_busy_frac"] for r in runs],
         "disturbed": [bool(r["disturbed"]) for r in runs],
         "niceness": sorted({r["niceness"] for r in runs}),
-        "busy_cpu_share": median("busy_cpu_share"),
-        "timed_s": median("timed_s"),
+        "busy_cpu_share": median(r["busy_cpu_share"] for r in runs),
+        "timed_s": median(r["timed_s"] for r in runs),
     }
 
 

@@ -343,15 +343,18 @@ class LlamaGraphs:
             )
         else:
             values = jnp.take(w[f"{EMBEDDING}.qweight"], tokens, axis=0)
-        values = values.reshape(tokens.shape[0], -1).astype(jnp.float32)  # [T, hidden]
-        values = values - np.float32(v.offset_of(EMBEDDING))  # the minimum is the value there
+        if w[f"{EMBEDDING}.scale"].ndim == 1:  # one scale per row
+            scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens).astype(jnp.float32)[:, None]
+            minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens).astype(jnp.float32)[:, None]
+            return (values.astype(jnp.float32) * scale + minimum).astype(self.dtype)
+        # per block of a row: [T, hidden / G, G], the minimum the value at q = offset
         scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens, axis=0).astype(jnp.float32)
         minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens, axis=0).astype(jnp.float32)
-        if scale.ndim == 1:  # one scale per row
-            return (values * scale[:, None] + minimum[:, None]).astype(self.dtype)
-        grouped = values.reshape(*scale.shape, -1)  # [T, hidden / G, G]
+        grouped = values.reshape(*scale.shape, -1).astype(jnp.float32)
+        if offset := v.offset_of(EMBEDDING):
+            grouped = grouped - np.float32(offset)
         rows = grouped * scale[..., None] + minimum[..., None]
-        return rows.reshape(values.shape).astype(self.dtype)
+        return rows.reshape(tokens.shape[0], -1).astype(self.dtype)
 
     def _lm_head(self, weights: tuple[Array, ...], h: Array) -> Array:
         """h [.., hidden] -> logits [.., vocab] (float32) through the (tied) lm_head."""

@@ -267,7 +267,7 @@ class Variant:
     def integer_dtype(self) -> str:
         """The dtype of the linears' stored integers: uint32 lanes, or native uint4 /
         uint8."""
-        return self.integer_dtype_of("")
+        return self._integer_dtype(self.bits)
 
     def bits_of(self, name: str) -> int | None:
         """The bits a quantized tensor is stored in: `embedding_bits` for the embedding
@@ -278,9 +278,12 @@ class Variant:
 
     def integer_dtype_of(self, name: str) -> str:
         """The dtype of a quantized tensor's stored integers (see `integer_dtype`)."""
+        return self._integer_dtype(self.bits_of(name))
+
+    def _integer_dtype(self, bits: int | None) -> str:
         if self.storage == "uint32":
             return "uint32"
-        return "uint4" if self.bits_of(name) == 4 else "uint8"
+        return "uint4" if bits == 4 else "uint8"
 
     def min_tokens_matched(self, num_tokens: int) -> int:
         """How many leading tokens must equal the reference for the point to be ok."""
