@@ -43,7 +43,10 @@ def test_pinned_zero_is_the_actor_as_it_was_and_too_many_is_an_error():
     before = affinities()
     with pinned(0) as num_cores:
         assert num_cores == len(os.sched_getaffinity(0))
-        assert affinities() == before
+        now = affinities()  # other tests' threads (JAX, Ray clients) come and go meanwhile
+        assert {t: now[t] for t in before.keys() & now.keys()} == {
+            t: before[t] for t in before.keys() & now.keys()
+        }
     with pytest.raises(ValueError, match=r"grid.threads=999 .* list at most"), pinned(999):
         pass
 
