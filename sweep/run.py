@@ -300,6 +300,11 @@ def _run_on_ray(
     try:
         with progress:
             scheduler.run(todo, refill=refill)
+            if claims.deferred:
+                progress.note(
+                    f"waiting for {len(claims.deferred)} points another sweep is measuring "
+                    f"(their claims are in {claims.dir})"
+                )
             while claims.deferred:  # points another sweep is measuring: wait for them
                 time.sleep(CLAIM_POLL_S)
                 scheduler.run([], refill=refill)

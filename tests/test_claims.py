@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sweep.execute import claims as claims_module
 from sweep.execute.claims import Claims
 from sweep.plan.config import load_config
@@ -84,3 +86,36 @@ def test_a_runs_own_claims_are_refreshed(tmp_path: Path, monkeypatch):
     assert time.time() - claim.stat().st_mtime < 10
     a.release_all()
     assert not claim.exists()
+
+
+def test_a_claim_is_whole_or_absent_even_when_interrupted(tmp_path: Path, monkeypatch):
+    """A driver stopped (Ctrl-C, kill) while it takes a claim leaves no claim at all:
+    an empty one used to block every later run of that point for good."""
+    point = points()[0]
+    a = Claims(tmp_path, "run-a", set)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(claims_module.os, "link", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            a.admit(point)
+    assert not list((tmp_path / "_claims").iterdir()), "neither a claim nor its draft"
+    assert a.admit(point)
+    claim = tmp_path / "_claims" / f"{point.key}.json"
+    assert json.loads(claim.read_text())["run_id"] == "run-a"
+    assert [p.name for p in claim.parent.iterdir()] == [claim.name]
+
+
+def test_an_unreadable_claim_holds_only_briefly(tmp_path: Path):
+    point = points()[0]
+    claim = tmp_path / "_claims" / f"{point.key}.json"
+    claim.parent.mkdir(parents=True)
+    claim.write_text("")  # as a driver of an older version killed mid-write left it
+    b = Claims(tmp_path, "run-b", set)
+    assert not b.admit(point), "it may be being written right now"
+    old = time.time() - claims_module.UNREADABLE_S - 1
+    os.utime(claim, (old, old))
+    assert b.refill() == [point], "unreadable for long: garbage, not a claim"
+    assert b.admit(point)

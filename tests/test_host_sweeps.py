@@ -141,15 +141,16 @@ def _overlaps(a: Interval, b: Interval) -> bool:
 def test_two_sweeps_on_one_host_never_compile_beside_a_timed_phase(tmp_path: Path) -> None:
     """Two smoke sweeps 3 s apart, each with its own results and cache (so each compiles
     every graph itself), on one host lock: from the rows' phase timestamps, no compile of
-    either overlaps a timed phase of the other. The first sweep leaves out one flag set,
-    so it compiles half as much and measures while the second still compiles: the test
-    asserts that the two did interleave, else it would show nothing."""
-    first = start_sweep(tmp_path, "a", "~grid.flag_sets.O3")
+    either overlaps a timed phase of the other. The first sweep is one format at one flag
+    set (two prompt lengths), the second both at both on one prompt length, so the first
+    compiles 3 graphs to the second's 8 and measures while the second still compiles: the
+    test asserts that the two did interleave, else it would show nothing."""
+    first = start_sweep(tmp_path, "a", "grid.variants=[fp32]", "~grid.flag_sets.O3")
     time.sleep(3)
-    second = start_sweep(tmp_path, "b")
+    second = start_sweep(tmp_path, "b", "grid.prompt_lengths=[8]")
     finish(first, second)
     rows = {name: read_results(tmp_path / name / "results").to_pylist() for name in ("a", "b")}
-    assert [len(rows["a"]), len(rows["b"])] == [4, 8]
+    assert [len(rows["a"]), len(rows["b"])] == [2, 4]
     for name, these in rows.items():
         assert {r["status"] for r in these} == {"ok"}, name
         assert not any(r["compile_cache_hit"] for r in these), f"{name} compiled its graphs"

@@ -2,13 +2,15 @@
 
 Two sweeps of overlapping grids started side by side (or a second one started to
 help) must not measure a point twice. Before a point is sent to a benchmark actor
-its sweep claims it: a file `<results_dir>/_claims/<point_key>.json` made with
-`O_EXCL`, so exactly one sweep wins. The file names its run, host and process and is
-refreshed while the run lives; it is removed once the point's row is written or the
-run ends. A claim is stale, and may be taken over, when its process is gone (same
-host) or it has not been refreshed for `STALE_S` (another host). A point someone else
-holds is deferred: the sweep comes back to it when the claim is gone, and counts it
-as done elsewhere if the results by then hold it.
+its sweep claims it: a file `<results_dir>/_claims/<point_key>.json` made as
+a hard link to a file already written, so exactly one sweep wins and nobody ever reads
+a half-written claim (a driver killed in the middle of taking one leaves none). The
+file names its run, host and process and is refreshed while the run lives; it is
+removed once the point's row is written or the run ends. A claim is stale, and may
+be taken over, when its process is gone (same host), it has not been refreshed for
+`STALE_S` (another host), or it cannot be read for `UNREADABLE_S` (left by something
+else). A point someone else holds is deferred: the sweep comes back to it when the
+claim is gone, and counts it as done elsewhere if the results by then hold it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sweep.plan.grid import Point
 CLAIMS_DIR = "_claims"
 REFRESH_S = 20.0
 STALE_S = 120.0
+UNREADABLE_S = 10.0  # a claim nobody can read is garbage after this
 DONE_READ_S = 2.0
 
 
@@ -102,31 +105,34 @@ class Claims:
 
     def _take(self, key: str) -> bool:
         path = self.dir / f"{key}.json"
-        for _ in range(2):  # a stale claim is removed, then taken on the second try
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if self._held_by_other(key):
-                    return False
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({**self._me, "time": time.time()}, f)
-            self.held.add(key)
-            return True
-        return False
+        draft = self.dir / f".{key}.{os.getpid()}.draft"  # not a claim until linked
+        try:
+            draft.write_text(json.dumps({**self._me, "time": time.time()}))
+            for _ in range(2):  # a stale claim is removed, then taken on the second try
+                try:
+                    os.link(draft, path)  # fails if the claim exists: exactly one wins
+                except FileExistsError:
+                    if self._held_by_other(key):
+                        return False
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                self.held.add(key)
+                return True
+            return False
+        finally:
+            draft.unlink(missing_ok=True)
 
     def _held_by_other(self, key: str) -> bool:
         """True while another live run holds `key`'s claim."""
         path = self.dir / f"{key}.json"
         try:
-            holder = json.loads(path.read_text())
             age = time.time() - path.stat().st_mtime
+            holder = json.loads(path.read_text())
         except FileNotFoundError:
             return False
-        except (OSError, ValueError):
-            return True  # being written right now
+        except ValueError:  # claims are written whole: this is not one of ours
+            return age < UNREADABLE_S
         if holder.get("run_id") == self.run_id:
             return False
         if holder.get("host") == self._me["host"]:

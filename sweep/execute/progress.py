@@ -111,6 +111,10 @@ class ProgressDisplay:
             f"[{done}/{self._num_points} {elapsed:.0f}s eta {eta:.0f}s] {row['status']:<14} "
             f"{point_label(row)}{timing}"
         )
+        self.note(line)
+
+    def note(self, line: str) -> None:
+        """A line above the live bar, or in the log."""
         if self._progress is not None:
             self._progress.console.print(line)
         else:
