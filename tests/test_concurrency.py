@@ -87,13 +87,14 @@ def test_two_devices_on_one_node_take_turns(ray_cluster, tmp_path: Path, shared_
             "~grid.flag_sets.O3",
             *devices,
             "grid.devices=[dev_a,dev_b]",
+            "grid.prompt_lengths=[8]",
             "bench.decode_steps=60",
         )
     finally:
         ray_cluster.remove_node(node)
     assert outcome.exit_code == 0, text
     rows = outcome.rows
-    assert {r["device"] for r in rows} == {"dev_a", "dev_b"} and len(rows) == 8
+    assert {r["device"] for r in rows} == {"dev_a", "dev_b"} and len(rows) == 4
     assert len({r["node_id"] for r in rows}) == 1, "both devices live on the one node"
     spans = sorted((r["started_at"], r["finished_at"]) for r in rows)
     for (_, end), (start, _) in itertools.pairwise(spans):

@@ -105,7 +105,7 @@ class Claims:
 
     def _take(self, key: str) -> bool:
         path = self.dir / f"{key}.json"
-        draft = self.dir / f".{key}.{os.getpid()}.draft"  # not a claim until linked
+        draft = self.dir / f".{key}.{self.run_id}.draft"  # not a claim until linked
         try:
             draft.write_text(json.dumps({**self._me, "time": time.time()}))
             for _ in range(2):  # a stale claim is removed, then taken on the second try
