@@ -176,7 +176,7 @@ def test_every_format_in_both_layouts(ray_cluster, tmp_path, shared_cache):
     """The formulation axes: each weight format in each layout is an ok row whose tokens
     match its own reference, says how far it is from fp32, and out-major graphs count
     other dispatches than in-major ones."""
-    formats = "fp32,int4,int4-ui4,int4-ui4-f16,int4-ui4-pc,int4-ui4-qe,int8-u8,int8-u8-pc"
+    formats = "fp32,int4,int4-ui4,int4-ui4-f16,int4-ui4-pc,int4-ui4-qe,int8,int8-u8,int8-u8-pc"
     outcome, text = sweep(
         tmp_path,
         shared_cache,
@@ -188,7 +188,7 @@ def test_every_format_in_both_layouts(ray_cluster, tmp_path, shared_cache):
     )
     assert outcome.exit_code == 0, text
     rows = outcome.rows
-    assert len(rows) == 8 * 2 and {r["status"] for r in rows} == {"ok"}, text
+    assert len(rows) == 9 * 2 and {r["status"] for r in rows} == {"ok"}, text
     assert all(r["tokens"] == r["reference_tokens"] for r in rows)
     by = {(r["variant"], r["layout"]): r for r in rows}
     for name in formats.split(","):
