@@ -22,6 +22,19 @@ def points():
     return expand(cfg, "weights")
 
 
+def left_claim(results_dir: Path, point, text: str) -> Path:
+    """A claim file as another run (or a crash) left it."""
+    claim = results_dir / "_claims" / f"{point.key}.json"
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    claim.write_text(text)
+    return claim
+
+
+def make_old(path: Path, age_s: float) -> None:
+    old = time.time() - age_s
+    os.utime(path, (old, old))
+
+
 def test_one_sweep_measures_a_point_the_other_defers_it(tmp_path: Path):
     done: set[str] = set()
     a, b = Claims(tmp_path, "run-a", lambda: done), Claims(tmp_path, "run-b", lambda: done)
@@ -52,10 +65,8 @@ def test_a_dead_runs_claim_is_taken_over(tmp_path: Path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    claim = tmp_path / "_claims" / f"{point.key}.json"
-    claim.parent.mkdir(parents=True)
     holder = {"run_id": "crashed", "host": os.uname().nodename, "pid": int(dead.stdout), "time": 0}
-    claim.write_text(json.dumps(holder))
+    claim = left_claim(tmp_path, point, json.dumps(holder))
     b = Claims(tmp_path, "run-b", set)
     assert b.admit(point), "the process that held the claim is gone"
     assert json.loads(claim.read_text())["run_id"] == "run-b"
@@ -63,13 +74,11 @@ def test_a_dead_runs_claim_is_taken_over(tmp_path: Path):
 
 def test_another_hosts_claim_goes_stale_unless_refreshed(tmp_path: Path, monkeypatch):
     point = points()[0]
-    claim = tmp_path / "_claims" / f"{point.key}.json"
-    claim.parent.mkdir(parents=True)
-    claim.write_text(json.dumps({"run_id": "far", "host": "another-host", "pid": 1, "time": 0}))
+    holder = {"run_id": "far", "host": "another-host", "pid": 1, "time": 0}
+    claim = left_claim(tmp_path, point, json.dumps(holder))
     b = Claims(tmp_path, "run-b", set)
     assert not b.admit(point), "a fresh claim of another host holds"
-    old = time.time() - claims_module.STALE_S - 1
-    os.utime(claim, (old, old))
+    make_old(claim, claims_module.STALE_S + 1)
     assert b.refill() == [point], "an unrefreshed claim is stale"
     assert b.admit(point)
 
@@ -79,8 +88,7 @@ def test_a_runs_own_claims_are_refreshed(tmp_path: Path, monkeypatch):
     a = Claims(tmp_path, "run-a", set)
     assert a.admit(point)
     claim = tmp_path / "_claims" / f"{point.key}.json"
-    old = time.time() - 1000
-    os.utime(claim, (old, old))
+    make_old(claim, 1000)
     monkeypatch.setattr(claims_module, "REFRESH_S", 0.0)
     a.refresh()
     assert time.time() - claim.stat().st_mtime < 10
@@ -110,12 +118,9 @@ def test_a_claim_is_whole_or_absent_even_when_interrupted(tmp_path: Path, monkey
 
 def test_an_unreadable_claim_holds_only_briefly(tmp_path: Path):
     point = points()[0]
-    claim = tmp_path / "_claims" / f"{point.key}.json"
-    claim.parent.mkdir(parents=True)
-    claim.write_text("")  # as a driver of an older version killed mid-write left it
+    claim = left_claim(tmp_path, point, "")  # as an older version killed mid-write left it
     b = Claims(tmp_path, "run-b", set)
     assert not b.admit(point), "it may be being written right now"
-    old = time.time() - claims_module.UNREADABLE_S - 1
-    os.utime(claim, (old, old))
+    make_old(claim, claims_module.UNREADABLE_S + 1)
     assert b.refill() == [point], "unreadable for long: garbage, not a claim"
     assert b.admit(point)
