@@ -296,6 +296,7 @@ def _run_on_ray(
         point_timeout_s=cfg.bench.point_timeout_s,
         on_progress=progress.update,
         admit=claims.admit,
+        gpu_concurrency=cfg.bench.gpu_concurrency,
     )
     try:
         with progress:

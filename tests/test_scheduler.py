@@ -4,8 +4,9 @@
 jumps to the next event, compiles and points that take a fixed simulated time, and
 failures scripted per test (a compile that fails, an actor that dies, a node that
 leaves, a point that hangs). It records every compile and measurement interval, so
-the tests check the rules themselves: each graph compiles once, one measurement per
-node at a time and never beside a compile, weight affinity, retries, timeouts.
+the tests check the rules themselves: each graph compiles once, a CPU point alone on its
+node and GPU points side by side on their own cores, never beside a compile, weight
+affinity, retries, timeouts.
 The real cluster runs the same scheduler in tests/test_sweep.py and
 tests/test_reliability.py.
 """
@@ -37,6 +38,7 @@ from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
 from workers.llama_config import preset
 from workers.measurement import Measurement
 from workers.point import BenchTask
+from workers.threads import CoreShare
 
 TINY = preset("tiny")
 COMPILE_S, POINT_S = 1.0, 2.0
@@ -80,10 +82,12 @@ class SimBackend:
         self.dead: set[str] = set()
         self.compiles: list[tuple[CompileJob, str, float, float]] = []  # job, node, start, end
         self.measured: list[tuple[SimActor, BenchTask, float, float]] = []
+        self.shares: list[tuple[SimActor, CoreShare | None, float, float]] = []
         self.actors: list[SimActor] = []
         self.killed: list[SimActor] = []
         self.fail_compile: Callable[[CompileJob], bool] = lambda job: False
-        # (actor, task, attempt number of that task) -> an exception, a duration or None
+        # (actor, task, attempt number of that task) -> an exception, a duration, (a
+        # duration, the timed seconds at its end) or None
         self.on_point: Callable[[SimActor, BenchTask, int], Any] = lambda a, t, n: None
         self._attempts: dict[BenchTask, int] = {}
         self._handles: list[Handle] = []
@@ -126,7 +130,9 @@ class SimBackend:
             return self._handle("ping", self.clock + 0.1, error=ActorStarting("restarting"))
         return self._handle("ping", self.clock, value="ready")
 
-    def submit_point(self, actor: SimActor, task: BenchTask, compiles: Any) -> Handle:
+    def submit_point(
+        self, actor: SimActor, task: BenchTask, compiles: Any, share: CoreShare | None
+    ) -> Handle:
         assert all(isinstance(c, Handle) and c.value.ok for c in compiles) or not compiles
         self._attempts[task] = self._attempts.get(task, 0) + 1
         scripted = self.on_point(actor, task, self._attempts[task])
@@ -134,13 +140,17 @@ class SimBackend:
             if isinstance(scripted, ActorDied | ActorStarting):
                 actor.resident, actor.restarting = None, 1
             return self._handle("point", self.clock + POINT_S / 2, error=scripted)
-        end = self.clock + (scripted if isinstance(scripted, float) else POINT_S)
+        call_s, timed_s = scripted if isinstance(scripted, tuple) else (scripted, None)
+        end = self.clock + (call_s if isinstance(call_s, float) else POINT_S)
         self.measured.append((actor, task, self.clock, end))
+        self.shares.append((actor, share, self.clock, end))
         upload_s = 0.0
         if actor.resident != (task.variant, task.runtime):
             actor.resident, upload_s = (task.variant, task.runtime), 0.5
             actor.num_uploads += 1
-        return self._handle("point", end, value=measurement(task, actor, upload_s))
+        # the timed phase: after the upload, or the last `timed_s` of the call
+        window = (self.clock + upload_s if timed_s is None else end - timed_s, end)
+        return self._handle("point", end, value=measurement(task, actor, upload_s, window))
 
     def wait(self, handles: list[Handle], timeout_s: float) -> list[Handle]:
         next_done = min(h.done_at for h in handles)
@@ -165,7 +175,9 @@ class SimBackend:
         return handle
 
 
-def measurement(task: BenchTask, actor: SimActor, upload_s: float) -> Measurement:
+def measurement(
+    task: BenchTask, actor: SimActor, upload_s: float, window: tuple[float, float]
+) -> Measurement:
     return fake_measurement(
         tuple(range(task.steps.num_tokens)),
         decode_samples_ms=(2.0,) * task.steps.decode_steps,
@@ -174,11 +186,19 @@ def measurement(task: BenchTask, actor: SimActor, upload_s: float) -> Measuremen
         upload_s=upload_s,
         hostname=actor.node.hostname,
         node_id=actor.node.node_id,
+        timed_started_at=window[0],
+        timed_finished_at=window[1],
     )
 
 
 def run(
-    backend: SimBackend, todo: list[Point], *, max_retries: int = 1, timeout_s: float = 100.0, **kw
+    backend: SimBackend,
+    todo: list[Point],
+    *,
+    max_retries: int = 1,
+    timeout_s: float = 100.0,
+    gpu_concurrency: int = 0,
+    **kw,
 ) -> tuple[list[dict[str, Any]], Scheduler]:
     rows: list[dict[str, Any]] = []
     scheduler = Scheduler(
@@ -189,6 +209,7 @@ def run(
         lambda new_rows, dispatches, profiles: rows.extend(new_rows),
         max_retries=max_retries,
         point_timeout_s=timeout_s,
+        gpu_concurrency=gpu_concurrency,
     )
     scheduler.run(todo, **kw)
     return rows, scheduler
@@ -422,3 +443,127 @@ def test_the_scheduler_needs_no_ray():
     code = "import sys, sweep.execute.scheduler; print('ray' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], "the scheduler must not import ray or jax"
+
+
+# --- GPU points side by side -------------------------------------------------------------
+
+
+def gpu_points(num_prompts: int = 8) -> list[Point]:
+    """fp32 and int4 CUDA points at `num_prompts` prompt lengths (4 graphs each variant)."""
+    lengths = ",".join(str(8 + i) for i in range(num_prompts))
+    return points("grid.devices=[cuda]", "~grid.flag_sets.O3", f"grid.prompt_lengths=[{lengths}]")
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    now = best = 0
+    for _, step in events:  # an end sorts before a start at the same instant
+        now += step
+        best = max(best, now)
+    return best
+
+
+def test_gpu_points_of_one_node_are_timed_at_once_each_on_its_own_cores():
+    backend = SimBackend([node("gpu8", cpus=16, gpus=4)])
+    rows, _ = run(backend, gpu_points())
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"ok"}
+    spans = [(start, end) for _, _, start, end in backend.shares]
+    assert most_at_once(spans) == 4, "one point per GPU at once"
+    assert {share for _, share, *_ in backend.shares} == {CoreShare(i, 4) for i in range(4)}
+    for (a, share_a, *span_a), (b, share_b, *span_b) in itertools.combinations(backend.shares, 2):
+        if overlaps(tuple(span_a), tuple(span_b)):
+            assert a is not b and share_a != share_b, "two points at once on one actor or cores"
+    for _, _, c_start, c_end in backend.compiles:
+        assert not any(overlaps(span, (c_start, c_end)) for span in spans), "beside a compile"
+    assert max(r["num_concurrent"] for r in rows) == 3
+
+
+def test_a_cpu_point_of_a_gpu_node_is_timed_alone():
+    todo = gpu_points(4) + points("~grid.flag_sets.O3", "grid.prompt_lengths=[8,9]")
+    backend = SimBackend([node("gpu4", cpus=8, gpus=4)])
+    rows, _ = run(backend, todo)
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 12
+    spans = [(a.device.name, share, (s, e)) for a, share, s, e in backend.shares]
+    for device, share, span in spans:
+        if device == "cpu":
+            assert share is None, "a CPU point has the whole host"
+            others = [o for _, _, o in spans if o != span]
+            assert not any(overlaps(span, o) for o in others), "a CPU point beside another"
+    assert {r["num_concurrent"] for r in rows if r["device"] == "cpu"} == {0}
+    assert max(r["num_concurrent"] for r in rows if r["device"] == "cuda") == 3
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpu_concurrency", "at_once"),
+    [(4, 0, 2), (16, 3, 3), (16, 1, 1)],
+    ids=["two-cores-each-from-four", "limit-three", "one-at-a-time"],
+)
+def test_a_node_times_fewer_gpu_points_when_its_cores_or_the_switch_say_so(
+    cpus: int, gpu_concurrency: int, at_once: int
+):
+    backend = SimBackend([node("gpu4", cpus=cpus, gpus=4)])
+    rows, _ = run(backend, gpu_points(), gpu_concurrency=gpu_concurrency)
+    assert {r["status"] for r in rows} == {"ok"}
+    assert most_at_once([(s, e) for _, _, s, e in backend.shares]) == at_once
+    shares = {share for _, share, *_ in backend.shares}
+    if at_once == 1:
+        assert shares == {None}, "one at a time: the point has the host, as before"
+    else:
+        assert shares == {CoreShare(i, at_once) for i in range(at_once)}
+    assert max(r["num_concurrent"] for r in rows) == at_once - 1
+
+
+def test_num_concurrent_counts_timed_windows_not_calls():
+    """Two GPU points sent together: the first times its last second only, the second its
+    first second (its clock stops, then it reads back for a while). Their calls overlap,
+    their timed phases do not, so neither counts the other; a third point timed across
+    both counts two."""
+    backend = SimBackend([node("gpu3", cpus=8, gpus=3)])
+    scripts = iter([(4.0, 1.0), (5.0, 4.5), (4.0, 3.5)])  # windows [3, 4], [0.5, 5], [0.5, 4]
+    backend.on_point = lambda actor, task, attempt: next(scripts)
+    rows, _ = run(backend, gpu_points(3)[:3])
+    assert most_at_once([(s, e) for _, _, s, e in backend.shares]) == 3, "the calls overlap"
+    assert sorted(r["num_concurrent"] for r in rows) == [2, 2, 2]
+    backend = SimBackend([node("gpu2", cpus=8, gpus=2)])
+    scripts = iter([(4.0, 1.0), (5.0, 0.5)])  # windows [3, 4] and [4.5, 5]
+    backend.on_point = lambda actor, task, attempt: next(scripts)
+    rows, _ = run(backend, gpu_points(2)[:2])
+    assert most_at_once([(s, e) for _, _, s, e in backend.shares]) == 2, "the calls overlap"
+    assert [r["num_concurrent"] for r in rows] == [0, 0], "their timed phases do not"
+
+
+def test_a_row_waits_for_its_neighbours_and_a_stopped_sweep_writes_it_without_a_count():
+    """A row whose neighbour is still running is held until the neighbour ends; if the
+    sweep stops first (Ctrl-C), shutdown writes it with a null num_concurrent."""
+    backend = SimBackend([node("gpu2", cpus=8, gpus=2)])
+    durations = iter([2.0, 50.0])
+    backend.on_point = lambda actor, task, attempt: next(durations)
+    rows: list[dict[str, Any]] = []
+    scheduler = Scheduler(
+        backend,
+        backend.nodes,
+        TINY,
+        RunContext("run", "smoke", {}),
+        lambda new_rows, dispatches, profiles: rows.extend(new_rows),
+        max_retries=1,
+        point_timeout_s=100.0,
+    )
+    scheduler.add(gpu_points(2)[:2])
+    while len(backend.shares) < 2 or backend.clock < 10.0:
+        scheduler._dispatch()
+        scheduler._wait()
+    assert rows == [], "the first row waits for its neighbour's window"
+    scheduler.shutdown()
+    assert len(rows) == 1 and rows[0]["num_concurrent"] is None
+
+
+def test_a_neighbour_that_fails_releases_the_row_that_waited_on_it():
+    backend = SimBackend([node("gpu2", cpus=8, gpus=2)])
+    error = PointError("runtime_error", "RuntimeError", "boom")
+    scripts = iter([2.0, error])
+    backend.on_point = lambda actor, task, attempt: next(scripts)
+    rows, scheduler = run(backend, gpu_points(2)[:2])
+    assert sorted(r["status"] for r in rows) == ["ok", "runtime_error"]
+    ok = next(r for r in rows if r["status"] == "ok")
+    assert ok["num_concurrent"] == 0, "a point without a timed phase counts for nobody"
+    assert not len(scheduler._overlap), "nothing left in the ledger"

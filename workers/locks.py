@@ -7,16 +7,20 @@ Two kinds:
   waits and then finds the first one's result in the cache. On a shared filesystem
   it serialises across hosts wherever the filesystem honours `flock` (local disks,
   NFSv4).
-- `host_lock(exclusive)`: the host's measurement lock. A benchmark takes it
-  exclusively for the whole point (weights, reference, timed steps) and a compile
-  takes it shared, so on one host a timed point never runs beside a compile or
-  another timed point, whichever sweep started them. Within one sweep the
-  scheduler already keeps them apart; this lock covers sweeps that do not know of
-  each other. A reader-writer lock alone would starve the measurement while compiles
-  overlap (seen here: a sweep waited 35 minutes behind other sweeps' compiles), so a
-  turnstile beside it puts a waiting measurement first: the measurement holds the
-  turnstile while it waits and measures, and a compile passes through the turnstile
-  before it takes its shared lock.
+- `host_lock(use)`: the host's measurement lock. A timed point that owns the host (a CPU
+  point, or any point with `bench.gpu_concurrency=1`) takes it exclusively for the
+  whole point (weights, reference, timed steps); a GPU point timed beside others takes
+  it shared plus its own GPU's device lock exclusively; a compile takes it shared plus
+  every device lock shared. So on one host a timed point never runs beside a compile,
+  a host-owning point never beside any other, and two GPU points share the host only on
+  different GPUs, whichever sweep started them. Within one sweep the scheduler already
+  keeps them apart; this lock covers sweeps that do not know of each other. A
+  reader-writer lock alone would starve the measurement while compiles overlap (seen
+  here: a sweep waited 35 minutes behind other sweeps' compiles), so a turnstile beside
+  it puts a waiting measurement first: a measurement holds the turnstile while it waits
+  (a host-owning one also while it measures), and a compile passes through the
+  turnstile before it takes its shared locks. Locks are always taken in one order
+  (turnstile, host, devices by index), so no two holders wait on each other.
 
 A lock is released when its holder exits, however it exits: a crash leaves no stale
 lock behind.
@@ -25,6 +29,7 @@ lock behind.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import tempfile
@@ -32,6 +37,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HOST_LOCK_ENV = "SWEEP_HOST_LOCK"  # where the host lock lives, if not in the temp directory
+# Device locks per host: a compile takes all of them. A GPU numbered past the last
+# shares a lock with a lower one (index modulo this), so those two take turns.
+NUM_DEVICE_LOCKS = 16
+
+
+class HostUse(enum.StrEnum):
+    """What a holder of the host lock does on the host."""
+
+    COMPILE = "compile"  # beside other compiles, never beside a timed point
+    HOST = "host"  # a timed point alone on the host
+    DEVICE = "device"  # a timed point on one GPU, beside timed points on other GPUs
 
 
 def host_lock_path() -> Path:
@@ -56,15 +72,27 @@ def key_lock(path: Path) -> contextlib.AbstractContextManager[None]:
 
 
 @contextlib.contextmanager
-def host_lock(*, exclusive: bool) -> Iterator[None]:
-    """The host's measurement lock (exclusive) or compile lock (shared), fair to both."""
+def host_lock(use: HostUse, device: int = 0) -> Iterator[None]:
+    """The host's measurement lock for `use` (`device`: the GPU index, for DEVICE), fair
+    to measurements: see the module docstring."""
     path = host_lock_path()
     turnstile = path.with_name(path.name + ".turnstile")
-    if exclusive:
-        with file_lock(turnstile), file_lock(path):
-            yield
-        return
-    with file_lock(turnstile):
-        pass  # a measurement waiting or running holds it: wait behind it
-    with file_lock(path, exclusive=False):
+    with contextlib.ExitStack() as held:
+        if use == HostUse.HOST:
+            held.enter_context(file_lock(turnstile))
+            held.enter_context(file_lock(path))
+        elif use == HostUse.DEVICE:
+            with file_lock(turnstile):  # waits first, then lets the next measurement queue
+                held.enter_context(file_lock(path, exclusive=False))
+                held.enter_context(file_lock(_device_lock(path, device)))
+        else:
+            with file_lock(turnstile):
+                pass  # a measurement waiting or running holds it: wait behind it
+            held.enter_context(file_lock(path, exclusive=False))
+            for index in range(NUM_DEVICE_LOCKS):
+                held.enter_context(file_lock(_device_lock(path, index), exclusive=False))
         yield
+
+
+def _device_lock(path: Path, device: int) -> Path:
+    return path.with_name(f"{path.name}.gpu{device % NUM_DEVICE_LOCKS}")

@@ -34,6 +34,7 @@ from workers.profile import Profile
 from workers.quant import VariantWeights, prepare_variant
 from workers.runtime import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
 from workers.tensors import LazyTensors
+from workers.threads import CoreShare
 from workers.variant import Variant, check_layout, numpy_dtype
 
 RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
@@ -230,10 +231,12 @@ class PointWorker:
         prefill_vmfb: bytes | None = None,
         decode_vmfb: bytes | None = None,
         score_vmfb: bytes | None = None,
+        share: CoreShare | None = None,
     ) -> Measurement:
+        """`share`: the cores of a GPU point timed beside others (`workers.threads`)."""
         from workers.threads import pinned
 
-        with pinned(task.threads) as num_threads:
+        with pinned(task.threads, share) as num_threads:
             if task.runtime == Runtime.IREE:
                 self.iree.use_threads(task.threads)
             measurement = self._run(task, prefill_vmfb, decode_vmfb, score_vmfb)

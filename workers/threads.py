@@ -6,6 +6,13 @@ thread, and a thread inherits its creator's when it starts), and IREE's local-ta
 driver runs N workers (`workers.iree_runtime.IreeRunner.use_threads`). After the point
 each thread gets back the affinity it had, so the next point starts from the actor's own.
 
+A GPU point timed beside other GPU points of its host (`bench.gpu_concurrency`, see
+`sweep.execute.scheduler`) runs on its own share of the host's cores (`CoreShare`): the
+scheduler hands each of the points it times at once a different share, so their host
+threads (the one that launches work and reads the token back, the reference computation
+before the clock starts) never compete for a core. `grid.threads=N` then takes the first
+N cores of that share.
+
 XLA's CPU client sizes its intra-op thread pool once per process, when JAX first makes
 it, from the CPUs it may use then; JAX 0.10 offers no setting per client or per call.
 An XLA point with `threads=N` therefore runs that pool pinned to N cores: the threads
@@ -16,8 +23,32 @@ compete for N cores, rather than N threads running. (The per-compile option
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreShare:
+    """Share `index` of `count` equal, disjoint shares of the cores a process may use.
+
+    The scheduler sizes `count` from the node's Ray CPUs; a process that may use fewer
+    cores than there are shares (a Ray node that claims more CPUs than its host has) gets
+    one core, shared with another share's: the point still runs, its row's `threads`
+    says on how many cores."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"core share {self.index} of {self.count}")
+
+    def cores(self, cpus: list[int]) -> list[int]:
+        if len(cpus) < self.count:
+            return [cpus[self.index % len(cpus)]]
+        size = len(cpus) // self.count
+        return cpus[self.index * size : (self.index + 1) * size]
 
 
 def _thread_ids() -> list[int]:
@@ -32,26 +63,31 @@ def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def cores_for(num_threads: int) -> list[int]:
-    """The CPUs a point of `num_threads` runs on: all allowed ones for 0, else the first
-    `num_threads` of them (a clear error when there are fewer)."""
+def cores_for(num_threads: int, share: CoreShare | None = None) -> list[int]:
+    """The CPUs a point of `num_threads` runs on: all allowed ones (or all of its `share`)
+    for 0, else the first `num_threads` of them (a clear error when there are fewer)."""
     cpus = allowed_cpus()
+    where = "this benchmark actor may run on"
+    if share is not None:
+        cpus = share.cores(cpus)
+        where = f"a GPU point timed beside others (core share {share.index} of {share.count}) has"
     if num_threads == 0:
         return cpus
     if num_threads > len(cpus):
         raise ValueError(
-            f"grid.threads={num_threads} but this benchmark actor may run on {len(cpus)} "
-            f"CPUs ({cpus}); list at most {len(cpus)} in grid.threads"
+            f"grid.threads={num_threads} but {where} {len(cpus)} CPUs ({cpus}); list at most "
+            f"{len(cpus)} in grid.threads, or set bench.gpu_concurrency lower"
         )
     return cpus[:num_threads]
 
 
 @contextlib.contextmanager
-def pinned(num_threads: int) -> Iterator[int]:
-    """Every thread of the process on `cores_for(num_threads)` inside the block; yields
-    how many cores that is. 0 pins nothing (what runs without the axis)."""
-    cores = cores_for(num_threads)
-    if num_threads == 0:
+def pinned(num_threads: int, share: CoreShare | None = None) -> Iterator[int]:
+    """Every thread of the process on `cores_for(num_threads, share)` inside the block;
+    yields how many cores that is. 0 without a share pins nothing (what runs without
+    the axis)."""
+    cores = cores_for(num_threads, share)
+    if num_threads == 0 and share is None:
         yield len(cores)
         return
     own = os.sched_getaffinity(0)

@@ -37,7 +37,8 @@ from sweep.plan.config import ConfigError
 from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
 from workers.kinds import Status
 from workers.llamacpp import NotRunnable
-from workers.locks import host_lock
+from workers.locks import HostUse, host_lock
+from workers.threads import CoreShare
 
 # Benchmark actors start with transparent huge pages for malloc (IREE's own buffers:
 # KV caches, in-graph dequantized weights) and numpy (the resident weights): 10-30%
@@ -225,7 +226,7 @@ def compile_graph_fn(
 
     from workers.compile import compile_graph
 
-    with host_lock(exclusive=False):  # never beside a timed point of another sweep
+    with host_lock(HostUse.COMPILE):  # never beside a timed point of another sweep
         started_at = time.time()
         result = compile_graph(
             job.graph,
@@ -249,14 +250,20 @@ class BenchActorImpl:
 
         self.worker = PointWorker(device, source, cache_dir, priority)
         self.node_id = ray.get_runtime_context().get_node_id()
+        gpu_ids = ray.get_gpu_ids() if device.needs_gpu else []
+        self.gpu_index = int(gpu_ids[0]) if gpu_ids else 0  # its device lock (workers.locks)
 
     def where(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "pid": os.getpid(), **self.worker.info()}
 
-    def run(self, task: Any, *vmfbs: bytes | None) -> Any:
-        """`vmfbs`: prefill, decode, and the score graph's when the point has a text."""
-        with host_lock(exclusive=True):  # one measurement per host, whichever sweep runs it
-            measurement = self.worker.run(task, *vmfbs)
+    def run(self, task: Any, *vmfbs: bytes | None, share: CoreShare | None = None) -> Any:
+        """`vmfbs`: prefill, decode, and the score graph's when the point has a text.
+        `share`: the point is a GPU point timed beside others on this host, on these
+        cores; None: it owns the host (see `sweep.execute.scheduler`)."""
+        # the host's measurement lock, whichever sweep runs the point
+        use = HostUse.HOST if share is None else HostUse.DEVICE
+        with host_lock(use, self.gpu_index):
+            measurement = self.worker.run(task, *vmfbs, share=share)
         return dataclasses.replace(measurement, node_id=self.node_id)
 
 
@@ -327,8 +334,10 @@ class RayBackend:
     def ping(self, actor: Any) -> Any:
         return actor.where.remote()
 
-    def submit_point(self, actor: Any, task: Any, compiles: Any) -> Any:
-        return actor.run.remote(task, *(self._vmfbs[c] for c in compiles))
+    def submit_point(
+        self, actor: Any, task: Any, compiles: Any, share: CoreShare | None = None
+    ) -> Any:
+        return actor.run.remote(task, *(self._vmfbs[c] for c in compiles), share=share)
 
     def wait(self, handles: Any, timeout_s: float) -> list[Any]:
         import ray

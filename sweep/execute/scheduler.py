@@ -8,12 +8,19 @@ in the tests. Nothing here imports Ray. The rules:
   for `target-cpu=host` code, the CPU kind it must run on (compiled on a node of
   that kind, once per kind, not once per node). vmfbs reach the actors through the
   backend, with no shared filesystem.
-- One measurement per node at a time, and no compile on a node while it measures:
-  a timed point never shares its host's CPUs with another timed point, a reference
-  computation (which runs inside the point's call, before its clock starts) or a
-  compile. A free node with compiles waiting takes those first, and compiles pack
-  onto a node that already compiles (one per CPU slot) before they take another
-  node away from measuring.
+- The host rule (`Scheduler._may_measure`, the one place it is decided): no compile on
+  a node while it measures; a CPU point measures alone on its node; GPU points measure
+  side by side, one per GPU, each on its own share of the node's cores
+  (`workers.threads.CoreShare`), as many at once as the node has GPUs and cores for
+  (`CORES_PER_GPU_POINT` each) and `bench.gpu_concurrency` allows (1: one timed point
+  per node, GPU or not, and no core share). A CPU point's timing is the host's CPUs,
+  so it shares them with nothing: no other timed point, reference computation (which
+  runs inside a point's call, before its clock starts) or compile. A GPU point's
+  timing is its GPU's plus one host thread; beside other GPU points it shares only
+  the PCIe links and the memory bus, and each row says how many others were timed
+  during it (`num_concurrent`, `sweep.execute.overlap`). A free node with compiles
+  waiting takes those first, and compiles pack onto a node that already compiles
+  (one per CPU slot) before they take another node away from measuring.
 - Benchmark actors, one per device slot of each node (one CPU slot per node, one
   per GPU), start at once, so their processes come up while the graphs compile. A
   point goes to an idle actor of its device whose node is free, preferring the actor
@@ -49,8 +56,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from sweep.execute.overlap import OverlapLedger, Timed
 from sweep.execute.queues import OrderedHeap, ReadyQueue
 from sweep.plan.grid import Point
+from sweep.store.results import Col
 from sweep.store.rows import (
     RunContext,
     compile_failure_row,
@@ -65,10 +74,17 @@ from workers.kinds import GraphKind, Status
 from workers.llama_config import LlamaConfig
 from workers.measurement import Measurement
 from workers.point import BenchTask, weights_key
+from workers.threads import CoreShare
 
 # rows; the profiled points' dispatch rows; their raw .ireeprof files by point key
 RowSink = Callable[[list[dict[str, Any]], list[dict[str, Any]], dict[str, bytes]], None]
+# one measured point: its row, its dispatch rows, its raw profile by point key
+MeasuredRows = tuple[dict[str, Any], list[dict[str, Any]], dict[str, bytes]]
 MAX_COMPILE_SUBMITS = 3  # a graph lost with its node is compiled again, this often at most
+# Cores a GPU point timed beside others gets at least: the thread that launches its work
+# and reads the token back, and one for the rest of its process (Ray's threads, the
+# runtime's own, the reference computation before the clock starts).
+CORES_PER_GPU_POINT = 2
 
 
 # --- what the scheduler knows and asks --------------------------------------------------
@@ -89,6 +105,14 @@ class NodeInfo:
     @property
     def num_compile_slots(self) -> int:
         return max(1, int(self.resources.get("CPU", 1)))
+
+    def num_gpu_slots(self, limit: int) -> int:
+        """How many GPU points this node times at once: one per GPU, as many as its cores
+        give `CORES_PER_GPU_POINT` each, at most `limit` (`bench.gpu_concurrency`, 0: no
+        limit); at least one."""
+        num_gpus = int(self.resources.get(GPU_RESOURCE, 0))
+        by_cores = int(self.resources.get("CPU", 0)) // CORES_PER_GPU_POINT
+        return max(1, min(num_gpus, by_cores, limit or num_gpus))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +160,9 @@ class Backend(Protocol):
 
     def ping(self, actor: Any) -> Any: ...
 
-    def submit_point(self, actor: Any, task: BenchTask, compiles: Sequence[Any]) -> Any: ...
+    def submit_point(
+        self, actor: Any, task: BenchTask, compiles: Sequence[Any], share: CoreShare | None
+    ) -> Any: ...
 
     def wait(self, handles: Sequence[Any], timeout_s: float) -> list[Any]: ...
 
@@ -181,6 +207,8 @@ class Running:
     # not take the row's compile columns with it
     results: tuple[CompileResult | None, ...] = ()
     handles: tuple[Any, ...] = ()  # the compiles' handles it was sent with
+    share: CoreShare | None = None  # a GPU point timed beside others: its cores
+    timed: Timed | None = None  # its entry in the scheduler's OverlapLedger
 
 
 @dataclasses.dataclass(eq=False)
@@ -225,11 +253,13 @@ class Scheduler:
         point_timeout_s: float,
         on_progress: Callable[[Counters], None] = lambda c: None,
         admit: Callable[[Point], bool] = lambda point: True,
+        gpu_concurrency: int = 0,
     ) -> None:
         """`admit(point)` is asked right before a point is sent to an actor; False means
         another sweep measures it (see `sweep.execute.claims`): the point leaves this run's queue
-        without a row, and `run`'s `refill` may hand it back later."""
-        self.admit = admit
+        without a row, and `run`'s `refill` may hand it back later. `gpu_concurrency`:
+        GPU points timed at once per node at most (0: one per GPU; 1: one point per node)."""
+        self.admit, self.gpu_concurrency = admit, gpu_concurrency
         self.backend, self.nodes, self.model_cfg = backend, list(nodes), model_cfg
         self.ctx, self.sink, self.on_progress = ctx, sink, on_progress
         self.max_retries, self.point_timeout_s = max_retries, point_timeout_s
@@ -261,7 +291,9 @@ class Scheduler:
         self._alive: dict[str, NodeInfo] = {n.node_id: n for n in self.nodes}
         self._node_actors: dict[str, list[Actor]] = defaultdict(list)
         self._num_compiling: dict[str, int] = defaultdict(int)  # node_id -> compiles running
-        self._measuring: dict[str, Actor] = {}  # node_id -> the actor measuring there
+        # node_id -> the actors measuring there, each with the core share it was given
+        self._measuring: dict[str, dict[Actor, CoreShare | None]] = {}
+        self._overlap = OverlapLedger()  # the rows' num_concurrent
         self._free: dict[str, dict[str, None]] = defaultdict(dict)  # cpu_id -> idle nodes
         self._room: dict[str, dict[str, None]] = defaultdict(
             dict
@@ -326,6 +358,11 @@ class Scheduler:
         self.on_progress(self.counters)
 
     def shutdown(self) -> None:
+        """Ends the actors; rows still waiting for their `num_concurrent` (a sweep stopped
+        early) are written without it."""
+        for row, dispatches, profiles in self._overlap.held():
+            row[Col.NUM_CONCURRENT] = None  # its neighbours' windows never came
+            self.emit([row], dispatches, profiles)
         for actor in self.actors:
             self.backend.kill(actor.ref, restart=False)
         self.actors.clear()
@@ -496,7 +533,7 @@ class Scheduler:
         alive = node_id in self._alive
         measuring = node_id in self._measuring
         compiling = self._num_compiling[node_id]
-        free = alive and not measuring and not compiling
+        free = alive and not measuring and not compiling  # free to compile
         if free:
             self._free[cpu][node_id] = None
         else:
@@ -507,12 +544,39 @@ class Scheduler:
             self._room[cpu].pop(node_id, None)
         for actor in self._node_actors.get(node_id, ()):
             available = self._available[(actor.device.name, cpu)]
-            if free and actor.idle:
+            if alive and actor.idle and self._may_measure(actor):
                 if actor not in available:
                     available[actor] = None
                     self._dirty_actors[actor] = None
             else:
                 available.pop(actor, None)
+
+    def _may_measure(self, actor: Actor) -> bool:
+        """The host rule (module docstring): may `actor`'s node give it a point now?
+        Nothing beside a compile; a node measuring nothing takes any point; a node timing
+        GPU points takes more GPU points up to its GPU slots; a CPU point takes the node."""
+        node = actor.node
+        if self._num_compiling[node.node_id]:
+            return False
+        measuring = self._measuring.get(node.node_id)
+        if not measuring:
+            return True
+        return (
+            actor.device.needs_gpu
+            and next(iter(measuring)).device.needs_gpu
+            and len(measuring) < node.num_gpu_slots(self.gpu_concurrency)
+        )
+
+    def _core_share(self, actor: Actor) -> CoreShare | None:
+        """The cores a GPU point gets on a node that times several at once: a share no
+        point measuring there holds. None (the whole host) for a CPU point, or where the
+        node times one point at a time."""
+        num_slots = actor.node.num_gpu_slots(self.gpu_concurrency)
+        if not actor.device.needs_gpu or num_slots == 1:
+            return None
+        taken = {share.index for share in self._measuring.get(actor.node.node_id, {}).values()}
+        index = next(i for i in range(num_slots) if i not in taken)
+        return CoreShare(index, num_slots)
 
     def _set_ping(self, actor: Actor, handle: Any) -> None:
         actor.ping = handle
@@ -601,12 +665,14 @@ class Scheduler:
     ) -> None:
         del self.pending[ticket]
         handles = [c.handle for c in compiles]
-        handle = self.backend.submit_point(actor.ref, point.task(), handles)
+        share = self._core_share(actor)
+        handle = self.backend.submit_point(actor.ref, point.task(), handles, share)
         results = tuple(c.result for c in compiles)
         running = Running(point, handle, self.backend.now(), compiles, results, tuple(handles))
+        running.share, running.timed = share, self._overlap.start(actor.node.node_id)
         actor.running = running
         self._set_resident(actor, _weights_of(point))
-        self._measuring[actor.node.node_id] = actor
+        self._measuring.setdefault(actor.node.node_id, {})[actor] = share
         self._in_flight_handles[handle] = actor
         heapq.heappush(
             self._deadlines,
@@ -675,37 +741,43 @@ class Scheduler:
             self.emit(rows)
 
     def _point_done(self, actor: Actor) -> None:
-        running, actor.running = actor.running, None
-        assert running is not None
-        self._measuring.pop(actor.node.node_id, None)
-        self._refresh(actor.node)
-        point = running.point
+        running = self._stop_measuring(actor)
         try:
             measurement: Measurement = self.backend.result(running.handle)
-        except (ActorDied, ActorStarting, ActorGone) as e:  # unavailable mid-call: it died
+        except Exception as e:
+            self._end_timed(running)
+            self._point_failed(actor, running, e)
+            return
+        self._end_timed(running, measurement)
+
+    def _point_failed(self, actor: Actor, running: Running, e: Exception) -> None:
+        point = running.point
+        if isinstance(e, ActorDied | ActorStarting | ActorGone):  # unavailable mid-call: it died
             self._actor_lost(actor, point, f"benchmark actor died: {e}")
             return
-        except GraphLost as e:
+        if isinstance(e, GraphLost):
             self._graph_lost(running, str(e))
             return
-        except Exception as e:  # PointError, or anything the backend did not expect
-            error = (
-                e
-                if isinstance(e, PointError)
-                else PointError(Status.RUNTIME_ERROR, type(e).__name__, str(e))
-            )
-            if error.status == Status.OOM:
-                self._set_resident(actor, None)
-            row = failure_row(
-                point,
-                self.ctx,
-                error.status,
-                error.message,
-                error_class=error.error_class,
-                attempt=self.attempts[point.key],
-            )
-            self.emit([row])
-            return
+        # PointError, or anything the backend did not expect
+        error = (
+            e
+            if isinstance(e, PointError)
+            else PointError(Status.RUNTIME_ERROR, type(e).__name__, str(e))
+        )
+        if error.status == Status.OOM:
+            self._set_resident(actor, None)
+        row = failure_row(
+            point,
+            self.ctx,
+            error.status,
+            error.message,
+            error_class=error.error_class,
+            attempt=self.attempts[point.key],
+        )
+        self.emit([row])
+
+    def _measured_rows(self, running: Running, measurement: Measurement) -> MeasuredRows:
+        point = running.point
         compiled = None
         if running.compiles:
             prefill, decode = running.results[:2]  # then score, if any
@@ -720,7 +792,32 @@ class Scheduler:
         )
         profile = measurement.profile
         profiles = {point.key: profile.raw} if profile is not None and profile.raw else {}
-        self.emit([row], dispatch_rows(point, self.ctx, measurement), profiles)
+        return row, dispatch_rows(point, self.ctx, measurement), profiles
+
+    def _stop_measuring(self, actor: Actor) -> Running:
+        """The actor's point ended (a row, a failure, a timeout): its slot is free."""
+        running, actor.running = actor.running, None
+        assert running is not None
+        node_id = actor.node.node_id
+        measuring = self._measuring.get(node_id, {})
+        measuring.pop(actor, None)
+        if not measuring:
+            self._measuring.pop(node_id, None)
+        self._refresh(actor.node)
+        return running
+
+    def _end_timed(self, running: Running, measurement: Measurement | None = None) -> None:
+        """Tells the overlap ledger the point ended, and emits the rows whose
+        `num_concurrent` is now known: its own (if measured) and those that waited on it.
+        A point without a measurement (failed, lost, timed out) counts for nobody."""
+        assert running.timed is not None
+        window, out = None, None
+        if measurement is not None:
+            window = (measurement.timed_started_at, measurement.timed_finished_at)
+            out = self._measured_rows(running, measurement)
+        for (row, dispatches, profiles), count in self._overlap.end(running.timed, window, out):
+            row[Col.NUM_CONCURRENT] = count
+            self.emit([row], dispatches, profiles)
 
     def _ping_done(self, actor: Actor) -> None:
         handle = actor.ping
@@ -803,10 +900,10 @@ class Scheduler:
             _, _, actor, running = heapq.heappop(self._deadlines)
             if actor.running is not running:
                 continue  # it finished in time
-            actor.running = None
+            self._stop_measuring(actor)
+            self._end_timed(running)
             self._set_resident(actor, None)
             self._in_flight_handles.pop(running.handle, None)
-            self._measuring.pop(actor.node.node_id, None)
             self.backend.kill(actor.ref, restart=True)  # restarts empty: weights upload again
             self._set_ping(actor, self.backend.ping(actor.ref))
             message = f"benchmark took longer than bench.point_timeout_s={self.point_timeout_s:g}"

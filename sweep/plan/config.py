@@ -98,6 +98,11 @@ class BenchConfig:
     # Every point measured this many times, the grid's points interleaved (A B C A B C),
     # one row per repeat; readers take the median of the repeats' medians.
     repeats: int = 1
+    # GPU points a host times at once, each on its own GPU and its own share of the host's
+    # cores (sweep.execute.scheduler): 0, one per GPU as far as the cores allow; 1, one
+    # timed point per host, GPU or CPU (the rule before); N, at most N. CPU points always
+    # run alone on their host.
+    gpu_concurrency: int = 0
 
     @property
     def steps(self) -> DecodeSteps:
@@ -248,6 +253,7 @@ def check(cfg: SweepConfig) -> None:
         ("bench.eval_ctx", b.eval_ctx, 4),
         ("bench.eval_chunks", b.eval_chunks, 0),
         ("bench.repeats", b.repeats, 1),
+        ("bench.gpu_concurrency", b.gpu_concurrency, 0),
     ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")

@@ -48,7 +48,7 @@ from workers.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 6
+SCHEMA_VERSION: int = 7
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -61,6 +61,7 @@ SCHEMA_HISTORY: dict[int, str] = {
     6: "niceness, host_busy_frac, disturbed, timed_started_at, timed_finished_at, "
     "prefill_compile_started_at, prefill_compile_finished_at, decode_compile_started_at, "
     "decode_compile_finished_at",
+    7: "num_concurrent",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -163,6 +164,10 @@ def _build_schema() -> pa.Schema:
         ("niceness", i32),
         ("host_busy_frac", f64),
         ("disturbed", pa.bool_()),
+        # other points of the sweep whose timed phase overlapped this one's on its node (GPU
+        # points side by side, bench.gpu_concurrency); 0: timed alone; null: not measured,
+        # or the sweep stopped before its neighbours ended (sweep.execute.overlap)
+        ("num_concurrent", i32),
         # correctness
         ("prompt_ids", pa.list_(i32)),
         ("tokens", pa.list_(i32)),
