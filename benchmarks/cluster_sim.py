@@ -12,13 +12,18 @@ actors that crash inside a point, compiles that time out.
 It answers three questions. Does the driver keep up (CPU time per scheduling event,
 memory)? How close does the makespan come to what the devices allow? The lower bound
 is the larger of the device time over the measurement slots and the longest chain of
-one compile then one benchmark; a node measures one point at a time (the scheduler's
-fidelity rule, also held by `workers.locks.host_lock`), so the slots are the nodes,
-and a CUDA point needs a GPU node. And what do faults cost: every point must end as
-exactly one row, none lost, none measured twice.
+one compile then one benchmark. The slots are what the hardware offers, whatever the
+scheduler makes of them: every GPU is a slot for CUDA points, and a CPU point takes a
+whole node (the host rule of `sweep.execute.scheduler`), so the node time the points
+need is at least the CPU device time plus the CUDA device time over the most GPUs a
+node has. `--gpu-concurrency` is the sweep's `bench.gpu_concurrency` (1: one timed
+point per node, as before GPU points shared their host). And what do faults cost:
+every point must end as exactly one row, none lost, none measured twice.
 
     python benchmarks/cluster_sim.py --nodes 1000 --points 100000 --node-loss 0.01 \
         --out benchmarks/results/cluster_sim-1000n-100000p-loss1-vm-DATE.json
+    python benchmarks/cluster_sim.py --nodes 100 --points 10000 --devices cuda \
+        --mix gpu8=1 --gpu-concurrency 1   # before: one GPU of each host at a time
     python benchmarks/cluster_sim.py --summarize benchmarks/results/cluster_sim-*.json
 """
 
@@ -189,7 +194,9 @@ def make_points(num_points: int, num_variants: int, devices: Sequence[str]) -> l
 
 
 class Handle:
-    __slots__ = ("kind", "node_id", "done_at", "value", "error", "version", "task", "actor", "job")
+    __slots__ = (
+        "kind", "node_id", "done_at", "value", "error", "version", "task", "actor", "job", "span",
+    )  # fmt: skip
 
     def __init__(self, kind: str, node_id: str, done_at: float, value: Any = None) -> None:
         self.kind, self.node_id, self.done_at, self.value = kind, node_id, done_at, value
@@ -198,6 +205,7 @@ class Handle:
         self.task: Any = None
         self.actor: SimActor | None = None
         self.job: Any = None  # a compile's job
+        self.span: list[float] | None = None  # a point's [start, end] on its device
 
 
 @dataclasses.dataclass(eq=False)
@@ -245,7 +253,9 @@ class ClusterSim:
         self.compile_jobs: Counter = Counter()
         self.actors: list[SimActor] = []
         self.measured: Counter = Counter()  # point key -> measurements that finished
-        self.busy_s: dict[str, float] = defaultdict(float)  # node -> seconds measuring
+        # node -> [start, end] of each point run there (its device busy), GPU or CPU
+        self.spans: dict[str, list[list[float]]] = defaultdict(list)
+        self.gpu_spans: dict[str, list[list[float]]] = defaultdict(list)
         self.compile_busy_s: dict[str, float] = defaultdict(float)
         self.placed_on_dead = 0  # calls the scheduler sent to a node already lost (they fail)
         self.keys: dict[tuple[str, Any, tuple[str, ...]], str] = {}  # see task_keys
@@ -322,7 +332,9 @@ class ClusterSim:
         self.sim_cpu_s += time.process_time() - t0
         return handle
 
-    def submit_point(self, actor: SimActor, task: Any, compiles: Sequence[Handle]) -> Handle:
+    def submit_point(
+        self, actor: SimActor, task: Any, compiles: Sequence[Handle], share: Any = None
+    ) -> Handle:
         t0 = time.process_time()
         from sweep.execute.scheduler import GraphLost
 
@@ -360,7 +372,10 @@ class ClusterSim:
         else:
             handle.value = (key, upload_s, seconds)
         handle.done_at = self.clock + upload_s + seconds
-        self.busy_s[node_id] += upload_s + seconds
+        handle.span = [self.clock, handle.done_at]
+        self.spans[node_id].append(handle.span)
+        if actor.device.needs_gpu:
+            self.gpu_spans[node_id].append(handle.span)
         self._start(handle)
         self.sim_cpu_s += time.process_time() - t0
         return handle
@@ -423,6 +438,8 @@ class ClusterSim:
             hostname=handle.node_id,
             node_id=handle.node_id,
             device_name=task.variant.name,
+            timed_started_at=handle.span[0] + upload_s,  # after the upload
+            timed_finished_at=handle.span[1],
         )
         self.sim_cpu_s += time.process_time() - t0
         return m
@@ -445,7 +462,7 @@ class ClusterSim:
             handle.version += 1
             if handle.kind == "point":
                 handle.error = ActorDied("node left the cluster")
-                self.busy_s[node_id] -= handle.done_at - self.clock  # it ran until now
+                handle.span[1] = self.clock  # it ran until now
             elif handle.kind == "compile":
                 handle.error = RuntimeError("compile task lost with its node")
             else:
@@ -486,8 +503,11 @@ def make_nodes(num_nodes: int, mix: dict[str, float], num_cpu_kinds: int) -> lis
 
 
 def lower_bound(points: list[Any], nodes: list[Any], durations: Durations, seed: int) -> dict:
-    """What no scheduler can beat: device time over the measurement slots (one per node;
-    CUDA work on GPU nodes only), or the longest chain of a compile then a benchmark."""
+    """What no scheduler can beat: device time over the measurement slots, or the longest
+    chain of a compile then a benchmark, each after the actors' start (no point is
+    measured before its actor is up; all start at once). Slots as the hardware offers
+    them: CUDA work on every GPU at once, a CPU point on a whole node, so the nodes must
+    give at least the CPU time plus the CUDA time over the most GPUs a node has."""
     from workers.export import TIMED_KINDS
 
     total: dict[str, float] = defaultdict(float)
@@ -499,16 +519,18 @@ def lower_bound(points: list[Any], nodes: list[Any], durations: Durations, seed:
             durations.compile[p.device.name].draw(_unit(seed, "compile", job))
             for job in _jobs(p, TIMED_KINDS)
         ) if p.compiled_by_iree else 0.0  # fmt: skip
-        chain = max(chain, compile_s + bench)
-    num_gpu_nodes = sum(1 for n in nodes if n.resources.get("GPU"))
-    work = sum(total.values()) / len(nodes)
-    if total.get("cuda"):
-        work = max(work, total["cuda"] / max(num_gpu_nodes, 1e-9))
+        chain = max(chain, max(compile_s, ACTOR_START_S) + bench)
+    gpus = [int(n.resources.get("GPU", 0)) for n in nodes]
+    cuda = total.get("cuda", 0.0)
+    work = (sum(total.values()) - cuda + cuda / max(max(gpus), 1)) / len(nodes)
+    if cuda:
+        work = max(work, cuda / max(sum(gpus), 1e-9))
     return {
-        "lower_bound_s": max(work, chain),
+        "lower_bound_s": max(ACTOR_START_S + work, chain),
         "device_time_s": sum(total.values()),
         "device_time_over_slots_s": work,
         "longest_chain_s": chain,
+        "num_gpus": sum(gpus),
     }
 
 
@@ -541,18 +563,22 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
     sim.keys = task_keys(points)
     rows: Counter = Counter()
     statuses: Counter = Counter()
+    concurrent: Counter = Counter()  # num_concurrent of the ok rows
     why_lost: Counter = Counter()  # worker_lost rows by message
 
     def sink(new_rows: list[dict], dispatches: list[dict], profiles: dict) -> None:
         for row in new_rows:
             rows[row["point_key"]] += 1
             statuses[row["status"]] += 1
+            if row["status"] == "ok":
+                concurrent[row.get("num_concurrent")] += 1
             if row["status"] == "worker_lost":
                 why_lost[str(row["error_message"])[:200]] += 1
 
     scheduler = Scheduler(
         sim, nodes, preset("tiny"), RunContext("sim", "cluster_sim", {}), sink,
         max_retries=cfg_defaults["max_retries"], point_timeout_s=cfg_defaults["point_timeout_s"],
+        gpu_concurrency=args.gpu_concurrency,
     )  # fmt: skip
     gc.collect()
     if trace_memory:
@@ -585,6 +611,9 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
         surviving_bound = lower_bound(points, surviving, durations, args.seed)["lower_bound_s"]
     makespan = sim.clock
     num_devices = sum(max(1, int(n.resources.get("GPU", 0))) for n in nodes)
+    device_s = sum(e - s for spans in sim.spans.values() for s, e in spans)
+    gpu_s = sum(e - s for spans in sim.gpu_spans.values() for s, e in spans)
+    node_s = sum(_union_s(spans) for spans in sim.spans.values())
     uploads = [a.num_uploads for a in sim.actors]
     extra_uploads = sum(a.num_uploads - len(a.variants) for a in sim.actors)
     return {
@@ -606,9 +635,15 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
         "run_twice": sum(n - 1 for n in sim.measured.values() if n > 1),
         "statuses": dict(statuses),
         "worker_lost_messages": dict(why_lost),
-        "node_utilisation": sum(sim.busy_s.values()) / (len(nodes) * makespan),
-        "device_utilisation": sum(sim.busy_s.values()) / (num_devices * makespan),
+        "gpu_concurrency": args.gpu_concurrency,
+        # the share of the run each node measured anything, of each device slot (a node's
+        # CPU or each of its GPUs) measured, and of each GPU measured (null without GPUs)
+        "node_utilisation": node_s / (len(nodes) * makespan),
+        "device_utilisation": device_s / (num_devices * makespan),
+        "gpu_utilisation": gpu_s / (bound["num_gpus"] * makespan) if bound["num_gpus"] else None,
         "num_devices": num_devices,
+        # ok rows by how many other points were timed on their node during them
+        "num_concurrent": {str(k): v for k, v in sorted(concurrent.items(), key=str)},
         "driver_cpu_s": driver_cpu_s,
         "simulator_cpu_s": sim.sim_cpu_s,
         "wall_s": wall_s,
@@ -626,6 +661,16 @@ def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool)
         "uploads_beyond_one_per_variant": extra_uploads,
         "placed_on_dead_nodes": sim.placed_on_dead,
     }
+
+
+def _union_s(spans: list[list[float]]) -> float:
+    """Seconds covered by at least one of `spans`."""
+    covered, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
 
 
 def _defaults() -> dict[str, Any]:
@@ -653,7 +698,7 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 COLUMNS = (
-    "nodes", "points", "lost nodes", "makespan s", "bound s", "makespan / bound",
+    "nodes", "points", "GPUs at once", "lost nodes", "makespan s", "bound s", "makespan / bound",
     "node util", "GPU util", "driver ms/event", "driver CPU s", "MB",
     "compiles / graphs", "uploads / variants", "lost", "dup", "run twice",
 )  # fmt: skip
@@ -664,10 +709,14 @@ def table_row(r: dict) -> list[str]:
     if r["driver_peak_mb"] is not None:
         peak = f"{r['driver_peak_mb']:.0f} ({peak})"
     ratio = r["makespan_over_bound"] if not r["nodes_lost"] else r["makespan_over_surviving_bound"]
+    gpu_util = r.get("gpu_utilisation", r["device_utilisation"])  # older reports: device
+    at_once = {None: "1 (before)", 0: "all", 1: "1"}.get(r.get("gpu_concurrency"))
     return [
-        str(r["nodes"]), str(r["points"]), str(r["nodes_lost"]), f"{r['makespan_s']:.0f}",
+        str(r["nodes"]), str(r["points"]), at_once or str(r["gpu_concurrency"]),
+        str(r["nodes_lost"]), f"{r['makespan_s']:.0f}",
         f"{r['lower_bound_s'] if not r['nodes_lost'] else r['surviving_lower_bound_s']:.0f}",
-        f"{ratio:.3f}", f"{r['node_utilisation']:.2f}", f"{r['device_utilisation']:.2f}",
+        f"{ratio:.3f}", f"{r['node_utilisation']:.2f}",
+        "-" if gpu_util is None else f"{gpu_util:.2f}",
         f"{r['driver_cpu_ms_per_event']:.3f}", f"{r['driver_cpu_s']:.1f}", peak,
         f"{r['compiles_run']} / {r['unique_graphs']}",
         f"{r['uploads']} / {r['unique_variants_per_actor']}",
@@ -690,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--actor-crash", type=float, default=0.0, help="chance per point")
     parser.add_argument("--compile-timeout", type=float, default=0.0, help="chance per compile")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gpu-concurrency", type=int, default=0,
+                        help="the sweep's bench.gpu_concurrency: 0 one per GPU, 1 one point "
+                        "per node (before GPU points shared a host), N at most N")  # fmt: skip
     parser.add_argument("--memory", action="store_true", help="again, under tracemalloc")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the driver")
     parser.add_argument("--out", type=Path, default=None, help="JSON report path")
@@ -706,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")
     if args.nodes < 1 or args.points < 1:
         parser.error("--nodes and --points must be at least 1")
+    if args.gpu_concurrency < 0:
+        parser.error("--gpu-concurrency must be at least 0")
     try:
         parse_mix(args.mix)
         durations = fit_durations()

@@ -1,12 +1,14 @@
-"""The `num_concurrent` column: how many other points were timed on a point's host while
-it was, counted from the timed windows themselves.
+"""The `num_concurrent` column: the most other points timed on a point's host at any one
+moment of its own timed phase, counted from the timed windows themselves.
 
 GPU points of one host are timed at once (`bench.gpu_concurrency`), and a report that
 compares a point timed alone with one timed beside seven others needs to know which is
 which. The scheduler's state at dispatch would only say how many calls were in flight
 (uploads and references included); the measured truth is the overlap of the points'
 timed windows (`timed_started_at`, `timed_finished_at`), which the workers record on
-the host's own clock. A row's count is known only once every point that could overlap
+the host's own clock. The most at once, not how many overlapped at all: a long point
+beside short ones overlaps many of them in turn, yet shares its host with at most one
+per other GPU at a time (0: timed alone; at most the host's GPU slots less one). A row's count is known only once every point that could overlap
 it has ended, so its row waits here until then: the points still running on its node
 when it ended (a point sent later starts after it ended). That is at most one point's
 duration, and only on a node that times several points at once; a point timed alone
@@ -81,8 +83,18 @@ def _release(call: Timed) -> list[tuple[Any, int]]:
     call.out, call.neighbours = None, []  # let the finished calls go
     if out is None or call.window is None:
         return []
-    return [(out, sum(_overlaps(call.window, n.window) for n in neighbours))]
+    return [(out, most_at_once(call.window, [n.window for n in neighbours]))]
 
 
-def _overlaps(a: Window, b: Window | None) -> bool:
-    return b is not None and a[0] < b[1] and b[0] < a[1]
+def most_at_once(own: Window, others: list[Window | None]) -> int:
+    """The most of `others` that overlap `own` at one instant (an end before a start at
+    the same instant: windows that only touch do not overlap)."""
+    events = []
+    for window in others:
+        if window is not None and window[0] < own[1] and own[0] < window[1]:
+            events += [(max(window[0], own[0]), 1), (min(window[1], own[1]), -1)]
+    now = most = 0
+    for _, step in sorted(events):
+        now += step
+        most = max(most, now)
+    return most

@@ -164,7 +164,7 @@ def _build_schema() -> pa.Schema:
         ("niceness", i32),
         ("host_busy_frac", f64),
         ("disturbed", pa.bool_()),
-        # other points of the sweep whose timed phase overlapped this one's on its node (GPU
+        # the most other points of the sweep timed on its node at once with this one (GPU
         # points side by side, bench.gpu_concurrency); 0: timed alone; null: not measured,
         # or the sweep stopped before its neighbours ended (sweep.execute.overlap)
         ("num_concurrent", i32),
