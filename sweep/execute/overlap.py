@@ -8,9 +8,10 @@ which. The scheduler's state at dispatch would only say how many calls were in f
 timed windows (`timed_started_at`, `timed_finished_at`), which the workers record on
 the host's own clock. The most at once, not how many overlapped at all: a long point
 beside short ones overlaps many of them in turn, yet shares its host with at most one
-per other GPU at a time (0: timed alone; at most the host's GPU slots less one). A row's count is known only once every point that could overlap
-it has ended, so its row waits here until then: the points still running on its node
-when it ended (a point sent later starts after it ended). That is at most one point's
+per other GPU at a time (0: timed alone; at most the host's GPU slots less one).
+A row's count is known only once every point that could overlap it has ended, so its
+row waits here until then: the points still running on its node when it ended (a point
+sent later starts after it ended). That is at most one point's
 duration, and only on a node that times several points at once; a point timed alone
 has nobody to wait for. A point that ends without a timed window (a failure, a lost
 actor) counts for nobody. Plain data, no Ray: the scheduler keeps one `OverlapLedger`.
