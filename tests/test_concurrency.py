@@ -1,8 +1,8 @@
 """Sweeps that share a machine, a results directory or a cache, and the identity of data.
 
 Real sweeps on real Ray: two sweeps started side by side on one results directory
-and cache, a stray file in the results, a node holding two benchmark devices, and a
-checkpoint re-saved at the same path.
+and cache, a stray file in the results, a node holding two benchmark devices, a node
+with four (fake) GPUs timing them at once, and a checkpoint re-saved at the same path.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from sweep.execute.overlap import most_at_once
 from sweep.store.results import read_results
 from tests.conftest import ROOT
 from tests.helpers import sweep
+from workers.devices import CPU_BENCH_RESOURCE
+from workers.locks import HOST_LOCK_ENV
 
 pytestmark = pytest.mark.slow  # real Ray clusters and iree-compile
 
@@ -126,3 +129,55 @@ def test_re_saved_weights_at_the_same_path_run_again(
     changed, text = sweep(tmp_path, cache, *overrides)
     assert [r["status"] for r in changed.rows] == ["ok"], text
     assert changed.rows[0]["point_key"] != first.rows[0]["point_key"]
+
+
+def test_a_four_gpu_node_times_its_gpu_points_at_once_and_cpu_points_alone(
+    ray_cluster, tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A node that Ray tells has 4 GPUs (`num_gpus=4` on a machine with none: Ray's GPU
+    resource stands in for them) and 8 CPUs times 4 GPU points at once, each on its own
+    core share, while the sweep's CPU points are timed alone on their nodes.
+
+    The mock is the CUDA device itself: the `fakegpu` device asks Ray for a GPU like
+    `cuda`, so the scheduler, Ray's placement and the host lock treat it as one, but it
+    runs IREE's CPU driver (there is no CUDA here). The new node gets a host lock of its
+    own: every node of this cluster is one machine, shared with other sweeps."""
+    monkeypatch.setenv(HOST_LOCK_ENV, str(tmp_path / "host.lock"))  # the raylet inherits it
+    gpu_node = ray_cluster.add_node(num_cpus=8, num_gpus=4, resources={CPU_BENCH_RESOURCE: 1})
+    ray_cluster.wait_for_nodes()
+    fake_gpu = ["+device@devices.fakegpu=cpu", "devices.fakegpu.name=fakegpu"]
+    try:
+        outcome, text = sweep(
+            tmp_path,
+            shared_cache,
+            "+grid=smoke",
+            "~grid.flag_sets.O3",
+            "grid.variants=[fp32]",
+            *fake_gpu,
+            "devices.fakegpu.ray_resource=GPU",
+            "grid.devices=[cpu,fakegpu]",
+            "grid.prompt_lengths=[5,6,7,8,9,10,11,12]",  # one prefill bucket: one graph
+            "grid.max_seq=2048",
+            "bench.decode_steps=1600",  # timed phases of seconds: longer than their skew
+        )
+    finally:
+        ray_cluster.remove_node(gpu_node)
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 16, text
+    gpu = [r for r in rows if r["device"] == "fakegpu"]
+    assert {r["node_id"] for r in gpu} == {gpu_node.node_id}
+    windows = [(r["timed_started_at"], r["timed_finished_at"]) for r in rows]
+    gpu_windows = [(r["timed_started_at"], r["timed_finished_at"]) for r in gpu]
+    at_once = max(most_at_once(w, gpu_windows) for w in gpu_windows)  # itself included
+    assert at_once == 4, f"4 GPU points must be timed at once on the 4-GPU node: {gpu_windows}"
+    assert max(r["num_concurrent"] for r in gpu) == 3
+    assert {r["threads"] for r in gpu} == {1}, "each on a share of this 2-core machine: one core"
+    for row, window in zip(rows, windows, strict=True):
+        if row["device"] != "cpu":
+            continue
+        same_node = [
+            w for r, w in zip(rows, windows, strict=True) if r["node_id"] == row["node_id"]
+        ]
+        assert most_at_once(window, same_node) == 1, "a CPU point timed beside another point"
+        assert row["num_concurrent"] == 0
