@@ -227,3 +227,28 @@ def test_report_says_when_a_row_ran_niced() -> None:
         "priority: rows measured at niceness 0, not bench.priority=-5"
     )
     assert report.host_notes([{"status": "ok", "niceness": 0, "disturbed": False}]) == []
+
+
+def test_a_core_share_counts_its_own_cores_only() -> None:
+    """A GPU point on its core share (`workers.threads.CoreShare`) reads the per-CPU
+    counters of its cores: a child spinning on one CPU lands in that CPU's counters, a
+    fraction of the host's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, "a core share needs a host of two CPUs or more"
+    spin = f"import os\nos.sched_setaffinity(0, {{{cpus[1]}}})\n" + BUSY.format(s=60)
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        ticks = _ticks(child.pid)
+        start, whole = host._counters([cpus[1]]), host._counters()
+        time.sleep(2.0)
+        end, whole_end = host._counters([cpus[1]]), host._counters()
+        ticks = _ticks(child.pid) - ticks
+    finally:
+        child.kill()
+        child.wait()
+    assert start is not None and end is not None and whole is not None and whole_end is not None
+    one_cpu = sum(b - a for a, b in zip(start[0], end[0], strict=False))
+    all_cpus = sum(b - a for a, b in zip(whole[0], whole_end[0], strict=False))
+    assert one_cpu < 0.75 * all_cpus, "the share's counters are its one CPU's, not the host's"
+    assert host.busy_frac(start, end) * one_cpu >= ticks - 2, "the child's ticks are on its CPU"

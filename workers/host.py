@@ -19,7 +19,10 @@ other users. Two things keep a number honest:
   is left out while this process runs at niceness <= 0: the scheduler gives such
   processes almost nothing while the benchmark's threads are runnable (a niceness-19
   thread weighs 15 against 1024), so it does not slow the measurement. Above
-  `DISTURBED_FRAC` the row is `disturbed`.
+  `DISTURBED_FRAC` the row is `disturbed`. A GPU point timed beside others on its own
+  share of the cores (`workers.threads.CoreShare`) counts those cores only
+  (`/proc/stat`'s per-CPU lines): its neighbours run on theirs, by design, and what
+  would disturb it is something else on its own.
 
 The counters tick at USER_HZ (100 per second per CPU): a window of W seconds on C CPUs
 holds about 100 * W * C ticks, so a short timed phase (the tiny model's smoke points,
@@ -99,17 +102,21 @@ class HostWindow:
 
 
 class HostSampler:
-    """`with HostSampler() as s: ...timed...`, then `s.window`: see the module docstring."""
+    """`with HostSampler() as s: ...timed...`, then `s.window`: see the module docstring.
+    `cores`: count only these CPUs (a point pinned to its core share); None: all."""
+
+    def __init__(self, cores: list[int] | None = None) -> None:
+        self.cores = cores
 
     def __enter__(self) -> HostSampler:
         self._own_nice = niceness()
-        self._start = _counters()
+        self._start = _counters(self.cores)
         self._started_at = time.time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         finished_at = time.time()
-        end = _counters()
+        end = _counters(self.cores)
         frac = None
         if self._start is not None and end is not None:
             frac = busy_frac(self._start, end, include_niced=self._own_nice > 0)
@@ -119,14 +126,21 @@ class HostSampler:
 Counters = tuple[tuple[int, ...], int, int]  # (/proc/stat cpu fields, own utime, own stime)
 
 
-def _counters() -> Counters | None:
+def _counters(cores: list[int] | None = None) -> Counters | None:
+    """The host's CPU counters (of `cores` only, summed, if given) and this process's."""
     try:
-        host = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        lines = Path("/proc/stat").read_text().splitlines()
         own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    if cores is None:
+        host = tuple(int(v) for v in lines[0].split()[1:])
+    else:
+        names = {f"cpu{c}" for c in cores}
+        per_cpu = [[int(v) for v in f[1:]] for f in map(str.split, lines) if f[0] in names]
+        host = tuple(sum(column) for column in zip(*per_cpu, strict=True))
     # after the ")" of comm: state is field 3, utime 14 and stime 15 (1-based, proc(5))
-    return tuple(int(v) for v in host), int(own[11]), int(own[12])
+    return host, int(own[11]), int(own[12])
 
 
 def busy_frac(start: Counters, end: Counters, *, include_niced: bool = False) -> float:

@@ -216,6 +216,7 @@ class PointWorker:
         self.iree = IreeRunner(device.driver)
         self._xla: Any = None  # an XlaRunner, made on the first XLA point
         self._llamacpp: Any = None  # a LlamaCppRunner, made on the first llama.cpp point
+        self._cores: list[int] | None = None  # the running point's core share, if it has one
 
     @property
     def num_uploads(self) -> int:
@@ -234,8 +235,10 @@ class PointWorker:
         share: CoreShare | None = None,
     ) -> Measurement:
         """`share`: the cores of a GPU point timed beside others (`workers.threads`)."""
-        from workers.threads import pinned
+        from workers.threads import cores_for, pinned
 
+        # the cores whose load the row reports (workers.host): its share's, or the host's
+        self._cores = cores_for(task.threads, share) if share is not None else None
         with pinned(task.threads, share) as num_threads:
             if task.runtime == Runtime.IREE:
                 self.iree.use_threads(task.threads)
@@ -348,7 +351,7 @@ class PointWorker:
         n_ctx = max(task.max_seq, task.quality.ctx if task.quality else 0)
         runner.context(n_ctx, threads=len(os.sched_getaffinity(0)))
         session = runner.session(task.steps.warmup_calls)
-        with HostSampler() as host:
+        with HostSampler(self._cores) as host:
             decoded = greedy_decode(session, prompt, task.prompt_bucket, task.steps)
         counters_ms = session.decode_counters_ms()
         # After the timed phase: fp32 agreement, teacher-forced on fp32's tokens.
@@ -462,7 +465,7 @@ class PointWorker:
         else:
             assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
             session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
-        with HostSampler() as host:
+        with HostSampler(self._cores) as host:
             run = greedy_decode(session, prompts, task.prompt_bucket, task.steps)
         return run, compile_s, host.window
 
