@@ -110,14 +110,20 @@ def test_compiles_pack_onto_a_compiling_node_and_leave_others_free_to_measure():
 
 
 @pytest.mark.slow  # profiles or simulates hundreds of points
-def test_the_cluster_simulation_loses_nothing_under_faults(tmp_path: Path):
+@pytest.mark.parametrize(
+    "cluster",
+    [(), ("--mix", "gpu8=1", "--devices", "cuda", "--seed", "2")],  # seed 2: a compile times out
+    ids=["default-mix", "8-gpu-hosts-timing-every-gpu"],
+)
+def test_the_cluster_simulation_loses_nothing_under_faults(tmp_path: Path, cluster: tuple):
     """benchmarks/cluster_sim.py, small: nodes lost, actors crashing and compiles timing
-    out; every point ends as exactly one row, and no point is measured twice."""
+    out; every point ends as exactly one row, and no point is measured twice (also where
+    8-GPU hosts time 8 points at once)."""
     from benchmarks import cluster_sim
 
     out = tmp_path / "sim.json"
     argv = [
-        *("--nodes", "20", "--points", "400", "--variants", "2"),
+        *("--nodes", "20", "--points", "400", "--variants", "2", *cluster),
         *("--node-loss", "0.1", "--actor-crash", "0.01", "--compile-timeout", "0.01"),
         *("--out", str(out)),
     ]
@@ -129,6 +135,8 @@ def test_the_cluster_simulation_loses_nothing_under_faults(tmp_path: Path):
     assert missing == 0, f"{missing} points without a row"
     assert report["lost"] == report["statuses"].get("worker_lost", 0), "a point without a row"
     assert report["statuses"].get("compile_timeout", 0) > 0, "the injected compile timeouts"
+    if cluster:
+        assert max(map(int, report["num_concurrent"])) == 7, "8 GPU points of a host at once"
 
 
 def test_a_graph_lost_under_one_point_keeps_the_other_points_rows():
