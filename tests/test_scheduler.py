@@ -201,7 +201,20 @@ def run(
     **kw,
 ) -> tuple[list[dict[str, Any]], Scheduler]:
     rows: list[dict[str, Any]] = []
-    scheduler = Scheduler(
+    scheduler = scheduler_for(backend, rows, max_retries, timeout_s, gpu_concurrency)
+    scheduler.run(todo, **kw)
+    return rows, scheduler
+
+
+def scheduler_for(
+    backend: SimBackend,
+    rows: list[dict[str, Any]],
+    max_retries: int = 1,
+    timeout_s: float = 100.0,
+    gpu_concurrency: int = 0,
+) -> Scheduler:
+    """A scheduler on `backend` that appends its rows to `rows`."""
+    return Scheduler(
         backend,
         backend.nodes,
         TINY,
@@ -211,8 +224,6 @@ def run(
         point_timeout_s=timeout_s,
         gpu_concurrency=gpu_concurrency,
     )
-    scheduler.run(todo, **kw)
-    return rows, scheduler
 
 
 def by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -539,15 +550,7 @@ def test_a_row_waits_for_its_neighbours_and_a_stopped_sweep_writes_it_without_a_
     durations = iter([2.0, 50.0])
     backend.on_point = lambda actor, task, attempt: next(durations)
     rows: list[dict[str, Any]] = []
-    scheduler = Scheduler(
-        backend,
-        backend.nodes,
-        TINY,
-        RunContext("run", "smoke", {}),
-        lambda new_rows, dispatches, profiles: rows.extend(new_rows),
-        max_retries=1,
-        point_timeout_s=100.0,
-    )
+    scheduler = scheduler_for(backend, rows)
     scheduler.add(gpu_points(2)[:2])
     while len(backend.shares) < 2 or backend.clock < 10.0:
         scheduler._dispatch()
