@@ -153,7 +153,6 @@ def describe_crash(code: int, report: str, request: str) -> str:
     return (
         f"llama.cpp's process died of {what}{at} during `{request}`; the point is lost, "
         "the benchmark actor and its other runtimes' weights are not"
-        + (f"\ncrash report:\n{report.strip()[-3000:]}" if report.strip() else "")
     )
 
 
