@@ -211,12 +211,12 @@ def plot_rows(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_one_quality_level_is_drawn_as_speed_alone():
-    (ax,) = axes_of(plot_rows(NOISE))
+    on_gpu = {**NOISE[1], "ms": 30.0, "device": "cuda"}  # its label is NOISE[1]'s
+    (ax,) = axes_of(plot_rows([*NOISE, on_gpu]))
     assert "one quality level" in ax.get_title() and ax.get_xscale() == "linear"
-    assert [t.get_text() for t in ax.get_yticklabels()][-1] == "int8-u8/in_major/O3", (
-        "a bar per row, the fastest on top"
-    )
-    assert len(ax.patches) == len(NOISE)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[-1] == "int8-u8/in_major/O3", "the fastest on top"
+    assert len(ax.patches) == len(labels) == len(NOISE) + 1, "a bar per row, shared labels too"
 
 
 @pytest.mark.parametrize(

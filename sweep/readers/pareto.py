@@ -146,14 +146,12 @@ def by_model(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def pareto_table(rows: Sequence[dict[str, Any]], header: dict[str, Any]) -> Table:
-    records, notes = (
-        [],
-        [
-            "Pareto: no other row of the model is as fast at an equal or better KLD level; "
-            f"KLDs (from fp32) within {KLD.tolerance.describe(KLD.unit)} of a level's best "
-            "are one level"
-        ],
-    )
+    records: list[dict[str, Any]] = []
+    notes = [
+        "Pareto: no other row of the model is as fast at an equal or better KLD level; "
+        f"KLDs (from fp32) within {KLD.tolerance.describe(KLD.unit)} of a level's best "
+        "are one level"
+    ]
     for model, members in by_model(rows).items():
         for r, front in zip(members, pareto_front(members), strict=True):
             records.append({**r, Col.MODEL: model, "label": label(r), "front": front})
@@ -198,9 +196,9 @@ def _speed_bars(ax: Axes, members: list[dict[str, Any]], front: list[bool]) -> N
     """Speed alone, fastest on top: the rows differ in quality by less than the tolerance."""
     ranked = sorted(zip(members, front, strict=True), key=lambda rf: rf[0][Col.TOK_S])
     speeds = [r[Col.TOK_S] for r, _ in ranked]
-    bars = ax.barh(
-        [label(r) for r, _ in ranked], speeds, color=["C3" if f else "C0" for _, f in ranked]
-    )
+    positions = range(len(ranked))  # not the labels: two rows may share one (another device)
+    bars = ax.barh(positions, speeds, color=["C3" if f else "C0" for _, f in ranked])
+    ax.set_yticks(positions, [label(r) for r, _ in ranked])
     ax.bar_label(bars, labels=[f"{v:.3g}" for v in speeds], fontsize=7, padding=3)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlim(0, 1.12 * max(speeds))
