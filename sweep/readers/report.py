@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pareto",
         action="store_true",
         help="every ok row's decode speed against its KLD from fp32, the Pareto front "
-        "marked (with --plots: pareto_speed_vs_kld.png)",
+        "marked over quality levels (KLDs closer than their noise are one level; with "
+        "--plots: pareto_speed_vs_kld.png)",
     )
     parser.add_argument(
         "--runtimes",
