@@ -250,6 +250,13 @@ def test_several_steps_per_call_give_the_same_tokens(ray_cluster, tmp_path, shar
         assert len(r["decode_samples_ms"]) == 16 // 8, "one sample per timed call, per token"
 
 
+def only_dimensions(*kept: str) -> list[str]:
+    """Overrides that leave only `kept` of conf/search/flags.yaml's flag dimensions."""
+    cfg, _ = load_config(["+grid=smoke", "+search=flags"])
+    assert cfg.search is not None
+    return [f"~search.dimensions.{name}" for name in cfg.search.dimensions if name not in kept]
+
+
 def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
     ray_cluster, tmp_path, shared_cache
 ):
@@ -267,19 +274,7 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
         "grid.variants=[fp32]",
         "search.layouts=[in_major]",
         "search.trials=6",
-        *(
-            f"~search.dimensions.{name}"
-            for name in (
-                "aggressive_fusion",
-                "horizontal_contractions",
-                "fuse_multi_use",
-                "generalize_matmul",
-                "split_reduction",
-                "data_tiling",
-                "ukernels",
-                "cuda_target",
-            )
-        ),
+        *only_dimensions("opt_level"),
         "+search.dimensions.bogus={switch: [--iree-no-such-flag]}",
     ]
     outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", *space)
@@ -340,18 +335,7 @@ def test_a_search_learns_that_split_reduction_breaks_the_argmax(
         "search.parallel=1",
         "search.xla_baseline=false",
         "~search.dimensions.opt_level.choices.O1",
-        *(
-            f"~search.dimensions.{name}"
-            for name in (
-                "aggressive_fusion",
-                "horizontal_contractions",
-                "fuse_multi_use",
-                "generalize_matmul",
-                "data_tiling",
-                "ukernels",
-                "cuda_target",
-            )
-        ),
+        *only_dimensions("opt_level", "split_reduction"),
     )
     assert outcome.exit_code == 0, text
     split = [r for r in outcome.rows if SPLIT_REDUCTION in (r["flags"] or [])]

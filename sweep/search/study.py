@@ -37,6 +37,14 @@ Rules:
 - Baselines run beside the trials as plain points: the grid's flag sets at the
   study's shape, and the XLA baseline. A trial whose flags equal a listed flag set
   takes that set's name; the others are named from their content, `s-<hash>`.
+- Seeds (`Seed`): before the sampler proposes, a study is told the default configuration
+  and every listed point at its shape that its space can spell (`Space.params_of`), each
+  its baseline's row; so its best is never worse than a listed row inside the bound.
+  They use no budget, and a resumed study is not seeded twice.
+- Known-broken choices (`Dimension.breaks`): a trial whose compile error holds a
+  signature the space lists for one of its choices teaches the study that the choice
+  breaks a graph (`user_attrs["broken"]`); later proposals holding it are told
+  infeasible (constraint `broken`) without a compile and use no budget.
 - When the budget is spent, the winner is ablated: it is measured again (its trial's
   time is the least of many noisy ones, so likely a lucky draw that every fresh
   measurement would look slow against), then each axis at a non-default choice is
