@@ -82,6 +82,22 @@ def test_seeds_use_no_budget_and_a_resumed_study_does_not_enqueue_them_again(tmp
     assert sorted(seeds) == ["O3/in_major", "default/in_major", "tiled/in_major"], seeds
 
 
+def test_a_listed_flag_set_that_fails_is_still_the_sweeps_failure(tmp_path: Path):
+    """Told to its study as a seed, a listed point stays a baseline: its failure fails the
+    sweep (exit 1), where a proposed configuration's failure is the search's data."""
+    cfg = config(tmp_path, "search.trials=4", "grid.variants=[fp32]")
+
+    def o3_fails(point: Point) -> dict[str, Any]:
+        row = measure(point)
+        return {**row, "status": "compile_error"} if point.flag_set == "O3" else row
+
+    search, rows = drive(cfg, {}, o3_fails)
+    (failed,) = [r["point_key"] for r in rows if r["flag_set"] == "O3"]
+    assert next(r for r in rows if r["point_key"] == failed)["status"] == "compile_error"
+    (study,) = search.studies
+    assert failed in study.seeded and not search.owns(failed)
+
+
 def test_a_listed_format_inside_a_study_space_is_seeded_into_it(tmp_path: Path):
     cfg = config(tmp_path, "grid.variants=[int4,int4-ui4]", "grid.layouts=[in_major]")
     search = open_search(cfg, expand(cfg, "weights"), {}.get)

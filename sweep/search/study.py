@@ -637,7 +637,10 @@ class Search:
                 study.observe(row)
 
     def owns(self, point_key: str) -> bool:
-        """True for a trial's or an ablation's point: its failure is the search's data."""
+        """True for a trial's or an ablation's point: its failure is the search's data. A
+        baseline's is not, though a study was told its row (a seed): the grid listed it."""
+        if point_key in {p.key for p in self.baselines}:
+            return False
         return any(point_key in study.owned_keys for study in self.studies)
 
     @property
