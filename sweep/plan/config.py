@@ -123,6 +123,12 @@ class Dimension:
     )
     switch: tuple[str, ...] | None = None
     devices: tuple[str, ...] | None = None  # None: every device
+    # Known compile failures a non-default choice causes: a signature (a piece of
+    # iree-compile's message) -> the graph it breaks, in words. A trial that fails with
+    # one teaches its study not to propose that choice again (see `sweep.search.study`).
+    breaks: dict[str, str] = dataclasses.field(
+        default_factory=dict, metadata={"schema": dict[str, Any]}
+    )
 
     def __post_init__(self) -> None:
         if self.switch is not None:

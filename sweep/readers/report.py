@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--search",
         action="store_true",
-        help="the searches' studies: best configuration per variant and device, its speedups",
+        help="the searches' studies: per variant and device the answer (the fastest "
+        "configuration inside the bound, listed or proposed), then each study's details",
     )
     parser.add_argument(
         "--pareto",
@@ -406,7 +407,12 @@ def text_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def search_report(args: argparse.Namespace) -> None:
-    from sweep.search.summaries import best_so_far_figure, load_studies, studies_table
+    from sweep.search.summaries import (
+        best_so_far_figure,
+        load_studies,
+        studies_table,
+        studies_text,
+    )
 
     summaries = load_studies(args.results)
     if not summaries:
@@ -414,7 +420,8 @@ def search_report(args: argparse.Namespace) -> None:
             f"no search under {args.results}: run one with e.g. "
             "`python -m sweep +grid=smoke +search=flags search.trials=12`"
         )
-    emit(render(studies_table(summaries), args.format), args.out)
+    text = studies_text(summaries) if args.format == "md" else None
+    emit(text or render(studies_table(summaries), args.format), args.out)
     if args.plots:
         out_dir = args.plots_dir or Path(args.results) / "plots"
         figure = best_so_far_figure(summaries)
