@@ -174,8 +174,10 @@ def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout)
     points = grid_points if cfg.search is None else search_baselines(cfg, grid_points)
     run_id = new_run_id()
     results_dir = Path(cfg.results_dir)
-    # the finished points (skipped, and what a search is told): point key -> row
-    done = {} if cfg.rerun else newest_rows(results_dir, [Col.DECODE_MS_P50], statuses=DONE)
+    # the finished points (skipped, and what a search is told, its quality bound too):
+    # point key -> row
+    told = [Col.DECODE_MS_P50, Col.KLD_MEAN, Col.TOP1_AGREE]
+    done = {} if cfg.rerun else newest_rows(results_dir, told, statuses=DONE)
     todo = [p for p in points if p.key not in done]
     print(
         f"sweep {run_id}: grid {cfg.grid.name}, {len(points)} points, "

@@ -106,6 +106,8 @@ def fake_measurement(
         "hostname": "h",
         "device_name": "a CPU",
         "node_id": "n1",
+        "run_wait_frac": 0.0,  # a quiet host (workers.host)
+        "disturbed": False,
     }
     return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]
 

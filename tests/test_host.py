@@ -7,6 +7,7 @@ Real processes and real `/proc` counters: a busy child at niceness 0 shows up in
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -78,7 +79,70 @@ def test_the_sampler_gives_the_window_and_the_rule() -> None:
     window = sampler.window
     assert 0.19 <= window.finished_at - window.started_at < 5
     assert window.busy_frac is not None and 0.0 <= window.busy_frac <= 1.0
-    assert window.disturbed == (window.busy_frac > host.DISTURBED_FRAC)
+    assert window.num_ticks > 0
+    assert window.run_wait_frac is not None, "this kernel keeps schedstat"
+    assert window.disturbed == (window.run_wait_frac > host.RUN_WAIT_DISTURBED)
+
+
+def test_the_tick_fallback_says_when_it_cannot_tell() -> None:
+    """Without schedstat the verdict comes from the ticks, and only from enough of them."""
+    few = host.HostWindow(0.0, 0.05, busy_frac=0.5, num_ticks=host.MIN_TICKS - 1)
+    assert few.disturbed is None, "a few ticks cannot tell quiet from busy"
+    assert dataclasses.replace(few, num_ticks=host.MIN_TICKS).disturbed is True
+    assert dataclasses.replace(few, busy_frac=0.05, num_ticks=200).disturbed is False
+    assert host.HostWindow(0.0, 1.0, busy_frac=None).disturbed is None
+    # schedstat decides wherever it is there, whatever the ticks say
+    assert dataclasses.replace(few, run_wait_frac=0.01).disturbed is False
+    assert dataclasses.replace(few, busy_frac=0.0, run_wait_frac=0.4).disturbed is True
+
+
+# One thread per CPU hashing for `s` seconds (hashlib lets go of the GIL for large inputs,
+# so the threads run at once, as IREE's workers do), timed by a HostSampler.
+SPIN = (
+    "import hashlib, json, os, threading, time\n"
+    "from workers import host\n"
+    "data = bytes(1 << 24)  # 16 MiB: a hash takes ms, the GIL is rarely taken\n"
+    "def spin(end):\n"
+    "    while time.perf_counter() < end: hashlib.sha256(data)\n"
+    "time.sleep(0.3)  # the busy processes are running\n"
+    "with host.HostSampler() as s:\n"
+    "    end = time.perf_counter() + {s}\n"
+    "    ts = [threading.Thread(target=spin, args=(end,)) for _ in os.sched_getaffinity(0)]\n"
+    "    [t.start() for t in ts]; [t.join() for t in ts]\n"
+    "print(json.dumps([s.window.run_wait_frac, s.window.disturbed]))\n"
+)
+
+
+def _spin_beside(nice: int, seconds: float) -> tuple[float, bool]:
+    """run_wait_frac and the verdict of a process spinning for `seconds` beside one busy
+    process per CPU at niceness `nice`."""
+    busy = [
+        subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", BUSY.format(s=60)])
+        for _ in os.sched_getaffinity(0)
+    ]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", SPIN.format(s=seconds)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+    frac, disturbed = json.loads(out.stdout)
+    return frac, disturbed
+
+
+def test_run_queue_wait_sees_normal_priority_competitors() -> None:
+    """One busy process per CPU at niceness 0: each spinning thread shares a core with one
+    and waits about half its runnable time. A phase of 0.1 s, ten ticks per CPU, is judged
+    as surely as one of a second. (Beside niceness-19 loops this kernel, 6.18, still
+    showed waits near 0.9 on the quiet dev VM: under study, so not asserted here.)"""
+    frac, disturbed = _spin_beside(0, 0.1)
+    assert disturbed is True and frac > 0.2, f"beside nice-0 loops it waited {frac:.3f}"
 
 
 def _niceness_of_threads(pid: int) -> set[int]:
@@ -175,7 +239,8 @@ def _runs(tmp_path: Path) -> Path:
                     run_id=run,
                     niceness=0,
                     host_busy_frac=busy,
-                    disturbed=busy > host.DISTURBED_FRAC,
+                    run_wait_frac=busy,
+                    disturbed=busy > host.RUN_WAIT_DISTURBED,
                     created_at=T0 + dt.timedelta(minutes=i + 10 * (run == "b")),
                 )
             )
@@ -199,7 +264,7 @@ def test_compare_gives_no_verdict_for_a_disturbed_row(tmp_path: Path, capsys) ->
     _, header, body = md_table(out)
     verdicts = {row[header.index("flag_set")]: row[header.index("verdict")] for row in body}
     assert verdicts["fuse"] == "disturbed (B)"
-    assert "1 disturbed" in out and "host_busy_frac" in out
+    assert "1 disturbed" in out and "run_wait_frac" in out
 
 
 def test_report_marks_disturbed_rows(tmp_path: Path, capsys) -> None:
@@ -217,6 +282,29 @@ def test_report_marks_disturbed_rows(tmp_path: Path, capsys) -> None:
     _, header, body = md_table(out)
     verdicts = {row[header.index("flag_set")]: row[header.index("verdict")] for row in body}
     assert verdicts["fuse"] == "disturbed" and verdicts["O3"] == "slower"
+
+
+def test_a_row_that_could_not_be_judged_gets_no_verdict(tmp_path: Path, capsys) -> None:
+    """A null `disturbed` from schema 7 on means the window could not tell: compare, the
+    report and the flag study say "not judged", never faster or slower. An older row
+    without the column's value reads as quiet, as it always did."""
+    results = _runs(tmp_path)
+    rng = np.random.default_rng(8)
+    unknown = make_row(
+        "p-O3", "fp32", "cpu", "O3", 32, 256, samples(rng, 200.0), run_id="c", niceness=0,
+        disturbed=None, created_at=T0 + dt.timedelta(hours=1),
+    )  # fmt: skip
+    ResultsWriter(results, "c").write([unknown])
+    code, out, _ = run_main(capsys, compare, "a", "c", "--results", str(results))
+    _, header, body = md_table(out)
+    (verdict,) = [row[header.index("verdict")] for row in body]
+    assert verdict == "not judged (B)" and "not judged:" in out
+    assert analysis.disturbance({**unknown, "schema_version": 7}) is None
+    assert analysis.disturbance({**unknown, "schema_version": 6}) is False
+    (note,) = report.host_notes([{**unknown, "schema_version": 7}])
+    assert note.startswith("not judged: 1 of 1 ok rows")
+    base = [{**unknown, "flag_set": "default", "disturbed": False, "schema_version": 7}]
+    assert analysis.host_verdict(base, [{**unknown, "schema_version": 7}]) == "not judged"
 
 
 def test_report_says_when_a_row_ran_niced() -> None:

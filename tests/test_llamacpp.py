@@ -199,3 +199,141 @@ def test_the_grid_makes_one_llamacpp_point_per_gguf_type():
     assert not any(p.compiled_by_iree for p in llama)
     iree = [p for p in points if p.runtime == Runtime.IREE]
     assert len(iree) == 5 * 2 * 2  # variants x layouts x flag sets, untouched
+
+
+# --- llama.cpp's switches and its process --------------------------------------------------
+
+
+def test_the_settings_reach_llamacpps_parameters():
+    """Each switch lands in the struct llama.cpp reads; `auto` is off where the CPU has AMX;
+    a field the bindings lack is an error, not a silently ignored attribute."""
+    import llama_cpp
+
+    from workers.llamacpp import (
+        LlamaCppSettings,
+        context_params,
+        cpu_has_amx,
+        model_params,
+        set_fields,
+    )
+
+    for extra_bufts, expected in (("on", True), ("off", False), ("auto", not cpu_has_amx())):
+        params = model_params(llama_cpp, LlamaCppSettings(extra_bufts=extra_bufts))
+        assert params.use_extra_bufts is expected, extra_bufts
+        assert params.load_mode == llama_cpp.LLAMA_LOAD_MODE_NONE, "resident, not mmapped"
+    ctx = context_params(llama_cpp, LlamaCppSettings(flash_attn="off", n_ubatch=64), 256, 2)
+    assert (ctx.n_ctx, ctx.n_batch, ctx.n_ubatch, ctx.n_threads) == (256, 256, 64, 2)
+    assert ctx.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    assert context_params(llama_cpp, LlamaCppSettings(), 32, 1).n_ubatch == 32, "at most n_ctx"
+    with pytest.raises(RuntimeError, match="has no"):
+        set_fields(llama_cpp.llama_model_default_params(), use_mmap=False)
+    with pytest.raises(ValueError, match="llamacpp.flash_attn='maybe'"):
+        LlamaCppSettings(flash_attn="maybe")
+
+
+def test_the_extra_bufts_axis_makes_llamacpp_points_and_keeps_the_default_keys():
+    from sweep.plan.config import ConfigError, load_config
+    from sweep.plan.grid import expand
+
+    overrides = ["+grid=smoke", "grid.runtimes=[iree,llamacpp]", "grid.prompt_lengths=[8]"]
+    default = expand(load_config(overrides)[0], "m")
+    both = expand(load_config([*overrides, "llamacpp.extra_bufts=[auto,off]"])[0], "m")
+    llama = [p for p in both if p.runtime == Runtime.LLAMACPP]
+    assert sorted(p.llamacpp.extra_bufts for p in llama) == ["auto", "auto", "off", "off"]
+    assert {p.key for p in default} < {p.key for p in both}, "auto keeps the keys it had"
+    assert len({p.key for p in llama}) == 4
+    assert any(p.label.endswith("extra_bufts-off") for p in llama)
+    with pytest.raises(ConfigError, match=r"llamacpp.extra_bufts: unknown \['yes'\]"):
+        load_config([*overrides, "llamacpp.extra_bufts=[yes]"])
+
+
+REPORT = """\
+Fatal signal 11: native backtrace
+/lib/x86_64-linux-gnu/libffi.so.8(+0x6f7a)[0x7efdd0a0ef7a]
+/usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so(+0x1117a)[0x7f]
+/lib/x86_64-linux-gnu/libc.so.6(+0x3c050)[0x7efdd0e5a050]
+/venv/llama_cpp/lib/libggml-cpu.so(ggml_backend_amx_mul_mat+0x2d1)[0x7f0012345678]
+/venv/llama_cpp/lib/libggml-base.so(ggml_graph_compute+0x88)[0x7f0012345699]
+Current thread 0x00007f (most recent call first):
+  File "/work/workers/llamacpp.py", line 301 in _decode
+  File "/work/workers/runtime.py", line 140 in greedy_decode
+"""
+
+
+def test_a_crash_report_names_the_signal_and_the_function():
+    from workers.llamacpp_process import crash_site, describe_crash
+
+    assert crash_site(REPORT) == "ggml_backend_amx_mul_mat (libggml-cpu.so)"
+    python_only = "\n".join(line for line in REPORT.splitlines() if ".so" not in line)
+    assert crash_site(python_only) == "_decode (llamacpp.py:301)"
+    message = describe_crash(-11, REPORT, "decode")
+    assert message.startswith(
+        "llama.cpp's process died of SIGSEGV (signal 11) in ggml_backend_amx_mul_mat"
+    )
+    assert "during `decode`" in message
+
+
+@pytest.mark.slow
+def test_a_native_crash_costs_the_point_and_not_the_resident_weights(tmp_path, monkeypatch):
+    """llama.cpp's process crashes natively (SIGSEGV) in its timed loop: the worker raises
+    NativeCrash naming the signal and the function, its IREE weights stay resident (the
+    next IREE point uploads nothing), and the next llama.cpp point gets a new process."""
+    from workers.compile import compile_graph
+    from workers.llamacpp_process import FAULT_ENV, NativeCrash
+    from workers.point import BenchTask, ModelSource, PointWorker
+    from workers.runtime import DecodeSteps
+
+    save_tiny_llama(tmp_path / "ckpt", seed=4)
+    source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))
+    steps = DecodeSteps(warmup_steps=1, decode_steps=4)
+    iree = BenchTask(variant("fp32"), Runtime.IREE, source.weights_id(), 8, 8, 64, steps)
+    cfg = source.config()
+    cpu = device("cpu")
+    vmfbs = [
+        compile_graph(iree.graph(cfg, kind), cpu, cache_dir=tmp_path).vmfb
+        for kind in ("prefill", "decode")
+    ]
+    worker = PointWorker(cpu, source, str(tmp_path))
+    first = worker.run(iree, *vmfbs)
+    assert first.upload_s > 0
+    monkeypatch.setenv(FAULT_ENV, "decode")
+    llama = dataclasses.replace(iree, runtime=Runtime.LLAMACPP)
+    with pytest.raises(NativeCrash, match=r"SIGSEGV \(signal 11\) in .*during `decode`"):
+        worker.run(llama)
+    again = worker.run(iree, *vmfbs)
+    assert again.upload_s == 0.0 and worker.iree.num_uploads == 1, "IREE's weights stayed"
+    assert again.tokens == first.tokens
+    monkeypatch.delenv(FAULT_ENV)
+    m = worker.run(llama)
+    assert m.llamacpp_type == "F32" and m.tokens == m.reference_tokens
+    assert m.llamacpp_extra_bufts is not None and m.llamacpp_n_ubatch == 512
+
+
+@pytest.mark.slow
+def test_a_sweep_records_a_native_crash_as_one_row(
+    tmp_path: Path, ray_cluster, shared_cache, monkeypatch
+):
+    """The acceptance on a real cluster: the llama.cpp points whose process crashes are
+    `runtime_error` rows naming the signal, every IREE point is ok, and no actor uploaded
+    its IREE weights twice (a crash in the actor itself would have restarted it)."""
+    from workers.llamacpp_process import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "decode")
+    outcome, text = sweep(
+        tmp_path, shared_cache, "+grid=smoke", "grid.runtimes=[iree,llamacpp]",
+        "grid.variants=[fp32]", "grid.prompt_lengths=[8]", "bench.repeats=2",
+        "bench.eval_chunks=0",
+    )  # fmt: skip
+    assert outcome.exit_code == 1, text
+    rows = read_results(tmp_path / "results").to_pylist()
+    llama = [r for r in rows if r["runtime"] == Runtime.LLAMACPP]
+    iree = [r for r in rows if r["runtime"] == Runtime.IREE]
+    assert len(llama) == 2 and len(iree) == 4, text
+    for r in llama:
+        assert r["status"] == Status.RUNTIME_ERROR and r["error_class"] == "NativeCrash"
+        assert "SIGSEGV" in r["error_message"]
+    assert all(r["status"] == Status.OK for r in iree)
+    uploads: dict[str, int] = {}
+    for r in iree:
+        uploads[r["node_id"]] = uploads.get(r["node_id"], 0) + (r["upload_s"] > 0)
+    assert all(n == 1 for n in uploads.values()), f"uploads per actor: {uploads}"

@@ -94,6 +94,7 @@ def repeat_rows(run: str, key: str, medians: list[float], seed: int) -> list[dic
                 "tokens": [1, 2],
                 "reference_tokens": [1, 2],
                 "num_tokens_matched": 2,
+                "disturbed": False,
                 "created_at": T0 + dt.timedelta(seconds=r),
             }
         )

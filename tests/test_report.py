@@ -79,6 +79,7 @@ def make_row(
         "tokens": list(range(NUM_TOKENS)),
         "reference_tokens": list(range(NUM_TOKENS)),
         "num_tokens_matched": NUM_TOKENS,
+        "disturbed": False,  # a quiet host (workers.host); null would read "not judged"
         **roofline(variant, device, decode),
         **extra,
     }

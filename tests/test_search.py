@@ -73,7 +73,8 @@ def test_a_search_measures_its_budget_of_distinct_configurations(tmp_path: Path)
     }
     for study in search.studies:
         assert study.num_told() == 12
-        assert len(study.known) == 12, "12 distinct configurations, each with one row"
+        assert [s.listed for s in study.seeds] == ["default/in_major", "O3/in_major"]
+        assert len(study.known) == 12 + 2, "12 proposed configurations and the 2 listed"
         first = study.study.trials[0]
         assert first.user_attrs.get("default") and first.user_attrs["flag_set"] == "default"
     baseline_keys = {p.key for p in baselines(cfg, expand(cfg, "weights"))}

@@ -13,8 +13,10 @@ from sweep.plan.config import load_config
 from sweep.plan.grid import expand
 from sweep.store.results import read_results
 from tests.conftest import ROOT
-from tests.helpers import SMOKE_FP32, sweep
+from tests.helpers import SMOKE_FP32, save_tiny_llama, sweep
 from workers.llama_config import preset
+
+SPLIT_REDUCTION = "--iree-dispatch-creation-enable-split-reduction"
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile and subprocesses
 
@@ -248,13 +250,21 @@ def test_several_steps_per_call_give_the_same_tokens(ray_cluster, tmp_path, shar
         assert len(r["decode_samples_ms"]) == 16 // 8, "one sample per timed call, per token"
 
 
+def only_dimensions(*kept: str) -> list[str]:
+    """Overrides that leave only `kept` of conf/search/flags.yaml's flag dimensions."""
+    cfg, _ = load_config(["+grid=smoke", "+search=flags"])
+    assert cfg.search is not None
+    return [f"~search.dimensions.{name}" for name in cfg.search.dimensions if name not in kept]
+
+
 def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
     ray_cluster, tmp_path, shared_cache
 ):
     """`+search=flags` through the real scheduler: every trial is a row, a flag that
     iree-compile rejects is a compile_error trial and the search goes on, the same
     command again adds nothing. The space is opt level x a bogus switch (6 configurations),
-    all of it searched; tests/test_search.py covers the sampler's rules at larger budgets."""
+    all of it searched (the grid's default and O3 seeded, 4 proposed); tests/test_search.py
+    covers the sampler's rules at larger budgets."""
     from optuna.trial import TrialState
 
     from sweep.search.summaries import load_studies
@@ -264,19 +274,7 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
         "grid.variants=[fp32]",
         "search.layouts=[in_major]",
         "search.trials=6",
-        *(
-            f"~search.dimensions.{name}"
-            for name in (
-                "aggressive_fusion",
-                "horizontal_contractions",
-                "fuse_multi_use",
-                "generalize_matmul",
-                "split_reduction",
-                "data_tiling",
-                "ukernels",
-                "cuda_target",
-            )
-        ),
+        *only_dimensions("opt_level"),
         "+search.dimensions.bogus={switch: [--iree-no-such-flag]}",
     ]
     outcome, text = sweep(tmp_path, shared_cache, "+grid=smoke", *space)
@@ -286,7 +284,7 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
     assert len(bogus) == 3 and {r["status"] for r in bogus} == {"compile_error"}, text
     assert "compile_error" in text and "iree-compile failed (exit code" in text
     (study,) = load_studies(tmp_path / "results")
-    assert (study.trials, study.failed, study.space_size) == (6, 3, 6)
+    assert (study.trials, study.seeded, study.failed, study.space_size) == (4, 2, 3, 6)
     assert study.best_ms <= study.default_ms
     assert study.xla_ms is not None and study.listed is not None
     assert study.minimal is not None and "bogus" not in study.minimal["kept"]
@@ -303,7 +301,7 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
     again, text = sweep(tmp_path, shared_cache, "+grid=smoke", *space)
     assert again.exit_code == 0 and again.rows == [], text
     (same,) = load_studies(tmp_path / "results")
-    assert same.trials == 6
+    assert (same.trials, same.seeded) == (4, 2)
     report = subprocess.run(
         [sys.executable, "-m", "sweep.report", "--results", str(tmp_path / "results"), "--search"],
         capture_output=True,
@@ -311,6 +309,43 @@ def test_a_search_finds_a_configuration_and_resumes_without_new_trials(
         cwd=ROOT,
     )
     assert report.returncode == 0 and "| fp32    | cpu    |" in report.stdout, report.stderr
+    assert "search answers" in report.stdout, report.stdout
+
+
+def test_a_search_learns_that_split_reduction_breaks_the_argmax(
+    ray_cluster, tmp_path, shared_cache
+):
+    """The real iree-compile error: split reduction cannot compile the greedy argmax over a
+    vocabulary of 1024 (benchmarks/repro/split_reduction_argmax.md; the tiny model's 256
+    compiles). The space is opt level x split reduction: the grid seeds default and O3,
+    the first proposal with the switch fails, and the next is told without a compile."""
+    from sweep.search.summaries import load_studies
+
+    save_tiny_llama(tmp_path / "model", vocab_size=1024)
+    outcome, text = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        f"model.path={tmp_path / 'model'}",
+        "grid.variants=[fp32]",
+        "grid.prompt_lengths=[8]",
+        "+search=flags",
+        "search.layouts=[in_major]",
+        "search.trials=3",
+        "search.parallel=1",
+        "search.xla_baseline=false",
+        "~search.dimensions.opt_level.choices.O1",
+        *only_dimensions("opt_level", "split_reduction"),
+    )
+    assert outcome.exit_code == 0, text
+    split = [r for r in outcome.rows if SPLIT_REDUCTION in (r["flags"] or [])]
+    assert [r["status"] for r in split] == ["compile_error"], text
+    assert "Failed to anaysis the reduction operation" in split[0]["error_message"]
+    (study,) = load_studies(tmp_path / "results")
+    assert list(study.broken) == ["split_reduction=on"], study.broken
+    assert study.skipped >= 1 and (study.trials, study.seeded) == (1, 2)
+    assert study.answer is not None and study.answer.origin.startswith("listed")
+    assert "broken in fp32/cpu: split_reduction=on breaks the greedy argmax" in text, text
 
 
 def test_a_batch_and_depth_grid_checks_every_sequence(ray_cluster, tmp_path, shared_cache):

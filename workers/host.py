@@ -11,22 +11,28 @@ other users. Two things keep a number honest:
   that is not permitted the point still runs, at the niceness it has, and its row
   records that niceness (a recorded fallback rather than an error, so a cluster
   whose workers start niced still measures and says so; see `set_niceness`).
-- Disturbance: `HostSampler` reads the host's CPU counters (`/proc/stat`) and the
-  process's own (`/proc/self/stat`) around a timed phase; `busy_frac` is the share of
-  the host's CPU time in that window that other processes spent at normal or higher
-  priority. Time of processes niced above 0 (`/proc/stat`'s `nice` column: a build at
-  `nice -n 19`, Ray workers left at 15 by a `ray start` without RAY_worker_niceness=0)
-  is left out while this process runs at niceness <= 0: the scheduler gives such
-  processes almost nothing while the benchmark's threads are runnable (a niceness-19
-  thread weighs 15 against 1024), so it does not slow the measurement. Above
-  `DISTURBED_FRAC` the row is `disturbed`. A GPU point timed beside others on its own
-  share of the cores (`workers.threads.CoreShare`) counts those cores only
-  (`/proc/stat`'s per-CPU lines): its neighbours run on theirs, by design, and what
-  would disturb it is something else on its own.
+- Disturbance: what a timed phase suffered from everything else on the host. The
+  measure is the run-queue wait of the benchmark's own threads (`run_wait_frac`): the
+  kernel's per-thread schedstat (`/proc/self/task/<tid>/schedstat`: nanoseconds on a
+  CPU, nanoseconds runnable but waiting for one) read before and after the phase. Wait
+  over run plus wait is the share of the time the benchmark wanted a core and did not
+  get one, whatever took it (another process, a compile, the sweep's own Ray daemons,
+  more threads of its own than cores), at nanosecond resolution, so it holds for a
+  phase of a few milliseconds as for one of minutes. A niced competitor (a build at
+  `nice -n 19`) yields at once and adds next to no wait, which is right: it does not
+  slow the measurement. Above `RUN_WAIT_DISTURBED` the row is `disturbed`. A GPU point
+  timed beside others on its own share of the cores (`workers.threads.CoreShare`) has its threads pinned there: its
+  neighbours on theirs add no wait to it, by design, and the tick fallback counts its
+  own cores only (`/proc/stat`'s per-CPU lines).
 
-The counters tick at USER_HZ (100 per second per CPU): a window of W seconds on C CPUs
-holds about 100 * W * C ticks, so a short timed phase (the tiny model's smoke points,
-tens of ms) resolves `busy_frac` only to a few percent.
+  Where schedstat is missing (a kernel without CONFIG_SCHEDSTATS, not Linux), the
+  fallback is `busy_frac`: the share of the host's CPU ticks (`/proc/stat`, USER_HZ:
+  100 per second per CPU) that other processes at normal or higher priority took
+  during the phase (time of processes niced above 0, `/proc/stat`'s `nice` column, is
+  left out while this process runs at niceness <= 0). Ticks resolve a window of W
+  seconds on C CPUs only to 1 / (100 W C): under `MIN_TICKS` ticks the fallback cannot
+  tell, and the verdict is unknown (None), which the readers treat as "not judged",
+  never as quiet. Above `DISTURBED_FRAC` the fallback calls the row `disturbed`.
 """
 
 from __future__ import annotations
@@ -36,9 +42,18 @@ import os
 import time
 from pathlib import Path
 
-# Above this share of the host's CPU time spent by other processes at normal priority
-# during a timed phase, a row is `disturbed`. One busy competing thread takes 1/C of a
-# C-core host (50% on 2 cores, 10% on 10); a benchmark whose threads fill every core
+from workers.threads import thread_ids
+
+# Above this share of its threads' runnable time spent waiting for a CPU, a timed phase
+# is `disturbed`. A busy competitor at normal priority on every core costs the benchmark
+# about half its runnable time (the scheduler shares each core fairly), one on one core of
+# a C-core host about 1/(2C); a quiet host leaves a few per mille (docs/results.md,
+# "Disturbance": the smoke and mid models quiet, beside nice-19 and nice-0 busy loops).
+RUN_WAIT_DISTURBED = 0.05
+
+# The tick fallback: above this share of the host's CPU time spent by other processes at
+# normal priority during a timed phase, a row is `disturbed`. One busy competing thread
+# takes 1/C of a C-core host (50% on 2 cores, 10% on 10); a benchmark whose threads fill every core
 # slows down by about that share or more (a dispatch waits for its slowest worker).
 # The sweep's own background is not zero: an idle local Ray (GCS, raylet, agents, idle
 # workers that poll at about 1% of a core each, counted since they run at niceness 0)
@@ -47,6 +62,9 @@ from pathlib import Path
 # competing thread on hosts of up to 10 cores; on larger hosts a single competitor can
 # pass unflagged.
 DISTURBED_FRAC = 0.10
+# Fewer host ticks than this in a window and the tick fallback cannot tell: 20 ticks
+# resolve busy_frac to 5%, half the threshold.
+MIN_TICKS = 20
 
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal [guest guest_nice];
 # guest time is already inside user and nice, so it is not added again.
@@ -69,7 +87,7 @@ def set_niceness(target: int) -> tuple[int, str | None]:
     if current == target:
         return current, None
     try:
-        for tid in _thread_ids():
+        for tid in thread_ids():
             os.setpriority(os.PRIO_PROCESS, tid, target)  # on Linux a tid names one thread
     except PermissionError as e:  # raising priority: refused at the first thread already
         why = (
@@ -81,24 +99,25 @@ def set_niceness(target: int) -> tuple[int, str | None]:
     return niceness(), None
 
 
-def _thread_ids() -> list[int]:
-    try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        return [0]  # no /proc: this thread only
-
-
 @dataclasses.dataclass(frozen=True)
 class HostWindow:
-    """The wall-clock span of a timed phase and how busy the rest of the host was."""
+    """The wall-clock span of a timed phase and what the rest of the host took from it."""
 
     started_at: float  # epoch seconds
     finished_at: float
-    busy_frac: float | None  # None where /proc is not readable (not Linux)
+    busy_frac: float | None  # the tick figure; None where /proc is not readable
+    run_wait_frac: float | None = None  # None where schedstat is missing (the fallback)
+    run_wait_ms: float | None = None  # the benchmark's threads' total run-queue wait
+    num_ticks: int = 0  # host CPU ticks in the window: the tick figure's resolution
 
     @property
     def disturbed(self) -> bool | None:
-        return None if self.busy_frac is None else self.busy_frac > DISTURBED_FRAC
+        """True or False where the window can tell, None where it cannot (module docstring)."""
+        if self.run_wait_frac is not None:
+            return self.run_wait_frac > RUN_WAIT_DISTURBED
+        if self.busy_frac is None or self.num_ticks < MIN_TICKS:
+            return None
+        return self.busy_frac > DISTURBED_FRAC
 
 
 class HostSampler:
@@ -111,16 +130,57 @@ class HostSampler:
     def __enter__(self) -> HostSampler:
         self._own_nice = niceness()
         self._start = _counters(self.cores)
+        self._threads = thread_schedstats()
         self._started_at = time.time()
         return self
 
     def __exit__(self, *exc: object) -> None:
         finished_at = time.time()
+        threads = thread_schedstats()
         end = _counters(self.cores)
-        frac = None
+        frac, ticks = None, 0
         if self._start is not None and end is not None:
             frac = busy_frac(self._start, end, include_niced=self._own_nice > 0)
-        self.window = HostWindow(self._started_at, finished_at, frac)
+            ticks = sum(b - a for a, b in list(zip(self._start[0], end[0], strict=False))[:8])
+        wait = run_wait(self._threads, threads)
+        self.window = HostWindow(
+            self._started_at,
+            finished_at,
+            frac,
+            run_wait_frac=None if wait is None else wait[0],
+            run_wait_ms=None if wait is None else wait[1],
+            num_ticks=ticks,
+        )
+
+
+Schedstats = dict[int, tuple[int, int]]  # thread id -> (ns on a CPU, ns waiting for one)
+
+
+def thread_schedstats() -> Schedstats | None:
+    """Every thread of this process: its time on a CPU and on a run queue, in ns; None
+    where the kernel keeps no schedstat (or there is no procfs)."""
+    if not Path("/proc/self/schedstat").exists():
+        return None
+    stats = {}
+    for tid in thread_ids():
+        try:
+            fields = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        stats[tid] = (int(fields[0]), int(fields[1]))
+    return stats
+
+
+def run_wait(start: Schedstats | None, end: Schedstats | None) -> tuple[float, float] | None:
+    """(wait / (run + wait), wait in ms) of the threads between two readings. A thread
+    that started in between counts whole; one that ended in between is not seen."""
+    if start is None or end is None:
+        return None
+    run = wait = 0
+    for tid, (run_ns, wait_ns) in end.items():
+        run0, wait0 = start.get(tid, (0, 0))
+        run, wait = run + run_ns - run0, wait + wait_ns - wait0
+    return (wait / (run + wait) if run + wait > 0 else 0.0), wait / 1e6
 
 
 Counters = tuple[tuple[int, ...], int, int]  # (/proc/stat cpu fields, own utime, own stime)

@@ -15,6 +15,19 @@ checkpoint's (or the seed's) float32 weights are written as an F32 GGUF
 (`llama_model_quantize`, its default tensor mix for that type). Written files are
 cached by the weights' content id, the type and the bindings' version.
 
+llama.cpp's own switches are data (`LlamaCppSettings`, config `llamacpp.*`, recorded on
+each row): its extra buffer types (`use_extra_bufts`: weights repacked at load into
+the interleaved layouts its AVX2 / AVX-512 kernels read, and on CPUs with AMX the AMX
+buffers), flash attention, and the micro-batch of a prefill (`n_ubatch`). The default
+`extra_bufts: auto` turns the extra buffer types off on a CPU with AMX, where
+llama-cpp-python 0.3.36's AMX path segfaults in `ggml_backend_amx_mul_mat` on Q4_1 and
+Q8_0 models (benchmarks/repro/llamacpp_amx.py), and on everywhere else.
+
+llama.cpp runs in a child process of the benchmark actor
+(`workers.llamacpp_process`): a native crash there costs its point, which is recorded
+as `runtime_error` naming the signal and the function, and never the actor with the
+IREE weights it holds.
+
 The bindings are an optional extra (`pip install -e ".[llamacpp]"`, a from-source
 build of llama.cpp): without them a llamacpp point raises `NotRunnable`, which
 the sweep records as `skipped` with the install command.
@@ -41,8 +54,54 @@ import numpy as np
 from workers.variant import Variant
 
 INSTALL = 'pip install -e ".[llamacpp]"'
+SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
 # The llama.cpp types the variants map to, with their `llama_ftype` for the quantizer.
 FTYPES: dict[str, int] = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "BF16": 32}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaCppSettings:
+    """The llama.cpp switches a point runs with (module docstring); `auto` is llama.cpp's
+    own choice, but for `extra_bufts`, where it is off on a CPU with AMX."""
+
+    extra_bufts: str = "auto"
+    flash_attn: str = "auto"
+    n_ubatch: int = 512  # a prefill's micro-batch: tokens per graph evaluation
+
+    def __post_init__(self) -> None:
+        for name in ("extra_bufts", "flash_attn"):
+            if getattr(self, name) not in SWITCHES:
+                raise ValueError(
+                    f"llamacpp.{name}={getattr(self, name)!r}: one of {', '.join(SWITCHES)}"
+                )
+        if self.n_ubatch < 1:
+            raise ValueError(f"llamacpp.n_ubatch={self.n_ubatch}: must be at least 1")
+
+    def use_extra_bufts(self) -> bool:
+        """The extra buffer types on this host: `auto` is off where the CPU has AMX."""
+        return self.extra_bufts == "on" or (self.extra_bufts == "auto" and not cpu_has_amx())
+
+
+def cpu_has_amx() -> bool:
+    """Whether this host's CPU has AMX tiles (`amx_tile` in /proc/cpuinfo's flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return "amx_tile" in flags.split()
+
+
+def set_fields(params: Any, **values: Any) -> Any:
+    """Sets fields of a llama.cpp parameter struct; a name the bindings do not have is an
+    error (a ctypes Structure would take it as a plain attribute and ignore it)."""
+    known = {name for name, *_ in type(params)._fields_}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RuntimeError(f"llama-cpp-python's {type(params).__name__} has no {unknown}")
+    for name, value in values.items():
+        setattr(params, name, value)
+    return params
 
 
 class NotRunnable(RuntimeError):
@@ -90,9 +149,14 @@ def llamacpp_type(variant: Variant) -> str:
 
 
 def model_file(
-    source: Any, variant: Variant, weights_id: str, cache_dir: Path | None
+    source: Any,
+    variant: Variant,
+    weights_id: str,
+    cache_dir: Path | None,
+    quantizer: Callable[[Path, Path, str], None] | None = None,
 ) -> tuple[Path, str]:
-    """The GGUF file a llamacpp point of `variant` runs, and its llama.cpp type."""
+    """The GGUF file a llamacpp point of `variant` runs, and its llama.cpp type; a file
+    to be made is quantized by `quantizer` (default: `quantize`, in this process)."""
     from workers.checkpoint import gguf_file
     from workers.gguf import tensor_types
 
@@ -109,7 +173,7 @@ def model_file(
     if not f32.exists():
         _write_f32(source, f32)
     if kind != "F32":
-        _quantize(f32, path, kind)
+        (quantizer or quantize)(f32, path, kind)
     return (f32 if kind == "F32" else path), kind
 
 
@@ -120,7 +184,7 @@ def _write_f32(source: Any, path: Path) -> None:
     write_gguf(path, source.config(), source.tensors())
 
 
-def _quantize(src: Path, dst: Path, kind: str) -> None:
+def quantize(src: Path, dst: Path, kind: str) -> None:
     """llama.cpp's quantizer (its default tensor mix for the type), into a temporary
     name renamed when done, so an interrupted run leaves no half-written model."""
     llama_cpp = _initialized()
@@ -139,6 +203,36 @@ def _quantize(src: Path, dst: Path, kind: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def model_params(lib: Any, settings: LlamaCppSettings) -> Any:
+    """llama_model_params for `settings`: the whole model read into memory (no mmap), as
+    the other runtimes' weights are resident."""
+    return set_fields(
+        lib.llama_model_default_params(),
+        load_mode=lib.LLAMA_LOAD_MODE_NONE,
+        use_extra_bufts=settings.use_extra_bufts(),
+    )
+
+
+def context_params(lib: Any, settings: LlamaCppSettings, n_ctx: int, threads: int) -> Any:
+    """llama_context_params: `n_ctx` tokens, a batch as large (a prompt or a quality window
+    in one call), evaluated `n_ubatch` tokens at a time."""
+    flash = {
+        "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }[settings.flash_attn]
+    return set_fields(
+        lib.llama_context_default_params(),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=min(settings.n_ubatch, n_ctx),
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn_type=flash,
+        no_perf=False,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Counters:
     """llama.cpp's own decode time (`llama_perf_context`): eval ms over eval tokens."""
@@ -153,10 +247,11 @@ class Counters:
 
 
 class LlamaCppRunner:
-    """One llama.cpp model resident in the actor, and a context (KV cache) per shape."""
+    """One llama.cpp model resident in its process, and a context (KV cache) per shape."""
 
     def __init__(self) -> None:
         self.lib = _initialized()
+        self.settings = LlamaCppSettings()
         self._model: Any = None
         self._ctx: Any = None
         self._ctx_shape: tuple[int, int] | None = None
@@ -165,18 +260,18 @@ class LlamaCppRunner:
         self.threads = 0
         self.vocab_size = 0
 
-    def ensure_model(self, key: str, path: Path) -> float:
-        """Loads the model unless `key` is resident; returns the seconds it took."""
-        if key == self._key:
+    def ensure_model(self, key: str, path: Path, settings: LlamaCppSettings) -> float:
+        """Loads the model unless `key` is resident with `settings`; returns the seconds it
+        took."""
+        if key == self._key and settings == self.settings:
             return 0.0
         self.release()
         start = time.perf_counter()
-        params = self.lib.llama_model_default_params()
-        params.use_mmap = False  # resident in memory, as the other runtimes' weights are
+        params = model_params(self.lib, settings)
         model = self.lib.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise RuntimeError(f"llama.cpp could not load {path}")
-        self._model, self._key = model, key
+        self._model, self._key, self.settings = model, key, settings
         self.vocab_size = self.lib.llama_vocab_n_tokens(self.lib.llama_model_get_vocab(model))
         self.num_uploads += 1
         return time.perf_counter() - start
@@ -186,10 +281,7 @@ class LlamaCppRunner:
         window in one call), made again only when the shape changes."""
         if self._ctx_shape != (n_ctx, threads):
             self._free_context()
-            params = self.lib.llama_context_default_params()
-            params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
-            params.n_threads = params.n_threads_batch = threads
-            params.no_perf = False
+            params = context_params(self.lib, self.settings, n_ctx, threads)
             ctx = self.lib.llama_init_from_model(self._model, params)
             if not ctx:
                 raise RuntimeError(f"llama.cpp could not make a context of {n_ctx} tokens")

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from workers.host import HostWindow
 from workers.perplexity import QualityStats
 from workers.profile import Profile
 
@@ -54,6 +56,18 @@ def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+def timed_window(window: HostWindow) -> dict[str, Any]:
+    """A timed phase's window (workers.host) as Measurement's fields."""
+    return {
+        "timed_started_at": window.started_at,
+        "timed_finished_at": window.finished_at,
+        "host_busy_frac": window.busy_frac,
+        "run_wait_frac": window.run_wait_frac,
+        "run_wait_ms": window.run_wait_ms,
+        "disturbed": window.disturbed,
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """One point as measured on its device, with its reference tokens."""
@@ -77,11 +91,15 @@ class Measurement:
     started_at: float = 0.0  # wall clock (epoch seconds) when the worker began the point
     finished_at: float = 0.0  # ... and when it was done with it
     # The timed phase (prefill runs, warmup and timed decode steps): its wall-clock span,
-    # the share of host CPU time other processes took meanwhile (workers.host), and the
-    # niceness the worker ran at.
+    # the run-queue wait of the benchmark's threads and the share of host CPU time other
+    # processes took meanwhile, the verdict from them (workers.host: None where the
+    # window cannot tell), and the niceness the worker ran at.
     timed_started_at: float = 0.0
     timed_finished_at: float = 0.0
     host_busy_frac: float | None = None
+    run_wait_frac: float | None = None
+    run_wait_ms: float | None = None
+    disturbed: bool | None = None
     niceness: int | None = None
     xla_compile_s: float | None = None  # the XLA baseline compiles in the worker
     node_id: str | None = None  # the cluster node (filled in by the actor)
@@ -92,6 +110,10 @@ class Measurement:
     output_text: str | None = None  # the first sequence's tokens, decoded (a text prompt)
     quality: QualityStats | None = None  # ppl, KLD, top-1 on the eval text (a tokenizer)
     llamacpp_type: str | None = None  # llama.cpp points: the GGUF tensor type that ran
+    # ... and the switches it ran with (workers.llamacpp.LlamaCppSettings, as resolved)
+    llamacpp_extra_bufts: bool | None = None
+    llamacpp_flash_attn: str | None = None
+    llamacpp_n_ubatch: int | None = None
     runtime_decode_ms: float | None = None  # the runtime's own ms/token (llama.cpp's counters)
 
     @property

@@ -27,7 +27,8 @@ from workers.export import GraphSpec
 from workers.host import HostSampler, HostWindow, niceness, set_niceness
 from workers.kinds import GraphKind, Runtime
 from workers.llama_config import LlamaConfig, preset
-from workers.measurement import Measurement
+from workers.llamacpp import LlamaCppSettings
+from workers.measurement import Measurement, timed_window
 from workers.model import cache_shape
 from workers.perplexity import EvalSpec, QualityStats, score_graph
 from workers.profile import Profile
@@ -154,6 +155,7 @@ class BenchTask:
     # local-task workers, and any runtime's own thread count (llama.cpp's -t). 0: all the
     # actor's CPUs, as without the axis.
     threads: int = 0
+    llamacpp: LlamaCppSettings = LlamaCppSettings()  # llama.cpp points: its own switches
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The prefill, decode or score graph this task runs."""
@@ -215,7 +217,7 @@ class PointWorker:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.iree = IreeRunner(device.driver)
         self._xla: Any = None  # an XlaRunner, made on the first XLA point
-        self._llamacpp: Any = None  # a LlamaCppRunner, made on the first llama.cpp point
+        self._llamacpp: Any = None  # a LlamaCppProcess, made on the first llama.cpp point
         self._cores: list[int] | None = None  # the running point's core share, if it has one
 
     @property
@@ -307,9 +309,7 @@ class PointWorker:
             num_uploads=self.num_uploads,
             started_at=started_at,
             finished_at=time.time(),
-            timed_started_at=window.started_at,
-            timed_finished_at=window.finished_at,
-            host_busy_frac=window.busy_frac,
+            **timed_window(window),
             niceness=niceness(),
             profile=profile,
             batch=task.batch,
@@ -339,25 +339,28 @@ class PointWorker:
             )
         started_at = time.time()
         self._prioritize()
-        runner = self._ensure_llamacpp()
-        path, kind = model_file(self.source, task.variant, task.weights_id, self.cache_dir)
+        proc = self._ensure_llamacpp()
+        path, kind = model_file(
+            self.source,
+            task.variant,
+            task.weights_id,
+            self.cache_dir,
+            quantizer=lambda *args: proc.call("quantize", *args),
+        )
         key = f"{weights_key(task.weights_id, task.variant, task.layout)}/{path.name}"
-        upload_s = runner.ensure_model(key, path)
+        upload_s = proc.call("load", key, path, task.llamacpp)
         prompt = self._prompts(task)[0]
         run = GreedyRun(prompt, task.prompt_bucket, task.max_seq, task.steps.num_tokens)
         fp32 = lambda: self.source.variant(FP32)  # noqa: E731
         fp32_tokens, fp32_first = fp32_side(self.cfg, run, fp32, task.weights_id, self.cache_dir)
         reference = self._same_bits_reference(path, run)
         n_ctx = max(task.max_seq, task.quality.ctx if task.quality else 0)
-        runner.context(n_ctx, threads=len(os.sched_getaffinity(0)))
-        session = runner.session(task.steps.warmup_calls)
-        with HostSampler(self._cores) as host:
-            decoded = greedy_decode(session, prompt, task.prompt_bucket, task.steps)
-        counters_ms = session.decode_counters_ms()
+        decoded, window, counters_ms = proc.call(
+            "decode", n_ctx, prompt, task.prompt_bucket, task.steps
+        )
         # After the timed phase: fp32 agreement, teacher-forced on fp32's tokens.
-        runner.clear()
         fed = np.concatenate([prompt, np.asarray(fp32_tokens[:-1], np.int32)])
-        logits = runner.eval(fed, slice(len(prompt) - 1, None))
+        logits = proc.call("logits", fed, slice(len(prompt) - 1, None))
         first_error = np.linalg.norm(logits[0] - fp32_first) / np.linalg.norm(fp32_first)
         stats = None
         if task.quality is not None:
@@ -366,7 +369,7 @@ class PointWorker:
             base = base_logprobs(
                 self.cfg, task.quality, fp32, weights_id=task.weights_id, cache_dir=self.cache_dir
             )
-            stats = quality_stats(task.quality, runner.scorer(), base)
+            stats = quality_stats(task.quality, lambda window: proc.call("score", window), base)
         weight_bytes = path.stat().st_size
         # llama.cpp's KV cache is float16 by default.
         cache_bytes = 2 * math.prod(cache_shape(self.cfg, task.max_seq)) * 2
@@ -389,12 +392,11 @@ class PointWorker:
             num_uploads=self.num_uploads,
             started_at=started_at,
             finished_at=time.time(),
-            timed_started_at=host.window.started_at,
-            timed_finished_at=host.window.finished_at,
-            host_busy_frac=host.window.busy_frac,
+            **timed_window(window),
             niceness=niceness(),
             output_text=self._detokenize(decoded.tokens) if task.prompt_text else None,
             llamacpp_type=kind,
+            **proc.call("settings"),
             runtime_decode_ms=counters_ms,
             **self.info(),
         )
@@ -419,13 +421,11 @@ class PointWorker:
         )
 
     def _ensure_llamacpp(self) -> Any:
-        """The llama.cpp runner, the other runtimes' weights freed first."""
-        from workers.llamacpp import LlamaCppRunner
+        """llama.cpp's process (`workers.llamacpp_process`). The other runtimes' weights
+        stay: a crash there costs its point, not what this actor holds."""
+        from workers.llamacpp_process import LlamaCppProcess
 
-        self.iree.release()
-        if self._xla is not None:
-            self._xla.release()
-        self._llamacpp = self._llamacpp or LlamaCppRunner()
+        self._llamacpp = self._llamacpp or LlamaCppProcess()
         return self._llamacpp
 
     def _prompts(self, task: BenchTask) -> np.ndarray:
@@ -525,7 +525,7 @@ class PointWorker:
         key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
         if self._llamacpp is not None:
-            self._llamacpp.release()
+            self._llamacpp.close()  # its process ends: the memory goes back
         if task.runtime == Runtime.XLA:
             from workers.xla_runtime import XlaRunner
 

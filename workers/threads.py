@@ -51,7 +51,8 @@ class CoreShare:
         return cpus[self.index * size : (self.index + 1) * size]
 
 
-def _thread_ids() -> list[int]:
+def thread_ids() -> list[int]:
+    """The ids of this process's threads (0, the calling thread, without procfs)."""
     try:
         return [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # no procfs: the calling thread only
@@ -92,7 +93,7 @@ def pinned(num_threads: int, share: CoreShare | None = None) -> Iterator[int]:
         return
     own = os.sched_getaffinity(0)
     saved: dict[int, set[int]] = {}
-    for tid in _thread_ids():
+    for tid in thread_ids():
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             saved[tid] = os.sched_getaffinity(tid)
             os.sched_setaffinity(tid, cores)
@@ -106,7 +107,7 @@ def _restore(saved: dict[int, set[int]], cores: set[int], own: set[int]) -> None
     """Each pinned thread back to its own affinity; a thread started inside the block
     that inherited the pin gets the calling thread's (`own`) back. A thread that pinned
     itself elsewhere (an IREE worker on its core) keeps that."""
-    for tid in _thread_ids():
+    for tid in thread_ids():
         with contextlib.suppress(OSError):
             if tid in saved:
                 os.sched_setaffinity(tid, saved[tid])

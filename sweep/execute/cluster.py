@@ -59,8 +59,12 @@ XLA_CPU_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def bench_runtime_env() -> dict[str, Any]:
+    from workers.llamacpp_process import FAULT_ENV
+
     xla_flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), XLA_CPU_FLAGS) if f)
     env = {"PYTHONPATH": _project_root(), **BENCH_ENV, "XLA_FLAGS": xla_flags}
+    # the tests' forced llama.cpp crash (workers.llamacpp_process), where the driver has it
+    env.update({k: os.environ[k] for k in (FAULT_ENV,) if k in os.environ})
     return {"env_vars": env}
 
 

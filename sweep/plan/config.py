@@ -22,6 +22,7 @@ from typing import Any
 from workers.compile import COMPILE_MODES
 from workers.devices import DeviceSpec
 from workers.kinds import Attention, Layout, Runtime
+from workers.llamacpp import SWITCHES, LlamaCppSettings
 from workers.point import RUNTIMES, ModelSource
 from workers.runtime import DecodeSteps
 from workers.variant import LAYOUTS, Variant
@@ -127,6 +128,12 @@ class Dimension:
     )
     switch: tuple[str, ...] | None = None
     devices: tuple[str, ...] | None = None  # None: every device
+    # Known compile failures a non-default choice causes: a signature (a piece of
+    # iree-compile's message) -> the graph it breaks, in words. A trial that fails with
+    # one teaches its study not to propose that choice again (see `sweep.search.study`).
+    breaks: dict[str, str] = dataclasses.field(
+        default_factory=dict, metadata={"schema": dict[str, Any]}
+    )
 
     def __post_init__(self) -> None:
         if self.switch is not None:
@@ -174,6 +181,21 @@ class SearchConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LlamaCppConfig:
+    """llama.cpp's own switches (`workers.llamacpp.LlamaCppSettings`): `extra_bufts` is an
+    axis of the llama.cpp points, the others hold for all of them."""
+
+    # auto: off on a CPU with AMX (its AMX path crashes in llama-cpp-python 0.3.36), on
+    # elsewhere; on, off: as said. [auto, off] measures with and without repacking.
+    extra_bufts: tuple[str, ...] = ("auto",)
+    flash_attn: str = "auto"  # auto (llama.cpp decides), on, off
+    n_ubatch: int = 512  # a prefill's micro-batch (llama.cpp's -ub)
+
+    def settings(self) -> list[LlamaCppSettings]:
+        return [LlamaCppSettings(x, self.flash_attn, self.n_ubatch) for x in self.extra_bufts]
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepConfig:
     model: ModelSource
     devices: dict[str, DeviceSpec]  # every known device; grid.devices picks among them
@@ -188,6 +210,7 @@ class SweepConfig:
     profile: bool = False  # IREE's per-dispatch profile of every ok point, after its timing
     search: SearchConfig | None = None  # `+search=flags`: search the space instead of the grid
     compile: str = "auto"  # auto: compile what the cache lacks; cache_only: never compile
+    llamacpp: LlamaCppConfig = dataclasses.field(default_factory=LlamaCppConfig)
 
 
 def load_config(overrides: list[str]) -> tuple[SweepConfig, dict[str, Any]]:
@@ -224,6 +247,8 @@ def check(cfg: SweepConfig) -> None:
         ("grid.prompt_lengths", g.prompt_lengths, None),
         ("grid.threads", g.threads, None),
         ("compile", (cfg.compile,), COMPILE_MODES),
+        ("llamacpp.extra_bufts", cfg.llamacpp.extra_bufts, SWITCHES),
+        ("llamacpp.flash_attn", (cfg.llamacpp.flash_attn,), SWITCHES),
     ):
         if not values:
             raise ConfigError(f"{key} is empty: list at least one")
@@ -254,6 +279,7 @@ def check(cfg: SweepConfig) -> None:
         ("bench.eval_chunks", b.eval_chunks, 0),
         ("bench.repeats", b.repeats, 1),
         ("bench.gpu_concurrency", b.gpu_concurrency, 0),
+        ("llamacpp.n_ubatch", cfg.llamacpp.n_ubatch, 1),
     ):
         if value < low:
             raise ConfigError(f"{key}={value}: must be at least {low}")

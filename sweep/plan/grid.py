@@ -23,7 +23,7 @@ from workers.devices import DeviceSpec
 from workers.export import TIMED_KINDS, GraphSpec
 from workers.kinds import Attention, GraphKind, Layout, Runtime
 from workers.llama_config import LlamaConfig
-from workers.llamacpp import llamacpp_type
+from workers.llamacpp import LlamaCppSettings, llamacpp_type
 from workers.model import prompt_bucket
 from workers.perplexity import EvalSpec
 from workers.point import BenchTask
@@ -58,6 +58,7 @@ class Point:
     threads: int = 0  # cores (and IREE workers) the point runs on; 0: all the actor's CPUs
     repeat: int = 0  # which of `num_repeats` measurements of the point this is (from 0)
     num_repeats: int = 1  # bench.repeats: how often the point is measured, interleaved
+    llamacpp: LlamaCppSettings = LlamaCppSettings()  # llama.cpp points: its own switches
 
     @property
     def attention_span(self) -> int | None:
@@ -76,6 +77,8 @@ class Point:
         for name in ("replica", "quality", "threads"):
             if not fields[name]:
                 fields.pop(name)  # so the keys of every other point stay as they were
+        if self.llamacpp == LlamaCppSettings():
+            fields.pop("llamacpp")
         if self.num_repeats == 1:
             fields.pop("repeat"), fields.pop("num_repeats")
         blob = json.dumps({"v": KEY_VERSION, **fields}, sort_keys=True)
@@ -122,6 +125,7 @@ class Point:
             self.prompt_text,
             self.quality,
             self.threads,
+            self.llamacpp,
         )
 
     @property
@@ -137,6 +141,7 @@ class Point:
                 "attention_span": self.attention_span,
                 "flag_set": self.flag_set,
                 "runtime": self.runtime,
+                "extra_bufts": self.llamacpp.extra_bufts,
                 "replica": self.replica,
                 "threads": self.threads or None,
                 "repeat": self.repeat if self.num_repeats > 1 else None,
@@ -158,6 +163,7 @@ def point_label(row: Mapping[str, Any]) -> str:
     parts += [f"t{t}"] if (t := row.get("threads")) else []
     parts += [str(row.get("flag_set"))]
     parts += [runtime] if runtime not in (None, Runtime.IREE) else []
+    parts += [f"extra_bufts-{x}"] if (x := row.get("extra_bufts")) not in (None, "auto") else []
     parts += [f"again{r}"] if (r := row.get("replica")) else []
     parts += [f"r{r}"] if (r := row.get("repeat")) is not None else []
     return "/".join(parts)
@@ -199,6 +205,7 @@ def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> l
         # runs a GGUF file, not our graphs: one layout of it is enough (the first listed),
         # and one variant per llama.cpp type (the first listed: int8 formats all run Q8_0).
         flag_sets = g.flag_sets.items() if runtime == Runtime.IREE else [(NO_FLAG_SET, FlagSet())]
+        switches = cfg.llamacpp.settings() if runtime == Runtime.LLAMACPP else [LlamaCppSettings()]
         if runtime == Runtime.LLAMACPP:
             kind = llamacpp_type(cfg.variants[variant_name])
             first = llamacpp_files.setdefault((device_name, kind), variant_name)
@@ -207,8 +214,8 @@ def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> l
         for flag_set, spec in flag_sets:
             if not spec.applies_to(device_name):
                 continue
-            for length, (batch, depth, attention, threads) in itertools.product(
-                g.prompt_lengths, shapes
+            for length, (batch, depth, attention, threads), llamacpp in itertools.product(
+                g.prompt_lengths, shapes, switches
             ):
                 points.append(
                     Point(
@@ -231,6 +238,7 @@ def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> l
                         prompt_text=cfg.bench.prompt,
                         quality=quality,
                         threads=threads,
+                        llamacpp=llamacpp,
                     )
                 )
     return points

@@ -51,6 +51,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     Col.ATTENTION_SPAN,
     Col.STEPS_PER_CALL,
     Col.THREADS,
+    Col.LLAMACPP_EXTRA_BUFTS,
 )
 BY_COLUMNS: tuple[str, ...] = (
     Col.RUN_ID,
@@ -72,6 +73,7 @@ DEFAULT_BY: tuple[str, ...] = (
     Col.ATTENTION_SPAN,
     Col.STEPS_PER_CALL,
     Col.THREADS,
+    Col.LLAMACPP_EXTRA_BUFTS,
 )
 # The flag study compares flag sets within one of these contexts.
 FLAG_CONTEXT: tuple[str, ...] = (
@@ -85,10 +87,16 @@ FLAG_CONTEXT: tuple[str, ...] = (
 # The verdict rule (see `verdict`).
 ALPHA = 0.01  # two-sided Mann-Whitney p-value below which a difference is real
 MIN_EFFECT = 0.02  # and the medians must differ by at least 2 %
-# What stands in a verdict's place when a side holds a row measured while other processes
-# took more than workers.host.DISTURBED_FRAC of the host's CPU: its numbers say as much
-# about the host as about the point, so no faster / slower / same is given.
+# What stands in a verdict's place when a side holds a row timed on a disturbed host
+# (workers.host: its threads waited for a CPU more than RUN_WAIT_DISTURBED of the time):
+# its numbers say as much about the host as about the point, so no faster / slower / same.
 DISTURBED = "disturbed"
+# ... and when a side holds a row whose timed window could not tell (workers.host: the
+# tick fallback on too short a phase): unknown is not quiet.
+NOT_JUDGED = "not judged"
+# From this schema version a null `disturbed` on an ok row means "could not tell"; before
+# it, a row without the column's value was read as quiet, as the readers always did.
+UNKNOWN_DISTURBANCE_SINCE = 7
 
 MIN_REPEATS = 3  # repeats a side from which a verdict comes from the repeats' medians
 # What readers add to a merged row of repeats (`merge_repeats`); not stored columns.
@@ -327,9 +335,31 @@ def _num_tokens(row: dict[str, Any]) -> int:
     return len(row.get(Col.REFERENCE_TOKENS) or row.get(Col.TOKENS) or [])
 
 
+def disturbance(row: dict[str, Any]) -> bool | None:
+    """Whether a row was timed on a disturbed host (`disturbed`, workers.host): None where
+    its window could not tell."""
+    value = row.get(Col.DISTURBED)
+    if value is None and (row.get(Col.SCHEMA_VERSION) or 0) >= UNKNOWN_DISTURBANCE_SINCE:
+        return None
+    return bool(value)
+
+
 def num_disturbed(rows: Sequence[dict[str, Any]]) -> int:
-    """The ok rows measured on a disturbed host (`disturbed`, workers.host)."""
-    return sum(1 for r in rows if r[Col.STATUS] == Status.OK and r.get(Col.DISTURBED))
+    """The ok rows measured on a disturbed host."""
+    return sum(1 for r in rows if r[Col.STATUS] == Status.OK and disturbance(r))
+
+
+def num_not_judged(rows: Sequence[dict[str, Any]]) -> int:
+    """The ok rows whose timed window could not tell whether the host was disturbed."""
+    return sum(1 for r in rows if r[Col.STATUS] == Status.OK and disturbance(r) is None)
+
+
+def host_verdict(*groups: Sequence[dict[str, Any]]) -> str | None:
+    """DISTURBED or NOT_JUDGED where the rows' host says no verdict can be given, else None."""
+    rows = [r for group in groups for r in group]
+    if num_disturbed(rows):
+        return DISTURBED
+    return NOT_JUDGED if num_not_judged(rows) else None
 
 
 def pooled_samples(rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -373,6 +403,7 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         Col.DEVICE_MS: median(r.get(Col.DEVICE_MS) for r in ok),
         Col.HOST_MS: median(r.get(Col.HOST_MS) for r in ok),
         "num_disturbed": num_disturbed(rows),
+        "num_not_judged": num_not_judged(rows),
     }
     return summary
 
@@ -432,10 +463,8 @@ def _against_baseline(
         out["verdict"] = "baseline"
     if base[Col.DECODE_MS_P50] and record[Col.DECODE_MS_P50]:
         out["speedup"] = base[Col.DECODE_MS_P50] / record[Col.DECODE_MS_P50]
-        if not is_baseline and (num_disturbed(base_rows) or num_disturbed(rows)):
-            out["verdict"] = DISTURBED
-        elif not is_baseline:
-            out["verdict"] = group_verdict(base_rows, rows)
+        if not is_baseline:
+            out["verdict"] = host_verdict(base_rows, rows) or group_verdict(base_rows, rows)
     if base[Col.NUM_DISPATCHES] is not None and record[Col.NUM_DISPATCHES] is not None:
         out["dispatch_change"] = record[Col.NUM_DISPATCHES] - base[Col.NUM_DISPATCHES]
     return out
@@ -447,7 +476,8 @@ def compare_runs(
     """Two runs matched by point_key (each run's newest row per point).
 
     "points": the points ok in both, with B/A ratio of decode_ms_p50 and
-    `verdict(A samples, B samples)`, or DISTURBED where either row is `disturbed`;
+    `verdict(A samples, B samples)`, or DISTURBED where either row is `disturbed` (NOT_JUDGED
+    where either row's window could not tell);
     "only_in_a", "only_in_b": points one run lacks;
     "not_ok": points in both that are not ok in one of them (with both statuses).
     """
@@ -492,14 +522,18 @@ def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
     else:
         values_a, values_b = _samples(ra), _samples(rb)
         judged = verdict(values_a, values_b)
-    disturbed = "".join(side for side, r in (("A", ra), ("B", rb)) if r.get(Col.DISTURBED))
+    host = host_verdict([ra], [rb])
+    named = {DISTURBED: True, NOT_JUDGED: None}.get(host, False)  # the sides it is about
+    sides = "".join(s for s, r in (("A", ra), ("B", rb)) if host and disturbance(r) is named)
     return {
         "decode_ms_p50_a": ms_a,
         "decode_ms_p50_b": ms_b,
         "ratio": ms_b / ms_a if ms_a and ms_b is not None else None,
-        "verdict": DISTURBED if disturbed else judged,
+        "verdict": host or judged,
         "basis": "repeats" if by_repeats else "samples",
-        "disturbed": disturbed or None,  # which side: "A", "B" or "AB"
+        "disturbed": sides or None,  # which side was disturbed (or not judged): A, B or AB
+        "run_wait_frac_a": ra.get(Col.RUN_WAIT_FRAC),
+        "run_wait_frac_b": rb.get(Col.RUN_WAIT_FRAC),
         "host_busy_frac_a": ra.get(Col.HOST_BUSY_FRAC),
         "host_busy_frac_b": rb.get(Col.HOST_BUSY_FRAC),
         "p_value": mann_whitney_p(values_a, values_b),

@@ -10,8 +10,9 @@ samples plus a 2 % minimum effect (`sweep.readers.analysis.verdict` documents th
 a CPU's noise does not read as a regression. Points measured at least 3 times in both
 runs (`bench.repeats`) are judged on their repeats' medians instead
 (`sweep.readers.analysis.repeat_verdict`), which hold the host's drift across a run. A
-point whose row in either run is `disturbed` (other processes busy on its host while it
-was timed, `workers.host`) gets "disturbed (A|B)" instead of a verdict. Points in only
+point whose row in either run is `disturbed` (its threads waited for a CPU while it was
+timed, `workers.host`) gets "disturbed (A|B)" instead of a verdict, and one whose host
+could not be judged "not judged (A|B)". Points in only
 one run, and points that failed in one of them, are listed below the table (in json:
 their own lists; with csv: on stderr).
 
@@ -30,7 +31,7 @@ from sweep.readers.cli import add_output_args, run_cli
 from sweep.readers.load import load_table, rows_of_runs
 from sweep.readers.tables import Column, Table, emit, fmt_num, key_column, metric, render
 from sweep.store.results import Col
-from workers.host import DISTURBED_FRAC
+from workers.host import RUN_WAIT_DISTURBED
 
 
 def describe(point: dict[str, Any]) -> str:
@@ -82,11 +83,12 @@ def compare_table(
 
 
 def _verdict_cell(point: dict[str, Any]) -> str:
-    """The verdict, or which run's row was measured on a disturbed host instead."""
-    if point["verdict"] != analysis.DISTURBED:
+    """The verdict, or which run's row was measured on a disturbed host (or on one that
+    could not be judged) instead."""
+    if point["verdict"] not in (analysis.DISTURBED, analysis.NOT_JUDGED):
         return point["verdict"]
     sides = " and ".join(point.get("disturbed") or "")
-    return f"{analysis.DISTURBED} ({sides})"
+    return f"{point['verdict']} ({sides})"
 
 
 def _notes(result: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -97,7 +99,7 @@ def _notes(result: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"not ok: {describe(p)} [A {p['status_a']}, B {p['status_b']}]" for p in result["not_ok"]
     ]
     verdicts = [p["verdict"] for p in result["points"]]
-    kinds = ("faster", "slower", "same", "n/a", analysis.DISTURBED)
+    kinds = ("faster", "slower", "same", "n/a", analysis.DISTURBED, analysis.NOT_JUDGED)
     counts = {v: verdicts.count(v) for v in kinds if v in verdicts}
     if counts:
         ratios = [p["ratio"] for p in result["points"] if p["ratio"] is not None]
@@ -106,13 +108,19 @@ def _notes(result: dict[str, list[dict[str, Any]]]) -> list[str]:
         notes.insert(0, f"{len(verdicts)} points in both: {summary}; median B/A {fmt_num(mid)}")
     if analysis.DISTURBED in counts:
         notes.append(DISTURBED_NOTE)
+    if analysis.NOT_JUDGED in counts:
+        notes.append(NOT_JUDGED_NOTE)
     return notes
 
 
 DISTURBED_NOTE = (
-    f"{analysis.DISTURBED}: other processes took more than {DISTURBED_FRAC:.0%} of the host's "
-    "CPU while that row was timed (column host_busy_frac), so no verdict; measure it again "
-    "on a quiet host (rerun=true)"
+    f"{analysis.DISTURBED}: the benchmark's threads waited for a CPU more than "
+    f"{RUN_WAIT_DISTURBED:.0%} of the time while that row was timed (column run_wait_frac), "
+    "so no verdict; measure it again on a quiet host (rerun=true)"
+)
+NOT_JUDGED_NOTE = (
+    f"{analysis.NOT_JUDGED}: that row's host could not be judged (no schedstat, and a timed "
+    "phase too short for the CPU tick counters), so no verdict"
 )
 
 

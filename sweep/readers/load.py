@@ -45,12 +45,18 @@ _WANTED = (
     Col.DEVICE_MS,
     Col.HOST_MS,
     Col.NICENESS,  # the host during the timed phase (workers.host)
+    Col.RUN_WAIT_FRAC,
+    Col.RUN_WAIT_MS,
     Col.HOST_BUSY_FRAC,
     Col.DISTURBED,
+    Col.SCHEMA_VERSION,  # from 7 a null `disturbed` means "could not tell"
     Col.PROMPT_TEXT,  # a text prompt and what it gave, shown below the summary
     Col.OUTPUT_TEXT,
     Col.BITS,  # the runtimes side by side: variant family, and the type llama.cpp ran
     Col.LLAMACPP_TYPE,
+    Col.LLAMACPP_EXTRA_BUFTS,
+    Col.LLAMACPP_FLASH_ATTN,
+    Col.LLAMACPP_N_UBATCH,
     Col.RUNTIME_DECODE_MS,
     Col.REPEAT,  # bench.repeats: merged into one row per point (analysis.merge_repeats)
     Col.REPEAT_OF,

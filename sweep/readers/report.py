@@ -12,9 +12,10 @@ Like llama-bench's compare script, the markdown table shows only the columns tha
 vary: the others are folded into a header line above it. csv and json keep every
 column and the raw numbers, for scripts.
 
-A group with rows timed on a disturbed host (other processes took more than
-`workers.host.DISTURBED_FRAC` of its CPU meanwhile, column `disturbed`) shows how many in
-a `disturbed` column, a note says so, and the flag study gives it no verdict.
+A group with rows timed on a disturbed host (the benchmark's threads waited for a CPU
+more than `workers.host.RUN_WAIT_DISTURBED` of the time, column `disturbed`) shows how
+many in a `disturbed` column, a note says so, and the flag study gives it no verdict; rows
+whose host could not be judged are counted and treated the same way ("not judged").
 
 `--by flag_set` is the flag study: per variant, device, runtime and prompt length,
 each flag set's ms/token, its speedup over the `default` flag set with a verdict
@@ -55,7 +56,7 @@ from sweep.readers.tables import (
     render_md,
 )
 from sweep.store.results import Col
-from workers.host import DISTURBED_FRAC
+from workers.host import RUN_WAIT_DISTURBED
 from workers.kinds import Runtime, Status
 
 
@@ -90,14 +91,20 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
 
 
 def _disturbed_column(records: list[dict[str, Any]]) -> list[Column]:
-    """How many of a group's ok rows were timed on a disturbed host, where any were."""
-    if not any(r.get("num_disturbed") for r in records):
-        return []
-    return [Column(analysis.DISTURBED, _fmt_disturbed, right=True)]
+    """How many of a group's ok rows were timed on a disturbed host (and how many could not
+    be judged), where any were."""
+    columns = []
+    for name, key in (
+        (analysis.DISTURBED, "num_disturbed"),
+        (analysis.NOT_JUDGED, "num_not_judged"),
+    ):
+        if any(r.get(key) for r in records):
+            columns.append(Column(name, lambda r, key=key: _fmt_count(r, key), right=True))
+    return columns
 
 
-def _fmt_disturbed(record: dict[str, Any]) -> str:
-    n = record.get("num_disturbed") or 0
+def _fmt_count(record: dict[str, Any], key: str) -> str:
+    n = record.get(key) or 0
     return f"{n}/{record['num_ok']}" if n else ""
 
 
@@ -241,13 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--search",
         action="store_true",
-        help="the searches' studies: best configuration per variant and device, its speedups",
+        help="the searches' studies: per variant and device the answer (the fastest "
+        "configuration inside the bound, listed or proposed), then each study's details",
     )
     parser.add_argument(
         "--pareto",
         action="store_true",
         help="every ok row's decode speed against its KLD from fp32, the Pareto front "
-        "marked (with --plots: pareto_speed_vs_kld.png)",
+        "marked over quality levels (KLDs closer than their noise are one level; with "
+        "--plots: pareto_speed_vs_kld.png)",
     )
     parser.add_argument(
         "--runtimes",
@@ -344,14 +353,22 @@ def host_notes(rows: list[dict[str, Any]], priority: int | None = None) -> list[
     sweep's bench.priority; without it, any niceness above 0)."""
     ok = [r for r in rows if r[Col.STATUS] == Status.OK]
     notes = []
-    disturbed = [r for r in ok if r.get(Col.DISTURBED)]
+    disturbed = [r for r in ok if analysis.disturbance(r)]
     if disturbed:
-        fracs = [r[Col.HOST_BUSY_FRAC] for r in disturbed]
+        waits = [r[Col.RUN_WAIT_FRAC] for r in disturbed if r.get(Col.RUN_WAIT_FRAC) is not None]
+        share = f" {fmt_percent(min(waits))}-{fmt_percent(max(waits))} of the time" if waits else ""
         notes.append(
-            f"{analysis.DISTURBED}: {len(disturbed)} of {len(ok)} ok rows were timed while other "
-            f"processes took {fmt_percent(min(fracs))}-{fmt_percent(max(fracs))} of the host's "
-            f"CPU (above {DISTURBED_FRAC:.0%}; column host_busy_frac): their numbers carry the "
-            "host's load and get no verdict; measure them again on a quiet host (rerun=true)"
+            f"{analysis.DISTURBED}: {len(disturbed)} of {len(ok)} ok rows were timed while their "
+            f"threads waited for a CPU{share} (above {RUN_WAIT_DISTURBED:.0%}; column "
+            "run_wait_frac): their numbers carry the host's load and get no verdict; measure "
+            "them again on a quiet host (rerun=true)"
+        )
+    unjudged = analysis.num_not_judged(ok)
+    if unjudged:
+        notes.append(
+            f"{analysis.NOT_JUDGED}: {unjudged} of {len(ok)} ok rows were timed where the host "
+            "could not be judged (no schedstat, and a phase too short for the tick counters): "
+            "they get no verdict"
         )
     expected = (lambda n: n != priority) if priority is not None else (lambda n: n > 0)
     niced = sorted(
@@ -390,7 +407,12 @@ def text_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def search_report(args: argparse.Namespace) -> None:
-    from sweep.search.summaries import best_so_far_figure, load_studies, studies_table
+    from sweep.search.summaries import (
+        best_so_far_figure,
+        load_studies,
+        studies_table,
+        studies_text,
+    )
 
     summaries = load_studies(args.results)
     if not summaries:
@@ -398,7 +420,8 @@ def search_report(args: argparse.Namespace) -> None:
             f"no search under {args.results}: run one with e.g. "
             "`python -m sweep +grid=smoke +search=flags search.trials=12`"
         )
-    emit(render(studies_table(summaries), args.format), args.out)
+    text = studies_text(summaries) if args.format == "md" else None
+    emit(text or render(studies_table(summaries), args.format), args.out)
     if args.plots:
         out_dir = args.plots_dir or Path(args.results) / "plots"
         figure = best_so_far_figure(summaries)

@@ -37,6 +37,14 @@ Rules:
 - Baselines run beside the trials as plain points: the grid's flag sets at the
   study's shape, and the XLA baseline. A trial whose flags equal a listed flag set
   takes that set's name; the others are named from their content, `s-<hash>`.
+- Seeds (`Seed`): before the sampler proposes, a study is told the default configuration
+  and every listed point at its shape that its space can spell (`Space.params_of`), each
+  its baseline's row; so its best is never worse than a listed row inside the bound.
+  They use no budget, and a resumed study is not seeded twice.
+- Known-broken choices (`Dimension.breaks`): a trial whose compile error holds a
+  signature the space lists for one of its choices teaches the study that the choice
+  breaks a graph (`user_attrs["broken"]`); later proposals holding it are told
+  infeasible (constraint `broken`) without a compile and use no budget.
 - When the budget is spent, the winner is ablated: it is measured again (its trial's
   time is the least of many noisy ones, so likely a lucky draw that every fresh
   measurement would look slow against), then each axis at a non-default choice is
@@ -89,6 +97,7 @@ def objective(row: Mapping[str, Any]) -> float | None:
 
 FAILED = "failed"  # the constraint a failed trial violates
 QUALITY = "quality"  # ... and one whose quality is outside the search's bound
+BROKEN = "broken"  # ... and one not compiled: it holds a choice known to break the graph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +190,29 @@ class Space:
     def flags(self, params: Params) -> tuple[str, ...]:
         return tuple(flag for name, dim in self.dimensions for flag in dim.choices[params[name]])
 
+    def params_of(self, point: Point) -> Params | None:
+        """The configuration whose flags, layout and format are the point's, or None when
+        the space cannot spell it (a flag no dimension offers, another layout)."""
+        if point.layout not in self.layouts or point.variant.name not in self.formats:
+            return None
+        params = {"layout": point.layout, "format": point.variant.name}
+        given = set(point.flags)
+        for name, dim in self.dimensions:
+            fitting = [c for c, flags in dim.choices.items() if set(flags) <= given]
+            params[name] = max(fitting, key=lambda c: len(dim.choices[c]), default=dim.default)
+        return params if self.flags(params) == point.flags else None
+
+    def breaking(self, params: Params, message: str) -> tuple[str, str, str] | None:
+        """(dimension, signature, the graph it breaks) when a compile error's message is
+        one the space knows a non-default choice of `params` causes (`Dimension.breaks`)."""
+        for name, dim in self.dimensions:
+            if params[name] == dim.default:
+                continue
+            for signature, graph in dim.breaks.items():
+                if signature in message:
+                    return name, signature, graph
+        return None
+
     def fingerprint(self) -> str:
         dims = {name: {c: list(f) for c, f in dim.choices.items()} for name, dim in self.dimensions}
         blob = json.dumps([list(dims.items()), self.layouts, self.formats])
@@ -196,6 +228,44 @@ def flag_set_name(flags: tuple[str, ...], listed: Mapping[str, tuple[str, ...]])
 
 
 # --- one study -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Seed:
+    """A configuration a study is told before its sampler proposes: the default, and each
+    point the grid lists inside the space (its row is the baselines' own), so the best
+    is never worse than what the run measured. Seeds do not use up `search.trials`."""
+
+    params: Params
+    key: str  # its point's key
+    listed: str | None  # the listed point's name (`[variant/]flag_set/layout`), if listed
+    default: bool = False  # the default configuration
+
+    def user_attrs(self) -> dict[str, Any]:
+        return {
+            "seed": True,
+            "point_key": self.key,  # so a resumed study finds it, asked or not
+            "listed_as": self.listed,
+            "default": self.default,
+        }
+
+
+def seeds_of(
+    space: Space, point_of: Callable[[Params], Point], variant: str, listed: list[Point]
+) -> list[Seed]:
+    """The default configuration, then each listed point the space can spell, one per key."""
+    default = space.default()
+    seeds = {point_of(default).key: Seed(default, point_of(default).key, None, default=True)}
+    for p in listed:
+        params = space.params_of(p)
+        if params is None or point_of(params).key != p.key:
+            continue
+        name = f"{p.flag_set}/{p.layout}"
+        name = name if p.variant.name == variant else f"{p.variant.name}/{name}"
+        seed = seeds.get(p.key)
+        if seed is None or seed.listed is None:
+            seeds[p.key] = Seed(params, p.key, name, default=seed is not None)
+    return list(seeds.values())
 
 
 @dataclasses.dataclass
@@ -228,11 +298,13 @@ class StudyRun:
         lookup: Lookup,
         scheduled: Scheduled,
         search: SearchConfig,
+        seeds: Iterable[Seed] = (),
     ) -> None:
         self.study, self.space, self.point_of, self.lookup = study, space, point_of, lookup
         self.scheduled = scheduled
         self.parallel, self.tolerance = search.parallel, search.ablation_tolerance
-        self.budget = min(search.trials, space.size)
+        self.seeds = list(seeds)
+        self.budget = min(search.trials, max(space.size - len(self.seeds), 0))
         self.rng = random.Random(search.seed)
         self.bound = QualityBound.of(search)
         self.known: dict[str, float | None] = {}  # trial configurations told: key -> ms or None
@@ -240,6 +312,11 @@ class StudyRun:
         self.waiting: dict[str, list[int]] = {}  # key -> numbers of the trials waiting for it
         self.measured: dict[str, float | None] = {}  # ablation points' outcomes
         self.asked: dict[int, Trial] = {}  # trial number -> its handle, to tell a failure
+        self.seeded: set[str] = set()  # keys of seed trials: they use no budget
+        self.params_of_key: dict[str, Params] = {}  # each trial key's configuration
+        # choices learned to break this study's graphs: "dimension=choice" -> what broke
+        self.broken: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BROKEN) or {})
+        self._to_ask = 0  # enqueued trials (seeds) to ask before the sampler proposes
         self.repeats = 0  # known configurations proposed in a row
         self.exhausted = False
         self.ablation: Ablation | None = None
@@ -251,12 +328,19 @@ class StudyRun:
         return self.study.study_name
 
     def num_told(self) -> int:
-        """Distinct configurations the study has been told, in this sweep or before."""
+        """Distinct configurations the sampler added and the study has been told, in this
+        sweep or before: what `search.trials` bounds (seeds and skipped ones not counted)."""
         from optuna.trial import TrialState
 
         finished = (TrialState.COMPLETE, TrialState.FAIL)
         trials = self.study.get_trials(deepcopy=False, states=finished)
-        return len({t.user_attrs.get("point_key") for t in trials})
+        seeds = {t.user_attrs.get("point_key") for t in trials if t.user_attrs.get("seed")}
+        keys = {t.user_attrs.get("point_key") for t in trials if not t.user_attrs.get("skipped")}
+        return len(keys - seeds)
+
+    def _num_proposed(self) -> int:
+        """Distinct configurations the sampler added in this study so far (told or not)."""
+        return len((self.known.keys() | self.waiting.keys()) - self.seeded)
 
     @property
     def owned_keys(self) -> set[str]:
@@ -268,12 +352,14 @@ class StudyRun:
         from optuna.trial import TrialState
 
         trials = self.study.get_trials(deepcopy=False)
-        if not trials:
-            self.study.enqueue_trial(self.space.default(), user_attrs={"default": True})
+        self._enqueue_seeds(trials)
         for t in trials:
-            if set(t.params) != set(self.space.axes):
-                continue  # enqueued, not yet asked
+            if set(t.params) != set(self.space.axes) or t.user_attrs.get("skipped"):
+                continue  # enqueued, not yet asked; or never measured
             key = self.point_of(t.params).key
+            self.params_of_key[key] = dict(t.params)
+            if t.user_attrs.get("seed"):
+                self.seeded.add(key)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL):
                 self.known[key] = trial_ms(t)
                 violated = [c for c, v in t.constraints.items() if v > 0]
@@ -286,6 +372,17 @@ class StudyRun:
             if (row := self.lookup(key)) is not None:
                 self.observe(row)
 
+    def _enqueue_seeds(self, trials: list[FrozenTrial]) -> None:
+        """The seeds the study has no trial of yet: all of them in a new study, none in a
+        resumed one (unless the grid lists more now); asked before the sampler proposes."""
+        from optuna.trial import TrialState
+
+        present = {t.user_attrs.get("point_key") for t in trials}
+        for seed in self.seeds:
+            if seed.key not in present:
+                self.study.enqueue_trial(seed.params, user_attrs=seed.user_attrs())
+        self._to_ask = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
     # --- proposing ---------------------------------------------------------------------
 
     def next_points(self) -> list[Point]:
@@ -294,10 +391,13 @@ class StudyRun:
             self._resumed = []
             self._resume()
         points, self._resumed = self._resumed, []
+        for _ in range(self._to_ask):  # the seeds first: their rows are the baselines'
+            points += [p for p in [self._ask()] if p is not None]
+        self._to_ask = 0
         while (
             not self.exhausted
-            and len(self.known) + len(self.waiting) < self.budget
-            and len(self.waiting) < self.parallel
+            and self._num_proposed() < self.budget
+            and len(self.waiting.keys() - self.seeded) < self.parallel
         ):
             point = self._ask()
             if point is not None:
@@ -316,10 +416,20 @@ class StudyRun:
             self.study.enqueue_trial(unexplored, user_attrs={"forced": True})
         trial = self.study.ask()
         self.asked[trial.number] = trial
-        point = self.point_of(self.space.suggest(trial))
+        params = self.space.suggest(trial)
+        point = self.point_of(params)
         key = point.key
         trial.set_user_attr("point_key", key)
         trial.set_user_attr("flag_set", point.flag_set)
+        seed = bool(trial.user_attrs.get("seed"))
+        if not seed and (broken := self._broken_choice(params)) is not None:
+            trial.set_user_attr("skipped", broken)  # told infeasible, never compiled
+            self.repeats += 1
+            self._tell(trial.number, None, BROKEN)
+            return None
+        self.params_of_key[key] = params
+        if seed:
+            self.seeded.add(key)
         if key in self.known or key in self.waiting:  # proposed before: no budget
             self.repeats += 1
             trial.set_user_attr("repeat", True)
@@ -341,16 +451,27 @@ class StudyRun:
 
     def _unexplored(self) -> Params | None:
         seen = self.owned_keys
+
+        def new(params: Params) -> bool:
+            return self.point_of(params).key not in seen and self._broken_choice(params) is None
+
         for _ in range(MAX_RANDOM_DRAWS):
             params = self.space.draw(self.rng)
-            if self.point_of(params).key not in seen:
+            if new(params):
                 return params
         if self.space.size <= MAX_RANDOM_DRAWS:  # a small space: look at every configuration
             axes = self.space.axes
             for values in itertools.product(*axes.values()):
                 params = dict(zip(axes, values, strict=True))
-                if self.point_of(params).key not in seen:
+                if new(params):
                     return params
+        return None
+
+    def _broken_choice(self, params: Params) -> str | None:
+        """The learned-broken choice (`dimension=choice`) the configuration holds, if any."""
+        for label, info in self.broken.items():
+            if params.get(info["dimension"]) == info["choice"]:
+                return label
         return None
 
     def _tell(self, number: int, value: float | None, constraint: str = FAILED) -> None:
@@ -377,12 +498,33 @@ class StudyRun:
 
     def observe(self, row: Mapping[str, Any]) -> None:
         key, (value, constraint) = row["point_key"], verdict(row, self.bound)
+        if key in self.waiting:
+            self._learn(row)
         for number in self.waiting.pop(key, []):
             self._tell(number, value, constraint)
             self.known[key] = value
             self.violated[key] = constraint
         if self.ablation is not None and self.ablation.asked == key:
             self.measured[key] = value
+
+    def _learn(self, row: Mapping[str, Any]) -> None:
+        """A trial's compile error that the space knows one choice causes: the study records
+        which choice broke which graph and proposes it no more (`Dimension.breaks`)."""
+        params = self.params_of_key.get(row["point_key"])
+        if params is None or row.get("status") != Status.COMPILE_ERROR:
+            return
+        found = self.space.breaking(params, row.get("error_message") or "")
+        if found is None or f"{found[0]}={params[found[0]]}" in self.broken:
+            return
+        name, signature, graph = found
+        self.broken[f"{name}={params[name]}"] = {
+            "dimension": name,
+            "choice": params[name],
+            "graph": graph,
+            "signature": signature,
+            "point_key": row["point_key"],
+        }
+        self.study.set_user_attr(BROKEN, self.broken)
 
     # --- the ablation ------------------------------------------------------------------
 
@@ -495,7 +637,10 @@ class Search:
                 study.observe(row)
 
     def owns(self, point_key: str) -> bool:
-        """True for a trial's or an ablation's point: its failure is the search's data."""
+        """True for a trial's or an ablation's point: its failure is the search's data. A
+        baseline's is not, though a study was told its row (a seed): the grid listed it."""
+        if point_key in {p.key for p in self.baselines}:
+            return False
         return any(point_key in study.owned_keys for study in self.studies)
 
     @property
@@ -518,7 +663,8 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
     listed = {name: fs.flags for name, fs in cfg.grid.flag_sets.items()}
     studies: list[StudyRun] = []
     scheduled: set[str] = set()  # shared with the Search made below
-    for (variant, device), shape in study_shapes(cfg, grid_points).items():
+    shapes = study_shapes(cfg, grid_points)
+    for (variant, device), shape in shapes.items():
         space = Space.of(search, cfg, variant, device)
         base = _base(shape)
 
@@ -557,7 +703,11 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
             ("quality_bound", dataclasses.asdict(QualityBound.of(search))),
         ):
             study.set_user_attr(attr, value)
-        studies.append(StudyRun(study, space, point_of, lookup, scheduled.__contains__, search))
+        on_device = [p for (_, d), points in shapes.items() if d == device for p in points]
+        seeds = seeds_of(space, point_of, variant, on_device)
+        studies.append(
+            StudyRun(study, space, point_of, lookup, scheduled.__contains__, search, seeds)
+        )
     return Search(studies, baselines(cfg, grid_points), scheduled)
 
 
@@ -565,7 +715,8 @@ def print_search_plan(search: Search, out: Any) -> None:
     for study in search.studies:
         print(
             f"search {study.name}: {study.space.size} configurations, "
-            f"budget {study.budget}, told so far {study.num_told()}",
+            f"{len(study.seeds)} seeded (the default and what the grid lists), "
+            f"budget {study.budget} more, told so far {study.num_told()}",
             file=out,
         )
 

@@ -1,9 +1,14 @@
 """A search's studies read back (`python -m sweep.report --search`, and the end of a search).
 
-Per study, that is per (variant, device): how many distinct configurations it measured
-and how many failed, the best one in its minimal form (after the winner's ablation),
-its decode ms/token beside the `default` configuration, the best listed flag set and
-the XLA baseline, and the best-so-far curve over trials. Trial values come from the
+Per study, that is per (variant, device), first its answer: the fastest configuration
+inside the quality bound of everything the study was told (the listed configurations
+are seeded into it, so the answer is never slower than a listed row inside the bound),
+its ms/token, KLD and top-1, and where it came from (listed, the default, or proposed by
+the sampler). Then the details: how many distinct configurations it measured
+and how many failed, the choices it learned break its graphs, the best one in its
+minimal form (after the winner's ablation), its decode ms/token beside the `default`
+configuration, the best listed flag set and the XLA baseline, and the best-so-far
+curve over trials. Trial values come from the
 study's database (`results_dir/search.db`); the baselines' from the results.
 
 A search with a quality bound (`search.max_kld`, `search.min_top1`) told every trial
@@ -20,14 +25,35 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.search.study import QUALITY, STORAGE_FILE, QualityBound, storage_url, trial_ms
+from sweep.search.study import (
+    BROKEN,
+    QUALITY,
+    STORAGE_FILE,
+    QualityBound,
+    storage_url,
+    trial_ms,
+)
 from sweep.store.results import Col, newest_rows
 from workers.kinds import Runtime, Status
 
 if TYPE_CHECKING:
+    import optuna
     from matplotlib.figure import Figure
+    from optuna.trial import FrozenTrial
 
     from sweep.readers.tables import Table
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A study's answer: the fastest configuration inside the bound of all it measured."""
+
+    config: str  # its non-default choices as `axis=choice` ("default" when none)
+    ms: float  # its decode ms/token
+    kld: float | None
+    top1: float | None
+    origin: str  # "listed NAME", "default" or "proposed"
+    point_key: str
 
 
 @dataclasses.dataclass
@@ -36,8 +62,8 @@ class StudySummary:
     variant: str
     device: str
     space_size: int
-    trials: int  # distinct configurations told
-    failed: int  # of those, failed (any status but ok)
+    trials: int  # distinct configurations the sampler proposed and the study was told
+    failed: int  # of all told (seeds too), failed (any status but ok)
     history: list[tuple[int, float | None]]  # (trial number, ms or None), repeats left out
     best_ms: float | None
     best: dict[str, str]  # the winner's non-default choices
@@ -50,6 +76,10 @@ class StudySummary:
     outside: int = 0  # trials told infeasible for their quality
     best_kld: float | None = None  # the best trial's kld_mean and top1_agree
     best_top1: float | None = None
+    seeded: int = 0  # configurations told before the sampler proposed: the default, listed
+    skipped: int = 0  # proposals never compiled: they held a choice learned to break
+    broken: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    answer: Answer | None = None
 
     @property
     def vs_default(self) -> float | None:
@@ -86,13 +116,23 @@ def load_studies(
     if not (Path(results_dir) / STORAGE_FILE).is_file():
         return []
     import optuna
-    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = storage_url(results_dir)
     if rows is None:
         columns = [Col.DECODE_MS_P50, Col.KLD_MEAN, Col.TOP1_AGREE]
         rows = newest_rows(results_dir, columns) if _has_results(results_dir) else {}
+    return [
+        _summary(optuna.load_study(study_name=info.study_name, storage=storage), rows)
+        for info in optuna.get_all_study_summaries(storage)
+    ]
+
+
+def _summary(study: optuna.Study, rows: Mapping[str, Mapping[str, Any]]) -> StudySummary:
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    bound = QualityBound(**(attrs.get("quality_bound") or {}))
 
     def ms(key: str | None, bound: QualityBound | None = None) -> float | None:
         row = rows.get(key) if key else None
@@ -100,47 +140,69 @@ def load_studies(
             return None
         return row[Col.DECODE_MS_P50]
 
-    summaries = []
-    for info in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=info.study_name, storage=storage)
-        attrs = study.user_attrs
-        told = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("repeat")
-        ]
-        history = [(t.number, trial_ms(t)) for t in told]
-        complete = [t for t in told if trial_ms(t) is not None]
-        best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
-        default = next((t for t in told if t.user_attrs.get("default")), None)
-        bound = QualityBound(**(attrs.get("quality_bound") or {}))
-        listed = [(name, ms(key, bound)) for name, key in (attrs.get("listed") or {}).items()]
-        best_row = rows.get(best.user_attrs.get(Col.POINT_KEY)) if best else None
-        outside = sum(t.constraints.get(QUALITY, 0.0) > 0 for t in told)
-        listed_ok = [(name, value) for name, value in listed if value is not None]
-        summaries.append(
-            StudySummary(
-                name=info.study_name,
-                variant=attrs.get("variant", "?"),
-                device=attrs.get("device", "?"),
-                space_size=attrs.get("space_size", 0),
-                trials=len(told),
-                failed=len(told) - len(complete) - outside,
-                history=history,
-                best_ms=best.value if best else None,
-                best=_changes(best.params, attrs.get("defaults", {})) if best else {},
-                minimal=attrs.get("minimal"),
-                default_ms=trial_ms(default) if default else None,
-                listed=min(listed_ok, key=lambda x: x[1]) if listed_ok else None,
-                xla_ms=ms(attrs.get(Runtime.XLA)),
-                llamacpp_ms=ms(attrs.get(Runtime.LLAMACPP)),
-                bound=bound.text(),
-                outside=outside,
-                best_kld=(best_row or {}).get(Col.KLD_MEAN),
-                best_top1=(best_row or {}).get(Col.TOP1_AGREE),
-            )
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    told = [t for t in finished if not (t.user_attrs.get("repeat") or t.user_attrs.get("skipped"))]
+    complete = [t for t in told if trial_ms(t) is not None]
+    best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+    default = next((t for t in told if t.user_attrs.get("default")), None)
+    listed = [(name, ms(key, bound), key) for name, key in (attrs.get("listed") or {}).items()]
+    listed_ok = [(name, value, key) for name, value, key in listed if value is not None]
+    best_row = rows.get(best.user_attrs.get(Col.POINT_KEY)) if best else None
+    outside = sum(t.constraints.get(QUALITY, 0.0) > 0 for t in told)
+    seeded = sum(bool(t.user_attrs.get("seed")) for t in told)
+    return StudySummary(
+        name=study.study_name,
+        variant=attrs.get("variant", "?"),
+        device=attrs.get("device", "?"),
+        space_size=attrs.get("space_size", 0),
+        trials=len(told) - seeded,
+        failed=len(told) - len(complete) - outside,
+        history=[(t.number, trial_ms(t)) for t in told],
+        best_ms=best.value if best else None,
+        best=_changes(best.params, attrs.get("defaults", {})) if best else {},
+        minimal=attrs.get("minimal"),
+        default_ms=trial_ms(default) if default else None,
+        listed=min(((n, v) for n, v, _ in listed_ok), key=lambda x: x[1]) if listed_ok else None,
+        xla_ms=ms(attrs.get(Runtime.XLA)),
+        llamacpp_ms=ms(attrs.get(Runtime.LLAMACPP)),
+        bound=bound.text(),
+        outside=outside,
+        best_kld=(best_row or {}).get(Col.KLD_MEAN),
+        best_top1=(best_row or {}).get(Col.TOP1_AGREE),
+        seeded=seeded,
+        skipped=sum(bool(t.user_attrs.get("skipped")) for t in finished),
+        broken=dict(attrs.get(BROKEN) or {}),
+        answer=_answer(best, attrs.get("defaults", {}), listed_ok, rows),
+    )
+
+
+def _answer(
+    best: FrozenTrial | None,
+    defaults: dict[str, str],
+    listed: list[tuple[str, float, str]],
+    rows: Mapping[str, Mapping[str, Any]],
+) -> Answer | None:
+    """The best trial, or a listed row inside the bound when it is faster (a study told
+    before listed configurations were seeded into it)."""
+    answers = []
+    if best is not None:
+        key, attrs = best.user_attrs.get(Col.POINT_KEY, ""), best.user_attrs
+        changes = _changes(best.params, defaults)
+        config = " ".join(f"{k}={v}" for k, v in changes.items()) or "default"
+        origin = (
+            f"listed {attrs['listed_as']}"
+            if attrs.get("listed_as")
+            else "default"
+            if attrs.get("default")
+            else "proposed"
         )
-    return summaries
+        answers.append((best.value, 0, config, origin, key))
+    answers += [(ms, 1, f"listed {name}", f"listed {name}", key) for name, ms, key in listed]
+    if not answers:
+        return None
+    ms, _, config, origin, key = min(answers)
+    row = rows.get(key) or {}
+    return Answer(config, ms, row.get(Col.KLD_MEAN), row.get(Col.TOP1_AGREE), origin, key)
 
 
 def _has_results(results_dir: Path) -> bool:
@@ -171,6 +233,8 @@ def studies_table(summaries: list[StudySummary]) -> Table:
             Col.VARIANT: s.variant,
             Col.DEVICE: s.device,
             "trials": s.trials,
+            "seeded": s.seeded,
+            "skipped": s.skipped,
             "failed": s.failed,
             "space": s.space_size,
             "default_ms": s.default_ms,
@@ -190,6 +254,8 @@ def studies_table(summaries: list[StudySummary]) -> Table:
             "outside": s.outside,
             "best_kld": s.best_kld,
             "best_top1": s.best_top1,
+            **_answer_record(s.answer),
+            "broken": s.broken,
         }
         for s in summaries
     ]
@@ -197,6 +263,7 @@ def studies_table(summaries: list[StudySummary]) -> Table:
         Column(Col.VARIANT, lambda r: r[Col.VARIANT]),
         Column(Col.DEVICE, lambda r: r[Col.DEVICE]),
         Column("trials", lambda r: f"{r['trials']}/{r['space']}", right=True),
+        metric("seeded", "seeded", str),
         metric("failed", "failed", str),
         metric("outside bound", "outside", str),
         metric("default ms", "default_ms"),
@@ -226,16 +293,73 @@ def studies_table(summaries: list[StudySummary]) -> Table:
         for r in records
         if r["bound"] != "none"
     ]
+    notes += broken_notes(records)
     return Table(records, columns, header={}, notes=notes)
 
 
-def print_studies(results_dir: Path, out: Any = sys.stdout) -> None:
-    from sweep.readers.tables import render_md
+def _answer_record(answer: Answer | None) -> dict[str, Any]:
+    fields = ("config", "ms", "kld", "top1", "origin")
+    values = dataclasses.asdict(answer) if answer else {}
+    return {f"answer_{name}": values.get(name) for name in fields}
 
+
+def broken_notes(records: list[dict[str, Any]]) -> list[str]:
+    """The choices each study learned break its graphs, and how many proposals they cost."""
+    return [
+        f"broken in {r['variant']}/{r['device']}: {label} breaks {info['graph']} "
+        f"(iree-compile: '{info['signature']}', point {info['point_key']}); "
+        f"not proposed again ({r['skipped']} proposals skipped)"
+        for r in records
+        for label, info in r["broken"].items()
+    ]
+
+
+def answers_table(summaries: list[StudySummary]) -> Table:
+    """One line per variant and device: the search's answer and where it came from."""
+    from sweep.readers.tables import Column, Table, fmt_kld, fmt_percent, metric
+
+    records = [
+        {
+            Col.VARIANT: s.variant,
+            Col.DEVICE: s.device,
+            **_answer_record(s.answer),
+            "minimal": minimal_text(s),
+            "minimal_ms": (s.minimal or {}).get("ms"),
+        }
+        for s in summaries
+    ]
+    columns = [
+        Column(Col.VARIANT, lambda r: r[Col.VARIANT]),
+        Column(Col.DEVICE, lambda r: r[Col.DEVICE]),
+        Column("answer", lambda r: r["answer_config"] or "(no ok configuration)"),
+        metric("ms/tok", "answer_ms"),
+        metric("KLD", "answer_kld", fmt_kld),
+        metric("top-1", "answer_top1", fmt_percent),
+        Column("from", lambda r: r["answer_origin"] or ""),
+        Column("ablated to", lambda r: r["minimal"]),
+        metric("its ms", "minimal_ms"),
+    ]
+    return Table(records, columns, header={})
+
+
+def print_studies(results_dir: Path, out: Any = sys.stdout) -> None:
     summaries = load_studies(results_dir)
     if summaries:
-        print("\nsearch (decode ms/token; trials: distinct configurations / space):", file=out)
-        print(render_md(studies_table(summaries)), file=out)
+        print("\n" + studies_text(summaries), file=out)
+
+
+def studies_text(summaries: list[StudySummary]) -> str:
+    """The answers, then the studies in detail: what `report --search` prints as markdown."""
+    from sweep.readers.tables import render_md
+
+    return (
+        "search answers (per variant and device: the fastest configuration inside the "
+        "bound of all the study measured, listed or proposed):\n\n"
+        + render_md(answers_table(summaries))
+        + "\n\nsearch studies (decode ms/token; trials: distinct configurations the "
+        "sampler proposed / space; seeded: the default and the listed ones):\n\n"
+        + render_md(studies_table(summaries))
+    )
 
 
 def best_so_far_figure(summaries: list[StudySummary]) -> Figure | str:

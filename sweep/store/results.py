@@ -48,7 +48,7 @@ from workers.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 7
+SCHEMA_VERSION: int = 8
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -61,7 +61,9 @@ SCHEMA_HISTORY: dict[int, str] = {
     6: "niceness, host_busy_frac, disturbed, timed_started_at, timed_finished_at, "
     "prefill_compile_started_at, prefill_compile_finished_at, decode_compile_started_at, "
     "decode_compile_finished_at",
-    7: "num_concurrent",
+    7: "run_wait_frac, run_wait_ms; disturbed from the run-queue wait, null where unknown; "
+    "llamacpp_extra_bufts, llamacpp_flash_attn, llamacpp_n_ubatch",
+    8: "num_concurrent",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -90,6 +92,10 @@ def _build_schema() -> pa.Schema:
         ("flag_set", s),
         ("flags", pa.list_(s)),
         ("llamacpp_type", s),  # llama.cpp points: the GGUF tensor type it ran (Q4_1, ...)
+        # ... and its switches as it ran them (workers.llamacpp.LlamaCppSettings)
+        ("llamacpp_extra_bufts", pa.bool_()),
+        ("llamacpp_flash_attn", s),
+        ("llamacpp_n_ubatch", i32),
         # outcome
         ("status", s),
         ("error_class", s),
@@ -159,9 +165,13 @@ def _build_schema() -> pa.Schema:
         ("peak_gbps", f64),
         ("roofline_frac", f64),
         # the host during the timed phase (workers.host): the niceness the worker ran at,
-        # the share of host CPU time other processes at niceness <= 0 took, and whether
-        # that share was above workers.host.DISTURBED_FRAC (the point still ran: status ok)
+        # the run-queue wait of the benchmark's threads (share of their runnable time, and
+        # ms), the share of host CPU ticks other processes at niceness <= 0 took, and the
+        # verdict: the wait above RUN_WAIT_DISTURBED (the ticks above DISTURBED_FRAC where
+        # schedstat is missing), null where the window cannot tell; the point still ran
         ("niceness", i32),
+        ("run_wait_frac", f64),
+        ("run_wait_ms", f64),
         ("host_busy_frac", f64),
         ("disturbed", pa.bool_()),
         # the most other points of the sweep timed on its node at once with this one (GPU

@@ -17,7 +17,6 @@ from typing import Any
 from sweep.plan.grid import Point
 from workers.compile import CompileResult, clip_message
 from workers.export import GraphSpec
-from workers.host import DISTURBED_FRAC
 from workers.kinds import Runtime, Status
 from workers.measurement import Measurement
 from workers.perplexity import QualityStats
@@ -175,6 +174,9 @@ def measured_row(
         "tokens": list(m.tokens),
         "reference_tokens": list(m.reference_tokens),
         "llamacpp_type": m.llamacpp_type,
+        "llamacpp_extra_bufts": m.llamacpp_extra_bufts,
+        "llamacpp_flash_attn": m.llamacpp_flash_attn,
+        "llamacpp_n_ubatch": m.llamacpp_n_ubatch,
         "runtime_decode_ms": m.runtime_decode_ms,
         "num_tokens_matched": m.num_tokens_matched,
         "bytes_per_token": m.bytes_per_token,
@@ -186,7 +188,9 @@ def measured_row(
         "timed_started_at": _utc(m.timed_started_at),
         "timed_finished_at": _utc(m.timed_finished_at),
         "host_busy_frac": m.host_busy_frac,
-        "disturbed": None if m.host_busy_frac is None else m.host_busy_frac > DISTURBED_FRAC,
+        "run_wait_frac": m.run_wait_frac,
+        "run_wait_ms": m.run_wait_ms,
+        "disturbed": m.disturbed,
         "niceness": m.niceness,
         "hostname": m.hostname,
         "device_name": m.device_name,
