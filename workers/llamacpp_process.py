@@ -205,7 +205,7 @@ class _Child:
         self.runner.context(n_ctx, threads=len(os.sched_getaffinity(0)))
         session = self.runner.session(steps.warmup_calls)
         with HostSampler() as host:
-            run = greedy_decode(session, prompt, bucket, steps)
+            run = greedy_decode(session, prompt, bucket, steps, host)
         return run, host.window, session.decode_counters_ms()
 
     def logits(self, tokens: Any, outputs: slice) -> Any:

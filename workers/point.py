@@ -466,7 +466,7 @@ class PointWorker:
             assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
             session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
         with HostSampler(self._cores) as host:
-            run = greedy_decode(session, prompts, task.prompt_bucket, task.steps)
+            run = greedy_decode(session, prompts, task.prompt_bucket, task.steps, host)
         return run, compile_s, host.window
 
     def _prioritize(self) -> None:

@@ -17,12 +17,15 @@ region, as a real decode loop frees them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+
+from workers.host import HostSampler
 
 PROMPT_SEED = 1234
 
@@ -111,11 +114,16 @@ class Session(Protocol):
 
 
 def greedy_decode(
-    session: Session, prompt: np.ndarray, bucket: int, steps: DecodeSteps
+    session: Session,
+    prompt: np.ndarray,
+    bucket: int,
+    steps: DecodeSteps,
+    host: HostSampler | None = None,
 ) -> DecodeRun:
     """Prefill `prompt` ([L], or [B, L] for a batch of B sequences of one length), padded to
     `bucket`, then decode greedily; see the module docstring. Tokens come back sequence by
-    sequence: each sequence's first token (from prefill), then its decode steps."""
+    sequence: each sequence's first token (from prefill), then its decode steps. `host`,
+    the sampler around the call, is paused over the untimed warm-up calls."""
     prompts = np.atleast_2d(prompt).astype(np.int32)
     batch, length = prompts.shape
     per_call = steps.steps_per_call
@@ -134,15 +142,16 @@ def greedy_decode(
     num_calls, warmup_calls = steps.warmup_calls + steps.decode_calls, steps.warmup_calls
     positions = [session.position(length + i * per_call) for i in range(num_calls)]
     samples = []
-    for i, pos in enumerate(positions):
+    with host.paused() if host and warmup_calls else contextlib.nullcontext():
+        for pos in positions[:warmup_calls]:
+            token, caches = _decode_step(session, sequences, token, pos, caches, per_call)
+    for pos in positions[warmup_calls:]:
         call = session.decode_call()
         start = time.perf_counter_ns()
         tokens, token, caches = call(token, pos, caches)
         values = session.read_tokens(tokens)  # [batch, per_call], row-major
-        if i >= warmup_calls:
-            samples.append((time.perf_counter_ns() - start) / 1e6 / per_call)
-        for b, sequence in enumerate(sequences):
-            sequence += values[b * per_call : (b + 1) * per_call]
+        samples.append((time.perf_counter_ns() - start) / 1e6 / per_call)
+        _extend(sequences, values, per_call)
     return DecodeRun(
         prefill_samples_ms=tuple(prefill_ms),
         decode_samples_ms=tuple(samples),
@@ -150,3 +159,18 @@ def greedy_decode(
         bench_s=time.perf_counter() - bench_start,
         batch=batch,
     )
+
+
+def _decode_step(
+    session: Session, sequences: list[list[int]], token: Any, pos: Any, caches: Any, per_call: int
+) -> tuple[Any, Any]:
+    """One untimed decode call: its tokens appended to `sequences`."""
+    tokens, token, caches = session.decode_call()(token, pos, caches)
+    _extend(sequences, session.read_tokens(tokens), per_call)
+    return token, caches
+
+
+def _extend(sequences: list[list[int]], values: list[int], per_call: int) -> None:
+    """Each sequence's `per_call` tokens from a call's row-major [batch, per_call] values."""
+    for b, sequence in enumerate(sequences):
+        sequence += values[b * per_call : (b + 1) * per_call]
