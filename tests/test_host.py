@@ -358,3 +358,23 @@ def test_report_says_when_a_row_ran_niced() -> None:
         "priority: rows measured at niceness 0, not bench.priority=-5"
     )
     assert report.host_notes([{"status": "ok", "niceness": 0, "disturbed": False}]) == []
+
+
+def test_settle_waits_for_normal_priority_work_only() -> None:
+    """Before a timed phase the worker waits for the host to calm down: alone it goes on
+    after one stretch; beside busy loops at niceness 0 it waits its whole allowance,
+    beside the same loops at niceness 19 it does not wait for them."""
+    assert host.settle(max_wait_s=1.0) < 0.5, "a quiet host: no wait"
+    for nice, waits in ((0, True), (19, False)):
+        busy = [
+            subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", BUSY.format(s=60)])
+            for _ in os.sched_getaffinity(0)
+        ]
+        try:
+            time.sleep(0.3)  # past their start-up
+            waited = host.settle(max_wait_s=0.6)
+        finally:
+            for b in busy:
+                b.kill()
+                b.wait()
+        assert (waited >= 0.4) is waits, f"beside nice-{nice} loops it waited {waited:.2f} s"
