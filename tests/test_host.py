@@ -383,3 +383,23 @@ def test_a_core_share_counts_its_own_cores_only() -> None:
     all_cpus = sum(b - a for a, b in zip(whole[0], whole_end[0], strict=False))
     assert one_cpu < 0.75 * all_cpus, "the share's counters are its one CPU's, not the host's"
     assert host.busy_frac(start, end) * one_cpu >= ticks - 2, "the child's ticks are on its CPU"
+
+
+def test_settle_waits_for_normal_priority_work_only() -> None:
+    """Before a timed phase the worker waits for the host to calm down: alone it goes on
+    after one stretch; beside busy loops at niceness 0 it waits its whole allowance,
+    beside the same loops at niceness 19 it does not wait for them."""
+    assert host.settle(max_wait_s=1.0) < 0.5, "a quiet host: no wait"
+    for nice, waits in ((0, True), (19, False)):
+        busy = [
+            subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", BUSY.format(s=60)])
+            for _ in os.sched_getaffinity(0)
+        ]
+        try:
+            time.sleep(0.3)  # past their start-up
+            waited = host.settle(max_wait_s=0.6)
+        finally:
+            for b in busy:
+                b.kill()
+                b.wait()
+        assert (waited >= 0.4) is waits, f"beside nice-{nice} loops it waited {waited:.2f} s"

@@ -272,6 +272,37 @@ def run_wait(start: Snapshot, end: Snapshot) -> Waits | None:
     return Waits(run, wait)
 
 
+# Before a timed phase the worker waits, up to SETTLE_MAX_S, for a stretch of SETTLE_S in
+# which other processes at normal priority took under DISTURBED_FRAC of the host (the
+# tick figure: 20 ticks per stretch on 2 CPUs). At a sweep's start the quiet VM showed
+# its first IREE points waiting 16-24% of their phase, from Ray's workers starting and
+# importing beside them; on a busy host the wait costs SETTLE_MAX_S a point, once.
+SETTLE_S = 0.1
+SETTLE_MAX_S = 3.0
+
+
+def settle(
+    cores: list[int] | None = None, max_wait_s: float = SETTLE_MAX_S, stretch_s: float = SETTLE_S
+) -> float:
+    """Waits until the host (`cores` of it, a point's core share, if given: its neighbours
+    run on theirs) is quiet for `stretch_s`, at most `max_wait_s`; returns the seconds
+    waited beyond the first stretch."""
+    started = time.monotonic()
+    include_niced = niceness() > 0
+    while True:
+        start = _counters(cores)
+        time.sleep(stretch_s)
+        end = _counters(cores)
+        quiet = (
+            start is None
+            or end is None
+            or (busy_frac(start, end, include_niced=include_niced) < DISTURBED_FRAC)
+        )
+        waited = time.monotonic() - started - stretch_s
+        if quiet or waited + stretch_s >= max_wait_s:
+            return max(0.0, waited)
+
+
 Counters = tuple[tuple[int, ...], int, int]  # (/proc/stat cpu fields, own utime, own stime)
 
 

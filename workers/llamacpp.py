@@ -56,7 +56,18 @@ from workers.variant import Variant
 INSTALL = 'pip install -e ".[llamacpp]"'
 SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
 # The llama.cpp types the variants map to, with their `llama_ftype` for the quantizer.
-FTYPES: dict[str, int] = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "BF16": 32}
+# llama_ftype: what llama.cpp's quantizer writes (a K-quant `_M` is its mix of types)
+FTYPES: dict[str, int] = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q8_0": 7,
+    "Q4_K_M": 15,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+    "BF16": 32,
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,11 +199,12 @@ class _Child:
 
     def decode(self, n_ctx: int, prompt: Any, bucket: int, steps: Any) -> tuple[Any, ...]:
         """The timed greedy loop, its host window and llama.cpp's own ms per token."""
-        from workers.host import HostSampler
+        from workers.host import HostSampler, settle
         from workers.runtime import greedy_decode
 
         self.runner.context(n_ctx, threads=len(os.sched_getaffinity(0)))
         session = self.runner.session(steps.warmup_calls)
+        settle()
         with HostSampler() as host:
             run = greedy_decode(session, prompt, bucket, steps, host)
         return run, host.window, session.decode_counters_ms()

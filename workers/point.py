@@ -24,7 +24,7 @@ import numpy as np
 
 from workers.devices import DeviceSpec
 from workers.export import GraphSpec
-from workers.host import HostSampler, HostWindow, niceness, set_niceness
+from workers.host import HostSampler, HostWindow, niceness, set_niceness, settle
 from workers.kinds import GraphKind, Runtime
 from workers.llama_config import LlamaConfig, preset
 from workers.llamacpp import LlamaCppSettings
@@ -465,6 +465,7 @@ class PointWorker:
         else:
             assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
             session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
+        settle(self._cores)  # the host (its core share) quiet first: workers.host.settle
         with HostSampler(self._cores) as host:
             run = greedy_decode(session, prompts, task.prompt_bucket, task.steps, host)
         return run, compile_s, host.window
