@@ -1,4 +1,4 @@
-"""A real multi-host Ray cluster, as the README tells users to start it.
+"""A real multi-host Ray cluster, as docs/deploy.md tells users to start it.
 
 `ray start --head` and a second `ray start --address=...` run as separate processes
 (two raylets, each advertising its own CPU benchmark slot), and the sweep joins with
@@ -56,7 +56,7 @@ def ray_start(env: dict[str, str], *args: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def token_cluster(tmp_path_factory):
-    """The README's commands: a token made once (`ray get-auth-token --generate`, in a
+    """The commands of docs/deploy.md: a token made once (`ray get-auth-token --generate`, in a
     home of the test's own), `RAY_AUTH_MODE=token` for every process, a head and a
     second `ray start` on another port. Yields (address, the environment to use)."""
     home = tmp_path_factory.mktemp("home")

@@ -101,7 +101,7 @@ def set_niceness(target: int) -> tuple[int, str | None]:
         why = (
             f"niceness {current} -> {target} not permitted ({e.strerror}): raising priority "
             "needs CAP_SYS_NICE or `ulimit -e`; start Ray workers at niceness 0 "
-            "(RAY_worker_niceness=0 for `ray start`, see README)"
+            "(RAY_worker_niceness=0 for `ray start`, see docs/deploy.md)"
         )
         return niceness(), why
     return niceness(), None
@@ -281,18 +281,16 @@ SETTLE_S = 0.1
 SETTLE_MAX_S = 3.0
 
 
-def settle(
-    cores: list[int] | None = None, max_wait_s: float = SETTLE_MAX_S, stretch_s: float = SETTLE_S
-) -> float:
-    """Waits until the host (`cores` of it, a point's core share, if given: its neighbours
-    run on theirs) is quiet for `stretch_s`, at most `max_wait_s`; returns the seconds
-    waited beyond the first stretch."""
+def settle(max_wait_s: float = SETTLE_MAX_S, stretch_s: float = SETTLE_S) -> float:
+    """Waits until the host is quiet for `stretch_s`, at most `max_wait_s`; returns the
+    seconds waited beyond the first stretch. For a point timed alone on its host: GPU
+    points timed side by side on core shares do not wait for each other."""
     started = time.monotonic()
     include_niced = niceness() > 0
     while True:
-        start = _counters(cores)
+        start = _counters()
         time.sleep(stretch_s)
-        end = _counters(cores)
+        end = _counters()
         quiet = (
             start is None
             or end is None

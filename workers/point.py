@@ -465,7 +465,8 @@ class PointWorker:
         else:
             assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
             session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
-        settle(self._cores)  # the host (its core share) quiet first: workers.host.settle
+        if self._cores is None:  # alone on its host: first the host quiet (host.settle);
+            settle()  # a GPU point on a core share runs beside others by design
         with HostSampler(self._cores) as host:
             run = greedy_decode(session, prompts, task.prompt_bucket, task.steps, host)
         return run, compile_s, host.window

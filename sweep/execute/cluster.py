@@ -71,7 +71,7 @@ def bench_runtime_env() -> dict[str, Any]:
 # Ray starts its worker processes at niceness 15 (its `worker_niceness`), so a benchmark
 # actor would yield to nearly anything else on its host, even a build at `nice -n 19`;
 # a niced process may not lower its niceness again without privileges. A local Ray
-# starts its workers at 0; a cluster's `ray start` needs RAY_worker_niceness=0 (README).
+# starts its workers at 0; a cluster's `ray start` needs RAY_worker_niceness=0 (docs/deploy.md).
 # The actor then asks for bench.priority itself (workers.host.set_niceness).
 WORKER_PRIORITY = {"worker_niceness": 0}
 WORKER_PRIORITY_ENV = "RAY_worker_niceness"  # the same for `ray start` (docs/deploy.md)
@@ -84,14 +84,14 @@ Ray 2.60 clusters started with `ray start --head` use token auth whenever a toke
 found (e.g. the ~/.ray/auth_token a local Ray wrote), and then every process needs
 the same mode and token: export RAY_AUTH_MODE=token and the cluster's token
 (RAY_AUTH_TOKEN=..., RAY_AUTH_TOKEN_PATH=FILE, or the same ~/.ray/auth_token) for every
-`ray start` and for the sweep. See the README, "On a cluster"."""
+`ray start` and for the sweep. See docs/deploy.md, "On a cluster"."""
 
 
 def connect(address: str, num_cpus: int | None) -> Callable[[], None]:
     """Joins `address` or starts a local Ray; returns what undoes it.
 
     A local Ray advertises the CPU benchmark resource on its one node; on a cluster
-    each `ray start` must pass `--resources='{"sweep_cpu_bench": 1}'` (see README). A
+    each `ray start` must pass `--resources='{"sweep_cpu_bench": 1}'` (see docs/deploy.md). A
     cluster that cannot be joined (nothing listening, or refused authentication) is
     a `ConfigError` within seconds, naming what to do, instead of 20 s of retries.
     """
@@ -140,8 +140,8 @@ def _check_cluster(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=3).close()
     except (ConnectionError, OSError, ValueError) as e:
         raise ConfigError(
-            f"ray.address={address}: no Ray cluster answers there ({e}); start one (README, "
-            "'On a cluster') or leave ray.address empty to start a local Ray"
+            f"ray.address={address}: no Ray cluster answers there ({e}); start one "
+            "(docs/deploy.md, 'On a cluster') or leave ray.address empty to start a local Ray"
         ) from None
     try:
         from ray._raylet import GcsClient

@@ -377,7 +377,7 @@ def write_manifest(
 
 RUN_SH = """#!/usr/bin/env bash
 # Made by `python -m sweep.bundle` on {date}: grid {grid} for {devices}, compiled
-# with {compiler}. See manifest.json and the README's "On a GPU host without internet".
+# with {compiler}. See manifest.json and docs/deploy.md, "On a GPU host without internet".
 #
 #   ./run.sh [RESULTS_DIR] [more sweep overrides]     (PYTHON={python} by default)
 #
