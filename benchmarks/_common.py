@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep.execute.cluster import BENCH_ENV
-from workers.profile import iree_tool as iree_tool  # the scripts' IREE tools: the profiler's
+from workers.measure.profile import (
+    iree_tool as iree_tool,  # the scripts' IREE tools: the profiler's
+)
 
 REPORT_DIR = Path("outputs/benchmarks")
 
@@ -47,7 +49,7 @@ def _version(package: str) -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare this report with another machine's."""
-    from workers.compile import compiler_version
+    from workers.compile.iree import compiler_version
 
     try:
         iree_compiler = compiler_version()

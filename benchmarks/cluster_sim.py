@@ -284,7 +284,7 @@ class ClusterSim:
 
     def submit_compile(self, job: Any, node: Any) -> Handle:
         t0 = time.process_time()
-        from workers.compile import CompileResult
+        from workers.compile.iree import CompileResult
 
         self.placed_on_dead += node.node_id in self.dead
         self.num_compiles_run += 1
@@ -483,7 +483,7 @@ def task_keys(points: list[Any]) -> dict[tuple[str, Any, tuple[str, ...]], str]:
 
 def make_nodes(num_nodes: int, mix: dict[str, float], num_cpu_kinds: int) -> list[Any]:
     from sweep.execute.scheduler import NodeInfo
-    from workers.devices import CPU_BENCH_RESOURCE
+    from workers.core.devices import CPU_BENCH_RESOURCE
 
     counts = {k: int(round(f * num_nodes)) for k, f in mix.items()}
     first = next(iter(counts))
@@ -508,7 +508,7 @@ def lower_bound(points: list[Any], nodes: list[Any], durations: Durations, seed:
     measured before its actor is up; all start at once). Slots as the hardware offers
     them: CUDA work on every GPU at once, a CPU point on a whole node, so the nodes must
     give at least the CPU time plus the CUDA time over the most GPUs a node has."""
-    from workers.export import TIMED_KINDS
+    from workers.model.export import TIMED_KINDS
 
     total: dict[str, float] = defaultdict(float)
     chain = 0.0
@@ -537,8 +537,8 @@ def lower_bound(points: list[Any], nodes: list[Any], durations: Durations, seed:
 def _jobs(point: Any, kinds: Sequence[str]) -> tuple:
     """The compile jobs of a point for its first CPU kind (the bound needs one chain)."""
     from sweep.execute.scheduler import CompileJob
-    from workers.compile import targets_host
-    from workers.llama_config import preset
+    from workers.compile.iree import targets_host
+    from workers.core.config import preset
 
     group = "cpu0" if targets_host((*point.device.target_flags, *point.flags)) else None
     cfg = preset("tiny")
@@ -548,7 +548,7 @@ def _jobs(point: Any, kinds: Sequence[str]) -> tuple:
 def simulate(args: argparse.Namespace, durations: Durations, trace_memory: bool) -> dict:
     from sweep.execute.scheduler import Scheduler
     from sweep.store.rows import RunContext
-    from workers.llama_config import preset
+    from workers.core.config import preset
 
     cfg_defaults = _defaults()
     mix = parse_mix(args.mix)

@@ -4,7 +4,7 @@ Why: a benchmark shares its host. A build running politely at `nice -n 19` must 
 change a measurement (the benchmark actor runs at niceness 0, so the scheduler gives
 the build almost nothing while the actor's threads are runnable), while busy processes
 at normal priority take their share of the CPUs, and the row must say so (`disturbed`,
-`workers.host`) instead of passing a slower number off as the point's. Each row carries
+`workers.core.host`) instead of passing a slower number off as the point's. Each row carries
 two figures: `run_wait_frac`, the share of the benchmark threads' runnable time spent
 waiting for a CPU (schedstat, nanoseconds: what the verdict uses), and `host_busy_frac`,
 the share of the host's CPU ticks other processes took (10 ms ticks: the fallback).
@@ -55,8 +55,8 @@ from benchmarks._common import (  # noqa: E402
     write_json,
 )
 from sweep.readers.analysis import median  # noqa: E402
-from workers.host import DISTURBED_FRAC, RUN_WAIT_DISTURBED  # noqa: E402
-from workers.kinds import Status  # noqa: E402
+from workers.core.host import DISTURBED_FRAC, RUN_WAIT_DISTURBED  # noqa: E402
+from workers.core.kinds import Status  # noqa: E402
 
 SCRIPT = "disturbance"
 GRIDS: dict[str, list[str]] = {}

@@ -49,7 +49,7 @@ from benchmarks._common import (  # noqa: E402
     wait_for_quiet,
     write_json,
 )
-from workers.kinds import Status  # noqa: E402
+from workers.core.kinds import Status  # noqa: E402
 
 SCRIPT = "efficiency"
 TARGETS = {"cold": 1.25, "warm": 1.05}
@@ -147,7 +147,7 @@ def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
 def expected_compiles(cfg: Any) -> int:
     """Unique (graph, device, flags): per variant, device and flag set, one prefill graph
     per distinct prompt bucket and one decode graph (IREE runtime only)."""
-    from workers.model import prompt_bucket
+    from workers.model.graphs import prompt_bucket
 
     grid = cfg.grid
     if "iree" not in grid.runtimes:

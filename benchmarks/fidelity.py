@@ -105,7 +105,7 @@ DISTURBED_OTHER_CPU = 0.10  # a measurement during which others used more of the
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="mid", help="a preset of workers/llama_config.py")
+    p.add_argument("--model", default="mid", help="a preset of workers/core/config.py")
     p.add_argument("--variants", default="fp32,int4", help="comma-separated names in conf/variant/")
     p.add_argument("--device", default="cpu", help="a device of conf/device/")
     p.add_argument(
@@ -183,7 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from sweep.plan.config import load_config
-    from workers.model import prompt_bucket
+    from workers.model.graphs import prompt_bucket
     from workers.point import ModelSource
 
     known = load_config([])[0]  # the sweep's own devices and variants (conf/)
@@ -283,8 +283,8 @@ class Graphs:
 def compile_variant(
     args: argparse.Namespace, cfg: Any, device: Any, variant: Any, bucket: int
 ) -> Graphs:
-    from workers.compile import compile_stablehlo
-    from workers.export import GraphSpec, export_graph
+    from workers.compile.iree import compile_stablehlo
+    from workers.model.export import GraphSpec, export_graph
 
     results = {}
     for kind in ("prefill", "decode"):
@@ -374,7 +374,7 @@ class OursRun:
     num_tokens_matched: int | None = None  # None: the bare runner checks no reference
 
     @classmethod
-    def of(cls, m: Any) -> OursRun:  # a workers.measurement.Measurement
+    def of(cls, m: Any) -> OursRun:  # a workers.records.Measurement
         return cls(m.tokens, m.decode_samples_ms, m.upload_s, m.num_tokens_matched)
 
 
@@ -435,15 +435,15 @@ class RunnerOurs(Ours):
     """The bare `IreeRunner` and the decode loop in this process: no reference, no actor."""
 
     def __init__(self, device: Any, source: Any) -> None:
-        from workers.iree_runtime import IreeRunner
         from workers.point import device_name
+        from workers.runtimes.iree import IreeRunner
 
         self.runner, self.source = IreeRunner(device.driver), source
         self.where = {"pid": os.getpid(), "device_name": device_name(device)}
 
     def run(self, task: Any, graphs: Graphs) -> OursRun:
         from workers.point import weights_key
-        from workers.runtime import greedy_decode, prompt_ids
+        from workers.runtimes.session import greedy_decode, prompt_ids
 
         key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
@@ -493,9 +493,9 @@ def bench_variant(
     ours: Ours,
     task_flags: list[str],
 ) -> dict[str, Any]:
-    from workers.export import GraphSpec
+    from workers.model.export import GraphSpec
     from workers.point import BenchTask
-    from workers.runtime import DecodeSteps
+    from workers.runtimes.session import DecodeSteps
 
     steps = DecodeSteps(warmup_steps=args.warmup, decode_steps=args.steps, prefill_runs=1)
     weights_id = source.weights_id()
@@ -625,7 +625,7 @@ def write_decode_state(
     decode_graph: Any, args: argparse.Namespace, token: int, tmp: Path
 ) -> list[str]:
     """token, pos, kcache, vcache: the decode inputs after the weights (caches of zeros)."""
-    from workers.variant import numpy_dtype
+    from workers.formats.variant import numpy_dtype
 
     _, _, kcache, vcache = decode_graph.args()[-4:]
     return [

@@ -3,7 +3,7 @@
 Why: the tests check the GGUF loader on tiny files they write themselves; this checks
 it on a trained model as llama.cpp's converter wrote it (real metadata, a real
 vocabulary with its pre-tokenizer, Q4_1 and Q8_0 blocks). Both sides read the same
-file with their own code: ours is `workers.gguf` (tokenizer, dequantization, Q/K
+file with their own code: ours is `workers.checkpoints.gguf` (tokenizer, dequantization, Q/K
 un-permute) feeding the project's JAX graphs run through XLA on the CPU (the graphs
 every sweep point compiles; the sweep checks its IREE tokens against exactly this
 XLA reference); theirs is transformers' `from_pretrained(dir, gguf_file=...)` and
@@ -36,10 +36,10 @@ DEFAULT_MODEL = Path("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 def ours(path: Path, prompt: str, num_tokens: int) -> dict[str, Any]:
     """The project's tokenizer, weights and graphs (XLA, CPU), fp32."""
     from sweep.plan.config import load_config
-    from workers.checkpoint import load_tokenizer
-    from workers.model import prompt_bucket
+    from workers.checkpoints.source import load_tokenizer
+    from workers.measure.reference import GreedyRun, reference_tokens
+    from workers.model.graphs import prompt_bucket
     from workers.point import ModelSource
-    from workers.reference import GreedyRun, reference_tokens
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(path)

@@ -90,7 +90,7 @@ def start_ray(device: str, num_devices: int) -> None:
     import ray
 
     from sweep.execute.cluster import WORKER_PRIORITY
-    from workers.devices import CPU_BENCH_RESOURCE
+    from workers.core.devices import CPU_BENCH_RESOURCE
 
     fake = {"num_gpus": num_devices, "num_cpus": 2 * num_devices} if device == "cpu" else {}
     ray.init(

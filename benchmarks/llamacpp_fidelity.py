@@ -2,7 +2,7 @@
 llama.cpp's own performance counters say for the same run.
 
 Why: the llamacpp runtime times each token from the `llama_decode` call to its argmax
-on the host (`workers.runtime.greedy_decode`, the protocol every runtime shares).
+on the host (`workers.runtimes.session.greedy_decode`, the protocol every runtime shares).
 llama.cpp's counters (`llama_perf_context`: eval ms over eval tokens, what
 `llama-bench` and `llama_perf_context_print` report) time only the decode up to its
 logits. If the two disagree by more than the argmax and a few ctypes calls, the
@@ -61,10 +61,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from sweep.plan.config import load_config
-    from workers.kinds import Runtime
-    from workers.model import prompt_bucket
+    from workers.core.kinds import Runtime
+    from workers.model.graphs import prompt_bucket
     from workers.point import BenchTask, ModelSource, PointWorker
-    from workers.runtime import DecodeSteps
+    from workers.runtimes.session import DecodeSteps
 
     cfg, _ = load_config([])
     variant = cfg.variants[args.variant]

@@ -3,7 +3,7 @@
     python -m benchmarks.perplexity --results outputs/results model.path=DIR [overrides...]
 
 The sweep's `ppl` of a checkpoint's fp32 row comes from fp32's own compiled score
-graph (`workers.perplexity`). This script rebuilds the same text windows from the same
+graph (`workers.measure.perplexity`). This script rebuilds the same text windows from the same
 config (`sweep.plan.eval_text`), runs them through transformers' model of the checkpoint,
 scores them as llama.cpp does (the second half of each window), and prints both with
 their relative difference; the sweep's number is the newest ok fp32 row under

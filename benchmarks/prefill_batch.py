@@ -27,11 +27,11 @@ from typing import Any
 from _common import default_report_path, iree_tool, machine_info, markdown_table, write_json
 
 from sweep.plan.config import load_config
-from workers.compile import iree_compile_path
-from workers.export import GraphSpec, export_graph
-from workers.kinds import GraphKind
-from workers.llama_config import preset
-from workers.profile import dispatch_kind
+from workers.compile.iree import iree_compile_path
+from workers.core.config import preset
+from workers.core.kinds import GraphKind
+from workers.measure.profile import dispatch_kind
+from workers.model.export import GraphSpec, export_graph
 
 TARGET = [
     "--iree-input-type=stablehlo",
@@ -43,7 +43,7 @@ TARGET = [
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="llama-3.2-1b", help="a preset of workers/llama_config.py")
+    p.add_argument("--model", default="llama-3.2-1b", help="a preset of workers/core/config.py")
     p.add_argument("--bucket", type=int, default=256, help="prefill tokens per sequence")
     p.add_argument("--max-seq", type=int, default=1024)
     p.add_argument("--batches", default="1,4")

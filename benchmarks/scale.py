@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import default_report_path, machine_info, markdown_table, write_json  # noqa: E402
-from workers.kinds import Status
-from workers.measurement import tok_s  # noqa: E402
+from workers.core.kinds import Status
+from workers.records import tok_s  # noqa: E402
 
 QUERIES = {
     "seed table": """SELECT variant, device, median(tok_s), median(decode_ms_p50),

@@ -43,9 +43,9 @@ from sweep.store.results import (
     newest_rows,
 )
 from sweep.store.rows import DONE, FAILED, RunContext
-from workers.files import atomic_write
-from workers.llama_config import LlamaConfig
-from workers.variant import Variant
+from workers.core.config import LlamaConfig
+from workers.core.files import atomic_write
+from workers.formats.variant import Variant
 
 CLAIM_POLL_S = 2.0
 
@@ -67,7 +67,7 @@ def new_run_id() -> str:
 def resolve_inputs(cfg: SweepConfig, out: Any) -> SweepConfig:
     """The config with its model found (a Hugging Face repo in the local cache) and a
     text prompt's length as the prompt length; errors before any work."""
-    from workers.checkpoint import CheckpointError, load_tokenizer
+    from workers.checkpoints.source import CheckpointError, load_tokenizer
 
     try:
         model = cfg.model.resolved()
@@ -95,7 +95,7 @@ def checked_model(cfg: SweepConfig) -> LlamaConfig:
     source = cfg.model
     try:
         if source.path:
-            from workers.checkpoint import check_checkpoint
+            from workers.checkpoints.source import check_checkpoint
 
             model_cfg = check_checkpoint(source.path)
         else:
@@ -112,7 +112,7 @@ def check_variant(variant: Variant, model_cfg: LlamaConfig, path: str | None) ->
     that keeps a GGUF file's own blocks, a GGUF file whose linears are of that type."""
     variant.check_model(model_cfg)
     if variant.blocks is not None:
-        from workers.checkpoint import check_blocks
+        from workers.checkpoints.source import check_blocks
 
         check_blocks(path, variant.blocks)
 

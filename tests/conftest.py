@@ -39,7 +39,7 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    from workers.devices import CPU_BENCH_RESOURCE
+    from workers.core.devices import CPU_BENCH_RESOURCE
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(

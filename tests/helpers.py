@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from workers.devices import DeviceSpec
-from workers.llama_config import TINY_SHAPES, LlamaConfig
-from workers.measurement import Measurement
-from workers.quant import VariantWeights, dequantize, unpack_lanes, unpack_uint4
-from workers.reference import num_matching
-from workers.variant import EMBEDDING, Variant
+from workers.core.config import TINY_SHAPES, LlamaConfig
+from workers.core.devices import DeviceSpec
+from workers.formats.quant import VariantWeights, dequantize, unpack_lanes, unpack_uint4
+from workers.formats.variant import EMBEDDING, Variant
+from workers.measure.reference import num_matching
+from workers.records import Measurement
 
 
 @functools.cache
@@ -39,7 +39,7 @@ def variant(name: str) -> Variant:
 
 def load_checkpoint(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Every tensor of a checkpoint directory, read by the project's own loader."""
-    from workers.checkpoint import check_checkpoint, lazy_checkpoint
+    from workers.checkpoints.source import check_checkpoint, lazy_checkpoint
 
     tensors = lazy_checkpoint(path)
     return check_checkpoint(path), {name: tensors[name] for name in tensors}
@@ -106,7 +106,7 @@ def fake_measurement(
         "hostname": "h",
         "device_name": "a CPU",
         "node_id": "n1",
-        "run_wait_frac": 0.0,  # a quiet host (workers.host)
+        "run_wait_frac": 0.0,  # a quiet host (workers.core.host)
         "disturbed": False,
     }
     return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]

@@ -24,14 +24,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import load_checkpoint, save_tiny_llama, variant
-from workers.checkpoint import (
+from workers.checkpoints.source import (
     INDEX_FILE,
     SINGLE_FILE,
     CheckpointError,
     lazy_checkpoint,
     lazy_synthetic_weights,
 )
-from workers.llama_config import (
+from workers.core.config import (
     PRESETS,
     TINY_SHAPES,
     LlamaConfig,
@@ -130,7 +130,7 @@ def test_legacy_rope_keys_parse(tmp_path: Path):
 def test_loads_without_torch(tmp_path: Path):
     save_checkpoint(tmp_path)
     code = (
-        "import sys; from workers.checkpoint import lazy_checkpoint; "
+        "import sys; from workers.checkpoints.source import lazy_checkpoint; "
         f"t = lazy_checkpoint({str(tmp_path)!r}); [t[n] for n in t]; "
         "assert 'torch' not in sys.modules, 'the checkpoint loader imported torch'"
     )
@@ -334,7 +334,7 @@ def test_synthetic_tensor_depends_only_on_seed_and_name():
 def test_consumed_tensors_build_the_same_variant(tmp_path: Path):
     """The actor builds a variant from tensors made and dropped one at a time; it must be
     the variant built from all of them at once, for seeded and for real weights."""
-    from workers.quant import prepare_variant
+    from workers.formats.quant import prepare_variant
 
     cfg = PRESETS["tiny"]
     made = prepare_variant(lazy_synthetic_weights(cfg, seed=3), cfg, variant("int4"), consume=True)
@@ -356,8 +356,8 @@ def test_consumed_tensors_build_the_same_variant(tmp_path: Path):
 
 
 def test_fingerprint_follows_the_content_and_is_remembered(tmp_path: Path, monkeypatch):
-    import workers.checkpoint as ckpt_module
-    from workers.checkpoint import fingerprint
+    import workers.checkpoints.source as ckpt_module
+    from workers.checkpoints.source import fingerprint
     from workers.point import ModelSource
 
     model, cache = tmp_path / "model", tmp_path / "cache"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import device
-from workers import compile as wc
+from workers.compile import iree as wc
 
 CPU = device("cpu")
 CUDA = device("cuda")

@@ -20,8 +20,8 @@ from sweep.execute.overlap import most_at_once
 from sweep.store.results import read_results
 from tests.conftest import ROOT
 from tests.helpers import sweep
-from workers.devices import CPU_BENCH_RESOURCE
-from workers.locks import HOST_LOCK_ENV
+from workers.core.devices import CPU_BENCH_RESOURCE
+from workers.core.locks import HOST_LOCK_ENV
 
 pytestmark = pytest.mark.slow  # real Ray clusters and iree-compile
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from sweep.plan.config import CONF_DIR, ConfigError, FlagSet, SweepConfig, load_config
-from workers.devices import DeviceSpec
-from workers.variant import Variant
+from workers.core.devices import DeviceSpec
+from workers.formats.variant import Variant
 
 
 def config(*overrides: str) -> SweepConfig:

@@ -1,4 +1,4 @@
-"""`dequant_fused` from dispatch names (workers/dispatches.py): fast, names in, verdict out.
+"""`dequant_fused` from dispatch names (workers/compile/dispatches.py): fast, names in, verdict out.
 
 The names are IREE 3.13's own, from `--compile-to=flow` of the tiny model's decode
 graph (llvm-cpu): which of them mark a dequant that kept its own dispatch is what
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import variant
-from workers.dispatches import dequant_fused, parse_name
-from workers.llama_config import preset
+from workers.compile.dispatches import dequant_fused, parse_name
+from workers.core.config import preset
 
 TINY = preset("tiny")
 COMMON = (
@@ -95,7 +95,7 @@ def test_unquantized_or_unknown_is_null() -> None:
 
 
 def test_the_compile_step_reads_the_names_from_its_flow_dump(tmp_path) -> None:
-    from workers.compile import _dispatch_names
+    from workers.compile.iree import _dispatch_names
 
     phases = tmp_path / "k.phases"
     phases.mkdir()

@@ -3,7 +3,7 @@
 Fast tier, numpy and JAX only: the graph's per-group contraction with the scales
 applied after must compute x times the matrix the host's `dequantize` gives, for
 every group size, both bit widths, both layouts, a matvec (decode), a matmul
-(prefill) and a batch (`jax.vmap`, as `workers.model.batched` builds it). Whether
+(prefill) and a batch (`jax.vmap`, as `workers.model.graphs.batched` builds it). Whether
 IREE fuses it is tests/test_factored_compile.py (slow).
 """
 
@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 
 from tests.helpers import variant
-from workers.quant import dequantize, factored_linear_jnp, pack_uint4, quantize, unpack_uint4
-from workers.variant import Variant
+from workers.formats.quant import (
+    dequantize,
+    factored_linear_jnp,
+    pack_uint4,
+    quantize,
+    unpack_uint4,
+)
+from workers.formats.variant import Variant
 
 RNG = np.random.default_rng(26)
 N, K = 48, 256
@@ -139,7 +145,7 @@ def test_integer_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
     group, so the error is about half an int8 step of x, nowhere near a wrong sign."""
     import jax.numpy as jnp
 
-    from workers.quant import integer_linear_jnp
+    from workers.formats.quant import integer_linear_jnp
 
     group, offset = 32, 1 << (bits - 1)
     w = RNG.standard_normal((N, K)).astype(np.float32)
@@ -177,8 +183,8 @@ def _grouped_embedding(bits: int, dequant: str, embedding_bits: int | None = Non
 def _xla_logits(cfg: object, vw: object, tokens: np.ndarray) -> np.ndarray:
     import jax
 
-    from workers.model import LlamaGraphs
-    from workers.quant import jax_arrays
+    from workers.formats.quant import jax_arrays
+    from workers.model.graphs import LlamaGraphs
 
     graphs = LlamaGraphs(cfg, vw.variant, 64, vw.layout)
     return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
@@ -204,10 +210,10 @@ def test_an_embedding_in_blocks_is_the_host_dequant(
     (factored or integer, as the variant's linears are multiplied) compute the model
     the host dequantizes; integer dot products up to the activation's int8 rounding."""
     from tests.helpers import host_dequantized
-    from workers.checkpoint import lazy_synthetic_weights
-    from workers.llama_config import preset
-    from workers.quant import prepare_variant
-    from workers.variant import EMBEDDING
+    from workers.checkpoints.source import lazy_synthetic_weights
+    from workers.core.config import preset
+    from workers.formats.quant import prepare_variant
+    from workers.formats.variant import EMBEDDING
 
     cfg = preset("tiny")
     weights = lazy_synthetic_weights(cfg)

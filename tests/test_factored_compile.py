@@ -20,9 +20,9 @@ import pytest
 
 from tests.helpers import variant
 from tests.test_sweep import sweep
-from workers.dispatches import dequant_fused, parse_name
-from workers.llama_config import preset
-from workers.quant import dequant_jnp, factored_linear_jnp
+from workers.compile.dispatches import dequant_fused, parse_name
+from workers.core.config import preset
+from workers.formats.quant import dequant_jnp, factored_linear_jnp
 
 pytestmark = pytest.mark.slow  # real iree-compile, a real Ray cluster
 

@@ -69,7 +69,7 @@ def test_flags_grid_report_shows_speedup_verdict_and_dispatch_change(
             assert got["verdict"] == "baseline"
         else:
             assert abs(got["speedup"] - base["decode_ms_p50"] / row["decode_ms_p50"]) < 1e-9
-            # a row timed while the host was busy gets no verdict (workers.host)
+            # a row timed while the host was busy gets no verdict (workers.core.host)
             judged = {"disturbed"} if row["disturbed"] or base["disturbed"] else None
             assert got["verdict"] in (judged or {"faster", "slower", "same"})
 

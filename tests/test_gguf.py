@@ -27,14 +27,14 @@ import torch
 import transformers
 
 from tests.helpers import tiny_llama
-from workers.checkpoint import (
+from workers.checkpoints.source import (
     CheckpointError,
     check_checkpoint,
     fingerprint,
     lazy_checkpoint,
     load_tokenizer,
 )
-from workers.llama_config import LlamaConfig, expected_shapes
+from workers.core.config import LlamaConfig, expected_shapes
 
 T = gguf.GGMLQuantizationType
 
@@ -228,7 +228,7 @@ def test_each_block_type_dequantizes_like_gguf(tmp_path: Path, qtype: str):
 def test_llama3_rope_scaling_is_recovered_from_rope_freqs(tmp_path: Path):
     """Llama 3.1/3.2 GGUFs carry `rope_freqs` instead of rope_scaling's numbers: the
     frequencies we rebuild from it must be transformers' own for the original model."""
-    from workers.model import rope_inv_freq
+    from workers.model.graphs import rope_inv_freq
 
     rope = {
         "rope_type": "llama3",
@@ -394,7 +394,7 @@ def test_a_gguf_checkpoint_has_the_quality_columns_text(tmp_path: Path):
     tokenizer.json needed), windows as llama-perplexity cuts them."""
     from sweep.plan.config import load_config
     from sweep.plan.eval_text import eval_spec, read_text
-    from workers.gguf import gguf_tokenizer
+    from workers.checkpoints.gguf import gguf_tokenizer
 
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)

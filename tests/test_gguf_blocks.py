@@ -21,11 +21,11 @@ import pytest
 
 from tests.helpers import host_dequantized, sweep, variant
 from tests.test_gguf import HEADS, KV_HEADS, MIXED, T, _permute, write_tiny_gguf
-from workers.checkpoint import CheckpointError, check_blocks, check_checkpoint
-from workers.llama_config import LlamaConfig, is_linear, preset
+from workers.checkpoints.source import CheckpointError, check_blocks, check_checkpoint
+from workers.core.config import LlamaConfig, is_linear, preset
+from workers.formats.quant import VariantWeights, jax_arrays
+from workers.formats.variant import Variant
 from workers.point import ModelSource, weights_key
-from workers.quant import VariantWeights, jax_arrays
-from workers.variant import Variant
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q8_0"]
 LINEAR_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -47,7 +47,7 @@ def _file_tensors(path: Path) -> dict[str, object]:
 
 
 def _gguf_name(hf_name: str) -> str:
-    from workers.gguf import _gguf_name
+    from workers.checkpoints.gguf import _gguf_name
 
     return _gguf_name(hf_name)
 
@@ -94,7 +94,7 @@ def test_the_scales_are_the_files_float16_bits(tmp_path: Path, kind: str) -> Non
 def _xla_logits(vw: VariantWeights, cfg: LlamaConfig, tokens: np.ndarray) -> np.ndarray:
     import jax
 
-    from workers.model import LlamaGraphs
+    from workers.model.graphs import LlamaGraphs
 
     graphs = LlamaGraphs(cfg, vw.variant, 64, vw.layout)
     return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))

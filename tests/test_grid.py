@@ -6,7 +6,7 @@ import dataclasses
 
 from sweep.plan.config import load_config
 from sweep.plan.grid import KEY_VERSION, expand, point_label
-from workers.llama_config import preset
+from workers.core.config import preset
 
 TINY = preset("tiny")
 

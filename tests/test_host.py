@@ -1,4 +1,4 @@
-"""The host around a timed phase (`workers.host`): niceness, the share of CPU other processes
+"""The host around a timed phase (`workers.core.host`): niceness, the share of CPU other processes
 took, and how the readers treat a row measured on a disturbed host.
 
 Real processes and real `/proc` counters: a busy child at niceness 0 shows up in
@@ -23,7 +23,7 @@ from sweep.readers import analysis, compare, report
 from sweep.store.results import ResultsWriter
 from tests.conftest import ROOT
 from tests.test_report import T0, make_row, md_table, run_main, samples
-from workers import host
+from workers.core import host
 
 MIN_TICKS = 5  # of the busy child in its window: enough to tell where its ticks went
 BUSY = "import time\nend = time.time() + {s}\nwhile time.time() < end: pass"
@@ -102,7 +102,7 @@ def test_the_tick_fallback_says_when_it_cannot_tell() -> None:
 # thread that has ended, so one that ends inside the window is not seen.
 SPIN = (
     "import hashlib, json, os, threading, time\n"
-    "from workers import host\n"
+    "from workers.core import host\n"
     "data = bytes(1 << 24)  # 16 MiB: a hash takes ms, the GIL is rarely taken\n"
     "done = threading.Event()\n"
     "def spin(end):\n"
@@ -202,7 +202,7 @@ def test_set_niceness_sets_every_thread() -> None:
     change one thread); unprivileged, raising 3 -> 0 is refused and it says why."""
     script = (
         "import os, threading, time, json\n"
-        "from workers import host\n"
+        "from workers.core import host\n"
         "stop = threading.Event()\n"
         "t = threading.Thread(target=stop.wait); t.start()\n"
         "os.setpriority(os.PRIO_PROCESS, 0, 3)  # this thread only\n"
@@ -232,7 +232,7 @@ def test_an_unprivileged_process_falls_back_and_says_why() -> None:
     """Asking for a higher priority without CAP_SYS_NICE: the niceness stays, and why."""
     script = (
         "import json, os\n"
-        "from workers import host\n"
+        "from workers.core import host\n"
         "os.setgid(65534); os.setuid(65534)  # nobody: no CAP_SYS_NICE, RLIMIT_NICE 0\n"
         "print(json.dumps(host.set_niceness(-5)))\n"
     )
@@ -361,7 +361,7 @@ def test_report_says_when_a_row_ran_niced() -> None:
 
 
 def test_a_core_share_counts_its_own_cores_only() -> None:
-    """A GPU point on its core share (`workers.threads.CoreShare`) reads the per-CPU
+    """A GPU point on its core share (`workers.core.threads.CoreShare`) reads the per-CPU
     counters of its cores: a child spinning on one CPU lands in that CPU's counters, a
     fraction of the host's."""
     cpus = sorted(os.sched_getaffinity(0))

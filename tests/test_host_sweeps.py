@@ -19,7 +19,7 @@ import pytest
 
 from sweep.store.results import read_results
 from tests.conftest import ROOT
-from workers.locks import HOST_LOCK_ENV, host_lock_path
+from workers.core.locks import HOST_LOCK_ENV, host_lock_path
 
 pytestmark = pytest.mark.slow  # real Ray clusters and iree-compile
 

@@ -1,8 +1,8 @@
-"""llama.cpp as a runtime (workers/llamacpp.py): the GGUF file it is given, the tokens it
+"""llama.cpp as a runtime (workers/runtimes/llamacpp.py): the GGUF file it is given, the tokens it
 decodes, and the rows a sweep makes of it.
 
 The reference is Hugging Face transformers on the same tiny random Llama: llama.cpp runs
-a GGUF that `workers.gguf.write_gguf` wrote from the model's safetensors, so a wrong
+a GGUF that `workers.checkpoints.gguf.write_gguf` wrote from the model's safetensors, so a wrong
 tensor name, Q/K permutation or RoPE would show as different greedy tokens. The slow
 tests need the `llamacpp` extra, which the test command installs.
 """
@@ -18,11 +18,11 @@ import pytest
 
 from sweep.store.results import read_results
 from tests.helpers import device, save_tiny_llama, sweep, tiny_llama, variant
-from workers.checkpoint import lazy_synthetic_weights
-from workers.gguf import open_gguf, tensor_types, write_gguf
-from workers.kinds import Runtime, Status
-from workers.llama_config import TINY_SHAPES, preset
-from workers.llamacpp import llamacpp_type
+from workers.checkpoints.gguf import open_gguf, tensor_types, write_gguf
+from workers.checkpoints.source import lazy_synthetic_weights
+from workers.core.config import TINY_SHAPES, preset
+from workers.core.kinds import Runtime, Status
+from workers.runtimes.llamacpp import llamacpp_type
 
 
 def test_each_variant_runs_as_its_nearest_llamacpp_type():
@@ -59,7 +59,7 @@ def test_a_written_gguf_reads_back_as_the_same_model(tmp_path: Path, tied: bool)
     assert dataclasses.replace(
         back.config, rope_scaling=cfg.rope_scaling, max_position_embeddings=2048
     ) == dataclasses.replace(cfg, rms_norm_eps=pytest.approx(cfg.rms_norm_eps))
-    from workers.gguf import lazy_gguf
+    from workers.checkpoints.gguf import lazy_gguf
 
     source, read = lazy_synthetic_weights(cfg, seed=3), lazy_gguf(path)
     assert sorted(read) == sorted(source)
@@ -88,7 +88,7 @@ def test_llamacpp_decodes_what_transformers_decodes(tmp_path: Path):
     greedy token equals transformers' on the same weights, its row says what ran, and
     llama.cpp's own counters saw the timed steps."""
     from workers.point import BenchTask, ModelSource, PointWorker
-    from workers.runtime import DecodeSteps
+    from workers.runtimes.session import DecodeSteps
 
     model = tiny_llama(seed=5)
     model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
@@ -114,8 +114,8 @@ def test_llamacpp_decodes_what_transformers_decodes(tmp_path: Path):
 def test_quantized_points_run_llamacpps_own_quantization(tmp_path: Path):
     """int4 runs the checkpoint quantized by llama.cpp's quantizer to Q4_1 (cached by
     content); a GGUF checkpoint that already holds Q4_1 linears runs as it is."""
-    from workers.llamacpp import model_file
     from workers.point import ModelSource
+    from workers.runtimes.llamacpp import model_file
 
     save_tiny_llama(tmp_path / "ckpt", seed=2)
     source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))
@@ -209,7 +209,7 @@ def test_the_settings_reach_llamacpps_parameters():
     a field the bindings lack is an error, not a silently ignored attribute."""
     import llama_cpp
 
-    from workers.llamacpp import (
+    from workers.runtimes.llamacpp import (
         LlamaCppSettings,
         context_params,
         cpu_has_amx,
@@ -255,13 +255,13 @@ Fatal signal 11: native backtrace
 /venv/llama_cpp/lib/libggml-cpu.so(ggml_backend_amx_mul_mat+0x2d1)[0x7f0012345678]
 /venv/llama_cpp/lib/libggml-base.so(ggml_graph_compute+0x88)[0x7f0012345699]
 Current thread 0x00007f (most recent call first):
-  File "/work/workers/llamacpp.py", line 301 in _decode
-  File "/work/workers/runtime.py", line 140 in greedy_decode
+  File "/work/workers/runtimes/llamacpp.py", line 301 in _decode
+  File "/work/workers/runtimes/session.py", line 140 in greedy_decode
 """
 
 
 def test_a_crash_report_names_the_signal_and_the_function():
-    from workers.llamacpp_process import crash_site, describe_crash
+    from workers.runtimes.llamacpp_process import crash_site, describe_crash
 
     assert crash_site(REPORT) == "ggml_backend_amx_mul_mat (libggml-cpu.so)"
     python_only = "\n".join(line for line in REPORT.splitlines() if ".so" not in line)
@@ -278,10 +278,10 @@ def test_a_native_crash_costs_the_point_and_not_the_resident_weights(tmp_path, m
     """llama.cpp's process crashes natively (SIGSEGV) in its timed loop: the worker raises
     NativeCrash naming the signal and the function, its IREE weights stay resident (the
     next IREE point uploads nothing), and the next llama.cpp point gets a new process."""
-    from workers.compile import compile_graph
-    from workers.llamacpp_process import FAULT_ENV, NativeCrash
+    from workers.compile.iree import compile_graph
     from workers.point import BenchTask, ModelSource, PointWorker
-    from workers.runtime import DecodeSteps
+    from workers.runtimes.llamacpp_process import FAULT_ENV, NativeCrash
+    from workers.runtimes.session import DecodeSteps
 
     save_tiny_llama(tmp_path / "ckpt", seed=4)
     source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))
@@ -316,7 +316,7 @@ def test_a_sweep_records_a_native_crash_as_one_row(
     """The acceptance on a real cluster: the llama.cpp points whose process crashes are
     `runtime_error` rows naming the signal, every IREE point is ok, and no actor uploaded
     its IREE weights twice (a crash in the actor itself would have restarted it)."""
-    from workers.llamacpp_process import FAULT_ENV
+    from workers.runtimes.llamacpp_process import FAULT_ENV
 
     monkeypatch.setenv(FAULT_ENV, "decode")
     outcome, text = sweep(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import locks
+from workers.core import locks
 
 
 @pytest.fixture

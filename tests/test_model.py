@@ -28,17 +28,17 @@ import pytest
 import torch
 import transformers
 
-import workers.reference
+import workers.measure.reference
 from tests.helpers import device, host_dequantized, load_checkpoint, variant
-from workers.checkpoint import INDEX_FILE, SINGLE_FILE
-from workers.compile import CompileResult, compile_stablehlo
-from workers.export import GraphSpec, export_graph
-from workers.iree_runtime import IreeRunner
-from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs, prompt_bucket, rope_inv_freq
-from workers.quant import VariantWeights, jax_arrays, prepare_variant
-from workers.reference import GreedyRun, num_matching, reference_tokens
-from workers.runtime import DecodeSteps, greedy_decode, prompt_ids
+from workers.checkpoints.source import INDEX_FILE, SINGLE_FILE
+from workers.compile.iree import CompileResult, compile_stablehlo
+from workers.core.config import LlamaConfig
+from workers.formats.quant import VariantWeights, jax_arrays, prepare_variant
+from workers.measure.reference import GreedyRun, num_matching, reference_tokens
+from workers.model.export import GraphSpec, export_graph
+from workers.model.graphs import LlamaGraphs, prompt_bucket, rope_inv_freq
+from workers.runtimes.iree import IreeRunner
+from workers.runtimes.session import DecodeSteps, greedy_decode, prompt_ids
 
 pytestmark = pytest.mark.slow  # iree-compile and transformers
 
@@ -434,7 +434,7 @@ def test_token_readback_through_the_staging_buffer(iree_cpu: IreeCpu) -> None:
     host buffer and one semaphore serve every read, and each read sees the new value."""
     import iree.runtime as rt
 
-    from workers.iree_runtime import _TokenReadback
+    from workers.runtimes.iree import _TokenReadback
 
     runner = iree_cpu.runner
     staged = _TokenReadback(rt, runner.device, stage=True)
@@ -469,7 +469,7 @@ def test_reference_tokens_match_iree_and_are_cached(
     def recompute(*_: object) -> None:
         raise AssertionError("reference_tokens recomputed a cached reference")
 
-    monkeypatch.setattr(workers.reference, "_run_xla", recompute)
+    monkeypatch.setattr(workers.measure.reference, "_run_xla", recompute)
     assert reference_tokens(*args, weights_id=ckpt.name, cache_dir=tmp_path) == expected
 
 
@@ -479,8 +479,8 @@ def test_reference_tokens_match_iree_and_are_cached(
 def test_quality_orders_the_formats_and_is_cached(
     checkpoints: dict[str, Checkpoint], prompt: np.ndarray, tmp_path: Path, monkeypatch
 ) -> None:
-    import workers.quality
-    from workers.quality import quality
+    import workers.measure.quality
+    from workers.measure.quality import quality
 
     ckpt = checkpoints[QUANT_CASE]
     bucket = prompt_bucket(len(prompt), MAX_SEQ)
@@ -501,7 +501,7 @@ def test_quality_orders_the_formats_and_is_cached(
             cache_dir=tmp_path,
         )
 
-    assert measure("fp32") == workers.quality.Quality(1.0, 0.0)
+    assert measure("fp32") == workers.measure.quality.Quality(1.0, 0.0)
     int8, int4 = measure("int8"), measure("int4")
     assert int8.fp32_logit_error < int4.fp32_logit_error < 0.5, (int8, int4)
     assert int8.fp32_agreement >= int4.fp32_agreement and int8.fp32_agreement > 0.8
@@ -511,5 +511,5 @@ def test_quality_orders_the_formats_and_is_cached(
     def recompute(*_: object) -> None:
         raise AssertionError("a cached quality was computed again")
 
-    monkeypatch.setattr(workers.quality, "_logits", recompute)
+    monkeypatch.setattr(workers.measure.quality, "_logits", recompute)
     assert measure("int4") == int4

@@ -23,7 +23,7 @@ from sweep.readers.pareto import (
 )
 from sweep.store.results import ResultsWriter
 from tests.test_report import md_table, run_main
-from workers.measurement import decode_stats
+from workers.records import decode_stats
 
 T0 = dt.datetime(2026, 12, 3, 8, 0, tzinfo=dt.UTC)
 # (variant, layout, flag set) -> (ms/token, kld_mean, top1_agree)

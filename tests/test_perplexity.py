@@ -1,4 +1,4 @@
-"""The quality columns' arithmetic (workers/perplexity.py) against torch and llama.cpp.
+"""The quality columns' arithmetic (workers/measure/perplexity.py) against torch and llama.cpp.
 
 Two references nobody here wrote: torch's cross entropy and KL divergence (the plain
 definitions), and a line-by-line transcription of llama.cpp's
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from workers.perplexity import (
+from workers.measure.perplexity import (
     EvalSpec,
     eval_windows,
     log_softmax,
@@ -170,12 +170,12 @@ def test_the_score_graph_is_the_scored_half_of_every_positions_logits():
     import jax
     import jax.numpy as jnp
 
-    from workers.llama_config import preset
-    from workers.model import LlamaGraphs
-    from workers.perplexity import score_graph
+    from workers.core.config import preset
+    from workers.formats.quant import jax_arrays
+    from workers.formats.variant import Variant
+    from workers.measure.perplexity import score_graph
+    from workers.model.graphs import LlamaGraphs
     from workers.point import ModelSource
-    from workers.quant import jax_arrays
-    from workers.variant import Variant
 
     cfg = preset("tiny")
     vw = ModelSource(name="tiny", preset="tiny").variant(Variant("fp32"))

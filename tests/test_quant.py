@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import host_dequantized, variant
-from workers.checkpoint import lazy_synthetic_weights
-from workers.llama_config import preset
-from workers.quant import (
+from workers.checkpoints.source import lazy_synthetic_weights
+from workers.core.config import preset
+from workers.formats.quant import (
     dequantize,
     jax_arrays,
     pack_lanes,
@@ -23,7 +23,7 @@ from workers.quant import (
     unpack_lanes,
     unpack_uint4,
 )
-from workers.variant import LAYOUTS, Variant, numpy_dtype
+from workers.formats.variant import LAYOUTS, Variant, numpy_dtype
 
 TINY = preset("tiny")
 FORMATS = [

@@ -132,7 +132,7 @@ def test_killed_actor_is_restarted_and_its_point_retried(ray_cluster, tmp_path, 
 
 
 def test_removed_node_loses_no_point(ray_cluster, tmp_path, shared_cache):
-    from workers.devices import CPU_BENCH_RESOURCE
+    from workers.core.devices import CPU_BENCH_RESOURCE
 
     node = ray_cluster.add_node(num_cpus=1, resources={CPU_BENCH_RESOURCE: 1})
     ray_cluster.wait_for_nodes()

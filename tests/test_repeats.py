@@ -22,7 +22,7 @@ from sweep.readers import analysis, compare, report
 from sweep.store.results import ResultsWriter, read_results
 from tests.helpers import sweep
 from tests.test_scheduler import SimBackend, node, run
-from workers.measurement import decode_stats
+from workers.records import decode_stats
 
 T0 = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
 

@@ -19,7 +19,7 @@ import pytest
 from sweep.readers import analysis, compare, query, report, tables
 from sweep.readers.plots import write_plots
 from sweep.store.results import COLUMNS, ResultsWriter
-from workers.measurement import decode_stats
+from workers.records import decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 BASE_MS = {
@@ -79,7 +79,7 @@ def make_row(
         "tokens": list(range(NUM_TOKENS)),
         "reference_tokens": list(range(NUM_TOKENS)),
         "num_tokens_matched": NUM_TOKENS,
-        "disturbed": False,  # a quiet host (workers.host); null would read "not judged"
+        "disturbed": False,  # a quiet host (workers.core.host); null would read "not judged"
         **roofline(variant, device, decode),
         **extra,
     }

@@ -31,7 +31,7 @@ from sweep.store.results import (
     newest_per_point,
     read_results,
 )
-from workers.measurement import decode_stats
+from workers.records import decode_stats
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 

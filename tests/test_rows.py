@@ -19,8 +19,8 @@ from sweep.store.rows import (
     repro_command,
 )
 from tests.helpers import fake_measurement
-from workers.compile import CompileResult
-from workers.llama_config import preset
+from workers.compile.iree import CompileResult
+from workers.core.config import preset
 
 CTX = RunContext(
     "run-1", "smoke", {"iree_version": "3.13", "jax_version": "0.10", "ray_version": "2.60"}

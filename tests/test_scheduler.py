@@ -33,12 +33,12 @@ from sweep.plan.config import load_config
 from sweep.plan.grid import Point, expand
 from sweep.store.rows import RunContext
 from tests.helpers import fake_measurement
-from workers.compile import CompileResult
-from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
-from workers.llama_config import preset
-from workers.measurement import Measurement
+from workers.compile.iree import CompileResult
+from workers.core.config import preset
+from workers.core.devices import CPU_BENCH_RESOURCE, DeviceSpec
+from workers.core.threads import CoreShare
 from workers.point import BenchTask
-from workers.threads import CoreShare
+from workers.records import Measurement
 
 TINY = preset("tiny")
 COMPILE_S, POINT_S = 1.0, 2.0

@@ -247,7 +247,7 @@ def test_formats_that_cannot_hold_the_model_are_left_out_and_said(tmp_path: Path
     import io
 
     from sweep.run import fitting_formats
-    from workers.llama_config import preset
+    from workers.core.config import preset
 
     cfg = config(tmp_path)
     assert "int4-fac-g128" in cfg.search.formats["int4"]

@@ -15,10 +15,10 @@ import pytest
 from sweep.plan.config import ConfigError, load_config
 from sweep.plan.grid import expand
 from tests.helpers import variant
-from workers.export import GraphSpec
+from workers.formats.quant import jax_arrays
+from workers.model.export import GraphSpec
 from workers.point import ModelSource
-from workers.quant import jax_arrays
-from workers.runtime import DecodeSteps, greedy_decode, prompt_ids
+from workers.runtimes.session import DecodeSteps, greedy_decode, prompt_ids
 
 MAX_SEQ, LENGTH, BUCKET = 64, 12, 16
 STEPS = DecodeSteps(warmup_steps=1, decode_steps=6, prefill_runs=1)
@@ -34,7 +34,7 @@ def weights():
 def decode(weights, prompts: np.ndarray, *, batch: int = 1, span: int | None = None):
     import jax
 
-    from workers.xla_runtime import XlaSession
+    from workers.runtimes.xla import XlaSession
 
     cfg, vw = weights
     cpu = jax.devices("cpu")[0]
@@ -101,8 +101,8 @@ def test_batched_prefill_keeps_the_matmul_form_of_one_sequence(batch: int) -> No
 
     from iree.compiler import compile_str
 
-    from workers.export import export_graph
-    from workers.llama_config import preset
+    from workers.core.config import preset
+    from workers.model.export import export_graph
 
     spec = GraphSpec(
         preset("tiny"), variant("fp32"), MAX_SEQ, "prefill", BUCKET, "out_major", batch=batch

@@ -14,7 +14,7 @@ from sweep.plan.grid import expand
 from sweep.store.results import read_results
 from tests.conftest import ROOT
 from tests.helpers import SMOKE_FP32, save_tiny_llama, sweep
-from workers.llama_config import preset
+from workers.core.config import preset
 
 SPLIT_REDUCTION = "--iree-dispatch-creation-enable-split-reduction"
 

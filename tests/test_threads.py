@@ -12,7 +12,7 @@ from sweep.plan.config import ConfigError, load_config
 from sweep.plan.grid import expand
 from sweep.store.results import read_results
 from tests.helpers import SMOKE_FP32, sweep
-from workers.threads import cores_for, pinned
+from workers.core.threads import cores_for, pinned
 
 
 def affinities() -> dict[int, set[int]]:

@@ -22,21 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from workers.devices import DeviceSpec
-from workers.export import GraphSpec
-from workers.host import HostSampler, HostWindow, niceness, set_niceness, settle
-from workers.kinds import GraphKind, Runtime
-from workers.llama_config import LlamaConfig, preset
-from workers.llamacpp import LlamaCppSettings
-from workers.measurement import Measurement, timed_window
-from workers.model import cache_shape
-from workers.perplexity import EvalSpec, QualityStats, score_graph
-from workers.profile import Profile
-from workers.quant import VariantWeights, prepare_variant
-from workers.runtime import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
-from workers.tensors import LazyTensors
-from workers.threads import CoreShare
-from workers.variant import Variant, check_layout, numpy_dtype
+from workers.checkpoints.tensors import LazyTensors
+from workers.core.config import LlamaConfig, preset
+from workers.core.devices import DeviceSpec
+from workers.core.host import HostSampler, HostWindow, niceness, set_niceness, settle
+from workers.core.kinds import GraphKind, Runtime
+from workers.core.threads import CoreShare
+from workers.formats.quant import VariantWeights, prepare_variant
+from workers.formats.variant import Variant, check_layout, numpy_dtype
+from workers.measure.perplexity import EvalSpec, QualityStats, score_graph
+from workers.measure.profile import Profile
+from workers.model.export import GraphSpec
+from workers.model.graphs import cache_shape
+from workers.records import Measurement, timed_window
+from workers.runtimes.llamacpp import LlamaCppSettings
+from workers.runtimes.session import PROMPT_SEED, DecodeRun, DecodeSteps, greedy_decode, prompt_ids
 
 RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
 
@@ -58,7 +58,7 @@ class ModelSource:
     def __post_init__(self) -> None:
         if self.path is None and self.preset is None and self.repo is None:
             raise ValueError(
-                "set model.preset (a name in workers/llama_config.py), model.path=DIR or "
+                "set model.preset (a name in workers/core/config.py), model.path=DIR or "
                 "model.repo=ORG/NAME"
             )
 
@@ -66,13 +66,13 @@ class ModelSource:
         """With `repo`, the same source with `path` set to the repo's cached snapshot."""
         if self.repo is None or self.path is not None:
             return self
-        from workers.checkpoint import resolve_repo
+        from workers.checkpoints.source import resolve_repo
 
         return dataclasses.replace(self, path=str(resolve_repo(self.repo)))
 
     def config(self) -> LlamaConfig:
         if self.path:
-            from workers.checkpoint import checkpoint_config
+            from workers.checkpoints.source import checkpoint_config
 
             return checkpoint_config(self.path)
         assert self.preset is not None
@@ -82,11 +82,11 @@ class ModelSource:
         """The identity of the weights: same id, same numbers, on every host.
 
         Seeded weights are named by preset, seed and config; a checkpoint by the content
-        of its files (`workers.checkpoint.fingerprint`, remembered in `cache_dir` by
+        of its files (`workers.checkpoints.source.fingerprint`, remembered in `cache_dir` by
         size and mtime), so weights re-saved at the same path are new weights.
         """
         if self.path:
-            from workers.checkpoint import fingerprint
+            from workers.checkpoints.source import fingerprint
 
             ident = {
                 "content": fingerprint(self.path, cache_dir),
@@ -103,7 +103,7 @@ class ModelSource:
         preset's name that `conf/model/*.yaml` leaves in `name` is not the model measured."""
         if not self.path:
             return self.name
-        from workers.checkpoint import fingerprint, gguf_file
+        from workers.checkpoints.source import fingerprint, gguf_file
 
         own = self.name if self.name != self.preset else None
         base = own or self.repo or (gguf_file(self.path) or Path(self.path).resolve()).name
@@ -112,7 +112,7 @@ class ModelSource:
     def tensors(self, blocks: str | None = None) -> LazyTensors:
         """The float32 checkpoint tensors (or the seed's), each made when asked for; with
         `blocks`, a GGUF file's linears as its own stored blocks."""
-        from workers.checkpoint import check_blocks, lazy_checkpoint, lazy_synthetic_weights
+        from workers.checkpoints.source import check_blocks, lazy_checkpoint, lazy_synthetic_weights
 
         if blocks is not None and not self.path:
             check_blocks(None, blocks)  # raises: seeded weights have no blocks
@@ -144,14 +144,14 @@ class BenchTask:
     prompt_bucket: int
     max_seq: int
     steps: DecodeSteps
-    layout: str = "in_major"  # how the weight matrices reach the graphs (workers.variant)
+    layout: str = "in_major"  # how the weight matrices reach the graphs (workers.formats.variant)
     profile_calls: int = 0  # IREE: profile this many decode calls after the timed ones
     batch: int = 1  # sequences decoded together (equal-length prompts, a shared position)
     depth: int = 0  # context tokens beyond the prompt before decode starts (prefilled)
     attention_span: int | None = None  # decode attends over this many slots; None: max_seq
     prompt_text: str | None = None  # tokenized with the checkpoint's tokenizer.json
-    quality: EvalSpec | None = None  # text windows for ppl / KLD (workers.perplexity)
-    # Cores the point runs on (workers.threads): the actor pinned to them, IREE's
+    quality: EvalSpec | None = None  # text windows for ppl / KLD (workers.measure.perplexity)
+    # Cores the point runs on (workers.core.threads): the actor pinned to them, IREE's
     # local-task workers, and any runtime's own thread count (llama.cpp's -t). 0: all the
     # actor's CPUs, as without the axis.
     threads: int = 0
@@ -201,9 +201,9 @@ class PointWorker:
         cache_dir: str | None,
         priority: int | None = None,
     ) -> None:
-        """`priority`: the niceness to measure at (`bench.priority`, see `workers.host`), set
+        """`priority`: the niceness to measure at (`bench.priority`, see `workers.core.host`), set
         before IREE makes its threads so they inherit it; None leaves the process as it is."""
-        from workers.iree_runtime import IreeRunner
+        from workers.runtimes.iree import IreeRunner
 
         self.priority = priority
         self._prioritize()
@@ -236,10 +236,10 @@ class PointWorker:
         score_vmfb: bytes | None = None,
         share: CoreShare | None = None,
     ) -> Measurement:
-        """`share`: the cores of a GPU point timed beside others (`workers.threads`)."""
-        from workers.threads import cores_for, pinned
+        """`share`: the cores of a GPU point timed beside others (`workers.core.threads`)."""
+        from workers.core.threads import cores_for, pinned
 
-        # the cores whose load the row reports (workers.host): its share's, or the host's
+        # the cores whose load the row reports (workers.core.host): its share's, or the host's
         self._cores = cores_for(task.threads, share) if share is not None else None
         with pinned(task.threads, share) as num_threads:
             if task.runtime == Runtime.IREE:
@@ -254,8 +254,8 @@ class PointWorker:
         decode_vmfb: bytes | None,
         score_vmfb: bytes | None,
     ) -> Measurement:
-        from workers.quality import FP32, quality
-        from workers.reference import GreedyRun, num_matching, reference_tokens
+        from workers.measure.quality import FP32, quality
+        from workers.measure.reference import GreedyRun, num_matching, reference_tokens
 
         if task.runtime == Runtime.LLAMACPP:
             return self._run_llamacpp(task)
@@ -318,7 +318,7 @@ class PointWorker:
         )
 
     def _run_llamacpp(self, task: BenchTask) -> Measurement:
-        """A llama.cpp point: the variant's GGUF file (`workers.llamacpp.model_file`), the
+        """A llama.cpp point: the variant's GGUF file (`workers.runtimes.llamacpp.model_file`), the
         same prompt and decode loop.
 
         Its tokens are checked against the same bits through our XLA graph: the GGUF file
@@ -327,9 +327,9 @@ class PointWorker:
         differs from ours. How far those bits are from the model is the quality side:
         `fp32_agreement` and `fp32_logit_error` from llama.cpp's own logits, teacher-forced
         on fp32's tokens, and the ppl / KLD columns with a text."""
-        from workers.llamacpp import NotRunnable, model_file
-        from workers.quality import FP32, fp32_side
-        from workers.reference import GreedyRun, num_matching
+        from workers.measure.quality import FP32, fp32_side
+        from workers.measure.reference import GreedyRun, num_matching
+        from workers.runtimes.llamacpp import NotRunnable, model_file
 
         if task.batch != 1 or task.steps.steps_per_call != 1 or task.depth:
             raise NotRunnable(
@@ -364,7 +364,7 @@ class PointWorker:
         first_error = np.linalg.norm(logits[0] - fp32_first) / np.linalg.norm(fp32_first)
         stats = None
         if task.quality is not None:
-            from workers.perplexity import base_logprobs, quality_stats
+            from workers.measure.perplexity import base_logprobs, quality_stats
 
             base = base_logprobs(
                 self.cfg, task.quality, fp32, weights_id=task.weights_id, cache_dir=self.cache_dir
@@ -403,11 +403,11 @@ class PointWorker:
 
     def _same_bits_reference(self, path: Path, run: Any) -> tuple[int, ...]:
         """Greedy tokens of the GGUF file's own weights (dequantized to float32 by
-        `workers.gguf`) through the XLA graph; cached by the file's content."""
-        from workers.checkpoint import fingerprint
-        from workers.gguf import lazy_gguf
-        from workers.quality import FP32
-        from workers.reference import reference_tokens
+        `workers.checkpoints.gguf`) through the XLA graph; cached by the file's content."""
+        from workers.checkpoints.gguf import lazy_gguf
+        from workers.checkpoints.source import fingerprint
+        from workers.measure.quality import FP32
+        from workers.measure.reference import reference_tokens
 
         tensors = lambda: lazy_gguf(path, cfg=self.cfg)  # noqa: E731
         return reference_tokens(
@@ -421,9 +421,9 @@ class PointWorker:
         )
 
     def _ensure_llamacpp(self) -> Any:
-        """llama.cpp's process (`workers.llamacpp_process`). The other runtimes' weights
+        """llama.cpp's process (`workers.runtimes.llamacpp_process`). The other runtimes' weights
         stay: a crash there costs its point, not what this actor holds."""
-        from workers.llamacpp_process import LlamaCppProcess
+        from workers.runtimes.llamacpp_process import LlamaCppProcess
 
         self._llamacpp = self._llamacpp or LlamaCppProcess()
         return self._llamacpp
@@ -441,7 +441,7 @@ class PointWorker:
         return np.stack(seqs)
 
     def _tokenizer(self) -> Any:
-        from workers.checkpoint import load_tokenizer
+        from workers.checkpoints.source import load_tokenizer
 
         assert self.source.path, "a text prompt needs a checkpoint"
         return load_tokenizer(self.source.path)
@@ -453,7 +453,7 @@ class PointWorker:
         self, task: BenchTask, prompts: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
     ) -> tuple[DecodeRun, float | None, HostWindow]:
         """The timed loop on the task's runtime, with how busy the rest of the host was
-        meanwhile (`workers.host`); XLA also reports its compile seconds."""
+        meanwhile (`workers.core.host`); XLA also reports its compile seconds."""
         compile_s = None
         if task.runtime == Runtime.XLA:
             prefill, decode = (
@@ -483,7 +483,7 @@ class PointWorker:
         """ppl, KLD and top-1 agreement of the point's configuration on the text windows:
         its own compiled score graph (IREE) or the same graph through XLA, against fp32's
         log-probabilities (computed once per weights and text, cached)."""
-        from workers.perplexity import FP32_VARIANT, base_logprobs, quality_stats
+        from workers.measure.perplexity import FP32_VARIANT, base_logprobs, quality_stats
 
         spec = task.quality
         assert spec is not None
@@ -495,7 +495,7 @@ class PointWorker:
             cache_dir=self.cache_dir,
         )
         if task.runtime == Runtime.XLA:
-            from workers.perplexity import xla_scorer
+            from workers.measure.perplexity import xla_scorer
 
             return quality_stats(spec, xla_scorer(self.cfg, vw, spec.ctx, self._xla.device), base)
         assert score_vmfb is not None, "an IREE point with a text needs its score graph"
@@ -505,7 +505,7 @@ class PointWorker:
         self, task: BenchTask, vw: VariantWeights, decode_vmfb: bytes, token: int
     ) -> Profile:
         """IREE's per-dispatch profile of the point's decode graph, after its timed steps."""
-        from workers.profile import profile_decode
+        from workers.measure.profile import profile_decode
 
         graph = task.graph(self.cfg, GraphKind.DECODE)
         inputs_dir = (self.cache_dir or Path(tempfile.gettempdir())) / "profile-inputs"
@@ -529,7 +529,7 @@ class PointWorker:
         if self._llamacpp is not None:
             self._llamacpp.close()  # its process ends: the memory goes back
         if task.runtime == Runtime.XLA:
-            from workers.xla_runtime import XlaRunner
+            from workers.runtimes.xla import XlaRunner
 
             self.iree.release()
             self._xla = self._xla or XlaRunner(self.device.driver)

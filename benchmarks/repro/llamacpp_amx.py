@@ -7,7 +7,7 @@ Sapphire Rapids class Xeon (AMX) for Q4_1 and Q8_0 models, with `use_extra_bufts
 types (Q4_0, Q4_1, Q8_0 and the K-quant mixes Q4_K_M, Q5_K_M, Q6_K, beside F32) times
 two shapes (one decode step after an 8-token prompt, and a 512-token prefill) with the
 extra buffer types on and off, each case in its own child process
-(`workers.llamacpp_process`), so a crash costs that case only and is reported by the
+(`workers.runtimes.llamacpp_process`), so a crash costs that case only and is reported by the
 signal and the native function it died in.
 
 The model is the `mid` preset's seeded weights (hidden 1024, intermediate 4096: rows a
@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from workers.llamacpp import LlamaCppSettings, bindings, cpu_has_amx  # noqa: E402
-from workers.llamacpp_process import LlamaCppProcess, NativeCrash  # noqa: E402
-from workers.runtime import DecodeSteps, prompt_ids  # noqa: E402
+from workers.runtimes.llamacpp import LlamaCppSettings, bindings, cpu_has_amx  # noqa: E402
+from workers.runtimes.llamacpp_process import LlamaCppProcess, NativeCrash  # noqa: E402
+from workers.runtimes.session import DecodeSteps, prompt_ids  # noqa: E402
 
 TYPES = ("F32", "Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K")
 SHAPES = ("decode", "prefill512")
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs/benchmarks/llamacpp_amx.json")
     args = parser.parse_args()
 
-    from workers.llama_config import preset
+    from workers.core.config import preset
     from workers.point import ModelSource
 
     work = args.work or Path(tempfile.mkdtemp(prefix="llamacpp-amx-"))
@@ -80,7 +80,7 @@ def main() -> None:
     vocab = preset("mid").vocab_size
     f32 = work / "mid-F32.gguf"
     if not f32.exists():
-        from workers.gguf import write_gguf
+        from workers.checkpoints.gguf import write_gguf
 
         work.mkdir(parents=True, exist_ok=True)
         write_gguf(f32, source.config(), source.tensors())

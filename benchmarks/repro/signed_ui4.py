@@ -11,7 +11,7 @@ that shows where the unsignedness is lost. Everything runs with the installed
 iree-base-compiler / iree-base-runtime on llvm-cpu; nothing else is needed.
 
 Why it matters here: the dequant of a quantized weight is exactly such a convert
-(`workers/quant.py` puts the scale first for per-channel weights, and the factored
+(`workers/formats/quant.py` puts the scale first for per-channel weights, and the factored
 grouped dequant subtracts the midpoint, both to keep clear of it).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import iree_tool
-from workers.compile import compiler_version, iree_compile_path
+from workers.compile.iree import compiler_version, iree_compile_path
 
 ROWS, COLS = 4, 8
 # Row 0 holds 0..7 (no high bit), row 1 8..15, row 2 all 15s, row 3 all 8s.

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from workers.compile import compiler_version, iree_compile_path
+from workers.compile.iree import compiler_version, iree_compile_path
 
 NAME = "split_reduction_argmax"
 VOCAB = 49152  # SmolLM2-135M's vocabulary, where the search met the error

@@ -34,11 +34,11 @@ from sweep.execute.scheduler import (
     PointError,
 )
 from sweep.plan.config import ConfigError
-from workers.devices import CPU_BENCH_RESOURCE, DeviceSpec
-from workers.kinds import Status
-from workers.llamacpp import NotRunnable
-from workers.locks import HostUse, host_lock
-from workers.threads import CoreShare
+from workers.core.devices import CPU_BENCH_RESOURCE, DeviceSpec
+from workers.core.kinds import Status
+from workers.core.locks import HostUse, host_lock
+from workers.core.threads import CoreShare
+from workers.runtimes.llamacpp import NotRunnable
 
 # Benchmark actors start with transparent huge pages for malloc (IREE's own buffers:
 # KV caches, in-graph dequantized weights) and numpy (the resident weights): 10-30%
@@ -59,11 +59,11 @@ XLA_CPU_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def bench_runtime_env() -> dict[str, Any]:
-    from workers.llamacpp_process import FAULT_ENV
+    from workers.runtimes.llamacpp_process import FAULT_ENV
 
     xla_flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), XLA_CPU_FLAGS) if f)
     env = {"PYTHONPATH": _project_root(), **BENCH_ENV, "XLA_FLAGS": xla_flags}
-    # the tests' forced llama.cpp crash (workers.llamacpp_process), where the driver has it
+    # the tests' forced llama.cpp crash (workers.runtimes.llamacpp_process), where the driver has it
     env.update({k: os.environ[k] for k in (FAULT_ENV,) if k in os.environ})
     return {"env_vars": env}
 
@@ -72,7 +72,7 @@ def bench_runtime_env() -> dict[str, Any]:
 # actor would yield to nearly anything else on its host, even a build at `nice -n 19`;
 # a niced process may not lower its niceness again without privileges. A local Ray
 # starts its workers at 0; a cluster's `ray start` needs RAY_worker_niceness=0 (docs/deploy.md).
-# The actor then asks for bench.priority itself (workers.host.set_niceness).
+# The actor then asks for bench.priority itself (workers.core.host.set_niceness).
 WORKER_PRIORITY = {"worker_niceness": 0}
 WORKER_PRIORITY_ENV = "RAY_worker_niceness"  # the same for `ray start` (docs/deploy.md)
 
@@ -215,7 +215,7 @@ def alive_nodes() -> list[NodeInfo]:
 def _node_facts() -> tuple[str, str]:
     import socket
 
-    from workers.compile import host_cpu_id
+    from workers.compile.iree import host_cpu_id
 
     return socket.gethostname(), host_cpu_id()
 
@@ -228,7 +228,7 @@ def compile_graph_fn(
     actors fetch only it."""
     from pathlib import Path
 
-    from workers.compile import compile_graph
+    from workers.compile.iree import compile_graph
 
     with host_lock(HostUse.COMPILE):  # never beside a timed point of another sweep
         started_at = time.time()
@@ -255,7 +255,7 @@ class BenchActorImpl:
         self.worker = PointWorker(device, source, cache_dir, priority)
         self.node_id = ray.get_runtime_context().get_node_id()
         gpu_ids = ray.get_gpu_ids() if device.needs_gpu else []
-        self.gpu_index = int(gpu_ids[0]) if gpu_ids else 0  # its device lock (workers.locks)
+        self.gpu_index = int(gpu_ids[0]) if gpu_ids else 0  # its device lock (workers.core.locks)
 
     def where(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "pid": os.getpid(), **self.worker.info()}

@@ -11,7 +11,7 @@ from typing import Any
 
 from sweep.plan.grid import point_label
 from sweep.store.results import Col
-from workers.kinds import Status
+from workers.core.kinds import Status
 
 COMPILE_LOG_S = 15.0
 

@@ -11,7 +11,7 @@ in the tests. Nothing here imports Ray. The rules:
 - The host rule (`Scheduler._may_measure`, the one place it is decided): no compile on
   a node while it measures; a CPU point measures alone on its node; GPU points measure
   side by side, one per GPU, each on its own share of the node's cores
-  (`workers.threads.CoreShare`), as many at once as the node has GPUs and cores for
+  (`workers.core.threads.CoreShare`), as many at once as the node has GPUs and cores for
   (`CORES_PER_GPU_POINT` each) and `bench.gpu_concurrency` allows (1: one timed point
   per node, GPU or not, and no core share). A CPU point's timing is the host's CPUs,
   so it shares them with nothing: no other timed point, reference computation (which
@@ -67,14 +67,14 @@ from sweep.store.rows import (
     failure_row,
     measured_row,
 )
-from workers.compile import CompileResult, targets_host
-from workers.devices import GPU_RESOURCE, DeviceSpec
-from workers.export import GraphSpec
-from workers.kinds import GraphKind, Status
-from workers.llama_config import LlamaConfig
-from workers.measurement import Measurement
+from workers.compile.iree import CompileResult, targets_host
+from workers.core.config import LlamaConfig
+from workers.core.devices import GPU_RESOURCE, DeviceSpec
+from workers.core.kinds import GraphKind, Status
+from workers.core.threads import CoreShare
+from workers.model.export import GraphSpec
 from workers.point import BenchTask, weights_key
-from workers.threads import CoreShare
+from workers.records import Measurement
 
 # rows; the profiled points' dispatch rows; their raw .ireeprof files by point key
 RowSink = Callable[[list[dict[str, Any]], list[dict[str, Any]], dict[str, bytes]], None]

@@ -9,7 +9,7 @@ sweep there, with no network and no compiler:
 
     cache/     every graph the grid needs for its devices, compiled here into the
                content-addressed compile cache, with the export memo that maps each
-               graph to its cache key (`workers.compile`): the host never exports or
+               graph to its cache key (`workers.compile.iree`): the host never exports or
                compiles (`compile=cache_only`)
     wheels/    what the sweep needs beyond that host's packages, for its Python and
                platform (`pip download`): ray, hydra-core, iree-base-runtime, duckdb and
@@ -153,7 +153,7 @@ def build(args: argparse.Namespace, overrides: list[str]) -> Path:
 def compile_all(jobs: list[Any], cache: Path, num_jobs: int, timeout_s: float) -> list[str]:
     """Compiles every job into `cache`; returns the labels of the ones that failed (the
     host will record them as compile_error rows, as a sweep here would)."""
-    from workers.compile import compile_graph
+    from workers.compile.iree import compile_graph
 
     def one(job: Any) -> tuple[Any, Any]:
         graph, device, flags = job
@@ -175,7 +175,7 @@ def compile_all(jobs: list[Any], cache: Path, num_jobs: int, timeout_s: float) -
 
 
 def host_cpu_notes(cfg: Any) -> list[str]:
-    from workers.compile import host_cpu_id, targets_host
+    from workers.compile.iree import host_cpu_id, targets_host
 
     notes = []
     for name in cfg.grid.devices:
@@ -357,7 +357,7 @@ def write_manifest(
     failed: list[str],
     notes: list[str],
 ) -> None:
-    from workers.compile import compiler_version
+    from workers.compile.iree import compiler_version
 
     manifest = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

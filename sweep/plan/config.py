@@ -19,13 +19,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from workers.compile import COMPILE_MODES
-from workers.devices import DeviceSpec
-from workers.kinds import Attention, Layout, Runtime
-from workers.llamacpp import SWITCHES, LlamaCppSettings
+from workers.compile.iree import COMPILE_MODES
+from workers.core.devices import DeviceSpec
+from workers.core.kinds import Attention, Layout, Runtime
+from workers.formats.variant import LAYOUTS, Variant
 from workers.point import RUNTIMES, ModelSource
-from workers.runtime import DecodeSteps
-from workers.variant import LAYOUTS, Variant
+from workers.runtimes.llamacpp import SWITCHES, LlamaCppSettings
+from workers.runtimes.session import DecodeSteps
 
 ATTENTION: tuple[Attention, ...] = tuple(Attention)
 
@@ -72,7 +72,7 @@ class GridConfig:
     # nothing) or "filled" (a power-of-two bucket of the filled slots: depth costs).
     attention: tuple[str, ...] = (Attention.FULL,)
     # Threads a point runs on: IREE's local-task workers, the actor pinned to that many
-    # cores (`workers.threads`). 0: what runs without the axis, every CPU the actor may use.
+    # cores (`workers.core.threads`). 0: what runs without the axis, every CPU the actor may use.
     threads: tuple[int, ...] = (0,)
 
 
@@ -87,14 +87,14 @@ class BenchConfig:
     steps_per_call: int = 1  # greedy decode steps per call: a loop in the decode graph
     profile_calls: int = 10  # with profile=true: decode calls in each point's profile
     prompt: str | None = None  # a text prompt (a checkpoint's tokenizer.json); else seeded ids
-    # The quality columns (sweep.plan.eval_text, workers.perplexity): a plain-text file (None:
-    # the Python Language Reference), cut into eval_chunks windows of eval_ctx tokens.
+    # The quality columns (sweep.plan.eval_text, workers.measure.perplexity): a plain-text
+    # file (None: the Python Language Reference), cut into eval_chunks windows of eval_ctx tokens.
     eval_text: str | None = None
     eval_ctx: int = 512
     eval_chunks: int = 3  # 0: no quality columns
     # The niceness benchmark workers measure at (llama-bench's --prio): 0 is normal; below
     # 0 is higher and needs CAP_SYS_NICE or `ulimit -e` on the host, else the point runs
-    # at the niceness it has and its row says which (workers.host).
+    # at the niceness it has and its row says which (workers.core.host).
     priority: int = 0
     # Every point measured this many times, the grid's points interleaved (A B C A B C),
     # one row per repeat; readers take the median of the repeats' medians.
@@ -182,7 +182,7 @@ class SearchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LlamaCppConfig:
-    """llama.cpp's own switches (`workers.llamacpp.LlamaCppSettings`): `extra_bufts` is an
+    """llama.cpp's own switches (`workers.runtimes.llamacpp.LlamaCppSettings`): `extra_bufts` is an
     axis of the llama.cpp points, the others hold for all of them."""
 
     # auto: off on a CPU with AMX (its AMX path crashes in llama-cpp-python 0.3.36), on

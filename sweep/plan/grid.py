@@ -19,16 +19,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweep.plan.config import FlagSet, SweepConfig
-from workers.devices import DeviceSpec
-from workers.export import TIMED_KINDS, GraphSpec
-from workers.kinds import Attention, GraphKind, Layout, Runtime
-from workers.llama_config import LlamaConfig
-from workers.llamacpp import LlamaCppSettings, llamacpp_type
-from workers.model import prompt_bucket
-from workers.perplexity import EvalSpec
+from workers.core.config import LlamaConfig
+from workers.core.devices import DeviceSpec
+from workers.core.kinds import Attention, GraphKind, Layout, Runtime
+from workers.formats.variant import Variant
+from workers.measure.perplexity import EvalSpec
+from workers.model.export import TIMED_KINDS, GraphSpec
+from workers.model.graphs import prompt_bucket
 from workers.point import BenchTask
-from workers.runtime import DecodeSteps
-from workers.variant import Variant
+from workers.runtimes.llamacpp import LlamaCppSettings, llamacpp_type
+from workers.runtimes.session import DecodeSteps
 
 KEY_VERSION = 2  # bump when the meaning of a point changes, so old rows are not reused
 NO_FLAG_SET = "-"  # the flag set of a point that IREE does not compile (XLA, llama.cpp)

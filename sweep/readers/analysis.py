@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from sweep.store.results import Col, newest_per_point
-from workers.kinds import Layout, Status
-from workers.measurement import tok_s
+from workers.core.kinds import Layout, Status
+from workers.records import tok_s
 
 BASELINE_FLAG_SET = "default"
 # Columns that name a point (what `--by` may group on) and that the tables fold into a
@@ -88,10 +88,10 @@ FLAG_CONTEXT: tuple[str, ...] = (
 ALPHA = 0.01  # two-sided Mann-Whitney p-value below which a difference is real
 MIN_EFFECT = 0.02  # and the medians must differ by at least 2 %
 # What stands in a verdict's place when a side holds a row timed on a disturbed host
-# (workers.host: its threads waited for a CPU more than RUN_WAIT_DISTURBED of the time):
+# (workers.core.host: its threads waited for a CPU more than RUN_WAIT_DISTURBED of the time):
 # its numbers say as much about the host as about the point, so no faster / slower / same.
 DISTURBED = "disturbed"
-# ... and when a side holds a row whose timed window could not tell (workers.host: the
+# ... and when a side holds a row whose timed window could not tell (workers.core.host: the
 # tick fallback on too short a phase): unknown is not quiet.
 NOT_JUDGED = "not judged"
 # From this schema version a null `disturbed` on an ok row means "could not tell"; before
@@ -336,7 +336,7 @@ def _num_tokens(row: dict[str, Any]) -> int:
 
 
 def disturbance(row: dict[str, Any]) -> bool | None:
-    """Whether a row was timed on a disturbed host (`disturbed`, workers.host): None where
+    """Whether a row was timed on a disturbed host (`disturbed`, workers.core.host): None where
     its window could not tell."""
     value = row.get(Col.DISTURBED)
     if value is None and (row.get(Col.SCHEMA_VERSION) or 0) >= UNKNOWN_DISTURBANCE_SINCE:

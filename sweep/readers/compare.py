@@ -11,7 +11,7 @@ a CPU's noise does not read as a regression. Points measured at least 3 times in
 runs (`bench.repeats`) are judged on their repeats' medians instead
 (`sweep.readers.analysis.repeat_verdict`), which hold the host's drift across a run. A
 point whose row in either run is `disturbed` (its threads waited for a CPU while it was
-timed, `workers.host`) gets "disturbed (A|B)" instead of a verdict, and one whose host
+timed, `workers.core.host`) gets "disturbed (A|B)" instead of a verdict, and one whose host
 could not be judged "not judged (A|B)". Points in only
 one run, and points that failed in one of them, are listed below the table (in json:
 their own lists; with csv: on stderr).
@@ -31,7 +31,7 @@ from sweep.readers.cli import add_output_args, run_cli
 from sweep.readers.load import load_table, rows_of_runs
 from sweep.readers.tables import Column, Table, emit, fmt_num, key_column, metric, render
 from sweep.store.results import Col
-from workers.host import RUN_WAIT_DISTURBED
+from workers.core.host import RUN_WAIT_DISTURBED
 
 
 def describe(point: dict[str, Any]) -> str:

@@ -38,13 +38,13 @@ _WANTED = (
     Col.NUM_TOKENS_MATCHED,
     Col.ROOFLINE_FRAC,
     Col.FP32_AGREEMENT,
-    Col.PPL,  # the quality columns (workers.perplexity): a checkpoint with a tokenizer
+    Col.PPL,  # the quality columns (workers.measure.perplexity): a checkpoint with a tokenizer
     Col.KLD_MEAN,
     Col.KLD_P99,
     Col.TOP1_AGREE,
     Col.DEVICE_MS,
     Col.HOST_MS,
-    Col.NICENESS,  # the host during the timed phase (workers.host)
+    Col.NICENESS,  # the host during the timed phase (workers.core.host)
     Col.RUN_WAIT_FRAC,
     Col.RUN_WAIT_MS,
     Col.HOST_BUSY_FRAC,

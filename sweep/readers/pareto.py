@@ -2,7 +2,7 @@
 
 The question a format study must answer is not "which is fastest" but "which is
 fastest for the quality it keeps". Every ok row of a run with the quality columns
-(`workers.perplexity`, a checkpoint with a tokenizer) is a point (decode tok/s,
+(`workers.measure.perplexity`, a checkpoint with a tokenizer) is a point (decode tok/s,
 kld_mean from fp32).
 
 Quality values closer than their noise are one quality level. Two graphs of the same
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.readers.tables import Column, Table, fmt_kld, fmt_num, metric
 from sweep.store.results import Col
-from workers.kinds import Layout, Runtime, Status
+from workers.core.kinds import Layout, Runtime, Status
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

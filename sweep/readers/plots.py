@@ -29,7 +29,7 @@ from sweep.readers import analysis
 from sweep.readers import dispatches as profiles
 from sweep.readers.tables import fmt_ratio, fmt_short
 from sweep.store.results import Col
-from workers.kinds import Status
+from workers.core.kinds import Status
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

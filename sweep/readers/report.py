@@ -13,7 +13,7 @@ vary: the others are folded into a header line above it. csv and json keep every
 column and the raw numbers, for scripts.
 
 A group with rows timed on a disturbed host (the benchmark's threads waited for a CPU
-more than `workers.host.RUN_WAIT_DISTURBED` of the time, column `disturbed`) shows how
+more than `workers.core.host.RUN_WAIT_DISTURBED` of the time, column `disturbed`) shows how
 many in a `disturbed` column, a note says so, and the flag study gives it no verdict; rows
 whose host could not be judged are counted and treated the same way ("not judged").
 
@@ -56,8 +56,8 @@ from sweep.readers.tables import (
     render_md,
 )
 from sweep.store.results import Col
-from workers.host import RUN_WAIT_DISTURBED
-from workers.kinds import Runtime, Status
+from workers.core.host import RUN_WAIT_DISTURBED
+from workers.core.kinds import Runtime, Status
 
 
 def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, Any]) -> Table:
@@ -348,7 +348,7 @@ def quality_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def host_notes(rows: list[dict[str, Any]], priority: int | None = None) -> list[str]:
-    """What the host did to the numbers (workers.host): rows timed while other processes
+    """What the host did to the numbers (workers.core.host): rows timed while other processes
     were busy there, and rows measured at a niceness other than asked (`priority`: the
     sweep's bench.priority; without it, any niceness above 0)."""
     ok = [r for r in rows if r[Col.STATUS] == Status.OK]

@@ -23,7 +23,7 @@ Rules:
   `test_the_sampler_learns_to_avoid_configurations_that_fail`, 16 of the 24 trials
   after the start-up failed when told FAIL, 10 when told infeasible).
 - A quality bound (`search.max_kld`, `search.min_top1`; a checkpoint with a tokenizer,
-  see `workers.perplexity`): an ok row whose `kld_mean` is above the bound, or whose
+  see `workers.measure.perplexity`): an ok row whose `kld_mean` is above the bound, or whose
   `top1_agree` is below it, is told as infeasible the same way, with constraint
   `quality` (a row without the columns counts as outside). So the best trial, and the
   ablation's minimal configuration, are the fastest inside the bound.
@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.plan.config import Dimension, SearchConfig, SweepConfig
 from sweep.plan.grid import NO_FLAG_SET, Point
-from workers.kinds import Runtime, Status
+from workers.core.kinds import Runtime, Status
 
 if TYPE_CHECKING:
     import optuna

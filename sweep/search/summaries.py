@@ -34,7 +34,7 @@ from sweep.search.study import (
     trial_ms,
 )
 from sweep.store.results import Col, newest_rows
-from workers.kinds import Runtime, Status
+from workers.core.kinds import Runtime, Status
 
 if TYPE_CHECKING:
     import optuna

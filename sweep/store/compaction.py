@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sweep.store.results import SCHEMA, dataset_of, set_aside_unreadable
-from workers.files import atomic_write
+from workers.core.files import atomic_write
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2

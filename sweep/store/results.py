@@ -42,8 +42,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from workers.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
-from workers.kinds import Status
+from workers.core.files import TMP_PREFIX, TMP_SUFFIX, atomic_write
+from workers.core.kinds import Status
 
 if TYPE_CHECKING:
     import duckdb
@@ -92,7 +92,7 @@ def _build_schema() -> pa.Schema:
         ("flag_set", s),
         ("flags", pa.list_(s)),
         ("llamacpp_type", s),  # llama.cpp points: the GGUF tensor type it ran (Q4_1, ...)
-        # ... and its switches as it ran them (workers.llamacpp.LlamaCppSettings)
+        # ... and its switches as it ran them (workers.runtimes.llamacpp.LlamaCppSettings)
         ("llamacpp_extra_bufts", pa.bool_()),
         ("llamacpp_flash_attn", s),
         ("llamacpp_n_ubatch", i32),
@@ -108,7 +108,7 @@ def _build_schema() -> pa.Schema:
         ("vmfb_bytes", i64),
         ("num_dispatches", i32),
         # every quantized linear's dequant inside a matvec/matmul dispatch of the decode
-        # graph (workers/dispatches.py); null: unquantized, XLA, or names unknown
+        # graph (workers/compile/dispatches.py); null: unquantized, XLA, or names unknown
         ("dequant_fused", pa.bool_()),
         ("compile_cache_hit", pa.bool_()),
         # when each graph's compile task held the host's compile lock (a cache hit: its
@@ -122,7 +122,7 @@ def _build_schema() -> pa.Schema:
         ("quant_error", f64),
         ("fp32_agreement", f64),
         ("fp32_logit_error", f64),
-        # quality on the eval text, llama-perplexity's (workers.perplexity): null without one
+        # quality on the eval text, as llama-perplexity (workers.measure.perplexity); null without
         ("ppl", f64),
         ("kld_mean", f64),
         ("kld_p99", f64),
@@ -164,7 +164,7 @@ def _build_schema() -> pa.Schema:
         ("bytes_per_token", i64),
         ("peak_gbps", f64),
         ("roofline_frac", f64),
-        # the host during the timed phase (workers.host): the niceness the worker ran at,
+        # the host during the timed phase (workers.core.host): the niceness the worker ran at,
         # the run-queue wait of the benchmark's threads (share of their runnable time, and
         # ms), the share of host CPU ticks other processes at niceness <= 0 took, and the
         # verdict: the wait above RUN_WAIT_DISTURBED (the ticks above DISTURBED_FRAC where
@@ -248,7 +248,7 @@ def _build_dispatch_schema() -> pa.Schema:
 _REQUIRED_DISPATCH = ("run_id", "point_key", "name", "created_at", "schema_version")
 DISPATCH_SCHEMA: pa.Schema = _build_dispatch_schema()
 
-# A killed writer leaves `.part-*.parquet.*.tmp` (workers.files): hidden *and* not
+# A killed writer leaves `.part-*.parquet.*.tmp` (workers.core.files): hidden *and* not
 # `*.parquet`, so both pyarrow's default ignore_prefixes and DuckDB's `**/*.parquet`
 # glob skip it.
 

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sweep.plan.grid import Point
-from workers.compile import CompileResult, clip_message
-from workers.export import GraphSpec
-from workers.kinds import Runtime, Status
-from workers.measurement import Measurement
-from workers.perplexity import QualityStats
+from workers.compile.iree import CompileResult, clip_message
+from workers.core.kinds import Runtime, Status
+from workers.measure.perplexity import QualityStats
+from workers.model.export import GraphSpec
+from workers.records import Measurement
 
 STATUSES: tuple[Status, ...] = tuple(Status)
 FAILED: frozenset[Status] = frozenset(Status) - {Status.OK, Status.SKIPPED}
@@ -201,7 +201,7 @@ def measured_row(
 
 
 def quality_columns(stats: QualityStats | None) -> Row:
-    """ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens (`workers.perplexity`); null
+    """ppl, kld_mean, kld_p99, top1_agree, num_eval_tokens (`workers.measure.perplexity`); null
     without a text (seeded weights, a checkpoint without a tokenizer)."""
     names = [f.name for f in dataclasses.fields(QualityStats)]
     if stats is None:
@@ -233,7 +233,7 @@ def _time_split(m: Measurement, steps_per_call: int) -> Row:
     """The median step split in two: device_ms, the time some dispatch runs, and host_ms,
     the rest (runtime, harness, whatever the device waits for).
 
-    Profiling slows a call down (see `workers.profile`), so the profile gives the
+    Profiling slows a call down (see `workers.measure.profile`), so the profile gives the
     share, and the unprofiled median the time; a tool that did not report its call
     time leaves the profile's own dispatch time, capped at the median.
     """

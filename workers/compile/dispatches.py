@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import re
 
-from workers.llama_config import LlamaConfig, is_linear
-from workers.variant import Variant
+from workers.core.config import LlamaConfig, is_linear
+from workers.formats.variant import Variant
 
 # Root-op kinds of a standalone dequant: an elementwise op, maybe with a transpose.
 ELEMENTWISE_KINDS: tuple[str, ...] = ("elementwise", "transpose", "generic")

@@ -27,7 +27,7 @@ class Status(enum.StrEnum):
 
 class Runtime(enum.StrEnum):
     """What runs a point: IREE (the subject), or a baseline: XLA on the same graphs, or
-    llama.cpp on the same weights as a GGUF file (`workers.llamacpp`)."""
+    llama.cpp on the same weights as a GGUF file (`workers.runtimes.llamacpp`)."""
 
     IREE = "iree"
     XLA = "xla"
@@ -43,7 +43,7 @@ class Layout(enum.StrEnum):
 
 
 class Dequant(enum.StrEnum):
-    """How a quantized linear's graph dequantizes (see workers/quant.py and workers/model.py)."""
+    """How a quantized linear's graph dequantizes (see workers/formats/)."""
 
     DIRECT = "direct"  # dequantize the weight, then the matmul (what the seed did)
     FACTORED = "factored"  # per-group contraction first, scale and minimum after it

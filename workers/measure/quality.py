@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.files import atomic_write
-from workers.kinds import Layout
-from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs
-from workers.quant import VariantWeights, jax_arrays
-from workers.reference import GreedyRun, reference_tokens
-from workers.variant import Variant
+from workers.core.config import LlamaConfig
+from workers.core.files import atomic_write
+from workers.core.kinds import Layout
+from workers.formats.quant import VariantWeights, jax_arrays
+from workers.formats.variant import Variant
+from workers.measure.reference import GreedyRun, reference_tokens
+from workers.model.graphs import LlamaGraphs
 
 FP32 = Variant("fp32")
 

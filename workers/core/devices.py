@@ -7,7 +7,7 @@ device. Keeping the three in one frozen dataclass means they cannot drift apart.
 The devices themselves are data: `conf/device/<name>.yaml`, read by `sweep.plan.config`
 (tests and benchmarks load them from there too), so a new device is a YAML file.
 
-The target flags are part of the compile cache key (see `workers/compile.py`), so
+The target flags are part of the compile cache key (see `workers/compile/iree.py`), so
 two specs that compile differently must differ in `target_flags`, not only in name.
 """
 

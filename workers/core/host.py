@@ -27,7 +27,7 @@ other users. Two things keep a number honest:
   behaviour, the same in every run, not a disturbance. A decode's untimed warm-up calls
   are left out (`HostSampler.paused`). Above `RUN_WAIT_DISTURBED` the row is
   `disturbed`. A GPU point timed beside others on its own share of the cores
-  (`workers.threads.CoreShare`) has its threads pinned there, so its neighbours add
+  (`workers.core.threads.CoreShare`) has its threads pinned there, so its neighbours add
   little wait to it, and the tick fallback counts its own cores only (`/proc/stat`'s
   per-CPU lines).
 
@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from workers.threads import thread_ids
+from workers.core.threads import thread_ids
 
 # Above this share of its threads' runnable time spent waiting for CPUs other processes
 # held, a timed phase is `disturbed`. A busy competitor at normal priority on every core

@@ -26,7 +26,7 @@ that costs it ~1e-4 in each log p); here they are kept as float32, so a format
 identical to fp32 gives exactly 0.
 
 Where the numbers come from: the configuration's own compiled graph (the `score`
-graph of `workers.export`: same variant, layout, flags and device as the timed
+graph of `workers.model.export`: same variant, layout, flags and device as the timed
 graphs), run by the benchmark actor after the timed phase. The base is fp32 through
 XLA on the CPU (the same JAX graph and weights as every reference here), computed
 once per (weights, text windows) and cached on disk.
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.files import atomic_write
-from workers.kinds import GraphKind
-from workers.variant import Variant
+from workers.core.files import atomic_write
+from workers.core.kinds import GraphKind
+from workers.formats.variant import Variant
 
 FP32_VARIANT = Variant("fp32")
 LOG_P_FLOOR = -16.0  # llama.cpp leaves base log-probabilities at or below this out of the KLD
@@ -211,7 +211,7 @@ def xla_scorer(cfg: Any, vw: Any, ctx: int, device: Any) -> Callable[[np.ndarray
     its scored logits out."""
     import jax
 
-    from workers.quant import jax_arrays
+    from workers.formats.quant import jax_arrays
 
     graph = score_graph(cfg, vw.variant, vw.layout, ctx)
     weights = tuple(jax.device_put(a, device, may_alias=True) for a in jax_arrays(vw))
@@ -221,6 +221,6 @@ def xla_scorer(cfg: Any, vw: Any, ctx: int, device: Any) -> Callable[[np.ndarray
 
 def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
     """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
-    from workers.export import GraphSpec
+    from workers.model.export import GraphSpec
 
     return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)

@@ -1,8 +1,8 @@
 """What every checkpoint format gives the rest of the project: named tensors made one at a
 time (`LazyTensors`), and the error a checkpoint that cannot be loaded raises.
 
-`workers.checkpoint` (safetensors) and `workers.gguf` (llama.cpp's files) both build on
-this module, so neither imports the other's internals.
+`workers.checkpoints.source` (safetensors) and `workers.checkpoints.gguf` (llama.cpp's
+files) both build on this module, so neither imports the other's internals.
 """
 
 from __future__ import annotations

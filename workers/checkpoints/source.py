@@ -11,7 +11,7 @@ download fails with a message instead of a short read.
 Synthetic weights give the default sweep real-model shapes without a download; they
 are seeded per tensor, so the same seed yields the same bytes on every host.
 
-A GGUF file (llama.cpp's format), or a directory holding one, is read by `workers.gguf`
+A GGUF file (llama.cpp's format), or a directory holding one, is read by `workers.checkpoints.gguf`
 behind the same functions: each one here dispatches on `gguf_file(path)`.
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from workers.files import atomic_write
-from workers.llama_config import LlamaConfig, expected_shapes
-from workers.tensors import CheckpointError, LazyTensors
+from workers.checkpoints.tensors import CheckpointError, LazyTensors
+from workers.core.config import LlamaConfig, expected_shapes
+from workers.core.files import atomic_write
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -74,11 +74,11 @@ def lazy_checkpoint(path: str | Path, blocks: str | None = None) -> LazyTensors:
     by `model.safetensors.index.json`. Every tensor is validated now, before any data is
     read, so a bad checkpoint fails before the slow part; each is then read and widened
     to a float32, C-contiguous array when asked for. Tensors the config does not need
-    (a tied `lm_head.weight`, rotary buffers) are ignored. A GGUF file: `workers.gguf`;
+    (a tied `lm_head.weight`, rotary buffers) are ignored. A GGUF file: `workers.checkpoints.gguf`;
     with `blocks` (`Variant.blocks`), its linears as the file's own blocks.
     """
     if (file := gguf_file(path)) is not None:
-        from workers.gguf import lazy_gguf
+        from workers.checkpoints.gguf import lazy_gguf
 
         return lazy_gguf(file, blocks)
     if blocks is not None:
@@ -112,7 +112,7 @@ def check_checkpoint(path: str | Path) -> LlamaConfig:
     """Everything `lazy_checkpoint` checks, without reading tensor data: cheap enough for
     the driver to run before any work starts."""
     if (file := gguf_file(path)) is not None:
-        from workers.gguf import open_gguf
+        from workers.checkpoints.gguf import open_gguf
 
         return open_gguf(file).config
     return _validated_spans(Path(path))[0]
@@ -121,8 +121,8 @@ def check_checkpoint(path: str | Path) -> LlamaConfig:
 def check_blocks(path: str | Path | None, blocks: str) -> None:
     """A variant that keeps a file's own `blocks` needs a GGUF file whose linears are all
     of that type; anything else fails here, naming the file and tensors, before any work."""
-    from workers.gguf import check_blocks as check_gguf_blocks
-    from workers.gguf import open_gguf
+    from workers.checkpoints.gguf import check_blocks as check_gguf_blocks
+    from workers.checkpoints.gguf import open_gguf
 
     file = gguf_file(path) if path is not None else None
     if file is None:
@@ -143,7 +143,7 @@ def checkpoint_config(path: str | Path) -> LlamaConfig:
 
 def gguf_file(path: str | Path) -> Path | None:
     """The GGUF file `path` names (a `.gguf` file, or a directory holding one), else None."""
-    from workers.gguf import find_gguf
+    from workers.checkpoints.gguf import find_gguf
 
     return find_gguf(path)
 
@@ -374,7 +374,7 @@ def load_tokenizer(path: str | Path) -> Any:
     from tokenizers import Tokenizer
 
     if (gguf := gguf_file(path)) is not None:
-        from workers.gguf import gguf_tokenizer
+        from workers.checkpoints.gguf import gguf_tokenizer
 
         return gguf_tokenizer(gguf)
     file = Path(path) / "tokenizer.json"

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from workers.host import HostSampler
+from workers.core.host import HostSampler
 
 PROMPT_SEED = 1234
 

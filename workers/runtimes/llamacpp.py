@@ -2,7 +2,7 @@
 
 A user asking "how fast can this model decode on this CPU" compares against llama.cpp
 first, so a llamacpp point runs the same protocol as every other point: the same
-prompt token ids, `workers.runtime.greedy_decode` (prefill timed to its first token,
+prompt token ids, `workers.runtimes.session.greedy_decode` (prefill timed to its first token,
 warm-up steps, then one timing per decode token), in the same benchmark actor under
 the same host lock. Only the model file differs: llama.cpp runs GGUF.
 
@@ -11,7 +11,7 @@ F32, BF16, Q8_0 for 8-bit, Q4_1 for our asymmetric 4-bit; Q4_0 would be a symmet
 one, which no variant here is). A GGUF checkpoint whose per-layer linears already
 hold that type is used as it is: the very bits llama.cpp users run. Otherwise the
 checkpoint's (or the seed's) float32 weights are written as an F32 GGUF
-(`workers.gguf.write_gguf`) and quantized by llama.cpp's own quantizer
+(`workers.checkpoints.gguf.write_gguf`) and quantized by llama.cpp's own quantizer
 (`llama_model_quantize`, its default tensor mix for that type). Written files are
 cached by the weights' content id, the type and the bindings' version.
 
@@ -24,7 +24,7 @@ llama-cpp-python 0.3.36's AMX path segfaults in `ggml_backend_amx_mul_mat` on Q4
 Q8_0 models (benchmarks/repro/llamacpp_amx.py), and on everywhere else.
 
 llama.cpp runs in a child process of the benchmark actor
-(`workers.llamacpp_process`): a native crash there costs its point, which is recorded
+(`workers.runtimes.llamacpp_process`): a native crash there costs its point, which is recorded
 as `runtime_error` naming the signal and the function, and never the actor with the
 IREE weights it holds.
 
@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.variant import Variant
+from workers.formats.variant import Variant
 
 INSTALL = 'pip install -e ".[llamacpp]"'
 SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
@@ -168,8 +168,8 @@ def model_file(
 ) -> tuple[Path, str]:
     """The GGUF file a llamacpp point of `variant` runs, and its llama.cpp type; a file
     to be made is quantized by `quantizer` (default: `quantize`, in this process)."""
-    from workers.checkpoint import gguf_file
-    from workers.gguf import tensor_types
+    from workers.checkpoints.gguf import tensor_types
+    from workers.checkpoints.source import gguf_file
 
     kind = llamacpp_type(variant)
     own = gguf_file(source.path) if source.path else None
@@ -189,7 +189,7 @@ def model_file(
 
 
 def _write_f32(source: Any, path: Path) -> None:
-    from workers.gguf import write_gguf
+    from workers.checkpoints.gguf import write_gguf
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_gguf(path, source.config(), source.tensors())
@@ -355,7 +355,7 @@ class LlamaCppRunner:
 
     def scorer(self) -> Callable[[np.ndarray], np.ndarray]:
         """A quality window's tokens in, the logits of its scored positions out (the
-        second half but the last, as `workers.perplexity` scores them)."""
+        second half but the last, as `workers.measure.perplexity` scores them)."""
 
         def chunk_logits(window: np.ndarray) -> np.ndarray:
             self.clear()
@@ -366,7 +366,7 @@ class LlamaCppRunner:
 
 
 class LlamaCppSession:
-    """`workers.runtime.Session` on llama.cpp: one sequence, its KV cache in the context.
+    """`workers.runtimes.session.Session` on llama.cpp: one sequence, its KV cache in the context.
 
     A call feeds tokens with `llama_decode` and returns the argmax of the last logits
     (a Python int: already on the host, so `read_tokens` only wraps it). Before the

@@ -64,11 +64,11 @@ only repacked, its `d` and `m` kept as they are, and the host's `dequantize` giv
 exactly the numbers `gguf.quants.dequantize` gives (m = -8 d and -128 d are exact in
 float16, and so is the subtraction). A factored graph still subtracts the midpoint
 (`centre_of`) and adds it back to the minimum in float32 (`centred_minimum` in
-`workers/quant.py`). A blocks variant spells out what its format is (bits 4 or 8,
+`workers/formats/quant.py`). A blocks variant spells out what its format is (bits 4 or 8,
 group_size 32, storage native, scale_dtype float16), any `dequant`; the embedding,
 the output matrix and the norms are the file's values in float32, and a checkpoint
 that is not GGUF, or whose linears are of another type, is refused by name
-(`workers.checkpoint.check_blocks`).
+(`workers.checkpoints.source.check_blocks`).
 
 The layout is a grid axis of its own: `in_major` gives the graph every matrix as
 [in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
@@ -85,8 +85,8 @@ import json
 
 import numpy as np
 
-from workers.kinds import Dequant, Layout
-from workers.llama_config import LlamaConfig, expected_shapes, is_linear
+from workers.core.config import LlamaConfig, expected_shapes, is_linear
+from workers.core.kinds import Dequant, Layout
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 STORAGES: tuple[str, ...] = ("uint32", "native")

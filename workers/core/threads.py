@@ -3,7 +3,7 @@
 A point with `threads=N` pins every thread of the benchmark actor's process to the first
 N CPUs it may use (`os.sched_setaffinity` per thread: Linux applies an affinity to one
 thread, and a thread inherits its creator's when it starts), and IREE's local-task
-driver runs N workers (`workers.iree_runtime.IreeRunner.use_threads`). After the point
+driver runs N workers (`workers.runtimes.iree.IreeRunner.use_threads`). After the point
 each thread gets back the affinity it had, so the next point starts from the actor's own.
 
 A GPU point timed beside other GPU points of its host (`bench.gpu_concurrency`, see

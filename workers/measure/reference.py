@@ -3,7 +3,7 @@
 A point's greedy tokens are compared with these. The reference is a pure function of
 (weights, variant, prompt, bucket, cache capacity, number of tokens), so it is
 computed once per key, cached on disk, and never runs inside a timed region. It runs
-through the same loop as the measurements (`workers.runtime.greedy_decode`) and
+through the same loop as the measurements (`workers.runtimes.session.greedy_decode`) and
 takes the resident weights as they are: on the CPU the XLA arrays alias them, so the
 host does not keep a second copy.
 """
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.export import GraphSpec
-from workers.files import atomic_write
-from workers.kinds import GraphKind
-from workers.llama_config import LlamaConfig
-from workers.quant import VariantWeights, jax_arrays
-from workers.runtime import DecodeSteps, greedy_decode
-from workers.variant import Variant
+from workers.core.config import LlamaConfig
+from workers.core.files import atomic_write
+from workers.core.kinds import GraphKind
+from workers.formats.quant import VariantWeights, jax_arrays
+from workers.formats.variant import Variant
+from workers.model.export import GraphSpec
+from workers.runtimes.session import DecodeSteps, greedy_decode
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,7 +84,7 @@ def reference_tokens(
 def _run_xla(cfg: LlamaConfig, vw: VariantWeights, run: GreedyRun) -> tuple[int, ...]:
     import jax
 
-    from workers.xla_runtime import XlaSession
+    from workers.runtimes.xla import XlaSession
 
     cpu = jax.devices("cpu")[0]
     # may_alias: aligned host arrays (the resident CPU weights) are used in place.

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.export import GraphSpec
-from workers.files import atomic_write
-from workers.quant import VariantWeights
+from workers.core.files import atomic_write
+from workers.formats.quant import VariantWeights
+from workers.model.export import GraphSpec
 
 
 class DispatchKind(enum.StrEnum):

@@ -2,12 +2,12 @@
 
 The actor holds what is expensive to rebuild (IREE's resident weights, loaded modules,
 XLA's compiled graphs). llama.cpp is native code this project does not control, and on
-some CPUs it crashes (its AMX path segfaults on Sapphire Rapids, `workers.llamacpp`);
+some CPUs it crashes (its AMX path segfaults on Sapphire Rapids, `workers.runtimes.llamacpp`);
 in the actor's process that crash would take all of it down. So the model, its
 contexts, the quantizer and the timed loop run in a child (`python -m
-workers.llamacpp_process`), which the actor drives over a pipe: one request a call,
-the whole timed loop (`workers.runtime.greedy_decode` under `workers.host.HostSampler`)
-inside the child, so no pipe round trip is ever timed.
+workers.runtimes.llamacpp_process`), which the actor drives over a pipe: one request a call,
+the whole timed loop (`workers.runtimes.session.greedy_decode` under
+`workers.core.host.HostSampler`) inside the child, so no pipe round trip is ever timed.
 
 Where the child dies, `LlamaCppProcess` raises `NativeCrash` naming the signal and
 the function it died in, from the child's crash report: the native backtrace its
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 FAULT_ENV = "SWEEP_LLAMACPP_FAULT"
-_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds `workers`
+_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `workers`
 # Frames of the crash report that are the handler's own, the interpreter's or libc's:
 # the function named is the first frame outside these.
 _PLUMBING = re.compile(r"libffi|_ctypes|libpython|/python3|libc\.so|ld-linux|\(\+0x")
@@ -55,7 +55,7 @@ class NativeCrash(RuntimeError):
 
 class LlamaCppProcess:
     """The actor's side: requests to the child, started on first use and again after a
-    crash. Methods mirror `workers.llamacpp.LlamaCppRunner` where they run there."""
+    crash. Methods mirror `workers.runtimes.llamacpp.LlamaCppRunner` where they run there."""
 
     def __init__(self) -> None:
         self._child: subprocess.Popen[bytes] | None = None
@@ -100,7 +100,14 @@ class LlamaCppProcess:
         os.close(fd)
         path = os.pathsep.join(filter(None, (str(_ROOT), os.environ.get("PYTHONPATH"))))
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "workers.llamacpp_process", str(down_r), str(up_w), name],
+            [
+                sys.executable,
+                "-m",
+                "workers.runtimes.llamacpp_process",
+                str(down_r),
+                str(up_w),
+                name,
+            ],
             pass_fds=(down_r, up_w),
             env={**os.environ, "PYTHONPATH": path},
             stdin=subprocess.DEVNULL,
@@ -182,15 +189,15 @@ def _demangle(symbol: str) -> str:
 
 
 class _Child:
-    """The requests the child serves, over one `workers.llamacpp.LlamaCppRunner`."""
+    """The requests the child serves, over one `workers.runtimes.llamacpp.LlamaCppRunner`."""
 
     def __init__(self) -> None:
-        from workers.llamacpp import LlamaCppRunner
+        from workers.runtimes.llamacpp import LlamaCppRunner
 
         self.runner = LlamaCppRunner()
 
     def quantize(self, src: Path, dst: Path, kind: str) -> None:
-        from workers.llamacpp import quantize
+        from workers.runtimes.llamacpp import quantize
 
         quantize(src, dst, kind)
 
@@ -199,8 +206,8 @@ class _Child:
 
     def decode(self, n_ctx: int, prompt: Any, bucket: int, steps: Any) -> tuple[Any, ...]:
         """The timed greedy loop, its host window and llama.cpp's own ms per token."""
-        from workers.host import HostSampler, settle
-        from workers.runtime import greedy_decode
+        from workers.core.host import HostSampler, settle
+        from workers.runtimes.session import greedy_decode
 
         self.runner.context(n_ctx, threads=len(os.sched_getaffinity(0)))
         session = self.runner.session(steps.warmup_calls)
@@ -229,7 +236,7 @@ class _Child:
 
 def _align(cpus: list[int], nice: int) -> None:
     """Every thread of this process on `cpus`, at niceness `nice` (the actor's point's)."""
-    from workers.threads import thread_ids
+    from workers.core.threads import thread_ids
 
     for tid in thread_ids():
         with contextlib.suppress(OSError):

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.host import HostWindow
-from workers.perplexity import QualityStats
-from workers.profile import Profile
+from workers.core.host import HostWindow
+from workers.measure.perplexity import QualityStats
+from workers.measure.profile import Profile
 
 
 def tok_s(decode_ms_p50: float, batch_size: float = 1) -> float:
@@ -57,7 +57,7 @@ def decode_stats(samples_ms: Sequence[float]) -> dict[str, float]:
 
 
 def timed_window(window: HostWindow) -> dict[str, Any]:
-    """A timed phase's window (workers.host) as Measurement's fields."""
+    """A timed phase's window (workers.core.host) as Measurement's fields."""
     return {
         "timed_started_at": window.started_at,
         "timed_finished_at": window.finished_at,
@@ -82,7 +82,7 @@ class Measurement:
     upload_s: float  # seconds this point spent uploading weights; 0 when already resident
     weight_bytes: int
     quant_error: float | None  # our quantizer's error; None for llama.cpp's quantizer
-    fp32_agreement: float  # workers.quality: argmax agreement with fp32, teacher-forced
+    fp32_agreement: float  # workers.measure.quality: argmax agreement with fp32, teacher-forced
     fp32_logit_error: float  # relative logit error against fp32 at the first position
     bytes_per_token: int  # what a step reads (weights once, each sequence's cache) / batch
     peak_gbps: float | None  # the device's copy bandwidth, for the roofline
@@ -92,7 +92,7 @@ class Measurement:
     finished_at: float = 0.0  # ... and when it was done with it
     # The timed phase (prefill runs, warmup and timed decode steps): its wall-clock span,
     # the run-queue wait of the benchmark's threads and the share of host CPU time other
-    # processes took meanwhile, the verdict from them (workers.host: None where the
+    # processes took meanwhile, the verdict from them (workers.core.host: None where the
     # window cannot tell), and the niceness the worker ran at.
     timed_started_at: float = 0.0
     timed_finished_at: float = 0.0
@@ -103,14 +103,14 @@ class Measurement:
     niceness: int | None = None
     xla_compile_s: float | None = None  # the XLA baseline compiles in the worker
     node_id: str | None = None  # the cluster node (filled in by the actor)
-    threads: int | None = None  # cores the point ran on (workers.threads)
+    threads: int | None = None  # cores the point ran on (workers.core.threads)
     num_uploads: int = 0  # uploads the worker made so far, all points together
     profile: Profile | None = None  # IREE's per-dispatch profile, when asked for
     batch: int = 1  # sequences per step: the prompts, tokens and references hold each in turn
     output_text: str | None = None  # the first sequence's tokens, decoded (a text prompt)
     quality: QualityStats | None = None  # ppl, KLD, top-1 on the eval text (a tokenizer)
     llamacpp_type: str | None = None  # llama.cpp points: the GGUF tensor type that ran
-    # ... and the switches it ran with (workers.llamacpp.LlamaCppSettings, as resolved)
+    # ... and the switches it ran with (workers.runtimes.llamacpp.LlamaCppSettings, as resolved)
     llamacpp_extra_bufts: bool | None = None
     llamacpp_flash_attn: str | None = None
     llamacpp_n_ubatch: int | None = None

@@ -2,7 +2,7 @@
 
 This is what a user would pick instead of IREE, so every device row can carry it,
 and on the CPU it computes the reference tokens every point is checked against.
-The protocol is the IREE back end's (`workers.runtime.greedy_decode`): weights
+The protocol is the IREE back end's (`workers.runtimes.session.greedy_decode`): weights
 resident on the device (put once per variant), the caches donated to each step so
 they stay in place, the argmax in the graph, and the argument list, with the
 weights already in it, built before the clock starts. Compilation is ahead of time
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.export import GraphSpec
-from workers.quant import VariantWeights, jax_arrays
-from workers.variant import numpy_dtype
+from workers.formats.quant import VariantWeights, jax_arrays
+from workers.formats.variant import numpy_dtype
+from workers.model.export import GraphSpec
 
 
 def jax_device(driver: str) -> Any:
@@ -42,7 +42,7 @@ def jax_device(driver: str) -> Any:
 
 
 class XlaSession:
-    """The XLA back end of `workers.runtime.greedy_decode`, for one graph pair: the very
+    """The XLA back end of `workers.runtimes.session.greedy_decode`, for one graph pair: the very
     functions IREE compiles (`GraphSpec.function`), compiled by XLA."""
 
     def __init__(

@@ -26,7 +26,7 @@ the set/unset-encoding dispatches that data tiling adds after the flow phase
 constants are elided from the dumps (`--mlir-elide-*`), which keeps them small
 and leaves the vmfb byte-identical. The same flow file gives the dispatch names
 (`flow.executable.export`), kept in the cache's metadata, from which
-`workers/dispatches.py` reads whether the quantized linears' dequant was fused.
+`workers/compile/dispatches.py` reads whether the quantized linears' dequant was fused.
 
 Export memo: the cache key needs the StableHLO's hash, and exporting a 1B graph takes
 seconds, so `compile_graph` remembers, per graph definition (the `GraphSpec` and the
@@ -60,13 +60,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workers.devices import DeviceSpec
-from workers.files import atomic_write
-from workers.kinds import Status
-from workers.locks import key_lock
+from workers.core.devices import DeviceSpec
+from workers.core.files import atomic_write
+from workers.core.kinds import Status
+from workers.core.locks import key_lock
 
 if TYPE_CHECKING:
-    from workers.export import GraphSpec
+    from workers.model.export import GraphSpec
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class CompileResult:
     vmfb_bytes: int | None = None
     stablehlo_sha256: str | None = None
     # The flow phase's dispatch (executable export) names, in order; None when unknown
-    # (a cache entry from before they were kept). See workers/dispatches.py.
+    # (a cache entry from before they were kept). See workers/compile/dispatches.py.
     dispatch_names: tuple[str, ...] | None = None
     # Every quantized linear's dequant inside a contraction dispatch (compile_graph
     # derives it from dispatch_names); None: unquantized, or names unknown.
@@ -274,7 +274,13 @@ def compile_stablehlo(
 
 
 COMPILE_MODES: tuple[str, ...] = ("auto", "cache_only")
-_GRAPH_SOURCES = ("model.py", "export.py", "quant.py", "variant.py", "llama_config.py")
+_GRAPH_SOURCES = (
+    "model/graphs.py",
+    "model/export.py",
+    "formats/quant.py",
+    "formats/variant.py",
+    "core/config.py",
+)
 
 
 def compile_graph(
@@ -309,7 +315,7 @@ def compile_graph(
             f"compile=cache_only compiles nothing and {cache_dir} lacks it; prepare it on a "
             "host with iree-compile (python -m sweep.bundle, or the same sweep there)",
         )
-    from workers.export import export_graph
+    from workers.model.export import export_graph
 
     exported = export_graph(graph)
     _memo_write(cache_dir, graph, exported.sha256)
@@ -326,7 +332,7 @@ def compile_graph(
 
 def _with_verdict(result: CompileResult, graph: GraphSpec) -> CompileResult:
     """The result with `dequant_fused` read from its dispatch names for `graph`'s variant."""
-    from workers.dispatches import dequant_fused
+    from workers.compile.dispatches import dequant_fused
 
     fused = dequant_fused(result.dispatch_names, graph.variant, graph.cfg, graph.layout)
     return dataclasses.replace(result, dequant_fused=fused)
@@ -334,7 +340,7 @@ def _with_verdict(result: CompileResult, graph: GraphSpec) -> CompileResult:
 
 @functools.cache
 def _graph_source_sha() -> str:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for name in _GRAPH_SOURCES:
         digest.update((here / name).read_bytes())

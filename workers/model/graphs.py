@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.kinds import Dequant, Layout
-from workers.llama_config import LlamaConfig
-from workers.quant import (
+from workers.core.config import LlamaConfig
+from workers.core.kinds import Dequant, Layout
+from workers.formats.quant import (
     centred_minimum,
     dequant_jnp,
     factored_linear_jnp,
@@ -36,7 +36,7 @@ from workers.quant import (
     unpack_lanes_jnp,
     unpack_uint4_jnp,
 )
-from workers.variant import EMBEDDING, LM_HEAD, Variant, contraction_axis
+from workers.formats.variant import EMBEDDING, LM_HEAD, Variant, contraction_axis
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
 
@@ -184,7 +184,7 @@ class LlamaGraphs:
 
     def score_logits(self, weights: tuple[Array, ...], tokens: Array) -> Array:
         """Logits of the scored half of one window [T - 1 - T/2, vocab] (T = max_seq):
-        what `workers.perplexity` scores, as llama.cpp's perplexity does."""
+        what `workers.measure.perplexity` scores, as llama.cpp's perplexity does."""
         import jax.numpy as jnp
 
         t = tokens.shape[0]

@@ -16,10 +16,10 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from workers.kinds import GraphKind
-from workers.llama_config import LlamaConfig
-from workers.model import LlamaGraphs, batched, cache_shape
-from workers.variant import ArgSpec, Variant, numpy_dtype
+from workers.core.config import LlamaConfig
+from workers.core.kinds import GraphKind
+from workers.formats.variant import ArgSpec, Variant, numpy_dtype
+from workers.model.graphs import LlamaGraphs, batched, cache_shape
 
 GRAPH_KINDS: tuple[GraphKind, ...] = tuple(GraphKind)
 # what every point runs; score: the quality columns
@@ -30,7 +30,7 @@ TIMED_KINDS: tuple[GraphKind, ...] = (GraphKind.PREFILL, GraphKind.DECODE)
 class GraphSpec:
     """What determines one exported graph; `bucket` is the prefill prompt bucket, 0 for decode.
 
-    A `score` graph (`workers.perplexity`) takes one window of `bucket` tokens (and
+    A `score` graph (`workers.measure.perplexity`) takes one window of `bucket` tokens (and
     `max_seq == bucket`) and returns the logits of its scored second half.
     """
 

@@ -7,7 +7,7 @@ directly, bypassing `iree.runtime`'s generic argument packing, and its argument 
 already holds the resident weights when the clock starts (pushing 151-374 of them
 from Python costs 50-120 us, which IREE's own tool never pays). The token readback
 is one mapped int32 on the CPU, one copy into a staging buffer made once on a GPU.
-The loop itself is `workers.runtime.greedy_decode`.
+The loop itself is `workers.runtimes.session.greedy_decode`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.quant import ALIGNMENT, VariantWeights, aligned_empty
+from workers.formats.quant import ALIGNMENT, VariantWeights, aligned_empty
 
 _INT32 = np.dtype(np.int32)
 
@@ -279,7 +279,7 @@ class IreeRunner:
 
 
 class IreeSession:
-    """The IREE back end of `workers.runtime.greedy_decode`."""
+    """The IREE back end of `workers.runtimes.session.greedy_decode`."""
 
     def __init__(
         self,

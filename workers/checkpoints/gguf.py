@@ -4,7 +4,7 @@ checkpoint gives, with their config and tokenizer read from the file's own metad
 GGUF is what most local-inference users hold their models in (llama.cpp, ollama, LM
 Studio), usually already quantized. The `gguf` package (by the ggml authors, numpy only)
 parses the file and dequantizes its block formats; this module maps that onto what the
-rest of the project expects from `workers.checkpoint`:
+rest of the project expects from `workers.checkpoints.source`:
 
 - hyper-parameters from the `llama.*` metadata into a `LlamaConfig`;
 - tensors under their Hugging Face names, each dequantized to float32 only when asked
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.llama_config import (
+from workers.checkpoints.tensors import CheckpointError, LazyTensors, StoredBlocks
+from workers.core.config import (
     LINEARS,
     NORMS,
     LlamaConfig,
@@ -44,7 +45,6 @@ from workers.llama_config import (
     expected_shapes,
     is_linear,
 )
-from workers.tensors import CheckpointError, LazyTensors, StoredBlocks
 
 SUFFIX = ".gguf"
 ARCHITECTURE = "llama"
@@ -294,7 +294,7 @@ def _llama3_scaling(path: Path, cfg: LlamaConfig, by_name: dict[str, Any]) -> Ro
     if np.allclose(stored, 1.0):
         return None
     plain = dataclasses.replace(cfg, rope_scaling=None)
-    from workers.model import rope_inv_freq
+    from workers.model.graphs import rope_inv_freq
 
     freq = rope_inv_freq(plain).astype(np.float64)
     mid = (stored > 1 + 1e-6) & (stored < factor * (1 - 1e-6))
@@ -552,7 +552,7 @@ def rope_factors(cfg: LlamaConfig) -> np.ndarray | None:
     divisor (what `_llama3_scaling` reads back); None without scaling."""
     if cfg.rope_scaling is None:
         return None
-    from workers.model import rope_inv_freq
+    from workers.model.graphs import rope_inv_freq
 
     plain = rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None)).astype(np.float64)
     return (plain / rope_inv_freq(cfg).astype(np.float64)).astype(np.float32)

@@ -1,6 +1,6 @@
 """Making a variant's weights: layout, quantization, packing, and the in-graph dequant.
 
-What a variant stores is described in `workers/variant.py`; this module does the
+What a variant stores is described in `workers/formats/variant.py`; this module does the
 arithmetic. Quantization works on a matrix as rows of its contraction dimension,
 [rows, K] (the checkpoint's own [out, in]); the layout then decides how the matrix
 reaches the graph: transposed to [in, out] for `in_major`, as it is for
@@ -15,7 +15,7 @@ IREE 3.13 reads unsigned integers as signed when a bare convert feeds a dot
 A `factored` (or `integer`) variant's grouped linears skip `dequant_jnp`:
 `factored_linear_jnp` / `integer_linear_jnp` multiply the 3-D integers per group and
 apply the scales after, with the midpoint subtracted in the graph and folded into
-the stored minimum on the host (`quantize(..., offset=)`); see `workers/variant.py`.
+the stored minimum on the host (`quantize(..., offset=)`); see `workers/formats/variant.py`.
 A variant that keeps a GGUF file's blocks takes the integers, scales and minimums from
 the file (`StoredBlocks`) instead of `quantize`; its minimum is the value at q = 0, and
 the factored graph adds the centre back to it (`centred_minimum`).
@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from workers.kinds import Layout
-from workers.llama_config import LlamaConfig, expected_shapes, is_linear
-from workers.tensors import StoredBlocks
-from workers.variant import (
+from workers.checkpoints.tensors import StoredBlocks
+from workers.core.config import LlamaConfig, expected_shapes, is_linear
+from workers.core.kinds import Layout
+from workers.formats.variant import (
     EMBEDDING,
     ArgSpec,
     Variant,
@@ -189,7 +189,7 @@ def factored_linear_jnp(
     x: Any, stored: Any, scale: Any, minimum: Any, offset: int, out_major: bool
 ) -> Any:
     """x [T, K] times a grouped quantized matrix kept 3-D -> [T, N], scales after the
-    per-group contraction (the `factored` dequant; see `workers/variant.py`).
+    per-group contraction (the `factored` dequant; see `workers/formats/variant.py`).
 
     `stored` is [N, K/G, G] (out_major; scale [N, K/G]) or [K/G, G, N] (in_major;
     scale [K/G, N]). The only op between the integers and the contraction is
