@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from sweep.plan.config import load_config
     from workers.model.graphs import prompt_bucket
-    from workers.point import ModelSource
+    from workers.tasks import ModelSource
 
     known = load_config([])[0]  # the sweep's own devices and variants (conf/)
     unknown = [v for v in args.variants if v not in known.variants]
@@ -442,8 +442,8 @@ class RunnerOurs(Ours):
         self.where = {"pid": os.getpid(), "device_name": device_name(device)}
 
     def run(self, task: Any, graphs: Graphs) -> OursRun:
-        from workers.point import weights_key
         from workers.runtimes.session import greedy_decode, prompt_ids
+        from workers.tasks import weights_key
 
         key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
@@ -494,8 +494,8 @@ def bench_variant(
     task_flags: list[str],
 ) -> dict[str, Any]:
     from workers.model.export import GraphSpec
-    from workers.point import BenchTask
     from workers.runtimes.session import DecodeSteps
+    from workers.tasks import BenchTask
 
     steps = DecodeSteps(warmup_steps=args.warmup, decode_steps=args.steps, prefill_runs=1)
     weights_id = source.weights_id()

@@ -36,10 +36,10 @@ DEFAULT_MODEL = Path("/work/models/SmolLM2-135M-Instruct.Q4_1.gguf")
 def ours(path: Path, prompt: str, num_tokens: int) -> dict[str, Any]:
     """The project's tokenizer, weights and graphs (XLA, CPU), fp32."""
     from sweep.plan.config import load_config
-    from workers.checkpoints.source import load_tokenizer
+    from workers.checkpoints.tokenizers import load_tokenizer
     from workers.measure.reference import GreedyRun, reference_tokens
     from workers.model.graphs import prompt_bucket
-    from workers.point import ModelSource
+    from workers.tasks import ModelSource
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(path)

@@ -63,8 +63,9 @@ def main() -> int:
     from sweep.plan.config import load_config
     from workers.core.kinds import Runtime
     from workers.model.graphs import prompt_bucket
-    from workers.point import BenchTask, ModelSource, PointWorker
+    from workers.point import PointWorker
     from workers.runtimes.session import DecodeSteps
+    from workers.tasks import BenchTask, ModelSource
 
     cfg, _ = load_config([])
     variant = cfg.variants[args.variant]

@@ -67,7 +67,8 @@ def new_run_id() -> str:
 def resolve_inputs(cfg: SweepConfig, out: Any) -> SweepConfig:
     """The config with its model found (a Hugging Face repo in the local cache) and a
     text prompt's length as the prompt length; errors before any work."""
-    from workers.checkpoints.source import CheckpointError, load_tokenizer
+    from workers.checkpoints.tensors import CheckpointError
+    from workers.checkpoints.tokenizers import load_tokenizer
 
     try:
         model = cfg.model.resolved()

@@ -24,13 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import load_checkpoint, save_tiny_llama, variant
-from workers.checkpoints.source import (
-    INDEX_FILE,
-    SINGLE_FILE,
-    CheckpointError,
-    lazy_checkpoint,
-    lazy_synthetic_weights,
-)
+from workers.checkpoints.safetensors import INDEX_FILE, SINGLE_FILE
+from workers.checkpoints.source import lazy_checkpoint, lazy_synthetic_weights
+from workers.checkpoints.tensors import CheckpointError
 from workers.core.config import (
     PRESETS,
     TINY_SHAPES,
@@ -358,7 +354,7 @@ def test_consumed_tensors_build_the_same_variant(tmp_path: Path):
 def test_fingerprint_follows_the_content_and_is_remembered(tmp_path: Path, monkeypatch):
     import workers.checkpoints.source as ckpt_module
     from workers.checkpoints.source import fingerprint
-    from workers.point import ModelSource
+    from workers.tasks import ModelSource
 
     model, cache = tmp_path / "model", tmp_path / "cache"
     save_checkpoint(model)

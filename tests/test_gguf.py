@@ -27,13 +27,9 @@ import torch
 import transformers
 
 from tests.helpers import tiny_llama
-from workers.checkpoints.source import (
-    CheckpointError,
-    check_checkpoint,
-    fingerprint,
-    lazy_checkpoint,
-    load_tokenizer,
-)
+from workers.checkpoints.source import check_checkpoint, fingerprint, lazy_checkpoint
+from workers.checkpoints.tensors import CheckpointError
+from workers.checkpoints.tokenizers import load_tokenizer
 from workers.core.config import LlamaConfig, expected_shapes
 
 T = gguf.GGMLQuantizationType
@@ -228,7 +224,7 @@ def test_each_block_type_dequantizes_like_gguf(tmp_path: Path, qtype: str):
 def test_llama3_rope_scaling_is_recovered_from_rope_freqs(tmp_path: Path):
     """Llama 3.1/3.2 GGUFs carry `rope_freqs` instead of rope_scaling's numbers: the
     frequencies we rebuild from it must be transformers' own for the original model."""
-    from workers.model.graphs import rope_inv_freq
+    from workers.core.config import rope_inv_freq
 
     rope = {
         "rope_type": "llama3",
@@ -394,7 +390,7 @@ def test_a_gguf_checkpoint_has_the_quality_columns_text(tmp_path: Path):
     tokenizer.json needed), windows as llama-perplexity cuts them."""
     from sweep.plan.config import load_config
     from sweep.plan.eval_text import eval_spec, read_text
-    from workers.checkpoints.gguf import gguf_tokenizer
+    from workers.checkpoints.tokenizers import gguf_tokenizer
 
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)

@@ -21,11 +21,12 @@ import pytest
 
 from tests.helpers import host_dequantized, sweep, variant
 from tests.test_gguf import HEADS, KV_HEADS, MIXED, T, _permute, write_tiny_gguf
-from workers.checkpoints.source import CheckpointError, check_blocks, check_checkpoint
+from workers.checkpoints.source import check_blocks, check_checkpoint
+from workers.checkpoints.tensors import CheckpointError
 from workers.core.config import LlamaConfig, is_linear, preset
 from workers.formats.quant import VariantWeights, jax_arrays
 from workers.formats.variant import Variant
-from workers.point import ModelSource, weights_key
+from workers.tasks import ModelSource, weights_key
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q8_0"]
 LINEAR_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -87,8 +87,9 @@ def test_llamacpp_decodes_what_transformers_decodes(tmp_path: Path):
     """The worker's llama.cpp point on the F32 GGUF written from a tiny checkpoint: every
     greedy token equals transformers' on the same weights, its row says what ran, and
     llama.cpp's own counters saw the timed steps."""
-    from workers.point import BenchTask, ModelSource, PointWorker
+    from workers.point import PointWorker
     from workers.runtimes.session import DecodeSteps
+    from workers.tasks import BenchTask, ModelSource
 
     model = tiny_llama(seed=5)
     model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
@@ -114,8 +115,8 @@ def test_llamacpp_decodes_what_transformers_decodes(tmp_path: Path):
 def test_quantized_points_run_llamacpps_own_quantization(tmp_path: Path):
     """int4 runs the checkpoint quantized by llama.cpp's quantizer to Q4_1 (cached by
     content); a GGUF checkpoint that already holds Q4_1 linears runs as it is."""
-    from workers.point import ModelSource
     from workers.runtimes.llamacpp import model_file
+    from workers.tasks import ModelSource
 
     save_tiny_llama(tmp_path / "ckpt", seed=2)
     source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))
@@ -279,9 +280,10 @@ def test_a_native_crash_costs_the_point_and_not_the_resident_weights(tmp_path, m
     NativeCrash naming the signal and the function, its IREE weights stay resident (the
     next IREE point uploads nothing), and the next llama.cpp point gets a new process."""
     from workers.compile.iree import compile_graph
-    from workers.point import BenchTask, ModelSource, PointWorker
+    from workers.point import PointWorker
     from workers.runtimes.llamacpp_process import FAULT_ENV, NativeCrash
     from workers.runtimes.session import DecodeSteps
+    from workers.tasks import BenchTask, ModelSource
 
     save_tiny_llama(tmp_path / "ckpt", seed=4)
     source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))

@@ -175,7 +175,7 @@ def test_the_score_graph_is_the_scored_half_of_every_positions_logits():
     from workers.formats.variant import Variant
     from workers.measure.perplexity import score_graph
     from workers.model.graphs import LlamaGraphs
-    from workers.point import ModelSource
+    from workers.tasks import ModelSource
 
     cfg = preset("tiny")
     vw = ModelSource(name="tiny", preset="tiny").variant(Variant("fp32"))

@@ -21,7 +21,8 @@ from sweep.readers import dispatches as profiles
 from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, ResultsWriter, read_results
 from sweep.store.rows import RunContext, dispatch_rows, measured_row
 from tests.helpers import fake_measurement
-from workers.measure.profile import DispatchTime, Profile, _call_ms, dispatch_kind, summarize
+from workers.measure.profile import _call_ms, dispatch_kind, summarize
+from workers.records import DispatchTime, Profile
 
 CTX = RunContext("run-a", "smoke", {})
 

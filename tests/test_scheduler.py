@@ -37,8 +37,8 @@ from workers.compile.iree import CompileResult
 from workers.core.config import preset
 from workers.core.devices import CPU_BENCH_RESOURCE, DeviceSpec
 from workers.core.threads import CoreShare
-from workers.point import BenchTask
 from workers.records import Measurement
+from workers.tasks import BenchTask
 
 TINY = preset("tiny")
 COMPILE_S, POINT_S = 1.0, 2.0

@@ -17,8 +17,8 @@ from sweep.plan.grid import expand
 from tests.helpers import variant
 from workers.formats.quant import jax_arrays
 from workers.model.export import GraphSpec
-from workers.point import ModelSource
 from workers.runtimes.session import DecodeSteps, greedy_decode, prompt_ids
+from workers.tasks import ModelSource
 
 MAX_SEQ, LENGTH, BUCKET = 64, 12, 16
 STEPS = DecodeSteps(warmup_steps=1, decode_steps=6, prefill_runs=1)

@@ -1,7 +1,9 @@
-"""What a benchmark worker measured for one point, and the statistics derived from it.
+"""What comes back from a benchmark worker: one point's measurement, and its statistics.
 
 A `Measurement` crosses from the worker (a Ray actor) to the driver as itself; the
-driver's `sweep.store.rows` turns it into result columns. The statistics are defined here,
+driver's `sweep.store.rows` turns it into result columns. Its parts (`QualityStats`,
+`Profile`) are defined here too, so the driver reads a point's record without importing
+the model stack that measured it (`workers.measure`). The statistics are defined here,
 next to the samples they summarise, so every consumer computes them the same way.
 """
 
@@ -15,8 +17,6 @@ from typing import Any
 import numpy as np
 
 from workers.core.host import HostWindow
-from workers.measure.perplexity import QualityStats
-from workers.measure.profile import Profile
 
 
 def tok_s(decode_ms_p50: float, batch_size: float = 1) -> float:
@@ -142,3 +142,41 @@ class Measurement:
             return None
         floor_ms = self.bytes_per_token * self.batch / (self.peak_gbps * 1e9) * 1e3
         return floor_ms / self.decode_stats()["decode_ms_p50"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityStats:
+    """The quality columns of a row (see the module docstring)."""
+
+    ppl: float
+    kld_mean: float
+    kld_p99: float
+    top1_agree: float
+    num_eval_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatchTime:
+    name: str  # the compiled dispatch function
+    kind: str
+    calls_per_step: float
+    ms_per_step: float  # its spans' total per decode step (overlapping ones each count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    dispatches: tuple[DispatchTime, ...]
+    device_ms: float  # per decode call: time during which some dispatch ran
+    num_calls: int  # decode calls profiled
+    mode: str  # the HAL profiling mode used
+    raw: bytes = dataclasses.field(repr=False, default=b"")  # the .ireeprof file
+    command: str = ""  # the tool's command line
+    call_ms: float | None = None  # the tool's wall time per profiled call
+
+    @property
+    def device_share(self) -> float | None:
+        """The share of a profiled call during which some dispatch ran; the rest is the
+        runtime's and the tool's own work per call."""
+        if not self.call_ms:
+            return None
+        return min(self.device_ms / self.call_ms, 1.0)

@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from workers.core.config import preset
-    from workers.point import ModelSource
+    from workers.tasks import ModelSource
 
     work = args.work or Path(tempfile.mkdtemp(prefix="llamacpp-amx-"))
     source = ModelSource(name="mid", preset="mid")

@@ -73,8 +73,8 @@ from workers.core.devices import GPU_RESOURCE, DeviceSpec
 from workers.core.kinds import GraphKind, Status
 from workers.core.threads import CoreShare
 from workers.model.export import GraphSpec
-from workers.point import BenchTask, weights_key
 from workers.records import Measurement
+from workers.tasks import BenchTask, weights_key
 
 # rows; the profiled points' dispatch rows; their raw .ireeprof files by point key
 RowSink = Callable[[list[dict[str, Any]], list[dict[str, Any]], dict[str, bytes]], None]

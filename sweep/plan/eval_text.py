@@ -46,8 +46,8 @@ def eval_spec(cfg: SweepConfig, out: Any) -> EvalSpec | None:
     """The text windows every point measures its quality on, or None: no tokenizer (seeded
     weights, a checkpoint without `tokenizer.json`, a GGUF whose tokenizer kind is not
     supported) or `bench.eval_chunks=0`."""
-    from workers.checkpoints.source import load_tokenizer
     from workers.checkpoints.tensors import CheckpointError
+    from workers.checkpoints.tokenizers import load_tokenizer
 
     b, path = cfg.bench, cfg.model.path
     if b.eval_chunks == 0:

@@ -26,9 +26,9 @@ from workers.formats.variant import Variant
 from workers.measure.perplexity import EvalSpec
 from workers.model.export import TIMED_KINDS, GraphSpec
 from workers.model.graphs import prompt_bucket
-from workers.point import BenchTask
 from workers.runtimes.llamacpp import LlamaCppSettings, llamacpp_type
 from workers.runtimes.session import DecodeSteps
+from workers.tasks import BenchTask
 
 KEY_VERSION = 2  # bump when the meaning of a point changes, so old rows are not reused
 NO_FLAG_SET = "-"  # the flag set of a point that IREE does not compile (XLA, llama.cpp)

@@ -17,9 +17,8 @@ from typing import Any
 from sweep.plan.grid import Point
 from workers.compile.iree import CompileResult, clip_message
 from workers.core.kinds import Runtime, Status
-from workers.measure.perplexity import QualityStats
 from workers.model.export import GraphSpec
-from workers.records import Measurement
+from workers.records import Measurement, QualityStats
 
 STATUSES: tuple[Status, ...] = tuple(Status)
 FAILED: frozenset[Status] = frozenset(Status) - {Status.OK, Status.SKIPPED}

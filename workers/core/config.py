@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # The seven per-layer linears, in Hugging Face naming; the order is the graph's
 # argument order and never changes.
@@ -268,3 +271,26 @@ def preset(name: str) -> LlamaConfig:
         raise ValueError(
             f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}"
         ) from None
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+    """Per-pair rotation frequencies [head_dim/2], with Llama 3 scaling when configured.
+
+    Same float32 arithmetic as transformers' `_compute_llama3_parameters`.
+    """
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
+    inv_freq = inv_freq.astype(np.float32)
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)

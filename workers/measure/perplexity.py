@@ -45,6 +45,7 @@ import numpy as np
 from workers.core.files import atomic_write
 from workers.core.kinds import GraphKind
 from workers.formats.variant import Variant
+from workers.records import QualityStats
 
 FP32_VARIANT = Variant("fp32")
 LOG_P_FLOOR = -16.0  # llama.cpp leaves base log-probabilities at or below this out of the KLD
@@ -108,17 +109,6 @@ def eval_windows(ids: Sequence[int], ctx: int, max_chunks: int, bos: int | None)
     if bos is not None:
         windows[:, 0] = bos
     return EvalSpec(tuple(int(t) for t in windows.reshape(-1)), ctx)
-
-
-@dataclasses.dataclass(frozen=True)
-class QualityStats:
-    """The quality columns of a row (see the module docstring)."""
-
-    ppl: float
-    kld_mean: float
-    kld_p99: float
-    top1_agree: float
-    num_eval_tokens: int
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

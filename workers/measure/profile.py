@@ -22,7 +22,6 @@ The raw `.ireeprof` comes back too, so `iree-profile explain` can be run on it l
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import json
@@ -41,6 +40,7 @@ import numpy as np
 from workers.core.files import atomic_write
 from workers.formats.quant import VariantWeights
 from workers.model.export import GraphSpec
+from workers.records import DispatchTime, Profile
 
 
 class DispatchKind(enum.StrEnum):
@@ -78,33 +78,6 @@ def dispatch_kind(name: str) -> str:
         if re.search(pattern, summary):
             return kind
     return DispatchKind.OTHER
-
-
-@dataclasses.dataclass(frozen=True)
-class DispatchTime:
-    name: str  # the compiled dispatch function
-    kind: str
-    calls_per_step: float
-    ms_per_step: float  # its spans' total per decode step (overlapping ones each count)
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    dispatches: tuple[DispatchTime, ...]
-    device_ms: float  # per decode call: time during which some dispatch ran
-    num_calls: int  # decode calls profiled
-    mode: str  # the HAL profiling mode used
-    raw: bytes = dataclasses.field(repr=False, default=b"")  # the .ireeprof file
-    command: str = ""  # the tool's command line
-    call_ms: float | None = None  # the tool's wall time per profiled call
-
-    @property
-    def device_share(self) -> float | None:
-        """The share of a profiled call during which some dispatch ran; the rest is the
-        runtime's and the tool's own work per call."""
-        if not self.call_ms:
-            return None
-        return min(self.device_ms / self.call_ms, 1.0)
 
 
 def iree_tool(name: str) -> str:

@@ -21,12 +21,11 @@ attended by a real position and is overwritten by decode.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from workers.core.config import LlamaConfig
+from workers.core.config import LlamaConfig, rope_inv_freq
 from workers.core.kinds import Dequant, Layout
 from workers.formats.quant import (
     centred_minimum,
@@ -39,29 +38,6 @@ from workers.formats.quant import (
 from workers.formats.variant import EMBEDDING, LM_HEAD, Variant, contraction_axis
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
-
-
-def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
-    """Per-pair rotation frequencies [head_dim/2], with Llama 3 scaling when configured.
-
-    Same float32 arithmetic as transformers' `_compute_llama3_parameters`.
-    """
-    d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
-    inv_freq = inv_freq.astype(np.float32)
-    s = cfg.rope_scaling
-    if s is None:
-        return inv_freq
-    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
-    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
-    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
-        s.high_freq_factor - s.low_freq_factor
-    )
-    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
-    is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-    return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
 def prompt_bucket(prompt_length: int, max_seq: int, min_bucket: int = 16) -> int:
