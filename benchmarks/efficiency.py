@@ -147,7 +147,7 @@ def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
 def expected_compiles(cfg: Any) -> int:
     """Unique (graph, device, flags): per variant, device and flag set, one prefill graph
     per distinct prompt bucket and one decode graph (IREE runtime only)."""
-    from workers.model.graphs import prompt_bucket
+    from workers.model.export import prompt_bucket
 
     grid = cfg.grid
     if "iree" not in grid.runtimes:

@@ -183,7 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from sweep.plan.config import load_config
-    from workers.model.graphs import prompt_bucket
+    from workers.model.export import prompt_bucket
     from workers.tasks import ModelSource
 
     known = load_config([])[0]  # the sweep's own devices and variants (conf/)
@@ -494,7 +494,7 @@ def bench_variant(
     task_flags: list[str],
 ) -> dict[str, Any]:
     from workers.model.export import GraphSpec
-    from workers.runtimes.session import DecodeSteps
+    from workers.tasks import DecodeSteps
     from workers.tasks import BenchTask
 
     steps = DecodeSteps(warmup_steps=args.warmup, decode_steps=args.steps, prefill_runs=1)

@@ -38,7 +38,7 @@ def ours(path: Path, prompt: str, num_tokens: int) -> dict[str, Any]:
     from sweep.plan.config import load_config
     from workers.checkpoints.tokenizers import load_tokenizer
     from workers.measure.reference import GreedyRun, reference_tokens
-    from workers.model.graphs import prompt_bucket
+    from workers.model.export import prompt_bucket
     from workers.tasks import ModelSource
 
     start = time.perf_counter()

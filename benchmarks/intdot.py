@@ -12,7 +12,7 @@ format keeps it, [N, K/B, B]):
     inner[n, g] = sum_k (q[n, g, k] - 8) xq[g, k]                            (i8 x i8 -> i32)
     y[n] = sum_g s[n, g] xs[g] inner[n, g] + m[n, g] xsum[g]
 
-against the factored float formulation (`workers.formats.quant.factored_linear_jnp`) and the
+against the factored float formulation (`workers.formats.factored.factored_linear_jnp`) and the
 fp32 matvec. For each formulation and flag set it records the flow dispatch names,
 whether the executable's assembly holds an integer dot instruction (AVX-512 VNNI
 `vpdpbusd`/`vpdpwssd`, AVX2 `vpmaddubsw`/`vpmaddwd`), the median time of `calls`
@@ -35,7 +35,8 @@ import numpy as np
 
 from benchmarks._common import default_report_path, machine_info, write_json
 from workers.compile.iree import iree_compile_path
-from workers.formats.quant import factored_linear_jnp, quantize
+from workers.formats.factored import factored_linear_jnp
+from workers.formats.packing import quantize
 
 FLAG_SETS: dict[str, list[str]] = {
     "default": [],

@@ -62,9 +62,9 @@ def main() -> int:
 
     from sweep.plan.config import load_config
     from workers.core.kinds import Runtime
-    from workers.model.graphs import prompt_bucket
+    from workers.model.export import prompt_bucket
     from workers.point import PointWorker
-    from workers.runtimes.session import DecodeSteps
+    from workers.tasks import DecodeSteps
     from workers.tasks import BenchTask, ModelSource
 
     cfg, _ = load_config([])

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from workers.core.config import TINY_SHAPES, LlamaConfig
+from workers.core.config import EMBEDDING, TINY_SHAPES, LlamaConfig
 from workers.core.devices import DeviceSpec
-from workers.formats.quant import VariantWeights, dequantize, unpack_lanes, unpack_uint4
-from workers.formats.variant import EMBEDDING, Variant
+from workers.formats.packing import dequantize, unpack_lanes, unpack_uint4
+from workers.formats.variant import Variant
+from workers.formats.weights import VariantWeights
 from workers.measure.reference import num_matching
 from workers.records import Measurement
 

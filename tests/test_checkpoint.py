@@ -330,7 +330,7 @@ def test_synthetic_tensor_depends_only_on_seed_and_name():
 def test_consumed_tensors_build_the_same_variant(tmp_path: Path):
     """The actor builds a variant from tensors made and dropped one at a time; it must be
     the variant built from all of them at once, for seeded and for real weights."""
-    from workers.formats.quant import prepare_variant
+    from workers.formats.weights import prepare_variant
 
     cfg = PRESETS["tiny"]
     made = prepare_variant(lazy_synthetic_weights(cfg, seed=3), cfg, variant("int4"), consume=True)

@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import variant
-from workers.formats.quant import (
-    dequantize,
-    factored_linear_jnp,
-    pack_uint4,
-    quantize,
-    unpack_uint4,
-)
+from workers.formats.factored import factored_linear_jnp
+from workers.formats.packing import dequantize, pack_uint4, quantize, unpack_uint4
 from workers.formats.variant import Variant
 
 RNG = np.random.default_rng(26)
@@ -145,7 +140,7 @@ def test_integer_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
     group, so the error is about half an int8 step of x, nowhere near a wrong sign."""
     import jax.numpy as jnp
 
-    from workers.formats.quant import integer_linear_jnp
+    from workers.formats.integer import integer_linear_jnp
 
     group, offset = 32, 1 << (bits - 1)
     w = RNG.standard_normal((N, K)).astype(np.float32)
@@ -183,7 +178,7 @@ def _grouped_embedding(bits: int, dequant: str, embedding_bits: int | None = Non
 def _xla_logits(cfg: object, vw: object, tokens: np.ndarray) -> np.ndarray:
     import jax
 
-    from workers.formats.quant import jax_arrays
+    from workers.formats.weights import jax_arrays
     from workers.model.graphs import LlamaGraphs
 
     graphs = LlamaGraphs(cfg, vw.variant, 64, vw.layout)
@@ -211,9 +206,8 @@ def test_an_embedding_in_blocks_is_the_host_dequant(
     the host dequantizes; integer dot products up to the activation's int8 rounding."""
     from tests.helpers import host_dequantized
     from workers.checkpoints.source import lazy_synthetic_weights
-    from workers.core.config import preset
-    from workers.formats.quant import prepare_variant
-    from workers.formats.variant import EMBEDDING
+    from workers.core.config import EMBEDDING, preset
+    from workers.formats.weights import prepare_variant
 
     cfg = preset("tiny")
     weights = lazy_synthetic_weights(cfg)

@@ -22,7 +22,8 @@ from tests.helpers import variant
 from tests.test_sweep import sweep
 from workers.compile.dispatches import dequant_fused, parse_name
 from workers.core.config import preset
-from workers.formats.quant import dequant_jnp, factored_linear_jnp
+from workers.formats.direct import dequant_jnp
+from workers.formats.factored import factored_linear_jnp
 
 pytestmark = pytest.mark.slow  # real iree-compile, a real Ray cluster
 
@@ -88,7 +89,10 @@ def test_the_factored_dequant_sits_inside_the_matvec(out_major: bool) -> None:
 
     cfg = preset("tiny")  # dequant_fused's size threshold: any model's linears are larger
     layout = "out_major" if out_major else "in_major"
-    assert dequant_fused(tuple(names), v, cfg, layout) is True
+    # what each format says IREE does with its dequant, and what the names show
+    grouped_direct = variant("int4-ui4-f16")
+    assert v.format.expects_fused(v) is True and dequant_fused(tuple(names), v, cfg, layout)
+    assert grouped_direct.format.expects_fused(grouped_direct) is False
     assert dequant_fused(tuple(direct_names), v, cfg, layout) is False
 
 
@@ -118,5 +122,8 @@ def test_factored_formats_match_their_reference_in_a_sweep(ray_cluster, tmp_path
         assert r["prefill_ms"] > 0 and r["dequant_fused"] is not None
         assert 0 < r["fp32_agreement"] <= 1
     decode_1 = [r for r in rows if r["batch_size"] == 1 and r["layout"] == "out_major"]
-    assert all(r["dequant_fused"] for r in decode_1), [r["variant"] for r in decode_1]
+    assert all(
+        r["dequant_fused"] is variant(r["variant"]).format.expects_fused(variant(r["variant"]))
+        for r in decode_1
+    ), [r["variant"] for r in decode_1]
     assert np.isfinite([r["decode_ms_p50"] for r in rows]).all()

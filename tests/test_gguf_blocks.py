@@ -24,8 +24,8 @@ from tests.test_gguf import HEADS, KV_HEADS, MIXED, T, _permute, write_tiny_gguf
 from workers.checkpoints.source import check_blocks, check_checkpoint
 from workers.checkpoints.tensors import CheckpointError
 from workers.core.config import LlamaConfig, is_linear, preset
-from workers.formats.quant import VariantWeights, jax_arrays
 from workers.formats.variant import Variant
+from workers.formats.weights import VariantWeights, jax_arrays
 from workers.tasks import ModelSource, weights_key
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q8_0"]
@@ -132,14 +132,30 @@ def test_the_identity_differs_from_the_requantized_format_of_the_same_shape() ->
     assert (requantized.offset_of(linear), requantized.centre_of(linear)) == (8, 8)
 
 
+def test_a_block_type_fixes_the_format_fields_from_the_gguf_tables() -> None:
+    """A blocks variant names its type; bits, group and storage come from gguf's own table,
+    and spelling them out (as before) is the same variant, fingerprint included."""
+    named = Variant("gguf-q4_1", blocks="Q4_1", dequant="factored")
+    spelled = Variant(
+        "gguf-q4_1",
+        blocks="Q4_1",
+        dequant="factored",
+        bits=4,
+        group_size=32,
+        storage="native",
+        scale_dtype="float16",
+    )
+    assert named == spelled and named.fingerprint == spelled.fingerprint
+    assert (Variant("q8", blocks="Q8_0").bits, Variant("q8", blocks="Q8_0").group_size) == (8, 32)
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"blocks": "Q5_0"}, r"blocks='Q5_0'; allowed: \['Q4_0', 'Q4_1', 'Q8_0'\]"),
-        ({"blocks": "Q4_1"}, r"blocks=Q4_1 stores .*got \{'bits': None"),
         (
             {"blocks": "Q8_0", "bits": 4, "group_size": 32, "storage": "native"},
-            r"got \{'bits': 4, 'scale_dtype': 'float32'\}",
+            r"blocks=Q8_0 stores .*got \{'bits': 4\}",
         ),
         (
             {

@@ -88,7 +88,7 @@ def test_llamacpp_decodes_what_transformers_decodes(tmp_path: Path):
     greedy token equals transformers' on the same weights, its row says what ran, and
     llama.cpp's own counters saw the timed steps."""
     from workers.point import PointWorker
-    from workers.runtimes.session import DecodeSteps
+    from workers.tasks import DecodeSteps
     from workers.tasks import BenchTask, ModelSource
 
     model = tiny_llama(seed=5)
@@ -210,13 +210,9 @@ def test_the_settings_reach_llamacpps_parameters():
     a field the bindings lack is an error, not a silently ignored attribute."""
     import llama_cpp
 
-    from workers.runtimes.llamacpp import (
-        LlamaCppSettings,
-        context_params,
-        cpu_has_amx,
-        model_params,
-        set_fields,
-    )
+    from workers.runtimes.llamacpp import context_params, model_params, set_fields
+    from workers.core.devices import cpu_has_amx
+    from workers.tasks import LlamaCppSettings
 
     for extra_bufts, expected in (("on", True), ("off", False), ("auto", not cpu_has_amx())):
         params = model_params(llama_cpp, LlamaCppSettings(extra_bufts=extra_bufts))
@@ -281,8 +277,9 @@ def test_a_native_crash_costs_the_point_and_not_the_resident_weights(tmp_path, m
     next IREE point uploads nothing), and the next llama.cpp point gets a new process."""
     from workers.compile.iree import compile_graph
     from workers.point import PointWorker
-    from workers.runtimes.llamacpp_process import FAULT_ENV, NativeCrash
-    from workers.runtimes.session import DecodeSteps
+    from workers.runtimes.llamacpp_process import NativeCrash
+    from workers.tasks import FAULT_ENV
+    from workers.tasks import DecodeSteps
     from workers.tasks import BenchTask, ModelSource
 
     save_tiny_llama(tmp_path / "ckpt", seed=4)
@@ -318,7 +315,7 @@ def test_a_sweep_records_a_native_crash_as_one_row(
     """The acceptance on a real cluster: the llama.cpp points whose process crashes are
     `runtime_error` rows naming the signal, every IREE point is ok, and no actor uploaded
     its IREE weights twice (a crash in the actor itself would have restarted it)."""
-    from workers.runtimes.llamacpp_process import FAULT_ENV
+    from workers.tasks import FAULT_ENV
 
     monkeypatch.setenv(FAULT_ENV, "decode")
     outcome, text = sweep(

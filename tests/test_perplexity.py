@@ -13,15 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from workers.measure.perplexity import (
-    EvalSpec,
-    eval_windows,
-    log_softmax,
-    percentile,
-    quality_stats,
-    summarize,
-    token_stats,
-)
+from workers.measure.perplexity import log_softmax, percentile, quality_stats, summarize, token_stats
+from workers.tasks import EvalSpec, eval_windows
 
 
 def llama_cpp_token(
@@ -171,9 +164,9 @@ def test_the_score_graph_is_the_scored_half_of_every_positions_logits():
     import jax.numpy as jnp
 
     from workers.core.config import preset
-    from workers.formats.quant import jax_arrays
     from workers.formats.variant import Variant
-    from workers.measure.perplexity import score_graph
+    from workers.formats.weights import jax_arrays
+    from workers.tasks import score_graph
     from workers.model.graphs import LlamaGraphs
     from workers.tasks import ModelSource
 

@@ -19,7 +19,7 @@ from sweep.plan.eval_text import default_text
 from sweep.readers.report import main as report_main
 from tests.helpers import save_byte_tokenizer, save_tiny_llama
 from tests.test_sweep import sweep
-from workers.measure.perplexity import eval_windows
+from workers.tasks import eval_windows
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile of three graphs per point
 

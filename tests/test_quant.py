@@ -13,17 +13,16 @@ import pytest
 from tests.helpers import host_dequantized, variant
 from workers.checkpoints.source import lazy_synthetic_weights
 from workers.core.config import preset
-from workers.formats.quant import (
+from workers.formats.packing import (
     dequantize,
-    jax_arrays,
     pack_lanes,
     pack_uint4,
-    prepare_variant,
     quantize,
     unpack_lanes,
     unpack_uint4,
 )
 from workers.formats.variant import LAYOUTS, Variant, numpy_dtype
+from workers.formats.weights import jax_arrays, prepare_variant
 
 TINY = preset("tiny")
 FORMATS = [

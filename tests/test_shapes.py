@@ -15,9 +15,10 @@ import pytest
 from sweep.plan.config import ConfigError, load_config
 from sweep.plan.grid import expand
 from tests.helpers import variant
-from workers.formats.quant import jax_arrays
+from workers.formats.weights import jax_arrays
 from workers.model.export import GraphSpec
-from workers.runtimes.session import DecodeSteps, greedy_decode, prompt_ids
+from workers.runtimes.session import greedy_decode, prompt_ids
+from workers.tasks import DecodeSteps
 from workers.tasks import ModelSource
 
 MAX_SEQ, LENGTH, BUCKET = 64, 12, 16

@@ -22,10 +22,10 @@ import numpy as np
 
 from workers.core.devices import DeviceSpec
 from workers.core.host import HostSampler, HostWindow, niceness, set_niceness, settle
-from workers.core.kinds import GraphKind, Runtime
+from workers.core.kinds import GraphKind, Layout, Runtime
 from workers.core.threads import CoreShare
-from workers.formats.quant import VariantWeights, prepare_variant
 from workers.formats.variant import numpy_dtype
+from workers.formats.weights import VariantWeights, prepare_variant
 from workers.model.graphs import cache_shape
 from workers.records import Measurement, Profile, QualityStats, timed_window
 from workers.runtimes.session import PROMPT_SEED, DecodeRun, greedy_decode, prompt_ids
@@ -171,7 +171,8 @@ class PointWorker:
         on fp32's tokens, and the ppl / KLD columns with a text."""
         from workers.measure.quality import FP32, fp32_side
         from workers.measure.reference import GreedyRun, num_matching
-        from workers.runtimes.llamacpp import NotRunnable, model_file
+        from workers.runtimes.llamacpp import model_file
+        from workers.records import NotRunnable
 
         if task.batch != 1 or task.steps.steps_per_call != 1 or task.depth:
             raise NotRunnable(
@@ -254,12 +255,12 @@ class PointWorker:
         tensors = lambda: lazy_gguf(path, cfg=self.cfg)  # noqa: E731
         return reference_tokens(
             self.cfg,
-            lambda: prepare_variant(tensors(), self.cfg, FP32, "in_major", consume=True),
+            lambda: prepare_variant(tensors(), self.cfg, FP32, Layout.IN_MAJOR, consume=True),
             run,
             weights_id=fingerprint(path, self.cache_dir),
             cache_dir=self.cache_dir,
             variant=FP32,
-            layout="in_major",
+            layout=Layout.IN_MAJOR,
         )
 
     def _ensure_llamacpp(self) -> Any:

@@ -180,3 +180,20 @@ class Profile:
         if not self.call_ms:
             return None
         return min(self.device_ms / self.call_ms, 1.0)
+
+
+class NotRunnable(RuntimeError):
+    """This runtime cannot run the point here (its extra is not installed on the host,
+    or the point asks for what it does not do): recorded as `skipped`, with the reason."""
+
+
+class DispatchKind(enum.StrEnum):
+    """What a dispatch does, in the order tables list kinds."""
+
+    MATMUL = "matmul"
+    ELEMENTWISE = "elementwise"
+    TRANSPOSE = "transpose"
+    REDUCTION = "reduction"
+    ATTENTION = "attention"
+    COPY = "copy"
+    OTHER = "other"

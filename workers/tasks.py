@@ -14,13 +14,13 @@ from pathlib import Path
 
 from workers.checkpoints.tensors import LazyTensors
 from workers.core.config import LlamaConfig, preset
-from workers.core.kinds import GraphKind, Runtime
-from workers.formats.quant import VariantWeights, prepare_variant
+from workers.core.kinds import GraphKind, Layout, Runtime, check
 from workers.formats.variant import Variant, check_layout
-from workers.measure.perplexity import EvalSpec, score_graph
+from workers.formats.weights import VariantWeights, prepare_variant
+from workers.tasks import EvalSpec, score_graph
 from workers.model.export import GraphSpec
-from workers.runtimes.llamacpp import LlamaCppSettings
-from workers.runtimes.session import DecodeSteps
+from workers.tasks import LlamaCppSettings
+from workers.tasks import DecodeSteps
 
 RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
 
@@ -104,7 +104,7 @@ class ModelSource:
             return lazy_checkpoint(self.path, blocks)
         return lazy_synthetic_weights(self.config(), self.seed)
 
-    def variant(self, variant: Variant, layout: str = "in_major") -> VariantWeights:
+    def variant(self, variant: Variant, layout: str = Layout.IN_MAJOR) -> VariantWeights:
         """The variant's graph weights, made from one checkpoint tensor at a time (the
         linears from the file's own blocks for a variant with `blocks`)."""
         source = self.tensors(variant.blocks)
@@ -128,7 +128,9 @@ class BenchTask:
     prompt_bucket: int
     max_seq: int
     steps: DecodeSteps
-    layout: str = "in_major"  # how the weight matrices reach the graphs (workers.formats.variant)
+    layout: str = (
+        Layout.IN_MAJOR
+    )  # how the weight matrices reach the graphs (workers.formats.variant)
     profile_calls: int = 0  # IREE: profile this many decode calls after the timed ones
     batch: int = 1  # sequences decoded together (equal-length prompts, a shared position)
     depth: int = 0  # context tokens beyond the prompt before decode starts (prefilled)
@@ -169,6 +171,145 @@ class BenchTask:
         )
 
     def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime {self.runtime!r}; allowed: {list(RUNTIMES)}")
+        check(Runtime, self.runtime, "runtime")
         check_layout(self.layout)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSteps:
+    """How many of each call one point makes (see the module docstring)."""
+
+    warmup_steps: int
+    decode_steps: int
+    prefill_runs: int = 1
+    # Greedy steps per decode call (a loop in the graph): the per-call host cost is spread
+    # over this many tokens. Decode steps are whole calls' worth; warmup is rounded up to
+    # whole calls.
+    steps_per_call: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.steps_per_call
+        if k < 1 or self.decode_steps % k:
+            raise ValueError(
+                f"steps_per_call={k}: must be at least 1 and divide "
+                f"decode_steps={self.decode_steps}"
+            )
+
+    @property
+    def warmup_calls(self) -> int:
+        return -(-self.warmup_steps // self.steps_per_call)
+
+    @property
+    def decode_calls(self) -> int:
+        return self.decode_steps // self.steps_per_call
+
+    @property
+    def num_warmup_tokens(self) -> int:
+        """The warmup as run: whole calls, so at least `warmup_steps` tokens."""
+        return self.warmup_calls * self.steps_per_call
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens generated: one from prefill, then one per decode step (warmup included)."""
+        return 1 + self.num_warmup_tokens + self.decode_steps
+
+
+SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
+
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaCppSettings:
+    """The llama.cpp switches a point runs with (module docstring); `auto` is llama.cpp's
+    own choice, but for `extra_bufts`, where it is off on a CPU with AMX."""
+
+    extra_bufts: str = "auto"
+    flash_attn: str = "auto"
+    n_ubatch: int = 512  # a prefill's micro-batch: tokens per graph evaluation
+
+    def __post_init__(self) -> None:
+        for name in ("extra_bufts", "flash_attn"):
+            if getattr(self, name) not in SWITCHES:
+                raise ValueError(
+                    f"llamacpp.{name}={getattr(self, name)!r}: one of {', '.join(SWITCHES)}"
+                )
+        if self.n_ubatch < 1:
+            raise ValueError(f"llamacpp.n_ubatch={self.n_ubatch}: must be at least 1")
+
+    def use_extra_bufts(self) -> bool:
+        """The extra buffer types on this host: `auto` is off where the CPU has AMX."""
+        return self.extra_bufts == "on" or (self.extra_bufts == "auto" and not cpu_has_amx())
+
+
+MIN_EVAL_TOKENS = 512  # the scored tokens a row's quality needs to be worth reading
+
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """The text a point's quality is measured on: `num_chunks` windows of `ctx` tokens,
+    each window's first token already the BOS where the tokenizer adds one."""
+
+    tokens: tuple[int, ...]  # num_chunks * ctx token ids, window after window
+    ctx: int
+
+    def __post_init__(self) -> None:
+        if self.ctx < 4 or not self.tokens or len(self.tokens) % self.ctx:
+            raise ValueError(
+                f"eval windows: {len(self.tokens)} tokens are not whole windows of ctx={self.ctx}"
+            )
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.tokens) // self.ctx
+
+    @property
+    def first(self) -> int:
+        """The first scored position of a window: llama.cpp's `n_ctx / 2`."""
+        return self.ctx // 2
+
+    @property
+    def num_scored(self) -> int:
+        """Scored tokens per window."""
+        return self.ctx - 1 - self.first
+
+    @property
+    def num_eval_tokens(self) -> int:
+        return self.num_chunks * self.num_scored
+
+    def windows(self) -> np.ndarray:
+        """[num_chunks, ctx] int32."""
+        return np.asarray(self.tokens, np.int32).reshape(self.num_chunks, self.ctx)
+
+    def targets(self) -> np.ndarray:
+        """[num_chunks, num_scored]: the token each scored position predicts."""
+        return self.windows()[:, self.first + 1 :]
+
+    @property
+    def fingerprint(self) -> str:
+        blob = np.asarray(self.tokens, np.int32).tobytes() + str(self.ctx).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+
+def eval_windows(ids: Sequence[int], ctx: int, max_chunks: int, bos: int | None) -> EvalSpec:
+    """llama.cpp's windows of a tokenized text: `min(max_chunks, len(ids) // ctx)` of
+    `ctx` tokens, each starting with `bos` when the tokenizer adds one."""
+    num_chunks = min(max_chunks, len(ids) // ctx)
+    if num_chunks < 1:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of ctx={ctx}")
+    windows = np.asarray(ids[: num_chunks * ctx], np.int64).reshape(num_chunks, ctx)
+    if bos is not None:
+        windows[:, 0] = bos
+    return EvalSpec(tuple(int(t) for t in windows.reshape(-1)), ctx)
+
+
+
+def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
+    """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
+    from workers.model.export import GraphSpec
+
+    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)
+
+
+FAULT_ENV = "SWEEP_LLAMACPP_FAULT"

@@ -11,7 +11,7 @@ that shows where the unsignedness is lost. Everything runs with the installed
 iree-base-compiler / iree-base-runtime on llvm-cpu; nothing else is needed.
 
 Why it matters here: the dequant of a quantized weight is exactly such a convert
-(`workers/formats/quant.py` puts the scale first for per-channel weights, and the factored
+(`workers/formats/direct.py` puts the scale first for per-channel weights, and the factored
 grouped dequant subtracts the midpoint, both to keep clear of it).
 """
 

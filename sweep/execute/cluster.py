@@ -38,7 +38,7 @@ from workers.core.devices import CPU_BENCH_RESOURCE, DeviceSpec
 from workers.core.kinds import Status
 from workers.core.locks import HostUse, host_lock
 from workers.core.threads import CoreShare
-from workers.runtimes.llamacpp import NotRunnable
+from workers.records import NotRunnable
 
 # Benchmark actors start with transparent huge pages for malloc (IREE's own buffers:
 # KV caches, in-graph dequantized weights) and numpy (the resident weights): 10-30%
@@ -59,7 +59,7 @@ XLA_CPU_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def bench_runtime_env() -> dict[str, Any]:
-    from workers.runtimes.llamacpp_process import FAULT_ENV
+    from workers.tasks import FAULT_ENV
 
     xla_flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), XLA_CPU_FLAGS) if f)
     env = {"PYTHONPATH": _project_root(), **BENCH_ENV, "XLA_FLAGS": xla_flags}

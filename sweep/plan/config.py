@@ -23,8 +23,8 @@ from workers.compile.iree import COMPILE_MODES
 from workers.core.devices import DeviceSpec
 from workers.core.kinds import Attention, Layout, Runtime
 from workers.formats.variant import LAYOUTS, Variant
-from workers.runtimes.llamacpp import SWITCHES, LlamaCppSettings
-from workers.runtimes.session import DecodeSteps
+from workers.tasks import SWITCHES, LlamaCppSettings
+from workers.tasks import DecodeSteps
 from workers.tasks import RUNTIMES, ModelSource
 
 ATTENTION: tuple[Attention, ...] = tuple(Attention)

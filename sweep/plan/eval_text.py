@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.plan.config import ConfigError, SweepConfig
-from workers.measure.perplexity import MIN_EVAL_TOKENS, EvalSpec, eval_windows
+from workers.tasks import MIN_EVAL_TOKENS, EvalSpec, eval_windows
 
 DEFAULT_TEXT_NAME = "the Python Language Reference (pydoc_data.topics)"
 

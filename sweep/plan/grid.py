@@ -23,11 +23,12 @@ from workers.core.config import LlamaConfig
 from workers.core.devices import DeviceSpec
 from workers.core.kinds import Attention, GraphKind, Layout, Runtime
 from workers.formats.variant import Variant
-from workers.measure.perplexity import EvalSpec
+from workers.tasks import EvalSpec
 from workers.model.export import TIMED_KINDS, GraphSpec
-from workers.model.graphs import prompt_bucket
-from workers.runtimes.llamacpp import LlamaCppSettings, llamacpp_type
-from workers.runtimes.session import DecodeSteps
+from workers.model.export import prompt_bucket
+from workers.runtimes.llamacpp import llamacpp_type
+from workers.tasks import LlamaCppSettings
+from workers.tasks import DecodeSteps
 from workers.tasks import BenchTask
 
 KEY_VERSION = 2  # bump when the meaning of a point changes, so old rows are not reused

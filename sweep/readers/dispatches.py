@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from sweep.readers.analysis import profile_keys
 from sweep.readers.tables import fmt_short
 from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, Col, newest_per_point, read_results
-from workers.measure.profile import DispatchKind
+from workers.records import DispatchKind
 
 KIND_ORDER = tuple(DispatchKind)
 MIN_CHANGE_SHOWN = 0.05  # a kind's change below this share of the baseline's time is noise

@@ -351,8 +351,38 @@ def _dequantized(ckpt: GgufCheckpoint, name: str, tensor: Any) -> np.ndarray:
     return np.ascontiguousarray(w)
 
 
-# Block type -> (bytes per block of 32, where q starts); d is always the first 2 bytes.
-_BLOCK_BYTES: dict[str, tuple[int, int]] = {"Q4_0": (18, 2), "Q4_1": (20, 4), "Q8_0": (34, 2)}
+# The block types a variant can keep as stored -> the q of a zero weight in a block that
+# stores no minimum (Q4_0: w = d (q - 8); Q8_0: int8 q, kept as q + 128), None for one
+# that does (Q4_1: w = d q + m). Sizes and bits come from the gguf package's own table.
+_KEEPABLE: dict[str, int | None] = {"Q4_0": 8, "Q4_1": None, "Q8_0": 128}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockType:
+    """A GGUF block type a variant can keep as stored (`Variant.blocks`)."""
+
+    name: str
+    block_size: int  # values per block, along the contraction dimension
+    block_bytes: int
+    zero: int | None  # the q of a zero weight; None: the block stores its minimum m
+
+    @property
+    def header_bytes(self) -> int:
+        """d (float16), and m for a block that stores one: where q starts."""
+        return 2 if self.zero is not None else 4
+
+    @property
+    def bits(self) -> int:
+        return (self.block_bytes - self.header_bytes) * 8 // self.block_size
+
+
+@functools.cache
+def kept_block_types() -> dict[str, BlockType]:
+    """The block types a variant can keep as stored, by name (`Q4_0`, `Q4_1`, `Q8_0`)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    sizes = {name: GGML_QUANT_SIZES[GGMLQuantizationType[name]] for name in _KEEPABLE}
+    return {name: BlockType(name, *sizes[name], zero) for name, zero in _KEEPABLE.items()}
 
 
 def _stored_blocks(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks:
@@ -363,7 +393,7 @@ def _stored_blocks(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks
     as ui8 q + 128 (what the variant's unsigned integers hold), with m = -128 d.
     """
     kind = tensor.tensor_type.name
-    block_bytes, q_start = _BLOCK_BYTES[kind]
+    block = kept_block_types()[kind]
     rows = int(tensor.shape[1])
     raw = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
     cfg = ckpt.config
@@ -371,18 +401,17 @@ def _stored_blocks(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks
         raw = _unpermute(raw, cfg.num_attention_heads)
     elif name.endswith("self_attn.k_proj.weight"):
         raw = _unpermute(raw, cfg.num_key_value_heads)
-    raw = raw.reshape(rows, -1, block_bytes)  # [rows, K / 32, bytes]
+    raw = raw.reshape(rows, -1, block.block_bytes)  # [rows, K / B, bytes]
     scale = _float16(raw[..., 0:2])
-    packed = raw[..., q_start:]
-    if kind == "Q8_0":
+    packed = raw[..., block.header_bytes :]
+    if block.bits == 8:
         q = packed ^ np.uint8(0x80)  # int8 bits -> q + 128
-        minimum = _exact_float16(scale, -128, ckpt.path, name)
     else:
         q = np.concatenate([packed & np.uint8(0xF), packed >> np.uint8(4)], axis=-1)
-        if kind == "Q4_1":
-            minimum = _float16(raw[..., 2:4])
-        else:
-            minimum = _exact_float16(scale, -8, ckpt.path, name)
+    if block.zero is None:
+        minimum = _float16(raw[..., 2:4])
+    else:
+        minimum = _exact_float16(scale, -block.zero, ckpt.path, name)
     return StoredBlocks(kind, np.ascontiguousarray(q.reshape(rows, -1)), scale, minimum)
 
 

@@ -16,8 +16,6 @@ def load_tokenizer(path: str | Path) -> Any:
     from tokenizers import Tokenizer
 
     if (gguf := gguf_file(path)) is not None:
-        from workers.checkpoints.tokenizers import gguf_tokenizer
-
         return gguf_tokenizer(gguf)
     file = Path(path) / "tokenizer.json"
     if not file.is_file():

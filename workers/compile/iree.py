@@ -274,13 +274,6 @@ def compile_stablehlo(
 
 
 COMPILE_MODES: tuple[str, ...] = ("auto", "cache_only")
-_GRAPH_SOURCES = (
-    "model/graphs.py",
-    "model/export.py",
-    "formats/quant.py",
-    "formats/variant.py",
-    "core/config.py",
-)
 
 
 def compile_graph(
@@ -338,19 +331,12 @@ def _with_verdict(result: CompileResult, graph: GraphSpec) -> CompileResult:
     return dataclasses.replace(result, dequant_fused=fused)
 
 
-@functools.cache
-def _graph_source_sha() -> str:
-    here = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in _GRAPH_SOURCES:
-        digest.update((here / name).read_bytes())
-    return digest.hexdigest()
-
-
 def graph_fingerprint(graph: GraphSpec) -> str:
     """What determines a graph's StableHLO: its spec and the code that builds it."""
+    from workers.model.export import source_sha
+
     spec = json.dumps(dataclasses.asdict(graph), sort_keys=True, default=str)
-    return hashlib.sha256(f"{spec}/{_graph_source_sha()}".encode()).hexdigest()
+    return hashlib.sha256(f"{spec}/{source_sha(graph.variant)}".encode()).hexdigest()
 
 
 def _memo_path(cache_dir: Path, graph: GraphSpec) -> Path:

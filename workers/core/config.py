@@ -294,3 +294,9 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
     is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+EMBEDDING = "model.embed_tokens.weight"
+
+
+LM_HEAD = "lm_head.weight"

@@ -53,3 +53,13 @@ class DeviceSpec:
     def runs_on_host_cpu(self) -> bool:
         """True for IREE's CPU drivers, whose device buffers are host memory."""
         return self.driver.startswith("local-")
+
+
+def cpu_has_amx() -> bool:
+    """Whether this host's CPU has AMX tiles (`amx_tile` in /proc/cpuinfo's flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return "amx_tile" in flags.split()

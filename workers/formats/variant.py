@@ -24,51 +24,12 @@ way it multiplies its linears, and in `embedding_bits` where those differ from t
 linears' (8 beside 4-bit linears: llama.cpp's Q4 files keep their output matrix Q8_0);
 otherwise they and the norms stay in float32.
 
-`dequant` says how the graph applies a grouped scale. `direct` dequantizes the whole
-matrix, then multiplies (one elementwise op between the integers and the dot). IREE
-3.13 keeps that a dispatch of its own that writes the whole float32 weight: it clones
-a widening op into a contraction's dispatch only without a reshape between them, and
-groups need one. `factored` keeps the integers 3-D, [N, K/G, G] (out_major) or
-[K/G, G, N] (in_major), contracts each group first and applies the scale after:
-
-    inner[n, g] = sum_j (q[n, g, j] - c) x[g, j]
-    y[n] = sum_g scale[n, g] inner[n, g] + minimum[n, g] xsum[g],   xsum[g] = sum_j x[g, j]
-
-so the widening of the integers sits inside the matvec's dispatch. `c` is half the
-integer range (8 for 4 bits, 128 for 8): the stored minimum is the value at q = c
-(`offset_of`), which the host folds in when quantizing. The `- c` in the graph is
-not cosmetic: IREE 3.13 reads a bare ui4 -> f32 convert that feeds a contraction as
-signed (see `benchmarks/repro/`). IREE fuses the widening into the matvec at O3 in
-both layouts; a matmul (prefill, batch > 1) keeps a dequant dispatch of its own
-whatever the formulation (per channel too), so the gain is decode's.
-
-`integer` stores the same 3-D integers and multiplies them as llama.cpp does: the
-activation is quantized to int8 per group inside the graph (scale max|x|/127), each
-group's dot product runs in integers (i8 x i8 -> i32), and the weight's and the
-activation's scales are applied after it. It changes the numbers (the activation's
-rounding), so its quality columns say what that costs; its XLA reference runs the
-same integer arithmetic, but the rounding of a value that sits on a half step can go
-either way between the two compilers, so its formats ask only the first token to match.
-
-`blocks` keeps a GGUF checkpoint's own block-quantized linears bit for bit instead of
-quantizing its float values again: `Q4_0`, `Q4_1` or `Q8_0`, llama.cpp's formats with
-blocks of 32 along the contraction dimension and a float16 scale `d` (and minimum `m`):
-
-    Q4_1: w = d * q + m,      q in 0..15
-    Q4_0: w = d * (q - 8),    q in 0..15    (stored: d, and m = -8 d)
-    Q8_0: w = d * q,          q in -128..127 (stored: q + 128 as ui8, and m = -128 d)
-
-That is the grouped affine format above with groups of 32, float16 scales and the
-minimum stored as the value at q = 0 (`offset_of` is 0), so the file's nibbles are
-only repacked, its `d` and `m` kept as they are, and the host's `dequantize` gives
-exactly the numbers `gguf.quants.dequantize` gives (m = -8 d and -128 d are exact in
-float16, and so is the subtraction). A factored graph still subtracts the midpoint
-(`centre_of`) and adds it back to the minimum in float32 (`centred_minimum` in
-`workers/formats/quant.py`). A blocks variant spells out what its format is (bits 4 or 8,
-group_size 32, storage native, scale_dtype float16), any `dequant`; the embedding,
-the output matrix and the norms are the file's values in float32, and a checkpoint
-that is not GGUF, or whose linears are of another type, is refused by name
-(`workers.checkpoints.source.check_blocks`).
+`dequant` names the format: how the graph multiplies the integers. Each format is a
+file of its own beside this one (`direct.py`, `factored.py`, `integer.py`; `floating.py`
+for a variant that quantizes nothing) with its checks, its arguments' shapes, its
+host layout, its in-graph linear, its nearest llama.cpp type and whether IREE fuses
+its dequant; `registry.py` lists them. `blocks` keeps a GGUF file's own linears bit for
+bit instead of quantizing its float values again (`gguf_blocks.py`).
 
 The layout is a grid axis of its own: `in_major` gives the graph every matrix as
 [in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
@@ -85,8 +46,14 @@ import json
 
 import numpy as np
 
-from workers.core.config import LlamaConfig, expected_shapes, is_linear
-from workers.core.kinds import Dequant, Layout
+from workers.core.config import EMBEDDING, LM_HEAD, LlamaConfig, expected_shapes, is_linear
+from workers.core.kinds import Dequant, Layout, check
+from workers.formats.base import Format, contraction_axis
+from workers.formats.direct import DIRECT
+from workers.formats.factored import Factored
+from workers.formats.floating import FLOATING
+from workers.formats.gguf_blocks import block_fields
+from workers.formats.registry import FORMATS
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 STORAGES: tuple[str, ...] = ("uint32", "native")
@@ -94,11 +61,6 @@ SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 MATCH_RULES: tuple[str, ...] = ("all", "first")
 DEQUANTS: tuple[Dequant, ...] = tuple(Dequant)
 LAYOUTS: tuple[Layout, ...] = tuple(Layout)
-# GGUF block types a variant can keep as stored (`blocks`) -> their integer bits.
-BLOCK_BITS: dict[str, int] = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
-BLOCK_SIZE = 32  # values per GGUF block of these types, along the contraction dimension
-EMBEDDING = "model.embed_tokens.weight"
-LM_HEAD = "lm_head.weight"
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -154,12 +116,13 @@ class Variant:
     # Greedy tokens against the XLA reference of the same graph: "all" must match;
     # "first" only the first, for a dtype whose rounding differs between XLA and IREE.
     match: str = "all"
-    # How the graph applies grouped scales: "direct" (dequantize, then the dot) or
+    # The format (workers/formats/<dequant>.py): "direct" (dequantize, then the dot),
     # "factored" (per-group contraction first, scales after) or "integer" (the same with
-    # the activation quantized to int8 and an integer contraction; see the docstring).
+    # the activation quantized to int8 and an integer contraction).
     dequant: str = Dequant.DIRECT
     # A GGUF checkpoint's own blocks for the linears ("Q4_0", "Q4_1", "Q8_0"), not
-    # requantized; None: the linears are quantized here from float values.
+    # requantized (workers/formats/gguf_blocks.py; the type fixes bits, group_size,
+    # storage and scale_dtype); None: the linears are quantized here from float values.
     blocks: str | None = None
 
     def __post_init__(self) -> None:
@@ -178,7 +141,7 @@ class Variant:
                     f"{where}: {field}={getattr(self, field)!r}; allowed: {list(allowed)}"
                 )
         if self.blocks is not None:
-            self._check_blocks(where)
+            self._take_block_fields(where)
         if not self.quantized:
             if self.group_size is not None or self.quantize_embedding:
                 raise ValueError(
@@ -189,7 +152,7 @@ class Variant:
                     f"{where}: embedding_group_size and embedding_bits need quantize_embedding: "
                     "true"
                 )
-            if self.factored:
+            if self.dequant != Dequant.DIRECT:
                 raise ValueError(
                     f"{where}: dequant={self.dequant} needs a quantized variant (bits)"
                 )
@@ -219,29 +182,25 @@ class Variant:
                     f"{where}: embedding_group_size={self.embedding_group_size} must be a "
                     f"positive multiple of {step} (or null: one scale per vocabulary row)"
                 )
-        if self.factored and (self.group_size is None or self.storage != "native"):
-            raise ValueError(
-                f"{where}: dequant={self.dequant} needs group_size (a per-channel dequant already "
-                "fuses) and storage=native (the integers as ui4/ui8 tensors)"
-            )
+        self.format.check(self, where)
 
-    def _check_blocks(self, where: str) -> None:
-        """A blocks variant must say what the file's format is: llama.cpp's blocks of 32."""
-        if self.blocks not in BLOCK_BITS:
-            raise ValueError(f"{where}: blocks={self.blocks!r}; allowed: {list(BLOCK_BITS)}")
-        format_fields = {
-            "bits": BLOCK_BITS[self.blocks],
-            "group_size": BLOCK_SIZE,
-            "storage": "native",
-            "scale_dtype": "float16",
-            "quantize_embedding": False,
+    def _take_block_fields(self, where: str) -> None:
+        """A blocks variant's format fields are its block type's: filled in where left at
+        their defaults, refused where set otherwise."""
+        fields = block_fields(self.blocks, where)  # type: ignore[arg-type]
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        wrong = {
+            k: getattr(self, k)
+            for k, v in fields.items()
+            if getattr(self, k) not in (v, defaults[k])
         }
-        wrong = {k: getattr(self, k) for k, v in format_fields.items() if getattr(self, k) != v}
         if wrong:
             raise ValueError(
-                f"{where}: blocks={self.blocks} stores {format_fields} (the embedding stays the "
+                f"{where}: blocks={self.blocks} stores {fields} (the embedding stays the "
                 f"file's values in float32); got {wrong}"
             )
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
 
     @property
     def fingerprint(self) -> str:
@@ -254,9 +213,23 @@ class Variant:
         return self.bits is not None
 
     @property
+    def format(self) -> Format:
+        """The variant's format (`workers.formats.registry`): its dequant's, or `float`."""
+        return FORMATS[self.dequant if self.quantized else FLOATING.name]
+
+    def format_of(self, name: str) -> Format:
+        """The format a tensor is multiplied in: the variant's for a tensor it quantizes,
+        except that a tensor without groups (a per-row embedding) is always `direct`."""
+        if not self.quantizes(name):
+            return FLOATING
+        if self.group_of(name) is None:
+            return DIRECT
+        return self.format
+
+    @property
     def factored(self) -> bool:
         """The grouped linears kept 3-D and scaled after the contraction (float or integer)."""
-        return self.dequant in (Dequant.FACTORED, Dequant.INTEGER)
+        return isinstance(self.format, Factored)
 
     @property
     def values_per_lane(self) -> int:
@@ -302,14 +275,11 @@ class Variant:
 
     def factors(self, name: str) -> bool:
         """True for the tensors the graph multiplies in factored form: grouped linears."""
-        return self.factored and self.quantizes(name) and self.group_of(name) is not None
+        return isinstance(self.format_of(name), Factored)
 
     def centre_of(self, name: str) -> int:
-        """What a factored graph subtracts from the integers: half their range (q - c is
-        centred on zero), for a factored tensor; else 0."""
-        bits = self.bits_of(name)
-        assert bits is not None or not self.factors(name)
-        return 1 << (bits - 1) if self.factors(name) else 0  # type: ignore[operator]
+        """What the graph subtracts from a tensor's integers (its format's `centre`)."""
+        return self.format_of(name).centre(self, name)
 
     def offset_of(self, name: str) -> int:
         """The integer whose value the stored minimum is: the centre for a factored tensor
@@ -336,7 +306,7 @@ class Variant:
                 f"not divide hidden_size {cfg.hidden_size}"
             )
 
-    def arg_specs(self, cfg: LlamaConfig, layout: str = "in_major") -> tuple[ArgSpec, ...]:
+    def arg_specs(self, cfg: LlamaConfig, layout: str = Layout.IN_MAJOR) -> tuple[ArgSpec, ...]:
         """The graph's weight arguments in order, without materializing any weight.
 
         Export needs only these, so a compile task never has to build the weights.
@@ -366,11 +336,8 @@ class Variant:
         stored = list(shape)
         if self.storage == "uint32":
             stored[axis] //= self.values_per_lane
-        if self.factors(name):  # the same bytes, K split into [K/G, G]
-            assert group is not None
-            k = stored[axis]
-            stored[axis : axis + 1] = [k // group, group]
-        specs = [ArgSpec(f"{name}.qweight", tuple(stored), self.integer_dtype_of(name))]
+        qshape = self.format_of(name).qweight_shape(self, name, tuple(stored), axis, group)
+        specs = [ArgSpec(f"{name}.qweight", qshape, self.integer_dtype_of(name))]
         if name == EMBEDDING and self.integer_dtype_of(name) == "uint4":
             # IREE cannot gather rows of a ui4 tensor on CUDA: the lookup reads the same
             # bytes as uint8 pairs ([vocab, hidden / 2]) and unpacks them in the graph.
@@ -397,11 +364,4 @@ def _fingerprint(variant: Variant) -> str:
 
 
 def check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}; allowed: {list(LAYOUTS)}")
-
-
-def contraction_axis(name: str, layout: str) -> int:
-    """The axis of a stored matrix that a matmul contracts: 0 for [in, out], 1 for [out, in]."""
-    # the embedding and lm_head tables stay [vocab, hidden] whatever the layout
-    return 1 if name in (EMBEDDING, LM_HEAD) or layout == Layout.OUT_MAJOR else 0
+    check(Layout, layout, "layout")

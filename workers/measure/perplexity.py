@@ -50,65 +50,6 @@ from workers.records import QualityStats
 FP32_VARIANT = Variant("fp32")
 LOG_P_FLOOR = -16.0  # llama.cpp leaves base log-probabilities at or below this out of the KLD
 KLD_PERCENTILE = 0.99
-MIN_EVAL_TOKENS = 512  # the scored tokens a row's quality needs to be worth reading
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSpec:
-    """The text a point's quality is measured on: `num_chunks` windows of `ctx` tokens,
-    each window's first token already the BOS where the tokenizer adds one."""
-
-    tokens: tuple[int, ...]  # num_chunks * ctx token ids, window after window
-    ctx: int
-
-    def __post_init__(self) -> None:
-        if self.ctx < 4 or not self.tokens or len(self.tokens) % self.ctx:
-            raise ValueError(
-                f"eval windows: {len(self.tokens)} tokens are not whole windows of ctx={self.ctx}"
-            )
-
-    @property
-    def num_chunks(self) -> int:
-        return len(self.tokens) // self.ctx
-
-    @property
-    def first(self) -> int:
-        """The first scored position of a window: llama.cpp's `n_ctx / 2`."""
-        return self.ctx // 2
-
-    @property
-    def num_scored(self) -> int:
-        """Scored tokens per window."""
-        return self.ctx - 1 - self.first
-
-    @property
-    def num_eval_tokens(self) -> int:
-        return self.num_chunks * self.num_scored
-
-    def windows(self) -> np.ndarray:
-        """[num_chunks, ctx] int32."""
-        return np.asarray(self.tokens, np.int32).reshape(self.num_chunks, self.ctx)
-
-    def targets(self) -> np.ndarray:
-        """[num_chunks, num_scored]: the token each scored position predicts."""
-        return self.windows()[:, self.first + 1 :]
-
-    @property
-    def fingerprint(self) -> str:
-        blob = np.asarray(self.tokens, np.int32).tobytes() + str(self.ctx).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def eval_windows(ids: Sequence[int], ctx: int, max_chunks: int, bos: int | None) -> EvalSpec:
-    """llama.cpp's windows of a tokenized text: `min(max_chunks, len(ids) // ctx)` of
-    `ctx` tokens, each starting with `bos` when the tokenizer adds one."""
-    num_chunks = min(max_chunks, len(ids) // ctx)
-    if num_chunks < 1:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of ctx={ctx}")
-    windows = np.asarray(ids[: num_chunks * ctx], np.int64).reshape(num_chunks, ctx)
-    if bos is not None:
-        windows[:, 0] = bos
-    return EvalSpec(tuple(int(t) for t in windows.reshape(-1)), ctx)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -201,7 +142,7 @@ def xla_scorer(cfg: Any, vw: Any, ctx: int, device: Any) -> Callable[[np.ndarray
     its scored logits out."""
     import jax
 
-    from workers.formats.quant import jax_arrays
+    from workers.formats.weights import jax_arrays
 
     graph = score_graph(cfg, vw.variant, vw.layout, ctx)
     weights = tuple(jax.device_put(a, device, may_alias=True) for a in jax_arrays(vw))
@@ -209,8 +150,3 @@ def xla_scorer(cfg: Any, vw: Any, ctx: int, device: Any) -> Callable[[np.ndarray
     return lambda tokens: np.asarray(fn(weights, jax.device_put(tokens, device)))
 
 
-def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
-    """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
-    from workers.model.export import GraphSpec
-
-    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)

@@ -38,21 +38,9 @@ from typing import Any
 import numpy as np
 
 from workers.core.files import atomic_write
-from workers.formats.quant import VariantWeights
+from workers.formats.weights import VariantWeights
 from workers.model.export import GraphSpec
 from workers.records import DispatchTime, Profile
-
-
-class DispatchKind(enum.StrEnum):
-    """What a dispatch does, in the order tables list kinds."""
-
-    MATMUL = "matmul"
-    ELEMENTWISE = "elementwise"
-    TRANSPOSE = "transpose"
-    REDUCTION = "reduction"
-    ATTENTION = "attention"
-    COPY = "copy"
-    OTHER = "other"
 
 
 # A dispatch's kind from the summary IREE puts in its name (the most expensive op:

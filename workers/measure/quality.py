@@ -30,8 +30,8 @@ import numpy as np
 from workers.core.config import LlamaConfig
 from workers.core.files import atomic_write
 from workers.core.kinds import Layout
-from workers.formats.quant import VariantWeights, jax_arrays
 from workers.formats.variant import Variant
+from workers.formats.weights import VariantWeights, jax_arrays
 from workers.measure.reference import GreedyRun, reference_tokens
 from workers.model.graphs import LlamaGraphs
 

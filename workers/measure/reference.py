@@ -21,10 +21,11 @@ import numpy as np
 from workers.core.config import LlamaConfig
 from workers.core.files import atomic_write
 from workers.core.kinds import GraphKind
-from workers.formats.quant import VariantWeights, jax_arrays
 from workers.formats.variant import Variant
+from workers.formats.weights import VariantWeights, jax_arrays
 from workers.model.export import GraphSpec
-from workers.runtimes.session import DecodeSteps, greedy_decode
+from workers.runtimes.session import greedy_decode
+from workers.tasks import DecodeSteps
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

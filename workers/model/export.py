@@ -13,11 +13,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from workers.core import config
 from workers.core.config import LlamaConfig
-from workers.core.kinds import GraphKind
+from workers.core.kinds import GraphKind, Layout, check
+from workers.formats import base, direct, floating, variant
 from workers.formats.variant import ArgSpec, Variant, numpy_dtype
 from workers.model.graphs import LlamaGraphs, batched, cache_shape
 
@@ -39,14 +43,13 @@ class GraphSpec:
     max_seq: int
     kind: str
     bucket: int = 0
-    layout: str = "in_major"
+    layout: str = Layout.IN_MAJOR
     steps_per_call: int = 1  # decode: greedy steps per call, a loop in the graph when > 1
     batch: int = 1  # sequences per call (one graph of one sequence, vmapped)
     attention_span: int | None = None  # decode: cache slots attended; None: all max_seq
 
     def __post_init__(self) -> None:
-        if self.kind not in GRAPH_KINDS:
-            raise ValueError(f"graph kind {self.kind!r}; allowed: {list(GRAPH_KINDS)}")
+        check(GraphKind, self.kind, "graph kind")
         if self.kind == GraphKind.PREFILL and not 0 < self.bucket <= self.max_seq:
             raise ValueError(f"prefill bucket {self.bucket} must be in [1, max_seq={self.max_seq}]")
         if self.kind == GraphKind.SCORE and not (
@@ -159,3 +162,33 @@ def _strip_locations(text: str) -> str:
     with jax_mlir.make_ir_context():
         module = ir.Module.parse(text)
         return module.operation.get_asm(enable_debug_info=False)
+
+
+def graph_sources(v: Variant) -> tuple[Path, ...]:
+    """The source files a graph of variant `v` is built from: this package (the graphs
+    and their export), the model's config, the variant's definition and the formats its
+    tensors are multiplied in (its own, and the `direct` and `float` ones an ungrouped
+    or unquantized tensor takes). Host-side code (packing, checkpoints) is not among
+    them: an edit there leaves every graph's export memo valid."""
+    here = Path(__file__).resolve().parent
+    modules = {config, base, variant, direct, floating}
+    modules |= {inspect.getmodule(cls) for cls in type(v.format).__mro__[:-1]}
+    files = {*here.glob("*.py"), *(Path(inspect.getfile(m)).resolve() for m in modules)}
+    return tuple(sorted(files))
+
+
+@functools.cache
+def source_sha(v: Variant) -> str:
+    """sha256 over `graph_sources(v)`: part of every graph's cache key."""
+    digest = hashlib.sha256()
+    for path in graph_sources(v):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def prompt_bucket(prompt_length: int, max_seq: int, min_bucket: int = 16) -> int:
+    """The static prefill length for a prompt: the next power of two, capped at the cache."""
+    if not 0 < prompt_length <= max_seq:
+        raise ValueError(f"prompt_length={prompt_length} must be in [1, max_seq={max_seq}]")
+    bucket = max(min_bucket, 1 << (prompt_length - 1).bit_length())
+    return min(bucket, max_seq)

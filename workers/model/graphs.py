@@ -25,27 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from workers.core.config import LlamaConfig, rope_inv_freq
-from workers.core.kinds import Dequant, Layout
-from workers.formats.quant import (
-    centred_minimum,
-    dequant_jnp,
-    factored_linear_jnp,
-    integer_linear_jnp,
-    unpack_lanes_jnp,
-    unpack_uint4_jnp,
-)
-from workers.formats.variant import EMBEDDING, LM_HEAD, Variant, contraction_axis
+from workers.core.config import EMBEDDING, LM_HEAD, LlamaConfig, rope_inv_freq
+from workers.core.kinds import Layout
+from workers.formats.base import contraction_axis, dot
+from workers.formats.direct import unpack_lanes_jnp, unpack_uint4_jnp
+from workers.formats.factored import Factored
+from workers.formats.variant import Variant
 
 Array = Any  # a jax array; jax is imported lazily so importing this module stays cheap
-
-
-def prompt_bucket(prompt_length: int, max_seq: int, min_bucket: int = 16) -> int:
-    """The static prefill length for a prompt: the next power of two, capped at the cache."""
-    if not 0 < prompt_length <= max_seq:
-        raise ValueError(f"prompt_length={prompt_length} must be in [1, max_seq={max_seq}]")
-    bucket = max(min_bucket, 1 << (prompt_length - 1).bit_length())
-    return min(bucket, max_seq)
 
 
 def cache_shape(cfg: LlamaConfig, max_seq: int) -> tuple[int, int, int, int]:
@@ -61,7 +48,7 @@ class LlamaGraphs:
         cfg: LlamaConfig,
         variant: Variant,
         max_seq: int,
-        layout: str = "in_major",
+        layout: str = Layout.IN_MAJOR,
         attention_span: int | None = None,
     ) -> None:
         self.cfg = cfg
@@ -247,57 +234,10 @@ class LlamaGraphs:
     # --- the weights: layout and dequant -------------------------------------------------
 
     def _linear(self, w: dict[str, Array], name: str, x: Array) -> Array:
-        """x [T, in] times the linear's weight, dequantized in the graph when quantized.
-
-        in_major: x @ W with W [in, out]. out_major, one row (decode): W . x with W
-        [out, in] as the dot's left operand, which IREE lowers to a matvec; `x @ W.T`
-        would make it transpose the whole weight first. out_major, several rows
-        (prefill): x . W^T, which stays one matmul when the graph is batched. A factored
-        variant's grouped linears contract the integers per group first and apply the
-        scales after (`factored_linear_jnp`, or `integer_linear_jnp` with the activation
-        quantized to int8).
-        """
+        """x [T, in] times the linear's weight, as its format multiplies it
+        (`workers.formats`: a float matrix, dequantized in the graph, or grouped)."""
         key = f"{name}.weight"
-        if self.variant.factors(key):
-            linear = self._grouped_linear
-            centre = self.variant.centre_of(key)
-            scale = w[f"{key}.scale"]
-            # a GGUF block's minimum is the value at q = 0: the centre is added back here
-            shift = centre - self.variant.offset_of(key)
-            return linear(
-                x,
-                w[f"{key}.qweight"],
-                scale,
-                centred_minimum(scale, w[f"{key}.minimum"], shift),
-                centre,
-                out_major=self.layout == Layout.OUT_MAJOR,
-            ).astype(x.dtype)
-        weight = self._matrix(w, key).astype(x.dtype)
-        if self.layout == Layout.IN_MAJOR:
-            return _dot(x, weight, 1, 0)
-        if x.shape[0] > 1:
-            # Several rows (prefill, score): x . W^T, one matmul with both operands
-            # contiguous along `in`. W . x is that too for one sequence, but vmapped over
-            # a batch (`batched`) the rows become two free dims, and IREE 3.13 then
-            # transposes x to [in, batch x rows] for a plain A.B matmul, 4-7x slower per
-            # FLOP on the CPU: 1B prefill at batch 4 took ~10x batch 1 (docs/results.md).
-            return _dot(x, weight, 1, 1)
-        return _dot(weight, x, 1, 1).T
-
-    @property
-    def _grouped_linear(self) -> Any:
-        """How a factored variant multiplies a grouped matrix: float or integer dots."""
-        integer = self.variant.dequant == Dequant.INTEGER
-        return integer_linear_jnp if integer else factored_linear_jnp
-
-    def _matrix(self, w: dict[str, Array], key: str) -> Array:
-        """A weight matrix in its stored orientation, dequantized if the variant quantizes it."""
-        if not self.variant.quantizes(key):
-            return w[key]
-        axis = contraction_axis(key, self.layout)
-        return dequant_jnp(
-            w[f"{key}.qweight"], w[f"{key}.scale"], w[f"{key}.minimum"], self.variant, axis
-        )
+        return self.variant.format_of(key).linear(x, w, key, self.variant, self.layout)
 
     def _embed(self, w: dict[str, Array], tokens: Array) -> Array:
         """The embedding rows of `tokens` [T] -> [T, hidden], in the activation dtype."""
@@ -336,22 +276,16 @@ class LlamaGraphs:
         """h [.., hidden] -> logits [.., vocab] (float32) through the (tied) lm_head."""
         w = dict(zip(self.names, weights, strict=True))
         key = EMBEDDING if self.cfg.tie_word_embeddings else LM_HEAD
-        if self.variant.factors(key):  # grouped, multiplied as the linears are: [vocab, hidden]
+        fmt = self.variant.format_of(key)
+        if isinstance(fmt, Factored):  # grouped, multiplied as the linears are: [vocab, hidden]
             rows = h.reshape(-1, h.shape[-1])
-            logits = self._grouped_linear(
-                rows,
-                w[f"{key}.qweight"],
-                w[f"{key}.scale"],
-                w[f"{key}.minimum"],
-                self.variant.centre_of(key),
-                out_major=True,
-            )
+            logits = fmt.grouped(rows, w, key, self.variant, out_major=True)
             return logits.reshape(*h.shape[:-1], -1).astype("float32")
-        head = self._matrix(w, key).astype(h.dtype)
+        head = fmt.matrix(w, key, self.variant, contraction_axis(key, self.layout)).astype(h.dtype)
         stored_in_major = self.layout == Layout.IN_MAJOR and not self.variant.quantizes(key)
         if stored_in_major:  # [hidden, vocab]
-            return _dot(h, head, h.ndim - 1, 0).astype("float32")
-        logits = _dot(head, h, 1, h.ndim - 1)  # [vocab, ..]: the table on the left
+            return dot(h, head, h.ndim - 1, 0).astype("float32")
+        logits = dot(head, h, 1, h.ndim - 1)  # [vocab, ..]: the table on the left
         return (logits.T if h.ndim == 2 else logits).astype("float32")
 
     def _rms_norm(self, x: Array, weight: Array) -> Array:
@@ -377,13 +311,6 @@ def _apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos[:, None, :] + rotated * sin[:, None, :]
-
-
-def _dot(a: Array, b: Array, a_axis: int, b_axis: int) -> Array:
-    """The product contracting `a_axis` of a with `b_axis` of b."""
-    from jax import lax
-
-    return lax.dot_general(a, b, (((a_axis,), (b_axis,)), ((), ())))
 
 
 def batched(step: Any, batch: int, batched_args: tuple[bool, ...]) -> Any:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.formats.quant import ALIGNMENT, VariantWeights, aligned_empty
+from workers.core.buffers import ALIGNMENT, aligned_empty
+from workers.formats.weights import VariantWeights
 
 _INT32 = np.dtype(np.int32)
 

@@ -54,53 +54,18 @@ import numpy as np
 from workers.formats.variant import Variant
 
 INSTALL = 'pip install -e ".[llamacpp]"'
-SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
-# The llama.cpp types the variants map to, with their `llama_ftype` for the quantizer.
-# llama_ftype: what llama.cpp's quantizer writes (a K-quant `_M` is its mix of types)
-FTYPES: dict[str, int] = {
-    "F32": 0,
-    "F16": 1,
-    "Q4_0": 2,
-    "Q4_1": 3,
-    "Q8_0": 7,
-    "Q4_K_M": 15,
-    "Q5_K_M": 17,
-    "Q6_K": 18,
-    "BF16": 32,
-}
 
 
-@dataclasses.dataclass(frozen=True)
-class LlamaCppSettings:
-    """The llama.cpp switches a point runs with (module docstring); `auto` is llama.cpp's
-    own choice, but for `extra_bufts`, where it is off on a CPU with AMX."""
+def ftype(kind: str) -> int:
+    """llama.cpp's `llama_ftype` for a type name (`Q4_1`, `Q4_K_M`), from the gguf
+    package's copy of the enum: what llama.cpp's quantizer writes (a K-quant `_M` is its
+    mix of types)."""
+    from gguf import LlamaFileType
 
-    extra_bufts: str = "auto"
-    flash_attn: str = "auto"
-    n_ubatch: int = 512  # a prefill's micro-batch: tokens per graph evaluation
-
-    def __post_init__(self) -> None:
-        for name in ("extra_bufts", "flash_attn"):
-            if getattr(self, name) not in SWITCHES:
-                raise ValueError(
-                    f"llamacpp.{name}={getattr(self, name)!r}: one of {', '.join(SWITCHES)}"
-                )
-        if self.n_ubatch < 1:
-            raise ValueError(f"llamacpp.n_ubatch={self.n_ubatch}: must be at least 1")
-
-    def use_extra_bufts(self) -> bool:
-        """The extra buffer types on this host: `auto` is off where the CPU has AMX."""
-        return self.extra_bufts == "on" or (self.extra_bufts == "auto" and not cpu_has_amx())
-
-
-def cpu_has_amx() -> bool:
-    """Whether this host's CPU has AMX tiles (`amx_tile` in /proc/cpuinfo's flags)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return "amx_tile" in flags.split()
+        return LlamaFileType[("ALL_" if kind == "F32" else "MOSTLY_") + kind].value
+    except KeyError:
+        raise ValueError(f"no llama.cpp file type {kind!r}") from None
 
 
 def set_fields(params: Any, **values: Any) -> Any:
@@ -113,11 +78,6 @@ def set_fields(params: Any, **values: Any) -> Any:
     for name, value in values.items():
         setattr(params, name, value)
     return params
-
-
-class NotRunnable(RuntimeError):
-    """This runtime cannot run the point here (its extra is not installed on the host,
-    or the point asks for what it does not do): recorded as `skipped`, with the reason."""
 
 
 def bindings() -> Any:
@@ -148,15 +108,9 @@ _QUIET: list[Any] = []  # the log callback, referenced for the life of the proce
 
 
 def llamacpp_type(variant: Variant) -> str:
-    """The llama.cpp tensor type nearest to the variant's linears (a GGUF file's own
-    blocks: that very type)."""
-    if variant.blocks is not None:
-        return variant.blocks
-    if not variant.quantized:
-        return {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[variant.dtype]
-    # Our formats are affine (scale and minimum): Q4_1 is llama.cpp's affine 4-bit;
-    # its 8-bit type Q8_0 is symmetric (scale only), the nearest there is.
-    return "Q8_0" if variant.bits == 8 else "Q4_1"
+    """The llama.cpp tensor type nearest to the variant's linears (its format's answer;
+    a GGUF file's own blocks: that very type)."""
+    return variant.blocks or variant.format.llamacpp_type(variant)
 
 
 def model_file(
@@ -200,7 +154,7 @@ def quantize(src: Path, dst: Path, kind: str) -> None:
     name renamed when done, so an interrupted run leaves no half-written model."""
     llama_cpp = _initialized()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[kind]
+    params.ftype = ftype(kind)
     params.nthread = len(os.sched_getaffinity(0))
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:

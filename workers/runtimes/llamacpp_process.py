@@ -42,7 +42,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-FAULT_ENV = "SWEEP_LLAMACPP_FAULT"
 _ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `workers`
 # Frames of the crash report that are the handler's own, the interpreter's or libc's:
 # the function named is the first frame outside these.

@@ -39,45 +39,6 @@ def prompt_ids(vocab_size: int, length: int, seed: int = PROMPT_SEED) -> np.ndar
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeSteps:
-    """How many of each call one point makes (see the module docstring)."""
-
-    warmup_steps: int
-    decode_steps: int
-    prefill_runs: int = 1
-    # Greedy steps per decode call (a loop in the graph): the per-call host cost is spread
-    # over this many tokens. Decode steps are whole calls' worth; warmup is rounded up to
-    # whole calls.
-    steps_per_call: int = 1
-
-    def __post_init__(self) -> None:
-        k = self.steps_per_call
-        if k < 1 or self.decode_steps % k:
-            raise ValueError(
-                f"steps_per_call={k}: must be at least 1 and divide "
-                f"decode_steps={self.decode_steps}"
-            )
-
-    @property
-    def warmup_calls(self) -> int:
-        return -(-self.warmup_steps // self.steps_per_call)
-
-    @property
-    def decode_calls(self) -> int:
-        return self.decode_steps // self.steps_per_call
-
-    @property
-    def num_warmup_tokens(self) -> int:
-        """The warmup as run: whole calls, so at least `warmup_steps` tokens."""
-        return self.warmup_calls * self.steps_per_call
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens generated: one from prefill, then one per decode step (warmup included)."""
-        return 1 + self.num_warmup_tokens + self.decode_steps
-
-
-@dataclasses.dataclass(frozen=True)
 class DecodeRun:
     """What the loop measured: timings and the greedy tokens."""
 

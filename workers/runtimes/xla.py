@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.formats.quant import VariantWeights, jax_arrays
 from workers.formats.variant import numpy_dtype
+from workers.formats.weights import VariantWeights, jax_arrays
 from workers.model.export import GraphSpec
 
 
