@@ -494,8 +494,7 @@ def bench_variant(
     task_flags: list[str],
 ) -> dict[str, Any]:
     from workers.model.export import GraphSpec
-    from workers.tasks import DecodeSteps
-    from workers.tasks import BenchTask
+    from workers.tasks import BenchTask, DecodeSteps
 
     steps = DecodeSteps(warmup_steps=args.warmup, decode_steps=args.steps, prefill_runs=1)
     weights_id = source.weights_id()

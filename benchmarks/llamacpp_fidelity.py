@@ -64,8 +64,7 @@ def main() -> int:
     from workers.core.kinds import Runtime
     from workers.model.export import prompt_bucket
     from workers.point import PointWorker
-    from workers.tasks import DecodeSteps
-    from workers.tasks import BenchTask, ModelSource
+    from workers.tasks import BenchTask, DecodeSteps, ModelSource
 
     cfg, _ = load_config([])
     variant = cfg.variants[args.variant]

@@ -22,16 +22,15 @@ from workers.checkpoints.gguf import open_gguf, tensor_types, write_gguf
 from workers.checkpoints.source import lazy_synthetic_weights
 from workers.core.config import TINY_SHAPES, preset
 from workers.core.kinds import Runtime, Status
-from workers.runtimes.llamacpp import llamacpp_type
 
 
 def test_each_variant_runs_as_its_nearest_llamacpp_type():
-    assert llamacpp_type(variant("fp32")) == "F32"
-    assert llamacpp_type(variant("bf16")) == "BF16"
-    assert llamacpp_type(variant("int8")) == "Q8_0"  # llama.cpp's 8-bit is symmetric
-    assert llamacpp_type(variant("int4")) == "Q4_1"  # affine, as our int4 formats
-    assert llamacpp_type(variant("int4-fac-g32")) == "Q4_1"
-    assert llamacpp_type(variant("gguf-q4_0")) == "Q4_0"  # a file's own blocks
+    assert variant("fp32").llamacpp_type == "F32"
+    assert variant("bf16").llamacpp_type == "BF16"
+    assert variant("int8").llamacpp_type == "Q8_0"  # llama.cpp's 8-bit is symmetric
+    assert variant("int4").llamacpp_type == "Q4_1"  # affine, as our int4 formats
+    assert variant("int4-fac-g32").llamacpp_type == "Q4_1"
+    assert variant("gguf-q4_0").llamacpp_type == "Q4_0"  # a file's own blocks
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
@@ -88,8 +87,7 @@ def test_llamacpp_decodes_what_transformers_decodes(tmp_path: Path):
     greedy token equals transformers' on the same weights, its row says what ran, and
     llama.cpp's own counters saw the timed steps."""
     from workers.point import PointWorker
-    from workers.tasks import DecodeSteps
-    from workers.tasks import BenchTask, ModelSource
+    from workers.tasks import BenchTask, DecodeSteps, ModelSource
 
     model = tiny_llama(seed=5)
     model.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
@@ -193,7 +191,7 @@ def test_the_grid_makes_one_llamacpp_point_per_gguf_type():
     cfg, _ = load_config(["+grid=baselines", "grid.layouts=[out_major,in_major]"])
     points = expand(cfg, "model-id")
     llama = [p for p in points if p.runtime == Runtime.LLAMACPP]
-    assert [(p.variant.name, llamacpp_type(p.variant)) for p in llama] == [
+    assert [(p.variant.name, p.variant.llamacpp_type) for p in llama] == [
         ("fp32", "F32"), ("int8-u8-pc", "Q8_0"), ("int4-ui4-pc", "Q4_1")
     ]  # fmt: skip
     assert {(p.flag_set, p.layout) for p in llama} == {(NO_FLAG_SET, "out_major")}
@@ -210,8 +208,8 @@ def test_the_settings_reach_llamacpps_parameters():
     a field the bindings lack is an error, not a silently ignored attribute."""
     import llama_cpp
 
-    from workers.runtimes.llamacpp import context_params, model_params, set_fields
     from workers.core.devices import cpu_has_amx
+    from workers.runtimes.llamacpp import context_params, model_params, set_fields
     from workers.tasks import LlamaCppSettings
 
     for extra_bufts, expected in (("on", True), ("off", False), ("auto", not cpu_has_amx())):
@@ -278,9 +276,7 @@ def test_a_native_crash_costs_the_point_and_not_the_resident_weights(tmp_path, m
     from workers.compile.iree import compile_graph
     from workers.point import PointWorker
     from workers.runtimes.llamacpp_process import NativeCrash
-    from workers.tasks import FAULT_ENV
-    from workers.tasks import DecodeSteps
-    from workers.tasks import BenchTask, ModelSource
+    from workers.tasks import FAULT_ENV, BenchTask, DecodeSteps, ModelSource
 
     save_tiny_llama(tmp_path / "ckpt", seed=4)
     source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))

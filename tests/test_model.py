@@ -35,9 +35,8 @@ from workers.compile.iree import CompileResult, compile_stablehlo
 from workers.core.config import LlamaConfig, rope_inv_freq
 from workers.formats.weights import VariantWeights, jax_arrays, prepare_variant
 from workers.measure.reference import GreedyRun, num_matching, reference_tokens
-from workers.model.export import GraphSpec, export_graph
+from workers.model.export import GraphSpec, export_graph, prompt_bucket
 from workers.model.graphs import LlamaGraphs
-from workers.model.export import prompt_bucket
 from workers.runtimes.iree import IreeRunner
 from workers.runtimes.session import greedy_decode, prompt_ids
 from workers.tasks import DecodeSteps

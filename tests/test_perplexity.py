@@ -13,7 +13,13 @@ import math
 import numpy as np
 import pytest
 
-from workers.measure.perplexity import log_softmax, percentile, quality_stats, summarize, token_stats
+from workers.measure.perplexity import (
+    log_softmax,
+    percentile,
+    quality_stats,
+    summarize,
+    token_stats,
+)
 from workers.tasks import EvalSpec, eval_windows
 
 
@@ -166,9 +172,8 @@ def test_the_score_graph_is_the_scored_half_of_every_positions_logits():
     from workers.core.config import preset
     from workers.formats.variant import Variant
     from workers.formats.weights import jax_arrays
-    from workers.tasks import score_graph
     from workers.model.graphs import LlamaGraphs
-    from workers.tasks import ModelSource
+    from workers.tasks import ModelSource, score_graph
 
     cfg = preset("tiny")
     vw = ModelSource(name="tiny", preset="tiny").variant(Variant("fp32"))

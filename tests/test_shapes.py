@@ -18,8 +18,7 @@ from tests.helpers import variant
 from workers.formats.weights import jax_arrays
 from workers.model.export import GraphSpec
 from workers.runtimes.session import greedy_decode, prompt_ids
-from workers.tasks import DecodeSteps
-from workers.tasks import ModelSource
+from workers.tasks import DecodeSteps, ModelSource
 
 MAX_SEQ, LENGTH, BUCKET = 64, 12, 16
 STEPS = DecodeSteps(warmup_steps=1, decode_steps=6, prefill_runs=1)

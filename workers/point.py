@@ -171,8 +171,8 @@ class PointWorker:
         on fp32's tokens, and the ppl / KLD columns with a text."""
         from workers.measure.quality import FP32, fp32_side
         from workers.measure.reference import GreedyRun, num_matching
-        from workers.runtimes.llamacpp import model_file
         from workers.records import NotRunnable
+        from workers.runtimes.llamacpp import model_file
 
         if task.batch != 1 or task.steps.steps_per_call != 1 or task.depth:
             raise NotRunnable(

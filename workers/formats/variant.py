@@ -217,6 +217,12 @@ class Variant:
         """The variant's format (`workers.formats.registry`): its dequant's, or `float`."""
         return FORMATS[self.dequant if self.quantized else FLOATING.name]
 
+    @property
+    def llamacpp_type(self) -> str:
+        """The llama.cpp tensor type nearest to the variant's linears (its format's answer;
+        a GGUF file's own blocks: that very type), for the llama.cpp baseline."""
+        return self.blocks or self.format.llamacpp_type(self)
+
     def format_of(self, name: str) -> Format:
         """The format a tensor is multiplied in: the variant's for a tensor it quantizes,
         except that a tensor without groups (a per-row embedding) is always `direct`."""

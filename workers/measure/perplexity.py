@@ -34,18 +34,17 @@ once per (weights, text windows) and cached on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workers.core.files import atomic_write
-from workers.core.kinds import GraphKind
 from workers.formats.variant import Variant
 from workers.records import QualityStats
+from workers.tasks import EvalSpec, score_graph
 
 FP32_VARIANT = Variant("fp32")
 LOG_P_FLOOR = -16.0  # llama.cpp leaves base log-probabilities at or below this out of the KLD
@@ -148,5 +147,3 @@ def xla_scorer(cfg: Any, vw: Any, ctx: int, device: Any) -> Callable[[np.ndarray
     weights = tuple(jax.device_put(a, device, may_alias=True) for a in jax_arrays(vw))
     fn = jax.jit(graph.function())
     return lambda tokens: np.asarray(fn(weights, jax.device_put(tokens, device)))
-
-

@@ -22,7 +22,6 @@ The raw `.ireeprof` comes back too, so `iree-profile explain` can be run on it l
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import os
@@ -40,8 +39,7 @@ import numpy as np
 from workers.core.files import atomic_write
 from workers.formats.weights import VariantWeights
 from workers.model.export import GraphSpec
-from workers.records import DispatchTime, Profile
-
+from workers.records import DispatchKind, DispatchTime, Profile
 
 # A dispatch's kind from the summary IREE puts in its name (the most expensive op:
 # compiler/src/iree/compiler/Dialect/Flow/Transforms/AnnotateDispatches.cpp), first match.

@@ -6,7 +6,7 @@ prompt token ids, `workers.runtimes.session.greedy_decode` (prefill timed to its
 warm-up steps, then one timing per decode token), in the same benchmark actor under
 the same host lock. Only the model file differs: llama.cpp runs GGUF.
 
-Which file (`model_file`): the variant's nearest llama.cpp type (`llamacpp_type`:
+Which file (`model_file`): the variant's nearest llama.cpp type (`Variant.llamacpp_type`:
 F32, BF16, Q8_0 for 8-bit, Q4_1 for our asymmetric 4-bit; Q4_0 would be a symmetric
 one, which no variant here is). A GGUF checkpoint whose per-layer linears already
 hold that type is used as it is: the very bits llama.cpp users run. Otherwise the
@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 
 from workers.formats.variant import Variant
+from workers.records import NotRunnable
+from workers.tasks import LlamaCppSettings
 
 INSTALL = 'pip install -e ".[llamacpp]"'
 
@@ -107,12 +109,6 @@ def _initialized() -> Any:
 _QUIET: list[Any] = []  # the log callback, referenced for the life of the process
 
 
-def llamacpp_type(variant: Variant) -> str:
-    """The llama.cpp tensor type nearest to the variant's linears (its format's answer;
-    a GGUF file's own blocks: that very type)."""
-    return variant.blocks or variant.format.llamacpp_type(variant)
-
-
 def model_file(
     source: Any,
     variant: Variant,
@@ -125,7 +121,7 @@ def model_file(
     from workers.checkpoints.gguf import tensor_types
     from workers.checkpoints.source import gguf_file
 
-    kind = llamacpp_type(variant)
+    kind = variant.llamacpp_type
     own = gguf_file(source.path) if source.path else None
     if own is not None and set(tensor_types(own)) == {kind}:
         return own, kind

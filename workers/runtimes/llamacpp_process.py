@@ -42,6 +42,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from workers.tasks import FAULT_ENV
+
 _ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `workers`
 # Frames of the crash report that are the handler's own, the interpreter's or libc's:
 # the function named is the first frame outside these.

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workers.core.host import HostSampler
+from workers.tasks import DecodeSteps
 
 PROMPT_SEED = 1234
 
