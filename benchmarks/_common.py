@@ -20,12 +20,15 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep.execute.cluster import BENCH_ENV
 from workers.measure.profile import (
     iree_tool as iree_tool,  # the scripts' IREE tools: the profiler's
 )
+
+if TYPE_CHECKING:
+    from workers.records import Measurement
 
 REPORT_DIR = Path("outputs/benchmarks")
 
@@ -302,3 +305,37 @@ def num_alive_nodes(address: str, env: dict[str, str]) -> int:
     except subprocess.TimeoutExpired:
         return 0
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+
+def fake_measurement(
+    tokens: tuple[int, ...], reference: tuple[int, ...] | None = None, **fields: object
+) -> Measurement:
+    """A measurement as a worker returns it, for code that only reads one: the scheduler's
+    tests and `cluster_sim`'s simulated workers."""
+    reference = tokens if reference is None else reference
+    from workers.measure.reference import num_matching
+    from workers.records import Measurement
+
+    matched = num_matching(tokens, reference)
+    defaults: dict[str, object] = {
+        "prefill_samples_ms": (3.0, 1.0, 2.0),
+        "decode_samples_ms": (4.0, 2.0, 3.0, 5.0),
+        "prompt_ids": (1, 2),
+        "tokens": tokens,
+        "reference_tokens": reference,
+        "num_tokens_matched": matched,
+        "bench_s": 0.5,
+        "upload_s": 0.25,
+        "weight_bytes": 1000,
+        "quant_error": 0.0,
+        "fp32_agreement": 1.0,
+        "fp32_logit_error": 0.0,
+        "bytes_per_token": 3_000_000,
+        "peak_gbps": 1.0,
+        "hostname": "h",
+        "device_name": "a CPU",
+        "node_id": "n1",
+        "run_wait_frac": 0.0,  # a quiet host (workers.core.host)
+        "disturbed": False,
+    }
+    return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]

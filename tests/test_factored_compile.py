@@ -18,8 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.helpers import variant
-from tests.test_sweep import sweep
+from tests.helpers import sweep, variant
 from workers.compile.dispatches import dequant_fused, parse_name
 from workers.core.config import preset
 from workers.formats.quant import dequant_jnp, factored_linear_jnp

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # A subpackage may not import these (besides the entry, which imports everything).
 FORBIDDEN: dict[str, tuple[str, ...]] = {

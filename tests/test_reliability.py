@@ -21,8 +21,7 @@ import pytest
 from sweep.plan.config import load_config
 from sweep.run import run_sweep
 from sweep.store.results import read_results
-from tests.conftest import ROOT
-from tests.helpers import SMOKE_FP32, sweep
+from tests.helpers import ROOT, SMOKE_FP32, sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile, killed processes
 
