@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,17 +279,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def busy_actor_pids() -> list[int]:
-    """Benchmark actors inside a point right now (Ray titles the process by method)."""
-    pids = []
+def processes(*files: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, the bytes of /proc/<pid>/<file> for each of `files`) of every live process;
+    one that exits while it is read is left out."""
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::BenchActorImpl.run"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+        if not entry.name.isdigit():
+            continue
+        try:
+            contents = [(entry / name).read_bytes() for name in files]
+        except OSError:
+            continue  # exited while it was read
+        yield int(entry.name), contents
+
+
+def busy_actor_pids(method: str = "run") -> list[int]:
+    """Benchmark actors inside `method` right now (Ray titles the process by method):
+    with `run`, those inside a point."""
+    title = f"ray::BenchActorImpl.{method}".encode()
+    return [pid for pid, (cmdline,) in processes("cmdline") if cmdline.startswith(title)]
 
 
 def num_alive_nodes(address: str, env: dict[str, str]) -> int:
