@@ -17,15 +17,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep.execute.cluster import BENCH_ENV
 from workers.measure.profile import (
     iree_tool as iree_tool,  # the scripts' IREE tools: the profiler's
 )
+
+if TYPE_CHECKING:
+    from workers.records import Measurement
 
 REPORT_DIR = Path("outputs/benchmarks")
 
@@ -276,17 +279,24 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def busy_actor_pids() -> list[int]:
-    """Benchmark actors inside a point right now (Ray titles the process by method)."""
-    pids = []
+def processes(*files: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, the bytes of /proc/<pid>/<file> for each of `files`) of every live process;
+    one that exits while it is read is left out."""
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::BenchActorImpl.run"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+        if not entry.name.isdigit():
+            continue
+        try:
+            contents = [(entry / name).read_bytes() for name in files]
+        except OSError:
+            continue  # exited while it was read
+        yield int(entry.name), contents
+
+
+def busy_actor_pids(method: str = "run") -> list[int]:
+    """Benchmark actors inside `method` right now (Ray titles the process by method):
+    with `run`, those inside a point."""
+    title = f"ray::BenchActorImpl.{method}".encode()
+    return [pid for pid, (cmdline,) in processes("cmdline") if cmdline.startswith(title)]
 
 
 def num_alive_nodes(address: str, env: dict[str, str]) -> int:
@@ -302,3 +312,37 @@ def num_alive_nodes(address: str, env: dict[str, str]) -> int:
     except subprocess.TimeoutExpired:
         return 0
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+
+def fake_measurement(
+    tokens: tuple[int, ...], reference: tuple[int, ...] | None = None, **fields: object
+) -> Measurement:
+    """A measurement as a worker returns it, for code that only reads one: the scheduler's
+    tests and `cluster_sim`'s simulated workers."""
+    reference = tokens if reference is None else reference
+    from workers.measure.reference import num_matching
+    from workers.records import Measurement
+
+    matched = num_matching(tokens, reference)
+    defaults: dict[str, object] = {
+        "prefill_samples_ms": (3.0, 1.0, 2.0),
+        "decode_samples_ms": (4.0, 2.0, 3.0, 5.0),
+        "prompt_ids": (1, 2),
+        "tokens": tokens,
+        "reference_tokens": reference,
+        "num_tokens_matched": matched,
+        "bench_s": 0.5,
+        "upload_s": 0.25,
+        "weight_bytes": 1000,
+        "quant_error": 0.0,
+        "fp32_agreement": 1.0,
+        "fp32_logit_error": 0.0,
+        "bytes_per_token": 3_000_000,
+        "peak_gbps": 1.0,
+        "hostname": "h",
+        "device_name": "a CPU",
+        "node_id": "n1",
+        "run_wait_frac": 0.0,  # a quiet host (workers.core.host)
+        "disturbed": False,
+    }
+    return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]

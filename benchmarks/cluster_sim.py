@@ -50,7 +50,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    fake_measurement,
+    machine_info,
+    markdown_table,
+    write_json,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The measured rows the durations are fitted to (see `fit_durations`).
@@ -423,8 +428,6 @@ class ClusterSim:
     # --- internals ---------------------------------------------------------------------
 
     def _measurement(self, handle: Handle) -> Any:
-        from tests.helpers import fake_measurement
-
         t0 = time.process_time()
         key, upload_s, seconds = handle.value
         self.measured[key] += 1

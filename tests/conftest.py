@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import save_tiny_llama
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, save_tiny_llama
 
 
 def _has_cuda_gpu() -> bool:

@@ -25,7 +25,7 @@ import pytest
 
 from sweep.offline.bundle import BundleError, build_pure_wheel, split_large, unpack
 from sweep.store.results import read_results
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 HOST_PACKAGES = ("jax", "jaxlib", "numpy", "pyarrow", "rich", "safetensors")
 

@@ -13,13 +13,7 @@ import pytest
 
 from sweep.execute import claims as claims_module
 from sweep.execute.claims import Claims
-from sweep.plan.config import load_config
-from sweep.plan.grid import expand
-
-
-def points():
-    cfg, _ = load_config(["+grid=smoke"])
-    return expand(cfg, "weights")
+from tests.helpers import points
 
 
 def left_claim(results_dir: Path, point, text: str) -> Path:

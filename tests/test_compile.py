@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks._common import processes
 from tests.helpers import device
 from workers.compile import iree as wc
 
@@ -137,18 +138,12 @@ def test_unknown_flag_is_a_structured_compile_error_and_is_not_retried(
 def _leftover_compilers(marker: str) -> list[str]:
     """iree-compile processes that are our children (zombies too) or mention `marker`."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # exited while we looked
+    for pid, (stat_bytes, cmdline_bytes) in processes("stat", "cmdline"):
+        stat, cmdline = stat_bytes.decode(), cmdline_bytes.replace(b"\0", b" ").decode()
         comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
         ppid = int(fields[1])
         if (ppid == os.getpid() and comm.startswith("iree-compile")) or marker in cmdline:
-            found.append(f"{proc.name} {comm} {cmdline[:200]}")
+            found.append(f"{pid} {comm} {cmdline[:200]}")
     return found
 
 

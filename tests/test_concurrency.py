@@ -18,8 +18,7 @@ import pytest
 
 from sweep.execute.overlap import most_at_once
 from sweep.store.results import read_results
-from tests.conftest import ROOT
-from tests.helpers import sweep
+from tests.helpers import ROOT, sweep
 from workers.core.devices import CPU_BENCH_RESOURCE
 from workers.core.locks import HOST_LOCK_ENV
 

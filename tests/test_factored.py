@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tests.helpers import variant
+from tests.helpers import variant, xla_logits
 from workers.formats.factored import factored_linear_jnp
 from workers.formats.packing import dequantize, pack_uint4, quantize, unpack_uint4
 from workers.formats.variant import Variant
@@ -175,16 +175,6 @@ def _grouped_embedding(bits: int, dequant: str, embedding_bits: int | None = Non
     )
 
 
-def _xla_logits(cfg: object, vw: object, tokens: np.ndarray) -> np.ndarray:
-    import jax
-
-    from workers.formats.weights import jax_arrays
-    from workers.model.graphs import LlamaGraphs
-
-    graphs = LlamaGraphs(cfg, vw.variant, 64, vw.layout)
-    return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
-
-
 @pytest.mark.parametrize(
     ("bits", "embedding_bits", "dequant", "layout"),
     [
@@ -228,7 +218,7 @@ def test_an_embedding_in_blocks_is_the_host_dequant(
     host = prepare_variant(host_dequantized(quantized), cfg, variant("fp32"), layout)
 
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, 12, dtype=np.int32)
-    in_graph, on_host = _xla_logits(cfg, quantized, tokens), _xla_logits(cfg, host, tokens)
+    in_graph, on_host = xla_logits(cfg, quantized, tokens), xla_logits(cfg, host, tokens)
     scale = float(np.abs(on_host).max())
     error = float(np.abs(in_graph - on_host).max()) / scale
     if dequant == "integer":

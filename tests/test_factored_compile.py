@@ -18,8 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.helpers import variant
-from tests.test_sweep import sweep
+from tests.helpers import sweep, variant
 from workers.compile.dispatches import dequant_fused, parse_name
 from workers.core.config import preset
 from workers.formats.direct import dequant_jnp
@@ -31,11 +30,15 @@ N, K, G = 1024, 512, 64
 FLAGS = ["--iree-llvmcpu-target-cpu=host", "--iree-opt-level=O3", "--compile-to=flow"]
 
 
-def _flow_names(fn, *shapes) -> list[str]:
+def _flow_names(fn, q_shape: tuple[int, ...], s_shape: tuple[int, ...]) -> list[str]:
+    """The flow dispatches IREE makes of `fn(q, scale, minimum, x)`: a linear on ui4 weights
+    `q_shape`, float16 scales and minimums `s_shape`, and one float32 row `x` of K."""
     import jax
+    import jax.numpy as jnp
     from iree.compiler import compile_str
 
-    args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+    shapes = ((q_shape, jnp.uint4), (s_shape, jnp.float16), (s_shape, jnp.float16))
+    args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (*shapes, ((1, K), jnp.float32))]
     text = jax.jit(fn).lower(*args).as_text()
     flow = compile_str(
         text, target_backends=["llvm-cpu"], input_type="stablehlo", extra_args=FLAGS
@@ -45,7 +48,6 @@ def _flow_names(fn, *shapes) -> list[str]:
 
 @pytest.mark.parametrize("out_major", [True, False])
 def test_the_factored_dequant_sits_inside_the_matvec(out_major: bool) -> None:
-    import jax.numpy as jnp
 
     v = variant("int4-fac-g64")
     q_shape, s_shape = ((N, K // G, G), (N, K // G)) if out_major else ((K // G, G, N), (K // G, N))
@@ -53,13 +55,7 @@ def test_the_factored_dequant_sits_inside_the_matvec(out_major: bool) -> None:
     def factored(q, s, m, x):
         return factored_linear_jnp(x, q, s, m, 8, out_major)
 
-    names = _flow_names(
-        factored,
-        (q_shape, jnp.uint4),
-        (s_shape, jnp.float16),
-        (s_shape, jnp.float16),
-        ((1, K), jnp.float32),
-    )
+    names = _flow_names(factored, q_shape, s_shape)
     kinds = [parse_name(n) for n in names]
     assert not [n for n in names if "i4" in parse_name(n)[2]], f"a dequant of its own: {names}"
     # [N, K/G, G] out_major, [K/G, N, G] in_major: the weight read once, as ui4
@@ -78,13 +74,7 @@ def test_the_factored_dequant_sits_inside_the_matvec(out_major: bool) -> None:
         w = dequant_jnp(q, s, m, variant("int4-ui4-f16"), axis)
         return w @ x[0] if out_major else x[0] @ w
 
-    direct_names = _flow_names(
-        direct,
-        (d_shape, jnp.uint4),
-        (sd_shape, jnp.float16),
-        (sd_shape, jnp.float16),
-        ((1, K), jnp.float32),
-    )
+    direct_names = _flow_names(direct, d_shape, sd_shape)
     assert any("i4" in parse_name(n)[2] for n in direct_names), direct_names
 
     cfg = preset("tiny")  # dequant_fused's size threshold: any model's linears are larger

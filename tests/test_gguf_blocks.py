@@ -2,7 +2,7 @@
 not requantized, against the `gguf` package's own reading of the same file.
 
 The files are written with `gguf.GGUFWriter` and `gguf.quants.quantize`, as llama.cpp's
-converter writes them (tests/test_gguf.py's `write_tiny_gguf`: Q and K rows permuted).
+converter writes them (tests/helpers/gguf_files.py's `write_tiny_gguf`: Q and K rows permuted).
 The reference is `gguf.quants.dequantize` of each tensor as the file holds it: the
 variant's weights, dequantized on the host, must equal it bit for bit, its scales must
 be the file's float16 bits, and its graph (XLA) must compute the file's fp32 model.
@@ -19,13 +19,12 @@ import gguf
 import numpy as np
 import pytest
 
-from tests.helpers import host_dequantized, sweep, variant
-from tests.test_gguf import HEADS, KV_HEADS, MIXED, T, _permute, write_tiny_gguf
+from tests.helpers import host_dequantized, sweep, variant, xla_logits
+from tests.helpers.gguf_files import HEADS, KV_HEADS, MIXED, T, permute, write_tiny_gguf
 from workers.checkpoints.source import check_blocks, check_checkpoint
 from workers.checkpoints.tensors import CheckpointError
-from workers.core.config import LlamaConfig, is_linear, preset
+from workers.core.config import is_linear, preset
 from workers.formats.variant import Variant
-from workers.formats.weights import VariantWeights, jax_arrays
 from workers.tasks import ModelSource, weights_key
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q8_0"]
@@ -67,9 +66,9 @@ def test_stored_blocks_dequantize_to_the_files_numbers_bit_for_bit(
         t = file[_gguf_name(name)]
         expected = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
         if name.endswith("q_proj.weight"):  # back to the file's row order, as llama.cpp permutes
-            w = _permute(w, HEADS)
+            w = permute(w, HEADS)
         elif name.endswith("k_proj.weight"):
-            w = _permute(w, KV_HEADS)
+            w = permute(w, KV_HEADS)
         np.testing.assert_array_equal(w, expected, err_msg=f"{name} ({t.tensor_type.name})")
         if is_linear(name):
             assert t.tensor_type.name == kind, name
@@ -92,15 +91,6 @@ def test_the_scales_are_the_files_float16_bits(tmp_path: Path, kind: str) -> Non
         np.testing.assert_array_equal(arrays[f"{name}.minimum"].view("<u2"), m)
 
 
-def _xla_logits(vw: VariantWeights, cfg: LlamaConfig, tokens: np.ndarray) -> np.ndarray:
-    import jax
-
-    from workers.model.graphs import LlamaGraphs
-
-    graphs = LlamaGraphs(cfg, vw.variant, 64, vw.layout)
-    return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
-
-
 @pytest.mark.parametrize(
     ("kind", "layout"),
     [("Q4_0", "out_major"), ("Q4_1", "out_major"), ("Q4_1", "in_major"), ("Q8_0", "out_major")],
@@ -112,8 +102,8 @@ def test_the_graph_computes_the_files_model(tmp_path: Path, kind: str, layout: s
     source = ModelSource(name="t", path=str(path))
     model = check_checkpoint(path)
     tokens = np.random.default_rng(0).integers(0, model.vocab_size, 12, dtype=np.int32)
-    blocks = _xla_logits(source.variant(_gguf_variant(kind), layout), model, tokens)
-    fp32 = _xla_logits(source.variant(variant("fp32"), layout), model, tokens)
+    blocks = xla_logits(model, source.variant(_gguf_variant(kind), layout), tokens)
+    fp32 = xla_logits(model, source.variant(variant("fp32"), layout), tokens)
     error = float(np.abs(blocks - fp32).max())
     assert error < 1e-5 * max(float(np.abs(fp32).max()), 1.0), error
 

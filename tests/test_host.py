@@ -21,8 +21,8 @@ import pytest
 
 from sweep.readers import analysis, compare, report
 from sweep.store.results import ResultsWriter
-from tests.conftest import ROOT
-from tests.test_report import T0, make_row, md_table, run_main, samples
+from tests.helpers import ROOT
+from tests.helpers.rows import T0, make_row, md_table, run_main, samples
 from workers.core import host
 
 MIN_TICKS = 5  # of the busy child in its window: enough to tell where its ticks went
@@ -274,11 +274,8 @@ def _runs(tmp_path: Path) -> Path:
                 make_row(
                     f"p-{flag_set}",
                     "fp32",
-                    "cpu",
-                    flag_set,
-                    32,
-                    256,
                     samples(rng, 100.0 * (factor if slow else 1.0)),
+                    flag_set=flag_set,
                     run_id=run,
                     niceness=0,
                     host_busy_frac=busy,
@@ -334,7 +331,7 @@ def test_a_row_that_could_not_be_judged_gets_no_verdict(tmp_path: Path, capsys) 
     results = _runs(tmp_path)
     rng = np.random.default_rng(8)
     unknown = make_row(
-        "p-O3", "fp32", "cpu", "O3", 32, 256, samples(rng, 200.0), run_id="c", niceness=0,
+        "p-O3", "fp32", samples(rng, 200.0), flag_set="O3", run_id="c", niceness=0,
         disturbed=None, created_at=T0 + dt.timedelta(hours=1),
     )  # fmt: skip
     ResultsWriter(results, "c").write([unknown])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sweep.store.results import read_results
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from workers.core.locks import HOST_LOCK_ENV, host_lock_path
 
 pytestmark = pytest.mark.slow  # real Ray clusters and iree-compile

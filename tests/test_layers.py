@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # workers/'s layers, lowest first (workers/__init__.py): each imports only from its own
 # layer and the ones before it.

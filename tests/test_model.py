@@ -29,14 +29,13 @@ import torch
 import transformers
 
 import workers.measure.reference
-from tests.helpers import device, host_dequantized, load_checkpoint, variant
+from tests.helpers import device, host_dequantized, load_checkpoint, variant, xla_logits
 from workers.checkpoints.safetensors import INDEX_FILE, SINGLE_FILE
 from workers.compile.iree import CompileResult, compile_stablehlo
 from workers.core.config import LlamaConfig, rope_inv_freq
-from workers.formats.weights import VariantWeights, jax_arrays, prepare_variant
+from workers.formats.weights import VariantWeights, prepare_variant
 from workers.measure.reference import GreedyRun, num_matching, reference_tokens
 from workers.model.export import GraphSpec, export_graph, prompt_bucket
-from workers.model.graphs import LlamaGraphs
 from workers.runtimes.iree import IreeRunner
 from workers.runtimes.session import greedy_decode, prompt_ids
 from workers.tasks import DecodeSteps
@@ -168,13 +167,6 @@ def checkpoints(
     return out
 
 
-def _xla_logits(cfg: LlamaConfig, vw: VariantWeights, tokens: np.ndarray) -> np.ndarray:
-    import jax
-
-    graphs = LlamaGraphs(cfg, vw.variant, MAX_SEQ, vw.layout)
-    return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
-
-
 class IreeCpu:
     """Compiles graphs for the CPU (memoized, plus the on-disk cache) and runs greedy decode."""
 
@@ -253,7 +245,7 @@ def test_prefill_logits_match_transformers(
         unscaled = rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None))
         assert not np.allclose(unscaled, ckpt.hf_inv_freq), "llama3 scaling changed no frequency"
 
-    ours = _xla_logits(cfg, _fp32(ckpt), prompt)
+    ours = xla_logits(cfg, _fp32(ckpt), prompt, MAX_SEQ)
     np.testing.assert_allclose(ours, ckpt.hf_logits, atol=ATOL, rtol=RTOL)
     assert len(set(ckpt.hf_tokens)) >= MIN_DISTINCT_TOKENS, (
         f"transformers' greedy tokens {ckpt.hf_tokens} barely vary: the comparison is vacuous"
@@ -274,7 +266,7 @@ def test_config_fields_are_not_vacuous(
     """Reading this field wrongly would fail the logits comparison above."""
     ckpt = checkpoints["untied-llama3-sharded"]
     cfg = dataclasses.replace(ckpt.cfg, **{field: wrong})
-    ours = _xla_logits(cfg, _fp32(ckpt), prompt)
+    ours = xla_logits(cfg, _fp32(ckpt), prompt, MAX_SEQ)
     max_diff = float(np.abs(ours - ckpt.hf_logits).max())
     assert max_diff > 100 * ATOL, f"{field}={wrong!r} moved the logits by only {max_diff:g}"
 
@@ -311,8 +303,8 @@ def test_in_graph_dequant_matches_host_dequant(
     llama3 checkpoint so a quantized lm_head is covered too."""
     ckpt = checkpoints["untied-llama3-sharded"]
     quantized, host = _quantized_and_host(ckpt, name, layout)
-    in_graph_logits = _xla_logits(ckpt.cfg, quantized, prompt)
-    host_logits = _xla_logits(ckpt.cfg, host, prompt)
+    in_graph_logits = xla_logits(ckpt.cfg, quantized, prompt, MAX_SEQ)
+    host_logits = xla_logits(ckpt.cfg, host, prompt, MAX_SEQ)
     max_diff = float(np.abs(in_graph_logits - host_logits).max())
     assert max_diff < 1e-4, f"{name}: in-graph dequant differs from host dequant by {max_diff:g}"
 
@@ -491,7 +483,7 @@ def test_quality_orders_the_formats_and_is_cached(
         fp32_builds.append(1)
         return _fp32(ckpt)
 
-    def measure(name: str, layout: str = "in_major"):
+    def quality_of(name: str, layout: str = "in_major"):
         vw = prepare_variant(ckpt.weights, ckpt.cfg, variant(name), layout)
         return quality(
             ckpt.cfg,
@@ -502,15 +494,15 @@ def test_quality_orders_the_formats_and_is_cached(
             cache_dir=tmp_path,
         )
 
-    assert measure("fp32") == workers.measure.quality.Quality(1.0, 0.0)
-    int8, int4 = measure("int8"), measure("int4")
+    assert quality_of("fp32") == workers.measure.quality.Quality(1.0, 0.0)
+    int8, int4 = quality_of("int8"), quality_of("int4")
     assert int8.fp32_logit_error < int4.fp32_logit_error < 0.5, (int8, int4)
     assert int8.fp32_agreement >= int4.fp32_agreement and int8.fp32_agreement > 0.8
     assert fp32_builds == [1], "fp32's side is computed once, then read from the cache"
-    assert abs(measure("int4", "out_major").fp32_logit_error - int4.fp32_logit_error) < 1e-4
+    assert abs(quality_of("int4", "out_major").fp32_logit_error - int4.fp32_logit_error) < 1e-4
 
     def recompute(*_: object) -> None:
         raise AssertionError("a cached quality was computed again")
 
     monkeypatch.setattr(workers.measure.quality, "_logits", recompute)
-    assert measure("int4") == int4
+    assert quality_of("int4") == int4

@@ -22,7 +22,7 @@ import pytest
 
 from benchmarks._common import num_alive_nodes
 from sweep.store.results import read_results
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow  # two `ray start` processes
 

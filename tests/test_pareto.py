@@ -22,7 +22,7 @@ from sweep.readers.pareto import (
     quality_levels,
 )
 from sweep.store.results import ResultsWriter
-from tests.test_report import md_table, run_main
+from tests.helpers.rows import md_table, run_main
 from workers.records import decode_stats
 
 T0 = dt.datetime(2026, 12, 3, 8, 0, tzinfo=dt.UTC)

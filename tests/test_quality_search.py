@@ -1,5 +1,5 @@
 """A search bounded by quality (`search.max_kld`, `search.min_top1`): real Optuna and SQLite,
-the measurement scripted as in tests/test_search.py, now with the quality columns.
+the measurement scripted as in tests/helpers/search.py, now with the quality columns.
 
 The scripted model: per-channel int4 (`int4-ui4-pc`) is the fastest format and the
 worst (KLD 0.5, top-1 70%), the grouped formats keep KLD 0.04 (top-1 90%), fp32 0.
@@ -17,8 +17,7 @@ from sweep.plan.eval_text import check_quality_bound
 from sweep.plan.grid import Point
 from sweep.search.study import QUALITY, QualityBound, trial_ms, verdict
 from sweep.search.summaries import load_studies, studies_table
-from tests.test_search import config, drive
-from tests.test_search import measure as measure_speed
+from tests.helpers.search import config, drive, measure
 
 # The scripted formats, whatever conf/search/flags.yaml offers besides them.
 FORMATS = "search.formats.int4=[int4,int4-ui4,int4-ui4-f16,int4-ui4-pc]"
@@ -26,8 +25,9 @@ KLD = {"int4-ui4-pc": 0.5, "fp32": 0.0}
 TOP1 = {"int4-ui4-pc": 0.7, "fp32": 1.0}
 
 
-def measure(point: Point) -> dict[str, Any]:
-    row = {**measure_speed(point), "variant": point.variant.name}
+def measure_quality(point: Point) -> dict[str, Any]:
+    """`measure`'s row with the scripted quality columns."""
+    row = {**measure(point), "variant": point.variant.name}
     if row["status"] == "ok":
         row["kld_mean"] = KLD.get(point.variant.name, 0.04)
         row["top1_agree"] = TOP1.get(point.variant.name, 0.9)
@@ -50,7 +50,7 @@ def test_the_bound_reads_a_row_as_llama_cpps_columns():
 @pytest.mark.parametrize("bound", ["search.max_kld=0.1", "search.min_top1=0.8"])
 def test_a_trial_outside_the_bound_is_infeasible_and_never_best(tmp_path: Path, bound: str):
     cfg = config(tmp_path, "search.trials=16", "search.seed=1", FORMATS, bound)
-    search, rows = drive(cfg, {}, measure)
+    search, rows = drive(cfg, {}, measure_quality)
     int4 = next(s for s in search.studies if s.space.formats[0] == "int4")
     told = [t for t in int4.study.trials if not t.user_attrs.get("repeat")]
     per_channel = [t for t in told if t.params.get("format") == "int4-ui4-pc"]
@@ -78,7 +78,7 @@ def test_a_trial_outside_the_bound_is_infeasible_and_never_best(tmp_path: Path, 
 
 def test_without_a_bound_the_fastest_wins(tmp_path: Path):
     cfg = config(tmp_path, "search.trials=16", "search.seed=1", FORMATS)
-    search, _ = drive(cfg, {}, measure)
+    search, _ = drive(cfg, {}, measure_quality)
     int4 = next(s for s in search.studies if s.space.formats[0] == "int4")
     assert int4.best()[0]["format"] == "int4-ui4-pc"
 

@@ -17,8 +17,7 @@ import pytest
 from benchmarks.perplexity import transformers_ppl
 from sweep.plan.eval_text import default_text
 from sweep.readers.report import main as report_main
-from tests.helpers import save_byte_tokenizer, save_tiny_llama
-from tests.test_sweep import sweep
+from tests.helpers import save_byte_tokenizer, save_tiny_llama, sweep
 from workers.tasks import eval_windows
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile of three graphs per point

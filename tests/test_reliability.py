@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._common import busy_actor_pids
 from sweep.plan.config import load_config
 from sweep.run import run_sweep
 from sweep.store.results import read_results
-from tests.conftest import ROOT
-from tests.helpers import SMOKE_FP32, sweep
+from tests.helpers import ROOT, SMOKE_FP32, sweep
 
 pytestmark = pytest.mark.slow  # a real Ray cluster, iree-compile, killed processes
 
@@ -42,21 +42,6 @@ def run_in_thread(tmp_path: Path, cache: Path, *overrides: str):
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, box
-
-
-def actor_pids(method: str = "run") -> list[int]:
-    """Benchmark actor processes that are inside `method` right now (Ray sets the title)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(f"ray::BenchActorImpl.{method}".encode()):
-            pids.append(int(entry.name))
-    return pids
 
 
 def wait_for(predicate, timeout_s: float, what: str):
@@ -120,7 +105,7 @@ def test_killed_actor_is_restarted_and_its_point_retried(ray_cluster, tmp_path, 
     thread, box = run_in_thread(
         tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3", *LONG_POINTS
     )
-    pid = wait_for(lambda: actor_pids("run"), 300, "a benchmark actor inside run()")[0]
+    pid = wait_for(lambda: busy_actor_pids(), 300, "a benchmark actor inside run()")[0]
     os.kill(pid, signal.SIGKILL)
     thread.join(600)
     assert not thread.is_alive(), "the sweep must finish after losing an actor"
@@ -137,7 +122,7 @@ def test_removed_node_loses_no_point(ray_cluster, tmp_path, shared_cache):
     node = ray_cluster.add_node(num_cpus=1, resources={CPU_BENCH_RESOURCE: 1})
     ray_cluster.wait_for_nodes()
     thread, box = run_in_thread(tmp_path, shared_cache, "+grid=smoke", *LONG_POINTS)
-    wait_for(lambda: len(actor_pids("run")) >= 3, 300, "actors busy on all three nodes")
+    wait_for(lambda: len(busy_actor_pids()) >= 3, 300, "actors busy on all three nodes")
     ray_cluster.remove_node(node, allow_graceful=False)
     thread.join(600)
     assert not thread.is_alive(), "the sweep must finish after losing a node"

@@ -17,19 +17,13 @@ import numpy as np
 import pytest
 
 from sweep.plan.config import ConfigError, load_config
-from sweep.plan.grid import expand
 from sweep.readers import analysis, compare, report
 from sweep.store.results import ResultsWriter, read_results
-from tests.helpers import sweep
-from tests.test_scheduler import SimBackend, node, run
+from tests.helpers import points, sweep
+from tests.helpers.scheduler_sim import SimBackend, node, run
 from workers.records import decode_stats
 
 T0 = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
-
-
-def points(*overrides: str):
-    cfg, _ = load_config(["+grid=smoke", *overrides])
-    return expand(cfg, "weights")
 
 
 # --- the plan and the order ------------------------------------------------------------

@@ -19,83 +19,19 @@ import pytest
 from sweep.readers import analysis, compare, query, report, tables
 from sweep.readers.plots import write_plots
 from sweep.store.results import COLUMNS, ResultsWriter
-from workers.records import decode_stats
+from tests.helpers.rows import (
+    BASE_MS,
+    FLAG_SETS,
+    MAX_SEQS,
+    NUM_TOKENS,
+    T0,
+    make_row,
+    md_table,
+    run_main,
+    samples,
+)
 
-T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
-BASE_MS = {
-    ("fp32", "cpu"): 540.0,
-    ("int4", "cpu"): 1274.0,
-    ("fp32", "cuda"): 182.0,
-    ("int4", "cuda"): 252.0,
-}
-BASE_DISPATCHES = {"fp32": 400, "int4": 520}
-# flag set -> (ms factor, dispatch change): fuse is 20 % faster with 12 fewer dispatches
-FLAG_SETS = {"default": (1.0, 0), "fuse": (0.8, -12), "O3": (1.0, 0)}
-MAX_SEQS = {256: 1.0, 384: 1.05, 512: 1.1}
 PROMPT_LENGTHS = (32, 128)
-NUM_TOKENS = 8
-
-
-def samples(rng: np.random.Generator, ms: float, n: int = 40) -> list[float]:
-    """Decode steps around `ms`: 1.5 % noise and a slow step in ten (a realistic tail)."""
-    steps = rng.normal(ms, 0.015 * ms, n)
-    steps[rng.random(n) < 0.1] *= 1.3
-    return steps.tolist()
-
-
-def make_row(
-    key: str,
-    variant: str,
-    device: str,
-    flag_set: str,
-    prompt_length: int,
-    max_seq: int,
-    decode: list[float],
-    **extra: Any,
-) -> dict[str, Any]:
-    ms_factor, change = FLAG_SETS.get(flag_set, (1.0, 0))
-    return {
-        "point_key": key,
-        "grid": "phase2b",
-        "model": "llama-3.2-1b",
-        "variant": variant,
-        "group_size": 64,
-        "device": device,
-        "driver": "local-task" if device == "cpu" else "cuda",
-        "runtime": "iree",
-        "prompt_length": prompt_length,
-        "prompt_bucket": prompt_length,
-        "max_seq": max_seq,
-        "flag_set": flag_set,
-        "flags": [] if flag_set == "default" else [f"--{flag_set}"],
-        "status": "ok",
-        "compile_s": 4.0 + 0.5 * (flag_set != "default"),
-        "vmfb_bytes": 2_000_000 - 1000 * change,
-        "num_dispatches": BASE_DISPATCHES[variant] + change,
-        "prefill_ms": BASE_MS[variant, device] * prompt_length / 64 * MAX_SEQS[max_seq],
-        "decode_samples_ms": decode,
-        **decode_stats(decode),
-        "num_decode_steps": len(decode),
-        "tokens": list(range(NUM_TOKENS)),
-        "reference_tokens": list(range(NUM_TOKENS)),
-        "num_tokens_matched": NUM_TOKENS,
-        "disturbed": False,  # a quiet host (workers.core.host); null would read "not judged"
-        **roofline(variant, device, decode),
-        **extra,
-    }
-
-
-def roofline(variant: str, device: str, decode: list[float]) -> dict[str, Any]:
-    """The roofline columns, once the schema has them: bytes over a 4.27 TB/s copy."""
-    if "roofline_frac" not in COLUMNS:
-        return {}
-    num_bytes = 4_940_000_000 if variant == "fp32" else 1_660_000_000
-    floor_ms = num_bytes / 4.27e12 * 1e3
-    return {
-        "bytes_per_token": num_bytes,
-        "peak_gbps": 4270.0,
-        "roofline_frac": floor_ms / float(np.median(decode)),
-    }
 
 
 def run_rows(run: str, seed: int, slow: tuple[str, str] | None = None) -> list[dict[str, Any]]:
@@ -117,11 +53,11 @@ def run_rows(run: str, seed: int, slow: tuple[str, str] | None = None) -> list[d
             make_row(
                 key,
                 variant,
-                device,
-                flag_set,
-                prompt_length,
-                max_seq,
                 samples(rng, ms),
+                device=device,
+                flag_set=flag_set,
+                prompt_length=prompt_length,
+                max_seq=max_seq,
                 created_at=start + dt.timedelta(seconds=i),
             )
         )
@@ -165,11 +101,11 @@ def results(tmp_path_factory) -> Path:
         make_row(
             "fp32-cpu-default-p512-s512",
             "fp32",
-            "cpu",
-            "default",
-            512,
-            512,
             samples(rng, 600.0),
+            device="cpu",
+            flag_set="default",
+            prompt_length=512,
+            max_seq=512,
             created_at=T0 + dt.timedelta(hours=2),
         )
     )
@@ -184,27 +120,9 @@ def rows_of(run: str) -> list[dict[str, Any]]:
     return run_rows(run, seed=1 if run == "r1" else 2)
 
 
-def run_main(capsys, module, *argv: str) -> tuple[int, str, str]:
-    code = module.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def run_report(capsys, results: Path, *argv: str) -> tuple[int, str, str]:
     """`python -m sweep.report --results RESULTS ARGV...`, in-process."""
     return run_main(capsys, report, "--results", str(results), *argv)
-
-
-def md_table(text: str) -> tuple[list[str], list[list[str]], list[str]]:
-    """(the lines above the table, header cells, body rows) of a markdown table."""
-    lines = text.splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    table = [line for line in lines[first:] if line.startswith("|")]
-
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip("|").split("|")]
-
-    return lines[:first], cells(table[0]), [cells(line) for line in table[2:]]
 
 
 # --- verdict ---------------------------------------------------------------------------
@@ -385,11 +303,11 @@ def test_roofline_column_when_present() -> None:
         make_row(
             f"k{i}",
             "fp32",
-            "cuda",
-            "default",
-            32,
-            256,
             [1.0, 1.1, 1.2],
+            device="cuda",
+            flag_set="default",
+            prompt_length=32,
+            max_seq=256,
             created_at=T0,
             roofline_frac=f,
         )

@@ -31,36 +31,14 @@ from sweep.store.results import (
     newest_per_point,
     read_results,
 )
+from tests.helpers.rows import T0, make_row
 from workers.records import decode_stats
-
-T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 
 
 def latest_rows(results_dir: Path) -> dict[str, dict[str, Any]]:
     """point_key -> its newest row, as a resume and the reports see it."""
     rows = newest_per_point(read_results(results_dir).to_pylist())
     return {row["point_key"]: row for row in rows}
-
-
-def make_row(point_key: str, variant: str, samples_ms: list[float], **extra: Any) -> dict:
-    """A plausible ok row; `extra` overrides or adds columns."""
-    row = {
-        "point_key": point_key,
-        "grid": "phase2b",
-        "model": "tiny",
-        "variant": variant,
-        "device": "cpu",
-        "runtime": "iree",
-        "prompt_length": 7,
-        "flags": ["--iree-opt-generalize-matmul"],
-        "status": "ok",
-        "decode_samples_ms": samples_ms,
-        "tokens": [1, 2, 3],
-        "created_at": T0,
-        **decode_stats(samples_ms),
-    }
-    row.update(extra)
-    return row
 
 
 @pytest.fixture

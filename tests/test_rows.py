@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from sweep.plan.config import load_config
-from sweep.plan.grid import expand
 from sweep.store.results import COLUMNS, ResultsWriter, read_results
 from sweep.store.rows import (
     RunContext,
@@ -18,7 +17,7 @@ from sweep.store.rows import (
     measured_row,
     repro_command,
 )
-from tests.helpers import fake_measurement
+from tests.helpers import fake_measurement, points
 from workers.compile.iree import CompileResult
 from workers.core.config import preset
 
@@ -26,11 +25,6 @@ CTX = RunContext(
     "run-1", "smoke", {"iree_version": "3.13", "jax_version": "0.10", "ray_version": "2.60"}
 )
 TINY = preset("tiny")
-
-
-def points(*overrides: str):
-    cfg, _ = load_config(["+grid=smoke", *overrides])
-    return expand(cfg, "weights")
 
 
 def compiled(command: str = "iree-compile x.mlir --flag -o /c/work/abc.vmfb") -> CompileResult:

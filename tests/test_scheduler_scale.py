@@ -21,7 +21,8 @@ import pytest
 
 from sweep.execute.scheduler import ActorDied, GraphLost
 from sweep.plan.grid import Point
-from tests.test_scheduler import SimBackend, node, points, run
+from tests.helpers import points
+from tests.helpers.scheduler_sim import SimBackend, node, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULER_FILES = ("sweep/execute/scheduler.py", "sweep/execute/queues.py")

@@ -11,7 +11,7 @@ from typing import Any
 from sweep.plan.grid import Point, expand
 from sweep.search.study import BROKEN, open_search
 from sweep.search.summaries import answers_table, load_studies, studies_text
-from tests.test_search import config, drive, measure
+from tests.helpers.search import config, drive, measure
 
 SPLIT = "--iree-dispatch-creation-enable-split-reduction"
 ARGMAX_ERROR = (

@@ -12,8 +12,7 @@ import pytest
 from sweep.plan.config import load_config
 from sweep.plan.grid import expand
 from sweep.store.results import read_results
-from tests.conftest import ROOT
-from tests.helpers import SMOKE_FP32, save_tiny_llama, sweep
+from tests.helpers import ROOT, SMOKE_FP32, save_tiny_llama, sweep
 from workers.core.config import preset
 
 SPLIT_REDUCTION = "--iree-dispatch-creation-enable-split-reduction"

@@ -1,5 +1,11 @@
-"""Helpers the tests share: the project's own devices and variants, one way to run a sweep
-in-process, one tiny-model factory, and checkpoint tools that only tests need."""
+"""Helpers the tests share: the project's own devices, variants and smoke points, one way
+to run a sweep in-process, one tiny-model factory, and checkpoint tools that only tests
+need. Larger helpers live beside this module: `scheduler_sim` (a simulated cluster for the
+scheduler), `gguf_files` (tiny GGUF files as llama.cpp writes them), `rows` (synthetic
+result rows and the report readers' output), `search` (a scripted search measurement).
+
+Test modules import helpers from here, never from one another.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,22 @@ import functools
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmarks._common import fake_measurement as fake_measurement  # a benchmark's too
 from workers.core.config import EMBEDDING, TINY_SHAPES, LlamaConfig
 from workers.core.devices import DeviceSpec
 from workers.formats.packing import dequantize, unpack_lanes, unpack_uint4
 from workers.formats.variant import Variant
 from workers.formats.weights import VariantWeights
-from workers.measure.reference import num_matching
-from workers.records import Measurement
+
+if TYPE_CHECKING:
+    from sweep.plan.grid import Point
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @functools.cache
@@ -36,6 +47,15 @@ def device(name: str) -> DeviceSpec:
 def variant(name: str) -> Variant:
     """A variant as conf/variant/<name>.yaml defines it."""
     return _defaults().variants[name]
+
+
+def points(*overrides: str) -> list[Point]:
+    """The smoke grid's points (`+grid=smoke` and `overrides`), keyed by their weights."""
+    from sweep.plan.config import load_config
+    from sweep.plan.grid import expand
+
+    cfg, _ = load_config(["+grid=smoke", *overrides])
+    return expand(cfg, "weights")
 
 
 def load_checkpoint(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
@@ -83,34 +103,18 @@ def host_dequantized(vw: VariantWeights) -> dict[str, np.ndarray]:
     return out
 
 
-def fake_measurement(
-    tokens: tuple[int, ...], reference: tuple[int, ...] | None = None, **fields: object
-) -> Measurement:
-    """A measurement as a worker returns it, for code that only reads one (rows, scheduler)."""
-    reference = tokens if reference is None else reference
-    matched = num_matching(tokens, reference)
-    defaults: dict[str, object] = {
-        "prefill_samples_ms": (3.0, 1.0, 2.0),
-        "decode_samples_ms": (4.0, 2.0, 3.0, 5.0),
-        "prompt_ids": (1, 2),
-        "tokens": tokens,
-        "reference_tokens": reference,
-        "num_tokens_matched": matched,
-        "bench_s": 0.5,
-        "upload_s": 0.25,
-        "weight_bytes": 1000,
-        "quant_error": 0.0,
-        "fp32_agreement": 1.0,
-        "fp32_logit_error": 0.0,
-        "bytes_per_token": 3_000_000,
-        "peak_gbps": 1.0,
-        "hostname": "h",
-        "device_name": "a CPU",
-        "node_id": "n1",
-        "run_wait_frac": 0.0,  # a quiet host (workers.core.host)
-        "disturbed": False,
-    }
-    return Measurement(**{**defaults, **fields})  # type: ignore[arg-type]
+def xla_logits(
+    cfg: LlamaConfig, vw: VariantWeights, tokens: np.ndarray, max_seq: int = 64
+) -> np.ndarray:
+    """The logits at every position of `tokens` from the project's graph, jitted by XLA
+    (no IREE): the in-graph computation to compare with a reference."""
+    import jax
+
+    from workers.formats.weights import jax_arrays
+    from workers.model.graphs import LlamaGraphs
+
+    graphs = LlamaGraphs(cfg, vw.variant, max_seq, vw.layout)
+    return np.asarray(jax.jit(graphs.logits_all)(jax_arrays(vw), tokens))
 
 
 # The smallest smoke sweep: the tiny model in fp32 with default flags.
