@@ -9,6 +9,7 @@ naming and writing the report, printing a table) live here so the scripts stay s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -16,6 +17,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from importlib import metadata
@@ -30,6 +32,7 @@ from workers.measure.profile import (
 if TYPE_CHECKING:
     from workers.records import Measurement
 
+ROOT = Path(__file__).resolve().parents[1]
 REPORT_DIR = Path("outputs/benchmarks")
 
 
@@ -85,6 +88,15 @@ def _mem_total_gb() -> float | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+@contextlib.contextmanager
+def workspace(args: argparse.Namespace, script: str, model: str) -> Iterator[tuple[Path, Path]]:
+    """(the report's path, a work folder) for a benchmark's sweeps: `--out` or the
+    default report path; `--work` or a temporary folder, removed afterwards."""
+    out = args.out or ROOT / default_report_path(script, model)
+    with tempfile.TemporaryDirectory(prefix=f"{script}-") as tmp:
+        yield out, args.work or Path(tmp)
 
 
 def default_report_path(script: str, model: str) -> Path:

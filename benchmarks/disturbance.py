@@ -44,16 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
-    add_sweep_args,
-    default_report_path,
-    machine_info,
-    markdown_table,
-    process_cpu_s,
-    timed_sweep,
-    wait_for_quiet,
-    write_json,
-)
+from benchmarks import _common as common  # noqa: E402
 from sweep.readers.analysis import median  # noqa: E402
 from workers.core.host import DISTURBED_FRAC, RUN_WAIT_DISTURBED  # noqa: E402
 from workers.core.kinds import Status  # noqa: E402
@@ -80,7 +71,7 @@ FIGURES = ("run_wait_frac", "host_busy_frac")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_sweep_args(p)
+    common.add_sweep_args(p)
     p.add_argument("--grid", choices=sorted(GRIDS), default="mid", help="default: mid")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument(
@@ -94,10 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    out = args.out or ROOT / default_report_path(SCRIPT, args.grid)
+    out = args.out or ROOT / common.default_report_path(SCRIPT, args.grid)
     report: dict[str, Any] = {
         "script": SCRIPT,
-        "machine": machine_info(),
+        "machine": common.machine_info(),
         "grid": args.grid,
         "overrides": GRIDS[args.grid],
         "run_wait_disturbed": RUN_WAIT_DISTURBED,
@@ -113,17 +104,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["warmup"] = run("warm-up (compiles; not reported)", overrides, None, 0)
         for round_ in range(args.rounds):
             for name, nice in CONDITIONS:
-                other_cpu = wait_for_quiet(args.quiet_wait_s)
+                other_cpu = common.wait_for_quiet(args.quiet_wait_s)
                 result = run(f"{name}, round {round_ + 1}", overrides, nice, args.busy)
                 report["runs"][name].append({**result, "other_cpu_before": other_cpu})
-                write_json(out, report)
+                common.write_json(out, report)
     report["conditions"] = {name: summarize(runs) for name, runs in report["runs"].items()}
     report["verdict"] = verdict(report["conditions"])
-    write_json(out, report)
+    common.write_json(out, report)
     print()
     quiet_ms = report["conditions"][CONDITIONS[0][0]]["decode_ms_p50"]
     rows = [table_row(n, c, quiet_ms) for n, c in report["conditions"].items()]
-    print(markdown_table(HEADER, rows))
+    print(common.markdown_table(HEADER, rows))
     for line, ok in report["verdict"].items():
         print(f"{'PASS' if ok else 'FAIL'}: {line}")
     print(f"\nreport: {out}")
@@ -138,8 +129,8 @@ def run(name: str, overrides: list[str], nice: int | None, num_busy: int) -> dic
     busy = [subprocess.Popen(["nice", "-n", str(nice), *loop]) for _ in range(count)]
     start = time.monotonic()
     try:
-        _, outcome, wall_s, log = timed_sweep(name, overrides)
-        busy_cpu_s = sum(process_cpu_s(b.pid) for b in busy)
+        _, outcome, wall_s, log = common.timed_sweep(name, overrides)
+        busy_cpu_s = sum(common.process_cpu_s(b.pid) for b in busy)
     finally:
         for b in busy:
             b.kill()

@@ -29,26 +29,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
-    PHASE_COLUMNS,
-    TIME_COLUMNS,
-    add_sweep_args,
-    default_report_path,
-    machine_info,
-    print_runs,
-    time_cells,
-    time_split,
-    timed_sweep,
-    wait_for_quiet,
-    write_json,
-)
+from benchmarks import _common as common  # noqa: E402
 from workers.core.kinds import Status  # noqa: E402
 
 SCRIPT = "efficiency"
@@ -57,33 +44,31 @@ TARGETS = {"cold": 1.25, "warm": 1.05}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_sweep_args(p)
+    common.add_sweep_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    out = args.out or ROOT / default_report_path(SCRIPT, "mid")
-    with tempfile.TemporaryDirectory(prefix="efficiency-") as tmp:
-        work = args.work or Path(tmp)
+    with common.workspace(args, SCRIPT, "mid") as (out, work):
         cache = work / "cache"
         base = ["+grid=efficiency", f"cache_dir={cache}", *args.overrides]
-        report: dict[str, Any] = {"script": SCRIPT, "machine": machine_info(), "runs": {}}
+        report: dict[str, Any] = {"script": SCRIPT, "machine": common.machine_info(), "runs": {}}
         for name, extra in (("cold", []), ("warm", ["rerun=true"])):
-            wait_for_quiet(args.quiet_wait_s)
+            common.wait_for_quiet(args.quiet_wait_s)
             overrides = [*base, f"results_dir={work / name}", *extra]
             report["runs"][name] = run(name, overrides, cache)
-            write_json(out, report)
-    print_runs(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()], out)
+            common.write_json(out, report)
+    common.print_runs(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()], out)
     return report
 
 
 TABLE_HEADER = (
     "cache",
     "points",
-    *TIME_COLUMNS,
+    *common.TIME_COLUMNS,
     "target",
-    *PHASE_COLUMNS,
+    *common.PHASE_COLUMNS,
     "compiles (expected)",
     "cache hits",
     "uploads (expected)",
@@ -91,7 +76,7 @@ TABLE_HEADER = (
 
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
-    totals, phases = time_cells(r)
+    totals, phases = common.time_cells(r)
     return [
         name,
         str(r["num_points"]),
@@ -105,7 +90,7 @@ def table_row(name: str, r: dict[str, Any]) -> list[str]:
 
 
 def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
-    cfg, outcome, wall_s, log = timed_sweep(name, overrides)
+    cfg, outcome, wall_s, log = common.timed_sweep(name, overrides)
     rows = outcome.rows
     bad = [r for r in rows if r["status"] != Status.OK]
     if bad or len(rows) != outcome.num_points:
@@ -116,7 +101,7 @@ def run(name: str, overrides: list[str], cache: Path) -> dict[str, Any]:
         "overrides": overrides,
         "run_id": outcome.run_id,
         "num_points": outcome.num_points,
-        **time_split(outcome, wall_s, bench_s),
+        **common.time_split(outcome, wall_s, bench_s),
         "target": TARGETS[name],
         "within_target": wall_s / bench_s <= TARGETS[name],
         "upload_s": sum(r["upload_s"] for r in uploads),

@@ -84,18 +84,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
-    OtherCpu,
-    default_report_path,
-    iree_tool,
-    machine_info,
-    markdown_table,
-    memory_mb,
-    thp_active,
-    thp_env,
-    wait_for_quiet,
-    write_json,
-)
+from benchmarks import _common as common  # noqa: E402
 
 SCRIPT = "fidelity"
 WEIGHT_SEED = 0
@@ -176,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--prepare compiles, --vmfbs uses what it compiled: give one")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.out is None:
-        args.out = ROOT / default_report_path(SCRIPT, f"{args.model}-{args.device}")
+        args.out = ROOT / common.default_report_path(SCRIPT, f"{args.model}-{args.device}")
     return args
 
 
@@ -216,12 +205,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours = make_ours(args.via, device, source, str(args.cache_dir), task_flags)
     report: dict[str, Any] = {
         "script": SCRIPT,
-        "machine": machine_info(),
+        "machine": common.machine_info(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "bound": list(BOUND),
         "task_flags": task_flags,
         # False when main() runs in a process not started with the --thp environment
-        "thp_env_active": thp_active(args.thp == "on"),
+        "thp_env_active": common.thp_active(args.thp == "on"),
         "tool_task_groups": tool_task_groups(task_flags) if device.driver == "local-task" else None,
         "ours_where": ours.where,
         "variants": {},
@@ -233,12 +222,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args, source, variant, device, bucket, graphs[name], ours, task_flags
             )
             report["variants"][name] = result
-            write_json(args.out, report)  # after each variant: a crash keeps what was measured
+            common.write_json(
+                args.out, report
+            )  # after each variant: a crash keeps what was measured
     finally:
         ours.close()
     print()
     rows = [table_row(v, args, r) for v, r in report["variants"].items()]
-    print(markdown_table(TABLE_HEADER, rows))
+    print(common.markdown_table(TABLE_HEADER, rows))
     print(f"\nreport: {args.out}")
     return report
 
@@ -321,7 +312,7 @@ def prepare(
         (out / f"{name}-decode.vmfb").write_bytes(graphs.decode)
         manifest["variants"][name] = graphs.meta
         print(f"{name}: {graphs.meta['num_dispatches']} decode dispatches")
-    write_json(out / "manifest.json", manifest)
+    common.write_json(out / "manifest.json", manifest)
     print(f"graphs for {args.device} in {out}")
 
 
@@ -388,7 +379,7 @@ class Ours(abc.ABC):
     def run(self, task: Any, graphs: Graphs) -> OursRun: ...
 
     def memory(self) -> dict[str, int]:
-        return memory_mb(self.pids[0] if self.pids else "self")
+        return common.memory_mb(self.pids[0] if self.pids else "self")
 
     def close(self) -> None:  # noqa: B027 - optional hook: only the actor has a Ray to stop
         return None
@@ -576,8 +567,8 @@ def measure_side(v: _Variant, side: str, ours: Ours) -> dict[str, Any]:
     """
     disturbed: list[dict[str, Any]] = []
     for attempt in range(v.args.retries + 1):
-        quiet_before = wait_for_quiet(v.args.quiet_wait_s, window_s=0.5, pids=ours.pids)
-        with OtherCpu(ours.pids) as cpu:
+        quiet_before = common.wait_for_quiet(v.args.quiet_wait_s, window_s=0.5, pids=ours.pids)
+        with common.OtherCpu(ours.pids) as cpu:
             if side == "ours":
                 samples, memory = measure_ours(v, ours), ours.memory()
             else:
@@ -585,7 +576,7 @@ def measure_side(v: _Variant, side: str, ours: Ours) -> dict[str, Any]:
         result = {
             "ms": float(np.median(samples)),
             "samples_ms": samples,
-            "memory_mb": memory,
+            "common.memory_mb": memory,
             "other_cpu": cpu.other,
             "steal": cpu.steal,
             "quiet_before": quiet_before,
@@ -659,7 +650,7 @@ def tool_command(
     vmfb: Path, driver: str, inputs: list[str], task_flags: list[str], args: argparse.Namespace
 ) -> list[str]:
     cmd = [
-        iree_tool("iree-benchmark-module"),
+        common.iree_tool("iree-benchmark-module"),
         f"--module={vmfb}",
         f"--device={driver}",
         "--function=main",
@@ -683,11 +674,16 @@ def run_tool(cmd: list[str], thp: bool) -> tuple[list[float], dict[str, int]]:
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, env=thp_env(thp)
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=common.thp_env(thp),
         )
         peak: dict[str, int] = {}
         while proc.poll() is None:
-            for key, value in memory_mb(proc.pid).items():
+            for key, value in common.memory_mb(proc.pid).items():
                 peak[key] = max(peak.get(key, 0), value)
             time.sleep(0.2)
         out.seek(0)
@@ -720,7 +716,7 @@ def parse_tool_json(stdout: str) -> list[float]:
 def tool_task_groups(task_flags: list[str]) -> int | None:
     """How many task workers the tool's local-task device gets with these flags."""
     proc = subprocess.run(
-        [iree_tool("iree-benchmark-module"), "--dump_task_topologies", *task_flags],
+        [common.iree_tool("iree-benchmark-module"), "--dump_task_topologies", *task_flags],
         capture_output=True,
         text=True,
     )
@@ -730,8 +726,8 @@ def tool_task_groups(task_flags: list[str]) -> int | None:
 
 if __name__ == "__main__":
     thp = parse_args(sys.argv[1:]).thp == "on"
-    if not thp_active(thp):  # glibc reads its tunables at start: restart with them set
-        os.execve(sys.executable, [sys.executable, *sys.argv], thp_env(thp))
+    if not common.thp_active(thp):  # glibc reads its tunables at start: restart with them set
+        os.execve(sys.executable, [sys.executable, *sys.argv], common.thp_env(thp))
     start = time.perf_counter()
     main()
     print(f"total {time.perf_counter() - start:.0f} s")

@@ -35,13 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
-    default_report_path,
-    machine_info,
-    markdown_table,
-    timed_sweep,
-    write_json,
-)
+from benchmarks import _common as common  # noqa: E402
 from sweep.readers.analysis import median  # noqa: E402
 
 SCRIPT = "gpu_concurrency"
@@ -118,11 +112,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = [*POINT, *device, f"bench.repeats={n}", f"results_dir={work / 'results'}",
             f"cache_dir={work / 'cache'}", *args.overrides]  # fmt: skip
     start_ray(args.device, n)
-    timed_sweep("warm-up (compiles)", [*base, "bench.repeats=1"])
+    common.timed_sweep("warm-up (compiles)", [*base, "bench.repeats=1"])
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONDITIONS}
     for round_ in range(args.rounds):
         for name, limit in CONDITIONS.items():
-            _, outcome, _, log = timed_sweep(
+            _, outcome, _, log = common.timed_sweep(
                 f"{name} {round_ + 1}", [*base, f"bench.gpu_concurrency={limit}"]
             )
             if outcome.exit_code != 0:
@@ -136,13 +130,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "overrides": base,
         },  # fmt: skip
         "conditions": {name: summarize(r) for name, r in rows.items()},
-        "machine": machine_info(),
+        "machine": common.machine_info(),
     }
     alone = report["conditions"]["alone"]["decode_ms_p50"]
     report["together_over_alone"] = report["conditions"]["together"]["decode_ms_p50"] / alone
     print_report(report)
-    path = args.out or default_report_path(SCRIPT, f"tiny-{args.device}{n}")
-    write_json(path, report)
+    path = args.out or common.default_report_path(SCRIPT, f"tiny-{args.device}{n}")
+    common.write_json(path, report)
     print(f"\nreport: {path}")
     return report
 
@@ -170,7 +164,7 @@ def print_report(report: dict[str, Any]) -> None:
         for name, c in report["conditions"].items()
     ]  # fmt: skip
     print()
-    print(markdown_table(header, lines))
+    print(common.markdown_table(header, lines))
     print(f"\ntogether / alone: {report['together_over_alone']:.3f}")
 
 

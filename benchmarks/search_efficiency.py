@@ -31,26 +31,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
-    PHASE_COLUMNS,
-    TIME_COLUMNS,
-    add_sweep_args,
-    default_report_path,
-    machine_info,
-    print_runs,
-    time_cells,
-    time_split,
-    timed_sweep,
-    wait_for_quiet,
-    write_json,
-)
+from benchmarks import _common as common  # noqa: E402
 
 SCRIPT = "search_efficiency"
 TARGET = 1.10
@@ -59,15 +46,13 @@ TARGET = 1.10
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=12, help="distinct configurations per study")
-    add_sweep_args(p)
+    common.add_sweep_args(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    out = args.out or ROOT / default_report_path(SCRIPT, "mid")
-    with tempfile.TemporaryDirectory(prefix="search-efficiency-") as tmp:
-        work = args.work or Path(tmp)
+    with common.workspace(args, SCRIPT, "mid") as (out, work):
         cache = work / "cache"
         base = [
             "+grid=efficiency",
@@ -81,31 +66,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"cache_dir={cache}",
             *args.overrides,
         ]
-        report: dict[str, Any] = {"script": SCRIPT, "machine": machine_info(), "runs": {}}
+        report: dict[str, Any] = {"script": SCRIPT, "machine": common.machine_info(), "runs": {}}
         for name in ("warm-up", "warm", "warm, no memo"):
             if name == "warm, no memo":
                 shutil.rmtree(cache / "export", ignore_errors=True)
-            wait_for_quiet(args.quiet_wait_s)
+            common.wait_for_quiet(args.quiet_wait_s)
             overrides = [*base, f"results_dir={work / name.replace(', ', '-')}"]
             report["runs"][name] = run(name, overrides)
-            write_json(out, report)
-    print_runs(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()], out)
+            common.write_json(out, report)
+    common.print_runs(TABLE_HEADER, [table_row(n, r) for n, r in report["runs"].items()], out)
     return report
 
 
 TABLE_HEADER = (
     "run",
     "rows",
-    *TIME_COLUMNS,
+    *common.TIME_COLUMNS,
     "target",
-    *PHASE_COLUMNS,
+    *common.PHASE_COLUMNS,
     "graphs (cached)",
 )
 
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
     target = "" if name == "warm-up" else f"<= {TARGET} {'yes' if r['ratio'] <= TARGET else 'no'}"
-    totals, phases = time_cells(r)
+    totals, phases = common.time_cells(r)
     return [name, str(r["num_rows"]), *totals, target, *phases, _graphs(r)]
 
 
@@ -114,7 +99,7 @@ def _graphs(r: dict[str, Any]) -> str:
 
 
 def run(name: str, overrides: list[str]) -> dict[str, Any]:
-    _, outcome, wall_s, log = timed_sweep(name, overrides)
+    _, outcome, wall_s, log = common.timed_sweep(name, overrides)
     rows = outcome.rows
     bench_s = sum(r["bench_s"] for r in rows if r.get("bench_s") is not None)
     result = {
@@ -122,7 +107,7 @@ def run(name: str, overrides: list[str]) -> dict[str, Any]:
         "run_id": outcome.run_id,
         "num_rows": len(rows),
         "statuses": sorted({r["status"] for r in rows}),
-        **time_split(outcome, wall_s, bench_s),
+        **common.time_split(outcome, wall_s, bench_s),
         "upload_s": sum(r.get("upload_s") or 0.0 for r in rows),
         "log_tail": log[-3000:],
     }

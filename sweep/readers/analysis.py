@@ -31,6 +31,15 @@ from workers.core.kinds import Layout, Status
 from workers.records import tok_s
 
 BASELINE_FLAG_SET = "default"
+# How a point runs beyond its model, variant and prompt: batch, context, threads, switches.
+RUN_SHAPE: tuple[str, ...] = (
+    Col.BATCH_SIZE,
+    Col.DEPTH,
+    Col.ATTENTION_SPAN,
+    Col.STEPS_PER_CALL,
+    Col.THREADS,
+    Col.LLAMACPP_EXTRA_BUFTS,
+)
 # Columns that name a point (what `--by` may group on) and that the tables fold into a
 # header line when they do not vary.
 POINT_COLUMNS: tuple[str, ...] = (
@@ -46,12 +55,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     Col.PROMPT_BUCKET,
     Col.MAX_SEQ,
     Col.FLAG_SET,
-    Col.BATCH_SIZE,
-    Col.DEPTH,
-    Col.ATTENTION_SPAN,
-    Col.STEPS_PER_CALL,
-    Col.THREADS,
-    Col.LLAMACPP_EXTRA_BUFTS,
+    *RUN_SHAPE,
 )
 BY_COLUMNS: tuple[str, ...] = (
     Col.RUN_ID,
@@ -68,12 +72,7 @@ DEFAULT_BY: tuple[str, ...] = (
     Col.RUNTIME,
     Col.FLAG_SET,
     Col.PROMPT_LENGTH,
-    Col.BATCH_SIZE,
-    Col.DEPTH,
-    Col.ATTENTION_SPAN,
-    Col.STEPS_PER_CALL,
-    Col.THREADS,
-    Col.LLAMACPP_EXTRA_BUFTS,
+    *RUN_SHAPE,
 )
 # The flag study compares flag sets within one of these contexts.
 FLAG_CONTEXT: tuple[str, ...] = (

@@ -83,6 +83,21 @@ _GLOBAL_NAMES: dict[str, str] = {
     "lm_head.weight": "output.weight",
 }
 assert set(_LAYER_NAMES) == {*LINEARS, *NORMS}
+# `llama.<key>` metadata -> the LlamaConfig field it holds, as llama.cpp writes it.
+_METADATA: dict[str, str] = {
+    "block_count": "num_hidden_layers",
+    "context_length": "max_position_embeddings",
+    "embedding_length": "hidden_size",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.key_length": "head_dim",
+    "attention.value_length": "head_dim",
+    "rope.dimension_count": "head_dim",
+    "rope.freq_base": "rope_theta",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "vocab_size": "vocab_size",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,18 +474,10 @@ def write_gguf(path: str | Path, cfg: LlamaConfig, tensors: LazyTensors) -> None
     rope = rope_factors(cfg)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_key_length(cfg.head_dim)
-    writer.add_value_length(cfg.head_dim)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_vocab_size(cfg.vocab_size)
+    types = {f.name: f.type for f in dataclasses.fields(cfg)}
+    for key, field in _METADATA.items():
+        add = writer.add_float32 if types[field] == "float" else writer.add_uint32
+        add(f"{ARCHITECTURE}.{key}", getattr(cfg, field))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("none")
     f32 = np.dtype(np.float32)

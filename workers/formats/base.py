@@ -38,6 +38,9 @@ class Format:
 
     name: ClassVar[str]
 
+    def __repr__(self) -> str:
+        return f"<format {self.name}>"
+
     def check(self, variant: Variant, where: str) -> None:
         """Raises ValueError for a variant field this format cannot take."""
 

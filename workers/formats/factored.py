@@ -32,6 +32,51 @@ if TYPE_CHECKING:
     from workers.formats.variant import Variant
 
 
+def factored_linear_jnp(
+    x: Any, stored: Any, scale: Any, minimum: Any, offset: int, out_major: bool
+) -> Any:
+    """x [T, K] times a grouped quantized matrix kept 3-D -> [T, N], scales after the
+    per-group contraction (the `factored` dequant; see `workers/formats/variant.py`).
+
+    `stored` is [N, K/G, G] (out_major; scale [N, K/G]) or [K/G, G, N] (in_major;
+    scale [K/G, N]). The only op between the integers and the contraction is
+    `q - offset` in float32: IREE clones it into the contraction's dispatch, and the
+    subtraction keeps IREE 3.13 from reading the unsigned integers as signed.
+    """
+    import jax.numpy as jnp
+
+    values = stored.astype(jnp.float32) - np.float32(offset)
+    scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
+    num_groups = stored.shape[1] if out_major else stored.shape[0]
+    x3 = x.reshape(x.shape[0], num_groups, -1)  # [T, K/G, G]
+    xsum = x3.sum(axis=-1)  # [T, K/G]
+    # [T, N, K/G] (out_major) or [T, K/G, N]: the weight's own order, no transpose
+    spec = "ngk,tgk->tng" if out_major else "gkn,tgk->tgn"
+    inner = jnp.einsum(spec, values, x3)
+    return _apply_scales(inner, scale, minimum, xsum, out_major)
+
+
+def centred_minimum(scale: Any, minimum: Any, shift: int) -> Any:
+    """The minimum as a factored graph takes it (the value at q = centre) from one stored
+    as the value at q = centre - shift: minimum + shift * scale, in float32. A GGUF
+    block's m is the value at q = 0 (shift = the centre); 0 leaves it as it is."""
+    import jax.numpy as jnp
+
+    if not shift:
+        return minimum
+    return minimum.astype(jnp.float32) + np.float32(shift) * scale.astype(jnp.float32)
+
+
+def _apply_scales(inner: Any, scale: Any, minimum: Any, xsum: Any, out_major: bool) -> Any:
+    """sum_g scale[n, g] inner[t, n, g] + minimum[n, g] xsum[t, g] -> [T, N], as one
+    elementwise-then-reduce op: IREE makes it one small dispatch (two einsums would be two).
+    `inner` and the scales are in the weight's order: [T, N, K/G] and [N, K/G], or
+    [T, K/G, N] and [K/G, N]."""
+    if out_major:
+        return (scale[None] * inner + minimum[None] * xsum[:, None, :]).sum(axis=-1)
+    return (scale[None] * inner + minimum[None] * xsum[:, :, None]).sum(axis=1)
+
+
 class Factored(Format):
     name = "factored"
 
@@ -85,56 +130,8 @@ class Factored(Format):
         minimum = centred_minimum(scale, w[f"{key}.minimum"], centre - variant.offset_of(key))
         return self.contract(x, w[f"{key}.qweight"], scale, minimum, centre, out_major)
 
-    def contract(
-        self, x: Array, stored: Array, scale: Array, minimum: Array, offset: int, out_major: bool
-    ) -> Array:
-        """The grouped product itself, in float32 (`factored_linear_jnp`)."""
-        return factored_linear_jnp(x, stored, scale, minimum, offset, out_major)
+    # the grouped product itself: x [T, K] and the stored integers -> [T, N], float32
+    contract = staticmethod(factored_linear_jnp)
 
 
 FACTORED = Factored()
-
-
-def factored_linear_jnp(
-    x: Any, stored: Any, scale: Any, minimum: Any, offset: int, out_major: bool
-) -> Any:
-    """x [T, K] times a grouped quantized matrix kept 3-D -> [T, N], scales after the
-    per-group contraction (the `factored` dequant; see `workers/formats/variant.py`).
-
-    `stored` is [N, K/G, G] (out_major; scale [N, K/G]) or [K/G, G, N] (in_major;
-    scale [K/G, N]). The only op between the integers and the contraction is
-    `q - offset` in float32: IREE clones it into the contraction's dispatch, and the
-    subtraction keeps IREE 3.13 from reading the unsigned integers as signed.
-    """
-    import jax.numpy as jnp
-
-    values = stored.astype(jnp.float32) - np.float32(offset)
-    scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
-    num_groups = stored.shape[1] if out_major else stored.shape[0]
-    x3 = x.reshape(x.shape[0], num_groups, -1)  # [T, K/G, G]
-    xsum = x3.sum(axis=-1)  # [T, K/G]
-    # [T, N, K/G] (out_major) or [T, K/G, N]: the weight's own order, no transpose
-    spec = "ngk,tgk->tng" if out_major else "gkn,tgk->tgn"
-    inner = jnp.einsum(spec, values, x3)
-    return _apply_scales(inner, scale, minimum, xsum, out_major)
-
-
-def centred_minimum(scale: Any, minimum: Any, shift: int) -> Any:
-    """The minimum as a factored graph takes it (the value at q = centre) from one stored
-    as the value at q = centre - shift: minimum + shift * scale, in float32. A GGUF
-    block's m is the value at q = 0 (shift = the centre); 0 leaves it as it is."""
-    import jax.numpy as jnp
-
-    if not shift:
-        return minimum
-    return minimum.astype(jnp.float32) + np.float32(shift) * scale.astype(jnp.float32)
-
-
-def _apply_scales(inner: Any, scale: Any, minimum: Any, xsum: Any, out_major: bool) -> Any:
-    """sum_g scale[n, g] inner[t, n, g] + minimum[n, g] xsum[t, g] -> [T, N], as one
-    elementwise-then-reduce op: IREE makes it one small dispatch (two einsums would be two).
-    `inner` and the scales are in the weight's order: [T, N, K/G] and [N, K/G], or
-    [T, K/G, N] and [K/G, N]."""
-    if out_major:
-        return (scale[None] * inner + minimum[None] * xsum[:, None, :]).sum(axis=-1)
-    return (scale[None] * inner + minimum[None] * xsum[:, :, None]).sum(axis=1)

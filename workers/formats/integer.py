@@ -14,20 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.formats.base import Array
 from workers.formats.factored import Factored, _apply_scales
-
-
-class Integer(Factored):
-    name = "integer"
-
-    def contract(
-        self, x: Array, stored: Array, scale: Array, minimum: Array, offset: int, out_major: bool
-    ) -> Array:
-        return integer_linear_jnp(x, stored, scale, minimum, offset, out_major)
-
-
-INTEGER = Integer()
 
 
 def integer_linear_jnp(
@@ -59,3 +46,12 @@ def integer_linear_jnp(
     else:  # -> [T, K/G, N]
         inner = inner.transpose(2, 0, 1) * xs[:, :, None]
     return _apply_scales(inner, scale, minimum, x3.sum(-1), out_major)
+
+
+class Integer(Factored):
+    name = "integer"
+
+    contract = staticmethod(integer_linear_jnp)
+
+
+INTEGER = Integer()
