@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,12 +69,26 @@ def test_a_stray_file_in_the_results_does_not_stop_a_sweep(
     assert (tmp_path / "results" / "_unreadable" / "run_id=x" / "part.parquet").exists()
 
 
+def _smoke_on_a_new_node(
+    ray_cluster: Any, node: dict[str, Any], tmp_path: Path, shared_cache: Path, *overrides: str
+) -> tuple[Any, str, Any]:
+    """A smoke sweep (O3 left out) with one more node in the cluster, made with `node`'s
+    resources and removed after: (outcome, text, the node)."""
+    added = ray_cluster.add_node(**node)
+    ray_cluster.wait_for_nodes()
+    try:
+        outcome, text = sweep(
+            tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3", *overrides
+        )
+    finally:
+        ray_cluster.remove_node(added)
+    return outcome, text, added
+
+
 def test_two_devices_on_one_node_take_turns(ray_cluster, tmp_path: Path, shared_cache: Path):
     """A node that holds two benchmark devices (as a GPU host holds a CPU and a GPU
     actor; here two CPU devices, each with its own Ray resource) runs one of their
     points at a time."""
-    node = ray_cluster.add_node(num_cpus=1, resources={"sweep_dev_a": 1, "sweep_dev_b": 1})
-    ray_cluster.wait_for_nodes()
     devices = []
     for name in ("dev_a", "dev_b"):
         devices += [
@@ -81,19 +96,16 @@ def test_two_devices_on_one_node_take_turns(ray_cluster, tmp_path: Path, shared_
             f"devices.{name}.name={name}",
             f"devices.{name}.ray_resource=sweep_{name}",
         ]
-    try:
-        outcome, text = sweep(
-            tmp_path,
-            shared_cache,
-            "+grid=smoke",
-            "~grid.flag_sets.O3",
-            *devices,
-            "grid.devices=[dev_a,dev_b]",
-            "grid.prompt_lengths=[8]",
-            "bench.decode_steps=60",
-        )
-    finally:
-        ray_cluster.remove_node(node)
+    outcome, text, _ = _smoke_on_a_new_node(
+        ray_cluster,
+        {"num_cpus": 1, "resources": {"sweep_dev_a": 1, "sweep_dev_b": 1}},
+        tmp_path,
+        shared_cache,
+        *devices,
+        "grid.devices=[dev_a,dev_b]",
+        "grid.prompt_lengths=[8]",
+        "bench.decode_steps=60",
+    )
     assert outcome.exit_code == 0, text
     rows = outcome.rows
     assert {r["device"] for r in rows} == {"dev_a", "dev_b"} and len(rows) == 4
@@ -142,25 +154,20 @@ def test_a_four_gpu_node_times_its_gpu_points_at_once_and_cpu_points_alone(
     runs IREE's CPU driver (there is no CUDA here). The new node gets a host lock of its
     own: every node of this cluster is one machine, shared with other sweeps."""
     monkeypatch.setenv(HOST_LOCK_ENV, str(tmp_path / "host.lock"))  # the raylet inherits it
-    gpu_node = ray_cluster.add_node(num_cpus=8, num_gpus=4, resources={CPU_BENCH_RESOURCE: 1})
-    ray_cluster.wait_for_nodes()
-    fake_gpu = ["+device@devices.fakegpu=cpu", "devices.fakegpu.name=fakegpu"]
-    try:
-        outcome, text = sweep(
-            tmp_path,
-            shared_cache,
-            "+grid=smoke",
-            "~grid.flag_sets.O3",
-            "grid.variants=[fp32]",
-            *fake_gpu,
-            "devices.fakegpu.ray_resource=GPU",
-            "grid.devices=[cpu,fakegpu]",
-            "grid.prompt_lengths=[5,6,7,8,9,10,11,12]",  # one prefill bucket: one graph
-            "grid.max_seq=2048",
-            "bench.decode_steps=1600",  # timed phases of seconds: longer than their skew
-        )
-    finally:
-        ray_cluster.remove_node(gpu_node)
+    outcome, text, gpu_node = _smoke_on_a_new_node(
+        ray_cluster,
+        {"num_cpus": 8, "num_gpus": 4, "resources": {CPU_BENCH_RESOURCE: 1}},
+        tmp_path,
+        shared_cache,
+        "grid.variants=[fp32]",
+        "+device@devices.fakegpu=cpu",
+        "devices.fakegpu.name=fakegpu",
+        "devices.fakegpu.ray_resource=GPU",
+        "grid.devices=[cpu,fakegpu]",
+        "grid.prompt_lengths=[5,6,7,8,9,10,11,12]",  # one prefill bucket: one graph
+        "grid.max_seq=2048",
+        "bench.decode_steps=1600",  # timed phases of seconds: longer than their skew
+    )
     assert outcome.exit_code == 0, text
     rows = outcome.rows
     assert {r["status"] for r in rows} == {"ok"} and len(rows) == 16, text

@@ -118,11 +118,10 @@ def model_file(
 ) -> tuple[Path, str]:
     """The GGUF file a llamacpp point of `variant` runs, and its llama.cpp type; a file
     to be made is quantized by `quantizer` (default: `quantize`, in this process)."""
-    from workers.checkpoints.gguf import tensor_types
-    from workers.checkpoints.source import gguf_file
+    from workers.checkpoints.gguf import find_gguf, tensor_types
 
     kind = variant.llamacpp_type
-    own = gguf_file(source.path) if source.path else None
+    own = find_gguf(source.path) if source.path else None
     if own is not None and set(tensor_types(own)) == {kind}:
         return own, kind
     folder = (cache_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / "llamacpp"
