@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import load_checkpoint, save_tiny_llama, variant
+from tests.helpers import TINY_CHECKPOINT, load_checkpoint, save_tiny_llama, variant
 from workers.checkpoints.source import (
     INDEX_FILE,
     SINGLE_FILE,
@@ -33,7 +33,6 @@ from workers.checkpoints.source import (
 )
 from workers.core.config import (
     PRESETS,
-    TINY_SHAPES,
     LlamaConfig,
     RopeScaling,
     expected_shapes,
@@ -72,7 +71,7 @@ def save_checkpoint(
 
 def expected_config(tied: bool = True, rope: RopeScaling | None = None) -> LlamaConfig:
     """What `save_checkpoint` saved, as the project's own config."""
-    return dataclasses.replace(TINY_SHAPES, rope_scaling=rope, tie_word_embeddings=tied)
+    return dataclasses.replace(TINY_CHECKPOINT, rope_scaling=rope, tie_word_embeddings=tied)
 
 
 LLAMA3_SCALING = RopeScaling(
