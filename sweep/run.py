@@ -28,7 +28,7 @@ from sweep.plan.config import ConfigError, SweepConfig, check
 from sweep.plan.eval_text import check_quality_bound, eval_spec
 from sweep.plan.grid import Point, expand, point_label
 from sweep.readers import analysis
-from sweep.readers.report import host_notes, text_notes
+from sweep.readers.report import fp32_notes, host_notes, text_notes
 from sweep.readers.tables import Column, Table, fmt_spread, fmt_statuses, metric, render_md
 from sweep.search.study import Search, print_search_plan
 from sweep.search.study import baselines as search_baselines
@@ -400,7 +400,8 @@ def _repeats_cell(row: dict[str, Any]) -> str:
 
 def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = None) -> None:
     """The seed's table (per variant, device, flag set and prompt; a point's repeats
-    merged into one line), then every failure."""
+    merged into one line), per device the fastest variant against fp32, then every
+    failure."""
     ok = sorted(
         analysis.merge_repeats([r for r in rows if r.get(Col.DECODE_MS_P50) is not None]),
         key=lambda r: (
@@ -427,6 +428,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = N
         print(render_md(Table(ok, columns, header=header)), file=out)
     for note in text_notes(rows) + host_notes(rows, priority):
         print(note, file=out)
+    for line in fp32_notes(rows):  # the seed's question: which variant decodes fastest
+        print(line, file=out)
     counts = analysis.status_counts(rows)
     print("status: " + (fmt_statuses(counts) or "nothing run"), file=out)
     for r in rows:

@@ -23,13 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import load_checkpoint, save_tiny_llama, variant
+from tests.helpers import TINY_CHECKPOINT, load_checkpoint, save_tiny_llama, variant
 from workers.checkpoints.safetensors import INDEX_FILE, SINGLE_FILE
 from workers.checkpoints.source import lazy_checkpoint, lazy_synthetic_weights
 from workers.checkpoints.tensors import CheckpointError
 from workers.core.config import (
     PRESETS,
-    TINY_SHAPES,
     LlamaConfig,
     RopeScaling,
     expected_shapes,
@@ -68,7 +67,7 @@ def save_checkpoint(
 
 def expected_config(tied: bool = True, rope: RopeScaling | None = None) -> LlamaConfig:
     """What `save_checkpoint` saved, as the project's own config."""
-    return dataclasses.replace(TINY_SHAPES, rope_scaling=rope, tie_word_embeddings=tied)
+    return dataclasses.replace(TINY_CHECKPOINT, rope_scaling=rope, tie_word_embeddings=tied)
 
 
 LLAMA3_SCALING = RopeScaling(

@@ -46,8 +46,21 @@ def test_devices_and_variants_are_typed_values_from_yaml():
 def test_the_phase2b_grid_is_the_seed_experiment():
     cfg = config("+grid=phase2b")
     assert cfg.model.preset == "llama-3.2-1b"
-    assert cfg.grid.variants == ("int4", "fp32") and cfg.grid.devices == ("cuda", "cpu")
+    # the seed's int4 and fp32, and the answer to its question: the fused int4 format
+    assert cfg.grid.variants == ("int4", "int4-fac-g64", "fp32")
+    assert cfg.grid.devices == ("cuda", "cpu")
     assert cfg.grid.prompt_lengths == (32, 128) and cfg.grid.max_seq == 256
+
+
+def test_the_decode_protocol_default_is_the_configs():
+    """DecodeSteps' prefill_runs default (direct callers) is what a sweep gets from
+    conf/config.yaml, so a test or benchmark measures the protocol users run."""
+    from workers.tasks import DecodeSteps
+
+    default = DecodeSteps.__dataclass_fields__["prefill_runs"].default
+    assert config().bench.prefill_runs == default, (
+        "bench.prefill_runs in conf/config.yaml and DecodeSteps.prefill_runs disagree"
+    )
 
 
 def test_overrides_are_typed():

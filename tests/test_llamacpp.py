@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from sweep.store.results import read_results
-from tests.helpers import device, save_tiny_llama, sweep, tiny_llama, variant
+from tests.helpers import TINY_CHECKPOINT, device, save_tiny_llama, sweep, tiny_llama, variant
 from workers.checkpoints.gguf import open_gguf, tensor_types, write_gguf
 from workers.checkpoints.source import lazy_synthetic_weights
-from workers.core.config import TINY_SHAPES, preset
+from workers.core.config import preset
 from workers.core.kinds import Runtime, Status
 
 
@@ -40,7 +40,7 @@ def test_a_written_gguf_reads_back_as_the_same_model(tmp_path: Path, tied: bool)
     Llama 3 RoPE scaling through llama.cpp's rope_freqs factors."""
     rope = preset("llama-3.2-1b")
     cfg = dataclasses.replace(
-        TINY_SHAPES,
+        TINY_CHECKPOINT,
         hidden_size=128,
         num_attention_heads=2,
         num_key_value_heads=1,
@@ -120,7 +120,7 @@ def test_quantized_points_run_llamacpps_own_quantization(tmp_path: Path):
     source = ModelSource(name="tiny", path=str(tmp_path / "ckpt"))
     path, kind = model_file(source, variant("int4"), source.weights_id(), tmp_path)
     assert kind == "Q4_1" and path.parent == tmp_path / "llamacpp"
-    assert tensor_types(path) == {"Q4_1": 7 * TINY_SHAPES.num_hidden_layers}
+    assert tensor_types(path) == {"Q4_1": 7 * TINY_CHECKPOINT.num_hidden_layers}
     mtime = path.stat().st_mtime_ns
     again, _ = model_file(source, variant("int4"), source.weights_id(), tmp_path)
     assert again == path and path.stat().st_mtime_ns == mtime  # from the cache

@@ -457,3 +457,33 @@ def test_run_all_takes_the_newest_row_per_point(results: Path, capsys) -> None:
     assert code == 0
     counts = {r["run_id"]: r["num_rows"] for r in json.loads(out)}
     assert counts == {"r2": 72, "r1": 2}, "r1 only where r2 lacks the point"
+
+
+def test_the_summary_answers_which_variant_decodes_fastest() -> None:
+    """The run's closing line per device: the fastest variant against fp32 at the same
+    points (every point column but the variant's own), from the rows alone."""
+    rows = []
+    for device, ms in (("cpu", {"fp32": 540.0, "int4": 1274.0, "int4-fac-g64": 281.0}),
+                       ("cuda", {"fp32": 182.0, "int4": 252.0})):  # fmt: skip
+        for variant, base in ms.items():
+            for length in PROMPT_LENGTHS:
+                rows.append(
+                    make_row(
+                        f"{variant}-{device}-{length}",
+                        "int4" if variant != "fp32" else "fp32",  # BASE_DISPATCHES' keys
+                        device,
+                        "default",
+                        length,
+                        256,
+                        [base] * 10,
+                    )
+                    | {"variant": variant, "group_size": None if variant == "fp32" else 64}
+                )
+    rows.append(rows[0] | {"status": "wrong_output", "variant": "int8"})  # not ok: left out
+    assert report.fp32_notes(rows) == [
+        "cpu: int4-fac-g64 decodes at 0.52x fp32's ms/token (median of 2 points; int4 2.36x)",
+        "cuda: fp32 decodes fastest (int4 1.38x its ms/token; median of 2 points)",
+    ]
+    assert report.fp32_notes([r for r in rows if r["variant"] != "fp32"]) == [], (
+        "without fp32 there is nothing to compare with"
+    )

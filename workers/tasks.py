@@ -34,7 +34,9 @@ class DecodeSteps:
 
     warmup_steps: int
     decode_steps: int
-    prefill_runs: int = 1
+    # A sweep's value is conf/config.yaml's `bench.prefill_runs`; this default, for direct
+    # callers (tests, benchmarks), is the same (tests/test_config.py keeps them in step).
+    prefill_runs: int = 3
     # Greedy steps per decode call (a loop in the graph): the per-call host cost is spread
     # over this many tokens. Decode steps are whole calls' worth; warmup is rounded up to
     # whole calls.

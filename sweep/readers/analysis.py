@@ -541,6 +541,45 @@ def _pair(ra: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Every variant against fp32 at the same point: the answer to the seed's question (is the
+# quantized model faster?) in the run's closing summary.
+FP32 = "fp32"
+# the columns a variant's point differs from fp32's in
+VARIANT_COLUMNS: tuple[str, ...] = (Col.VARIANT, Col.GROUP_SIZE)
+
+
+def versus_fp32(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per device, each variant's ms/token over fp32's at the same point (every point
+    column but the variant's own), as the median of those ratios over the points both
+    measured ok: records of `device`, `variant`, `ratio` and `num_points`, fastest first
+    within a device. fp32 itself is a record with ratio 1. A device without an ok fp32
+    row has none."""
+    point_of = [c for c in POINT_COLUMNS if c not in VARIANT_COLUMNS]
+    ok = [r for r in rows if r[Col.STATUS] == Status.OK and r.get(Col.DECODE_MS_P50)]
+    fp32 = {
+        tuple(r.get(c) for c in point_of): r[Col.DECODE_MS_P50]
+        for r in ok
+        if r[Col.VARIANT] == FP32
+    }
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for r in ok:
+        base = fp32.get(tuple(r.get(c) for c in point_of))
+        if base:
+            ratios.setdefault((r[Col.DEVICE], r[Col.VARIANT]), []).append(
+                r[Col.DECODE_MS_P50] / base
+            )
+    records = [
+        {
+            Col.DEVICE: device,
+            Col.VARIANT: variant,
+            "ratio": float(np.median(v)),
+            "num_points": len(v),
+        }
+        for (device, variant), v in ratios.items()
+    ]
+    return sorted(records, key=lambda rec: (sort_key((rec[Col.DEVICE],)), rec["ratio"]))
+
+
 # The runtimes side by side: per (model, variant family, device, prompt length), each
 # runtime's fastest ok configuration at batch 1 and depth 0 (where they all run).
 RUNTIME_CONTEXT: tuple[str, ...] = (Col.MODEL, "family", Col.DEVICE, Col.PROMPT_LENGTH)

@@ -389,6 +389,28 @@ def host_notes(rows: list[dict[str, Any]], priority: int | None = None) -> list[
     return notes
 
 
+def fp32_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per device that ran fp32 and another variant: the fastest variant and its
+    ms/token against fp32's, then the others (`analysis.versus_fp32`), e.g.
+    `cpu: int4-fac-g64 decodes at 0.52x fp32's ms/token (int4 2.31x; 2 points each)`."""
+    notes = []
+    for (device,), records in analysis.group_rows(analysis.versus_fp32(rows), [Col.DEVICE]):
+        if len(records) < 2:
+            continue
+        best, others = records[0], [r for r in records[1:] if r[Col.VARIANT] != analysis.FP32]
+        rest = "; ".join(f"{r[Col.VARIANT]} {r['ratio']:.2f}x" for r in others)
+        points = f"median of {best['num_points']} points" if best["num_points"] > 1 else "1 point"
+        if best[Col.VARIANT] == analysis.FP32:
+            notes.append(f"{device}: fp32 decodes fastest ({rest} its ms/token; {points})")
+        else:
+            tail = f"; {rest}" if rest else ""
+            notes.append(
+                f"{device}: {best[Col.VARIANT]} decodes at {best['ratio']:.2f}x fp32's ms/token "
+                f"({points}{tail})"
+            )
+    return notes
+
+
 MAX_TEXT_NOTES = 8
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmarks._common import fake_measurement as fake_measurement  # a benchmark's too
-from workers.core.config import EMBEDDING, TINY_SHAPES, LlamaConfig
+from workers.core.config import EMBEDDING, LlamaConfig, preset
 from workers.core.devices import DeviceSpec
 from workers.formats.packing import dequantize, unpack_lanes, unpack_uint4
 from workers.formats.variant import Variant
@@ -134,11 +134,18 @@ def sweep(tmp_path: Path, cache: Path, *overrides: str) -> tuple[Any, str]:
     return run_sweep(cfg, resolved, out=out), out.getvalue()
 
 
-# The project's tiny shapes as transformers' config keys (the same names); eps, RoPE and
-# tying are each test's own choice.
+# The tests' transformers checkpoints (`tiny_llama`): the `tiny` preset's layers with a byte
+# vocabulary of 256 (`save_byte_tokenizer`'s), eps 1e-6 and no RoPE scaling. Not the preset
+# itself (`model=tiny`: vocabulary 512, Llama 3 RoPE scaling), which sweeps build from a seed.
+TINY_CHECKPOINT = dataclasses.replace(
+    preset("tiny"), vocab_size=256, rms_norm_eps=1e-6, rope_scaling=None
+)
+
+# TINY_CHECKPOINT as transformers' config keys (the same names); eps, RoPE and tying are
+# each test's own choice.
 TINY_LLAMA = {
     key: value
-    for key, value in dataclasses.asdict(TINY_SHAPES).items()
+    for key, value in dataclasses.asdict(TINY_CHECKPOINT).items()
     if key not in ("rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings")
 }
 
@@ -151,7 +158,7 @@ def tiny_llama(
     tied: bool = True,
     **config: Any,
 ) -> Any:
-    """A random 2-layer transformers Llama of the project's tiny shapes (`config` overrides
+    """A random 2-layer transformers Llama of TINY_CHECKPOINT's shapes (`config` overrides
     them): the one tiny model every test builds on.
 
     `unit_gain` draws every matrix with unit output scale and norms near 1, so greedy

@@ -200,24 +200,6 @@ def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# The 2-layer shapes of the tests' tiny checkpoints (tests/helpers.py saves them with
-# transformers) and of the `tiny` preset.
-TINY_SHAPES = LlamaConfig(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    rms_norm_eps=1e-6,
-    rope_theta=500000.0,
-    rope_scaling=None,
-    tie_word_embeddings=True,
-    max_position_embeddings=2048,
-)
-
-
 def llama3_rope(original_max_position_embeddings: int) -> RopeScaling:
     """The RoPE scaling every Llama 3.1 and 3.2 checkpoint ships, for a context of
     `original_max_position_embeddings` before scaling."""
@@ -245,9 +227,22 @@ PRESETS: dict[str, LlamaConfig] = {
         tie_word_embeddings=True,
         max_position_embeddings=131072,
     ),
-    # A 2-layer toy for tests and the smoke grid: same architecture, seconds to compile.
-    "tiny": dataclasses.replace(
-        TINY_SHAPES, vocab_size=512, rms_norm_eps=1e-5, rope_scaling=llama3_rope(64)
+    # A 2-layer, 64-wide toy for the smoke grid and the tests (`model=tiny`): the same
+    # architecture, seconds to compile. The tests' transformers checkpoints are these
+    # layers with a byte vocabulary of 256 (`TINY_CHECKPOINT` in tests/helpers.py).
+    "tiny": LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=llama3_rope(64),
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
     ),
     # A mid-size model for benchmarks: big enough that decode time dominates overhead.
     "mid": LlamaConfig(
