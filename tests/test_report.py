@@ -471,11 +471,9 @@ def test_the_summary_answers_which_variant_decodes_fastest() -> None:
                     make_row(
                         f"{variant}-{device}-{length}",
                         "int4" if variant != "fp32" else "fp32",  # BASE_DISPATCHES' keys
-                        device,
-                        "default",
-                        length,
-                        256,
                         [base] * 10,
+                        device=device,
+                        prompt_length=length,
                     )
                     | {"variant": variant, "group_size": None if variant == "fp32" else 64}
                 )
