@@ -57,7 +57,8 @@ from typing import Any
 
 # What the sweep imports beyond the host's own packages (numpy, pyarrow, rich,
 # safetensors, jax), pinned to the versions installed here; pip adds their dependencies.
-BUNDLED = ("ray", "hydra-core", "iree-base-runtime", "duckdb")
+# gguf: the config reads GGUF block facts from its tables (workers/formats/gguf_blocks.py).
+BUNDLED = ("ray", "hydra-core", "iree-base-runtime", "duckdb", "gguf")
 PROJECT_PARTS = ("sweep", "workers", "conf", "pyproject.toml", "README.md")
 PART_SUFFIX = ".part"
 MANIFEST = "manifest.json"
