@@ -45,7 +45,10 @@ class Format:
         """Raises ValueError for a variant field this format cannot take."""
 
     def llamacpp_type(self, variant: Variant) -> str:
-        raise NotImplementedError
+        """The nearest llama.cpp type to a quantized variant's linears. Our formats are
+        affine (scale and minimum): Q4_1 is llama.cpp's affine 4-bit; its 8-bit type
+        Q8_0 is symmetric (scale only), the nearest there is."""
+        return "Q8_0" if variant.bits == 8 else "Q4_1"
 
     def expects_fused(self, variant: Variant) -> bool | None:
         """The `dequant_fused` IREE 3.13 gives decode at O3; None: nothing to fuse."""
@@ -69,7 +72,7 @@ class Format:
 
     def matrix(self, w: dict[str, Array], key: str, variant: Variant, axis: int) -> Array:
         """The weight `key` in its stored orientation, as the graph's float matrix."""
-        raise NotImplementedError
+        raise TypeError(f"{self!r} never makes {key} a float matrix: it multiplies it grouped")
 
     def linear(
         self, x: Array, w: dict[str, Array], key: str, variant: Variant, layout: str

@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 class Direct(Format):
     name = "direct"
 
-    def llamacpp_type(self, variant: Variant) -> str:
-        # Our formats are affine (scale and minimum): Q4_1 is llama.cpp's affine 4-bit;
-        # its 8-bit type Q8_0 is symmetric (scale only), the nearest there is.
-        return "Q8_0" if variant.bits == 8 else "Q4_1"
-
     def expects_fused(self, variant: Variant) -> bool | None:
         return variant.group_size is None and variant.storage == "native"
 

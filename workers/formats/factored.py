@@ -87,9 +87,6 @@ class Factored(Format):
                 "fuses) and storage=native (the integers as ui4/ui8 tensors)"
             )
 
-    def llamacpp_type(self, variant: Variant) -> str:
-        return "Q8_0" if variant.bits == 8 else "Q4_1"
-
     def expects_fused(self, variant: Variant) -> bool | None:
         return True
 
