@@ -372,6 +372,7 @@ def _cell(fmt: str, *keys: str) -> Callable[[dict[str, Any]], str]:
 SUMMARY_COLUMNS = [
     Column(Col.VARIANT, _cell("{}", Col.VARIANT)),
     Column(Col.LAYOUT, _cell("{}", Col.LAYOUT), fold=Col.LAYOUT),
+    Column(Col.WEIGHTS, _cell("{}", Col.WEIGHTS), fold=Col.WEIGHTS),
     Column(Col.DEVICE, _cell("{}", Col.DEVICE)),
     Column(Col.RUNTIME, _cell("{}", Col.RUNTIME)),
     Column(Col.FLAGS, _cell("{}", Col.FLAG_SET)),
@@ -407,6 +408,7 @@ def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = N
         key=lambda r: (
             r[Col.VARIANT],
             r[Col.LAYOUT],
+            r.get(Col.WEIGHTS) or "",
             r[Col.DEVICE],
             r[Col.RUNTIME],
             r[Col.FLAG_SET],

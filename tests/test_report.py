@@ -328,7 +328,7 @@ def test_report_csv_and_out_file(results: Path, tmp_path: Path, capsys) -> None:
     )
     assert code == 0 and out == "" and str(out_path) in err
     lines = out_path.read_text().splitlines()
-    assert lines[0].startswith("variant,layout,device,runtime,flag_set,prompt_length,")
+    assert lines[0].startswith("variant,layout,weights,device,runtime,flag_set,prompt_length,")
     assert len(lines) == 1 + 4 * 3 * 2 + 1, "r2 adds a prompt length for fp32 on cpu"
 
 

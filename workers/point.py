@@ -16,13 +16,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from workers.core.devices import DeviceSpec
 from workers.core.host import HostSampler, HostWindow, niceness, set_niceness, settle
-from workers.core.kinds import GraphKind, Layout, Runtime
+from workers.core.kinds import GraphKind, Layout, Runtime, Weights
 from workers.core.threads import CoreShare
 from workers.formats.variant import numpy_dtype
 from workers.formats.weights import VariantWeights, prepare_variant
@@ -30,6 +30,9 @@ from workers.model.graphs import cache_shape
 from workers.records import Measurement, Profile, QualityStats, timed_window
 from workers.runtimes.session import PROMPT_SEED, DecodeRun, greedy_decode, prompt_ids
 from workers.tasks import BenchTask, ModelSource, weights_key
+
+if TYPE_CHECKING:
+    from workers.runtimes.iree import ModuleLoad
 
 
 class PointWorker:
@@ -121,10 +124,16 @@ class PointWorker:
             weights_id=task.weights_id,
             cache_dir=self.cache_dir,
         )
-        run, xla_compile_s, window = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
+        run, xla_compile_s, window, load = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
         sequences = [run.tokens[b * num_tokens : (b + 1) * num_tokens] for b in range(task.batch)]
         profile = None
-        if task.profile_calls and task.runtime == Runtime.IREE:
+        # iree-benchmark-module takes the weights as inputs: a parameters module has none
+        # (its profile would need the weights as a file: --parameters=model=FILE)
+        if (
+            task.profile_calls
+            and task.runtime == Runtime.IREE
+            and task.weights == Weights.ARGUMENTS
+        ):
             assert decode_vmfb is not None
             profile = self._profile(task, vw, decode_vmfb, run.tokens[0])
         # After the timed phase, never inside it: the quality columns (ppl, KLD).
@@ -148,6 +157,8 @@ class PointWorker:
             bytes_per_token=bytes_per_step // task.batch,
             peak_gbps=self.device.peak_gbps or self.iree.copy_gbps(bytes_per_step),
             xla_compile_s=xla_compile_s,
+            load_s=load.load_s if load else None,
+            load_bytes=load.load_bytes if load and self.iree.shares_host_memory else None,
             num_uploads=self.num_uploads,
             started_at=started_at,
             finished_at=time.time(),
@@ -294,10 +305,11 @@ class PointWorker:
 
     def _decode(
         self, task: BenchTask, prompts: Any, prefill_vmfb: bytes | None, decode_vmfb: bytes | None
-    ) -> tuple[DecodeRun, float | None, HostWindow]:
+    ) -> tuple[DecodeRun, float | None, HostWindow, ModuleLoad | None]:
         """The timed loop on the task's runtime, with how busy the rest of the host was
-        meanwhile (`workers.core.host`); XLA also reports its compile seconds."""
-        compile_s = None
+        meanwhile (`workers.core.host`); XLA also reports its compile seconds, IREE what
+        loading its modules cost."""
+        compile_s, load = None, None
         if task.runtime == Runtime.XLA:
             prefill, decode = (
                 task.graph(self.cfg, GraphKind.PREFILL),
@@ -307,12 +319,18 @@ class PointWorker:
             compile_s = session.compile_s
         else:
             assert prefill_vmfb is not None and decode_vmfb is not None, "IREE needs both vmfbs"
-            session = self.iree.session(prefill_vmfb, decode_vmfb, task.steps.steps_per_call)
+            session = self.iree.session(
+                prefill_vmfb,
+                decode_vmfb,
+                task.steps.steps_per_call,
+                parameters=task.weights == Weights.PARAMETERS,
+            )
+            load = session.load
         if self._cores is None:  # alone on its host: first the host quiet (host.settle);
             settle()  # a GPU point on a core share runs beside others by design
         with HostSampler(self._cores) as host:
             run = greedy_decode(session, prompts, task.prompt_bucket, task.steps, host)
-        return run, compile_s, host.window
+        return run, compile_s, host.window, load
 
     def _prioritize(self) -> None:
         """Every thread at `self.priority`; where the host refuses, the point runs at the
@@ -342,7 +360,8 @@ class PointWorker:
 
             return quality_stats(spec, xla_scorer(self.cfg, vw, spec.ctx, self._xla.device), base)
         assert score_vmfb is not None, "an IREE point with a text needs its score graph"
-        return quality_stats(spec, self.iree.score_call(score_vmfb), base)
+        parameters = task.weights == Weights.PARAMETERS
+        return quality_stats(spec, self.iree.score_call(score_vmfb, parameters), base)
 
     def _profile(
         self, task: BenchTask, vw: VariantWeights, decode_vmfb: bytes, token: int

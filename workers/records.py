@@ -116,6 +116,10 @@ class Measurement:
     llamacpp_flash_attn: str | None = None
     llamacpp_n_ubatch: int | None = None
     runtime_decode_ms: float | None = None  # the runtime's own ms/token (llama.cpp's counters)
+    # IREE: loading the point's modules (zero when loaded by an earlier point): seconds, and
+    # the process's growth (the packed weights on a CPU driver; None on a GPU: device memory)
+    load_s: float | None = None
+    load_bytes: int | None = None
 
     @property
     def prefill_ms(self) -> float:

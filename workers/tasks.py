@@ -22,7 +22,7 @@ import numpy as np
 from workers.checkpoints.tensors import LazyTensors
 from workers.core.config import LlamaConfig, preset
 from workers.core.devices import cpu_has_amx
-from workers.core.kinds import GraphKind, Layout, Runtime, check
+from workers.core.kinds import GraphKind, Layout, Runtime, Weights, check
 from workers.formats.variant import Variant, check_layout
 from workers.formats.weights import VariantWeights, prepare_variant
 from workers.model.export import GraphSpec
@@ -156,9 +156,11 @@ def eval_windows(ids: Sequence[int], ctx: int, max_chunks: int, bos: int | None)
     return EvalSpec(tuple(int(t) for t in windows.reshape(-1)), ctx)
 
 
-def score_graph(cfg: Any, variant: Any, layout: str, ctx: int) -> Any:
+def score_graph(
+    cfg: Any, variant: Any, layout: str, ctx: int, weights: str = Weights.ARGUMENTS
+) -> Any:
     """The graph that scores one window: tokens [ctx] -> logits [ctx - 1 - ctx/2, vocab]."""
-    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout)
+    return GraphSpec(cfg, variant, ctx, GraphKind.SCORE, ctx, layout, weights=weights)
 
 
 FAULT_ENV = "SWEEP_LLAMACPP_FAULT"
@@ -284,12 +286,13 @@ class BenchTask:
     # actor's CPUs, as without the axis.
     threads: int = 0
     llamacpp: LlamaCppSettings = LlamaCppSettings()  # llama.cpp points: its own switches
+    weights: str = Weights.ARGUMENTS  # IREE: the graphs' weights as arguments or parameters
 
     def graph(self, cfg: LlamaConfig, kind: str) -> GraphSpec:
         """The prefill, decode or score graph this task runs."""
         if kind == GraphKind.SCORE:
             assert self.quality is not None, "a score graph needs the text windows"
-            return score_graph(cfg, self.variant, self.layout, self.quality.ctx)
+            return score_graph(cfg, self.variant, self.layout, self.quality.ctx, self.weights)
         if kind == GraphKind.PREFILL:
             return GraphSpec(
                 cfg,
@@ -299,6 +302,7 @@ class BenchTask:
                 self.prompt_bucket,
                 self.layout,
                 batch=self.batch,
+                weights=self.weights,
             )
         return GraphSpec(
             cfg,
@@ -310,8 +314,12 @@ class BenchTask:
             self.steps.steps_per_call,
             self.batch,
             self.attention_span,
+            self.weights,
         )
 
     def __post_init__(self) -> None:
         check(Runtime, self.runtime, "runtime")
         check_layout(self.layout)
+        check(Weights, self.weights, "weights")
+        if self.weights == Weights.PARAMETERS and self.runtime != Runtime.IREE:
+            raise ValueError(f"weights=parameters is an IREE graph's; {self.runtime} has none")

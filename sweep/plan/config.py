@@ -21,7 +21,7 @@ from typing import Any
 
 from workers.compile.iree import COMPILE_MODES
 from workers.core.devices import DeviceSpec
-from workers.core.kinds import Attention, Layout, Runtime
+from workers.core.kinds import Attention, Layout, Runtime, Weights
 from workers.formats.variant import LAYOUTS, Variant
 from workers.tasks import RUNTIMES, SWITCHES, DecodeSteps, LlamaCppSettings, ModelSource
 
@@ -64,6 +64,9 @@ class GridConfig:
     flag_sets: dict[str, FlagSet] = dataclasses.field(metadata={"schema": dict[str, Any]})
     runtimes: tuple[str, ...] = (Runtime.IREE,)
     layouts: tuple[str, ...] = (Layout.IN_MAJOR,)  # how weight matrices reach the graphs
+    # How IREE's graphs hold the weights: arguments of every call, or parameters loaded
+    # (and, with data tiling, packed) once with the module (workers.model.parameters)
+    weights: tuple[str, ...] = (Weights.ARGUMENTS,)
     batch_sizes: tuple[int, ...] = (1,)  # sequences decoded together
     depths: tuple[int, ...] = (0,)  # context tokens beyond the prompt when decode starts
     # What decode attends over: "full" (every cache slot, as the seed: depth costs
@@ -239,6 +242,7 @@ def check(cfg: SweepConfig) -> None:
         ("grid.devices", g.devices, tuple(cfg.devices)),
         ("grid.runtimes", g.runtimes, RUNTIMES),
         ("grid.layouts", g.layouts, LAYOUTS),
+        ("grid.weights", g.weights, tuple(Weights)),
         ("grid.attention", g.attention, ATTENTION),
         ("grid.batch_sizes", g.batch_sizes, None),
         ("grid.depths", g.depths, None),

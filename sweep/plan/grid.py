@@ -21,7 +21,7 @@ from typing import Any
 from sweep.plan.config import FlagSet, SweepConfig
 from workers.core.config import LlamaConfig
 from workers.core.devices import DeviceSpec
-from workers.core.kinds import Attention, GraphKind, Layout, Runtime
+from workers.core.kinds import Attention, GraphKind, Layout, Runtime, Weights
 from workers.formats.variant import Variant
 from workers.model.export import TIMED_KINDS, GraphSpec, prompt_bucket
 from workers.tasks import BenchTask, DecodeSteps, EvalSpec, LlamaCppSettings
@@ -55,6 +55,7 @@ class Point:
     repeat: int = 0  # which of `num_repeats` measurements of the point this is (from 0)
     num_repeats: int = 1  # bench.repeats: how often the point is measured, interleaved
     llamacpp: LlamaCppSettings = LlamaCppSettings()  # llama.cpp points: its own switches
+    weights: str = Weights.ARGUMENTS  # IREE: the graphs' weights as arguments or parameters
 
     @property
     def attention_span(self) -> int | None:
@@ -73,6 +74,8 @@ class Point:
         for name in ("replica", "quality", "threads"):
             if not fields[name]:
                 fields.pop(name)  # so the keys of every other point stay as they were
+        if self.weights == Weights.ARGUMENTS:
+            fields.pop("weights")
         if self.llamacpp == LlamaCppSettings():
             fields.pop("llamacpp")
         if self.num_repeats == 1:
@@ -122,6 +125,7 @@ class Point:
             self.quality,
             self.threads,
             self.llamacpp,
+            self.weights,
         )
 
     @property
@@ -130,6 +134,7 @@ class Point:
             {
                 "variant": self.variant.name,
                 "layout": self.layout,
+                "weights": self.weights,
                 "device": self.device.name,
                 "prompt_length": self.prompt_length,
                 "batch_size": self.batch,
@@ -146,12 +151,14 @@ class Point:
 
 
 def point_label(row: Mapping[str, Any]) -> str:
-    """`variant[/layout]/device/L<prompt>[/b<batch>][/d<depth>][/a<span>][/t<threads>]/flag_set
-    [/runtime][/r<repeat>]`: how a point is named in messages; defaults (in-major, batch 1,
-    depth 0, attention over the whole cache, all threads, IREE, measured once) are left out."""
+    """`variant[/layout][/params]/device/L<prompt>[/b<batch>][/d<depth>][/a<span>][/t<threads>]
+    /flag_set[/runtime][/r<repeat>]`: how a point is named in messages; defaults (in-major,
+    weights as arguments, batch 1, depth 0, attention over the whole cache, all threads,
+    IREE, measured once) are left out."""
     runtime, layout = row.get("runtime"), row.get("layout")
     parts = [str(row.get("variant"))]
     parts += [layout] if layout not in (None, Layout.IN_MAJOR) else []
+    parts += ["params"] if row.get("weights") == Weights.PARAMETERS else []
     parts += [str(row.get("device")), f"L{row.get('prompt_length')}"]
     parts += [f"b{b}"] if (b := row.get("batch_size")) not in (None, 1) else []
     parts += [f"d{d}"] if (d := row.get("depth")) not in (None, 0) else []
@@ -194,9 +201,14 @@ def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> l
     points = []
     shapes = list(itertools.product(g.batch_sizes, g.depths, g.attention, g.threads))
     llamacpp_files: dict[tuple[str, str], str] = {}  # (device, llama.cpp type) -> variant
-    for device_name, variant_name, layout, runtime in itertools.product(
-        g.devices, g.variants, g.layouts, g.runtimes
+    for device_name, variant_name, layout, runtime, weights in itertools.product(
+        g.devices, g.variants, g.layouts, g.runtimes, g.weights
     ):
+        # Only IREE's graphs hold weights as parameters: a baseline runs once per layout.
+        if runtime != Runtime.IREE:
+            if weights != g.weights[0]:
+                continue
+            weights = Weights.ARGUMENTS
         # IREE flags mean nothing to the baselines: their points use no flag set. llama.cpp
         # runs a GGUF file, not our graphs: one layout of it is enough (the first listed),
         # and one variant per llama.cpp type (the first listed: int8 formats all run Q8_0).
@@ -235,6 +247,7 @@ def _expand_once(cfg: SweepConfig, model_id: str, quality: EvalSpec | None) -> l
                         quality=quality,
                         threads=threads,
                         llamacpp=llamacpp,
+                        weights=weights,
                     )
                 )
     return points

@@ -47,6 +47,7 @@ POINT_COLUMNS: tuple[str, ...] = (
     Col.MODEL,
     Col.VARIANT,
     Col.LAYOUT,
+    Col.WEIGHTS,
     Col.GROUP_SIZE,
     Col.DEVICE,
     Col.DRIVER,
@@ -64,10 +65,12 @@ BY_COLUMNS: tuple[str, ...] = (
     Col.HOSTNAME,
     Col.IREE_VERSION,
     Col.DEQUANT_FUSED,  # --by dequant_fused: whether each quantized linear fused its dequant
+    Col.PACKED_AT_LOAD,  # --by packed_at_load: how many packings data tiling hoisted to load
 )
 DEFAULT_BY: tuple[str, ...] = (
     Col.VARIANT,
     Col.LAYOUT,
+    Col.WEIGHTS,
     Col.DEVICE,
     Col.RUNTIME,
     Col.FLAG_SET,
@@ -401,6 +404,9 @@ def timing_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         Col.TOP1_AGREE: median(r.get(Col.TOP1_AGREE) for r in ok),
         Col.DEVICE_MS: median(r.get(Col.DEVICE_MS) for r in ok),
         Col.HOST_MS: median(r.get(Col.HOST_MS) for r in ok),
+        Col.PACKED_AT_LOAD: median_count(r.get(Col.PACKED_AT_LOAD) for r in ok),
+        Col.LOAD_S: median(r.get(Col.LOAD_S) for r in ok),
+        Col.RESIDENT_BYTES: median_count(r.get(Col.RESIDENT_BYTES) for r in ok),
         "num_disturbed": num_disturbed(rows),
         "num_not_judged": num_not_judged(rows),
     }

@@ -29,6 +29,9 @@ _WANTED = (
     Col.VMFB_BYTES,
     Col.NUM_DISPATCHES,
     Col.DEQUANT_FUSED,
+    Col.PACKED_AT_LOAD,  # the weights as parameters: packed at load, and what loading cost
+    Col.LOAD_S,
+    Col.RESIDENT_BYTES,
     Col.PREFILL_MS,
     Col.PREFILL_TOK_S,
     Col.DECODE_MS_P10,

@@ -81,6 +81,7 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
     columns += [metric("prefill ms", Col.PREFILL_MS)]
     if any(r.get(Col.PREFILL_TOK_S) is not None for r in records):
         columns.append(metric("prefill tok/s", Col.PREFILL_TOK_S))
+    columns += _load_columns(records)
     columns += [
         metric("dispatches", Col.NUM_DISPATCHES, fmt_value),
         Column("matched", fmt_matched, right=True),
@@ -88,6 +89,18 @@ def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, A
     ]
     columns += _disturbed_column(records)
     return Table(records, columns, header)
+
+
+def _load_columns(records: list[dict[str, Any]]) -> list[Column]:
+    """What a point's modules cost to load, where any row says (IREE rows from schema 9):
+    the packings hoisted to load, the load's seconds, and the weights' memory after it."""
+    if not any(r.get(Col.RESIDENT_BYTES) is not None for r in records):
+        return []
+    return [
+        metric("packed at load", Col.PACKED_AT_LOAD, fmt_value),
+        metric("load s", Col.LOAD_S),
+        metric("resident", Col.RESIDENT_BYTES, fmt_bytes),
+    ]
 
 
 def _disturbed_column(records: list[dict[str, Any]]) -> list[Column]:

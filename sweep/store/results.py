@@ -48,7 +48,7 @@ from workers.core.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 8
+SCHEMA_VERSION: int = 9
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -64,6 +64,7 @@ SCHEMA_HISTORY: dict[int, str] = {
     7: "run_wait_frac, run_wait_ms; disturbed from the run-queue wait, null where unknown; "
     "llamacpp_extra_bufts, llamacpp_flash_attn, llamacpp_n_ubatch",
     8: "num_concurrent",
+    9: "weights, packed_at_load, packed_per_call, load_s, load_bytes, resident_bytes",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -81,6 +82,7 @@ def _build_schema() -> pa.Schema:
         ("model", s),
         ("variant", s),
         ("layout", s),
+        ("weights", s),  # IREE: the graphs' weights as arguments or parameters
         ("group_size", i32),
         ("bits", i32),  # the quantized linears' bits (4, 8); null for a float variant
         ("device", s),
@@ -110,6 +112,10 @@ def _build_schema() -> pa.Schema:
         # every quantized linear's dequant inside a matvec/matmul dispatch of the decode
         # graph (workers/compile/dispatches.py); null: unquantized, XLA, or names unknown
         ("dequant_fused", pa.bool_()),
+        # data tiling's packings (workers.compile.iree): hoisted into initializers (prefill
+        # and decode graphs together; run once at load) and left in decode's entry point
+        ("packed_at_load", i32),
+        ("packed_per_call", i32),
         ("compile_cache_hit", pa.bool_()),
         # when each graph's compile task held the host's compile lock (a cache hit: its
         # lookup); with timed_*: no compile overlaps a timed phase on one host
@@ -129,6 +135,11 @@ def _build_schema() -> pa.Schema:
         ("top1_agree", f64),
         ("num_eval_tokens", i32),
         ("upload_s", f64),
+        # loading the point's modules (initializers, so packing, included): seconds, the
+        # process's growth (CPU drivers: the packed copies), and weights plus that growth
+        ("load_s", f64),
+        ("load_bytes", i64),
+        ("resident_bytes", i64),
         ("bench_s", f64),
         # timings
         ("prefill_ms", f64),

@@ -45,6 +45,7 @@ def point_columns(point: Point, ctx: RunContext) -> Row:
         "model": point.model,
         "variant": point.variant.name,
         "layout": point.layout,
+        "weights": point.weights,
         "group_size": point.variant.group_size,
         "bits": point.variant.bits,
         "device": point.device.name,
@@ -116,12 +117,18 @@ def compile_columns(prefill: CompileResult, decode: CompileResult) -> Row:
         "vmfb_bytes": decode.vmfb_bytes,
         "num_dispatches": decode.num_dispatches,
         "dequant_fused": decode.dequant_fused,
+        "packed_at_load": _sum_known(prefill.num_packed_at_load, decode.num_packed_at_load),
+        "packed_per_call": decode.num_packed_per_call,
         "compile_cache_hit": prefill.cache_hit and decode.cache_hit,
         "prefill_compile_started_at": _utc(prefill.started_at),
         "prefill_compile_finished_at": _utc(prefill.finished_at),
         "decode_compile_started_at": _utc(decode.started_at),
         "decode_compile_finished_at": _utc(decode.finished_at),
     }
+
+
+def _sum_known(*counts: int | None) -> int | None:
+    return None if None in counts else sum(c for c in counts if c is not None)
 
 
 def _utc(epoch_s: float | None) -> datetime | None:
@@ -161,6 +168,9 @@ def measured_row(
         "fp32_logit_error": m.fp32_logit_error,
         **quality_columns(m.quality),
         "upload_s": m.upload_s,
+        "load_s": m.load_s,
+        "load_bytes": m.load_bytes,
+        "resident_bytes": m.weight_bytes + m.load_bytes if m.load_bytes is not None else None,
         "bench_s": m.bench_s,
         "prefill_ms": m.prefill_ms,
         "prefill_tok_s": m.prefill_tok_s,

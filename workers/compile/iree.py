@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING
 
 from workers.core.devices import DeviceSpec
 from workers.core.files import atomic_write
-from workers.core.kinds import Status
+from workers.core.kinds import Status, Weights
 from workers.core.locks import key_lock
 
 if TYPE_CHECKING:
@@ -109,6 +109,12 @@ class CompileResult:
     # The flow phase's dispatch (executable export) names, in order; None when unknown
     # (a cache entry from before they were kept). See workers/compile/dispatches.py.
     dispatch_names: tuple[str, ...] | None = None
+    # Data tiling's packings (`flow.tensor.encode` in the flow phase): those hoisted into
+    # initializers, which run once when the module loads, and those left in the entry
+    # points, which run on every call (the activations' always; a weight's when it is an
+    # argument). None when unknown (a cache entry from before they were counted).
+    num_packed_at_load: int | None = None
+    num_packed_per_call: int | None = None
     # Every quantized linear's dequant inside a contraction dispatch (compile_graph
     # derives it from dispatch_names); None: unquantized, or names unknown.
     dequant_fused: bool | None = None
@@ -335,7 +341,10 @@ def graph_fingerprint(graph: GraphSpec) -> str:
     """What determines a graph's StableHLO: its spec and the code that builds it."""
     from workers.model.export import source_sha
 
-    spec = json.dumps(dataclasses.asdict(graph), sort_keys=True, default=str)
+    fields = dataclasses.asdict(graph)
+    if fields["weights"] == Weights.ARGUMENTS:
+        fields.pop("weights")  # so the graphs from before the axis keep their memos
+    spec = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(f"{spec}/{source_sha(graph.variant)}".encode()).hexdigest()
 
 
@@ -435,6 +444,7 @@ def _compile_in(
         vmfb=output_path.read_bytes(),
         num_dispatches=_count_dispatches(phases_dir),
         dispatch_names=_dispatch_names(phases_dir),
+        **_packings(phases_dir),
         error_class=None,
         error_message=None,
         returncode=returncode,
@@ -509,6 +519,23 @@ def _dispatch_names(phases_dir: Path) -> tuple[str, ...] | None:
     return tuple(_FLOW_EXPORT_RE.findall(flow_files[0].read_text(errors="replace")))
 
 
+def _packings(phases_dir: Path) -> dict[str, int | None]:
+    """How many packings (`flow.tensor.encode`) the flow phase put in initializers and how
+    many in the functions a call runs: the proof that data tiling packed a weight at load."""
+    flow_files = sorted(phases_dir.glob("*.flow.mlir"))
+    if len(flow_files) != 1:
+        return {"num_packed_at_load": None, "num_packed_per_call": None}
+    at_load = per_call = 0
+    region = None  # the module-level op the line is in: "util.initializer", "util.func"
+    for line in flow_files[0].read_text(errors="replace").splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # a module-level op
+            region = line.split(maxsplit=1)[0] if not line.startswith("  }") else None
+        elif "flow.tensor.encode" in line:
+            at_load += region == "util.initializer"
+            per_call += region == "util.func"
+    return {"num_packed_at_load": at_load, "num_packed_per_call": per_call}
+
+
 def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     shard = cache_dir / key[:2]
     return shard / f"{key}.vmfb", shard / f"{key}.json"
@@ -553,6 +580,8 @@ def _load_cached(cache_dir: Path, key: str) -> CompileResult | None:
             compile_s=meta["compile_s"],
             num_dispatches=meta["num_dispatches"],
             dispatch_names=_names_of(meta.get("dispatch_names")),
+            num_packed_at_load=meta.get("num_packed_at_load"),
+            num_packed_per_call=meta.get("num_packed_per_call"),
             cache_hit=True,
             command=meta["command"],
             error_class=None,
@@ -594,6 +623,8 @@ def _store_cached(cache_dir: Path, result: CompileResult) -> None:
         "compile_s": result.compile_s,
         "num_dispatches": result.num_dispatches,
         "dispatch_names": result.dispatch_names,
+        "num_packed_at_load": result.num_packed_at_load,
+        "num_packed_per_call": result.num_packed_per_call,
         "command": result.command,
         "compiler": compiler_version(),
         "vmfb_sha256": hashlib.sha256(result.vmfb).hexdigest(),

@@ -42,6 +42,16 @@ class Layout(enum.StrEnum):
     OUT_MAJOR = "out_major"
 
 
+class Weights(enum.StrEnum):
+    """How an IREE graph holds its weights: as arguments of every call, or as parameters,
+    immutable globals read from a parameter provider when the module loads
+    (`workers.model.parameters`). Only a parameter can be packed once, at load, into
+    the layout data tiling's micro-kernels read; an argument is packed on every call."""
+
+    ARGUMENTS = "arguments"
+    PARAMETERS = "parameters"
+
+
 class Dequant(enum.StrEnum):
     """How a quantized linear's graph dequantizes (see workers/formats/)."""
 

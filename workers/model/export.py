@@ -20,10 +20,11 @@ from typing import Any
 
 from workers.core import config
 from workers.core.config import LlamaConfig
-from workers.core.kinds import GraphKind, Layout, check
+from workers.core.kinds import GraphKind, Layout, Weights, check
 from workers.formats import base, direct, floating, variant
 from workers.formats.variant import ArgSpec, Variant, numpy_dtype
 from workers.model.graphs import LlamaGraphs, batched, cache_shape
+from workers.model.parameters import as_parameters
 
 GRAPH_KINDS: tuple[GraphKind, ...] = tuple(GraphKind)
 # what every point runs; score: the quality columns
@@ -47,9 +48,11 @@ class GraphSpec:
     steps_per_call: int = 1  # decode: greedy steps per call, a loop in the graph when > 1
     batch: int = 1  # sequences per call (one graph of one sequence, vmapped)
     attention_span: int | None = None  # decode: cache slots attended; None: all max_seq
+    weights: str = Weights.ARGUMENTS  # or parameters (workers.model.parameters)
 
     def __post_init__(self) -> None:
         check(GraphKind, self.kind, "graph kind")
+        check(Weights, self.weights, "weights")
         if self.kind == GraphKind.PREFILL and not 0 < self.bucket <= self.max_seq:
             raise ValueError(f"prefill bucket {self.bucket} must be in [1, max_seq={self.max_seq}]")
         if self.kind == GraphKind.SCORE and not (
@@ -69,7 +72,8 @@ class GraphSpec:
         suffix = f"_b{self.bucket}" if self.kind != GraphKind.DECODE else f"_k{self.steps_per_call}"
         span = f"_a{self.attention_span}" if self.attention_span else ""
         shape = f"{suffix}{span}_B{self.batch}_s{self.max_seq}"
-        return f"{self.variant.name}_{self.layout}_{self.kind}{shape}"
+        held = "_params" if self.weights == Weights.PARAMETERS else ""
+        return f"{self.variant.name}_{self.layout}{held}_{self.kind}{shape}"
 
     def args(self) -> tuple[ArgSpec, ...]:
         """Every argument of the graph in order: the weights, then the dynamic inputs.
@@ -137,6 +141,8 @@ def export_graph(spec: GraphSpec) -> ExportedGraph:
         raise RuntimeError(
             f"{spec.label}: exported StableHLO contains a custom_call IREE cannot lower"
         )
+    if spec.weights == Weights.PARAMETERS:
+        text = as_parameters(text, [a.name for a in spec.args()[:num_weights]])
     return ExportedGraph(spec, text, hashlib.sha256(text.encode()).hexdigest())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,18 +29,35 @@ _INT32 = np.dtype(np.int32)
 
 
 class _LoadedModule:
-    """One vmfb in its own VM context on the runner's device; `main` is its entry point."""
+    """One vmfb in its own VM context on the runner's device; `main` is its entry point.
 
-    def __init__(self, rt: Any, instance: Any, device: Any, vmfb: bytes) -> None:
+    A module whose weights are parameters (`workers.model.parameters`) is loaded after a
+    parameters module that serves the resident weights; its initializers, which pack
+    the weights when data tiling hoisted that, run here, once. `load_s` and
+    `load_bytes` say what the load cost: its seconds and how much the process grew
+    (on a CPU driver the packed copies; on a GPU only host memory counts).
+    """
+
+    def __init__(
+        self, rt: Any, instance: Any, device: Any, vmfb: bytes, parameters: Any = None
+    ) -> None:
         self.vm_module = rt.VmModule.copy_buffer(instance, vmfb)
-        hal = rt.create_hal_module(instance, device)
-        self.context = rt.VmContext(instance, modules=[hal, self.vm_module])
+        modules = [rt.create_hal_module(instance, device)]
+        if parameters is not None:
+            modules.append(rt.create_io_parameters_module(instance, parameters))
+        rss, start = resident_bytes(), time.perf_counter()
+        self.context = rt.VmContext(instance, modules=[*modules, self.vm_module])
+        self.load_s = time.perf_counter() - start
+        self.load_bytes = max(resident_bytes() - rss, 0)
         self.function = self.vm_module.lookup_function("main")
+        self.takes_weights = parameters is None
         self._rt = rt
 
-    def arguments(self, static: list[Any], num_dynamic: int) -> Any:
-        """A new argument list holding `static` (the resident weights), with room for
-        `num_dynamic` more: built before a timed region, finished by `__call__`."""
+    def arguments(self, weights: list[Any], num_dynamic: int) -> Any:
+        """A new argument list holding the resident `weights` (unless the module holds
+        them as parameters), with room for `num_dynamic` more: built before a timed
+        region, finished by `__call__`."""
+        static = weights if self.takes_weights else []
         arg_list = self._rt.VmVariantList(len(static) + num_dynamic)
         for arg in static:
             arg_list.push_ref(arg)
@@ -52,6 +70,24 @@ class _LoadedModule:
         ret_list = rt.VmVariantList(num_results)
         self.context.invoke(self.function, arg_list, ret_list)
         return [ret_list.get_as_object(i, rt.HalBufferView) for i in range(num_results)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleLoad:
+    """What loading a session's modules cost when they were loaded (by this point or an
+    earlier one): seconds, initializers included, and the process's growth in bytes."""
+
+    load_s: float = 0.0
+    load_bytes: int = 0
+
+
+def resident_bytes() -> int:
+    """This process's resident set in bytes (Linux), 0 where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
 
 
 class IreeRunner:
@@ -67,6 +103,7 @@ class IreeRunner:
         self._token = _TokenReadback(rt, self.device)
         self.instance = rt.VmInstance()
         self._modules: dict[str, _LoadedModule] = {}
+        self._parameters: Any = None  # the provider of the resident weights, made on demand
         self._weights_key: str | None = None
         self._weight_views: list[Any] = []
         self._host_arrays: list[np.ndarray] = []  # the resident weights on the host
@@ -121,7 +158,10 @@ class IreeRunner:
         return self._resident
 
     def release(self) -> None:
-        """Frees the resident weights (the loaded modules stay)."""
+        """Frees the resident weights. The loaded modules stay, except those holding the
+        weights as parameters: they hold these weights (and their packed copies)."""
+        self._modules = {k: m for k, m in self._modules.items() if m.takes_weights}
+        self._parameters = None
         self._weight_views, self._host_arrays = [], []
         self._weights_key, self._resident = None, None
         # JAX (the reference) leaves reference cycles that reach arrays aliasing these
@@ -180,8 +220,7 @@ class IreeRunner:
         rt = self._rt
         if self.shares_host_memory:
             array = _aligned(array)
-        # The runtime's buffer protocol knows no bfloat16: its bytes go as uint16.
-        raw = array.view(np.uint16) if array.dtype.name == "bfloat16" else array
+        raw = _as_runtime_bytes(array)
         if self.shares_host_memory:
             buffer = self.device.allocator.import_host_allocation(
                 raw.reshape(-1),
@@ -212,16 +251,37 @@ class IreeRunner:
     def read_tokens(self, view: Any) -> tuple[int, ...]:
         return self._token.read(view)
 
-    def module(self, vmfb: bytes) -> _LoadedModule:
+    def module(self, vmfb: bytes, parameters: bool = False) -> _LoadedModule:
+        """The loaded `vmfb`; with `parameters`, bound to the resident weights."""
         key = hashlib.sha256(vmfb).hexdigest()
+        if parameters:
+            if self._weights_key is None:
+                raise RuntimeError("a parameters module before ensure_weights: none resident")
+            key = f"{key}/{self._weights_key}"
         if key not in self._modules:
-            self._modules[key] = _LoadedModule(self._rt, self.instance, self.device, vmfb)
+            provider = self._parameter_provider() if parameters else None
+            self._modules[key] = _LoadedModule(self._rt, self.instance, self.device, vmfb, provider)
         return self._modules[key]
 
-    def score_call(self, vmfb: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    def _parameter_provider(self) -> Any:
+        """The resident weights as named parameters (`workers.model.parameters.SCOPE`), the
+        host arrays wrapped, not copied (`ParameterIndex.add_buffer`)."""
+        from workers.model.parameters import SCOPE
+
+        if self._parameters is None:
+            assert self._resident is not None
+            index = self._rt.ParameterIndex()
+            for spec, array in zip(self._resident.specs, self._host_arrays, strict=True):
+                index.add_buffer(spec.name, _as_runtime_bytes(array))
+            self._parameters = index.create_provider(scope=SCOPE)
+        return self._parameters
+
+    def score_call(
+        self, vmfb: bytes, parameters: bool = False
+    ) -> Callable[[np.ndarray], np.ndarray]:
         """A call of a score graph on the resident weights: one window of tokens in, its
         scored logits back on the host (off the timed path: plain `iree.runtime` reads)."""
-        module = self.module(vmfb)
+        module = self.module(vmfb, parameters)
 
         def call(tokens: np.ndarray) -> np.ndarray:
             args = module.arguments(self._weight_views, 1)
@@ -233,12 +293,21 @@ class IreeRunner:
     # --- a session: one graph pair on the resident weights ------------------------------
 
     def session(
-        self, prefill_vmfb: bytes, decode_vmfb: bytes, steps_per_call: int = 1
+        self,
+        prefill_vmfb: bytes,
+        decode_vmfb: bytes,
+        steps_per_call: int = 1,
+        parameters: bool = False,
     ) -> IreeSession:
+        """A session on the resident weights; with `parameters`, the vmfbs hold them as
+        parameters (`workers.model.parameters`) and load after a parameters module."""
         if self._weights_key is None:
             raise RuntimeError("a session before ensure_weights: no weights are resident")
-        prefill, decode = self.module(prefill_vmfb), self.module(decode_vmfb)
-        return IreeSession(self, prefill, decode, steps_per_call)
+        prefill = self.module(prefill_vmfb, parameters)
+        decode = self.module(decode_vmfb, parameters)
+        modules = [prefill] if decode is prefill else [prefill, decode]
+        load = ModuleLoad(sum(m.load_s for m in modules), sum(m.load_bytes for m in modules))
+        return IreeSession(self, prefill, decode, steps_per_call, load)
 
     def copy_gbps(self, nbytes: int, repeats: int = 5) -> float:
         """The device's copy bandwidth (read plus write, GB/s) on a working set like `nbytes`.
@@ -288,9 +357,11 @@ class IreeSession:
         prefill: _LoadedModule,
         decode: _LoadedModule,
         steps_per_call: int = 1,
+        load: ModuleLoad = ModuleLoad(),
     ) -> None:
         self._runner, self._prefill, self._decode = runner, prefill, decode
         self._steps_per_call = steps_per_call
+        self.load = load  # what loading its modules cost
         # The last call's argument list stays alive until the next call has run: that
         # frees its inputs (the caches of two steps back) inside the timed region, as a
         # real decode loop frees them and as IREE's tool frees each call's outputs. On
@@ -423,6 +494,12 @@ def _element_type(rt: Any, dtype: str) -> Any:
         return types[dtype]
     except KeyError:
         raise ValueError(f"no IREE element type for dtype {dtype}") from None
+
+
+def _as_runtime_bytes(array: np.ndarray) -> np.ndarray:
+    """`array` as the runtime's buffer protocol takes it: it knows no bfloat16, so those
+    bytes go as uint16."""
+    return array.view(np.uint16) if array.dtype.name == "bfloat16" else array
 
 
 def _aligned(array: np.ndarray) -> np.ndarray:

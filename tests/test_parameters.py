@@ -1,0 +1,118 @@
+"""Weights as IREE parameters (`workers.model.parameters`), through real iree-compile and
+the real runtime.
+
+1. The rewrite: `@main`'s weights become named parameter globals, its other arguments
+   stay, and unsigned weights are held signless (IREE cannot legalize a `ui32` global).
+2. One linear compiled both ways computes the same numbers, its weight served from the
+   numpy array by `ParameterIndex.add_buffer`.
+3. With data tiling and micro-kernels the weight's packing is hoisted into an initializer
+   (run once, at load) for a parameter, and stays in the call for an argument (slow).
+4. The tiny model swept with `grid.weights=[arguments,parameters]`: the same tokens as its
+   reference, the packing at load on the parameter rows only, load and memory columns
+   (slow).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from benchmarks.parameters import O3, PACKED, Linear, LoadedLinear, compile_linear
+from tests.helpers import sweep
+from workers.model.parameters import as_parameters
+
+
+def _exported(*shapes_dtypes: tuple[tuple[int, ...], str]) -> str:
+    import jax
+    import jax.numpy as jnp
+
+    def fn(w, scale, x):
+        return jnp.dot(w.astype(jnp.float32) * scale, x)
+
+    args = [jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for shape, dtype in shapes_dtypes]
+    return jax.export.export(jax.jit(fn), platforms=["cpu"])(*args).mlir_module()
+
+
+def test_the_rewrite_turns_the_weights_into_named_parameters() -> None:
+    text = _exported(((8, 4), "uint32"), ((8, 1), "float32"), ((4,), "float32"))
+    rewritten = as_parameters(text, ["layer.qweight", "layer.scale"])
+    globals_ = re.findall(
+        r'util\.global private @(\w+) = #flow\.parameter\.named<"model"::"([^"]+)"> : (\S+)',
+        rewritten,
+    )
+    assert [(name, t) for _, name, t in globals_] == [
+        ("layer.qweight", "tensor<8x4xi32>"),  # held signless, bitcast back to ui32
+        ("layer.scale", "tensor<8x1xf32>"),
+    ]
+    assert "stablehlo.bitcast_convert" in rewritten
+    main = re.search(r"func\.func public @main\(([^)]*)\)", rewritten)
+    assert main is not None and main.group(1) == "%arg0: tensor<4xf32>", "only x stays an argument"
+    assert "func.func private @forward(" in rewritten and "loc(" not in rewritten
+
+
+def test_the_rewrite_refuses_what_it_cannot_name() -> None:
+    text = _exported(((8, 4), "float32"), ((8, 1), "float32"), ((4,), "float32"))
+    with pytest.raises(ValueError, match="distinct"):
+        as_parameters(text, ["w", "w"])
+    with pytest.raises(ValueError, match="4 weight names for a @main of 3 arguments"):
+        as_parameters(text, ["a", "b", "c", "d"])
+
+
+@pytest.mark.parametrize("element", ["int8", "bf16"])
+def test_a_parameter_weight_computes_what_the_argument_does(tmp_path, element: str) -> None:
+    outputs = []
+    for parameter in (False, True):
+        linear = Linear(64, 32, element, parameter)
+        compiled = compile_linear(linear, O3, tmp_path)
+        w, x = linear.inputs()
+        loaded = LoadedLinear(compiled.vmfb or b"", linear, w)
+        outputs.append(loaded.call(loaded.inputs(x)))
+    expected = w.astype(np.float64) @ x.astype(np.float64)
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    np.testing.assert_allclose(outputs[1], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.slow  # two real compiles with data tiling
+@pytest.mark.parametrize("element", ["int8", "bf16"])
+def test_data_tiling_packs_a_parameter_once_at_load(tmp_path, element: str) -> None:
+    """The proof the `packed_at_load` column rests on: the flow phase's packings of the
+    weight sit in an initializer for a parameter, in `@main` for an argument."""
+    argument = compile_linear(Linear(1536, 576, element, False), PACKED, tmp_path)
+    parameter = compile_linear(Linear(1536, 576, element, True), PACKED, tmp_path)
+    assert argument.num_packed_at_load == 0
+    assert parameter.num_packed_at_load == 1, "the weight's packing, hoisted"
+    # the activation is packed on every call either way; the weight only as an argument
+    assert argument.num_packed_per_call == 2 and parameter.num_packed_per_call == 1
+
+
+@pytest.mark.slow  # a real sweep: export, iree-compile and a Ray actor per variant
+def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_cache) -> None:
+    outcome, text = sweep(
+        tmp_path,
+        shared_cache,
+        "+grid=smoke",
+        "+flags@grid.flag_sets.packed=packed",
+        "~grid.flag_sets.O3",
+        "~grid.flag_sets.default",
+        "grid.weights=[arguments,parameters]",
+        "grid.variants=[int8,bf16,int4]",
+        "grid.layouts=[out_major]",
+        "grid.prompt_lengths=[8]",
+    )
+    assert outcome.exit_code == 0, text
+    rows = outcome.rows
+    assert sorted((r["variant"], r["weights"]) for r in rows) == sorted(
+        (v, w) for v in ("int8", "bf16", "int4") for w in ("arguments", "parameters")
+    )
+    for r in rows:
+        assert r["status"] == "ok", (r["variant"], r["weights"], r["error_message"])
+        assert r["tokens"] == r["reference_tokens"], (r["variant"], r["weights"])
+        assert r["load_s"] > 0 and r["resident_bytes"] >= r["weight_bytes"] > 0
+    by = {(r["variant"], r["weights"]): r for r in rows}
+    for v in ("int8", "bf16"):  # formats whose contractions data tiling packs
+        arg, param = by[v, "arguments"], by[v, "parameters"]
+        assert arg["packed_at_load"] == 0 and param["packed_at_load"] > 0, v
+        assert param["packed_per_call"] < arg["packed_per_call"], v
+    assert "params" in text, "the points are named by how they hold their weights"
