@@ -269,3 +269,34 @@ def test_the_output_matrix_formats_are_what_they_say() -> None:
 def test_a_bad_embedding_group_says_what_is_wrong(fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Variant("bad", **fields)
+
+
+@pytest.mark.parametrize("out_major", [True, False])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_per_token_linear_is_x_times_the_host_dequant_up_to_int8_rounding(
+    out_major: bool, rows: int
+) -> None:
+    """W8A8 (`dequant: per_token`): the weight exact per channel, the activation rounded to
+    int8 once per token (one scale for all K), so the error is about half an int8 step of
+    the row's largest value: larger than per block, nowhere near a wrong sign."""
+    import jax.numpy as jnp
+
+    from workers.formats.per_token import per_token_linear_jnp
+
+    w = RNG.standard_normal((N, K)).astype(np.float32)
+    q, scale, minimum = quantize(w, 8, None, "float32", 128)
+    x = RNG.standard_normal((rows, K)).astype(np.float32)
+    expected = x @ dequantize(q, scale, minimum, 128).T
+    stored = q if out_major else np.ascontiguousarray(q.T)
+    got = np.asarray(
+        per_token_linear_jnp(jnp.asarray(x), jnp.asarray(stored), scale, minimum, out_major)
+    )
+    rel = np.abs(got - expected).max() / np.abs(expected).max()
+    assert 1e-5 < rel < 3e-2, rel  # rounded (not exact), and close
+
+
+def test_a_per_token_variant_is_int8_per_channel() -> None:
+    v = variant("int8-w8a8")
+    assert v.format.name == "per_token" and v.llamacpp_type == "Q8_0" and v.group_size is None
+    with pytest.raises(ValueError, match="group_size=null"):
+        Variant("w8a8-g32", bits=8, group_size=32, storage="native", dequant="per_token")

@@ -90,3 +90,32 @@ def test_a_point_becomes_the_workers_task():
     assert task.variant.name == "int4" and task.runtime == "iree"
     assert (task.prompt_length, task.prompt_bucket, task.max_seq) == (32, 32, 128)
     assert task.steps.num_tokens == 1 + 2 + 16
+
+
+def test_the_weights_axis_is_iree_graphs_and_leaves_the_default_keys_alone():
+    _, plain = grid("grid.runtimes=[iree,xla]")
+    _, both = grid("grid.runtimes=[iree,xla]", "grid.weights=[arguments,parameters]")
+    assert {p.key for p in plain} <= {p.key for p in both}, "arguments keep their keys"
+    iree = [p for p in both if p.runtime == "iree"]
+    assert len(iree) == 2 * len([p for p in plain if p.runtime == "iree"])
+    xla = [p for p in both if p.runtime == "xla"]
+    assert xla == [p for p in plain if p.runtime == "xla"], "XLA holds no parameters: once"
+    assert {p.weights for p in xla} == {"arguments"}
+    params = [p for p in iree if p.weights == "parameters"]
+    assert all("/params/" in p.label for p in params)
+    graphs = {p.graph(TINY, "decode") for p in params}
+    assert {g.weights for g in graphs} == {"parameters"} and all(
+        "_params_" in g.label for g in graphs
+    )
+    _, only = grid("grid.runtimes=[iree,xla]", "grid.weights=[parameters]")
+    assert {p.runtime for p in only} == {"iree", "xla"}, "a baseline runs with parameters alone too"
+
+
+def test_the_llamabench_grid_puts_llamacpp_beside_each_family():
+    cfg, _ = load_config(["+grid=llamabench"])
+    points = expand(cfg, "weights-a")
+    assert cfg.bench.steps.decode_steps == 128 and {p.prompt_length for p in points} == {512}
+    llamacpp = {p.variant.llamacpp_type for p in points if p.runtime == "llamacpp"}
+    iree = {p.variant.llamacpp_type for p in points if p.runtime == "iree"}
+    assert llamacpp == iree, "each IREE family has llama.cpp's nearest type beside it"
+    assert {p.weights for p in points if p.runtime == "iree"} == {"parameters"}

@@ -97,21 +97,23 @@ def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_c
         "~grid.flag_sets.O3",
         "~grid.flag_sets.default",
         "grid.weights=[arguments,parameters]",
-        "grid.variants=[int8,bf16,int4]",
+        "grid.variants=[int8,bf16,int4,int8-w8a8]",
         "grid.layouts=[out_major]",
         "grid.prompt_lengths=[8]",
     )
     assert outcome.exit_code == 0, text
     rows = outcome.rows
     assert sorted((r["variant"], r["weights"]) for r in rows) == sorted(
-        (v, w) for v in ("int8", "bf16", "int4") for w in ("arguments", "parameters")
+        (v, w) for v in ("int8", "bf16", "int4", "int8-w8a8") for w in ("arguments", "parameters")
     )
     for r in rows:
         assert r["status"] == "ok", (r["variant"], r["weights"], r["error_message"])
-        assert r["tokens"] == r["reference_tokens"], (r["variant"], r["weights"])
+        # W8A8 rounds its activation in the graph, not bit-exactly between XLA and IREE
+        matched = len(r["tokens"]) if r["variant"] != "int8-w8a8" else 1
+        assert r["num_tokens_matched"] >= matched, (r["variant"], r["weights"])
         assert r["load_s"] > 0 and r["resident_bytes"] >= r["weight_bytes"] > 0
     by = {(r["variant"], r["weights"]): r for r in rows}
-    for v in ("int8", "bf16"):  # formats whose contractions data tiling packs
+    for v in ("int8", "bf16", "int8-w8a8"):  # formats whose contractions data tiling packs
         arg, param = by[v, "arguments"], by[v, "parameters"]
         assert arg["packed_at_load"] == 0 and param["packed_at_load"] > 0, v
         assert param["packed_per_call"] < arg["packed_per_call"], v

@@ -485,3 +485,28 @@ def test_the_summary_answers_which_variant_decodes_fastest() -> None:
     assert report.fp32_notes([r for r in rows if r["variant"] != "fp32"]) == [], (
         "without fp32 there is nothing to compare with"
     )
+
+
+def test_the_llamabench_view_is_mean_and_sd_over_repetitions() -> None:
+    """pp: every prefill run of every repeat; tg: one per repeat, steps / their total time."""
+    from sweep.readers.llamabench import llamabench_records
+
+    rows = [
+        make_row(
+            f"k{r}",
+            "int4",
+            [10.0, 10.0 + r],
+            prompt_length=512,
+            repeat=r,
+            repeat_of="k",
+            prefill_samples_ms=[500.0, 1000.0],
+            weights="parameters",
+        )
+        for r in range(3)
+    ]
+    pp, tg = llamabench_records(rows)
+    assert pp["test"] == "pp512" and pp["n"] == 6
+    assert pp["t_s"] == pytest.approx((1024 + 512) / 2) and pp["t_s_sd"] > 0
+    assert tg["test"] == "tg2" and tg["n"] == 3
+    assert tg["t_s"] == pytest.approx(np.mean([1e3 / (10 + r / 2) for r in range(3)]))
+    assert "parameters" in pp["config"] and pp["backend"] == "IREE cpu"

@@ -118,16 +118,19 @@ def runs_newest_first(table: pa.Table) -> list[str]:
     return order[Col.RUN_ID].to_pylist()
 
 
-def select_run(table: pa.Table, run: str | None) -> tuple[str, list[dict[str, Any]]]:
-    """(run label, the run's newest row per point, its repeats merged): `run` None is the
-    newest run."""
+def select_run(
+    table: pa.Table, run: str | None, *, merge: bool = True
+) -> tuple[str, list[dict[str, Any]]]:
+    """(run label, the run's newest row per point, its repeats merged unless `merge` is
+    False): `run` None is the newest run."""
     runs = runs_newest_first(table)
     run = runs[0] if run is None else run
     if run != "all":
         if run not in runs:
             raise ReportError(unknown_run_message(run, runs))
         table = table.filter(pc.equal(table[Col.RUN_ID], run))
-    return run, analysis.merge_repeats(newest_per_point(to_rows(table)))
+    rows = newest_per_point(to_rows(table))
+    return run, analysis.merge_repeats(rows) if merge else rows
 
 
 def rows_of_runs(table: pa.Table, wanted: Sequence[str]) -> list[dict[str, Any]]:

@@ -278,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         "per model, variant family, device and prompt length (markdown shows it below the "
         "summary whenever a run has more than one runtime)",
     )
+    parser.add_argument(
+        "--llamabench",
+        action="store_true",
+        help="llama-bench's table: per configuration pp<prompt> and tg<steps> in tokens/s, "
+        "mean ± sd over the repetitions (+grid=llamabench), with size and quality",
+    )
     parser.add_argument("--plots", action="store_true", help="also write PNG plots")
     parser.add_argument(
         "--plots-dir", type=Path, help="where the plots go (default <results>/plots/<run>)"
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 def report(args: argparse.Namespace) -> None:
     if args.search:
         search_report(args)
+        return
+    if args.llamabench:
+        llamabench_report(args)
         return
     by = parse_by(args.by)
     table = load_table(args.results, args.grid, samples=by == [Col.FLAG_SET], extra=by)
@@ -325,6 +334,15 @@ def report(args: argparse.Namespace) -> None:
             print(f"note: {note}", file=sys.stderr)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
+
+
+def llamabench_report(args: argparse.Namespace) -> None:
+    """`--llamabench`: the repeats of each point are its repetitions, so they stay apart."""
+    from sweep.readers.llamabench import NEEDED, llamabench_table
+
+    run, rows = select_run(load_table(args.results, args.grid, extra=NEEDED), args.run, merge=False)
+    header = context_header(run, rows, (Col.MODEL, Col.RUNTIME, Col.VARIANT, Col.THREADS))
+    emit(render(llamabench_table(rows, header), args.format), args.out)
 
 
 def pareto_report(args: argparse.Namespace, run: str, rows: list[dict[str, Any]]) -> None:

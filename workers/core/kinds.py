@@ -58,6 +58,7 @@ class Dequant(enum.StrEnum):
     DIRECT = "direct"  # dequantize the weight, then the matmul (what the seed did)
     FACTORED = "factored"  # per-group contraction first, scale and minimum after it
     INTEGER = "integer"  # the activation quantized too: an integer dot product per block
+    PER_TOKEN = "per_token"  # W8A8: int8 per channel times the activation in int8 per token
 
 
 class GraphKind(enum.StrEnum):

@@ -37,6 +37,9 @@ class Format:
     """One weight format (see the module docstring); subclasses override what differs."""
 
     name: ClassVar[str]
+    # multiplies one scale per output channel itself; the others leave an ungrouped
+    # tensor to `direct`
+    per_channel: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<format {self.name}>"

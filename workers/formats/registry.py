@@ -9,5 +9,6 @@ from workers.formats.direct import DIRECT
 from workers.formats.factored import FACTORED
 from workers.formats.floating import FLOATING
 from workers.formats.integer import INTEGER
+from workers.formats.per_token import PER_TOKEN
 
-FORMATS: dict[str, Format] = {f.name: f for f in (FLOATING, DIRECT, FACTORED, INTEGER)}
+FORMATS: dict[str, Format] = {f.name: f for f in (FLOATING, DIRECT, FACTORED, INTEGER, PER_TOKEN)}

@@ -225,10 +225,11 @@ class Variant:
 
     def format_of(self, name: str) -> Format:
         """The format a tensor is multiplied in: the variant's for a tensor it quantizes,
-        except that a tensor without groups (a per-row embedding) is always `direct`."""
+        except that a tensor without groups (a per-row embedding) is `direct` unless the
+        format is a per-channel one (`Format.per_channel`)."""
         if not self.quantizes(name):
             return FLOATING
-        if self.group_of(name) is None:
+        if self.group_of(name) is None and not self.format.per_channel:
             return DIRECT
         return self.format
 
