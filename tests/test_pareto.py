@@ -237,6 +237,17 @@ def test_several_levels_get_a_log_axis_of_a_decade_with_readable_ticks(klds: lis
     assert "one quality level" not in ax.get_title()
     assert overlapping_tick_labels(ax) == []
     assert any(t.get_text() for t in ax.xaxis.get_ticklabels(which="both")), "ticks are labelled"
+    assert labels_past_the_axis(ax) == [], "a point's label runs past the axis frame"
+
+
+def labels_past_the_axis(ax: Any) -> list[str]:
+    """The point labels of a drawn axis that reach beyond its left or right edge."""
+    frame = ax.get_window_extent()
+    return [
+        text.get_text()
+        for text in ax.texts
+        if text.get_window_extent().x0 < frame.x0 or text.get_window_extent().x1 > frame.x1
+    ]
 
 
 def pareto_report(capsys, results: Path, run: str, plots: Path) -> tuple[str, str]:

@@ -42,6 +42,7 @@ PNG = "pareto_speed_vs_kld.png"
 KLD_FLOOR = 1e-6  # where a log axis draws KLDs of (or near) 0: fp32 against itself
 LOG_AXIS_PAD = 1.5  # the KLD axis reaches this factor past the smallest and largest point
 LABELLED_MINOR_DECADES = 2.5  # a KLD axis shorter than this labels 2 and 5 of each decade
+LABEL_LEFTWARD_FROM = 0.75  # a point past this fraction of the KLD axis has its label left
 
 
 def quality_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,16 +225,18 @@ def _speed_against_kld(ax: Axes, members: list[dict[str, Any]], front: list[bool
         fx, fy = zip(*on_front, strict=True)
         ax.step(fx, fy, where="post", color="C3", linewidth=1.2, alpha=0.7, label="Pareto front")
         ax.legend(loc="lower right", fontsize=8)
+    _log_axis_of_a_decade(ax, x)
     for xi, yi, r, f in zip(x, y, members, front, strict=True):
+        leftward = _in_the_right_part(ax, xi)
         ax.annotate(
             label(r),
             (xi, yi),
             fontsize=7,
-            xytext=(4, 3),
+            xytext=(-4 if leftward else 4, 3),
             textcoords="offset points",
+            ha="right" if leftward else "left",
             fontweight="bold" if f else "normal",
         )
-    _log_axis_of_a_decade(ax, x)
     ax.set_xlabel(
         f"KL divergence from fp32, mean over the text (nats; below {KLD_FLOOR:g} drawn at "
         f"it; within {KLD.tolerance.describe(KLD.unit)}: one level)"
@@ -241,6 +244,13 @@ def _speed_against_kld(ax: Axes, members: list[dict[str, Any]], front: list[bool
     ax.set_ylabel("decode tok/s (higher is better)")
     ax.set_title("speed against quality")
     ax.grid(True, which="both", alpha=0.3)
+
+
+def _in_the_right_part(ax: Axes, x: float) -> bool:
+    """Whether a point sits in the right part of its log x axis, where a label written to
+    its right would run past the axis frame (and so is written to its left)."""
+    lo, hi = ax.get_xlim()
+    return math.log(x / lo) / math.log(hi / lo) > LABEL_LEFTWARD_FROM
 
 
 def _log_axis_of_a_decade(ax: Axes, values: Sequence[float]) -> None:
