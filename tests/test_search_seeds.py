@@ -136,10 +136,10 @@ def argmax_breaks(point: Point) -> dict[str, Any]:
 
 
 def test_a_switch_that_breaks_the_argmax_is_learned_once_and_proposed_no_more(tmp_path: Path):
-    # one trial in flight: with more, those asked before the first error came still compile
-    cfg = config(
-        tmp_path, "search.trials=24", "search.parallel=1", "search.seed=2", "grid.variants=[fp32]"
-    )
+    """Four trials in flight (the default): those holding the switch wait for the first
+    one's answer instead of compiling beside it, so the switch costs one compile."""
+    cfg = config(tmp_path, "search.trials=24", "search.seed=2", "grid.variants=[fp32]")
+    assert cfg.search.parallel == 4
     search, rows = drive(cfg, {}, argmax_breaks)
     (study,) = search.studies
     split_trials = [t for t in study.study.trials if t.params.get("split_reduction") == "on"]
@@ -161,3 +161,21 @@ def test_a_switch_that_breaks_the_argmax_is_learned_once_and_proposed_no_more(tm
     assert summary.skipped == len(skipped) and "split_reduction=on" in summary.broken
     text = studies_text([summary])
     assert "broken in fp32/cpu: split_reduction=on breaks the greedy argmax" in text, text
+
+
+def test_a_switch_that_compiles_is_cleared_and_its_waiting_trials_measured(tmp_path: Path):
+    """The same space where split reduction compiles (test_search's times): the proposals
+    that waited for the first one's answer are measured, none is skipped."""
+    cfg = config(tmp_path, "search.trials=16", "grid.variants=[fp32]")
+    search, rows = drive(cfg, {})
+    (study,) = search.studies
+    with_split = {
+        t.user_attrs["point_key"]
+        for t in study.study.trials
+        if t.params.get("split_reduction") == "on"
+    }
+    assert len(with_split) > 1, "the sampler proposed the switch more than once"
+    assert with_split <= {r["point_key"] for r in rows}, "each of them measured"
+    assert not any(t.user_attrs.get("skipped") for t in study.study.trials)
+    assert study.breaks.compiled == {"split_reduction=on"} and not study.breaks.learned
+    assert not study.held and study.num_told() == 16

@@ -317,7 +317,8 @@ def test_a_search_learns_that_split_reduction_breaks_the_argmax(
     """The real iree-compile error: split reduction cannot compile the greedy argmax over a
     vocabulary of 1024 (benchmarks/repro/split_reduction_argmax.md; the tiny model's 256
     compiles). The space is opt level x split reduction: the grid seeds default and O3,
-    the first proposal with the switch fails, and the next is told without a compile."""
+    the sampler proposes both with the switch at once, one compiles and fails, and the
+    other, held back meanwhile, is told without a compile."""
     from sweep.search.summaries import load_studies
 
     save_tiny_llama(tmp_path / "model", vocab_size=1024)
@@ -331,7 +332,6 @@ def test_a_search_learns_that_split_reduction_breaks_the_argmax(
         "+search=flags",
         "search.layouts=[in_major]",
         "search.trials=3",
-        "search.parallel=1",
         "search.xla_baseline=false",
         "~search.dimensions.opt_level.choices.O1",
         *only_dimensions("opt_level", "split_reduction"),

@@ -41,10 +41,12 @@ Rules:
   and every listed point at its shape that its space can spell (`Space.params_of`), each
   its baseline's row; so its best is never worse than a listed row inside the bound.
   They use no budget, and a resumed study is not seeded twice.
-- Known-broken choices (`Dimension.breaks`): a trial whose compile error holds a
-  signature the space lists for one of its choices teaches the study that the choice
-  breaks a graph (`user_attrs["broken"]`); later proposals holding it are told
-  infeasible (constraint `broken`) without a compile and use no budget.
+- Known-broken choices (`Dimension.breaks`, `sweep.search.broken`): a trial whose compile
+  error holds a signature the space lists for one of its choices teaches the study that
+  the choice breaks a graph (`user_attrs["broken"]`); later proposals holding it are told
+  infeasible (constraint `broken`) without a compile and use no budget. Until one trial
+  holding such a choice has answered, the others holding it wait (`held`) instead of
+  compiling beside it, so a broken switch costs one compile, not `search.parallel`.
 - When the budget is spent, the winner is ablated: it is measured again (its trial's
   time is the least of many noisy ones, so likely a lucky draw that every fresh
   measurement would look slow against), then each axis at a non-default choice is
@@ -69,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.plan.config import Dimension, SearchConfig, SweepConfig
 from sweep.plan.grid import NO_FLAG_SET, Point
+from sweep.search.broken import KnownBreaks
 from workers.core.kinds import Runtime, Status
 
 if TYPE_CHECKING:
@@ -202,17 +205,6 @@ class Space:
             params[name] = max(fitting, key=lambda c: len(dim.choices[c]), default=dim.default)
         return params if self.flags(params) == point.flags else None
 
-    def breaking(self, params: Params, message: str) -> tuple[str, str, str] | None:
-        """(dimension, signature, the graph it breaks) when a compile error's message is
-        one the space knows a non-default choice of `params` causes (`Dimension.breaks`)."""
-        for name, dim in self.dimensions:
-            if params[name] == dim.default:
-                continue
-            for signature, graph in dim.breaks.items():
-                if signature in message:
-                    return name, signature, graph
-        return None
-
     def fingerprint(self) -> str:
         dims = {name: {c: list(f) for c, f in dim.choices.items()} for name, dim in self.dimensions}
         blob = json.dumps([list(dims.items()), self.layouts, self.formats])
@@ -314,8 +306,8 @@ class StudyRun:
         self.asked: dict[int, Trial] = {}  # trial number -> its handle, to tell a failure
         self.seeded: set[str] = set()  # keys of seed trials: they use no budget
         self.params_of_key: dict[str, Params] = {}  # each trial key's configuration
-        # choices learned to break this study's graphs: "dimension=choice" -> what broke
-        self.broken: dict[str, dict[str, Any]] = dict(study.user_attrs.get(BROKEN) or {})
+        self.breaks = KnownBreaks(space.dimensions, dict(study.user_attrs.get(BROKEN) or {}))
+        self.held: dict[str, Point] = {}  # proposals waiting for a suspect choice's answer
         self._to_ask = 0  # enqueued trials (seeds) to ask before the sampler proposes
         self.repeats = 0  # known configurations proposed in a row
         self.exhausted = False
@@ -364,13 +356,28 @@ class StudyRun:
                 self.known[key] = trial_ms(t)
                 violated = [c for c, v in t.constraints.items() if v > 0]
                 self.violated[key] = violated[0] if violated else FAILED
+                if self.violated[key] != FAILED or self.known[key] is not None:
+                    self.breaks.note_compiled(dict(t.params))  # it ran
             elif t.state == TrialState.RUNNING:
-                if key not in self.waiting and not self._answered(key):
-                    self._resumed.append(self.point_of(t.params))
-                self.waiting.setdefault(key, []).append(t.number)
+                self._resume_running(t.number, key, seed=key in self.seeded)
         for key in list(self.waiting):
             if (row := self.lookup(key)) is not None:
                 self.observe(row)
+
+    def _resume_running(self, number: int, key: str, seed: bool) -> None:
+        """A trial a sweep left running: skipped if it holds a choice learned broken since,
+        else it waits for its row (measured again, or held behind a suspect's probe)."""
+        params = self.params_of_key[key]
+        if not seed and (broken := self.breaks.broken_choice(params)) is not None:
+            self._skip(number, broken)
+            return
+        if key not in self.waiting and not self._answered(key):
+            point = self.point_of(params)
+            if self._awaits_probe(key, params):
+                self.held[key] = point
+            else:
+                self._resumed.append(point)
+        self.waiting.setdefault(key, []).append(number)
 
     def _enqueue_seeds(self, trials: list[FrozenTrial]) -> None:
         """The seeds the study has no trial of yet: all of them in a new study, none in a
@@ -390,14 +397,14 @@ class StudyRun:
         if self._resumed is None:  # first call: the baselines are scheduled by now
             self._resumed = []
             self._resume()
-        points, self._resumed = self._resumed, []
+        points, self._resumed = self._resumed + self._release(), []
         for _ in range(self._to_ask):  # the seeds first: their rows are the baselines'
             points += [p for p in [self._ask()] if p is not None]
         self._to_ask = 0
         while (
             not self.exhausted
             and self._num_proposed() < self.budget
-            and len(self.waiting.keys() - self.seeded) < self.parallel
+            and len(self.waiting.keys() - self.seeded - self.held.keys()) < self.parallel
         ):
             point = self._ask()
             if point is not None:
@@ -422,10 +429,9 @@ class StudyRun:
         trial.set_user_attr("point_key", key)
         trial.set_user_attr("flag_set", point.flag_set)
         seed = bool(trial.user_attrs.get("seed"))
-        if not seed and (broken := self._broken_choice(params)) is not None:
-            trial.set_user_attr("skipped", broken)  # told infeasible, never compiled
+        if not seed and (broken := self.breaks.broken_choice(params)) is not None:
             self.repeats += 1
-            self._tell(trial.number, None, BROKEN)
+            self._skip(trial.number, broken)
             return None
         self.params_of_key[key] = params
         if seed:
@@ -443,7 +449,12 @@ class StudyRun:
         if (row := self.lookup(key)) is not None:  # measured before, by a grid or a search
             self.observe(row)
             return None
-        return None if self.scheduled(key) else point  # a baseline's row will answer it
+        if self.scheduled(key):
+            return None  # a baseline's row will answer it
+        if self._awaits_probe(key, params):
+            self.held[key] = point
+            return None
+        return point
 
     def _answered(self, key: str) -> bool:
         """A row holds the answer already, or one being measured will."""
@@ -453,7 +464,8 @@ class StudyRun:
         seen = self.owned_keys
 
         def new(params: Params) -> bool:
-            return self.point_of(params).key not in seen and self._broken_choice(params) is None
+            key = self.point_of(params).key
+            return key not in seen and self.breaks.broken_choice(params) is None
 
         for _ in range(MAX_RANDOM_DRAWS):
             params = self.space.draw(self.rng)
@@ -467,12 +479,36 @@ class StudyRun:
                     return params
         return None
 
-    def _broken_choice(self, params: Params) -> str | None:
-        """The learned-broken choice (`dimension=choice`) the configuration holds, if any."""
-        for label, info in self.broken.items():
-            if params.get(info["dimension"]) == info["choice"]:
-                return label
-        return None
+    def _awaits_probe(self, key: str, params: Params) -> bool:
+        """The configuration holds a suspect choice (`Dimension.breaks`) that another trial
+        in flight holds too: its answer says whether this one can compile at all."""
+        untested = set(self.breaks.untested(params))
+        return bool(untested) and any(
+            untested & set(self.breaks.suspects(self.params_of_key[other]))
+            for other in self.waiting.keys() - self.held.keys() - {key}
+        )
+
+    def _release(self) -> list[Point]:
+        """Held proposals whose suspect choice has answered: told broken without a compile
+        (no budget used), or measured now."""
+        points = []
+        for key, point in list(self.held.items()):
+            params = self.params_of_key[key]
+            if key not in self.waiting:  # answered meanwhile
+                del self.held[key]
+            elif (broken := self.breaks.broken_choice(params)) is not None:
+                del self.held[key]
+                for number in self.waiting.pop(key):
+                    self._skip(number, broken)
+            elif not self._awaits_probe(key, params):
+                del self.held[key]
+                points.append(point)
+        return points
+
+    def _skip(self, number: int, broken: str) -> None:
+        """Trial `number` holds a choice learned broken: told infeasible, never compiled."""
+        self._trial(number).set_user_attr("skipped", broken)
+        self._tell(number, None, BROKEN)
 
     def _tell(self, number: int, value: float | None, constraint: str = FAILED) -> None:
         if self.study.get_trials(deepcopy=False)[number].state.is_finished():
@@ -508,23 +544,11 @@ class StudyRun:
             self.measured[key] = value
 
     def _learn(self, row: Mapping[str, Any]) -> None:
-        """A trial's compile error that the space knows one choice causes: the study records
-        which choice broke which graph and proposes it no more (`Dimension.breaks`)."""
+        """What a trial's row says of its suspect choices (`sweep.search.broken`): one that
+        broke the graph is stored in the study, and proposed no more."""
         params = self.params_of_key.get(row["point_key"])
-        if params is None or row.get("status") != Status.COMPILE_ERROR:
-            return
-        found = self.space.breaking(params, row.get("error_message") or "")
-        if found is None or f"{found[0]}={params[found[0]]}" in self.broken:
-            return
-        name, signature, graph = found
-        self.broken[f"{name}={params[name]}"] = {
-            "dimension": name,
-            "choice": params[name],
-            "graph": graph,
-            "signature": signature,
-            "point_key": row["point_key"],
-        }
-        self.study.set_user_attr(BROKEN, self.broken)
+        if params is not None and self.breaks.learn(params, row):
+            self.study.set_user_attr(BROKEN, self.breaks.learned)
 
     # --- the ablation ------------------------------------------------------------------
 
