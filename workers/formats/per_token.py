@@ -40,7 +40,10 @@ def per_token_linear_jnp(
     import jax.numpy as jnp
     from jax import lax
 
-    x = x.astype(jnp.float32)
+    # The quantized product in dispatches of its own (both barriers): fused with the norm
+    # before or after it, two row reductions in one dispatch fail IREE 3.13's CPU codegen
+    # under data tiling at 512 rows ("operations with large vector sizes").
+    x = lax.optimization_barrier(x.astype(jnp.float32))
     xs = jnp.max(jnp.abs(x), axis=-1) / np.float32(127)  # [T]
     safe = jnp.where(xs > 0, xs, np.float32(1))
     xq = jnp.round(x / safe[:, None]).astype(jnp.int8)
@@ -48,9 +51,8 @@ def per_token_linear_jnp(
     dims = (((1,), (1,)), ((), ())) if out_major else (((1,), (0,)), ((), ()))
     inner = lax.dot_general(xq, q, dims, preferred_element_type=jnp.int32)  # [T, N]
     scale, minimum = scale.astype(jnp.float32), minimum.astype(jnp.float32)
-    return (
-        inner.astype(jnp.float32) * xs[:, None] * scale[None] + minimum[None] * x.sum(-1)[:, None]
-    )
+    y = inner.astype(jnp.float32) * xs[:, None] * scale[None]
+    return lax.optimization_barrier(y + minimum[None] * x.sum(-1)[:, None])
 
 
 class PerToken(Format):
