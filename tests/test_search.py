@@ -215,3 +215,28 @@ def test_formats_that_cannot_hold_the_model_are_left_out_and_said(tmp_path: Path
     assert "int4-fac-g128" not in fitted.search.formats["int4"]
     assert "int4-fac-g64" in fitted.search.formats["int4"], "what fits stays"
     assert "search: format int4-fac-g128 left out" in out.getvalue()
+
+
+def test_the_weights_are_an_axis_where_the_search_offers_them(tmp_path: Path):
+    """With `search.weights=[arguments,parameters]` a study proposes how the graphs hold the
+    weights (parameters are 4 ms faster here), finds parameters and keeps them in its
+    ablation; XLA, which has no parameters, is measured with arguments. Without the axis
+    a study's space is what it was."""
+
+    def faster_as_parameters(point: Point) -> dict[str, Any]:
+        row = measure(point)
+        if row["decode_ms_p50"] is not None and point.weights == "parameters":
+            row["decode_ms_p50"] -= 4.0
+        return row
+
+    plain = config(tmp_path / "plain", "search.trials=4")
+    without, _ = drive(plain, {})
+    assert without.studies and all("weights" not in s.space.axes for s in without.studies)
+    cfg = config(tmp_path, "search.trials=16", "search.weights=[arguments,parameters]")
+    search, rows = drive(cfg, {}, faster_as_parameters)
+    assert {p.weights for p in search.baselines if p.runtime == "xla"} == {"arguments"}
+    for study in search.studies:
+        assert study.space.axes["weights"] == ("arguments", "parameters")
+        winner, _, _ = study.best()
+        assert winner["weights"] == "parameters"
+        assert "weights" in study.study.user_attrs["minimal"]["kept"]

@@ -164,6 +164,7 @@ class SearchConfig:
     # `+search.dimensions.NAME={switch: [--flag]}` can add one (checked when frozen)
     dimensions: dict[str, Dimension] = dataclasses.field(metadata={"schema": dict[str, Any]})
     layouts: tuple[str, ...] = ()  # the layout axis; empty: grid.layouts
+    weights: tuple[str, ...] = ()  # the weights axis (arguments, parameters); empty: grid.weights
     # the format axis: a grid variant -> the variants that may stand for it; absent: itself
     formats: dict[str, tuple[str, ...]] = dataclasses.field(
         default_factory=dict, metadata={"schema": dict[str, Any]}
@@ -316,7 +317,7 @@ def check(cfg: SweepConfig) -> None:
             )
 
 
-SEARCH_AXES = ("layout", "format")  # the search's own dimensions besides the flag ones
+SEARCH_AXES = ("layout", "format", "weights")  # the search's own axes besides the flags
 
 
 def _check_search(cfg: SweepConfig) -> None:
@@ -347,6 +348,9 @@ def _check_search(cfg: SweepConfig) -> None:
     unknown = [layout for layout in s.layouts if layout not in LAYOUTS]
     if unknown:
         raise ConfigError(f"search.layouts: unknown {unknown}; allowed: {list(LAYOUTS)}")
+    unknown = [w for w in s.weights if w not in tuple(Weights)]
+    if unknown:
+        raise ConfigError(f"search.weights: unknown {unknown}; allowed: {list(Weights)}")
     for variant, formats in s.formats.items():
         unknown = [f for f in formats if f not in cfg.variants]
         if unknown or not formats:

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 from sweep.plan.config import Dimension, SearchConfig, SweepConfig
 from sweep.plan.grid import NO_FLAG_SET, Point
 from sweep.search.broken import KnownBreaks
-from workers.core.kinds import Runtime, Status
+from workers.core.kinds import Runtime, Status, Weights
 
 if TYPE_CHECKING:
     import optuna
@@ -153,13 +153,16 @@ def trial_ms(trial: FrozenTrial) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class Space:
-    """The axes of one study: the flag dimensions that apply to its device, the layouts
-    and the formats, each with its default first."""
+    """The axes of one study: the flag dimensions that apply to its device, the layouts,
+    the formats and how the graphs hold the weights, each with its default first. The
+    weights are an axis only where they have a choice (so the spaces, and studies, from
+    before the axis stay the same)."""
 
     name: str
     dimensions: tuple[tuple[str, Dimension], ...]
     layouts: tuple[str, ...]
     formats: tuple[str, ...]
+    weights: tuple[str, ...] = (Weights.ARGUMENTS,)
 
     @classmethod
     def of(cls, search: SearchConfig, cfg: SweepConfig, variant: str, device: str) -> Space:
@@ -169,13 +172,19 @@ class Space:
         formats = search.formats.get(variant, (variant,))
         formats = (variant, *(f for f in formats if f != variant))
         dims = tuple((n, d) for n, d in search.dimensions.items() if d.applies_to(device))
-        return cls(search.name, dims, layouts, formats)
+        weights = search.weights or cfg.grid.weights
+        weights = (cfg.grid.weights[0], *(w for w in weights if w != cfg.grid.weights[0]))
+        return cls(search.name, dims, layouts, formats, weights)
 
     @property
     def axes(self) -> dict[str, tuple[str, ...]]:
         """Every parameter's choices, the default first, in the order flags are given."""
         axes = {name: tuple(dim.choices) for name, dim in self.dimensions}
-        return {**axes, "layout": self.layouts, "format": self.formats}
+        axes = {**axes, "layout": self.layouts, "format": self.formats}
+        return {**axes, "weights": self.weights} if len(self.weights) > 1 else axes
+
+    def weights_of(self, params: Params) -> str:
+        return params.get("weights", self.weights[0])
 
     def default(self) -> Params:
         return {name: choices[0] for name, choices in self.axes.items()}
@@ -198,7 +207,11 @@ class Space:
         the space cannot spell it (a flag no dimension offers, another layout)."""
         if point.layout not in self.layouts or point.variant.name not in self.formats:
             return None
+        if point.weights not in self.weights:
+            return None
         params = {"layout": point.layout, "format": point.variant.name}
+        if len(self.weights) > 1:
+            params["weights"] = point.weights
         given = set(point.flags)
         for name, dim in self.dimensions:
             fitting = [c for c, flags in dim.choices.items() if set(flags) <= given]
@@ -207,7 +220,8 @@ class Space:
 
     def fingerprint(self) -> str:
         dims = {name: {c: list(f) for c, f in dim.choices.items()} for name, dim in self.dimensions}
-        blob = json.dumps([list(dims.items()), self.layouts, self.formats])
+        axes = [list(dims.items()), self.layouts, self.formats]
+        blob = json.dumps([*axes, self.weights] if len(self.weights) > 1 else axes)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -698,6 +712,7 @@ def open_search(cfg: SweepConfig, grid_points: list[Point], lookup: Lookup) -> S
                 base,
                 variant=cfg.variants[params["format"]],
                 layout=params["layout"],
+                weights=space.weights_of(params),
                 flags=flags,
                 flag_set=flag_set_name(flags, listed),
             )
@@ -788,7 +803,9 @@ def _base(shape: list[Point]) -> Point:
 
 def _baseline(shape: list[Point], runtime: str) -> Point:
     """The study's shape on a baseline runtime (XLA, llama.cpp): no flags, the first layout."""
-    return dataclasses.replace(shape[0], runtime=runtime, flags=(), flag_set=NO_FLAG_SET)
+    return dataclasses.replace(
+        shape[0], runtime=runtime, flags=(), flag_set=NO_FLAG_SET, weights=Weights.ARGUMENTS
+    )
 
 
 def _fingerprint(base: Point, space: Space) -> str:
