@@ -1,8 +1,8 @@
 """A GGUF file as stored, tensor by tensor (the `gguf` variant, `Variant.blocks: file`):
 every block type it runs against the `gguf` package's own reading of the same bytes,
-and a Q4_K_M file made by llama.cpp's own quantizer (`llama_model_quantize`), whose mix
-of types (Q4_K, Q6_K, and Q5_0 / Q8_0 where rows are not multiples of 256) runs as the
-file holds it.
+and files made by llama.cpp's own quantizer (`llama_model_quantize`: Q4_K_M, Q5_K_M,
+Q3_K_M, Q2_K), whose mixes of types (Q2_K .. Q6_K, and Q5_0 / Q8_0 where rows are not
+multiples of 256) run as the files hold them.
 
 The reference is `gguf.quants.dequantize` of each tensor: the unpacked form, dequantized
 on the host, must equal it exactly (every float32 value; a zero's sign aside, which no
@@ -26,6 +26,7 @@ from tests.helpers.gguf_files import HEADS, KV_HEADS, permute, write_tiny_gguf
 from workers.checkpoints.ggml_types import type_layout, unpack, unpackable
 from workers.checkpoints.source import check_checkpoint, file_blocks
 from workers.formats.packing import dequantize
+from workers.formats.variant import Variant
 from workers.tasks import ModelSource
 
 T = gguf.GGMLQuantizationType
@@ -65,68 +66,78 @@ def _quantized(src: Path, dst: Path, ftype: str) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def q4_k_m(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama 256 wide (rows K-quants take), made Q4_K_M by llama.cpp from F32."""
-    folder = tmp_path_factory.mktemp("q4_k_m")
-    f32 = folder / "tiny-F32.gguf"
-    write_tiny_gguf(f32, types={}, hidden=256, ffn=512)
-    (folder / "model").mkdir()
-    return _quantized(f32, folder / "model" / "tiny-Q4_K_M.gguf", "Q4_K_M")
+# llama.cpp's own mixes on the tests' tiny Llama: 256 wide (rows K-quants take: Q2_K to
+# Q6_K), or 64 wide, where every row falls back (Q5_0, Q8_0)
+FILES = {
+    "Q4_K_M": 256,
+    "Q5_K_M": 256,
+    "Q3_K_M": 256,
+    "Q2_K": 256,
+    "Q4_K_M-narrow": 64,
+}
 
 
 @pytest.fixture(scope="module")
-def q4_k_m_narrow(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tests' 64-wide Llama made Q4_K_M: every row falls back (Q5_0, Q8_0)."""
-    folder = tmp_path_factory.mktemp("q4_k_m_narrow")
-    f32 = folder / "tiny-F32.gguf"
-    write_tiny_gguf(f32, types={})
-    return _quantized(f32, folder / "tiny-Q4_K_M.gguf", "Q4_K_M")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each of FILES made by llama.cpp's quantizer from an F32 file of the tiny Llama."""
+    folder = tmp_path_factory.mktemp("mixes")
+    f32 = {width: folder / f"tiny-{width}-F32.gguf" for width in set(FILES.values())}
+    for width, path in f32.items():
+        write_tiny_gguf(path, types={}, hidden=width, ffn=2 * width)
+    out = {}
+    for name, width in FILES.items():
+        (folder / name).mkdir()
+        ftype = name.removesuffix("-narrow")
+        out[name] = _quantized(f32[width], folder / name / f"tiny-{ftype}.gguf", ftype)
+    return out
 
 
-def _gguf_variant(path: Path):  # noqa: ANN202
+def _gguf_variant(path: Path) -> Variant:
     return variant("gguf").stored_as(file_blocks(path))
 
 
-def test_a_q4_k_m_file_holds_its_mix(q4_k_m: Path, q4_k_m_narrow: Path) -> None:
-    wide, narrow = set(file_blocks(q4_k_m).values()), set(file_blocks(q4_k_m_narrow).values())
-    assert {"Q4_K", "Q6_K"} <= wide, wide
+def test_the_files_hold_their_mixes(files: dict[str, Path]) -> None:
+    types = {name: set(file_blocks(path).values()) for name, path in files.items()}
+    assert {"Q4_K", "Q6_K"} <= types["Q4_K_M"], types
+    assert {"Q2_K", "Q3_K"} <= types["Q2_K"] and "Q3_K" in types["Q3_K_M"], types
+    assert "Q5_K" in types["Q5_K_M"], types
+    narrow = types["Q4_K_M-narrow"]
     assert narrow <= {"Q5_0", "Q8_0", "Q5_1", "Q4_0", "Q4_1"} and len(narrow) > 1, narrow
-    v = _gguf_variant(q4_k_m)
-    assert v.llamacpp_type == "+".join(sorted(wide))
-    assert v.fingerprint != _gguf_variant(q4_k_m_narrow).fingerprint
+    v = _gguf_variant(files["Q4_K_M"])
+    assert v.llamacpp_type == "+".join(sorted(types["Q4_K_M"]))
+    assert v.fingerprint != _gguf_variant(files["Q5_K_M"]).fingerprint
 
 
 @pytest.mark.parametrize("layout", ["out_major", "in_major"])
-@pytest.mark.parametrize("which", ["wide", "narrow"])
+@pytest.mark.parametrize("name", list(FILES))
 def test_every_matrix_as_stored_dequantizes_to_the_files_numbers(
-    q4_k_m: Path, q4_k_m_narrow: Path, which: str, layout: str
+    files: dict[str, Path], name: str, layout: str
 ) -> None:
-    path = q4_k_m if which == "wide" else q4_k_m_narrow
+    from workers.checkpoints.gguf import _gguf_name
+
+    path = files[name]
     v = _gguf_variant(path)
     vw = ModelSource(name="t", path=str(path)).variant(v, layout)
     assert vw.quant_error == 0.0, "the file's own blocks: nothing requantized"
     file = {t.name: t for t in gguf.GGUFReader(path).tensors}
-    from workers.checkpoints.gguf import _gguf_name
-
     kept = 0
-    for name, w in host_dequantized(vw).items():
-        t = file[_gguf_name(name)]
+    for hf_name, w in host_dequantized(vw).items():
+        t = file[_gguf_name(hf_name)]
         expected = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
-        if name.endswith("q_proj.weight"):  # back to the file's row order
+        if hf_name.endswith("q_proj.weight"):  # back to the file's row order
             w = permute(w, HEADS)
-        elif name.endswith("k_proj.weight"):
+        elif hf_name.endswith("k_proj.weight"):
             w = permute(w, KV_HEADS)
-        np.testing.assert_array_equal(w, expected, err_msg=f"{name} ({t.tensor_type.name})")
-        kept += v.block_of(name) is not None
-    assert kept == len(v.tensor_blocks) > 14, "every block-quantized matrix, embedding included"
+        np.testing.assert_array_equal(w, expected, err_msg=f"{hf_name} ({t.tensor_type.name})")
+        kept += v.block_of(hf_name) is not None
+    assert kept == len(v.tensor_blocks) == 15, "every linear and the embedding, as stored"
 
 
-@pytest.mark.parametrize("which", ["wide", "narrow"])
-def test_the_graph_computes_the_files_model(q4_k_m: Path, q4_k_m_narrow: Path, which: str) -> None:
+@pytest.mark.parametrize("name", list(FILES))
+def test_the_graph_computes_the_files_model(files: dict[str, Path], name: str) -> None:
     """The factored graph on each tensor's own groups gives the logits (and the greedy
     tokens) of the fp32 graph on the file's dequantized weights."""
-    path = q4_k_m if which == "wide" else q4_k_m_narrow
+    path = files[name]
     source = ModelSource(name="t", path=str(path))
     model = check_checkpoint(path)
     tokens = np.random.default_rng(0).integers(0, model.vocab_size, 12, dtype=np.int32)
@@ -145,7 +156,7 @@ def test_the_variant_needs_its_file() -> None:
 
 
 def test_a_type_it_cannot_run_is_exit_2_naming_the_tensors(
-    tmp_path: Path, q4_k_m_narrow: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through `python -m sweep`'s main: exit 2 before any work (here Q8_0 made unknown)."""
     from sweep.__main__ import main
@@ -159,7 +170,7 @@ def test_a_type_it_cannot_run_is_exit_2_naming_the_tensors(
             [
                 "+grid=smoke",
                 "grid.variants=[gguf]",
-                f"model.path={q4_k_m_narrow}",
+                f"model.path={files['Q4_K_M-narrow']}",
                 f"results_dir={tmp_path / 'r'}",
             ]
         )
@@ -170,8 +181,9 @@ def test_a_type_it_cannot_run_is_exit_2_naming_the_tensors(
 
 @pytest.mark.slow  # a real Ray cluster, iree-compile and llama.cpp
 def test_a_sweep_on_a_q4_k_m_file_is_ok_beside_llamacpp(
-    ray_cluster, tmp_path: Path, shared_cache: Path, q4_k_m: Path
+    ray_cluster, tmp_path: Path, shared_cache: Path, files: dict[str, Path]
 ) -> None:
+    q4_k_m = files["Q4_K_M"]
     outcome, printed = sweep(
         tmp_path,
         shared_cache,

@@ -3,7 +3,7 @@ form the graphs multiply, bit for bit (the `gguf` variant: every tensor as store
 
     w[r, g*G + j] = (q[r, g*G + j] - offset) * scale[r, g] + minimum[r, g]
 
-in float32, with q unsigned (ui4 for 4 bits, ui8 for 5, 6 and 8). For each type the
+in float32, with q unsigned (ui4 up to 4 bits, ui8 for 5, 6 and 8). For each type the
 host's `workers.formats.packing.dequantize` of that form does the same float32
 operations, in the same order, as `gguf.quants.dequantize` does on the file's bytes,
 so the two agree exactly (tests/test_gguf_types.py):
@@ -17,11 +17,13 @@ so the two agree exactly (tests/test_gguf_types.py):
     Q4_K    32     4      0     d sc_j, -(dmin m_j)           (d sc_j) q - dmin m_j
     Q5_K    32     5      0     d sc_j, -(dmin m_j)           (d sc_j) q - dmin m_j
     Q6_K    16     6     32     d sc_g, 0                     (d sc_g) (q - 32)
+    Q2_K    16     2      0     d sc_g, -(dmin m_g)           (d sc_g) q - dmin m_g
+    Q3_K    16     3      4     d (sc_g - 32), 0              (d (sc_g - 32)) (q - 4)
 
-The K-quants' products `d * sc` are float32 (`d` is float16, `sc` 6 or 8 bits: the
+The K-quants' products `d * sc` are float32 (`d` is float16, `sc` 4 to 8 bits: the
 product is exact in float32, not in float16), so every scale and minimum here is
-float32. Q2_K, Q3_K, the IQ and TQ types are not affine in this form (or not yet
-mapped): `unpackable` says which types are, and the caller refuses the others by name.
+float32. The IQ and TQ types are not affine in this form: `unpackable` says which
+types are, and the caller refuses the others by name.
 Block sizes and bytes are the gguf package's (`gguf.GGML_QUANT_SIZES`); the K-quants'
 6-bit scale packing is its `Q4_K.get_scale_min`.
 """
@@ -55,8 +57,8 @@ class TypeLayout:
 
     @property
     def storage_bits(self) -> int:
-        """The integers' width in the graph: ui4 or ui8."""
-        return 4 if self.bits == 4 else 8
+        """The integers' width in the graph: ui4 (up to 4 bits) or ui8."""
+        return 4 if self.bits <= 4 else 8
 
 
 def _f32(pairs: np.ndarray) -> np.ndarray:
@@ -139,6 +141,31 @@ def _q6_k(b: np.ndarray) -> tuple[np.ndarray, ...]:
     return ql | (qh << np.uint8(4)), _f32(b[:, 208:210])[:, None] * sc, None
 
 
+def _q2_k(b: np.ndarray) -> tuple[np.ndarray, ...]:
+    n = b.shape[0]
+    sc = b[:, :16]
+    shift = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    q = ((b[:, 16:80].reshape(n, 2, 1, 32) >> shift) & np.uint8(3)).reshape(n, 256)
+    scale = _f32(b[:, 80:82])[:, None] * (sc & np.uint8(0xF)).astype(np.float32)
+    minimum = -(_f32(b[:, 82:84])[:, None] * (sc >> np.uint8(4)).astype(np.float32))
+    return q, scale, minimum
+
+
+def _q3_k(b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Q3_K's q is its two low bits plus 4 where the high-bit mask is set, offset 4."""
+    n = b.shape[0]
+    low, high = b[:, 96:104], b[:, 104:108]  # the 6-bit scales: 4 low bits, 2 high bits
+    low = (low.reshape(n, 1, 8) >> np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)).reshape(n, 16)
+    high = high.reshape(n, 1, 4) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
+    sc = (low & np.uint8(0xF)) | ((high.reshape(n, 16) & np.uint8(3)) << np.uint8(4))
+    sc = (sc.astype(np.int8) - np.int8(32)).astype(np.float32)
+    shift = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    ql = ((b[:, 32:96].reshape(n, 2, 1, 32) >> shift) & np.uint8(3)).reshape(n, 256)
+    bits = np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)
+    qh = ((b[:, :32].reshape(n, 1, 1, 32) >> bits) & np.uint8(1)).reshape(n, 256)
+    return ql | (qh << np.uint8(2)), _f32(b[:, 108:110])[:, None] * sc, None
+
+
 # type -> (its layout in the graph, the unpacker of [blocks, bytes] -> q, scale, minimum)
 _TYPES: dict[str, tuple[TypeLayout, Callable[[np.ndarray], tuple[np.ndarray, ...]]]] = {
     "Q4_0": (TypeLayout(32, 4, 8), _q4_0),
@@ -149,6 +176,8 @@ _TYPES: dict[str, tuple[TypeLayout, Callable[[np.ndarray], tuple[np.ndarray, ...
     "Q4_K": (TypeLayout(32, 4, 0), _q4_k),
     "Q5_K": (TypeLayout(32, 5, 0), _q5_k),
     "Q6_K": (TypeLayout(16, 6, 32), _q6_k),
+    "Q2_K": (TypeLayout(16, 2, 0), _q2_k),
+    "Q3_K": (TypeLayout(16, 3, 4), _q3_k),
 }
 
 

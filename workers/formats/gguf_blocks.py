@@ -24,7 +24,7 @@ or whose linears are of another type, is refused by name
 
 `blocks: file` (the `gguf` variant) keeps every matrix in the type the file holds it,
 each with its own group, bits and offset (`workers.checkpoints.ggml_types`: Q4_0 to
-Q8_0, Q4_K, Q5_K, Q6_K), and the token embedding and output matrix as stored too, so a
+Q8_0, Q2_K to Q6_K), and the token embedding and output matrix as stored too, so a
 Q4_K_M file runs with its own mix. The variant is made for one file
 (`Variant.stored_as(file_blocks(path))`, in the driver;
 `workers.checkpoints.source.file_blocks`), since the graph's arguments
