@@ -67,13 +67,14 @@ def _quantized(src: Path, dst: Path, ftype: str) -> Path:
 
 
 # llama.cpp's own mixes on the tests' tiny Llama: 256 wide (rows K-quants take: Q2_K to
-# Q6_K), or 64 wide, where every row falls back (Q5_0, Q8_0)
+# Q6_K), or 64 wide, where every row falls back (Q5_0, Q8_0); untied: an output matrix
 FILES = {
-    "Q4_K_M": 256,
-    "Q5_K_M": 256,
-    "Q3_K_M": 256,
-    "Q2_K": 256,
-    "Q4_K_M-narrow": 64,
+    "Q4_K_M": (256, True),
+    "Q5_K_M": (256, True),
+    "Q3_K_M": (256, True),
+    "Q2_K": (256, True),
+    "Q4_K_M-untied": (256, False),
+    "Q4_K_M-narrow": (64, True),
 }
 
 
@@ -81,14 +82,14 @@ FILES = {
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each of FILES made by llama.cpp's quantizer from an F32 file of the tiny Llama."""
     folder = tmp_path_factory.mktemp("mixes")
-    f32 = {width: folder / f"tiny-{width}-F32.gguf" for width in set(FILES.values())}
-    for width, path in f32.items():
-        write_tiny_gguf(path, types={}, hidden=width, ffn=2 * width)
+    f32 = {shape: folder / f"tiny-{shape[0]}-{shape[1]}-F32.gguf" for shape in set(FILES.values())}
+    for (width, tied), path in f32.items():
+        write_tiny_gguf(path, tied=tied, types={}, hidden=width, ffn=2 * width)
     out = {}
-    for name, width in FILES.items():
+    for name, shape in FILES.items():
         (folder / name).mkdir()
-        ftype = name.removesuffix("-narrow")
-        out[name] = _quantized(f32[width], folder / name / f"tiny-{ftype}.gguf", ftype)
+        ftype = name.split("-")[0]
+        out[name] = _quantized(f32[shape], folder / name / f"tiny-{ftype}.gguf", ftype)
     return out
 
 
@@ -130,7 +131,9 @@ def test_every_matrix_as_stored_dequantizes_to_the_files_numbers(
             w = permute(w, KV_HEADS)
         np.testing.assert_array_equal(w, expected, err_msg=f"{hf_name} ({t.tensor_type.name})")
         kept += v.block_of(hf_name) is not None
-    assert kept == len(v.tensor_blocks) == 15, "every linear and the embedding, as stored"
+    untied = not FILES[name][1]
+    assert kept == len(v.tensor_blocks) == 15 + untied, "every matrix (embedding, output) as stored"
+    assert ("lm_head.weight" in dict(t.split(":") for t in v.tensor_blocks)) == untied
 
 
 @pytest.mark.parametrize("name", list(FILES))
