@@ -118,6 +118,24 @@ def check_variant(variant: Variant, model_cfg: LlamaConfig, path: str | None) ->
         check_blocks(path, variant.blocks)
 
 
+def stored_variants(cfg: SweepConfig) -> SweepConfig:
+    """The config with each `blocks: file` variant the grid runs made for the model's file:
+    its matrices' types (a Q4_K_M file's mix), which its graph arguments follow."""
+    names = [n for n in cfg.grid.variants if cfg.variants[n].as_stored]
+    if not names:
+        return cfg
+    from workers.checkpoints.source import file_blocks
+
+    try:
+        types = file_blocks(cfg.model.path)
+    except ValueError as e:  # CheckpointError included: it names the file and tensors
+        raise ConfigError(f"model: {e}") from None
+    variants = dict(cfg.variants)
+    for name in names:
+        variants[name] = variants[name].stored_as(types)
+    return dataclasses.replace(cfg, variants=variants)
+
+
 def fitting_formats(cfg: SweepConfig, model_cfg: LlamaConfig, out: Any) -> SweepConfig:
     """The config with the search's formats that cannot hold this model left out, said so
     (groups of 128 on a 64-wide model): a search space offers formats for every model."""
@@ -165,7 +183,7 @@ def versions() -> dict[str, str]:
 
 def run_sweep(cfg: SweepConfig, resolved: dict[str, Any], out: Any = sys.stdout) -> SweepOutcome:
     start = time.monotonic()
-    cfg = resolve_inputs(cfg, out)
+    cfg = stored_variants(resolve_inputs(cfg, out))
     model_cfg = checked_model(cfg)
     cfg = fitting_formats(named_model(cfg), model_cfg, out)
     print(f"model: {cfg.model.name}", file=out)

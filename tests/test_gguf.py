@@ -161,7 +161,7 @@ def _patch_tensor_type(path: Path, name: str, value: int) -> None:
         ("header", r"truncated"),
         ("unknown_type", r"a tensor has unknown GGML type id 99"),
         ("unsupported_type", r"'blk.0.attn_q.weight': tensor type I32 is not supported"),
-        ("tokenizer", r"tokenizer.ggml.pre='qwen2' is not supported"),
+        ("tokenizer", r"tokenizer.ggml.pre='no-such-pre' is not supported"),
         ("missing", r"GGUF file not found"),
     ],
 )
@@ -173,7 +173,7 @@ def test_a_bad_gguf_is_exit_2_naming_the_problem(tmp_path: Path, breakage: str, 
     write_tiny_gguf(
         path,
         arch="gpt2" if breakage == "arch" else "llama",
-        pre="qwen2" if breakage == "tokenizer" else "smollm",
+        pre="no-such-pre" if breakage == "tokenizer" else "smollm",
     )
     if breakage == "truncated":
         os.truncate(path, path.stat().st_size - 100)

@@ -142,7 +142,7 @@ def test_a_block_type_fixes_the_format_fields_from_the_gguf_tables() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"blocks": "Q5_0"}, r"blocks='Q5_0'; allowed: \['Q4_0', 'Q4_1', 'Q8_0'\]"),
+        ({"blocks": "Q5_0"}, r"blocks='Q5_0'; allowed: \['Q4_0', 'Q4_1', 'Q8_0', 'file'\]"),
         (
             {"blocks": "Q8_0", "bits": 4, "group_size": 32, "storage": "native"},
             r"blocks=Q8_0 stores .*got \{'bits': 4\}",

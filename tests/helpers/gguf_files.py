@@ -51,10 +51,11 @@ MERGES = ["Ġ t", "h e", "Ġt he", "Ġ c", "a t", "Ġc at", "1 2", "Ġ s"]
 TOKENS = ["<|endoftext|>", *_bytes_to_unicode(), *(m.replace(" ", "") for m in MERGES)]
 
 
-def tiny_model(tied: bool, seed: int = 0, rope: dict | None = None) -> Any:
-    """The tests' tiny Llama with this file's vocabulary (the GGUF tokenizer's)."""
+def tiny_model(tied: bool, seed: int = 0, rope: dict | None = None, **shape: Any) -> Any:
+    """The tests' tiny Llama with this file's vocabulary (the GGUF tokenizer's); `shape`:
+    transformers config overrides (`hidden_size`, `intermediate_size`)."""
     return tiny_llama(
-        seed=seed, tied=tied, vocab_size=len(TOKENS), rms_norm_eps=1e-6, rope_scaling=rope
+        seed=seed, tied=tied, vocab_size=len(TOKENS), rms_norm_eps=1e-6, rope_scaling=rope, **shape
     )
 
 
@@ -97,21 +98,27 @@ def write_tiny_gguf(
     pre: str = "smollm",
     seed: int = 0,
     rope: dict | None = None,
+    hidden: int = HIDDEN,
+    ffn: int = FFN,
 ) -> transformers.LlamaForCausalLM:
     """A tiny Llama as a GGUF file (types: GGUF tensor kind -> type; default MIXED);
-    with `rope` (Llama 3 scaling), llama.cpp's `rope_freqs` tensor in its place."""
+    with `rope` (Llama 3 scaling), llama.cpp's `rope_freqs` tensor in its place; `hidden`
+    and `ffn` widen it (rows of 256 for K-quants)."""
     types = MIXED if types is None else types
-    model = tiny_model(tied, seed, rope)
+    shape = {}
+    if (hidden, ffn) != (HIDDEN, FFN):
+        shape = {"hidden_size": hidden, "intermediate_size": ffn, "head_dim": hidden // HEADS}
+    model = tiny_model(tied, seed, rope, **shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny")
     writer.add_block_count(LAYERS)
     writer.add_context_length(2048)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(FFN)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_dimension_count(HEAD_DIM)
+    writer.add_rope_dimension_count(hidden // HEADS)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_vocab_size(len(TOKENS))

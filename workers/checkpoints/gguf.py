@@ -151,6 +151,16 @@ def lazy_gguf(
     with `blocks` (a block type), the linears as the file's own `StoredBlocks`; `cfg`:
     as for `open_gguf`."""
     ckpt = open_gguf(path, cfg)
+    if blocks == AS_STORED:
+        kept = stored_types(ckpt)
+        return LazyTensors(
+            {
+                name: functools.partial(
+                    _as_stored if name in kept else _dequantized, ckpt, name, tensor
+                )
+                for name, tensor in ckpt.tensors.items()
+            }
+        )
     if blocks is not None:
         check_blocks(ckpt, blocks)
     return LazyTensors(
@@ -428,6 +438,51 @@ def _stored_blocks(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks
     else:
         minimum = _exact_float16(scale, -block.zero, ckpt.path, name)
     return StoredBlocks(kind, np.ascontiguousarray(q.reshape(rows, -1)), scale, minimum)
+
+
+# `Variant.blocks` of the variant that keeps every matrix in the type the file holds it
+AS_STORED = "file"
+_FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+def stored_types(ckpt: GgufCheckpoint) -> dict[str, str]:
+    """The matrices (linears, embedding, lm_head) the `gguf` variant keeps as stored, and
+    their types: every block-quantized one. A block type it cannot run is refused, naming
+    the tensors; float matrices stay float32 and are not listed."""
+    from workers.checkpoints.ggml_types import unpackable
+
+    kept, refused = {}, {}
+    for name, tensor in ckpt.tensors.items():
+        kind = tensor.tensor_type.name
+        if len(tensor.shape) != 2 or kind in _FLOAT_TYPES:  # a norm, or a float matrix
+            continue
+        (kept if kind in unpackable() else refused)[name] = kind
+    if refused:
+        listed = ", ".join(f"{_gguf_name(n)} ({k})" for n, k in list(refused.items())[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise CheckpointError(
+            f"{ckpt.path}: the gguf variant keeps every matrix as stored, but {listed}{more} "
+            f"are of types it cannot run as stored (it runs {', '.join(unpackable())}); pick "
+            "a variant that quantizes (e.g. int4-fac-g32), which dequantizes them first"
+        )
+    return kept
+
+
+def _as_stored(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks:
+    """One matrix in the grouped affine form of its own type (the `gguf` variant), its
+    rows un-permuted whole: q, float32 scale and minimum, and the offset."""
+    from workers.checkpoints.ggml_types import unpack
+
+    rows = int(tensor.shape[1])
+    raw = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
+    cfg = ckpt.config
+    if name.endswith("self_attn.q_proj.weight"):  # whole rows of blocks move
+        raw = _unpermute(raw, cfg.num_attention_heads)
+    elif name.endswith("self_attn.k_proj.weight"):
+        raw = _unpermute(raw, cfg.num_key_value_heads)
+    kind = tensor.tensor_type.name
+    u = unpack(kind, raw)
+    return StoredBlocks(kind, u.q, u.scale, u.minimum, u.offset)
 
 
 def _float16(pairs: np.ndarray) -> np.ndarray:

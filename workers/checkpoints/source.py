@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from workers.checkpoints.gguf import AS_STORED, find_gguf, lazy_gguf, open_gguf, stored_types
 from workers.checkpoints.gguf import check_blocks as check_gguf_blocks
-from workers.checkpoints.gguf import find_gguf, lazy_gguf, open_gguf
 from workers.checkpoints.safetensors import (
     check_safetensors,
     checkpoint_files,
@@ -92,7 +92,10 @@ def check_blocks(path: str | Path | None, blocks: str) -> None:
             f"a variant with blocks={blocks} keeps a GGUF checkpoint's own {blocks} blocks, but "
             f"{what}; pass model.path=FILE.gguf, or pick a variant that quantizes"
         )
-    check_gguf_blocks(open_gguf(file), blocks)
+    if blocks == AS_STORED:
+        stored_types(open_gguf(file))  # raises: a type the gguf variant cannot run
+    else:
+        check_gguf_blocks(open_gguf(file), blocks)
 
 
 def checkpoint_config(path: str | Path) -> LlamaConfig:
@@ -188,3 +191,13 @@ def resolve_repo(repo: str) -> Path:
             f"(`huggingface-cli download {repo}`), or set HF_HOME to the cache that holds it, "
             "or pass the checkpoint folder as model.path=DIR"
         ) from None
+
+
+def file_blocks(path: str | Path | None) -> dict[str, str]:
+    """The matrices a GGUF file holds block-quantized, and their types: what the `gguf`
+    variant keeps as stored (`Variant.stored_as`). Refuses a type it cannot run, and a
+    checkpoint that is not a GGUF file, naming them."""
+    file = gguf_file(path) if path is not None else None
+    if file is None:
+        check_blocks(path, AS_STORED)  # raises: not a GGUF file
+    return stored_types(open_gguf(file))

@@ -27,10 +27,13 @@ class StoredBlocks:
     minimum as the value at q = 0 (Q4_1's own m; -8 d or -128 d where the format has none).
     """
 
-    kind: str  # the file's block type: "Q4_0", "Q4_1", "Q8_0"
+    kind: str  # the file's block type: "Q4_0", "Q4_1", "Q8_0" (the `gguf` variant: any)
     q: np.ndarray  # [rows, K] uint8
-    scale: np.ndarray  # [rows, K / B] float16
-    minimum: np.ndarray  # [rows, K / B] float16
+    scale: np.ndarray  # [rows, K / B] float16 (the `gguf` variant: float32)
+    minimum: np.ndarray  # [rows, K / B] float16 (the `gguf` variant: float32)
+    # the q whose value `minimum` is (the `gguf` variant's Q4_0, Q5_0, Q8_0, Q6_K: their
+    # zero, with minimum 0; workers/checkpoints/ggml_types.py)
+    offset: int = 0
 
 
 class LazyTensors:

@@ -1,5 +1,12 @@
 """A checkpoint's tokenizer as a `tokenizers.Tokenizer`: its `tokenizer.json`, or one
-rebuilt from a GGUF file's `tokenizer.ggml.*` metadata."""
+rebuilt from a GGUF file's `tokenizer.ggml.*` metadata.
+
+A GGUF vocabulary is rebuilt by hand where this module knows its pre-tokenizer
+(byte-level BPE: `_GPT2_PRE`, each checked against llama.cpp's `llama_tokenize`); every
+other one, SentencePiece (`tokenizer.ggml.model = llama`) included, by transformers' own
+GGUF converter (`convert_gguf_tokenizer`: needs numpy, tokenizers and gguf, not torch),
+with llama.cpp's BOS rule. tests/test_gguf_tokenizers.py checks both against llama.cpp.
+"""
 
 from __future__ import annotations
 
@@ -45,20 +52,71 @@ def gguf_tokenizer(path: str | Path) -> Any:
     path = Path(path)
     fields, _ = _parsed(path)
     kind, pre = fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre", "default")
-    if kind != "gpt2":
-        raise CheckpointError(
-            f"{path}: tokenizer.ggml.model={kind!r} is not supported; only 'gpt2' (byte-level BPE)"
-        )
-    if pre not in _GPT2_PRE:
-        raise CheckpointError(
-            f"{path}: tokenizer.ggml.pre={pre!r} is not supported; supported: {list(_GPT2_PRE)}"
-        )
+    if kind != "gpt2" or pre not in _GPT2_PRE:
+        return _converted_tokenizer(path, kind, pre)
     tokens, merges = fields.get("tokenizer.ggml.tokens"), fields.get("tokenizer.ggml.merges")
     if not tokens or merges is None:
         raise CheckpointError(f"{path}: tokenizer.ggml.tokens or tokenizer.ggml.merges is missing")
     return _bpe_tokenizer(
         tokens, merges, fields.get("tokenizer.ggml.token_type"), pre, _bos(fields, tokens)
     )
+
+
+# architectures whose SentencePiece vocabulary transformers shapes itself (its own rules)
+_LIBRARY_SENTENCEPIECE = ("gemma", "gemma2", "gemma3", "phi3")
+
+
+def _converted_tokenizer(path: Path, kind: Any, pre: Any) -> Any:
+    """transformers' GGUF converter (SentencePiece, and the byte-level pre-tokenizers it
+    knows); BOS prepended as llama.cpp does (`add_bos_token`, on by default for a
+    SentencePiece vocabulary)."""
+    from tokenizers import normalizers
+    from tokenizers.processors import TemplateProcessing
+
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_PRE_TOKENIZER_SPLITS,
+            convert_gguf_tokenizer,
+            get_gguf_tokenizer,
+        )
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.model={kind!r}, pre={pre!r} needs transformers' GGUF "
+            "converter (`transformers.integrations.gguf`, transformers 5: checked with 5.25; not "
+            "torch); without it only 'gpt2' with pre-tokenizer "
+            f"{list(_GPT2_PRE)} is rebuilt"
+        ) from None
+    if kind == "gpt2" and pre not in GGUF_PRE_TOKENIZER_SPLITS:  # llama.cpp refuses it too
+        known = sorted({*_GPT2_PRE, *GGUF_PRE_TOKENIZER_SPLITS})
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.pre={pre!r} is not supported; supported: {known}"
+        )
+    try:
+        architecture, tokenizer_dict, tokenizer_config = get_gguf_tokenizer(str(path))
+        tok, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"{path}: tokenizer.ggml.model={kind!r}, pre={pre!r}: transformers cannot build it "
+            f"({e})"
+        ) from None
+    if kind == "llama" and architecture not in _LIBRARY_SENTENCEPIECE:
+        # llama.cpp's SentencePiece: a space before the text (add_space_prefix, on unless
+        # the file says otherwise), then every space as U+2581, and no split into words;
+        # transformers' Metaspace differs on text that starts with a space
+        prefix = tokenizer_dict.get("add_prefix_space", True)
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("\u2581")] * bool(prefix) + [normalizers.Replace(" ", "\u2581")]
+        )
+        tok.pre_tokenizer = None
+    bos = tokenizer_config.get("bos_token")
+    if tokenizer_config.get("add_bos_token") and bos is not None:
+        bos_id = tokenizer_dict["tokens"].index(bos)
+        tok.post_processor = TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1", special_tokens=[(bos, bos_id)]
+        )
+    else:
+        tok.post_processor = None
+    return tok
 
 
 def _bos(fields: dict[str, Any], tokens: list[str]) -> tuple[str, int] | None:

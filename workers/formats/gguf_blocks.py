@@ -21,6 +21,14 @@ filled in, and a variant that sets one otherwise is refused. The embedding, the 
 matrix and the norms are the file's values in float32; a checkpoint that is not GGUF,
 or whose linears are of another type, is refused by name
 (`workers.checkpoints.source.check_blocks`).
+
+`blocks: file` (the `gguf` variant) keeps every matrix in the type the file holds it,
+each with its own group, bits and offset (`workers.checkpoints.ggml_types`: Q4_0 to
+Q8_0, Q2_K to Q6_K), and the token embedding and output matrix as stored too, so a
+Q4_K_M file runs with its own mix. The variant is made for one file
+(`Variant.stored_as(file_blocks(path))`, in the driver;
+`workers.checkpoints.source.file_blocks`), since the graph's arguments
+follow the file's types.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workers.checkpoints.gguf import kept_block_types
+from workers.checkpoints.gguf import AS_STORED, kept_block_types
 from workers.checkpoints.tensors import StoredBlocks
 
 if TYPE_CHECKING:
@@ -39,8 +47,18 @@ if TYPE_CHECKING:
 def block_fields(blocks: str, where: str) -> dict[str, Any]:
     """The variant fields a block type fixes."""
     types = kept_block_types()
+    if blocks == AS_STORED:
+        # per tensor, its type's group, bits and offset (`Variant.tensor_blocks`); these
+        # are the widest: ui8 integers, float32 scales (exact for every type)
+        return {
+            "bits": 8,
+            "group_size": 32,
+            "storage": "native",
+            "scale_dtype": "float32",
+            "quantize_embedding": False,
+        }
     if blocks not in types:
-        raise ValueError(f"{where}: blocks={blocks!r}; allowed: {list(types)}")
+        raise ValueError(f"{where}: blocks={blocks!r}; allowed: {[*types, AS_STORED]}")
     block = types[blocks]
     return {
         "bits": block.bits,
@@ -60,8 +78,9 @@ def stored_blocks(
             f"variant {variant.name!r} keeps a GGUF file's own {variant.blocks} blocks, but "
             f"{name} came as {type(source).__name__}: the checkpoint is not GGUF"
         )
-    if source.kind != variant.blocks:
+    expected = variant.block_of(name)
+    if source.kind != expected or source.offset != variant.offset_of(name):
         raise ValueError(
-            f"variant {variant.name!r}: {name} is stored as {source.kind}, not {variant.blocks}"
+            f"variant {variant.name!r}: {name} is stored as {source.kind}, not {expected}"
         )
     return source.q, source.scale, source.minimum

@@ -46,6 +46,8 @@ import json
 
 import numpy as np
 
+from workers.checkpoints.ggml_types import TypeLayout, type_layout
+from workers.checkpoints.gguf import AS_STORED
 from workers.core.config import EMBEDDING, LM_HEAD, LlamaConfig, expected_shapes, is_linear
 from workers.core.kinds import Dequant, Layout, check
 from workers.formats.base import Format, contraction_axis
@@ -122,8 +124,14 @@ class Variant:
     dequant: str = Dequant.DIRECT
     # A GGUF checkpoint's own blocks for the linears ("Q4_0", "Q4_1", "Q8_0"), not
     # requantized (workers/formats/gguf_blocks.py; the type fixes bits, group_size,
-    # storage and scale_dtype); None: the linears are quantized here from float values.
+    # storage and scale_dtype); "file": every matrix in the type the file holds it
+    # (`tensor_blocks`); None: the linears are quantized here from float values.
     blocks: str | None = None
+    # With blocks: file, the file's block-quantized matrices and their types, as
+    # "name:TYPE" (`stored_as`, in the driver; plain strings, which OmegaConf takes): each
+    # has its type's group, bits and offset (workers/checkpoints/ggml_types.py); the
+    # others stay float32.
+    tensor_blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"variant {self.name!r}"
@@ -202,6 +210,36 @@ class Variant:
         for k, v in fields.items():
             object.__setattr__(self, k, v)
 
+    def stored_as(self, types: dict[str, str]) -> Variant:
+        """A `blocks: file` variant made for one file: its matrices' types (`file_blocks`)."""
+        assert self.blocks == AS_STORED, "only the gguf variant takes a file's types"
+        pairs = tuple(f"{name}:{kind}" for name, kind in sorted(types.items()))
+        return dataclasses.replace(self, tensor_blocks=pairs)
+
+    @property
+    def as_stored(self) -> bool:
+        """Every matrix in the type its file holds it (`blocks: file`)."""
+        return self.blocks == AS_STORED
+
+    def _tensor_types(self) -> dict[str, str]:
+        if not self.tensor_blocks:
+            raise ValueError(
+                f"variant {self.name!r} keeps a GGUF file's matrices as stored, so its "
+                "arguments follow the file: make it with `stored_as(file_blocks(path))`"
+            )
+        return _types_of(self.tensor_blocks)
+
+    def block_of(self, name: str) -> str | None:
+        """The GGUF type a tensor is kept in as stored: the variant's `blocks`, or for
+        `blocks: file` the file's own type of that tensor; None: not kept as blocks."""
+        if self.as_stored:
+            return self._tensor_types().get(name)
+        return self.blocks if self.blocks is not None and self.quantizes(name) else None
+
+    def _layout_of(self, name: str) -> TypeLayout | None:
+        kind = self.block_of(name) if self.as_stored else None
+        return type_layout(kind) if kind is not None else None
+
     @property
     def fingerprint(self) -> str:
         """A short hash of the whole definition: two variants that hold different numbers
@@ -221,6 +259,8 @@ class Variant:
     def llamacpp_type(self) -> str:
         """The llama.cpp tensor type nearest to the variant's linears (its format's answer;
         a GGUF file's own blocks: that very type), for the llama.cpp baseline."""
+        if self.as_stored:  # the file itself: its mix of types
+            return "+".join(sorted(set(self._tensor_types().values())))
         return self.blocks or self.format.llamacpp_type(self)
 
     def format_of(self, name: str) -> Format:
@@ -252,6 +292,8 @@ class Variant:
     def bits_of(self, name: str) -> int | None:
         """The bits a quantized tensor is stored in: `embedding_bits` for the embedding
         and lm_head where given, else `bits`."""
+        if (stored := self._layout_of(name)) is not None:
+            return stored.storage_bits
         if name in (EMBEDDING, LM_HEAD) and self.embedding_bits is not None:
             return self.embedding_bits
         return self.bits
@@ -273,11 +315,15 @@ class Variant:
         """True for the checkpoint tensors this variant quantizes."""
         if not self.quantized:
             return False
+        if self.as_stored:
+            return name in self._tensor_types()
         return is_linear(name) or (self.quantize_embedding and name in (EMBEDDING, LM_HEAD))
 
     def group_of(self, name: str) -> int | None:
         """The quantization group of a tensor: the embedding's is `embedding_group_size`
-        (None: per vocabulary row)."""
+        (None: per vocabulary row); a tensor kept as stored: its type's."""
+        if (stored := self._layout_of(name)) is not None:
+            return stored.group
         return self.embedding_group_size if name in (EMBEDDING, LM_HEAD) else self.group_size
 
     def factors(self, name: str) -> bool:
@@ -290,7 +336,10 @@ class Variant:
 
     def offset_of(self, name: str) -> int:
         """The integer whose value the stored minimum is: the centre for a factored tensor
-        quantized here (folded in on the host), else 0 (the true minimum; a GGUF block's m)."""
+        quantized here (folded in on the host), else 0 (the true minimum; a GGUF block's m);
+        a tensor kept as stored: its type's (`workers.checkpoints.ggml_types`)."""
+        if (stored := self._layout_of(name)) is not None:
+            return stored.offset
         return 0 if self.blocks is not None else self.centre_of(name)
 
     def check_model(self, cfg: LlamaConfig) -> None:
@@ -363,11 +412,18 @@ def _fingerprint(variant: Variant) -> str:
         del fields["dequant"]
     if variant.blocks is None:  # likewise
         del fields["blocks"]
+    if not variant.tensor_blocks:  # likewise
+        del fields["tensor_blocks"]
     for field in ("embedding_group_size", "embedding_bits"):  # likewise
         if fields[field] is None:
             del fields[field]
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.cache  # asked once per tensor per question: parsed once
+def _types_of(tensor_blocks: tuple[str, ...]) -> dict[str, str]:
+    return dict(pair.rsplit(":", 1) for pair in tensor_blocks)
 
 
 def check_layout(layout: str) -> None:

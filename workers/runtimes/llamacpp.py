@@ -8,7 +8,8 @@ the same host lock. Only the model file differs: llama.cpp runs GGUF.
 
 Which file (`model_file`): the variant's nearest llama.cpp type (`Variant.llamacpp_type`:
 F32, BF16, Q8_0 for 8-bit, Q4_1 for our asymmetric 4-bit; Q4_0 would be a symmetric
-one, which no variant here is). A GGUF checkpoint whose per-layer linears already
+one, which no variant here is; the `gguf` variant: the file itself, its mix of types).
+A GGUF checkpoint whose per-layer linears already
 hold that type is used as it is: the very bits llama.cpp users run. Otherwise the
 checkpoint's (or the seed's) float32 weights are written as an F32 GGUF
 (`workers.checkpoints.gguf.write_gguf`) and quantized by llama.cpp's own quantizer
@@ -122,6 +123,9 @@ def model_file(
 
     kind = variant.llamacpp_type
     own = find_gguf(source.path) if source.path else None
+    if variant.as_stored:  # the gguf variant: the very file, whatever its mix of types
+        assert own is not None, "the gguf variant's file was checked in the driver"
+        return own, kind
     if own is not None and set(tensor_types(own)) == {kind}:
         return own, kind
     folder = (cache_dir or Path(os.environ.get("TMPDIR", "/tmp"))) / "llamacpp"
