@@ -64,13 +64,13 @@ class PerToken(Format):
             variant.group_size is not None
             or variant.storage != "native"
             or variant.bits != 8
-            or variant.quantize_embedding
+            or (variant.quantize_embedding and variant.embedding_group_size is not None)
         ):
             raise ValueError(
                 f"{where}: dequant={self.name} needs bits=8, group_size=null (one scale per "
                 "output channel: a second reduction dimension is never packed), "
-                "storage=native (the integers as a ui8 tensor) and the embedding in float "
-                "(quantize_embedding=false: a lookup table, not a contraction)"
+                "storage=native (the integers as a ui8 tensor) and a quantized embedding "
+                "per vocabulary row (embedding_group_size=null)"
             )
 
     def centre(self, variant: Variant, name: str) -> int:
