@@ -139,6 +139,24 @@ def test_a_written_gguf_gives_transformers_greedy_tokens(
     assert _our_greedy(path, prompt) == tokens
 
 
+@pytest.mark.slow
+def test_llamacpp_decodes_transformers_greedy_tokens(family, tmp_path: Path) -> None:
+    """The llama.cpp runtime on the F32 GGUF the worker writes from the directory: each
+    architecture's tensors, metadata and (absent) permutation as llama.cpp reads them."""
+    from tests.helpers import device
+    from workers.core.kinds import Runtime
+    from workers.point import PointWorker
+    from workers.tasks import BenchTask, DecodeSteps, ModelSource
+
+    model_type, directory, model = family
+    source = ModelSource(name=model_type, path=str(directory))
+    steps = DecodeSteps(warmup_steps=0, decode_steps=NUM_TOKENS - 1, prefill_runs=1)
+    task = BenchTask(variant("fp32"), Runtime.LLAMACPP, source.weights_id(), 8, 8, 64, steps)
+    m = PointWorker(device("cpu"), source, str(tmp_path)).run(task)
+    assert list(m.tokens) == _greedy(model, np.asarray(m.prompt_ids, np.int32))
+    assert m.tokens == m.reference_tokens  # and our XLA graph's
+
+
 def test_quantized_variants_keep_biases_and_head_norms_float() -> None:
     cfg = dataclasses.replace(
         preset("tiny"), architecture="qwen3", attention_bias=True, qk_norm=True
