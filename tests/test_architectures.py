@@ -185,6 +185,26 @@ def test_other_hf_architectures_are_refused_by_name(tmp_path: Path, model_type: 
         check_checkpoint(tmp_path)
 
 
+def test_biases_the_graph_lacks_are_refused(tmp_path: Path, family) -> None:
+    """transformers' attention_bias on llama or qwen3 biases o_proj too; a llama GGUF with
+    q/k/v biases would lose them: both are refused, naming what is not supported."""
+    model_type, directory, _ = family
+    raw = json.loads((directory / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "mlp_bias": True}))
+    if model_type == "qwen2":  # its q/k/v biases are the architecture's; the MLP's are not
+        with pytest.raises(CheckpointError, match="mlp_bias"):
+            check_checkpoint(tmp_path)
+        cfg = check_checkpoint(directory)
+        path = tmp_path / "as-llama.gguf"
+        write_gguf(path, dataclasses.replace(cfg, architecture="llama"), lazy_checkpoint(directory))
+        with pytest.raises(CheckpointError, match="bias tensors the llama graph.*attn_k.bias"):
+            check_checkpoint(path)
+    else:
+        (tmp_path / "config.json").write_text(json.dumps({**raw, "attention_bias": True}))
+        with pytest.raises(CheckpointError, match="attention_bias: true"):
+            check_checkpoint(tmp_path)
+
+
 def test_other_gguf_architectures_are_refused_by_name(tmp_path: Path) -> None:
     import gguf
 

@@ -149,7 +149,16 @@ def open_gguf(path: str | Path, cfg: LlamaConfig | None = None) -> GgufCheckpoin
     tensors = {}
     for hf_name, shape in expected_shapes(cfg).items():
         tensors[hf_name] = _checked_tensor(path, by_name, _gguf_name(hf_name), shape)
+    if unused := sorted(n for n in by_name if n.endswith(".bias") and n not in _names(tensors)):
+        raise CheckpointError(
+            f"{path}: bias tensors the {cfg.architecture} graph has no place for: "
+            f"{', '.join(unused[:4])}{' ...' if len(unused) > 4 else ''}"
+        )
     return GgufCheckpoint(path, cfg, tensors)
+
+
+def _names(tensors: dict[str, Any]) -> set[str]:
+    return {tensor.name for tensor in tensors.values()}
 
 
 def lazy_gguf(

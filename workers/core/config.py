@@ -47,6 +47,8 @@ HF_MODEL_TYPES: dict[str, str] = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
 }
+# Hugging Face keys for biases the graph does not have (refused when true).
+_BIAS_KEYS: tuple[str, ...] = ("attention_bias", "mlp_bias")
 # Families seen among small GGUFs that the graph does not take yet, named when refused.
 REFUSED_ARCHITECTURES: tuple[str, ...] = ("phi3", "gemma", "gemma2", "gemma3")
 
@@ -128,6 +130,14 @@ class LlamaConfig:
                 f"supported model types: {sorted(HF_MODEL_TYPES)} (their *ForCausalLM); "
                 f"not yet: {list(REFUSED_ARCHITECTURES)}"
             )
+        # transformers' attention_bias also biases o_proj (llama, qwen3), mlp_bias the MLP:
+        # neither is in the graph (qwen2's q/k/v biases are its architecture's, no key).
+        refused = _BIAS_KEYS[1:] if architecture == "qwen2" else _BIAS_KEYS
+        if biased := [k for k in refused if raw.get(k)]:
+            raise ValueError(
+                f"{source}: {', '.join(f'{k}: true' for k in biased)}: biases on the "
+                "output projection or the MLP are not supported"
+            )
         try:
             heads = int(raw["num_attention_heads"])
             hidden = int(raw["hidden_size"])
@@ -145,7 +155,7 @@ class LlamaConfig:
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
                 max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
                 architecture=architecture,
-                attention_bias=architecture == "qwen2" or bool(raw.get("attention_bias", False)),
+                attention_bias=architecture == "qwen2",
                 qk_norm=architecture == "qwen3",
             )
         except KeyError as e:
