@@ -44,14 +44,16 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
-def _greedy(model: transformers.PreTrainedModel, prompt: np.ndarray) -> list[int]:
+def _greedy(
+    model: transformers.PreTrainedModel, prompt: np.ndarray, num_tokens: int = NUM_TOKENS
+) -> list[int]:
     input_ids = torch.from_numpy(prompt.astype(np.int64))[None]
     with torch.no_grad():
         out = model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=NUM_TOKENS,
-            min_new_tokens=NUM_TOKENS,
+            max_new_tokens=num_tokens,
+            min_new_tokens=num_tokens,
             do_sample=False,
             pad_token_id=0,
             eos_token_id=None,
@@ -216,3 +218,29 @@ def test_other_gguf_architectures_are_refused_by_name(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(CheckpointError, match="'phi3' \\(not yet.*llama, qwen2, qwen3"):
         check_checkpoint(path)
+
+
+@pytest.mark.slow  # a real Ray cluster and iree-compile
+def test_a_sweep_on_a_qwen3_directory_gives_transformers_tokens(
+    ray_cluster, tmp_path: Path, shared_cache: Path
+) -> None:
+    """The IREE path end to end on a tiny qwen3 directory: fp32 and int8 points ok, fp32's
+    compiled tokens transformers' own, the rows and the report's header say qwen3."""
+    from sweep.readers import report
+    from tests.helpers import sweep
+
+    model = tiny_causal_lm("qwen3", seed=7, head_dim=32)
+    model.save_pretrained(tmp_path / "qwen3", safe_serialization=True)
+    outcome, printed = sweep(
+        tmp_path, shared_cache, "+grid=smoke", "~grid.flag_sets.O3", "grid.variants=[fp32,int8]",
+        "grid.prompt_lengths=[8]", f"model.path={tmp_path / 'qwen3'}",
+    )  # fmt: skip
+    assert outcome.exit_code == 0, printed
+    rows = {r["variant"]: r for r in outcome.rows}
+    assert {v: r["status"] for v, r in rows.items()} == {"fp32": "ok", "int8": "ok"}
+    assert {r["architecture"] for r in rows.values()} == {"qwen3"}
+    fp32 = rows["fp32"]
+    assert fp32["tokens"] == _greedy(model, np.asarray(fp32["prompt_ids"]), len(fp32["tokens"]))
+    out = tmp_path / "report.md"
+    assert report.main(["--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+    assert "architecture: qwen3" in out.read_text().splitlines()[0]
