@@ -311,7 +311,7 @@ def _run_on_ray(
         ),
         alive_nodes(),
         model_cfg,
-        RunContext(run_id, cfg.grid.name, versions()),
+        RunContext(run_id, cfg.grid.name, versions(), model_cfg.architecture),
         sink,
         max_retries=cfg.bench.max_retries,
         point_timeout_s=cfg.bench.point_timeout_s,
@@ -438,7 +438,8 @@ def print_summary(rows: list[dict[str, Any]], out: Any, priority: int | None = N
         ),
     )
     if ok:
-        header = analysis.constant_columns(ok, (Col.MODEL,))  # which weights: the header line
+        # which weights, of which family: the header line
+        header = analysis.constant_columns(ok, (Col.MODEL, Col.ARCHITECTURE))
         repeated = any(r.get(analysis.NUM_REPEATS) for r in ok)
         columns = [
             *SUMMARY_COLUMNS[:-1],

@@ -156,7 +156,7 @@ def _patch_tensor_type(path: Path, name: str, value: int) -> None:
 @pytest.mark.parametrize(
     ("breakage", "named"),
     [
-        ("arch", r"general.architecture='gpt2': only 'llama'"),
+        ("arch", r"general.architecture='gpt2': supported GGUF architectures: llama, qwen2"),
         ("truncated", r"truncated: the GGUF file needs at least \d+ bytes but has \d+"),
         ("header", r"truncated"),
         ("unknown_type", r"a tensor has unknown GGML type id 99"),

@@ -56,6 +56,9 @@ def test_a_measured_row_has_every_column_the_schema_knows_and_writes(tmp_path: P
         "local-task",
         None,
     )
+    assert row["architecture"] == "llama"  # the run's model's
+    qwen = dataclasses.replace(CTX, architecture="qwen3")
+    assert failure_row(point, qwen, "skipped", "x", attempt=1)["architecture"] == "qwen3"
     assert row["decode_ms_p50"] == 3.5 and row["tok_s"] == pytest.approx(1000 / 3.5)
     assert row["prefill_ms"] == 2.0, "time to first token is the median of the prefill runs"
     assert row["compile_s"] == 3.0 and row["num_dispatches"] == 42 and row["vmfb_bytes"] == 10

@@ -45,6 +45,7 @@ RUN_SHAPE: tuple[str, ...] = (
 POINT_COLUMNS: tuple[str, ...] = (
     Col.GRID,
     Col.MODEL,
+    Col.ARCHITECTURE,
     Col.VARIANT,
     Col.LAYOUT,
     Col.WEIGHTS,

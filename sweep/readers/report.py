@@ -327,7 +327,7 @@ def report(args: argparse.Namespace) -> None:
         from sweep.readers.plots import write_plots  # lazy: matplotlib costs a second
 
         out_dir = args.plots_dir or Path(args.results) / "plots" / run
-        context = analysis.constant_columns(rows, (Col.MODEL, Col.GRID))
+        context = analysis.constant_columns(rows, (Col.MODEL, Col.ARCHITECTURE, Col.GRID))
         title = "  ".join([*(f"{k} {v}" for k, v in context.items()), f"run {run}"])
         paths, notes = write_plots(rows, out_dir, title=title, dispatches=dispatches)
         for note in notes:

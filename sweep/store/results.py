@@ -48,7 +48,7 @@ from workers.core.kinds import Status
 if TYPE_CHECKING:
     import duckdb
 
-SCHEMA_VERSION: int = 9
+SCHEMA_VERSION: int = 10
 # What each version added; a file of an older version reads back with nulls there.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "the first schema",
@@ -65,6 +65,7 @@ SCHEMA_HISTORY: dict[int, str] = {
     "llamacpp_extra_bufts, llamacpp_flash_attn, llamacpp_n_ubatch",
     8: "num_concurrent",
     9: "weights, packed_at_load, packed_per_call, load_s, load_bytes, resident_bytes",
+    10: "architecture",
 }
 
 _REQUIRED = ("run_id", "point_key", "status", "created_at", "schema_version")
@@ -80,6 +81,7 @@ def _build_schema() -> pa.Schema:
         ("point_key", s),
         ("grid", s),
         ("model", s),
+        ("architecture", s),  # the model's family as llama.cpp names it: llama, qwen2, qwen3
         ("variant", s),
         ("layout", s),
         ("weights", s),  # IREE: the graphs' weights as arguments or parameters

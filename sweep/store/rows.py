@@ -35,6 +35,7 @@ class RunContext:
     run_id: str
     grid: str
     versions: dict[str, str]  # iree_version, jax_version, ray_version
+    architecture: str = "llama"  # the model's (LlamaConfig.architecture)
 
 
 def point_columns(point: Point, ctx: RunContext) -> Row:
@@ -43,6 +44,7 @@ def point_columns(point: Point, ctx: RunContext) -> Row:
         "point_key": point.key,
         "grid": ctx.grid,
         "model": point.model,
+        "architecture": ctx.architecture,
         "variant": point.variant.name,
         "layout": point.layout,
         "weights": point.weights,

@@ -145,7 +145,7 @@ TINY_CHECKPOINT = dataclasses.replace(
 # each test's own choice.
 TINY_LLAMA = {
     key: value
-    for key, value in dataclasses.asdict(TINY_CHECKPOINT).items()
+    for key, value in TINY_CHECKPOINT.to_dict().items()
     if key not in ("rms_norm_eps", "rope_theta", "rope_scaling", "tie_word_embeddings")
 }
 
@@ -179,6 +179,38 @@ def tiny_llama(
                 param.copy_(torch.randn_like(param) / math.sqrt(param.shape[-1]))
             elif "norm" in name:  # transformers inits norms to exactly 1.0
                 param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
+def tiny_causal_lm(model_type: str, *, seed: int = 0, tied: bool = True, **config: Any) -> Any:
+    """A random 2-layer transformers model of another family (`mistral`, `qwen2`,
+    `qwen3`) with TINY_CHECKPOINT's shapes: norms (per-head ones too) 1 + noise, biases
+    noise, so a graph that drops them gives other tokens, and the per-layer matrices at
+    twice unit gain (with a tied embedding at unit gain greedy decode otherwise repeats
+    the current token, as tests/test_model.py explains)."""
+    import torch
+    import transformers
+
+    classes = {
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }
+    config_class, model_class = classes[model_type]
+    torch.manual_seed(seed)
+    keys = {**TINY_LLAMA, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": tied}
+    # No special tokens: nothing in generate may stop early or mask a logit.
+    keys |= {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    model = model_class(config_class(**{**keys, **config})).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.copy_(0.5 * torch.randn_like(param))
+            elif param.ndim == 1:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))
+            else:
+                gain = 2.0 if ".layers." in name else 1.0
+                param.copy_(gain * torch.randn_like(param) / math.sqrt(param.shape[-1]))
     return model
 
 

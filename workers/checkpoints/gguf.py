@@ -6,12 +6,14 @@ Studio), usually already quantized. The `gguf` package (by the ggml authors, num
 parses the file and dequantizes its block formats; this module maps that onto what the
 rest of the project expects from `workers.checkpoints.source`:
 
-- hyper-parameters from the `llama.*` metadata into a `LlamaConfig`;
+- hyper-parameters from the `<architecture>.*` metadata into a `LlamaConfig`, for the
+  architectures the graph runs (`llama`, `qwen2`, `qwen3`; others refused by name);
 - tensors under their Hugging Face names, each dequantized to float32 only when asked
   for (one at a time, as with safetensors), shaped [out, in];
-- the rows of `attn_q` / `attn_k` un-permuted: llama.cpp's converter interleaves each
-  head's two rotary halves for its RoPE, the Hugging Face layout (and our graph) keeps
-  them as halves;
+- in a `llama` file, the rows of `attn_q` / `attn_k` un-permuted: llama.cpp's converter
+  interleaves each head's two rotary halves for its adjacent-pair RoPE, the Hugging Face
+  layout (and our graph) keeps them as halves; qwen2 and qwen3 use NEOX (half-split)
+  RoPE, so their files keep the Hugging Face order and are read as they are;
 - Llama 3.1-style RoPE scaling recovered from the `rope_freqs` tensor llama.cpp writes
   in its place;
 - the tokenizer rebuilt from `tokenizer.ggml.*` (GPT-2 style byte-level BPE);
@@ -38,8 +40,11 @@ import numpy as np
 
 from workers.checkpoints.tensors import CheckpointError, LazyTensors, StoredBlocks
 from workers.core.config import (
+    ARCHITECTURES,
     LINEARS,
     NORMS,
+    QK_NORMS,
+    REFUSED_ARCHITECTURES,
     LlamaConfig,
     RopeScaling,
     expected_shapes,
@@ -48,7 +53,8 @@ from workers.core.config import (
 )
 
 SUFFIX = ".gguf"
-ARCHITECTURE = "llama"
+# The one architecture whose q and k rows llama.cpp permutes for adjacent-pair RoPE.
+PERMUTED_ARCHITECTURE = "llama"
 # GGML tensor types this loader accepts: each is dequantized by `gguf.quants.dequantize`.
 SUPPORTED_TYPES: tuple[str, ...] = (
     "F32",
@@ -76,14 +82,16 @@ _LAYER_NAMES: dict[str, str] = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
 }
 _GLOBAL_NAMES: dict[str, str] = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
     "lm_head.weight": "output.weight",
 }
-assert set(_LAYER_NAMES) == {*LINEARS, *NORMS}
-# `llama.<key>` metadata -> the LlamaConfig field it holds, as llama.cpp writes it.
+assert set(_LAYER_NAMES) == {*LINEARS, *NORMS, *QK_NORMS}
+# `<architecture>.<key>` metadata -> the LlamaConfig field it holds, as llama.cpp writes it.
 _METADATA: dict[str, str] = {
     "block_count": "num_hidden_layers",
     "context_length": "max_position_embeddings",
@@ -141,7 +149,16 @@ def open_gguf(path: str | Path, cfg: LlamaConfig | None = None) -> GgufCheckpoin
     tensors = {}
     for hf_name, shape in expected_shapes(cfg).items():
         tensors[hf_name] = _checked_tensor(path, by_name, _gguf_name(hf_name), shape)
+    if unused := sorted(n for n in by_name if n.endswith(".bias") and n not in _names(tensors)):
+        raise CheckpointError(
+            f"{path}: bias tensors the {cfg.architecture} graph has no place for: "
+            f"{', '.join(unused[:4])}{' ...' if len(unused) > 4 else ''}"
+        )
     return GgufCheckpoint(path, cfg, tensors)
+
+
+def _names(tensors: dict[str, Any]) -> set[str]:
+    return {tensor.name for tensor in tensors.values()}
 
 
 def lazy_gguf(
@@ -245,20 +262,22 @@ class _Truncated(Exception):
 
 
 def _config(path: Path, fields: dict[str, Any], tied: bool) -> LlamaConfig:
-    """`llama.*` metadata -> LlamaConfig; other architectures are rejected by name."""
+    """`<architecture>.*` metadata -> LlamaConfig; other architectures are rejected by name."""
     arch = fields.get("general.architecture")
-    if arch != ARCHITECTURE:
+    if arch not in ARCHITECTURES:
+        later = " (not yet: the graph does not take it)" if arch in REFUSED_ARCHITECTURES else ""
         raise CheckpointError(
-            f"{path}: general.architecture={arch!r}: only {ARCHITECTURE!r} GGUF files are supported"
+            f"{path}: general.architecture={arch!r}{later}: supported GGUF architectures: "
+            f"{', '.join(ARCHITECTURES)}"
         )
 
     def get(key: str, default: Any = None) -> Any:
-        value = fields.get(f"{ARCHITECTURE}.{key}", default)
+        value = fields.get(f"{arch}.{key}", default)
         if value is None:
-            raise CheckpointError(f"{path}: metadata {ARCHITECTURE}.{key} is missing")
+            raise CheckpointError(f"{path}: metadata {arch}.{key} is missing")
         return value
 
-    scaling = fields.get(f"{ARCHITECTURE}.rope.scaling.type", "none")
+    scaling = fields.get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", "linear") or float(get("rope.scaling.factor", 1.0)) != 1.0:
         raise CheckpointError(
             f"{path}: RoPE scaling {scaling!r} (factor {get('rope.scaling.factor', 1.0)}) is "
@@ -268,7 +287,7 @@ def _config(path: Path, fields: dict[str, Any], tied: bool) -> LlamaConfig:
     head_dim = int(get("attention.key_length", hidden // heads))
     if int(get("rope.dimension_count", head_dim)) != head_dim:
         raise CheckpointError(
-            f"{path}: {ARCHITECTURE}.rope.dimension_count={get('rope.dimension_count')} differs "
+            f"{path}: {arch}.rope.dimension_count={get('rope.dimension_count')} differs "
             f"from the head size {head_dim}; partial rotary embeddings are not supported"
         )
     tokens = fields.get("tokenizer.ggml.tokens")
@@ -286,9 +305,12 @@ def _config(path: Path, fields: dict[str, Any], tied: bool) -> LlamaConfig:
             rope_scaling=None,
             tie_word_embeddings=tied,
             max_position_embeddings=int(get("context_length", 2048)),
+            architecture=arch,
+            attention_bias=arch == "qwen2",
+            qk_norm=arch == "qwen3",
         )
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: malformed {ARCHITECTURE} metadata ({e})") from None
+        raise CheckpointError(f"{path}: malformed {arch} metadata ({e})") from None
 
 
 def _llama3_scaling(path: Path, cfg: LlamaConfig, by_name: dict[str, Any]) -> RopeScaling | None:
@@ -338,8 +360,9 @@ def _llama3_scaling(path: Path, cfg: LlamaConfig, by_name: dict[str, Any]) -> Ro
 def _gguf_name(hf_name: str) -> str:
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
-    _, _, layer, rest = hf_name.split(".", 3)  # model.layers.N.<suffix>.weight
-    return f"blk.{layer}.{_LAYER_NAMES[rest.removesuffix('.weight')]}.weight"
+    _, _, layer, rest = hf_name.split(".", 3)  # model.layers.N.<suffix>.weight (or .bias)
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{layer}.{_LAYER_NAMES[module]}.{kind}"
 
 
 def _checked_tensor(path: Path, by_name: dict[str, Any], name: str, shape: tuple[int, ...]) -> Any:
@@ -368,11 +391,8 @@ def _dequantized(ckpt: GgufCheckpoint, name: str, tensor: Any) -> np.ndarray:
     shape = tuple(int(d) for d in reversed(tensor.shape))
     # np.array copies: the result must not keep the file's memmap alive.
     w = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
-    cfg = ckpt.config
-    if name.endswith("self_attn.q_proj.weight"):
-        w = _unpermute(w, cfg.num_attention_heads)
-    elif name.endswith("self_attn.k_proj.weight"):
-        w = _unpermute(w, cfg.num_key_value_heads)
+    if heads := _permuted_heads(ckpt.config, name):
+        w = _unpermute(w, heads)
     return np.ascontiguousarray(w)
 
 
@@ -421,11 +441,8 @@ def _stored_blocks(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks
     block = kept_block_types()[kind]
     rows = int(tensor.shape[1])
     raw = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
-    cfg = ckpt.config
-    if name.endswith("self_attn.q_proj.weight"):  # whole rows of blocks move
-        raw = _unpermute(raw, cfg.num_attention_heads)
-    elif name.endswith("self_attn.k_proj.weight"):
-        raw = _unpermute(raw, cfg.num_key_value_heads)
+    if heads := _permuted_heads(ckpt.config, name):  # whole rows of blocks move
+        raw = _unpermute(raw, heads)
     raw = raw.reshape(rows, -1, block.block_bytes)  # [rows, K / B, bytes]
     scale = _float16(raw[..., 0:2])
     packed = raw[..., block.header_bytes :]
@@ -501,6 +518,18 @@ def _exact_float16(scale: np.ndarray, factor: int, path: Path, name: str) -> np.
     return out
 
 
+def _permuted_heads(cfg: LlamaConfig, name: str) -> int | None:
+    """The heads whose rows llama.cpp permutes in `name` (q or k of a `llama` file), or
+    None: every other tensor, and every tensor of a NEOX-RoPE architecture (qwen2, qwen3)."""
+    if cfg.architecture != PERMUTED_ARCHITECTURE:
+        return None
+    if name.endswith("self_attn.q_proj.weight"):
+        return cfg.num_attention_heads
+    if name.endswith("self_attn.k_proj.weight"):
+        return cfg.num_key_value_heads
+    return None
+
+
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     """Undoes llama.cpp's converter: per head, rows (pairs of rotary halves interleaved)
     back to [first half; second half]."""
@@ -514,9 +543,10 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 def write_gguf(path: str | Path, cfg: LlamaConfig, tensors: LazyTensors) -> None:
     """Writes the model as an F32 GGUF file llama.cpp loads, one tensor at a time.
 
-    The inverse of reading: GGUF names, Q and K rows permuted as llama.cpp's converter
-    permutes them, Llama 3.1 RoPE scaling as a `rope_freqs` tensor. The vocabulary is
-    `tokenizer.ggml.model = none` with `llama.vocab_size` dummy tokens: the sweep feeds
+    The inverse of reading: the config's architecture, GGUF names, a `llama` file's Q and
+    K rows permuted as llama.cpp's converter permutes them, Llama 3.1 RoPE scaling as a
+    `rope_freqs` tensor. The vocabulary is `tokenizer.ggml.model = none` with
+    `<architecture>.vocab_size` dummy tokens: the sweep feeds
     llama.cpp token ids, never text, so the model needs no tokenizer of its own.
     Tensors are streamed (header first, then each one as it is made), so a 1B model
     never sits in memory whole; the file is written to a temporary name and renamed.
@@ -528,11 +558,11 @@ def write_gguf(path: str | Path, cfg: LlamaConfig, tensors: LazyTensors) -> None
     names = list(shapes)
     rope = rope_factors(cfg)
     tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCHITECTURE)
+    writer = gguf.GGUFWriter(str(tmp), cfg.architecture)
     types = {f.name: f.type for f in dataclasses.fields(cfg)}
     for key, field in _METADATA.items():
         add = writer.add_float32 if types[field] == "float" else writer.add_uint32
-        add(f"{ARCHITECTURE}.{key}", getattr(cfg, field))
+        add(f"{cfg.architecture}.{key}", getattr(cfg, field))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("none")
     f32 = np.dtype(np.float32)
@@ -565,12 +595,10 @@ def rope_factors(cfg: LlamaConfig) -> np.ndarray | None:
 
 
 def _permuted(cfg: LlamaConfig, name: str, w: np.ndarray) -> np.ndarray:
-    """A tensor as llama.cpp stores it: Q and K rows interleaved per head (`_unpermute`'s
-    inverse), C order."""
-    if name.endswith("self_attn.q_proj.weight"):
-        w = _permute(w, cfg.num_attention_heads)
-    elif name.endswith("self_attn.k_proj.weight"):
-        w = _permute(w, cfg.num_key_value_heads)
+    """A tensor as llama.cpp stores it: a `llama` file's Q and K rows interleaved per head
+    (`_unpermute`'s inverse), C order."""
+    if heads := _permuted_heads(cfg, name):
+        w = _permute(w, heads)
     return np.ascontiguousarray(w)
 
 
@@ -585,6 +613,6 @@ def tensor_types(path: str | Path) -> dict[str, int]:
     ckpt = open_gguf(path)
     types: dict[str, int] = {}
     for name, tensor in ckpt.tensors.items():
-        if name.startswith("model.layers.") and not name.endswith("layernorm.weight"):
+        if is_linear(name):
             types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
     return types

@@ -342,6 +342,7 @@ def graph_fingerprint(graph: GraphSpec) -> str:
     from workers.model.export import source_sha
 
     fields = dataclasses.asdict(graph)
+    fields["cfg"] = graph.cfg.to_dict()  # llama's without the architecture fields, as before
     if fields["weights"] == Weights.ARGUMENTS:
         fields.pop("weights")  # so the graphs from before the axis keep their memos
     spec = json.dumps(fields, sort_keys=True, default=str)

@@ -1,4 +1,11 @@
-"""The Llama 3.x architecture as a frozen dataclass, read from a Hugging Face `config.json`.
+"""The Llama 3.x architecture and its close kin as a frozen dataclass, read from a Hugging
+Face `config.json`.
+
+`architecture` names the family, as llama.cpp names it: `llama` (Llama 3.x, Mistral,
+TinyLlama), `qwen2` (Qwen2.5: a bias on q, k and v) and `qwen3` (an RMSNorm over each
+head of q and k before RoPE, and a head_dim of its own). The graph asks the two facts it
+needs, `attention_bias` and `qk_norm`, never the name. Other families (phi3's fused
+qkv, gemma's scaled embedding and extra norms) are refused by name.
 
 Everything downstream (weights, graphs, quantization) is a pure function of this
 config, so it is the one place that knows the Hugging Face key names. Presets give
@@ -28,6 +35,22 @@ LINEARS: tuple[str, ...] = (
     "mlp.down_proj",
 )
 NORMS: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+# The per-layer float vectors some architectures add: q, k, v biases (attention_bias)
+# and the per-head RMSNorms of q and k (qk_norm). Never quantized.
+BIASES: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+QK_NORMS: tuple[str, ...] = ("self_attn.q_norm", "self_attn.k_norm")
+# Architectures the graph runs (llama.cpp's names); Hugging Face `model_type` -> ours.
+ARCHITECTURES: tuple[str, ...] = ("llama", "qwen2", "qwen3")
+HF_MODEL_TYPES: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+}
+# Hugging Face keys for biases the graph does not have (refused when true).
+_BIAS_KEYS: tuple[str, ...] = ("attention_bias", "mlp_bias")
+# Families seen among small GGUFs that the graph does not take yet, named when refused.
+REFUSED_ARCHITECTURES: tuple[str, ...] = ("phi3", "gemma", "gemma2", "gemma3")
 
 
 def is_linear(name: str) -> bool:
@@ -59,8 +82,18 @@ class LlamaConfig:
     rope_scaling: RopeScaling | None = None
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 131072
+    # The family and what sets it apart from llama (see the module docstring); at their
+    # defaults they are left out of `to_dict`, so llama's hashes stay as they were.
+    architecture: str = "llama"
+    attention_bias: bool = False  # q, k and v have a bias (qwen2)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (qwen3)
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"model config: architecture {self.architecture!r} is not supported; "
+                f"supported: {list(ARCHITECTURES)} (refused: {list(REFUSED_ARCHITECTURES)})"
+            )
         for name in (
             "vocab_size",
             "hidden_size",
@@ -84,14 +117,26 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_dict(cls, raw: dict[str, Any], source: str = "config.json") -> LlamaConfig:
-        """Reads a Hugging Face Llama config; rejects other architectures by name."""
+        """Reads a Hugging Face config of a supported family (`HF_MODEL_TYPES`); rejects
+        other architectures by name."""
         raw = _legacy_rope_keys(raw)
         model_type = raw.get("model_type")
+        architecture = HF_MODEL_TYPES.get(model_type)  # type: ignore[arg-type]
         architectures = raw.get("architectures") or []
-        if model_type != "llama" or (architectures and "LlamaForCausalLM" not in architectures):
+        causal_lm = f"{str(model_type).capitalize()}ForCausalLM"
+        if architecture is None or (architectures and causal_lm not in architectures):
             raise ValueError(
                 f"{source}: model_type={model_type!r}, architectures={architectures}: "
-                "only Llama checkpoints (model_type 'llama', LlamaForCausalLM) are supported"
+                f"supported model types: {sorted(HF_MODEL_TYPES)} (their *ForCausalLM); "
+                f"not yet: {list(REFUSED_ARCHITECTURES)}"
+            )
+        # transformers' attention_bias also biases o_proj (llama, qwen3), mlp_bias the MLP:
+        # neither is in the graph (qwen2's q/k/v biases are its architecture's, no key).
+        refused = _BIAS_KEYS[1:] if architecture == "qwen2" else _BIAS_KEYS
+        if biased := [k for k in refused if raw.get(k)]:
+            raise ValueError(
+                f"{source}: {', '.join(f'{k}: true' for k in biased)}: biases on the "
+                "output projection or the MLP are not supported"
             )
         try:
             heads = int(raw["num_attention_heads"])
@@ -109,6 +154,9 @@ class LlamaConfig:
                 rope_scaling=_rope_scaling(raw, source),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
                 max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+                architecture=architecture,
+                attention_bias=architecture == "qwen2",
+                qk_norm=architecture == "qwen3",
             )
         except KeyError as e:
             raise ValueError(f"{source}: missing required key {e.args[0]!r}") from None
@@ -134,7 +182,16 @@ class LlamaConfig:
             raise ValueError(f"{path}: malformed Llama config ({e})") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, less the architecture's at their llama defaults: what identities
+        hash (weights ids, graph fingerprints), unchanged for llama by the new fields."""
+        fields = dataclasses.asdict(self)
+        for name in ("architecture", "attention_bias", "qk_norm"):
+            if fields[name] == _DEFAULTS[name]:
+                del fields[name]
+        return fields
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LlamaConfig)}
 
 
 def _legacy_rope_keys(raw: dict[str, Any]) -> dict[str, Any]:
@@ -194,6 +251,12 @@ def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
             shapes[f"{prefix}.{norm}.weight"] = (h,)
         for linear in LINEARS:
             shapes[f"{prefix}.{linear}.weight"] = linear_shapes[linear]
+        if cfg.attention_bias:
+            for linear in BIASES:
+                shapes[f"{prefix}.{linear}.bias"] = linear_shapes[linear][:1]
+        if cfg.qk_norm:
+            for norm in QK_NORMS:
+                shapes[f"{prefix}.{norm}.weight"] = (d,)
     shapes["model.norm.weight"] = (h,)
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, h)

@@ -371,7 +371,7 @@ class Variant:
         self.check_model(cfg)
         specs: list[ArgSpec] = []
         for name, hf_shape in expected_shapes(cfg).items():
-            if len(hf_shape) == 1:  # a norm
+            if len(hf_shape) == 1:  # a norm or a bias: float
                 specs.append(ArgSpec(name, hf_shape, "float32" if self.quantized else self.dtype))
             elif self.quantizes(name):
                 specs += self._quantized_specs(name, hf_shape, layout)

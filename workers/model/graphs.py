@@ -1,5 +1,10 @@
 """Llama 3.x in JAX as two static-shape graphs: prefill for a prompt bucket, decode for one token.
 
+The same graphs run qwen2 (a float bias on q, k and v) and qwen3 (an RMSNorm over each
+head of q and k before RoPE), as `LlamaConfig.attention_bias` and `qk_norm` say. Every
+architecture's q and k rows are in Hugging Face's rotate-half order here: llama.cpp's
+adjacent-pair `llama` files are un-permuted when read (`workers.checkpoints.gguf`).
+
     prefill(weights, tokens[bucket], real_len) -> (next_token, kcache, vcache)
     decode(weights, token, pos, kcache, vcache) -> (next_token, kcache, vcache)
 
@@ -195,9 +200,12 @@ class LlamaGraphs:
         c, p = self.cfg, f"model.layers.{layer}"
         t, d = x.shape[0], c.head_dim
         h = self._rms_norm(x, w[f"{p}.input_layernorm.weight"])
-        q = self._linear(w, f"{p}.self_attn.q_proj", h).reshape(t, c.num_attention_heads, d)
-        k = self._linear(w, f"{p}.self_attn.k_proj", h).reshape(t, c.num_key_value_heads, d)
-        v = self._linear(w, f"{p}.self_attn.v_proj", h).reshape(t, c.num_key_value_heads, d)
+        q = self._projection(w, f"{p}.self_attn.q_proj", h).reshape(t, c.num_attention_heads, d)
+        k = self._projection(w, f"{p}.self_attn.k_proj", h).reshape(t, c.num_key_value_heads, d)
+        v = self._projection(w, f"{p}.self_attn.v_proj", h).reshape(t, c.num_key_value_heads, d)
+        if c.qk_norm:  # qwen3: an RMSNorm over each head's D values, before RoPE
+            q = self._rms_norm(q, w[f"{p}.self_attn.q_norm.weight"])
+            k = self._rms_norm(k, w[f"{p}.self_attn.k_norm.weight"])
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         zero = jnp.int32(0)
         kcache = lax.dynamic_update_slice(
@@ -238,6 +246,13 @@ class LlamaGraphs:
         (`workers.formats`: a float matrix, dequantized in the graph, or grouped)."""
         key = f"{name}.weight"
         return self.variant.format_of(key).linear(x, w, key, self.variant, self.layout)
+
+    def _projection(self, w: dict[str, Array], name: str, x: Array) -> Array:
+        """q, k or v: the linear, plus its float bias where the architecture has one (qwen2)."""
+        out = self._linear(w, name, x)
+        if self.cfg.attention_bias:
+            out = out + w[f"{name}.bias"].astype(out.dtype)
+        return out
 
     def _embed(self, w: dict[str, Array], tokens: Array) -> Array:
         """The embedding rows of `tokens` [T] -> [T, hidden], in the activation dtype."""
