@@ -390,7 +390,7 @@ def _cell(fmt: str, *keys: str) -> Callable[[dict[str, Any]], str]:
 SUMMARY_COLUMNS = [
     Column(Col.VARIANT, _cell("{}", Col.VARIANT)),
     Column(Col.LAYOUT, _cell("{}", Col.LAYOUT), fold=Col.LAYOUT),
-    Column(Col.WEIGHTS, _cell("{}", Col.WEIGHTS), fold=Col.WEIGHTS),
+    Column(Col.WEIGHTS, lambda r: r.get(Col.WEIGHTS) or "", fold=Col.WEIGHTS),
     Column(Col.DEVICE, _cell("{}", Col.DEVICE)),
     Column(Col.RUNTIME, _cell("{}", Col.RUNTIME)),
     Column(Col.FLAGS, _cell("{}", Col.FLAG_SET)),
