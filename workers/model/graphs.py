@@ -277,10 +277,7 @@ class LlamaGraphs:
         if w[f"{EMBEDDING}.scale"].ndim == 1:  # one scale per row
             scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens).astype(jnp.float32)[:, None]
             minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens).astype(jnp.float32)[:, None]
-            values = values.astype(jnp.float32)
-            if offset := v.offset_of(EMBEDDING):  # the minimum is the value at q = offset
-                values = values - np.float32(offset)
-            return (values * scale + minimum).astype(self.dtype)
+            return (values.astype(jnp.float32) * scale + minimum).astype(self.dtype)
         # per block of a row: [T, hidden / G, G], the minimum the value at q = offset
         scale = jnp.take(w[f"{EMBEDDING}.scale"], tokens, axis=0).astype(jnp.float32)
         minimum = jnp.take(w[f"{EMBEDDING}.minimum"], tokens, axis=0).astype(jnp.float32)
@@ -295,12 +292,9 @@ class LlamaGraphs:
         w = dict(zip(self.names, weights, strict=True))
         key = EMBEDDING if self.cfg.tie_word_embeddings else LM_HEAD
         fmt = self.variant.format_of(key)
-        if isinstance(fmt, Factored) or fmt.per_channel:  # multiplied as the linears are
-            rows = h.reshape(-1, h.shape[-1])  # the table [vocab, hidden]: out-major
-            if isinstance(fmt, Factored):
-                logits = fmt.grouped(rows, w, key, self.variant, out_major=True)
-            else:
-                logits = fmt.linear(rows, w, key, self.variant, Layout.OUT_MAJOR)
+        if isinstance(fmt, Factored):  # grouped, multiplied as the linears are: [vocab, hidden]
+            rows = h.reshape(-1, h.shape[-1])
+            logits = fmt.grouped(rows, w, key, self.variant, out_major=True)
             return logits.reshape(*h.shape[:-1], -1).astype("float32")
         head = fmt.matrix(w, key, self.variant, contraction_axis(key, self.layout)).astype(h.dtype)
         stored_in_major = self.layout == Layout.IN_MAJOR and not self.variant.quantizes(key)
