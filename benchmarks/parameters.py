@@ -36,6 +36,7 @@ import numpy as np
 from benchmarks._common import default_report_path, machine_info, write_json
 from workers.compile.iree import CompileResult, compile_stablehlo
 from workers.model.parameters import SCOPE, as_parameters
+from workers.runtimes.iree import as_runtime_bytes, device_copy, resident_bytes
 
 O3 = ("--iree-opt-level=O3",)
 PACKED = (*O3, "--iree-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=all")
@@ -97,12 +98,10 @@ class LoadedLinear:
     def __init__(self, vmfb: bytes, linear: Linear, w: np.ndarray) -> None:
         import iree.runtime as rt
 
-        from workers.runtimes.iree import resident_bytes
-
         self._rt, self.device = rt, rt.get_device("local-task")
         instance = rt.VmInstance()
         modules = [rt.create_hal_module(instance, self.device)]
-        self._w = _raw(w)  # held: the parameter provider wraps this memory, no copy
+        self._w = as_runtime_bytes(w)  # held: the parameter provider wraps this memory, no copy
         if linear.parameter:
             index = rt.ParameterIndex()
             index.add_buffer("w", self._w)
@@ -117,17 +116,7 @@ class LoadedLinear:
         self._weight = [] if linear.parameter else [self._upload(w)]
 
     def _upload(self, array: np.ndarray) -> Any:
-        """A device buffer view of `array`, typed as the module declares it (bf16 too)."""
-        rt = self._rt
-        buffer = self.device.allocator.allocate_buffer_copy(
-            memory_type=rt.MemoryType.DEVICE_LOCAL,
-            allowed_usage=rt.BufferUsage.DEFAULT,
-            device=self.device,
-            buffer=np.ascontiguousarray(_raw(array)).reshape(-1),
-        )
-        element = {"int8": rt.HalElementType.SINT_8, "bfloat16": rt.HalElementType.BFLOAT_16}
-        element_type = element.get(array.dtype.name, rt.HalElementType.FLOAT_32)
-        return rt.HalBufferView(buffer, list(array.shape), element_type)
+        return device_copy(self._rt, self.device, array)
 
     def inputs(self, x: np.ndarray) -> list[Any]:
         """The call's arguments, uploaded: the weight (an argument module's) and `x`."""
@@ -135,11 +124,6 @@ class LoadedLinear:
 
     def call(self, inputs: list[Any]) -> np.ndarray:
         return np.asarray(self._main(*inputs).to_host(), np.float64)
-
-
-def _raw(array: np.ndarray) -> np.ndarray:
-    """bfloat16 as its uint16 bytes: the runtime's buffer protocol knows no bfloat16."""
-    return array.view(np.uint16) if array.dtype.name == "bfloat16" else array
 
 
 def compile_linear(linear: Linear, flags: tuple[str, ...], work: Path) -> CompileResult:

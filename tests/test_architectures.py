@@ -21,7 +21,7 @@ import pytest
 import torch
 import transformers
 
-from tests.helpers import load_checkpoint, tiny_causal_lm, variant, xla_logits
+from tests.helpers import hf_greedy, load_checkpoint, tiny_causal_lm, variant, xla_logits
 from workers.checkpoints.gguf import write_gguf
 from workers.checkpoints.source import check_checkpoint, lazy_checkpoint
 from workers.checkpoints.tensors import CheckpointError
@@ -47,18 +47,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 def _greedy(
     model: transformers.PreTrainedModel, prompt: np.ndarray, num_tokens: int = NUM_TOKENS
 ) -> list[int]:
-    input_ids = torch.from_numpy(prompt.astype(np.int64))[None]
-    with torch.no_grad():
-        out = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=num_tokens,
-            min_new_tokens=num_tokens,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    return out[0, len(prompt) :].tolist()
+    return hf_greedy(model, prompt, num_tokens)
 
 
 def _our_greedy(path: Path, prompt: np.ndarray) -> list[int]:

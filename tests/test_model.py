@@ -29,7 +29,7 @@ import torch
 import transformers
 
 import workers.measure.reference
-from tests.helpers import device, host_dequantized, load_checkpoint, variant, xla_logits
+from tests.helpers import device, hf_greedy, host_dequantized, load_checkpoint, variant, xla_logits
 from workers.checkpoints.safetensors import INDEX_FILE, SINGLE_FILE
 from workers.compile.iree import CompileResult, compile_stablehlo
 from workers.core.config import LlamaConfig, rope_inv_freq
@@ -134,16 +134,7 @@ def _hf_reference(directory: Path, prompt: np.ndarray) -> HfReference:
     input_ids = torch.from_numpy(prompt.astype(np.int64))[None]
     with torch.no_grad():
         logits = model(input_ids).logits[0].numpy()
-        generated = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=NUM_TOKENS,
-            min_new_tokens=NUM_TOKENS,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,
-        )
-    tokens = tuple(int(t) for t in generated[0, len(prompt) :])
+    tokens = tuple(hf_greedy(model, prompt, NUM_TOKENS))
     assert len(tokens) == NUM_TOKENS, f"generate stopped early: {tokens}"
     return logits, tokens, model.model.rotary_emb.inv_freq.numpy().copy()
 

@@ -240,3 +240,22 @@ def save_byte_tokenizer(directory: Path) -> Path:
     assert tokenizer.get_vocab_size() == 256, tokenizer.get_vocab_size()
     tokenizer.save(str(Path(directory) / "tokenizer.json"))
     return directory
+
+
+def hf_greedy(model: Any, prompt: np.ndarray, num_tokens: int) -> list[int]:
+    """transformers' greedy continuation of `prompt`: exactly `num_tokens` tokens (no EOS
+    stop), the reference our graphs' greedy tokens are checked against."""
+    import torch
+
+    input_ids = torch.from_numpy(prompt.astype(np.int64))[None]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=num_tokens,
+            min_new_tokens=num_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(prompt) :].tolist()

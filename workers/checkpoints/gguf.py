@@ -199,11 +199,9 @@ def check_blocks(ckpt: GgufCheckpoint, blocks: str) -> None:
         if is_linear(name) and tensor.tensor_type.name != blocks
     }
     if others:
-        listed = ", ".join(f"{name} ({kind})" for name, kind in list(others.items())[:4])
-        more = f" and {len(others) - 4} more" if len(others) > 4 else ""
         raise CheckpointError(
             f"{ckpt.path}: a variant with blocks={blocks} keeps the file's own {blocks} linears, "
-            f"but {listed}{more} are not {blocks}; pick the variant of the file's type, or one "
+            f"but {_listed(others)} are not {blocks}; pick the variant of the file's type, or one "
             "that quantizes (e.g. int4-fac-g32)"
         )
 
@@ -475,14 +473,19 @@ def stored_types(ckpt: GgufCheckpoint) -> dict[str, str]:
             continue
         (kept if kind in unpackable() else refused)[name] = kind
     if refused:
-        listed = ", ".join(f"{_gguf_name(n)} ({k})" for n, k in list(refused.items())[:4])
-        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        named = {_gguf_name(name): kind for name, kind in refused.items()}
         raise CheckpointError(
-            f"{ckpt.path}: the gguf variant keeps every matrix as stored, but {listed}{more} "
+            f"{ckpt.path}: the gguf variant keeps every matrix as stored, but {_listed(named)} "
             f"are of types it cannot run as stored (it runs {', '.join(unpackable())}); pick "
             "a variant that quantizes (e.g. int4-fac-g32), which dequantizes them first"
         )
     return kept
+
+
+def _listed(types: dict[str, str], shown: int = 4) -> str:
+    """`name (TYPE), ...` for the first `shown` tensors, and how many more there are."""
+    listed = ", ".join(f"{name} ({kind})" for name, kind in list(types.items())[:shown])
+    return listed + (f" and {len(types) - shown} more" if len(types) > shown else "")
 
 
 def _as_stored(ckpt: GgufCheckpoint, name: str, tensor: Any) -> StoredBlocks:

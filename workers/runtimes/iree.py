@@ -220,7 +220,7 @@ class IreeRunner:
         rt = self._rt
         if self.shares_host_memory:
             array = _aligned(array)
-        raw = _as_runtime_bytes(array)
+        raw = as_runtime_bytes(array)
         if self.shares_host_memory:
             buffer = self.device.allocator.import_host_allocation(
                 raw.reshape(-1),
@@ -238,15 +238,7 @@ class IreeRunner:
 
     def upload(self, array: np.ndarray) -> Any:
         """A device copy of a small input (a prompt, a position)."""
-        rt = self._rt
-        buffer = self.device.allocator.allocate_buffer_copy(
-            memory_type=rt.MemoryType.DEVICE_LOCAL,
-            allowed_usage=rt.BufferUsage.DEFAULT,
-            device=self.device,
-            buffer=np.ascontiguousarray(array).reshape(-1),
-        )
-        # An explicit view: the buffer protocol would turn a 0-d scalar into shape [1].
-        return rt.HalBufferView(buffer, list(array.shape), _element_type(rt, array.dtype.name))
+        return device_copy(self._rt, self.device, array)
 
     def read_tokens(self, view: Any) -> tuple[int, ...]:
         return self._token.read(view)
@@ -272,7 +264,7 @@ class IreeRunner:
             assert self._resident is not None
             index = self._rt.ParameterIndex()
             for spec, array in zip(self._resident.specs, self._host_arrays, strict=True):
-                index.add_buffer(spec.name, _as_runtime_bytes(array))
+                index.add_buffer(spec.name, as_runtime_bytes(array))
             self._parameters = index.create_provider(scope=SCOPE)
         return self._parameters
 
@@ -462,6 +454,18 @@ class _TokenReadback:
         return self._staging
 
 
+def device_copy(rt: Any, device: Any, array: np.ndarray) -> Any:
+    """A buffer view on `device` holding a copy of `array`, typed as the array is."""
+    buffer = device.allocator.allocate_buffer_copy(
+        memory_type=rt.MemoryType.DEVICE_LOCAL,
+        allowed_usage=rt.BufferUsage.DEFAULT,
+        device=device,
+        buffer=np.ascontiguousarray(as_runtime_bytes(array)).reshape(-1),
+    )
+    # An explicit view: the buffer protocol would turn a 0-d scalar into shape [1].
+    return rt.HalBufferView(buffer, list(array.shape), _element_type(rt, array.dtype.name))
+
+
 def _task_device(rt: Any, num_threads: int) -> Any:
     """A local-task device of its own driver with `num_threads` workers (0: the default)."""
     from iree._runtime_libs import _runtime
@@ -486,6 +490,7 @@ def _element_type(rt: Any, dtype: str) -> Any:
         "bfloat16": rt.HalElementType.BFLOAT_16,
         "float16": rt.HalElementType.FLOAT_16,
         "int32": rt.HalElementType.SINT_32,
+        "int8": rt.HalElementType.SINT_8,
         "uint32": rt.HalElementType.UINT_32,
         "uint8": rt.HalElementType.UINT_8,
         "uint4": rt.HalElementType.UINT_4,  # two per byte, low nibble first
@@ -496,7 +501,7 @@ def _element_type(rt: Any, dtype: str) -> Any:
         raise ValueError(f"no IREE element type for dtype {dtype}") from None
 
 
-def _as_runtime_bytes(array: np.ndarray) -> np.ndarray:
+def as_runtime_bytes(array: np.ndarray) -> np.ndarray:
     """`array` as the runtime's buffer protocol takes it: it knows no bfloat16, so those
     bytes go as uint16."""
     return array.view(np.uint16) if array.dtype.name == "bfloat16" else array
