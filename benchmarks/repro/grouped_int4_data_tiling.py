@@ -27,6 +27,8 @@ import argparse
 import dataclasses
 import datetime
 import shlex
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -59,6 +61,8 @@ TARGET = (
 )
 O3 = ("--iree-opt-level=O3",)
 PACKED = (*O3, "--iree-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=all")  # flags/packed
+# one dumped executable compiled alone (its target and encodings are in its source)
+EXECUTABLE_FLAGS = ("--compile-mode=hal-executable", "--iree-llvmcpu-enable-ukernels=all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Case:
 
     def what(self) -> str:
         tiling = "data tiling + ukernels" if self.tiled else "no data tiling"
-        return f"{self.variant}, [{self.n}, 576], x {self.rows} rows, O3, {tiling}"
+        rows = f"{self.rows} row{'s' if self.rows > 1 else ''}"
+        return f"{self.variant}, [{self.n}, 576], x {rows}, O3, {tiling}"
 
 
 N_VOCAB = 49152  # SmolLM2's vocabulary: the tied output matrix
@@ -132,6 +137,28 @@ def compile_case(case: Case, out: Path, max_memory_gb: float, timeout_s: float) 
     return finished
 
 
+def runaway_executables(
+    case: Case, out: Path, max_memory_gb: float, timeout_s: float
+) -> list[tuple[str, Finished]]:
+    """`case`'s executables (dispatches) compiled one by one (`--compile-mode=hal-executable`,
+    each bounded): which one runs away. Those that fail are kept as `out/<case>.<name>.mlir`."""
+    with tempfile.TemporaryDirectory(prefix="repro-executables-") as tmp:
+        dump = [f"--iree-hal-dump-executable-sources-to={tmp}", "--compile-to=executable-sources"]
+        cmd = [iree_compile_path(), str(out / f"{case.name}.mlir"), *TARGET, *case.flags, *dump]
+        run_bounded([*cmd, "-o", "/dev/null"], timeout_s=timeout_s)
+        found = []
+        for source in sorted(Path(tmp).glob("*.mlir")):
+            cmd = [iree_compile_path(), str(source), *EXECUTABLE_FLAGS, "-o", "/dev/null"]
+            limit = int(max_memory_gb * 1e9)
+            finished = run_bounded(cmd, timeout_s=timeout_s, max_rss_bytes=limit)
+            name = f"{case.name}.{source.stem.removeprefix('jit_linear_')}"
+            print(f"  {name}: {outcome(finished, max_memory_gb, timeout_s)}", flush=True)
+            if finished.returncode != 0:
+                shutil.copy(source, out / f"{name}.mlir")
+            found.append((name, finished))
+    return found
+
+
 def outcome(finished: Finished, max_memory_gb: float, timeout_s: float) -> str:
     peak = f"peak {finished.peak_rss_bytes / 1e9:.2f} GB" if finished.peak_rss_bytes else "peak ?"
     if finished.killed_by == Bound.MEMORY:
@@ -157,18 +184,40 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     results = [(c, compile_case(c, out, args.max_memory_gb, args.timeout_s)) for c in CASES]
-    (out / "grouped_int4_data_tiling.md").write_text(readme(results, args))
+    smallest = min(
+        (c for c, f in results if c.tiled and f.returncode != 0), key=lambda c: c.n, default=None
+    )
+    executables = (
+        runaway_executables(smallest, out, args.max_memory_gb / 2, args.timeout_s / 4)
+        if smallest
+        else []
+    )
+    (out / "grouped_int4_data_tiling.md").write_text(readme(results, executables, args))
     print(f"wrote {out}/grouped_int4_data_tiling.md")
     return 0
 
 
-def readme(results: list[tuple[Case, Finished]], args: argparse.Namespace) -> str:
+def readme(
+    results: list[tuple[Case, Finished]],
+    executables: list[tuple[str, Finished]],
+    args: argparse.Namespace,
+) -> str:
     defect = results[0][1]
     reproduces = defect.killed_by is not None or defect.returncode != 0
     rows = "\n".join(
         f"| `{case.name}.mlir` | {case.what()} | "
         f"{outcome(f, args.max_memory_gb, args.timeout_s)} | {error_line(f)} |"
         for case, f in results
+    )
+    bound = (args.max_memory_gb / 2, args.timeout_s / 4)
+    dispatches = "\n".join(
+        f"| `{name}` | {outcome(f, *bound)} |"
+        + (f" kept: `{name}.mlir` |" if f.returncode != 0 else " |")
+        for name, f in executables
+    )
+    one = next((name for name, f in executables if f.returncode != 0), "CASE.EXECUTABLE")
+    executable_command = shlex.join(
+        ["iree-compile", f"{one}.mlir", *EXECUTABLE_FLAGS, "-o", "/dev/null"]
     )
     command = shlex.join(["iree-compile", "CASE.mlir", *TARGET, *PACKED, "-o", "CASE.vmfb"])
     return f"""# Data tiling runs iree-compile out of memory on a grouped 4-bit linear of many rows
@@ -198,8 +247,28 @@ widest linear is N = 1536. The 8-bit control is the same graph with int8 storage
 ```
 
 (The case without data tiling drops the last two flags.) Peak memory is the resident
-memory of iree-compile and its children, summed, sampled every 0.1 s
-(`workers/compile/bounded.py`); a killed compile's peak is the bound.
+memory of iree-compile and its children, summed, sampled every 0.25 s
+(`workers/compile/bounded.py`); a killed compile's peak is the bound. Wall times depend
+on how busy the host was.
+
+## Which dispatch
+
+The smallest case that runs away, its executables dumped
+(`--iree-hal-dump-executable-sources-to`) and compiled one at a time, each bounded at
+{bound[0]:g} GB and {bound[1]:g} s:
+
+| executable | outcome | |
+| --- | --- | --- |
+{dispatches}
+
+```sh
+{executable_command}
+```
+
+A kept executable is the whole reproducer: one `iree_encoding.set_encoding` of the ui4
+weight into the layout data tiling chose for the batched matvec (its
+`#iree_cpu.cpu_encoding_resolver` tiles are in the source), the packing hoisted into the
+initializer that runs at load.
 
 What follows for the sweep: a grouped 4-bit format whose output matrix stays 8-bit
 (`int4-idot-g32-q8e`, the layout of llama.cpp's Q4_1 files: the embedding in Q8_0)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.1  # how often the watcher sums the session's memory
+POLL_S = 0.25  # how often the watcher sums the session's memory (a scan of /proc: a few ms)
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
