@@ -132,3 +132,17 @@ def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_c
     assert profiled == {(r["point_key"], g) for r in rows for g in ("decode", "prefill")}
     for v in ("int8", "bf16", "int8-w8a8"):
         assert packs.get((v, "parameters"), 0) < packs[v, "arguments"], v
+
+
+def test_the_grouped_4bit_reproducer_exports_the_formats_linear(tmp_path) -> None:
+    """benchmarks/repro/grouped_int4_data_tiling.py's control (N = 2048, below the N at
+    which data tiling ran away) compiles with data tiling inside a 1 GB bound; its graph is
+    the format's: three parameters and one dot_general batched over the blocks of 32."""
+    from benchmarks.repro import grouped_int4_data_tiling as repro
+
+    case = repro.Case("int4-idot-g32-qe", 2048, 1, repro.PACKED)
+    finished = repro.compile_case(case, tmp_path, max_memory_gb=1, timeout_s=120)
+    assert finished.returncode == 0 and finished.killed_by is None, finished.output[-2000:]
+    text = (tmp_path / f"{case.name}.mlir").read_text()
+    assert text.count("#flow.parameter.named") == 3 and "tensor<2048x18x32xi4>" in text
+    assert "batching_dims = [1] x [1], contracting_dims = [2] x [2]" in text
