@@ -24,10 +24,10 @@ with other numbers in it. Three folds per layer, each exact:
   the maxima over the group.
 
 down_proj stays unsmoothed. Its input, silu(gate) * up, is linear in up, so up's rows
-could take the division as v's do; but its outliers are Llama's largest (hundreds of
-times the typical channel), and at a = 0.5 the columns they give s to dominate down's
-per-row weight scales: on SmolLM2-135M that fold doubled W8A8's KLD where o's fold
-lowered it (docs/results.md).
+could take the division as v's do; but its input has Llama's largest outliers, and at
+a = 0.5 the columns they give a large s to dominate down's per-row weight scales (the
+likely reason): on SmolLM2-135M that fold left W8A8's KLD worse than no
+smoothing at all (0.046 against 0.032), where o's fold lowered it (docs/results.md).
 """
 
 from __future__ import annotations
