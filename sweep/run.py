@@ -308,6 +308,7 @@ def _run_on_ray(
             cfg.bench.compile_timeout_s,
             cfg.compile,
             cfg.bench.priority,
+            cfg.bench.compile_max_memory_gb,
         ),
         alive_nodes(),
         model_cfg,

@@ -1,4 +1,4 @@
-"""Real iree-compile on a tiny exported graph: results, numerics, failures, timeout, cache.
+"""Real iree-compile on a tiny exported graph: results, numerics, failures, bounds, cache.
 
 The graph has the three ops the decode graph depends on (a matmul, a
 dynamic_update_slice into a cache, an argmax), so a lowering regression in any of
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,6 +159,51 @@ def test_timeout_kills_the_compiler(stablehlo: str, tmp_path: Path) -> None:
     assert _leftover_compilers(str(work_dir)) == [], "iree-compile outlived its timeout"
     assert not list(work_dir.glob("*.phases/*.vm.mlir")), "the compile ran to its last phase"
     assert not list(work_dir.glob("*.vmfb")), "a killed compile must not leave a (partial) vmfb"
+
+
+# A hand-written module: no JAX export, so the memory-bound tests stay in the fast tier.
+MATVEC = """func.func @main(%w: tensor<16x16xf32>, %x: tensor<16xf32>) -> tensor<16xf32> {
+  %y = stablehlo.dot_general %w, %x, contracting_dims = [1] x [0]
+    : (tensor<16x16xf32>, tensor<16xf32>) -> tensor<16xf32>
+  return %y : tensor<16xf32>
+}
+"""
+
+
+def test_memory_bound_kills_the_compiler_and_says_which_knob(tmp_path: Path) -> None:
+    """A real iree-compile (about 150 MB resident on this module) under a 20 MB bound."""
+    cache, work_dir = tmp_path / "cache", tmp_path / "memory_work"
+    start = time.perf_counter()
+    result = wc.compile_stablehlo(
+        MATVEC, CPU, max_memory_gb=0.02, cache_dir=cache, work_dir=work_dir
+    )
+    assert time.perf_counter() - start < 5, "the memory bound did not stop the compile"
+    assert not result.ok and result.error_class == "compile_error" and result.returncode is None
+    assert result.error_message.startswith("iree-compile passed 0.02 GB of memory")
+    assert "raise bench.compile_max_memory_gb" in result.error_message
+    assert _leftover_compilers(str(work_dir)) == [], "iree-compile outlived its memory bound"
+    assert not list(work_dir.glob("*.vmfb")), "a killed compile must not leave a (partial) vmfb"
+    assert not list(cache.rglob("*.json")), "a memory kill is no verdict on the graph: not cached"
+    fits = wc.compile_stablehlo(MATVEC, CPU, max_memory_gb=12, cache_dir=cache)
+    assert fits.ok and not fits.cache_hit, fits.error_message
+
+
+# A parent whose child holds 200 MB for a minute: the bound must count the whole tree.
+_HOG = (
+    "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+    "'import time; b = bytearray(200_000_000); time.sleep(60)'])"
+)
+
+
+def test_memory_bound_counts_the_children_too() -> None:
+    from workers.compile.bounded import Bound, run_bounded
+
+    start = time.perf_counter()
+    finished = run_bounded([sys.executable, "-c", _HOG], timeout_s=30, max_rss_bytes=100_000_000)
+    assert time.perf_counter() - start < 10, "the bound missed the grandchild's memory"
+    assert finished.killed_by == Bound.MEMORY and finished.returncode is None
+    assert finished.peak_rss_bytes is not None and finished.peak_rss_bytes > 100_000_000
+    assert _leftover_compilers("b = bytearray(200_000_000)") == [], "the child outlived the kill"
 
 
 @pytest.mark.slow  # iree-compile

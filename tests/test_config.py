@@ -68,6 +68,7 @@ def test_overrides_are_typed():
     assert cfg.bench.decode_steps == 7 and cfg.grid.prompt_lengths == (4, 8)
     assert cfg.bench.steps.num_tokens == 1 + cfg.bench.warmup_steps + 7
     assert isinstance(cfg.bench.compile_timeout_s, float)
+    assert config("bench.compile_max_memory_gb=0.5").bench.compile_max_memory_gb == 0.5
 
 
 def test_a_flag_set_from_the_command_line():
@@ -97,6 +98,7 @@ def test_a_new_variant_is_a_config_entry():
         (["grid.variants=[int3]"], "grid.variants"),
         (["bench.decode_steps=many"], "bench.decode_steps"),
         (["bench.decode_steps=0"], "bench.decode_steps"),
+        (["bench.compile_max_memory_gb=0"], "bench.compile_max_memory_gb"),
         (["+grid.foo=1"], "foo"),
         (["grid.variants=[]"], "grid.variants"),
         (["grid.variants=[fp32,fp32]"], "duplicates"),

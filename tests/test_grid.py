@@ -119,3 +119,8 @@ def test_the_llamabench_grid_puts_llamacpp_beside_each_family():
     iree = {p.variant.llamacpp_type for p in points if p.runtime == "iree"}
     assert llamacpp == iree, "each IREE family has llama.cpp's nearest type beside it"
     assert {p.weights for p in points if p.runtime == "iree"} == {"parameters"}
+    four_bit = {p.variant.name for p in points if p.variant.bits == 4}
+    assert four_bit == {"int4-idot-g32-q8e"} and "Q4_1" in llamacpp, (
+        "4-bit with its output matrix in 8 bits: data tiling of a 4-bit output matrix runs "
+        "iree-compile out of memory (benchmarks/repro/grouped_int4_data_tiling.md)"
+    )

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks.parameters import O3, PACKED, Linear, LoadedLinear, compile_linear
+from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, read_results
 from tests.helpers import sweep
 from workers.model.parameters import as_parameters
 
@@ -100,6 +101,7 @@ def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_c
         "grid.variants=[int8,bf16,int4,int8-w8a8]",
         "grid.layouts=[out_major]",
         "grid.prompt_lengths=[8]",
+        "profile=true",
     )
     rows = outcome.rows
     assert sorted((r["variant"], r["weights"]) for r in rows) == sorted(
@@ -118,3 +120,29 @@ def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_c
         assert arg["packed_at_load"] == 0 and param["packed_at_load"] > 0, v
         assert param["packed_per_call"] < arg["packed_per_call"], v
     assert "params" in text, "the points are named by how they hold their weights"
+    # the profiles (the weights as an .irpa for a parameter point) say the same per call
+    dispatches = read_results(tmp_path / "results" / DISPATCHES, schema=DISPATCH_SCHEMA)
+    packs: dict[tuple[str, str], float] = {}
+    for d in dispatches.to_pylist():
+        assert d["graph"] in ("decode", "prefill")
+        key = next(k for k, r in by.items() if r["point_key"] == d["point_key"])
+        if d["graph"] == "decode" and d["kind"] == "pack":
+            packs[key] = packs.get(key, 0.0) + d["calls_per_token"]
+    profiled = {(d["point_key"], d["graph"]) for d in dispatches.to_pylist()}
+    assert profiled == {(r["point_key"], g) for r in rows for g in ("decode", "prefill")}
+    for v in ("int8", "bf16", "int8-w8a8"):
+        assert packs.get((v, "parameters"), 0) < packs[v, "arguments"], v
+
+
+def test_the_grouped_4bit_reproducer_exports_the_formats_linear(tmp_path) -> None:
+    """benchmarks/repro/grouped_int4_data_tiling.py's control (N = 2048, below the N at
+    which data tiling ran away) compiles with data tiling inside a 1 GB bound; its graph is
+    the format's: three parameters and one dot_general batched over the blocks of 32."""
+    from benchmarks.repro import grouped_int4_data_tiling as repro
+
+    case = repro.Case("int4-idot-g32-qe", 2048, 1, repro.PACKED)
+    finished = repro.compile_case(case, tmp_path, max_memory_gb=1, timeout_s=120)
+    assert finished.returncode == 0 and finished.killed_by is None, finished.output[-2000:]
+    text = (tmp_path / f"{case.name}.mlir").read_text()
+    assert text.count("#flow.parameter.named") == 3 and "tensor<2048x18x32xi4>" in text
+    assert "batching_dims = [1] x [1], contracting_dims = [2] x [2]" in text

@@ -40,6 +40,8 @@ CTX = RunContext("run-a", "smoke", {})
         ("main_dispatch_44_reduction_512_f32xf32xi32", "reduction"),
         ("main_dispatch_3_softmax_256xf32_dispatch_tensor_store", "attention"),
         ("main_dispatch_9_slow_memcpy", "copy"),
+        ("_encoding_7_encode_128x64xbf16_to_128x64xbf16", "pack"),
+        ("main_dispatch_4_unset_encoding_1x1536xf32", "pack"),
         ("main_dispatch_7_scatter_4x2", "other"),
     ],
 )

@@ -1,7 +1,7 @@
 """Failures provoked for real: each costs its own row, never the sweep, and nothing is lost.
 
 Nothing is mocked: a flag iree-compile does not know, a compile killed by its
-timeout, a benchmark actor killed with SIGKILL, a node removed from the Ray
+timeout or its memory bound, a benchmark actor killed with SIGKILL, a node removed from the Ray
 cluster, a truncated safetensors file, and a driver killed with SIGKILL and rerun.
 """
 
@@ -86,6 +86,23 @@ def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_pat
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["compile_timeout"]
     assert "timeout" in outcome.rows[0]["error_message"].lower()
+
+
+def test_compile_memory_bound_kills_the_compiler_and_is_recorded(ray_cluster, tmp_path):
+    """bench.compile_max_memory_gb reaches the compile task: iree-compile (about 150 MB
+    resident on any graph) under 20 MB is killed, and the row says which knob to raise."""
+    outcome, _ = sweep(
+        tmp_path,
+        tmp_path / "fresh-cache",
+        *SMOKE_FP32,
+        "grid.prompt_lengths=[8]",
+        "bench.compile_max_memory_gb=0.02",
+    )
+    assert outcome.exit_code == 1
+    assert [r["status"] for r in outcome.rows] == ["compile_error"]
+    message = outcome.rows[0]["error_message"]
+    assert message.startswith("iree-compile passed 0.02 GB of memory"), message
+    assert "raise bench.compile_max_memory_gb" in message and outcome.rows[0]["returncode"] is None
 
 
 def test_bench_timeout_kills_the_actor_and_the_sweep_goes_on(ray_cluster, tmp_path, shared_cache):

@@ -487,6 +487,60 @@ def test_the_summary_answers_which_variant_decodes_fastest() -> None:
     )
 
 
+def test_the_llamabench_view_says_per_family_what_stands_in_the_way() -> None:
+    """IREE's answer is its fastest tg inside twice llama.cpp's KLD, not its fastest: and
+    where it does not reach llama.cpp, its profile says what its step spends."""
+    from sweep.readers.llamabench import gap_records, gap_table
+
+    def point(key, runtime, decode, prefill, kld, variant="int4", **extra):
+        extra = {"bits": 8, **extra}
+        return make_row(
+            key, variant, decode, prompt_length=512, runtime=runtime, kld_mean=kld,
+            prefill_samples_ms=prefill, weights="parameters", **extra,
+        )  # fmt: skip
+
+    rows = [
+        point("cpp", "llamacpp", [10.0, 10.0], [500.0], 0.004, llamacpp_type="Q8_0"),
+        point("fast", "iree", [5.0, 5.0], [250.0], 0.03, flag_set="fuse"),  # outside 2x KLD
+        point("good", "iree", [20.0, 20.0], [1000.0], 0.005),
+        point("float", "iree", [30.0], [900.0], 0.001, bits=None, variant="fp32"),  # no twin
+    ]
+    profile = [
+        {"point_key": "good", "name": "d_7_elementwise_64", "kind": "elementwise",
+         "calls_per_token": 30.0, "ms_per_token": 12.0},
+        {"point_key": "good", "name": "d_3_matvec_like_64", "kind": "matmul",
+         "calls_per_token": 10.0, "ms_per_token": 8.0},
+    ]  # fmt: skip
+    (gap,) = gap_records(rows, profile)
+    assert gap["family"] == "8-bit" and gap["llamacpp"] == "Q8_0"
+    assert "fuse" not in gap["iree"] and gap["inside_bound"], "the fast one costs too much KLD"
+    assert gap["tg_x"] == pytest.approx(2.0) and gap["pp_x"] == pytest.approx(0.5)
+    assert not gap["meets"]
+    assert gap["step"].startswith("40 dispatches a step, 20 of its 20 ms inside them (500 us each)")
+    assert "elementwise 12 ms in 30, matmul 8 ms in 10" in gap["step"]
+    assert "heaviest: d_7_elementwise_64 12 ms (30x)" in gap["step"]
+    stands = "what stands in the way: decode: 40 dispatches"
+    assert any(stands in note for note in gap_table(rows, profile).notes)
+    assert not any(stands in note for note in gap_table(rows, []).notes)
+    quick = [rows[0], point("good", "iree", [11.0, 11.0], [600.0], 0.005)]
+    (gap,) = gap_records(quick, [])
+    assert gap["meets"] is False, "pp below llama.cpp's"
+    quick[1]["prefill_samples_ms"] = [450.0]
+    (gap,) = gap_records(quick, [])
+    assert gap["meets"] and gap["step"] == "not profiled (profile=true)"
+    prompt = [  # prefill's rows are per prompt token: a call of 512 tokens
+        {"point_key": "good", "graph": "prefill", "name": "p_1_matmul_like_512", "kind": "matmul",
+         "calls_per_token": 2 / 512, "ms_per_token": 0.5},
+    ]  # fmt: skip
+    (gap,) = gap_records(rows, profile + prompt)
+    assert gap["prompt"] == (
+        "2 dispatches a prompt, 256 of its 1000 ms inside them (128000 us each): matmul 256 ms "
+        "in 2; "
+        "heaviest: p_1_matmul_like_512 256 ms (2x)"
+    )
+    assert gap["step"].startswith("40 dispatches a step"), "decode's profile alone"
+
+
 def test_the_llamabench_view_is_mean_and_sd_over_repetitions() -> None:
     """pp: every prefill run of every repeat; tg: one per repeat, steps / their total time."""
     from sweep.readers.llamabench import llamabench_records

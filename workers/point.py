@@ -126,16 +126,14 @@ class PointWorker:
         )
         run, xla_compile_s, window, load = self._decode(task, prompts, prefill_vmfb, decode_vmfb)
         sequences = [run.tokens[b * num_tokens : (b + 1) * num_tokens] for b in range(task.batch)]
-        profile = None
-        # iree-benchmark-module takes the weights as inputs: a parameters module has none
-        # (its profile would need the weights as a file: --parameters=model=FILE)
-        if (
-            task.profile_calls
-            and task.runtime == Runtime.IREE
-            and task.weights == Weights.ARGUMENTS
-        ):
-            assert decode_vmfb is not None
-            profile = self._profile(task, vw, decode_vmfb, run.tokens[0])
+        profile = prefill_profile = None
+        if task.profile_calls and task.runtime == Runtime.IREE:
+            assert decode_vmfb is not None and prefill_vmfb is not None
+            values = {"token": run.tokens[0], "pos": task.prompt_length}
+            profile = self._profile(task, vw, decode_vmfb, GraphKind.DECODE, values)
+            prefill_profile = self._profile(
+                task, vw, prefill_vmfb, GraphKind.PREFILL, {"real_len": task.prompt_length}
+            )
         # After the timed phase, never inside it: the quality columns (ppl, KLD).
         stats = self._quality(task, vw, score_vmfb) if task.quality is not None else None
         # A step reads the weights once for the whole batch, and each sequence's cache.
@@ -165,6 +163,7 @@ class PointWorker:
             **timed_window(window),
             niceness=niceness(),
             profile=profile,
+            prefill_profile=prefill_profile,
             batch=task.batch,
             output_text=self._detokenize(sequences[0]) if task.prompt_text else None,
             **self.info(),
@@ -364,24 +363,30 @@ class PointWorker:
         return quality_stats(spec, self.iree.score_call(score_vmfb, parameters), base)
 
     def _profile(
-        self, task: BenchTask, vw: VariantWeights, decode_vmfb: bytes, token: int
+        self,
+        task: BenchTask,
+        vw: VariantWeights,
+        vmfb: bytes,
+        kind: GraphKind,
+        values: dict[str, int],
     ) -> Profile:
-        """IREE's per-dispatch profile of the point's decode graph, after its timed steps."""
-        from workers.measure.profile import profile_decode
+        """IREE's per-dispatch profile of one of the point's graphs, after its timed steps:
+        `task.profile_calls` decode calls, or up to `PREFILL_CALLS` of prefill."""
+        from workers.measure.profile import PREFILL_CALLS, profile_graph
 
-        graph = task.graph(self.cfg, GraphKind.DECODE)
+        calls = task.profile_calls
         inputs_dir = (self.cache_dir or Path(tempfile.gettempdir())) / "profile-inputs"
-        return profile_decode(
-            decode_vmfb,
-            graph,
+        return profile_graph(
+            vmfb,
+            task.graph(self.cfg, kind),
             vw,
             self.device.driver,
             weights_key=weights_key(task.weights_id, task.variant, task.layout),
-            token=token,
-            pos=task.prompt_length,
-            num_calls=task.profile_calls,
+            values=values,
+            num_calls=calls if kind == GraphKind.DECODE else min(calls, PREFILL_CALLS),
             inputs_dir=inputs_dir,
             num_threads=task.threads if self.device.driver == "local-task" else 0,
+            parameters=task.weights == Weights.PARAMETERS,
         )
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:

@@ -106,7 +106,8 @@ class Measurement:
     node_id: str | None = None  # the cluster node (filled in by the actor)
     threads: int | None = None  # cores the point ran on (workers.core.threads)
     num_uploads: int = 0  # uploads the worker made so far, all points together
-    profile: Profile | None = None  # IREE's per-dispatch profile, when asked for
+    profile: Profile | None = None  # IREE's per-dispatch profile of decode, when asked for
+    prefill_profile: Profile | None = None  # ... and of prefill (a few calls of the prompt)
     batch: int = 1  # sequences per step: the prompts, tokens and references hold each in turn
     output_text: str | None = None  # the first sequence's tokens, decoded (a text prompt)
     quality: QualityStats | None = None  # ppl, KLD, top-1 on the eval text (a tokenizer)
@@ -171,8 +172,8 @@ class DispatchTime:
 @dataclasses.dataclass(frozen=True)
 class Profile:
     dispatches: tuple[DispatchTime, ...]
-    device_ms: float  # per decode call: time during which some dispatch ran
-    num_calls: int  # decode calls profiled
+    device_ms: float  # per call: time during which some dispatch ran
+    num_calls: int  # graph calls profiled
     mode: str  # the HAL profiling mode used
     raw: bytes = dataclasses.field(repr=False, default=b"")  # the .ireeprof file
     command: str = ""  # the tool's command line
@@ -200,5 +201,6 @@ class DispatchKind(enum.StrEnum):
     TRANSPOSE = "transpose"
     REDUCTION = "reduction"
     ATTENTION = "attention"
+    PACK = "pack"  # data tiling's packing of a weight or activation into a tiled layout
     COPY = "copy"
     OTHER = "other"

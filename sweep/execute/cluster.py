@@ -221,7 +221,11 @@ def _node_facts() -> tuple[str, str]:
 
 
 def compile_graph_fn(
-    job: CompileJob, cache_dir: str, timeout_s: float, mode: str = "auto"
+    job: CompileJob,
+    cache_dir: str,
+    timeout_s: float,
+    mode: str = "auto",
+    max_memory_gb: float | None = None,
 ) -> tuple[Any, bytes | None]:
     """One graph from the cache, or exported and compiled: (CompileResult without its
     vmfb, the vmfb), two Ray objects, so the driver never fetches the vmfb and the
@@ -238,6 +242,7 @@ def compile_graph_fn(
             job.flags,
             cache_dir=Path(cache_dir),
             timeout_s=timeout_s,
+            max_memory_gb=max_memory_gb,
             mode=mode,
         )
         result = dataclasses.replace(result, started_at=started_at, finished_at=time.time())
@@ -310,9 +315,11 @@ class RayBackend:
         compile_timeout_s: float,
         compile_mode: str = "auto",
         priority: int = 0,
+        compile_max_memory_gb: float | None = None,
     ) -> None:
         self.source, self.cache_dir, self.compile_timeout_s = source, cache_dir, compile_timeout_s
         self.compile_mode, self.priority = compile_mode, priority
+        self.compile_max_memory_gb = compile_max_memory_gb
         self.compile_task, self.actor_class = remote_functions()
         self._vmfbs: dict[Any, Any] = {}  # a compile's metadata ref -> its vmfb ref
 
@@ -324,7 +331,11 @@ class RayBackend:
 
         on_node = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
         meta, vmfb = self.compile_task.options(scheduling_strategy=on_node).remote(
-            job, self.cache_dir, self.compile_timeout_s, self.compile_mode
+            job,
+            self.cache_dir,
+            self.compile_timeout_s,
+            self.compile_mode,
+            self.compile_max_memory_gb,
         )
         self._vmfbs[meta] = vmfb
         return meta

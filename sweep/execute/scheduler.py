@@ -790,9 +790,15 @@ class Scheduler:
             compiled=compiled,  # type: ignore[arg-type]
             decode_graph=point.graph(self.model_cfg, GraphKind.DECODE) if compiled else None,
         )
-        profile = measurement.profile
-        profiles = {point.key: profile.raw} if profile is not None and profile.raw else {}
-        return row, dispatch_rows(point, self.ctx, measurement), profiles
+        raw = {
+            f"{point.key}{suffix}": profile.raw
+            for suffix, profile in (
+                ("", measurement.profile),
+                (".prefill", measurement.prefill_profile),
+            )
+            if profile is not None and profile.raw
+        }
+        return row, dispatch_rows(point, self.ctx, measurement), raw
 
     def _stop_measuring(self, actor: Actor) -> Running:
         """The actor's point ended (a row, a failure, a timeout): its slot is free."""

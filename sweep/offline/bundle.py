@@ -120,7 +120,9 @@ def build(args: argparse.Namespace, overrides: list[str]) -> Path:
         key=lambda j: (j[1].name, j[0].label, j[2]),
     )
     print(f"bundle {out}: grid {cfg.grid.name}, {len(points)} points, {len(jobs)} graphs")
-    failed = compile_all(jobs, cache, args.jobs, cfg.bench.compile_timeout_s)
+    failed = compile_all(
+        jobs, cache, args.jobs, cfg.bench.compile_timeout_s, cfg.bench.compile_max_memory_gb
+    )
     shutil.rmtree(cache / "work", ignore_errors=True)  # the compiler's inputs and dumps
     for lock in cache.rglob("*.lock"):
         lock.unlink()
@@ -151,14 +153,28 @@ def build(args: argparse.Namespace, overrides: list[str]) -> Path:
     return out
 
 
-def compile_all(jobs: list[Any], cache: Path, num_jobs: int, timeout_s: float) -> list[str]:
+def compile_all(
+    jobs: list[Any],
+    cache: Path,
+    num_jobs: int,
+    timeout_s: float,
+    max_memory_gb: float | None = None,
+) -> list[str]:
     """Compiles every job into `cache`; returns the labels of the ones that failed (the
     host will record them as compile_error rows, as a sweep here would)."""
     from workers.compile.iree import compile_graph
 
     def one(job: Any) -> tuple[Any, Any]:
         graph, device, flags = job
-        return job, compile_graph(graph, device, flags, cache_dir=cache, timeout_s=timeout_s)
+        result = compile_graph(
+            graph,
+            device,
+            flags,
+            cache_dir=cache,
+            timeout_s=timeout_s,
+            max_memory_gb=max_memory_gb,
+        )
+        return job, result
 
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max(1, num_jobs)) as pool:

@@ -85,6 +85,9 @@ class BenchConfig:
     compile_timeout_s: float
     point_timeout_s: float
     max_retries: int
+    # iree-compile's processes together, resident: past it the compile is killed and its
+    # points are compile_error rows that say so (workers/compile/bounded.py). GB = 1e9 bytes.
+    compile_max_memory_gb: float = 12.0
     steps_per_call: int = 1  # greedy decode steps per call: a loop in the decode graph
     profile_calls: int = 10  # with profile=true: decode calls in each point's profile
     prompt: str | None = None  # a text prompt (a checkpoint's tokenizer.json); else seeded ids
@@ -274,6 +277,7 @@ def check(cfg: SweepConfig) -> None:
         ("bench.decode_steps", b.decode_steps, 1),
         ("bench.prefill_runs", b.prefill_runs, 1),
         ("bench.compile_timeout_s", b.compile_timeout_s, 1e-9),
+        ("bench.compile_max_memory_gb", b.compile_max_memory_gb, 1e-9),
         ("bench.point_timeout_s", b.point_timeout_s, 1e-9),
         ("bench.max_retries", b.max_retries, 0),
         ("bench.steps_per_call", b.steps_per_call, 1),

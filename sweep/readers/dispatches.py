@@ -1,8 +1,9 @@
 """Reading the dispatch profiles: where a decode step's time goes, for report, compare and plots.
 
 A sweep with `profile=true` writes one row per dispatch function of every profiled
-point into `<results_dir>/dispatches` (see `sweep.store.results.DISPATCH_SCHEMA`). This
-module reads them for a set of points and answers the questions a flag or format
+point's decode and prefill graphs into `<results_dir>/dispatches` (see
+`sweep.store.results.DISPATCH_SCHEMA`). This module reads them (decode's, unless asked
+for both) for a set of points and answers the questions a flag or format
 study asks next: which dispatches take the time (`top_dispatches`), how much time
 each kind of dispatch takes per token (`kind_ms`), and what a flag set or a second
 run changed, kind by kind (`kind_change`, e.g. "transpose -12, matmul -3").
@@ -21,15 +22,18 @@ import pyarrow.compute as pc
 from sweep.readers.analysis import profile_keys
 from sweep.readers.tables import fmt_short
 from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, Col, newest_per_point, read_results
+from workers.core.kinds import GraphKind
 from workers.records import DispatchKind
 
 KIND_ORDER = tuple(DispatchKind)
 MIN_CHANGE_SHOWN = 0.05  # a kind's change below this share of the baseline's time is noise
 
 
-def load(results_dir: Path, point_keys: Iterable[str]) -> list[dict[str, Any]]:
-    """The dispatch rows of `point_keys` (the newest profile of each point)."""
-    table = read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA)
+def load(
+    results_dir: Path, point_keys: Iterable[str], graphs: Sequence[str] = (GraphKind.DECODE,)
+) -> list[dict[str, Any]]:
+    """The dispatch rows of `point_keys` (the newest profile of each point), of `graphs`."""
+    table = _of_graphs(read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA), graphs)
     if not table.num_rows:
         return []
     keys = pa.array(sorted(set(point_keys)), type=pa.string())
@@ -44,7 +48,7 @@ def kinds_of_runs(
     results_dir: Path, run_ids: Sequence[str]
 ) -> dict[tuple[str, str], dict[str, float]]:
     """(run_id, point_key) -> {kind: ms per token} for the profiled points of `run_ids`."""
-    table = read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA)
+    table = _of_graphs(read_results(Path(results_dir) / DISPATCHES, schema=DISPATCH_SCHEMA))
     table = table.filter(
         pc.is_in(table[Col.RUN_ID], value_set=pa.array(list(run_ids), pa.string()))
     )
@@ -53,6 +57,12 @@ def kinds_of_runs(
         rows = [r for r in table.to_pylist() if r[Col.RUN_ID] == run]
         out.update({(run, key): kinds for key, kinds in kind_ms(rows).items()})
     return out
+
+
+def _of_graphs(table: pa.Table, graphs: Sequence[str] = (GraphKind.DECODE,)) -> pa.Table:
+    """The rows of `graphs`' profiles; a row without a graph (schema 1) is decode's."""
+    graph = pc.fill_null(table["graph"], str(GraphKind.DECODE))
+    return table.filter(pc.is_in(graph, value_set=pa.array(list(graphs), pa.string())))
 
 
 def kind_ms(dispatches: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -57,7 +57,7 @@ from sweep.readers.tables import (
 )
 from sweep.store.results import Col
 from workers.core.host import RUN_WAIT_DISTURBED
-from workers.core.kinds import Runtime, Status
+from workers.core.kinds import GraphKind, Runtime, Status
 
 
 def summary_table(rows: list[dict[str, Any]], by: list[str], header: dict[str, Any]) -> Table:
@@ -338,11 +338,20 @@ def report(args: argparse.Namespace) -> None:
 
 def llamabench_report(args: argparse.Namespace) -> None:
     """`--llamabench`: the repeats of each point are its repetitions, so they stay apart."""
-    from sweep.readers.llamabench import NEEDED, llamabench_table
+    from sweep.readers.llamabench import NEEDED, gap_table, llamabench_table
 
     run, rows = select_run(load_table(args.results, args.grid, extra=NEEDED), args.run, merge=False)
     header = context_header(run, rows, (Col.MODEL, Col.RUNTIME, Col.VARIANT, Col.THREADS))
-    emit(render(llamabench_table(rows, header), args.format), args.out)
+    table = llamabench_table(rows, header)
+    keys = (k for r in rows for k in analysis.profile_keys(r))
+    gap = gap_table(rows, profiles.load(args.results, keys, (GraphKind.DECODE, GraphKind.PREFILL)))
+    if args.format == "json":
+        table.json_obj = {"tests": table.records, "against_llamacpp": gap.records}
+    if args.format != "md":  # csv: llama-bench's table alone
+        emit(render(table, args.format), args.out)
+        return
+    side = "\n\nIREE against llama.cpp, per family:\n\n" + render_md(gap) if gap.records else ""
+    emit(render_md(table) + side, args.out)
 
 
 def pareto_report(args: argparse.Namespace, run: str, rows: list[dict[str, Any]]) -> None:

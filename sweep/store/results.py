@@ -227,7 +227,7 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 # The dispatches dataset (`profile=true`): one row per dispatch function of a profiled
 # point, in `<results_dir>/dispatches/`, written and read exactly like the results.
 DISPATCHES = "dispatches"
-DISPATCH_SCHEMA_VERSION: int = 1
+DISPATCH_SCHEMA_VERSION: int = 2  # 2: graph (prefill profiles beside decode's)
 
 
 def _build_dispatch_schema() -> pa.Schema:
@@ -243,11 +243,13 @@ def _build_dispatch_schema() -> pa.Schema:
         ("flag_set", s),
         ("prompt_length", i32),
         ("steps_per_call", i32),
+        ("graph", s),  # decode or prefill; null (version 1): decode
         # the dispatch
         ("name", s),  # the compiled dispatch function, e.g. main_dispatch_3_vecmat_8192x2048_f32
-        ("kind", s),  # matmul, attention, transpose, reduction, elementwise, copy, other
+        ("kind", s),  # matmul, attention, transpose, reduction, elementwise, pack, copy, other
+        # per token: a generated one (decode), a prompt token (prefill: a call / its tokens)
         ("calls_per_token", f64),
-        ("ms_per_token", f64),  # its spans per generated token (overlapping spans each count)
+        ("ms_per_token", f64),  # its spans per token (overlapping spans each count)
         ("share", f64),  # of the point's summed dispatch time
         ("num_calls_profiled", i32),
         ("profile_mode", s),  # host-execution (CPU drivers) or dispatch-events (CUDA)

@@ -16,9 +16,9 @@ from typing import Any
 
 from sweep.plan.grid import Point
 from workers.compile.iree import CompileResult, clip_message
-from workers.core.kinds import Runtime, Status
+from workers.core.kinds import GraphKind, Runtime, Status
 from workers.model.export import GraphSpec
-from workers.records import Measurement, QualityStats
+from workers.records import Measurement, Profile, QualityStats
 
 STATUSES: tuple[Status, ...] = tuple(Status)
 FAILED: frozenset[Status] = frozenset(Status) - {Status.OK, Status.SKIPPED}
@@ -260,11 +260,23 @@ def _time_split(m: Measurement, steps_per_call: int) -> Row:
 
 
 def dispatch_rows(point: Point, ctx: RunContext, m: Measurement) -> list[Row]:
-    """One row per dispatch function of the point's profile (the `dispatches` dataset)."""
-    if m.profile is None:
-        return []
+    """One row per dispatch function of each of the point's profiles (the `dispatches`
+    dataset): decode's per generated token, prefill's per prompt token."""
     per_call = point.steps.steps_per_call
-    total = sum(d.ms_per_step for d in m.profile.dispatches) or 1.0
+    prompt_tokens = point.prompt_length * point.batch
+    return [
+        *_profile_rows(point, ctx, m.profile, GraphKind.DECODE, per_call),
+        *_profile_rows(point, ctx, m.prefill_profile, GraphKind.PREFILL, prompt_tokens),
+    ]
+
+
+def _profile_rows(
+    point: Point, ctx: RunContext, profile: Profile | None, graph: GraphKind, tokens: int
+) -> list[Row]:
+    """`profile`'s dispatches, each call's `tokens` tokens apart."""
+    if profile is None:
+        return []
+    total = sum(d.ms_per_step for d in profile.dispatches) or 1.0
     common = {
         "run_id": ctx.run_id,
         "point_key": point.key,
@@ -274,20 +286,21 @@ def dispatch_rows(point: Point, ctx: RunContext, m: Measurement) -> list[Row]:
         "runtime": point.runtime,
         "flag_set": point.flag_set,
         "prompt_length": point.prompt_length,
-        "steps_per_call": per_call,
-        "num_calls_profiled": m.profile.num_calls,
-        "profile_mode": m.profile.mode,
+        "steps_per_call": point.steps.steps_per_call,
+        "graph": graph,
+        "num_calls_profiled": profile.num_calls,
+        "profile_mode": profile.mode,
     }
     return [
         {
             **common,
             "name": d.name,
             "kind": d.kind,
-            "calls_per_token": d.calls_per_step / per_call,
-            "ms_per_token": d.ms_per_step / per_call,
+            "calls_per_token": d.calls_per_step / tokens,
+            "ms_per_token": d.ms_per_step / tokens,
             "share": d.ms_per_step / total,
         }
-        for d in m.profile.dispatches
+        for d in profile.dispatches
     ]
 
 

@@ -3,7 +3,9 @@
 Why a subprocess and not `iree.compiler.compile_str`: the in-process API has no
 timeout, and a flag sweep does meet compiles that hang or run for an hour. Here
 `iree-compile` runs in its own session, so on timeout the whole process group is
-killed and the sweep records "compile_timeout" and moves on. It also yields the
+killed and the sweep records "compile_timeout" and moves on; past its memory bound
+(`max_memory_gb`, the config's `bench.compile_max_memory_gb`) likewise, recorded as a
+"compile_error" whose message names the limit (`workers/compile/bounded.py`). It also yields the
 exact command line, so a failing point can be reproduced by pasting one line
 into a shell.
 
@@ -54,12 +56,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workers.compile.bounded import Bound, Finished, run_bounded
 from workers.core.devices import DeviceSpec
 from workers.core.files import atomic_write
 from workers.core.kinds import Status, Weights
@@ -249,6 +251,7 @@ def compile_stablehlo(
     *,
     cache_dir: Path | None = None,
     timeout_s: float = 600.0,
+    max_memory_gb: float | None = None,
     work_dir: Path | None = None,
 ) -> CompileResult:
     """Compiles `stablehlo` for `device`, from `cache_dir` when it has the key.
@@ -261,11 +264,13 @@ def compile_stablehlo(
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if max_memory_gb is not None and max_memory_gb <= 0:
+        raise ValueError(f"max_memory_gb must be > 0 or None, got {max_memory_gb}")
     flags = tuple(flags)
     sha = hashlib.sha256(stablehlo.encode()).hexdigest()
     key = cache_key(sha, device, flags)
     if cache_dir is None:
-        result = _compile(stablehlo, device, flags, key, timeout_s, work_dir)
+        result = _compile(stablehlo, device, flags, key, (timeout_s, max_memory_gb), work_dir)
         return dataclasses.replace(result, stablehlo_sha256=sha)
     cache_dir = Path(cache_dir)
     # One compile of a key at a time, across processes (two sweeps sharing the cache):
@@ -273,7 +278,7 @@ def compile_stablehlo(
     with key_lock(_cache_paths(cache_dir, key)[0].with_suffix(".lock")):
         result = _load_cached(cache_dir, key)
         if result is None:
-            result = _compile(stablehlo, device, flags, key, timeout_s, work_dir)
+            result = _compile(stablehlo, device, flags, key, (timeout_s, max_memory_gb), work_dir)
             if result.ok or _deterministic_failure(result):
                 _store_cached(cache_dir, result)
     return dataclasses.replace(result, stablehlo_sha256=sha)
@@ -289,6 +294,7 @@ def compile_graph(
     *,
     cache_dir: Path,
     timeout_s: float = 600.0,
+    max_memory_gb: float | None = None,
     mode: str = "auto",
 ) -> CompileResult:
     """The vmfb of `graph` for `device` and `flags`: from the cache without exporting when
@@ -324,6 +330,7 @@ def compile_graph(
         flags,
         cache_dir=cache_dir / "vmfb",
         timeout_s=timeout_s,
+        max_memory_gb=max_memory_gb,
         work_dir=cache_dir / "work",
     )
     return _with_verdict(result, graph)
@@ -393,14 +400,14 @@ def _compile(
     device: DeviceSpec,
     flags: tuple[str, ...],
     key: str,
-    timeout_s: float,
+    bounds: tuple[float, float | None],
     work_dir: Path | None,
 ) -> CompileResult:
     if work_dir is None:
         with tempfile.TemporaryDirectory(prefix="sweep-compile-") as tmp:
-            return _compile_in(Path(tmp), stablehlo, device, flags, key, timeout_s)
+            return _compile_in(Path(tmp), stablehlo, device, flags, key, bounds)
     Path(work_dir).mkdir(parents=True, exist_ok=True)
-    return _compile_in(Path(work_dir), stablehlo, device, flags, key, timeout_s)
+    return _compile_in(Path(work_dir), stablehlo, device, flags, key, bounds)
 
 
 def _compile_in(
@@ -409,9 +416,11 @@ def _compile_in(
     device: DeviceSpec,
     flags: tuple[str, ...],
     key: str,
-    timeout_s: float,
+    bounds: tuple[float, float | None],
 ) -> CompileResult:
-    """Runs one real compile with its files in `directory`."""
+    """Runs one real compile with its files in `directory`, within `bounds` (timeout_s,
+    max_memory_gb: None, no memory bound)."""
+    timeout_s, max_memory_gb = bounds
     stem = key[:16]
     input_path, output_path = directory / f"{stem}.mlir", directory / f"{stem}.vmfb"
     phases_dir = directory / f"{stem}.phases"
@@ -430,13 +439,22 @@ def _compile_in(
         "-o",
         str(output_path),
     ]
-    returncode, output, compile_s = _run(cmd, timeout_s)
-    common = {"key": key, "compile_s": compile_s, "cache_hit": False, "command": shlex.join(cmd)}
+    max_rss_bytes = None if max_memory_gb is None else int(max_memory_gb * 1e9)
+    finished = run_bounded(cmd, timeout_s=timeout_s, max_rss_bytes=max_rss_bytes)
+    returncode, output = finished.returncode, finished.output
+    common = {
+        "key": key,
+        "compile_s": finished.wall_s,
+        "cache_hit": False,
+        "command": shlex.join(cmd),
+    }
     if returncode != 0:
         output_path.unlink(missing_ok=True)  # a killed compiler leaves an empty or partial file
-    if returncode is None:
+    if finished.killed_by == Bound.TIME:
         message = f"iree-compile ran past timeout_s={timeout_s} and was killed\n{output}"
         return _failure(common, Status.COMPILE_TIMEOUT, message, None)
+    if finished.killed_by == Bound.MEMORY:
+        return _failure(common, Status.COMPILE_ERROR, memory_message(finished, max_memory_gb), None)
     if returncode != 0 or not output_path.is_file():
         headline = f"iree-compile {_exit_text(returncode)}"
         return _failure(common, Status.COMPILE_ERROR, f"{headline}\n{output}", returncode)
@@ -450,6 +468,16 @@ def _compile_in(
         error_message=None,
         returncode=returncode,
         **common,
+    )
+
+
+def memory_message(finished: Finished, max_memory_gb: float | None) -> str:
+    """A compile killed by the memory bound: the limit, the knob that raises it, the output."""
+    return (
+        f"iree-compile passed {max_memory_gb:g} GB of memory (resident, its processes together) "
+        f"after {finished.wall_s:.1f} s and was killed; raise bench.compile_max_memory_gb "
+        f"(now {max_memory_gb:g}) where the host has the memory, or leave this graph and "
+        f"flag set out\n{finished.output}"
     )
 
 
@@ -469,39 +497,6 @@ def _failure(
     return dataclasses.replace(
         failed, key=common["key"], compile_s=common["compile_s"], returncode=returncode
     )
-
-
-def _run(cmd: list[str], timeout_s: float) -> tuple[int | None, str, float]:
-    """Runs `cmd` in a new session: (returncode, None on timeout; output; wall seconds).
-
-    On timeout or interrupt the whole process group is killed, so no compiler
-    (or linker it started) outlives the call.
-    """
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        output, _ = proc.communicate()  # reaps the child; the pipe closes with the group
-        return None, output.decode(errors="replace"), time.perf_counter() - start
-    except BaseException:
-        _kill_group(proc)
-        proc.wait()
-        raise
-    return proc.returncode, output.decode(errors="replace"), time.perf_counter() - start
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    # start_new_session=True made the child a group leader: its pgid is its pid.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _count_dispatches(phases_dir: Path) -> int | None:

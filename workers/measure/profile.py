@@ -1,4 +1,4 @@
-"""Where a decode step's time goes: IREE's own per-dispatch profile of a point's graph.
+"""Where a step's time goes: IREE's own per-dispatch profile of a point's graphs.
 
 IREE 3.13 profiles itself (HAL device profiling, read by `iree-profile`), but its
 Python bindings cannot write a profile: `HalDevice.begin_profiling` takes no sink
@@ -6,8 +6,13 @@ Python bindings cannot write a profile: `HalDevice.begin_profiling` takes no sin
 benchmark worker after the point's timed steps, on the same decode vmfb and the same
 resident weights (written once per weight set as raw binary tool inputs under the
 cache directory), with a zero KV cache: the graph is static-shaped and does the same
-work on any values. `host-execution` gives per-dispatch spans on the CPU drivers;
-CUDA gets `dispatch-events` (device timestamps).
+work on any values. Prefill is profiled the same way, a few calls of a zero prompt of the
+point's length (`PREFILL_CALLS`): where pp's time goes. A graph that holds its weights as parameters
+(`workers.model.parameters`) takes them from an `.irpa` archive of the same arrays
+(`--parameters=model=FILE`, written once per weight set), so the tool loads the module
+as the worker did: its initializers pack the weights, off the profiled calls.
+`host-execution` gives per-dispatch spans on the CPU drivers; CUDA gets
+`dispatch-events` (device timestamps).
 
 From the profile come one record per dispatch function (calls and milliseconds per
 decode step, its kind from its name), `device_ms`: the time per step during which
@@ -39,6 +44,7 @@ import numpy as np
 from workers.core.files import atomic_write
 from workers.formats.weights import VariantWeights
 from workers.model.export import GraphSpec
+from workers.model.parameters import SCOPE
 from workers.records import DispatchKind, DispatchTime, Profile
 
 # A dispatch's kind from the summary IREE puts in its name (the most expensive op:
@@ -48,13 +54,13 @@ KINDS: tuple[tuple[str, DispatchKind], ...] = (
     (r"(^|_)(softmax|attention)", DispatchKind.ATTENTION),
     (r"(^|_)elementwise_transpose|(^|_)transpose", DispatchKind.TRANSPOSE),
     (r"(^|_)reduction", DispatchKind.REDUCTION),
-    (
-        r"(^|_)(elementwise|generic|pack|unpack|set_encoding|unset_encoding)",
-        DispatchKind.ELEMENTWISE,
-    ),
+    # data tiling's packing (`flow.tensor.encode`: `_encoding_3_encode_512x64xbf16_to_...`)
+    (r"(^|_)(encode|set_encoding|unset_encoding|pack|unpack)(_|$)", DispatchKind.PACK),
+    (r"(^|_)(elementwise|generic)", DispatchKind.ELEMENTWISE),
     (r"memcpy|copy|(^|_)slice|(^|_)update", DispatchKind.COPY),
 )
 TOOL_TIMEOUT_S = 600.0
+PREFILL_CALLS = 3  # prefill calls profiled at most: one takes a second or more at 512 tokens
 
 
 def dispatch_kind(name: str) -> str:
@@ -90,29 +96,36 @@ def iree_tool(name: str) -> str:
     )
 
 
-def profile_decode(
-    decode_vmfb: bytes,
+def profile_graph(
+    vmfb: bytes,
     graph: GraphSpec,
     vw: VariantWeights,
     driver: str,
     *,
     weights_key: str,
-    token: int,
-    pos: int,
+    values: dict[str, int],
     num_calls: int,
     inputs_dir: Path,
     num_threads: int = 0,
+    parameters: bool = False,
 ) -> Profile:
-    """Profiles `num_calls` calls of the decode graph with IREE's tool (see module docstring);
-    `num_threads` local-task workers as the point ran with (0: the default)."""
+    """Profiles `num_calls` calls of a graph with IREE's tool (see module docstring).
+
+    `values`: its scalar inputs by name (decode's `token` and `pos`, prefill's
+    `real_len`), every other dynamic input zero; `num_threads` local-task workers as the
+    point ran with (0: the default); with `parameters`, the graph holds its weights as
+    parameters.
+    """
     mode = "dispatch-events" if driver == "cuda" else "host-execution"
-    weights = weight_inputs(vw, weights_key, inputs_dir)
-    dynamic = graph.args()[len(vw.specs) :]  # token, pos, kcache, vcache
-    values = {"token": str(token), "pos": str(pos)}
-    inputs = [*weights, *(f"--input={a.tool_type}={values.get(a.name, '0')}" for a in dynamic)]
+    if parameters:
+        weights = [f"--parameters={SCOPE}={weight_archive(vw, weights_key, inputs_dir)}"]
+    else:
+        weights = weight_inputs(vw, weights_key, inputs_dir)
+    dynamic = graph.args()[len(vw.specs) :]  # token, pos, kcache, vcache; tokens, real_len
+    inputs = [*weights, *(f"--input={a.tool_type}={values.get(a.name, 0)}" for a in dynamic)]
     with tempfile.TemporaryDirectory(prefix="sweep-profile-") as tmp:
-        module, output = Path(tmp) / "decode.vmfb", Path(tmp) / "decode.ireeprof"
-        module.write_bytes(decode_vmfb)
+        module, output = Path(tmp) / "graph.vmfb", Path(tmp) / "graph.ireeprof"
+        module.write_bytes(vmfb)
         command = [
             iree_tool("iree-benchmark-module"),
             f"--device={driver}",
@@ -169,7 +182,7 @@ def summarize(
 def weight_inputs(vw: VariantWeights, key: str, inputs_dir: Path) -> list[str]:
     """`--input=SHAPExTYPE=@file.bin` for every weight, the files written once per weight
     set (`key` names it: weights, variant, layout) and reused by every later profile."""
-    folder = inputs_dir / hashlib.sha256(key.encode()).hexdigest()[:20]
+    folder = _weights_folder(key, inputs_dir)
     done = folder / "inputs.json"
     if not done.exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,6 +193,28 @@ def weight_inputs(vw: VariantWeights, key: str, inputs_dir: Path) -> list[str]:
     return [
         f"--input={spec.tool_type}=@{folder / f'w{i:04d}.bin'}" for i, spec in enumerate(vw.specs)
     ]
+
+
+def weight_archive(vw: VariantWeights, key: str, inputs_dir: Path) -> Path:
+    """The weights as an `.irpa` archive of named parameters (`iree.runtime`'s own
+    writer), written once per weight set (`key`) and reused by every later profile."""
+    import iree.runtime as rt
+
+    from workers.runtimes.iree import as_runtime_bytes
+
+    path = _weights_folder(key, inputs_dir) / "weights.irpa"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries = {s.name: as_runtime_bytes(a) for s, a in zip(vw.specs, vw.arrays, strict=True)}
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            partial = Path(tmp) / path.name  # the archive appears whole or not at all
+            rt.save_archive_file(entries, str(partial))
+            os.replace(partial, path)
+    return path
+
+
+def _weights_folder(key: str, inputs_dir: Path) -> Path:
+    return inputs_dir / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _union_ns(intervals: list[tuple[int, int]]) -> int:
