@@ -9,10 +9,12 @@ it in this list (`tests/test_layers.py` enforces it):
     checkpoints/  weights from disk or a seed: safetensors, gguf, tokenizers, and the
                   source dispatcher (`source`) the rest calls
     formats/      how weights are held and multiplied: the Variant, one file per format
-                  (floating, direct, factored, integer) and `registry`, GGUF blocks kept
-                  as stored, host packing, a variant's prepared weights
-    model/        the JAX graphs and their export to StableHLO: exactly the sources (with
-                  the variant's format files) a graph's cache key hashes
+                  (floating, direct, factored, integer, per_token) and `registry`, GGUF
+                  blocks kept as stored, SmoothQuant's folds, host packing, a variant's
+                  prepared weights
+    model/        the JAX graphs and their export to StableHLO, and the float graph's
+                  calibration for a smoothed variant: exactly the sources (with the
+                  variant's format files) a graph's cache key hashes
     tasks.py      what goes out to a worker: ModelSource, BenchTask and its parts
     compile/      iree-compile with its cache, and what dispatch names say
     runtimes/     the decode protocol (session) on IREE, XLA and llama.cpp

@@ -250,9 +250,26 @@ class ModelSource:
 
     def variant(self, variant: Variant, layout: str = Layout.IN_MAJOR) -> VariantWeights:
         """The variant's graph weights, made from one checkpoint tensor at a time (the
-        linears from the file's own blocks for a variant with `blocks`)."""
-        source = self.tensors(variant.blocks)
+        linears from the file's own blocks for a variant with `blocks`); a smoothed
+        variant's after calibrating the float model (`workers.model.calibrate`)."""
+        source: Any = self.tensors(variant.blocks)
+        if variant.smooth_alpha is not None:
+            from workers.model.calibrate import smoothed_tensors
+
+            source = smoothed_tensors(
+                self.config(), source, self.tensors, variant.smooth_alpha, self.tokenizer()
+            )
         return prepare_variant(source, self.config(), variant, layout, consume=True)
+
+    def tokenizer(self) -> Any | None:
+        """The checkpoint's tokenizer, or None: seeded weights, or a checkpoint without one."""
+        from workers.checkpoints.tensors import CheckpointError
+        from workers.checkpoints.tokenizers import load_tokenizer
+
+        try:
+            return load_tokenizer(self.path) if self.path else None
+        except CheckpointError:
+            return None
 
 
 def weights_key(weights_id: str, variant: Variant, layout: str) -> str:

@@ -20,15 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep.plan.config import ConfigError, SweepConfig
+from workers.checkpoints.tokenizers import BUILTIN_TEXT_NAME as DEFAULT_TEXT_NAME
+from workers.checkpoints.tokenizers import builtin_text as default_text
 from workers.tasks import MIN_EVAL_TOKENS, EvalSpec, eval_windows
-
-DEFAULT_TEXT_NAME = "the Python Language Reference (pydoc_data.topics)"
-
-
-def default_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[name] for name in sorted(topics))
 
 
 def read_text(path: str | None) -> tuple[str, str]:

@@ -17,6 +17,18 @@ from workers.checkpoints.gguf import _parsed
 from workers.checkpoints.source import gguf_file
 from workers.checkpoints.tensors import CheckpointError
 
+BUILTIN_TEXT_NAME = "the Python Language Reference (pydoc_data.topics)"
+
+
+def builtin_text() -> str:
+    """A text every host has without a download: the Python Language Reference that every
+    CPython ships (`pydoc_data/topics.py`, what `help("if")` prints), its topics joined
+    in sorted order. The quality columns score its start (`sweep.plan.eval_text`), a
+    smoothed variant calibrates on its end (`workers.model.calibrate`)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics))
+
 
 def load_tokenizer(path: str | Path) -> Any:
     """The checkpoint's `tokenizer.json` (the `tokenizers` library), or a GGUF file's own."""

@@ -29,7 +29,9 @@ file of its own beside this one (`direct.py`, `factored.py`, `integer.py`; `floa
 for a variant that quantizes nothing) with its checks, its arguments' shapes, its
 host layout, its in-graph linear, its nearest llama.cpp type and whether IREE fuses
 its dequant; `registry.py` lists them. `blocks` keeps a GGUF file's own linears bit for
-bit instead of quantizing its float values again (`gguf_blocks.py`).
+bit instead of quantizing its float values again (`gguf_blocks.py`). `smooth_alpha`
+smooths the float weights before they are quantized (SmoothQuant, `smooth.py`): the
+same graph, other numbers.
 
 The layout is a grid axis of its own: `in_major` gives the graph every matrix as
 [in, out] (`x @ W`), `out_major` as the checkpoint stores it, [out, in], multiplied
@@ -132,6 +134,10 @@ class Variant:
     # has its type's group, bits and offset (workers/checkpoints/ggml_types.py); the
     # others stay float32.
     tensor_blocks: tuple[str, ...] = ()
+    # SmoothQuant's migration strength a (workers/formats/smooth.py): the linears' input
+    # channels divided by s = max|x|^a / max|W|^(1-a), calibrated on the float model and
+    # folded into the norms and the v and up rows; None: not smoothed.
+    smooth_alpha: float | None = None
 
     def __post_init__(self) -> None:
         where = f"variant {self.name!r}"
@@ -164,6 +170,8 @@ class Variant:
                 raise ValueError(
                     f"{where}: dequant={self.dequant} needs a quantized variant (bits)"
                 )
+            if self.smooth_alpha is not None:
+                raise ValueError(f"{where}: smooth_alpha needs a quantized variant (bits)")
             return
         if self.dtype != "float32":
             raise ValueError(f"{where}: a quantized variant computes in float32")
@@ -190,6 +198,13 @@ class Variant:
                     f"{where}: embedding_group_size={self.embedding_group_size} must be a "
                     f"positive multiple of {step} (or null: one scale per vocabulary row)"
                 )
+        if self.smooth_alpha is not None and (
+            self.blocks is not None or not 0 <= self.smooth_alpha <= 1
+        ):
+            raise ValueError(
+                f"{where}: smooth_alpha={self.smooth_alpha} must be in [0, 1], on a variant "
+                "that quantizes float weights itself (blocks: null)"
+            )
         self.format.check(self, where)
 
     def _take_block_fields(self, where: str) -> None:
@@ -414,7 +429,7 @@ def _fingerprint(variant: Variant) -> str:
         del fields["blocks"]
     if not variant.tensor_blocks:  # likewise
         del fields["tensor_blocks"]
-    for field in ("embedding_group_size", "embedding_bits"):  # likewise
+    for field in ("embedding_group_size", "embedding_bits", "smooth_alpha"):  # likewise
         if fields[field] is None:
             del fields[field]
     blob = json.dumps(fields, sort_keys=True)
