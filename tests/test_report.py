@@ -516,7 +516,9 @@ def test_the_llamabench_view_says_per_family_what_stands_in_the_way() -> None:
     assert "fuse" not in gap["iree"] and gap["inside_bound"], "the fast one costs too much KLD"
     assert gap["tg_x"] == pytest.approx(2.0) and gap["pp_x"] == pytest.approx(0.5)
     assert not gap["meets"]
-    assert gap["step"].startswith("40 dispatches a step, 20 of its 20 ms inside them (500 us each)")
+    assert gap["step"].startswith(
+        "40 dispatches a step of 20 ms, 20 ms inside them as profiled (500 us each)"
+    )
     assert "elementwise 12 ms in 30, matmul 8 ms in 10" in gap["step"]
     assert "heaviest: d_7_elementwise_64 12 ms (30x)" in gap["step"]
     stands = "what stands in the way: decode: 40 dispatches"
@@ -534,8 +536,8 @@ def test_the_llamabench_view_says_per_family_what_stands_in_the_way() -> None:
     ]  # fmt: skip
     (gap,) = gap_records(rows, profile + prompt)
     assert gap["prompt"] == (
-        "2 dispatches a prompt, 256 of its 1000 ms inside them (128000 us each): matmul 256 ms "
-        "in 2; "
+        "2 dispatches a prompt of 1000 ms, 256 ms inside them as profiled (128000 us each): "
+        "matmul 256 ms in 2; "
         "heaviest: p_1_matmul_like_512 256 ms (2x)"
     )
     assert gap["step"].startswith("40 dispatches a step"), "decode's profile alone"

@@ -206,9 +206,10 @@ def gap_records(
 
 
 def step_story(profile: list[dict[str, Any]], tokens: float, call: str, call_ms: float) -> str:
-    """What a profiled call of `call_ms` spends, per dispatch (the rows are per token: a
-    call holds `tokens`): `1267 dispatches a step, 19.5 of its 35.1 ms inside them (15 us
-    each): matmul 15.4 ms in 271, pack 2.56 ms in 150; heaviest: NAME 5.52 ms (1x)`."""
+    """What a call of `call_ms` (unprofiled) spends, per dispatch as profiled (the rows are
+    per token: a call holds `tokens`): `1267 dispatches a step of 35.1 ms, 19.5 ms inside
+    them as profiled (15 us each): matmul 15.4 ms in 271, pack 2.56 ms in 150; heaviest:
+    NAME 5.52 ms (1x)`. Profiling slows dispatches a little, so the two can cross."""
     if not profile:
         return "not profiled (profile=true)"
     calls = tokens * sum(d["calls_per_token"] for d in profile)
@@ -227,8 +228,9 @@ def step_story(profile: list[dict[str, Any]], tokens: float, call: str, call_ms:
         for d in heaviest
     )
     return (
-        f"{calls:.0f} dispatches a {call}, {fmt_short(busy)} of its {fmt_short(call_ms)} ms "
-        f"inside them ({fmt_short(busy / calls * 1e3)} us each): {per_kind}; heaviest: {named}"
+        f"{calls:.0f} dispatches a {call} of {fmt_short(call_ms)} ms, {fmt_short(busy)} ms "
+        f"inside them as profiled ({fmt_short(busy / calls * 1e3)} us each): {per_kind}; "
+        f"heaviest: {named}"
     )
 
 
