@@ -148,7 +148,7 @@ def gap_records(
     rows: list[dict[str, Any]], dispatches: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Per model and family with a llama.cpp configuration: IREE's answer against it (see
-    the module docstring), with what its profile says of its decode step."""
+    the module docstring), with what its profiles say of its decode step and its prompt."""
     by_point: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (point, graph) -> its rows
     for d in dispatches:
         by_point.setdefault((d[Col.POINT_KEY], d.get("graph") or GraphKind.DECODE), []).append(d)
