@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,14 +76,16 @@ def test_unknown_flag_fails_its_points_only(ray_cluster, tmp_path, shared_cache)
     assert all(r["returncode"] not in (None, 0) for r in bad)
 
 
-def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_path):
+def _one_fresh_compile(tmp_path, bound: str) -> Any:
+    """A one-point sweep whose only compile runs, from an empty cache, under `bound`."""
     outcome, _ = sweep(
-        tmp_path,
-        tmp_path / "fresh-cache",
-        *SMOKE_FP32,
-        "grid.prompt_lengths=[8]",
-        "bench.compile_timeout_s=0.05",
+        tmp_path, tmp_path / "fresh-cache", *SMOKE_FP32, "grid.prompt_lengths=[8]", bound
     )
+    return outcome
+
+
+def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_path):
+    outcome = _one_fresh_compile(tmp_path, "bench.compile_timeout_s=0.05")
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["compile_timeout"]
     assert "timeout" in outcome.rows[0]["error_message"].lower()
@@ -91,13 +94,7 @@ def test_compile_timeout_kills_the_compiler_and_is_recorded(ray_cluster, tmp_pat
 def test_compile_memory_bound_kills_the_compiler_and_is_recorded(ray_cluster, tmp_path):
     """bench.compile_max_memory_gb reaches the compile task: iree-compile (about 150 MB
     resident on any graph) under 20 MB is killed, and the row says which knob to raise."""
-    outcome, _ = sweep(
-        tmp_path,
-        tmp_path / "fresh-cache",
-        *SMOKE_FP32,
-        "grid.prompt_lengths=[8]",
-        "bench.compile_max_memory_gb=0.02",
-    )
+    outcome = _one_fresh_compile(tmp_path, "bench.compile_max_memory_gb=0.02")
     assert outcome.exit_code == 1
     assert [r["status"] for r in outcome.rows] == ["compile_error"]
     message = outcome.rows[0]["error_message"]
