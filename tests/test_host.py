@@ -51,6 +51,7 @@ def _busy_child_window(nice: int, seconds: float = 3.0) -> tuple[host.Counters, 
     return start, end, ticks
 
 
+@pytest.mark.slow  # seconds of busy processes at two priorities, sampled
 def test_a_busy_process_at_niceness_0_counts_and_one_at_19_does_not() -> None:
     """busy_frac * the window's ticks holds what the child took at niceness 0 (within the
     two ticks its reads and the host's are apart); at 19 the child's ticks count only for

@@ -22,7 +22,7 @@ import pytest
 from benchmarks.parameters import O3, PACKED, Linear, LoadedLinear, compile_linear
 from sweep.store.results import DISPATCH_SCHEMA, DISPATCHES, read_results
 from tests.helpers import sweep
-from workers.model.parameters import as_parameters
+from workers.model.parameters import as_parameters, one_module
 
 
 def _exported(*shapes_dtypes: tuple[tuple[int, ...], str]) -> str:
@@ -88,6 +88,72 @@ def test_data_tiling_packs_a_parameter_once_at_load(tmp_path, element: str) -> N
     assert argument.num_packed_per_call == 2 and parameter.num_packed_per_call == 1
 
 
+def _matmul(n: int, k: int, m: int) -> str:
+    """`x [m, k] . W [n, k]^T` in int8, W the first argument, exported."""
+    import jax
+    import jax.numpy as jnp
+
+    def fn(w, x):
+        dims = (((1,), (1,)), ((), ()))
+        return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.int32)
+
+    args = (jax.ShapeDtypeStruct((n, k), jnp.int8), jax.ShapeDtypeStruct((m, k), jnp.int8))
+    return jax.export.export(jax.jit(fn), platforms=["cpu"])(*args).mlir_module()
+
+
+def test_one_module_names_its_entry_points_and_holds_each_weight_once() -> None:
+    text = one_module({"decode": _matmul(8, 4, 1), "prefill": _matmul(8, 4, 16)}, ["w"])
+    assert text.count("util.global private") == 1, "one global for the weight both read"
+    for entry, rows in (("decode", 1), ("prefill", 16)):
+        assert f"func.func public @{entry}(%arg0: tensor<{rows}x4xi8>)" in text
+        assert f"func.func private @{entry}__main(" in text
+    assert "@main(" not in text.replace("__main(", ""), "every graph's @main renamed"
+    with pytest.raises(ValueError, match="other weights"):
+        one_module({"decode": _matmul(8, 4, 1), "prefill": _matmul(16, 4, 1)}, ["w"])
+
+
+@pytest.mark.slow  # two compiles with data tiling, and a 16 MB weight packed at load
+def test_one_module_packs_a_weight_once_for_all_its_entry_points(tmp_path) -> None:
+    """What `ModuleSpec` rests on: a weight that the decode (1 row) and the prefill (64 rows)
+    entry points both read is packed into one copy, as much memory as one entry point's;
+    the flow phase still counts one packing per entry point (IREE merges them later, where
+    their layouts agree)."""
+    import iree.runtime as rt
+
+    from sweep.plan.config import load_config
+    from workers.compile.iree import compile_stablehlo
+    from workers.model.parameters import SCOPE
+    from workers.runtimes.iree import as_runtime_bytes, resident_bytes
+
+    n, k = 8192, 2048
+    cpu = load_config([])[0].devices["cpu"]
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    grown = {}
+    for entries in (("decode",), ("decode", "prefill")):
+        rows = {"decode": 1, "prefill": 64}
+        text = one_module({e: _matmul(n, k, rows[e]) for e in entries}, ["w"])
+        compiled = compile_stablehlo(text, cpu, PACKED, work_dir=tmp_path)
+        assert compiled.ok and compiled.vmfb, compiled.error_message
+        assert compiled.num_packed_at_load == len(entries) and compiled.num_packed_per_call == 1
+        device, instance = rt.get_device("local-task"), rt.VmInstance()
+        index = rt.ParameterIndex()
+        index.add_buffer("w", as_runtime_bytes(w))
+        provider = rt.create_io_parameters_module(instance, index.create_provider(scope=SCOPE))
+        module = rt.VmModule.copy_buffer(instance, compiled.vmfb)
+        before = resident_bytes()
+        context = rt.VmContext(instance, [rt.create_hal_module(instance, device), provider, module])
+        grown[entries] = resident_bytes() - before
+        for entry in entries:
+            x = rng.integers(-127, 128, (rows[entry], k), dtype=np.int8)
+            call = rt.FunctionInvoker(context, device, module.lookup_function(entry))
+            expected = x.astype(np.int64) @ w.T.astype(np.int64)
+            np.testing.assert_array_equal(np.asarray(call(x).to_host()), expected)
+    alone, both = grown[("decode",)], grown[("decode", "prefill")]
+    assert alone >= 0.9 * w.nbytes, "the packed copy is made at load"
+    assert both < alone + 0.5 * w.nbytes, f"two entry points, one packed copy: {both} vs {alone}"
+
+
 @pytest.mark.slow  # a real sweep: export, iree-compile and a Ray actor per variant
 def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_cache) -> None:
     outcome, text = sweep(
@@ -120,6 +186,9 @@ def test_a_sweep_holds_its_weights_as_parameters(ray_cluster, tmp_path, shared_c
         arg, param = by[v, "arguments"], by[v, "parameters"]
         assert arg["packed_at_load"] == 0 and param["packed_at_load"] > 0, v
         assert param["packed_per_call"] < arg["packed_per_call"], v
+        # one module of prefill and decode for parameters, a module per graph for arguments
+        assert param["prefill_compile_s"] is None and param["decode_compile_s"] > 0, v
+        assert arg["prefill_compile_s"] > 0, v
     assert "params" in text, "the points are named by how they hold their weights"
     # the profiles (the weights as an .irpa for a parameter point) say the same per call
     dispatches = read_results(tmp_path / "results" / DISPATCHES, schema=DISPATCH_SCHEMA)

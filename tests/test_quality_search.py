@@ -47,6 +47,7 @@ def test_the_bound_reads_a_row_as_llama_cpps_columns():
     assert verdict(failed, QualityBound(max_kld=1.0)) == (None, "failed")
 
 
+@pytest.mark.slow  # a whole search per bound
 @pytest.mark.parametrize("bound", ["search.max_kld=0.1", "search.min_top1=0.8"])
 def test_a_trial_outside_the_bound_is_infeasible_and_never_best(tmp_path: Path, bound: str):
     cfg = config(tmp_path, "search.trials=16", "search.seed=1", FORMATS, bound)

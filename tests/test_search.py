@@ -46,6 +46,7 @@ def test_a_search_measures_its_budget_of_distinct_configurations(tmp_path: Path)
         assert summary.listed is not None and summary.listed[1] == pytest.approx(8.0), "O3"
 
 
+@pytest.mark.slow  # a search run three times, each to its budget
 def test_the_same_command_adds_no_trials_and_a_larger_budget_adds_the_difference(
     tmp_path: Path,
 ):
@@ -217,6 +218,7 @@ def test_formats_that_cannot_hold_the_model_are_left_out_and_said(tmp_path: Path
     assert "search: format int4-fac-g128 left out" in out.getvalue()
 
 
+@pytest.mark.slow  # a whole search and its ablation, measured on a simulated cluster
 def test_the_weights_are_an_axis_where_the_search_offers_them(tmp_path: Path):
     """With `search.weights=[arguments,parameters]` a study proposes how the graphs hold the
     weights (parameters are 4 ms faster here), finds parameters and keeps them in its

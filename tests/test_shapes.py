@@ -44,6 +44,7 @@ def decode(weights, prompts: np.ndarray, *, batch: int = 1, span: int | None = N
     return greedy_decode(XlaSession(cpu, arrays, prefill, step), prompts, BUCKET, STEPS).tokens
 
 
+@pytest.mark.slow  # XLA compiles of a batched and an unbatched prefill and decode
 def test_each_sequence_of_a_batch_decodes_as_it_does_alone(weights):
     cfg, _ = weights
     prompts = np.stack([prompt_ids(cfg.vocab_size, LENGTH, seed=s) for s in range(4)])

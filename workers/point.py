@@ -81,8 +81,14 @@ class PointWorker:
         score_vmfb: bytes | None = None,
         share: CoreShare | None = None,
     ) -> Measurement:
-        """`share`: the cores of a GPU point timed beside others (`workers.core.threads`)."""
+        """The vmfbs are the task's compiles in order (`BenchTask.compiles`): prefill,
+        decode and score, or one module that is all three. `share`: the cores of a GPU
+        point timed beside others (`workers.core.threads`)."""
         from workers.core.threads import cores_for, pinned
+
+        if task.one_module and task.runtime == Runtime.IREE:
+            decode_vmfb = prefill_vmfb
+            score_vmfb = prefill_vmfb if task.quality is not None else None
 
         # the cores whose load the row reports (workers.core.host): its share's, or the host's
         self._cores = cores_for(task.threads, share) if share is not None else None
@@ -387,6 +393,7 @@ class PointWorker:
             inputs_dir=inputs_dir,
             num_threads=task.threads if self.device.driver == "local-task" else 0,
             parameters=task.weights == Weights.PARAMETERS,
+            function=kind if task.one_module else "main",
         )
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:

@@ -25,7 +25,7 @@ from workers.core.devices import cpu_has_amx
 from workers.core.kinds import GraphKind, Layout, Runtime, Weights, check
 from workers.formats.variant import Variant, check_layout
 from workers.formats.weights import VariantWeights, prepare_variant
-from workers.model.export import GraphSpec
+from workers.model.export import TIMED_KINDS, Compilable, GraphSpec, ModuleSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +333,23 @@ class BenchTask:
             self.attention_span,
             self.weights,
         )
+
+    def graphs(self, cfg: LlamaConfig) -> tuple[GraphSpec, ...]:
+        """prefill and decode, then the score graph when the task measures quality."""
+        kinds = (*TIMED_KINDS, GraphKind.SCORE) if self.quality is not None else TIMED_KINDS
+        return tuple(self.graph(cfg, kind) for kind in kinds)
+
+    @property
+    def one_module(self) -> bool:
+        """Whether the task's graphs are one module (`ModuleSpec`): with weights as
+        parameters, so that its entry points share the weights and their packed copies."""
+        return self.weights == Weights.PARAMETERS
+
+    def compiles(self, cfg: LlamaConfig) -> tuple[Compilable, ...]:
+        """What the task's vmfbs are compiled from, in the order a worker takes them: a
+        module per graph (prefill, decode, score), or one module of them all."""
+        graphs = self.graphs(cfg)
+        return (ModuleSpec(graphs),) if self.one_module else graphs
 
     def __post_init__(self) -> None:
         check(Runtime, self.runtime, "runtime")

@@ -779,9 +779,8 @@ class Scheduler:
     def _measured_rows(self, running: Running, measurement: Measurement) -> MeasuredRows:
         point = running.point
         compiled = None
-        if running.compiles:
-            prefill, decode = running.results[:2]  # then score, if any
-            compiled = (prefill, decode)
+        if running.compiles:  # prefill and decode (then score, if any), or one module
+            compiled = tuple(running.results[: 1 if point.task().one_module else 2])
         row = measured_row(
             point,
             self.ctx,

@@ -21,9 +21,9 @@ from typing import Any
 from sweep.plan.config import FlagSet, SweepConfig
 from workers.core.config import LlamaConfig
 from workers.core.devices import DeviceSpec
-from workers.core.kinds import Attention, GraphKind, Layout, Runtime, Weights
+from workers.core.kinds import Attention, Layout, Runtime, Weights
 from workers.formats.variant import Variant
-from workers.model.export import TIMED_KINDS, GraphSpec, prompt_bucket
+from workers.model.export import Compilable, GraphSpec, prompt_bucket
 from workers.tasks import BenchTask, DecodeSteps, EvalSpec, LlamaCppSettings
 
 KEY_VERSION = 2  # bump when the meaning of a point changes, so old rows are not reused
@@ -102,10 +102,10 @@ class Point:
         """The graph of `kind` this point runs; points that share it share its compile."""
         return self.task().graph(cfg, kind)
 
-    def graphs(self, cfg: LlamaConfig) -> tuple[GraphSpec, ...]:
-        """prefill and decode, then the score graph when the point measures quality."""
-        kinds = (*TIMED_KINDS, GraphKind.SCORE) if self.quality is not None else TIMED_KINDS
-        return tuple(self.graph(cfg, kind) for kind in kinds)
+    def graphs(self, cfg: LlamaConfig) -> tuple[Compilable, ...]:
+        """What the point compiles: prefill and decode, then the score graph when the point
+        measures quality; one module of them when its weights are parameters."""
+        return self.task().compiles(cfg)
 
     def task(self) -> BenchTask:
         return BenchTask(

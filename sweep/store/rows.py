@@ -110,20 +110,27 @@ def compile_failure_row(point: Point, ctx: RunContext, failed: CompileResult) ->
     )
 
 
-def compile_columns(prefill: CompileResult, decode: CompileResult) -> Row:
-    """The decode graph's statistics are the headline: it is what runs per token."""
+def compile_columns(*compiled: CompileResult) -> Row:
+    """`compiled`: the prefill and the decode graph's compiles, or the one compile of a
+    module of the point's graphs (weights as parameters, `workers.model.export.ModuleSpec`).
+    The decode graph's statistics are the headline: it is what runs per token. One module
+    fills the decode columns (its `num_dispatches` and `packed_per_call` are its decode
+    entry point's) and leaves the prefill ones null.
+    """
+    *prefill, decode = compiled
+    first = prefill[0] if prefill else None
     return {
-        "compile_s": (prefill.compile_s or 0.0) + (decode.compile_s or 0.0),
+        "compile_s": sum(c.compile_s or 0.0 for c in compiled),
         "decode_compile_s": decode.compile_s,
-        "prefill_compile_s": prefill.compile_s,
+        "prefill_compile_s": first.compile_s if first else None,
         "vmfb_bytes": decode.vmfb_bytes,
         "num_dispatches": decode.num_dispatches,
         "dequant_fused": decode.dequant_fused,
-        "packed_at_load": _sum_known(prefill.num_packed_at_load, decode.num_packed_at_load),
+        "packed_at_load": _sum_known(*(c.num_packed_at_load for c in compiled)),
         "packed_per_call": decode.num_packed_per_call,
-        "compile_cache_hit": prefill.cache_hit and decode.cache_hit,
-        "prefill_compile_started_at": _utc(prefill.started_at),
-        "prefill_compile_finished_at": _utc(prefill.finished_at),
+        "compile_cache_hit": all(c.cache_hit for c in compiled),
+        "prefill_compile_started_at": _utc(first.started_at) if first else None,
+        "prefill_compile_finished_at": _utc(first.finished_at) if first else None,
         "decode_compile_started_at": _utc(decode.started_at),
         "decode_compile_finished_at": _utc(decode.finished_at),
     }
@@ -143,19 +150,20 @@ def measured_row(
     m: Measurement,
     *,
     attempt: int,
-    compiled: tuple[CompileResult, CompileResult] | None = None,
+    compiled: tuple[CompileResult, ...] | None = None,
     decode_graph: GraphSpec | None = None,
 ) -> Row:
     """The row of a measured point: ok, or wrong_output when its tokens drift too early.
 
-    `compiled` is the (prefill, decode) compile of an IREE point; None for XLA.
+    `compiled` is an IREE point's (prefill, decode) compiles, or its one module's; None
+    for XLA.
     """
     shortfall = _token_shortfall(point, m)
     ok = shortfall is None
     if compiled is not None:
         assert decode_graph is not None
         compile_cols = compile_columns(*compiled)
-        repro = repro_command(compiled[1], decode_graph, point.device.driver)
+        repro = repro_command(compiled[-1], decode_graph, point.device.driver)
     else:
         compile_cols, repro = {"compile_s": m.xla_compile_s}, None
     return {
@@ -313,14 +321,18 @@ def repro_command(decode: CompileResult, graph: GraphSpec, driver: str) -> str:
     return _repro_command(decode.command, graph, driver)
 
 
+# Where a repro's weights come from when they are parameters: an archive of the point's
+# weights (`workers.measure.profile.weight_archive` writes one when the point is profiled).
+REPRO_WEIGHTS = "WEIGHTS.irpa"
+
+
 @functools.lru_cache(maxsize=4096)  # the points of one decode graph share it
 def _repro_command(command: str, graph: GraphSpec, driver: str) -> str:
     bench = [
         "iree-benchmark-module",
         f"--module={_output_path(command)}",
         f"--device={driver}",
-        "--function=main",
-        *(f"--input={a.tool_type}=0" for a in graph.args()),
+        *graph.tool_call(REPRO_WEIGHTS),
     ]
     return f"{command} && {shlex.join(bench)}"
 

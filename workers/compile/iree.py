@@ -64,11 +64,11 @@ from typing import TYPE_CHECKING
 from workers.compile.bounded import Bound, Finished, run_bounded
 from workers.core.devices import DeviceSpec
 from workers.core.files import atomic_write
-from workers.core.kinds import Status, Weights
+from workers.core.kinds import GraphKind, Status, Weights
 from workers.core.locks import key_lock
 
 if TYPE_CHECKING:
-    from workers.model.export import GraphSpec
+    from workers.model.export import Compilable
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ _CPUINFO_KEYS: frozenset[str] = frozenset(
 )
 _FLOW_DISPATCH_RE = re.compile(r"\bflow\.dispatch @")
 _FLOW_EXPORT_RE = re.compile(r"\bflow\.executable\.export\s+(?:public\s+)?@([\w$.-]+)")
+_SYMBOL_RE = re.compile(r"@([\w$.-]+)")
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ COMPILE_MODES: tuple[str, ...] = ("auto", "cache_only")
 
 
 def compile_graph(
-    graph: GraphSpec,
+    graph: Compilable,
     device: DeviceSpec,
     flags: Sequence[str] = (),
     *,
@@ -336,7 +337,7 @@ def compile_graph(
     return _with_verdict(result, graph)
 
 
-def _with_verdict(result: CompileResult, graph: GraphSpec) -> CompileResult:
+def _with_verdict(result: CompileResult, graph: Compilable) -> CompileResult:
     """The result with `dequant_fused` read from its dispatch names for `graph`'s variant."""
     from workers.compile.dispatches import dequant_fused
 
@@ -344,10 +345,14 @@ def _with_verdict(result: CompileResult, graph: GraphSpec) -> CompileResult:
     return dataclasses.replace(result, dequant_fused=fused)
 
 
-def graph_fingerprint(graph: GraphSpec) -> str:
-    """What determines a graph's StableHLO: its spec and the code that builds it."""
-    from workers.model.export import source_sha
+def graph_fingerprint(graph: Compilable) -> str:
+    """What determines a graph's StableHLO: its spec and the code that builds it; for one
+    module of graphs (`ModuleSpec`), its graphs' fingerprints in order."""
+    from workers.model.export import GraphSpec, source_sha
 
+    if not isinstance(graph, GraphSpec):
+        parts = "/".join(graph_fingerprint(g) for g in graph.graphs)
+        return hashlib.sha256(f"module/{parts}".encode()).hexdigest()
     fields = dataclasses.asdict(graph)
     fields["cfg"] = graph.cfg.to_dict()  # llama's without the architecture fields, as before
     if fields["weights"] == Weights.ARGUMENTS:
@@ -356,19 +361,19 @@ def graph_fingerprint(graph: GraphSpec) -> str:
     return hashlib.sha256(f"{spec}/{source_sha(graph.variant)}".encode()).hexdigest()
 
 
-def _memo_path(cache_dir: Path, graph: GraphSpec) -> Path:
+def _memo_path(cache_dir: Path, graph: Compilable) -> Path:
     fingerprint = graph_fingerprint(graph)
     return cache_dir / "export" / fingerprint[:2] / f"{fingerprint}.json"
 
 
-def _memo_read(cache_dir: Path, graph: GraphSpec) -> str | None:
+def _memo_read(cache_dir: Path, graph: Compilable) -> str | None:
     try:
         return json.loads(_memo_path(cache_dir, graph).read_text())["stablehlo_sha256"]
     except (OSError, ValueError, KeyError):
         return None
 
 
-def _memo_write(cache_dir: Path, graph: GraphSpec, sha: str) -> None:
+def _memo_write(cache_dir: Path, graph: Compilable, sha: str) -> None:
     memo = {"stablehlo_sha256": sha, "graph": graph.label}
     try:
         atomic_write(_memo_path(cache_dir, graph), json.dumps(memo).encode())
@@ -499,36 +504,68 @@ def _failure(
     )
 
 
-def _count_dispatches(phases_dir: Path) -> int | None:
-    """Counts `flow.dispatch` ops in the IR dumped at the end of the flow phase."""
+def _flow_text(phases_dir: Path) -> str | None:
+    """The IR dumped at the end of the flow phase, if there is exactly one dump."""
     flow_files = sorted(phases_dir.glob("*.flow.mlir"))
-    if len(flow_files) != 1:
+    return flow_files[0].read_text(errors="replace") if len(flow_files) == 1 else None
+
+
+def _regions(flow: str) -> list[tuple[str, str, str]]:
+    """The module-level ops of a flow dump as (op, symbol, text): `util.initializer`,
+    `util.func` (symbol `decode`, `main`, ...), `flow.executable`, `util.global`."""
+    regions: list[tuple[str, str, list[str]]] = []
+    for line in flow.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and not line.startswith("  }"):
+            symbol = _SYMBOL_RE.search(line)
+            regions.append((line.split(maxsplit=1)[0], symbol.group(1) if symbol else "", []))
+        if regions:
+            regions[-1][2].append(line)
+    return [(op, symbol, "\n".join(lines)) for op, symbol, lines in regions]
+
+
+def _per_call(regions: list[tuple[str, str, str]]) -> list[str]:
+    """The functions a decode call runs: the module's `decode` entry point where it has
+    one (one module of a point's graphs, `workers.model.export.ModuleSpec`), else all."""
+    funcs = [(symbol, text) for op, symbol, text in regions if op == "util.func"]
+    decode = [text for symbol, text in funcs if _of_decode(symbol)]
+    return decode or [text for _, text in funcs]
+
+
+def _of_decode(symbol: str) -> bool:
+    """The decode entry point of a module of graphs, or one of its functions left uninlined
+    (`workers.model.parameters.one_module` names them `decode__...`)."""
+    return symbol == GraphKind.DECODE or symbol.startswith(f"{GraphKind.DECODE}__")
+
+
+def _count_dispatches(phases_dir: Path) -> int | None:
+    """Counts `flow.dispatch` ops in a call's functions (the decode entry point of one
+    module of several graphs) in the IR dumped at the end of the flow phase."""
+    flow = _flow_text(phases_dir)
+    if flow is None:
         return None
-    return len(_FLOW_DISPATCH_RE.findall(flow_files[0].read_text(errors="replace")))
+    regions = _regions(flow)
+    if not any(_of_decode(symbol) for _, symbol, _ in regions):
+        return len(_FLOW_DISPATCH_RE.findall(flow))
+    return sum(len(_FLOW_DISPATCH_RE.findall(text)) for text in _per_call(regions))
 
 
 def _dispatch_names(phases_dir: Path) -> tuple[str, ...] | None:
     """The names of the dispatches (executable exports) in the flow-phase dump."""
-    flow_files = sorted(phases_dir.glob("*.flow.mlir"))
-    if len(flow_files) != 1:
-        return None
-    return tuple(_FLOW_EXPORT_RE.findall(flow_files[0].read_text(errors="replace")))
+    flow = _flow_text(phases_dir)
+    return None if flow is None else tuple(_FLOW_EXPORT_RE.findall(flow))
 
 
 def _packings(phases_dir: Path) -> dict[str, int | None]:
     """How many packings (`flow.tensor.encode`) the flow phase put in initializers and how
     many in the functions a call runs: the proof that data tiling packed a weight at load."""
-    flow_files = sorted(phases_dir.glob("*.flow.mlir"))
-    if len(flow_files) != 1:
+    flow = _flow_text(phases_dir)
+    if flow is None:
         return {"num_packed_at_load": None, "num_packed_per_call": None}
-    at_load = per_call = 0
-    region = None  # the module-level op the line is in: "util.initializer", "util.func"
-    for line in flow_files[0].read_text(errors="replace").splitlines():
-        if line.startswith("  ") and not line.startswith("   "):  # a module-level op
-            region = line.split(maxsplit=1)[0] if not line.startswith("  }") else None
-        elif "flow.tensor.encode" in line:
-            at_load += region == "util.initializer"
-            per_call += region == "util.func"
+    regions = _regions(flow)
+    at_load = sum(
+        text.count("flow.tensor.encode") for op, _, text in regions if op == "util.initializer"
+    )
+    per_call = sum(text.count("flow.tensor.encode") for text in _per_call(regions))
     return {"num_packed_at_load": at_load, "num_packed_per_call": per_call}
 
 

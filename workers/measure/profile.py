@@ -108,13 +108,14 @@ def profile_graph(
     inputs_dir: Path,
     num_threads: int = 0,
     parameters: bool = False,
+    function: str = "main",
 ) -> Profile:
     """Profiles `num_calls` calls of a graph with IREE's tool (see module docstring).
 
     `values`: its scalar inputs by name (decode's `token` and `pos`, prefill's
     `real_len`), every other dynamic input zero; `num_threads` local-task workers as the
     point ran with (0: the default); with `parameters`, the graph holds its weights as
-    parameters.
+    parameters; `function`: its entry point (a module of several graphs names them by kind).
     """
     mode = "dispatch-events" if driver == "cuda" else "host-execution"
     if parameters:
@@ -131,7 +132,7 @@ def profile_graph(
             f"--device={driver}",
             *([f"--task_topology_max_group_count={num_threads}"] if num_threads else []),
             f"--module={module}",
-            "--function=main",
+            f"--function={function}",
             *inputs,
             f"--benchmark_min_time={num_calls}x",
             "--benchmark_repetitions=1",

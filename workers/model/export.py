@@ -24,7 +24,7 @@ from workers.core.kinds import GraphKind, Layout, Weights, check
 from workers.formats import base, direct, floating, variant
 from workers.formats.variant import ArgSpec, Variant, numpy_dtype
 from workers.model.graphs import LlamaGraphs, batched, cache_shape
-from workers.model.parameters import as_parameters
+from workers.model.parameters import SCOPE, one_module
 
 GRAPH_KINDS: tuple[GraphKind, ...] = tuple(GraphKind)
 # what every point runs; score: the quality columns
@@ -75,6 +75,19 @@ class GraphSpec:
         held = "_params" if self.weights == Weights.PARAMETERS else ""
         return f"{self.variant.name}_{self.layout}{held}_{self.kind}{shape}"
 
+    def tool_call(self, parameters_file: str) -> list[str]:
+        """The flags that call this graph with IREE's tools on zero inputs: with weights as
+        parameters, its module's entry point of its kind (`ModuleSpec`) on the weights in
+        `parameters_file` and its dynamic inputs; with arguments, `main` on every one."""
+        args = self.args()
+        if self.weights == Weights.PARAMETERS:
+            num_weights = len(self.variant.arg_specs(self.cfg, self.layout))
+            args = args[num_weights:]
+            head = [f"--function={self.kind}", f"--parameters={SCOPE}={parameters_file}"]
+        else:
+            head = ["--function=main"]
+        return [*head, *(f"--input={a.tool_type}=0" for a in args)]
+
     def args(self) -> tuple[ArgSpec, ...]:
         """Every argument of the graph in order: the weights, then the dynamic inputs.
 
@@ -122,13 +135,83 @@ class GraphSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModuleSpec:
+    """A point's graphs as the entry points of one module, as a deployed model is built:
+    their weights one set of parameters that every entry point reads, so that data tiling
+    packs each weight once (`workers.model.parameters.one_module`). An entry point is
+    named by its graph's kind: `prefill`, `decode`, `score`.
+
+    What a point compiles when its weights are parameters; with arguments each graph is
+    its own module.
+    """
+
+    graphs: tuple[GraphSpec, ...]
+
+    def __post_init__(self) -> None:
+        kinds = [g.kind for g in self.graphs]
+        if not self.graphs or len(set(kinds)) != len(kinds):
+            raise ValueError(f"a module holds graphs of distinct kinds, got {kinds}")
+        first = self.graphs[0]
+        for g in self.graphs:
+            if g.weights != Weights.PARAMETERS:
+                raise ValueError(f"{g.label}: one module shares parameters; weights={g.weights}")
+            if (g.cfg, g.variant, g.layout) != (first.cfg, first.variant, first.layout):
+                raise ValueError(f"{g.label}: a module's graphs share one model, variant, layout")
+
+    @property
+    def cfg(self) -> LlamaConfig:
+        return self.graphs[0].cfg
+
+    @property
+    def variant(self) -> Variant:
+        return self.graphs[0].variant
+
+    @property
+    def layout(self) -> str:
+        return self.graphs[0].layout
+
+    @property
+    def label(self) -> str:
+        return "+".join(g.label for g in self.graphs)
+
+    def graph(self, kind: str) -> GraphSpec:
+        """The graph of the entry point `kind`."""
+        for g in self.graphs:
+            if g.kind == kind:
+                return g
+        raise KeyError(f"module {self.label} has no {kind} entry point")
+
+
+Compilable = GraphSpec | ModuleSpec  # what one compile (one vmfb) is built from
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportedGraph:
-    spec: GraphSpec
+    spec: Compilable
     stablehlo: str
     sha256: str
 
 
-def export_graph(spec: GraphSpec) -> ExportedGraph:
+def export_graph(spec: Compilable) -> ExportedGraph:
+    """The StableHLO of a graph, or of a module of graphs (`ModuleSpec`). A graph whose
+    weights are parameters is exported as a module of one entry point, named by its kind."""
+    if isinstance(spec, GraphSpec) and spec.weights == Weights.PARAMETERS:
+        text = _joined(ModuleSpec((spec,)))
+    elif isinstance(spec, ModuleSpec):
+        text = _joined(spec)
+    else:
+        text = _exported(spec)
+    return ExportedGraph(spec, text, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _joined(module: ModuleSpec) -> str:
+    parts = [dataclasses.replace(g, weights=Weights.ARGUMENTS) for g in module.graphs]
+    names = [a.name for a in module.variant.arg_specs(module.cfg, module.layout)]
+    return one_module({g.kind: _exported(g) for g in parts}, names)
+
+
+def _exported(spec: GraphSpec) -> str:
+    """`jax.export` of one graph, its weights arguments, as StableHLO text."""
     import jax
 
     structs = [jax.ShapeDtypeStruct(a.shape, numpy_dtype(a.dtype)) for a in spec.args()]
@@ -141,9 +224,7 @@ def export_graph(spec: GraphSpec) -> ExportedGraph:
         raise RuntimeError(
             f"{spec.label}: exported StableHLO contains a custom_call IREE cannot lower"
         )
-    if spec.weights == Weights.PARAMETERS:
-        text = as_parameters(text, [a.name for a in spec.args()[:num_weights]])
-    return ExportedGraph(spec, text, hashlib.sha256(text.encode()).hexdigest())
+    return text
 
 
 def _named(method, name: str):

@@ -23,13 +23,16 @@ from typing import Any
 import numpy as np
 
 from workers.core.buffers import ALIGNMENT, aligned_empty
+from workers.core.kinds import GraphKind
 from workers.formats.weights import VariantWeights
 
 _INT32 = np.dtype(np.int32)
 
 
 class _LoadedModule:
-    """One vmfb in its own VM context on the runner's device; `main` is its entry point.
+    """One vmfb in its own VM context on the runner's device: a graph's, whose entry point
+    is `main`, or one module of a point's graphs (`workers.model.export.ModuleSpec`), whose
+    entry points are named by graph kind.
 
     A module whose weights are parameters (`workers.model.parameters`) is loaded after a
     parameters module that serves the resident weights; its initializers, which pack
@@ -49,26 +52,39 @@ class _LoadedModule:
         self.context = rt.VmContext(instance, modules=[*modules, self.vm_module])
         self.load_s = time.perf_counter() - start
         self.load_bytes = max(resident_bytes() - rss, 0)
-        self.function = self.vm_module.lookup_function("main")
         self.takes_weights = parameters is None
         self._rt = rt
+
+    def entry(self, kind: str) -> _EntryPoint:
+        """The entry point of graph `kind`: the module's function of that name, else `main`."""
+        function = self.vm_module.lookup_function(kind) or self.vm_module.lookup_function("main")
+        if function is None:
+            raise RuntimeError(f"the module has neither a {kind} entry point nor main")
+        return _EntryPoint(self, function)
+
+
+class _EntryPoint:
+    """One function of a loaded module, called with the runtime's own lists."""
+
+    def __init__(self, module: _LoadedModule, function: Any) -> None:
+        self.module, self._function = module, function
 
     def arguments(self, weights: list[Any], num_dynamic: int) -> Any:
         """A new argument list holding the resident `weights` (unless the module holds
         them as parameters), with room for `num_dynamic` more: built before a timed
         region, finished by `__call__`."""
-        static = weights if self.takes_weights else []
-        arg_list = self._rt.VmVariantList(len(static) + num_dynamic)
+        static = weights if self.module.takes_weights else []
+        arg_list = self.module._rt.VmVariantList(len(static) + num_dynamic)
         for arg in static:
             arg_list.push_ref(arg)
         return arg_list
 
     def __call__(self, arg_list: Any, dynamic: list[Any], num_results: int) -> list[Any]:
-        rt = self._rt
+        rt = self.module._rt
         for arg in dynamic:
             arg_list.push_ref(arg)
         ret_list = rt.VmVariantList(num_results)
-        self.context.invoke(self.function, arg_list, ret_list)
+        self.module.context.invoke(self._function, arg_list, ret_list)
         return [ret_list.get_as_object(i, rt.HalBufferView) for i in range(num_results)]
 
 
@@ -273,7 +289,7 @@ class IreeRunner:
     ) -> Callable[[np.ndarray], np.ndarray]:
         """A call of a score graph on the resident weights: one window of tokens in, its
         scored logits back on the host (off the timed path: plain `iree.runtime` reads)."""
-        module = self.module(vmfb, parameters)
+        module = self.module(vmfb, parameters).entry(GraphKind.SCORE)
 
         def call(tokens: np.ndarray) -> np.ndarray:
             args = module.arguments(self._weight_views, 1)
@@ -299,7 +315,13 @@ class IreeRunner:
         decode = self.module(decode_vmfb, parameters)
         modules = [prefill] if decode is prefill else [prefill, decode]
         load = ModuleLoad(sum(m.load_s for m in modules), sum(m.load_bytes for m in modules))
-        return IreeSession(self, prefill, decode, steps_per_call, load)
+        return IreeSession(
+            self,
+            prefill.entry(GraphKind.PREFILL),
+            decode.entry(GraphKind.DECODE),
+            steps_per_call,
+            load,
+        )
 
     def copy_gbps(self, nbytes: int, repeats: int = 5) -> float:
         """The device's copy bandwidth (read plus write, GB/s) on a working set like `nbytes`.
@@ -346,8 +368,8 @@ class IreeSession:
     def __init__(
         self,
         runner: IreeRunner,
-        prefill: _LoadedModule,
-        decode: _LoadedModule,
+        prefill: _EntryPoint,
+        decode: _EntryPoint,
         steps_per_call: int = 1,
         load: ModuleLoad = ModuleLoad(),
     ) -> None:
