@@ -62,6 +62,13 @@ Usage:
     python benchmarks/fidelity.py --model llama-3.2-1b --steps 5 --warmup 1
     python benchmarks/fidelity.py --device cuda --prepare DIR
     python benchmarks/fidelity.py --device cuda --vmfbs DIR --via worker
+    python benchmarks/fidelity.py --variants bf16,int8-w8a8 --weights parameters --flags packed
+
+With `--weights parameters` the graphs are one module holding the weights as parameters
+(`workers.model.export.ModuleSpec`): ours serves them from the resident arrays, the tool
+reads an `.irpa` of the same bytes and calls the module's `decode` entry point.
+`--flags` names a flag set of conf/flags/ (`packed`: data tiling and micro-kernels, which
+pack a parameter once at load).
 """
 
 from __future__ import annotations
@@ -97,6 +104,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="mid", help="a preset of workers/core/config.py")
     p.add_argument("--variants", default="fp32,int4", help="comma-separated names in conf/variant/")
     p.add_argument("--device", default="cpu", help="a device of conf/device/")
+    p.add_argument(
+        "--weights",
+        choices=("arguments", "parameters"),
+        default="arguments",
+        help="how the graphs hold the weights (docs/axes.md): call arguments, or parameters "
+        "of one module",
+    )
+    p.add_argument("--flags", default="default", help="a flag set of conf/flags/ (e.g. packed)")
     p.add_argument(
         "--target-cpu",
         default="host",
@@ -175,7 +190,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from workers.model.export import prompt_bucket
     from workers.tasks import ModelSource
 
-    known = load_config([])[0]  # the sweep's own devices and variants (conf/)
+    known = load_config([])[0]  # the sweep's own devices, variants and flag sets (conf/)
+    if args.flags not in known.grid.flag_sets:
+        flag_sets = sorted(f.stem for f in (ROOT / "conf" / "flags").glob("*.yaml"))
+        if args.flags not in flag_sets:
+            raise SystemExit(f"unknown --flags {args.flags!r}; flag sets: {flag_sets}")
+        known = load_config([f"+flags@grid.flag_sets.{args.flags}={args.flags}"])[0]
+    args.compile_flags = list(known.grid.flag_sets[args.flags].flags)
     unknown = [v for v in args.variants if v not in known.variants]
     if unknown or args.device not in known.devices:
         raise SystemExit(
@@ -274,23 +295,33 @@ class Graphs:
 def compile_variant(
     args: argparse.Namespace, cfg: Any, device: Any, variant: Any, bucket: int
 ) -> Graphs:
+    """The prefill and decode graphs' vmfbs: two modules, or one (the same bytes twice)
+    when the weights are parameters."""
     from workers.compile.iree import compile_stablehlo
-    from workers.model.export import GraphSpec, export_graph
+    from workers.model.export import GraphSpec, ModuleSpec, export_graph
 
-    results = {}
-    for kind in ("prefill", "decode"):
-        spec = GraphSpec(cfg, variant, args.max_seq, kind, bucket if kind == "prefill" else 0)
-        result = compile_stablehlo(export_graph(spec).stablehlo, device, cache_dir=args.cache_dir)
+    specs = [
+        GraphSpec(cfg, variant, args.max_seq, kind, bucket if kind == "prefill" else 0)
+        for kind in ("prefill", "decode")
+    ]
+    if args.weights == "parameters":
+        specs = [ModuleSpec(tuple(dataclasses.replace(g, weights=args.weights) for g in specs))]
+    results = []
+    for spec in specs:
+        stablehlo = export_graph(spec).stablehlo
+        result = compile_stablehlo(stablehlo, device, args.compile_flags, cache_dir=args.cache_dir)
         if not result.ok:
             raise RuntimeError(f"{spec.label}: {result.error_class}\n{result.error_message}")
-        results[kind] = result
-    prefill, decode = results["prefill"], results["decode"]
+        results.append(result)
+    prefill, decode = results[0], results[-1]
     return Graphs(
         prefill.vmfb,
         decode.vmfb,
         {
             "decode_compile_s": decode.compile_s,
-            "prefill_compile_s": prefill.compile_s,
+            "prefill_compile_s": prefill.compile_s if len(results) > 1 else None,
+            "packed_at_load": decode.num_packed_at_load,
+            "packed_per_call": decode.num_packed_per_call,
             "decode_cache_hit": decode.cache_hit,
             "num_dispatches": decode.num_dispatches,
             "decode_vmfb_bytes": decode.vmfb_bytes,
@@ -308,8 +339,11 @@ def prepare(
     manifest: dict[str, Any] = {**_graph_identity(args, bucket), "variants": {}}
     for name, variant in variants.items():
         graphs = compile_variant(args, cfg, device, variant, bucket)
-        (out / f"{name}-prefill.vmfb").write_bytes(graphs.prefill)
-        (out / f"{name}-decode.vmfb").write_bytes(graphs.decode)
+        if graphs.prefill is graphs.decode:  # one module (weights as parameters)
+            (out / f"{name}-module.vmfb").write_bytes(graphs.decode)
+        else:
+            (out / f"{name}-prefill.vmfb").write_bytes(graphs.prefill)
+            (out / f"{name}-decode.vmfb").write_bytes(graphs.decode)
         manifest["variants"][name] = graphs.meta
         print(f"{name}: {graphs.meta['num_dispatches']} decode dispatches")
     common.write_json(out / "manifest.json", manifest)
@@ -323,6 +357,8 @@ def _graph_identity(args: argparse.Namespace, bucket: int) -> dict[str, Any]:
         "target_cpu": args.target_cpu if args.device == "cpu" else None,
         "max_seq": args.max_seq,
         "bucket": bucket,
+        "weights": args.weights,
+        "flags": args.compile_flags,
     }
 
 
@@ -337,18 +373,22 @@ def load_graphs(
     if have != wanted:
         raise SystemExit(
             f"--vmfbs {args.vmfbs} holds graphs for {have}, not {wanted}: "
-            "run --prepare with the same --model, --device, --target-cpu, --max-seq and "
-            "--prompt-length"
+            "run --prepare with the same --model, --device, --target-cpu, --max-seq, "
+            "--prompt-length, --weights and --flags"
         )
     if variant.name not in manifest["variants"]:
         have_variants = sorted(manifest["variants"])
         raise SystemExit(
             f"--vmfbs {args.vmfbs} has no {variant.name!r} graphs, only {have_variants}"
         )
+    meta = manifest["variants"][variant.name]
+    if args.weights == "parameters":
+        module = (args.vmfbs / f"{variant.name}-module.vmfb").read_bytes()
+        return Graphs(module, module, meta)
     return Graphs(
         (args.vmfbs / f"{variant.name}-prefill.vmfb").read_bytes(),
         (args.vmfbs / f"{variant.name}-decode.vmfb").read_bytes(),
-        manifest["variants"][variant.name],
+        meta,
     )
 
 
@@ -439,8 +479,9 @@ class RunnerOurs(Ours):
         key = weights_key(task.weights_id, task.variant, task.layout)
         make = lambda: self.source.variant(task.variant, task.layout)  # noqa: E731
         upload_s = self.runner.ensure_weights(key, make)
+        parameters = task.weights == "parameters"
         run = greedy_decode(
-            self.runner.session(graphs.prefill, graphs.decode),
+            self.runner.session(graphs.prefill, graphs.decode, parameters=parameters),
             prompt_ids(self.source.config().vocab_size, task.prompt_length),
             task.prompt_bucket,
             task.steps,
@@ -489,18 +530,27 @@ def bench_variant(
 
     steps = DecodeSteps(warmup_steps=args.warmup, decode_steps=args.steps, prefill_runs=1)
     weights_id = source.weights_id()
-    task = BenchTask(variant, "iree", weights_id, args.prompt_length, bucket, args.max_seq, steps)
-    decode_graph = GraphSpec(source.config(), variant, args.max_seq, "decode")
+    task = BenchTask(
+        variant,
+        "iree",
+        weights_id,
+        args.prompt_length,
+        bucket,
+        args.max_seq,
+        steps,
+        weights=args.weights,
+    )
+    decode_graph = GraphSpec(source.config(), variant, args.max_seq, "decode", weights=args.weights)
     print(f"\n## {variant.name}: {graphs.meta['num_dispatches']} decode dispatches")
     with tempfile.TemporaryDirectory(prefix=f"fidelity-{variant.name}-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "decode.vmfb").write_bytes(graphs.decode)
-        weight_inputs, weight_bytes = write_weight_inputs(source, variant, tmp)
+        weight_inputs, entry, weight_bytes = write_weights(source, task, decode_graph, tmp)
         first = ours.run(task, graphs)  # uploads the weights; its first token feeds the tool
         print(f"weights {weight_bytes / 1e9:.2f} GB, uploaded in {first.upload_s:.1f} s")
         state = write_decode_state(decode_graph, args, first.tokens[0], tmp)
         tool_cmd = tool_command(
-            tmp / "decode.vmfb", device.driver, weight_inputs + state, task_flags, args
+            tmp / "decode.vmfb", device.driver, entry, weight_inputs + state, task_flags, args
         )
         v = _Variant(args, task, graphs, tool_cmd, tuple(first.tokens))
         rounds = []
@@ -601,14 +651,26 @@ def measure_ours(v: _Variant, ours: Ours) -> list[float]:
     return list(out.decode_samples_ms)
 
 
-def write_weight_inputs(source: Any, variant: Any, tmp: Path) -> tuple[list[str], int]:
-    """Writes the variant's weights (rebuilt from the seed: the actor's bytes) as tool inputs."""
-    vw = source.variant(variant)
-    inputs = [write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(vw.arrays)]
+def write_weights(
+    source: Any, task: Any, decode_graph: Any, tmp: Path
+) -> tuple[list[str], list[str], int]:
+    """Writes the variant's weights (rebuilt from the seed: the actor's bytes) for the tool:
+    as its inputs, or as an `.irpa` of parameters (`--weights parameters`). Returns the
+    inputs, the flags that name the entry point (and the archive), and the weights' bytes."""
+    from workers.measure.profile import weight_archive
+    from workers.tasks import weights_key
+
+    vw = source.variant(task.variant, task.layout)
+    if task.weights == "parameters":
+        key = weights_key(task.weights_id, task.variant, task.layout)
+        inputs, entry = [], decode_graph.entry_flags(weight_archive(vw, key, tmp))
+    else:
+        inputs = [write_input(tmp / f"w{i:03d}", a) for i, a in enumerate(vw.arrays)]
+        entry = decode_graph.entry_flags()
     nbytes = vw.nbytes
     del vw
     os.sync()  # the kernel's writeback of GBs would otherwise run during the first rounds
-    return inputs, nbytes
+    return inputs, entry, nbytes
 
 
 def write_decode_state(
@@ -647,13 +709,19 @@ def write_input(stem: Path, array: np.ndarray) -> str:
 
 
 def tool_command(
-    vmfb: Path, driver: str, inputs: list[str], task_flags: list[str], args: argparse.Namespace
+    vmfb: Path,
+    driver: str,
+    entry: list[str],
+    inputs: list[str],
+    task_flags: list[str],
+    args: argparse.Namespace,
 ) -> list[str]:
+    """`entry`: `GraphSpec.entry_flags`, the function (and the parameters archive)."""
     cmd = [
         common.iree_tool("iree-benchmark-module"),
         f"--module={vmfb}",
         f"--device={driver}",
-        "--function=main",
+        *entry,
         *task_flags,
         *(f"--input={value}" for value in inputs),
         # one call per repetition by default: per-call samples, like ours

@@ -41,3 +41,27 @@ def test_fidelity_compares_both_sides_on_the_same_graph(tmp_path: Path, shared_c
         assert "--device=local-task" in r["iree_benchmark_module_command"]
         assert r["num_dispatches"] > 0
     assert "| fp32 | cpu | runner |" in proc.stdout
+
+
+def test_fidelity_runs_parameters_packed_at_load(tmp_path: Path, shared_cache: Path):
+    """`--weights parameters --flags packed`: one module, its weights packed at load; the
+    tool calls its decode entry point on an .irpa of the same bytes, no weight inputs."""
+    out = tmp_path / "fidelity.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "fidelity.py"),
+        *("--model", "tiny", "--via", "runner", "--rounds", "1", "--steps", "4"),
+        *("--warmup", "1", "--prompt-length", "8", "--max-seq", "64"),
+        *("--quiet-wait-s", "0", "--retries", "0", "--variants", "int8"),
+        *("--weights", "parameters", "--flags", "packed"),
+        *("--cache-dir", str(shared_cache / "fidelity"), "--out", str(out)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())["variants"]["int8"]
+    assert r["prefill_compile_s"] is None, "prefill and decode are one module"
+    assert r["packed_at_load"] > 0, "data tiling hoisted the weights' packing to load"
+    command = r["iree_benchmark_module_command"]
+    assert "--function=decode" in command and "--parameters=model=" in command
+    assert ".irpa" in command and "w000" not in command, "the weights come as parameters"
+    assert len(r["tokens"]) == 1 + 1 + 4 and r["ratio"] > 0

@@ -144,6 +144,7 @@ def _spin_beside(nice: int | None, seconds: float) -> tuple[float, bool]:
     return frac, disturbed
 
 
+@pytest.mark.slow  # competing busy processes, sampled
 def test_run_queue_wait_sees_normal_priority_competitors() -> None:
     """One busy process per CPU at niceness 0: each spinning thread shares a core with one
     and waits about half its runnable time. A phase of 0.1 s, ten ticks per CPU, is judged
@@ -358,6 +359,7 @@ def test_report_says_when_a_row_ran_niced() -> None:
     assert report.host_notes([{"status": "ok", "niceness": 0, "disturbed": False}]) == []
 
 
+@pytest.mark.slow  # busy processes pinned to each core, sampled
 def test_a_core_share_counts_its_own_cores_only() -> None:
     """A GPU point on its core share (`workers.core.threads.CoreShare`) reads the per-CPU
     counters of its cores: a child spinning on one CPU lands in that CPU's counters, a

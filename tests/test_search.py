@@ -94,6 +94,7 @@ def test_failed_trials_are_told_as_failures_and_the_search_goes_on(tmp_path: Pat
     assert all(search.owns(r["point_key"]) for r in rows if r["status"] == "compile_error")
 
 
+@pytest.mark.slow  # 24 trials, then an ablation of the winner
 def test_the_winner_is_ablated_to_the_axes_that_matter(tmp_path: Path):
     cfg = config(tmp_path, "search.trials=24", "search.seed=3")
     search, _ = drive(cfg, {})

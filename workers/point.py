@@ -392,8 +392,6 @@ class PointWorker:
             num_calls=calls if kind == GraphKind.DECODE else min(calls, PREFILL_CALLS),
             inputs_dir=inputs_dir,
             num_threads=task.threads if self.device.driver == "local-task" else 0,
-            parameters=task.weights == Weights.PARAMETERS,
-            function=kind if task.one_module else "main",
         )
 
     def _ensure_weights(self, task: BenchTask) -> tuple[float, VariantWeights]:

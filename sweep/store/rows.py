@@ -332,7 +332,8 @@ def _repro_command(command: str, graph: GraphSpec, driver: str) -> str:
         "iree-benchmark-module",
         f"--module={_output_path(command)}",
         f"--device={driver}",
-        *graph.tool_call(REPRO_WEIGHTS),
+        *graph.entry_flags(REPRO_WEIGHTS),
+        *(f"--input={a.tool_type}=0" for a in graph.call_args()),
     ]
     return f"{command} && {shlex.join(bench)}"
 

@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from workers.core.files import atomic_write
+from workers.core.kinds import Weights
 from workers.formats.weights import VariantWeights
 from workers.model.export import GraphSpec
-from workers.model.parameters import SCOPE
 from workers.records import DispatchKind, DispatchTime, Profile
 
 # A dispatch's kind from the summary IREE puts in its name (the most expensive op:
@@ -107,21 +107,19 @@ def profile_graph(
     num_calls: int,
     inputs_dir: Path,
     num_threads: int = 0,
-    parameters: bool = False,
-    function: str = "main",
 ) -> Profile:
     """Profiles `num_calls` calls of a graph with IREE's tool (see module docstring).
 
     `values`: its scalar inputs by name (decode's `token` and `pos`, prefill's
     `real_len`), every other dynamic input zero; `num_threads` local-task workers as the
-    point ran with (0: the default); with `parameters`, the graph holds its weights as
-    parameters; `function`: its entry point (a module of several graphs names them by kind).
+    point ran with (0: the default). A graph whose weights are parameters is called as its
+    module's entry point on an `.irpa` of them (`GraphSpec.entry_flags`).
     """
     mode = "dispatch-events" if driver == "cuda" else "host-execution"
-    if parameters:
-        weights = [f"--parameters={SCOPE}={weight_archive(vw, weights_key, inputs_dir)}"]
+    if graph.weights == Weights.PARAMETERS:
+        entry, weights = graph.entry_flags(weight_archive(vw, weights_key, inputs_dir)), []
     else:
-        weights = weight_inputs(vw, weights_key, inputs_dir)
+        entry, weights = graph.entry_flags(), weight_inputs(vw, weights_key, inputs_dir)
     dynamic = graph.args()[len(vw.specs) :]  # token, pos, kcache, vcache; tokens, real_len
     inputs = [*weights, *(f"--input={a.tool_type}={values.get(a.name, 0)}" for a in dynamic)]
     with tempfile.TemporaryDirectory(prefix="sweep-profile-") as tmp:
@@ -132,7 +130,7 @@ def profile_graph(
             f"--device={driver}",
             *([f"--task_topology_max_group_count={num_threads}"] if num_threads else []),
             f"--module={module}",
-            f"--function={function}",
+            *entry,
             *inputs,
             f"--benchmark_min_time={num_calls}x",
             "--benchmark_repetitions=1",

@@ -75,18 +75,22 @@ class GraphSpec:
         held = "_params" if self.weights == Weights.PARAMETERS else ""
         return f"{self.variant.name}_{self.layout}{held}_{self.kind}{shape}"
 
-    def tool_call(self, parameters_file: str) -> list[str]:
-        """The flags that call this graph with IREE's tools on zero inputs: with weights as
-        parameters, its module's entry point of its kind (`ModuleSpec`) on the weights in
-        `parameters_file` and its dynamic inputs; with arguments, `main` on every one."""
-        args = self.args()
-        if self.weights == Weights.PARAMETERS:
-            num_weights = len(self.variant.arg_specs(self.cfg, self.layout))
-            args = args[num_weights:]
-            head = [f"--function={self.kind}", f"--parameters={SCOPE}={parameters_file}"]
-        else:
-            head = ["--function=main"]
-        return [*head, *(f"--input={a.tool_type}=0" for a in args)]
+    def entry_flags(self, parameters_file: str | Path | None = None) -> list[str]:
+        """How IREE's tools call this graph: `main` of its own module, its weights among the
+        inputs; with weights as parameters, its module's entry point of its kind
+        (`ModuleSpec`) on the weights in `parameters_file` (an `.irpa`)."""
+        if self.weights != Weights.PARAMETERS:
+            return ["--function=main"]
+        if parameters_file is None:
+            raise ValueError(f"{self.label} holds its weights as parameters: name their file")
+        return [f"--function={self.kind}", f"--parameters={SCOPE}={parameters_file}"]
+
+    def call_args(self) -> tuple[ArgSpec, ...]:
+        """The arguments a call passes: all of `args()`, or only the dynamic inputs when the
+        weights are parameters (the module holds them)."""
+        if self.weights != Weights.PARAMETERS:
+            return self.args()
+        return self.args()[len(self.variant.arg_specs(self.cfg, self.layout)) :]
 
     def args(self) -> tuple[ArgSpec, ...]:
         """Every argument of the graph in order: the weights, then the dynamic inputs.
