@@ -266,9 +266,10 @@ class BenchActorImpl:
         return {"node_id": self.node_id, "pid": os.getpid(), **self.worker.info()}
 
     def run(self, task: Any, *vmfbs: bytes | None, share: CoreShare | None = None) -> Any:
-        """`vmfbs`: prefill, decode, and the score graph's when the point has a text.
-        `share`: the point is a GPU point timed beside others on this host, on these
-        cores; None: it owns the host (see `sweep.execute.scheduler`)."""
+        """`vmfbs`: prefill, decode, and the score graph's when the point has a text; or
+        the one module of them all when the weights are parameters. `share`: the point is
+        a GPU point timed beside others on this host, on these cores; None: it owns the
+        host (see `sweep.execute.scheduler`)."""
         # the host's measurement lock, whichever sweep runs the point
         use = HostUse.HOST if share is None else HostUse.DEVICE
         with host_lock(use, self.gpu_index):
