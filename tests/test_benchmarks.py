@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,19 +18,25 @@ pytestmark = pytest.mark.slow  # iree-compile and IREE's own tools
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fidelity_compares_both_sides_on_the_same_graph(tmp_path: Path, shared_cache: Path):
+def _fidelity(tmp_path: Path, shared_cache: Path, *extra: str) -> tuple[str, dict[str, Any]]:
+    """fidelity.py on the tiny model through the bare runner: (its stdout, its report)."""
     out = tmp_path / "fidelity.json"
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "fidelity.py"),
-        *("--model", "tiny", "--via", "runner", "--rounds", "2", "--steps", "4"),
+        *("--model", "tiny", "--via", "runner", "--steps", "4"),
         *("--warmup", "1", "--prompt-length", "8", "--max-seq", "64"),
         *("--quiet-wait-s", "0", "--retries", "0"),
         *("--cache-dir", str(shared_cache / "fidelity"), "--out", str(out)),
+        *extra,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_fidelity_compares_both_sides_on_the_same_graph(tmp_path: Path, shared_cache: Path):
+    stdout, report = _fidelity(tmp_path, shared_cache, "--rounds", "2")
     assert set(report["variants"]) == {"fp32", "int4"}
     for variant, r in report["variants"].items():
         assert len(r["rounds"]) == 2, variant
@@ -40,25 +47,18 @@ def test_fidelity_compares_both_sides_on_the_same_graph(tmp_path: Path, shared_c
         assert len(r["tokens"]) == 1 + 1 + 4, "prefill token, warmup and timed steps"
         assert "--device=local-task" in r["iree_benchmark_module_command"]
         assert r["num_dispatches"] > 0
-    assert "| fp32 | cpu | runner |" in proc.stdout
+    assert "| fp32 | cpu | runner |" in stdout
 
 
 def test_fidelity_runs_parameters_packed_at_load(tmp_path: Path, shared_cache: Path):
     """`--weights parameters --flags packed`: one module, its weights packed at load; the
     tool calls its decode entry point on an .irpa of the same bytes, no weight inputs."""
-    out = tmp_path / "fidelity.json"
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "fidelity.py"),
-        *("--model", "tiny", "--via", "runner", "--rounds", "1", "--steps", "4"),
-        *("--warmup", "1", "--prompt-length", "8", "--max-seq", "64"),
-        *("--quiet-wait-s", "0", "--retries", "0", "--variants", "int8"),
-        *("--weights", "parameters", "--flags", "packed"),
-        *("--cache-dir", str(shared_cache / "fidelity"), "--out", str(out)),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(out.read_text())["variants"]["int8"]
+    _, report = _fidelity(
+        tmp_path,
+        shared_cache,
+        *("--rounds", "1", "--variants", "int8", "--weights", "parameters", "--flags", "packed"),
+    )
+    r = report["variants"]["int8"]
     assert r["prefill_compile_s"] is None, "prefill and decode are one module"
     assert r["packed_at_load"] > 0, "data tiling hoisted the weights' packing to load"
     command = r["iree_benchmark_module_command"]
